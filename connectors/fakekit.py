@@ -1,0 +1,516 @@
+"""What every platform fake shares.
+
+A fake is an in-memory server of one platform's documented API. This module gives each
+fake the same machinery so `connectors/<platform>/fake.py` holds only that platform's
+endpoints, shapes and rules:
+
+- `Fake`: base class. Owns the fault switches, the request log, the webhook sender and a
+  clock; builds the ASGI app (platform routes + the `/_fake/*` control routes) and serves
+  it with uvicorn on loopback, in a background thread (`start()`/`stop()`, or a `with`).
+- `Faults`: latency, a share of 500s, a share of hung requests (timeouts), a burst of 429s
+  with Retry-After, a share of dropped webhook deliveries. Settable in-process
+  (`fake.faults.error_rate = 0.1`) or over HTTP (`POST /_fake/faults {...}`) for fakes that
+  run as separate processes.
+- `RequestLog`: every request served, by method and route template, readable in-process
+  (`fake.requests.count("POST")`) or over HTTP (`GET /_fake/requests`).
+- `WebhookSender`: delivers signed webhook bodies to registered URLs from the fake's own
+  event loop, retrying failed deliveries with backoff; honours the drop switch.
+
+Control routes under `/_fake/` are neither authenticated, counted, nor subject to faults:
+they are the test harness's, not the platform's.
+
+Thread model: the app runs on uvicorn's loop in its own thread. Handlers are plain
+synchronous code between awaits, so state changes are atomic with respect to each other.
+Tests should drive a fake over HTTP; in-process helpers (seeding) are for before `start()`
+or for use through `fake.call(fn)`, which runs `fn` on the fake's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTROL_PREFIX = "/_fake"
+
+
+@dataclass
+class Faults:
+    """Fault switches. Shares are 0..1; all default off."""
+
+    latency: float = 0.0  # seconds added before every request is handled
+    error_rate: float = 0.0  # share of requests answered 500
+    timeout_rate: float = 0.0  # share of requests that hang for `hang_seconds` then get 504
+    hang_seconds: float = 30.0
+    rate_limit_burst: int = 0  # the next N requests are answered 429
+    retry_after: int = 1  # seconds, sent in Retry-After with each 429
+    drop_webhook_rate: float = 0.0  # share of webhook deliveries silently dropped
+
+    def update(self, values: dict[str, Any]) -> None:
+        known = {f.name: f.type for f in fields(self)}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"unknown fault switch {key!r}; known: {', '.join(sorted(known))}")
+            setattr(self, key, int(value) if key in ("rate_limit_burst", "retry_after") else float(value))
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    route: str  # the route template, e.g. "/api/v1/tasks/{task_id}"; the raw path when unrouted
+    path: str
+    status: int
+
+
+class RequestLog:
+    """Every platform request served. Reads are what tests assert call budgets with."""
+
+    def __init__(self) -> None:
+        self.entries: list[LoggedRequest] = []
+
+    def add(self, entry: LoggedRequest) -> None:
+        self.entries.append(entry)
+
+    def count(self, method: str | None = None, route: str | None = None, *, status: int | None = None) -> int:
+        return sum(
+            1
+            for e in self.entries
+            if (method is None or e.method == method)
+            and (route is None or e.route == route)
+            and (status is None or e.status == status)
+        )
+
+    def writes(self) -> int:
+        return sum(1 for e in self.entries if e.method in ("POST", "PUT", "PATCH", "DELETE"))
+
+    def by_route(self) -> dict[str, int]:
+        return dict(Counter(f"{e.method} {e.route}" for e in self.entries))
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "total": len(self.entries),
+            "writes": self.writes(),
+            "by_route": self.by_route(),
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+
+@dataclass
+class Delivery:
+    url: str
+    event: str
+    body: bytes
+    headers: dict[str, str]
+    attempts: int = 0
+    status: int | None = None  # last HTTP status from the receiver
+    outcome: str = "pending"  # pending | delivered | failed | dropped
+
+
+class WebhookSender:
+    """Delivers webhook POSTs from the fake's loop, in order of sending, with retries.
+
+    A delivery that fails (connection error or non-2xx) is retried up to `attempts` times
+    with exponential backoff starting at `backoff` seconds; then it is marked failed.
+    """
+
+    def __init__(self, faults: Faults, rng: random.Random, *, attempts: int = 4, backoff: float = 0.25) -> None:
+        self.faults = faults
+        self.rng = rng
+        self.attempts = attempts
+        self.backoff = backoff
+        self.deliveries: list[Delivery] = []
+        self._queue: asyncio.Queue[Delivery] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._client = httpx.AsyncClient(timeout=10.0)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        for t in [self._task, *self._retries]:
+            if t is not None:
+                t.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def send(self, url: str, event: str, body: bytes, headers: dict[str, str]) -> Delivery:
+        """Queue one delivery. Call from a request handler (the fake's loop)."""
+        delivery = Delivery(url=url, event=event, body=body, headers={"Content-Type": "application/json", **headers})
+        self.deliveries.append(delivery)
+        if self.rng.random() < self.faults.drop_webhook_rate:
+            delivery.outcome = "dropped"
+            return delivery
+        if self._queue is None:
+            raise RuntimeError("webhook sender is not running (fake not started)")
+        self._queue.put_nowait(delivery)
+        return delivery
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            delivery = await self._queue.get()
+            await self._attempt(delivery)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        assert self._client is not None
+        delivery.attempts += 1
+        try:
+            resp = await self._client.post(delivery.url, content=delivery.body, headers=delivery.headers)
+            delivery.status = resp.status_code
+            ok = 200 <= resp.status_code < 300
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            delivery.outcome = "delivered"
+        elif delivery.attempts >= self.attempts:
+            delivery.outcome = "failed"
+        else:
+            delay = self.backoff * 2 ** (delivery.attempts - 1)
+            task = asyncio.create_task(self._retry_later(delivery, delay))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retry_later(self, delivery: Delivery, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._attempt(delivery)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "url": d.url,
+                "event": d.event,
+                "attempts": d.attempts,
+                "status": d.status,
+                "outcome": d.outcome,
+                "body": d.body.decode(),
+                "headers": d.headers,
+            }
+            for d in self.deliveries
+        ]
+
+
+class _FaultsAndLog:
+    """ASGI middleware: applies fault switches and records every platform request."""
+
+    def __init__(self, app: ASGIApp, fake: Fake) -> None:
+        self.app = app
+        self.fake = fake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(CONTROL_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        fake = self.fake
+        faults = fake.faults
+        status_seen: list[int] = []
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_seen.append(message["status"])
+            await send(message)
+
+        if faults.latency > 0:
+            await asyncio.sleep(faults.latency)
+        if faults.rate_limit_burst > 0:
+            faults.rate_limit_burst -= 1
+            response: Response = fake.rate_limited_response(faults.retry_after)
+            await response(scope, receive, send_and_watch)
+        elif faults.error_rate > 0 and fake.rng.random() < faults.error_rate:
+            response = fake.server_error_response()
+            await response(scope, receive, send_and_watch)
+        elif faults.timeout_rate > 0 and fake.rng.random() < faults.timeout_rate:
+            await asyncio.sleep(faults.hang_seconds)
+            response = fake.server_error_response(504)
+            await response(scope, receive, send_and_watch)
+        else:
+            await self.app(scope, receive, send_and_watch)
+        fake.requests.add(
+            LoggedRequest(scope["method"], fake.route_template(scope), scope["path"],
+                          status_seen[0] if status_seen else 0)
+        )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None, *, ms: bool = True) -> str | None:
+    """RFC 3339 in UTC with a Z, the form most of the platforms document."""
+    if dt is None:
+        return None
+    dt = dt.astimezone(UTC)
+    text = dt.isoformat(timespec="milliseconds" if ms else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Fake:
+    """Base of every platform fake. Subclasses set `platform` and implement `routes(app)`.
+
+    Subclass contract:
+    - `__init__(self, *, token: str, seed: int | None = None, **platform_options)` must call
+      `super().__init__(token=token, seed=seed)` and then create the platform's fixed
+      containers (a project, a squad...), then `self.seed_demo(seed)` when seed is given.
+    - `routes(self, app)` adds the platform's endpoints to the FastAPI app.
+    - `error_response(status, code, message, **extra)` builds the platform's error body.
+    - `reset_state()` (optional) restores the initial containers for `POST /_fake/reset`.
+    """
+
+    platform: str = "base"
+
+    def __init__(self, *, token: str, seed: int | None = None) -> None:
+        self.token = token
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = Faults()
+        self.requests = RequestLog()
+        self.webhooks = WebhookSender(self.faults, self.rng)
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self._last_time = utcnow()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._app: FastAPI | None = None
+
+    # -- platform hooks ------------------------------------------------------------------
+
+    def routes(self, app: FastAPI) -> None:
+        raise NotImplementedError
+
+    def error_response(self, status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+        return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+    def rate_limited_response(self, retry_after: int) -> Response:
+        resp = self.error_response(429, "rate_limited", "Rate limit exceeded. Try again later.")
+        resp.headers["Retry-After"] = str(retry_after)
+        return resp
+
+    def server_error_response(self, status: int = 500) -> Response:
+        return self.error_response(status, "internal_error", "Internal server error")
+
+    def lifespan_extra(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Anything a fake must run for as long as it serves (e.g. an MCP session manager)."""
+        return contextlib.nullcontext()
+
+    def reset_state(self) -> None:
+        """Forget all data; subclasses re-create their fixed containers."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The fake's whole state as JSON-able data, for tests (GET /_fake/state)."""
+        return {}
+
+    # -- shared helpers for subclasses -----------------------------------------------------
+
+    def now(self) -> datetime:
+        """A strictly increasing UTC clock (at least 1 ms apart), so updated times order changes."""
+        now = utcnow()
+        if now <= self._last_time:
+            now = self._last_time + timedelta(milliseconds=1)
+        self._last_time = now
+        return now
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("fake is not started")
+        return f"http://{self.host}:{self.port}"
+
+    async def json_body(self, request: Request) -> Any:
+        """The parsed JSON body, or raise `BadBody` (subclasses answer it in their own shape)."""
+        raw = await request.body()
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadBody(f"Request body is not valid JSON: {exc}") from None
+
+    def route_template(self, scope: Scope) -> str:
+        """The template of the route a request matches ("/tasks/{task_id}"), else its raw path."""
+        assert self._app is not None
+        partial = None
+        for route in self._app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return str(getattr(route, "path", scope["path"]))
+            if match is Match.PARTIAL and partial is None:
+                partial = str(getattr(route, "path", scope["path"]))
+        return partial or scope["path"]
+
+    # -- app and server --------------------------------------------------------------------
+
+    def app(self) -> FastAPI:
+        if self._app is not None:
+            return self._app
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> Any:
+            self._loop = asyncio.get_running_loop()
+            await self.webhooks.start()
+            try:
+                async with self.lifespan_extra():
+                    yield
+            finally:
+                await self.webhooks.stop()
+
+        app = FastAPI(title=f"{self.platform} fake", lifespan=lifespan, docs_url=None, redoc_url=None,
+                      openapi_url=None)
+
+        @app.exception_handler(BadBody)
+        async def _bad_body(_: Request, exc: BadBody) -> Response:
+            return self.error_response(400, "invalid_body", str(exc))
+
+        @app.exception_handler(RequestValidationError)
+        async def _validation(_: Request, exc: RequestValidationError) -> Response:
+            return self.error_response(400, "validation_error", str(exc.errors()[:1]))
+
+        self._control_routes(app)
+        self.routes(app)
+        app.add_middleware(_FaultsAndLog, fake=self)
+        self._app = app
+        return app
+
+    def _control_routes(self, app: FastAPI) -> None:
+        @app.get(f"{CONTROL_PREFIX}/requests")
+        async def _requests() -> dict[str, Any]:
+            return self.requests.snapshot()
+
+        @app.get(f"{CONTROL_PREFIX}/faults")
+        async def _get_faults() -> dict[str, Any]:
+            return asdict(self.faults)
+
+        @app.post(f"{CONTROL_PREFIX}/faults")
+        async def _set_faults(request: Request) -> Response:
+            try:
+                self.faults.update(json.loads(await request.body() or b"{}"))
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(asdict(self.faults))
+
+        @app.get(f"{CONTROL_PREFIX}/webhooks")
+        async def _deliveries() -> list[dict[str, Any]]:
+            return self.webhooks.snapshot()
+
+        @app.get(f"{CONTROL_PREFIX}/state")
+        async def _state() -> dict[str, Any]:
+            return self.snapshot()
+
+        @app.post(f"{CONTROL_PREFIX}/reset")
+        async def _reset() -> dict[str, bool]:
+            self.requests.clear()
+            self.faults.reset()
+            self.webhooks.deliveries.clear()
+            self.reset_state()
+            return {"ok": True}
+
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> Fake:
+        """Serve on loopback in a background thread; returns once it accepts connections."""
+        self.host = host
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(self.app(), log_level="warning", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-{self.platform}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"{self.platform} fake did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+
+    def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
+        """Run in the foreground (the `taskbridge fake` command) until interrupted."""
+        self.host = host
+        self.port = port
+        uvicorn.run(self.app(), host=host, port=port, log_level="info", access_log=False)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the fake's loop and return its result (for in-process test helpers)."""
+        if self._loop is None:
+            return fn()
+
+        async def runner() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout=10)
+
+    def __enter__(self) -> Fake:
+        return self.start() if self.port is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class BadBody(Exception):
+    """A request body that is not JSON; each fake answers it with its own 400 shape."""
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, or None."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+@contextlib.contextmanager
+def running(*fakes: Fake) -> Iterator[tuple[Fake, ...]]:
+    """Start several fakes for a test and stop them all afterwards."""
+    started: list[Fake] = []
+    try:
+        for fake in fakes:
+            started.append(fake.start())
+        yield tuple(started)
+    finally:
+        for fake in started:
+            fake.stop()
+
+
+AsyncHandler = Callable[..., Awaitable[Response]]

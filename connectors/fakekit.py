@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,7 +137,9 @@ class WebhookSender:
     with exponential backoff starting at `backoff` seconds; then it is marked failed.
     """
 
-    def __init__(self, faults: Faults, rng: random.Random, *, attempts: int = 4, backoff: float = 0.25) -> None:
+    def __init__(
+        self, faults: Faults, rng: random.Random, *, attempts: int = 4, backoff: float = 0.25
+    ) -> None:
         self.faults = faults
         self.rng = rng
         self.attempts = attempts
@@ -162,7 +164,9 @@ class WebhookSender:
 
     def send(self, url: str, event: str, body: bytes, headers: dict[str, str]) -> Delivery:
         """Queue one delivery. Call from a request handler (the fake's loop)."""
-        delivery = Delivery(url=url, event=event, body=body, headers={"Content-Type": "application/json", **headers})
+        delivery = Delivery(
+            url=url, event=event, body=body, headers={"Content-Type": "application/json", **headers}
+        )
         self.deliveries.append(delivery)
         if self.rng.random() < self.faults.drop_webhook_rate:
             delivery.outcome = "dropped"
@@ -252,8 +256,12 @@ class _FaultsAndLog:
         else:
             await self.app(scope, receive, send_and_watch)
         fake.requests.add(
-            LoggedRequest(scope["method"], fake.route_template(scope), scope["path"],
-                          status_seen[0] if status_seen else 0)
+            LoggedRequest(
+                scope["method"],
+                fake.route_template(scope),
+                scope["path"],
+                status_seen[0] if status_seen else 0,
+            )
         )
 
 
@@ -386,8 +394,9 @@ class Fake:
             finally:
                 await self.webhooks.stop()
 
-        app = FastAPI(title=f"{self.platform} fake", lifespan=lifespan, docs_url=None, redoc_url=None,
-                      openapi_url=None)
+        app = FastAPI(
+            title=f"{self.platform} fake", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        )
 
         @app.exception_handler(BadBody)
         async def _bad_body(_: Request, exc: BadBody) -> Response:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import pytest_asyncio
 
 
 @dataclass
@@ -47,7 +50,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver: WebhookReceiver
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             with receiver.event:
@@ -71,3 +74,75 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- the store, on SQLite and on PostgreSQL ---------------------------------------------------
+
+
+def pg_url_or_skip() -> str:
+    """The test server's URL; a skip when there is none, a failure in CI (TASKBRIDGE_REQUIRE_PG)."""
+    url = os.environ.get("TASKBRIDGE_TEST_PG_URL")
+    if not url:
+        if os.environ.get("TASKBRIDGE_REQUIRE_PG"):
+            pytest.fail("TASKBRIDGE_REQUIRE_PG is set but TASKBRIDGE_TEST_PG_URL is not")
+        pytest.skip("no PostgreSQL server (set TASKBRIDGE_TEST_PG_URL)")
+    return url
+
+
+async def fresh_pg_database(url: str) -> tuple[str, str]:
+    """Create an empty database on the test server; returns (its URL, its name)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"tb_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(
+        host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return base.set(database=name).render_as_string(hide_password=False), name
+
+
+async def drop_pg_database(url: str, name: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    conn = await asyncpg.connect(
+        host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: object) -> str:
+    """A store URL for an empty database; each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    return "postgres"  # resolved by the async fixture below, which can await
+
+
+@pytest_asyncio.fixture
+async def store(store_url: str) -> AsyncIterator[object]:
+    from bridge.store import Store
+
+    dropped: tuple[str, str] | None = None
+    url = store_url
+    if store_url == "postgres":
+        server = pg_url_or_skip()
+        url, name = await fresh_pg_database(server)
+        dropped = (server, name)
+    s = Store.open(url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+        if dropped:
+            await drop_pg_database(*dropped)

@@ -1,0 +1,142 @@
+"""`taskbridge` (and `python -m bridge`): the operator's commands.
+
+Every command that reads a config exits 2 with a one-screen message, no traceback, when the
+config is wrong; 1 when the work itself failed; 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+
+from bridge import __version__
+from bridge import config as config_mod
+from bridge import mapping as mapping_mod
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _load_config(path: str) -> config_mod.Config:
+    """The validated config, with each connector's mapping loaded too (mapping errors are config
+    errors: they name the connector's `mapping` key)."""
+    cfg = config_mod.load(path)
+    problems = []
+    for name, conn in cfg.connectors.items():
+        override = conn.mapping.model_dump(exclude_none=True) if conn.mapping else None
+        try:
+            mapping_mod.load(conn.platform, override)
+        except mapping_mod.MappingError as exc:
+            problems.append(cfg.problem(("connectors", name, "mapping"), str(exc)))
+    if problems:
+        raise cfg.error(problems)
+    return cfg
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    print(f"taskbridge {__version__}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    members = sum(len(r.members) for r in cfg.routes)
+    print(
+        f"{args.config}: OK ({len(cfg.connectors)} connectors, {len(cfg.routes)} routes, "
+        f"{members} route members, store {_store_kind(cfg.store.url)})"
+    )
+    return EXIT_OK
+
+
+def _store_kind(url: str) -> str:
+    return (
+        "PostgreSQL"
+        if url.startswith("postgresql")
+        else "SQLite"
+        if url.startswith("sqlite")
+        else url.split(":")[0]
+    )
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    bad = [s for s in scopes if s not in ("read", "write", "admin")]
+    if bad or not scopes:
+        _err(f"--scopes: unknown scope {', '.join(bad) or '(none)'}; use read, write, admin")
+        return EXIT_USAGE
+    token = "tb_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (shown once, keep it secret): {token}")
+    print("add to server.tokens in the config:")
+    print(f"  - {{name: {args.name}, sha256: {digest}, scopes: [{', '.join(scopes)}]}}")
+    return EXIT_OK
+
+
+def cmd_fake(args: argparse.Namespace) -> int:
+    import connectors
+
+    try:
+        cls = connectors.fake_class(args.platform)
+    except KeyError as exc:
+        _err(str(exc.args[0]))
+        return EXIT_USAGE
+    options = {"role": args.role} if args.role and args.platform == "squads" else {}
+    fake = cls(token=args.token, seed=args.seed, **options)
+    print(f"{args.platform} fake on http://{args.host}:{args.port} (token {'set' if args.token else 'none'})")
+    fake.serve_forever(args.port, args.host)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskbridge",
+        description="Two-way sync of tasks across platforms. See README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"taskbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    add("version", cmd_version, "print the version")
+
+    p = add("check", cmd_check, "validate a config file: every error names the key and line")
+    p.add_argument("--config", "-c", required=True, metavar="FILE")
+
+    p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
+    token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    tn = token_sub.add_parser("new", help="mint a token; prints it once and the config line to paste")
+    tn.add_argument("name")
+    tn.add_argument("--scopes", default="read", help="comma-separated: read,write,admin (default: read)")
+    tn.set_defaults(func=cmd_token_new)
+
+    import connectors
+
+    p = add("fake", cmd_fake, "run one platform's fake server in the foreground")
+    p.add_argument("platform", choices=connectors.PLATFORMS)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--token", default="test-token", help="the credential it accepts (squads: ID:SECRET)")
+    p.add_argument("--seed", type=int, default=None, help="seed demo data with this random seed")
+    p.add_argument("--role", default=None, help="squads only: the caller's role (default executive)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except config_mod.ConfigError as exc:
+        _err(f"configuration error:\n{exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

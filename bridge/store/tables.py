@@ -1,0 +1,229 @@
+"""The bridge's own tables. Alembic owns the schema (bridge/store/migrations); this module is the
+source the migrations are written from, and what queries are built with.
+
+Times are stored as UTC. JSON columns hold canonical values encoded by `bridge.model.encode_values`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from bridge.model import as_utc
+
+# Constraint names are fixed so migrations are the same on SQLite and PostgreSQL.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which stores naive text) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware times")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+# SQLite has no 64-bit autoincrement distinction; PostgreSQL gets BIGINT identities.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+
+
+class TaskRow(Base):
+    """A canonical task. `data` holds the canonical field values (encoded)."""
+
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    route: Mapped[str] = mapped_column(String(200), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    title: Mapped[str] = mapped_column(Text, default="")  # copied out of data for search and sorting
+    status: Mapped[str] = mapped_column(String(32), default="todo")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    deleted_at: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class LinkRow(Base):
+    """One remote copy of a task. `base` is the canonical values as that side last agreed with us,
+    after its mapping's round trip. `remote_id` is NULL while a create is in flight."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("connector", "remote_id"),
+        UniqueConstraint("task_id", "connector", "scope"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    route: Mapped[str] = mapped_column(String(200))
+    connector: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(200))
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default="active")  # creating|active|gone|unlinked
+    base: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    remote_updated_at: Mapped[datetime | None]
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    remote_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CommentRow(Base):
+    __tablename__ = "comments"
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(200))
+    origin: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class CommentLinkRow(Base):
+    __tablename__ = "comment_links"
+    __table_args__ = (
+        UniqueConstraint("connector", "remote_id"),
+        UniqueConstraint("comment_id", "connector"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    comment_id: Mapped[str] = mapped_column(ForeignKey("comments.id", ondelete="CASCADE"))
+    connector: Mapped[str] = mapped_column(String(200))
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default="active")  # creating|active
+    created_at: Mapped[datetime]
+
+
+class WatermarkRow(Base):
+    """Where polling of one (connector, scope) got to: a cursor, a time, or a listing hash."""
+
+    __tablename__ = "watermarks"
+    connector: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime]
+
+
+class OutboxRow(Base):
+    """A write owed to a platform. Claimed by a worker until `claim_expires_at`; operations on one
+    link apply in `id` order."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_claimable", "state", "next_attempt_at"),
+        Index("ix_outbox_link_order", "connector", "link_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(26), index=True)
+    link_id: Mapped[int | None] = mapped_column(BigId)
+    comment_id: Mapped[str | None] = mapped_column(String(26))
+    route: Mapped[str] = mapped_column(String(200))
+    connector: Mapped[str] = mapped_column(String(200))
+    op: Mapped[str] = mapped_column(String(32))  # create|update|delete|archive|comment|unlink
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|claimed|done|parked
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claim_expires_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    observed_at: Mapped[datetime]  # when the change that caused it was seen (propagation latency)
+    created_at: Mapped[datetime]
+    done_at: Mapped[datetime | None]
+
+
+class InboxRow(Base):
+    """A webhook delivery, recorded before it is answered and processed after."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("connector", "delivery_key"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connector: Mapped[str] = mapped_column(String(200))
+    delivery_key: Mapped[str] = mapped_column(String(200))  # the platform's delivery id, else body hash
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|done|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None]
+
+
+class ConflictRow(Base):
+    __tablename__ = "conflicts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    route: Mapped[str] = mapped_column(String(200))
+    field: Mapped[str] = mapped_column(String(32))
+    candidates: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"bridge": v, "<connector>": v, ...}
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open|resolved
+    resolution: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+
+
+class HistoryRow(Base):
+    """An audit row for every applied change: what, from where, when."""
+
+    __tablename__ = "history"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(26), index=True)
+    field: Mapped[str] = mapped_column(String(32))
+    old: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"v": value}, so null is a value
+    new: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(200))  # connector name, "api" or "policy"
+    via: Mapped[str] = mapped_column(String(16))  # poll|webhook|api|conflict
+    at: Mapped[datetime]
+
+
+class LeaseRow(Base):
+    """Ownership of a job (a connector's polling) by one replica until `expires_at`."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    acquired_at: Mapped[datetime]
+
+
+class MetaRow(Base):
+    """Small facts the bridge keeps about itself (e.g. webhook registrations)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    flag: Mapped[bool] = mapped_column(Boolean, default=False)

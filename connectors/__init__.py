@@ -20,6 +20,15 @@ _FAKES = {
 }
 
 
+_CONNECTORS = {
+    "impactly": "connectors.impactly.connector:ImpactlyConnector",
+    "vortask": "connectors.vortask.connector:VortaskConnector",
+    "agentkanban": "connectors.agentkanban.connector:AgentKanbanConnector",
+    "runs": "connectors.runs.connector:RunsConnector",
+    "squads": "connectors.squads.connector:SquadsConnector",
+}
+
+
 def _load(path: str) -> Any:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -30,3 +39,10 @@ def fake_class(platform: str) -> Any:
     if platform not in _FAKES:
         raise KeyError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     return _load(_FAKES[platform])
+
+
+def connector_class(platform: str) -> Any:
+    """The connector class of a platform (see connectors/base.py for the protocol)."""
+    if platform not in _CONNECTORS:
+        raise KeyError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
+    return _load(_CONNECTORS[platform])

@@ -1,0 +1,600 @@
+"""What every connector shares: the protocol the engine drives, the errors it decides on, and the
+HTTP layer (auth, timeouts, retries with jittered backoff, 429 handling, a rate limit, request
+metrics, redacted logging).
+
+The engine sees a connector only through `Connector` below. A connector turns one platform's
+tasks into canonical `Values` (through its `PlatformMapping` and `PeopleMap`) and back.
+
+Errors mirror what the caller must decide:
+
+    ConnectorError
+    ├── Retryable        5xx, timeouts, connection errors: try again later with backoff
+    │   └── RateLimited  429: try again after `retry_after` seconds
+    ├── AuthFailed       401: the credential is wrong or revoked; retrying won't help
+    └── Permanent        other 4xx (400/403/404/409/422): park the operation and show the message
+        ├── NotFound     404: for a task, confirmed gone
+        └── GoneFromView the task left the credential's view (role scoping): not a deletion
+
+Delivery promise of the HTTP layer: idempotent requests (GET/PUT/PATCH/DELETE) are retried up to
+`max_retries` times on retryable failures; a POST is retried only when it surely did not reach
+the platform (connection refused) or was refused with 429, because a create that timed out may
+have happened; the engine's create markers deal with that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from bridge.mapping import PlatformMapping
+from bridge.model import SYNC_FIELDS, Values, encode_values, normalize_values
+
+log = logging.getLogger("taskbridge.connector")
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ConnectorError(Exception):
+    """A platform call that failed. `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, connector: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.connector = connector
+
+    def __str__(self) -> str:
+        where = f"{self.connector}: " if self.connector else ""
+        code = f"HTTP {self.status}: " if self.status else ""
+        return f"{where}{code}{self.message}"
+
+
+class Retryable(ConnectorError):
+    """Worth trying again later (5xx, timeout, connection error)."""
+
+
+class RateLimited(Retryable):
+    def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class AuthFailed(ConnectorError):
+    """The credential was refused (401)."""
+
+
+class Permanent(ConnectorError):
+    """The platform refused the request itself (4xx); the same request will fail again."""
+
+
+class NotFound(Permanent):
+    """The resource does not exist (404)."""
+
+
+class GoneFromView(Permanent):
+    """The task exists or may exist, but this credential can no longer see it."""
+
+
+class BadSignature(Exception):
+    """A webhook whose signature, timestamp or shape does not verify."""
+
+
+# -- what connectors report ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a connector can do. `fields` are the canonical fields it reads; `writable` those it
+    can write (a subset)."""
+
+    fields: frozenset[str]
+    writable: frozenset[str]
+    webhooks: bool = False
+    comments: bool = False
+    incremental: bool = False
+    delete: bool = False
+    archive: bool = False
+    subtasks: bool = False
+    todos: bool = False
+
+
+@dataclass(frozen=True)
+class RemoteTask:
+    """One task as a platform reports it, already in canonical values."""
+
+    remote_id: str
+    scope: str
+    values: Values
+    updated_at: datetime | None = None
+    url: str | None = None
+    deleted: bool = False  # the platform reports it deleted (soft delete, a delete event)
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.values)
+
+
+@dataclass(frozen=True)
+class RemoteComment:
+    remote_id: str
+    body: str
+    author: str  # display name as the platform shows it
+    created_at: datetime | None = None
+    by_us: bool = False  # written by this connector's credential (an echo of a mirror)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The result of one poll of a scope.
+
+    `tasks` are the tasks that may have changed (all of them on a full listing). `all_ids` is the
+    id of every task in the scope when the poll saw the whole scope to its end, else None; only
+    then may the engine suspect a linked task missing from it (and confirm with a GET).
+    `watermark` is what to store for the next poll: the engine stores it in the same transaction
+    as the changes, so it never runs ahead of them. A watermark built from a time must be the
+    fetch's start time less a skew margin, never "now" after the fetch.
+    """
+
+    tasks: list[RemoteTask]
+    all_ids: frozenset[str] | None
+    watermark: dict[str, Any] = field(default_factory=dict)
+    deleted_ids: frozenset[str] = frozenset()  # reported deleted by an incremental feed
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One task event parsed from a webhook delivery."""
+
+    scope: str
+    remote_id: str
+    kind: str  # created | updated | deleted | comment
+    delivery_id: str | None = None
+    task: RemoteTask | None = None  # when the payload carries the whole task
+
+
+def content_hash(values: Mapping[str, Any]) -> str:
+    encoded = json.dumps(encode_values(values), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+# -- settings and people -------------------------------------------------------------------------
+
+
+class PeopleMap:
+    """One connector's view of `people:`: remote user id <-> person key.
+
+    A remote user with no person is kept as "<connector>:<remote id>", so it survives a round
+    trip through its own platform and is simply not mirrored elsewhere.
+    """
+
+    def __init__(self, connector: str, ids: Mapping[str, str] | None = None) -> None:
+        self.connector = connector
+        self._to_key = {remote: key for key, remote in (ids or {}).items()}
+        self._to_remote = dict(ids or {})
+
+    def to_key(self, remote_id: str) -> str:
+        return self._to_key.get(remote_id, f"{self.connector}:{remote_id}")
+
+    def to_remote(self, key: str) -> str | None:
+        if key in self._to_remote:
+            return self._to_remote[key]
+        prefix = f"{self.connector}:"
+        return key[len(prefix) :] if key.startswith(prefix) else None
+
+    def keys_to_remote(self, keys: Iterable[str]) -> list[str]:
+        """The remote ids of the people this platform knows, sorted for a stable order."""
+        return sorted(r for r in (self.to_remote(k) for k in keys) if r is not None)
+
+
+@dataclass(frozen=True)
+class ConnectorSettings:
+    """Everything a connector is built from (the daemon fills it from the config)."""
+
+    name: str
+    platform: str
+    base_url: str
+    mapping: PlatformMapping
+    people: PeopleMap
+    token: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    webhook_secret: str | None = None
+    mcp_url: str | None = None
+    timeout: float = 15.0
+    rate_limit: float | None = None  # requests per second
+    max_retries: int = 4
+    backoff: float = 0.5  # first retry delay in seconds; doubles, with jitter
+    max_wait: float = 30.0  # longest Retry-After honoured inline; longer ones raise RateLimited
+    transport: httpx.AsyncBaseTransport | None = None  # the seam for tests
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.client_secret, self.webhook_secret) if s]
+
+
+RequestObserver = Callable[[str, str, str, float], None]
+"""(connector, method, status class "2xx"/"4xx"/"error", seconds) -> None; the daemon's metrics."""
+
+
+# -- the protocol ---------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Connector(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing: ...
+
+    async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
+        """The task, or NotFound (deleted) / GoneFromView (no longer visible)."""
+        ...
+
+    async def create_task(self, scope: str, values: Values) -> RemoteTask: ...
+
+    async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
+        """Write only `changes` (canonical values of writable fields); returns the task after."""
+        ...
+
+    async def delete_task(self, scope: str, remote_id: str) -> None: ...
+
+    async def archive_task(self, scope: str, remote_id: str) -> RemoteTask: ...
+
+    async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
+        """A task of the scope whose description contains `marker` (a retried create's check)."""
+        ...
+
+    async def list_comments(self, scope: str, remote_id: str) -> list[RemoteComment]: ...
+
+    async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment: ...
+
+    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+        """Make sure the platform posts this scope's events to `url` (idempotent: an existing
+        registration of the same URL is kept). `secret` is the configured webhook_secret, for
+        platforms that take one. Returns a secret the platform generated (shown only at
+        creation), which the engine stores and passes back to `verify_webhook`."""
+        ...
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
+        """Raise BadSignature unless the delivery is signed with one of `secrets` (and fresh, where
+        the scheme carries a timestamp)."""
+        ...
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        """The task events in a verified delivery; BadSignature for a body that isn't one."""
+        ...
+
+    def roundtrip(self, values: Values) -> Values:
+        """What this platform would report after we write `values`: only the fields it holds,
+        through its mapping's losses. The engine stores this as the link's base."""
+        ...
+
+    async def check(self, scope: str) -> str:
+        """Authenticate and read one page of the scope; a one-line summary."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- shared behaviour for connectors ------------------------------------------------------------
+
+
+class BaseConnector:
+    """Common parts of the five connectors: settings, HTTP, mapping helpers, the round trip.
+
+    Subclasses set `capabilities`, implement the protocol's platform calls, and override
+    `roundtrip_field` for platform-specific losses (e.g. a single assignee, a title limit).
+    """
+
+    capabilities: Capabilities
+
+    def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.mapping = settings.mapping
+        self.people = settings.people
+        self.http = HttpClient(settings, observer=observer)
+
+    # mapping helpers ------------------------------------------------------------------------
+
+    def status_from(self, remote: Any) -> Any:
+        assert self.mapping.status is not None
+        return self.mapping.status.to_canonical(remote)
+
+    def status_to(self, canonical: Any) -> Any:
+        assert self.mapping.status is not None
+        return self.mapping.status.to_remote(canonical)
+
+    def priority_from(self, remote: Any) -> Any:
+        assert self.mapping.priority is not None
+        return self.mapping.priority.to_canonical(remote)
+
+    def priority_to(self, canonical: Any) -> Any:
+        assert self.mapping.priority is not None
+        return self.mapping.priority.to_remote(canonical)
+
+    def roundtrip(self, values: Values) -> Values:
+        values = normalize_values(values)
+        out: Values = {}
+        for name, value in values.items():
+            if name in self.capabilities.fields:
+                out[name] = self.roundtrip_field(name, value)
+        return out
+
+    def roundtrip_field(self, name: str, value: Any) -> Any:
+        section = self.mapping.sections.get(name)
+        if section is not None:
+            return section.roundtrip(value)
+        if name == "assignees":
+            # Only people this platform knows can be written; others don't come back.
+            return frozenset(k for k in value if self.people.to_remote(k) is not None)
+        return value
+
+    def writable(self, changes: Values) -> Values:
+        """The subset of `changes` this connector writes."""
+        return {k: v for k, v in changes.items() if k in self.capabilities.writable}
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def fields(*names: str) -> frozenset[str]:
+    unknown = set(names) - set(SYNC_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    return frozenset(names)
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket: at most `rate` requests per second on average, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+def parse_retry_after(value: str | None, default: float = 1.0) -> float:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            return default
+
+
+class Redactor:
+    """Removes known secrets from text before it reaches a log line or an error."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self._pattern = (
+            re.compile("|".join(re.escape(s) for s in sorted(set(secrets), key=len, reverse=True) if s))
+            if any(secrets)
+            else None
+        )
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub("***", text) if self._pattern else text
+
+
+ErrorMessage = Callable[[httpx.Response], str]
+
+
+def default_error_message(response: httpx.Response) -> str:
+    """The platform's message from a JSON error body, whatever its shape; else the status text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or "error"
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("code") or err)
+        for key in ("message", "detail", "error"):
+            if isinstance(body.get(key), str):
+                extra = body.get("errors") or body.get("attr") or body.get("field")
+                return f"{body[key]} ({extra})" if extra else str(body[key])
+    return json.dumps(body)[:300]
+
+
+class HttpClient:
+    """httpx.AsyncClient plus what every platform call needs. `auth_headers` are added to each
+    request and never logged."""
+
+    IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        *,
+        auth_headers: Mapping[str, str] | None = None,
+        observer: RequestObserver | None = None,
+        error_message: ErrorMessage = default_error_message,
+    ) -> None:
+        self.settings = settings
+        self.observer = observer
+        self.error_message = error_message
+        self.redact = Redactor(settings.secrets)
+        headers = dict(auth_headers) if auth_headers is not None else self._default_auth(settings)
+        self.client = httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers={"User-Agent": "taskbridge", "Accept": "application/json", **headers},
+            timeout=settings.timeout,
+            transport=settings.transport,
+        )
+        self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+        self.rng = random.Random()
+
+    @staticmethod
+    def _default_auth(settings: ConnectorSettings) -> dict[str, str]:
+        return {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
+
+    def set_auth_headers(self, headers: Mapping[str, str]) -> None:
+        self.client.headers.update(headers)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry: bool | None = None,
+    ) -> httpx.Response:
+        """One platform call with retries; returns a 2xx response or raises a ConnectorError."""
+        method = method.upper()
+        retry_5xx = method in self.IDEMPOTENT if retry is None else retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._once(method, url, json_body, params, headers)
+            except RateLimited as exc:
+                # 429 means the request was not processed, so any method may repeat it.
+                if attempt > self.settings.max_retries or exc.retry_after > self.settings.max_wait:
+                    raise
+                await asyncio.sleep(exc.retry_after + self.rng.uniform(0, 0.1))
+            except Retryable as exc:
+                surely_unsent = isinstance(exc.__cause__, httpx.ConnectError)
+                if attempt > self.settings.max_retries or not (retry_5xx or surely_unsent):
+                    raise
+                await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.backoff * 2 ** (attempt - 1)
+        return self.rng.uniform(base / 2, base)  # "equal jitter": spreads retries of many callers
+
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        started = time.perf_counter()
+        name = self.settings.name
+        try:
+            response = await self.client.request(
+                method, url, json=json_body, params=_clean_params(params), headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            self._observe(method, "error", started)
+            log.warning("%s %s %s: timeout", name, method, self._path(url))
+            raise Retryable(f"{method} {self._path(url)} timed out", connector=name) from exc
+        except httpx.TransportError as exc:
+            self._observe(method, "error", started)
+            log.warning("%s %s %s: %s", name, method, self._path(url), type(exc).__name__)
+            raise Retryable(
+                f"{method} {self._path(url)} failed: {self.redact(str(exc)) or type(exc).__name__}",
+                connector=name,
+            ) from exc
+        status = response.status_code
+        self._observe(method, f"{status // 100}xx", started)
+        log.debug("%s %s %s -> %s", name, method, self._path(url), status)
+        if status < 400:
+            return response
+        message = self.redact(self.error_message(response))
+        where = f"{method} {self._path(url)}: {message}"
+        if status == 429:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            raise RateLimited(where, retry_after=wait, status=status, connector=name)
+        if status >= 500:
+            raise Retryable(where, status=status, connector=name)
+        if status == 401:
+            raise AuthFailed(where, status=status, connector=name)
+        if status == 404:
+            raise NotFound(where, status=status, connector=name)
+        raise Permanent(where, status=status, connector=name)
+
+    def _path(self, url: str) -> str:
+        # Paths only: a query string could hold something sensitive.
+        return self.redact(url.split("?", 1)[0])
+
+    def _observe(self, method: str, status_class: str, started: float) -> None:
+        if self.observer is not None:
+            self.observer(self.settings.name, method, status_class, time.perf_counter() - started)
+
+    async def get(self, url: str, **kw: Any) -> Any:
+        return _json(await self.request("GET", url, **kw))
+
+    async def post(self, url: str, body: Any = None, **kw: Any) -> Any:
+        return _json(await self.request("POST", url, json_body=body, **kw))
+
+    async def put(self, url: str, body: Any = None, **kw: Any) -> Any:
+        return _json(await self.request("PUT", url, json_body=body, **kw))
+
+    async def patch(self, url: str, body: Any = None, **kw: Any) -> Any:
+        return _json(await self.request("PATCH", url, json_body=body, **kw))
+
+    async def delete(self, url: str, **kw: Any) -> Any:
+        return _json(await self.request("DELETE", url, **kw))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise Permanent(
+            f"the platform answered with a body that is not JSON ({exc})", status=response.status_code
+        ) from None
+
+
+def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if params is None:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# -- helpers for connectors ----------------------------------------------------------------------
+
+
+def verify_hmac(secret: str, message: bytes, signature: str) -> bool:
+    """Constant-time comparison of a hex HMAC-SHA256 signature."""
+    import hmac
+
+    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.strip().lower())

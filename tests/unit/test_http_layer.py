@@ -1,0 +1,203 @@
+"""The shared HTTP layer against a real loopback server: retries, 429, error mapping, redaction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bridge import mapping
+from connectors import base
+from connectors.fakekit import Fake
+
+TOKEN = "sekrit-token-123"
+
+
+class EchoFake(Fake):
+    platform = "echo"
+
+    def routes(self, app: FastAPI) -> None:
+        @app.get("/api/ok")
+        async def ok(request: Request) -> JSONResponse:
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return JSONResponse({"message": "bad token"}, status_code=401)
+            return JSONResponse({"ok": True})
+
+        @app.post("/api/create")
+        async def create() -> JSONResponse:
+            return JSONResponse({"id": 1}, status_code=201)
+
+        @app.get("/api/status/{code}")
+        async def status(code: int) -> JSONResponse:
+            return JSONResponse({"error": {"code": "x", "message": f"nope {TOKEN}"}}, status_code=code)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[EchoFake]:
+    f = EchoFake(token=TOKEN)
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(fake: EchoFake) -> None:
+    fake.faults.reset()
+    fake.requests.clear()
+
+
+def client(fake: EchoFake, **kw: object) -> base.HttpClient:
+    settings = base.ConnectorSettings(
+        name="echo1",
+        platform="echo",
+        base_url=fake.url,
+        mapping=mapping.PlatformMapping("echo"),
+        people=base.PeopleMap("echo1"),
+        token=TOKEN,
+        backoff=0.01,
+        **kw,  # type: ignore[arg-type]
+    )
+    return base.HttpClient(settings)
+
+
+async def test_ok_and_auth_header(fake: EchoFake) -> None:
+    http = client(fake)
+    assert await http.get("/api/ok") == {"ok": True}
+    await http.aclose()
+
+
+async def test_5xx_is_retried_then_raised_as_retryable(fake: EchoFake) -> None:
+    fake.faults.error_rate = 1.0
+    http = client(fake, max_retries=2)
+    with pytest.raises(base.Retryable) as info:
+        await http.get("/api/ok")
+    assert info.value.status == 500
+    assert fake.requests.count("GET", "/api/ok") == 3  # first try + 2 retries
+    await http.aclose()
+
+
+async def test_post_is_not_retried_on_5xx(fake: EchoFake) -> None:
+    fake.faults.error_rate = 1.0
+    http = client(fake, max_retries=3)
+    with pytest.raises(base.Retryable):
+        await http.post("/api/create", {})
+    assert fake.requests.count("POST", "/api/create") == 1  # a create that may have happened isn't repeated
+    await http.aclose()
+
+
+async def test_429_waits_for_retry_after_then_succeeds(fake: EchoFake) -> None:
+    fake.faults.rate_limit_burst = 1
+    fake.faults.retry_after = 1
+    http = client(fake)
+    started = time.monotonic()
+    assert await http.post("/api/create", {}) == {"id": 1}  # 429 means unprocessed: even POST repeats
+    assert time.monotonic() - started >= 1.0
+    assert fake.requests.count("POST", "/api/create", status=429) == 1
+    await http.aclose()
+
+
+async def test_long_retry_after_is_raised_for_the_engine(fake: EchoFake) -> None:
+    fake.faults.rate_limit_burst = 1
+    fake.faults.retry_after = 120
+    http = client(fake, max_wait=5)
+    with pytest.raises(base.RateLimited) as info:
+        await http.get("/api/ok")
+    assert info.value.retry_after == 120
+    await http.aclose()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (400, base.Permanent),
+        (403, base.Permanent),
+        (404, base.NotFound),
+        (401, base.AuthFailed),
+        (409, base.Permanent),
+    ],
+)
+async def test_4xx_map_to_permanent_errors_with_the_platform_message(
+    fake: EchoFake, code: int, error: type[Exception]
+) -> None:
+    http = client(fake)
+    with pytest.raises(error) as info:
+        await http.get(f"/api/status/{code}")
+    assert "nope ***" in str(info.value)  # the platform's message, with the secret redacted
+    assert TOKEN not in str(info.value)
+    assert fake.requests.count("GET", "/api/status/{code}") == 1  # never retried
+    await http.aclose()
+
+
+async def test_timeout_is_retryable(fake: EchoFake) -> None:
+    fake.faults.timeout_rate = 1.0
+    fake.faults.hang_seconds = 1.0
+    http = client(fake, timeout=0.2, max_retries=1)
+    with pytest.raises(base.Retryable, match="timed out"):
+        await http.get("/api/ok")
+    await http.aclose()
+
+
+async def test_connection_refused_is_retryable_even_for_post() -> None:
+    from connectors.fakekit import free_port
+
+    settings = base.ConnectorSettings(
+        name="x",
+        platform="x",
+        base_url=f"http://127.0.0.1:{free_port()}",
+        mapping=mapping.PlatformMapping("x"),
+        people=base.PeopleMap("x"),
+        token=TOKEN,
+        backoff=0.01,
+        max_retries=2,
+    )
+    http = base.HttpClient(settings)
+    with pytest.raises(base.Retryable):
+        await http.post("/api/create", {})
+    await http.aclose()
+
+
+async def test_no_secret_in_logs(fake: EchoFake, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    http = client(fake, max_retries=0)
+    await http.get("/api/ok")
+    with pytest.raises(base.Permanent):
+        await http.get("/api/status/400")
+    await http.aclose()
+    assert caplog.records
+    assert TOKEN not in caplog.text
+
+
+async def test_rate_limiter_spaces_requests() -> None:
+    limiter = base.RateLimiter(rate=20, burst=1)
+    started = time.monotonic()
+    for _ in range(5):
+        await limiter.acquire()
+    assert time.monotonic() - started >= 4 / 20 * 0.9
+
+
+def test_retry_after_parsing() -> None:
+    assert base.parse_retry_after("12") == 12
+    assert base.parse_retry_after(None) == 1.0
+    assert base.parse_retry_after("garbage") == 1.0
+
+
+def test_people_map_keeps_unknown_users_on_their_platform() -> None:
+    people = base.PeopleMap("vt", {"alice": "u-1"})
+    assert people.to_key("u-1") == "alice"
+    assert people.to_key("u-9") == "vt:u-9"
+    assert people.to_remote("vt:u-9") == "u-9"
+    assert people.to_remote("imp:u-9") is None
+    assert people.keys_to_remote(["alice", "imp:x", "vt:u-2"]) == ["u-1", "u-2"]
+
+
+def test_hmac_verification() -> None:
+    import hashlib
+    import hmac
+
+    sig = hmac.new(b"s", b"body", hashlib.sha256).hexdigest()
+    assert base.verify_hmac("s", b"body", sig)
+    assert not base.verify_hmac("s", b"bodx", sig)

@@ -117,6 +117,7 @@ class RemoteTask:
     scope: str
     values: Values
     updated_at: datetime | None = None
+    created_at: datetime | None = None
     url: str | None = None
     deleted: bool = False  # the platform reports it deleted (soft delete, a delete event)
 

@@ -472,6 +472,7 @@ class Fake:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
+        self._loop = None  # so call() runs inline once the server is gone
 
     def serve_forever(self, port: int, host: str = "127.0.0.1") -> None:
         """Run in the foreground (the `taskbridge fake` command) until interrupted."""

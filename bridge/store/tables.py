@@ -101,6 +101,7 @@ class LinkRow(Base):
     remote_updated_at: Mapped[datetime | None]
     content_hash: Mapped[str | None] = mapped_column(String(64))
     remote_url: Mapped[str | None] = mapped_column(Text)
+    is_mirror: Mapped[bool] = mapped_column(Boolean, default=False)  # created by us: carries the marker
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

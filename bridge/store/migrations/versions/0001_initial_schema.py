@@ -174,6 +174,7 @@ def upgrade() -> None:
         sa.Column("remote_updated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=True),
         sa.Column("remote_url", sa.Text(), nullable=True),
+        sa.Column("is_mirror", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

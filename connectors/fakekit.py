@@ -344,7 +344,9 @@ class Fake:
 
     def now(self) -> datetime:
         """A strictly increasing UTC clock (at least 1 ms apart), so updated times order changes."""
+        # Whole milliseconds, since that is what the platforms print: two changes never share a time.
         now = utcnow()
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         if now <= self._last_time:
             now = self._last_time + timedelta(milliseconds=1)
         self._last_time = now

@@ -1,0 +1,143 @@
+"""HTTP client of PostHog's Tasks API (the "runs" platform), over `connectors.base.HttpClient`.
+
+Thin, typed calls that return the platform's JSON. Paths are relative to `base_url`
+(`https://HOST/api`): `projects/{project_id}/tasks/...`, always with PostHog's trailing slash.
+This module owns the list envelope (`{"count", "next", "previous", "results"}`) and the
+limit/offset walk; what a task *means* is the connector's business.
+
+Errors arrive in drf-exceptions-hog's shape `{"type", "code", "detail", "attr"}`; `error_message`
+turns one into "attr: detail (code)" so a parked operation shows the platform's own words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from connectors.base import HttpClient, Permanent
+
+Json = dict[str, Any]
+
+PAGE_SIZE = 100  # the documented maximum; PostHog clamps anything larger to it
+
+
+def error_message(response: httpx.Response) -> str:
+    """PostHog's error body as one line: "title: Ensure this field ... (max_length)"."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if not isinstance(body, dict) or not isinstance(body.get("detail"), str):
+        text = str(body)
+        return text[:300]
+    attr = body.get("attr")
+    code = body.get("code")
+    message = f"{attr}: {body['detail']}" if attr else body["detail"]
+    return f"{message} ({code})" if code else message
+
+
+@dataclass(frozen=True)
+class TaskPages:
+    """Every task of one walk over a list, deduplicated by id (first sighting wins).
+
+    `complete` holds when the walk reached the last page (`next` was null), every page reported
+    the same `count`, and exactly `count` distinct tasks were seen: only then is nothing known to
+    have been skipped by a page shift (see `RunsClient.list_all`).
+    """
+
+    tasks: list[Json]
+    count: int | None
+    complete: bool
+    pages: int
+
+
+class RunsClient:
+    """PostHog Tasks endpoints under `projects/{project}/tasks/`."""
+
+    def __init__(self, http: HttpClient, *, page_size: int = PAGE_SIZE) -> None:
+        self.http = http
+        self.page_size = page_size
+
+    # -- paths ------------------------------------------------------------------------------
+
+    @staticmethod
+    def tasks_path(project: str) -> str:
+        return f"projects/{quote(str(project), safe='@')}/tasks/"
+
+    @classmethod
+    def task_path(cls, project: str, task_id: str) -> str:
+        return f"{cls.tasks_path(project)}{quote(str(task_id), safe='')}/"
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def list_page(self, project: str, *, limit: int, offset: int = 0, **filters: Any) -> Json:
+        """One page of the task list: `{"count", "next", "previous", "results"}`."""
+        params = {"limit": limit, "offset": offset or None, **filters}
+        body = await self.http.get(self.tasks_path(project), params=params)
+        if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+            raise Permanent(
+                f"the task list of project {project} is not a paginated list",
+                connector=self.http.settings.name,
+            )
+        return body
+
+    async def list_all(self, project: str, **filters: Any) -> TaskPages:
+        """Every page of the task list, from offset 0 to the end.
+
+        The list is ordered newest first, so a task created while we page pushes every later
+        task one place down: the next page repeats the last task of the previous one (dropped
+        here by id). A task deleted (or leaving the filter) while we page pulls later tasks one
+        place up, and one of them can be skipped. Both change `count`, so a walk whose pages
+        disagree on `count`, or that saw a different number of distinct tasks than `count`,
+        is reported incomplete.
+        """
+        seen: dict[str, Json] = {}
+        counts: set[int] = set()
+        offset = 0
+        pages = 0
+        reached_end = False
+        while True:
+            body = await self.list_page(project, limit=self.page_size, offset=offset, **filters)
+            pages += 1
+            results = body["results"]
+            if isinstance(body.get("count"), int):
+                counts.add(body["count"])
+            for task in results:
+                seen.setdefault(str(task["id"]), task)
+            if not body.get("next"):
+                reached_end = True
+                break
+            if not results:  # a `next` link but an empty page: stop rather than loop
+                break
+            # Our own offsets rather than the absolute `next` URL, which names the host as the
+            # server sees it (behind a proxy, possibly not the one we were configured with).
+            offset += len(results)
+        count = next(iter(counts)) if len(counts) == 1 else None
+        complete = reached_end and count is not None and count == len(seen)
+        return TaskPages(list(seen.values()), count, complete, pages)
+
+    async def get_task(self, project: str, task_id: str) -> Json:
+        return await self.http.get(self.task_path(project, task_id))
+
+    async def create_task(self, project: str, body: Json) -> Json:
+        return await self.http.post(self.tasks_path(project), body)
+
+    async def update_task(self, project: str, task_id: str, body: Json) -> Json:
+        return await self.http.patch(self.task_path(project, task_id), body)
+
+    async def delete_task(self, project: str, task_id: str) -> None:
+        await self.http.delete(self.task_path(project, task_id))
+
+    async def start_run(self, project: str, task_id: str, body: Json | None = None) -> Json:
+        """`POST {id}/run/`: a new queued run; answers the task with its new `latest_run`.
+
+        Not retried on 5xx or a timeout (it is not idempotent); the connector makes it safe to
+        repeat by checking the latest run first.
+        """
+        return await self.http.post(f"{self.task_path(project, task_id)}run/", body)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,583 @@
+"""AgentKanban connector: a board's tasks as canonical tasks, and back.
+
+Scope = a board id. Status is the task's lane, read by lane *name* through `mapping.status`
+(lane name -> canonical) and written the other way (canonical -> lane name -> that board's lane
+id); priority is the integer 0..4 through `mapping.priority`; tags and `archived` map directly.
+AgentKanban tasks have no assignees, dates or parents, so the connector neither reads nor writes
+them.
+
+Lanes: each board's lanes (id <-> name) are cached. A poll re-reads them (one cheap GET), and so
+does every status write (create with a status, update of status): a renamed lane keeps its id,
+so a stale name must never decide where a task goes. Reads between polls use the cache and
+re-read it once when a lane id is not in it (a renamed lane reads by its old name until the next
+poll, which then reports that lane's tasks again, see below). A lane the
+mapping names that the board lacks, or a lane holding a task that the mapping cannot read, is a
+`Permanent` error naming the lane and the board (never a KeyError).
+
+Listing (polls stay cheap): the task list is unpaginated and complete, but it lacks `description`,
+which only the task detail carries. So `list_tasks` lists the board once (`includeArchived=true`,
+so an archived task is reported archived rather than vanishing) and GETs the detail only of the
+tasks that changed since the watermark. `all_ids` is always the whole listing.
+The watermark is `{"since", "seen", "lanes", "map"}`:
+- `since`: the newest `updatedAt` seen in a listing, less a margin (`UPDATED_MARGIN`, 5 s), as
+  the *platform* wrote it. This is the "max updatedAt seen minus a few seconds" form, chosen over
+  our own fetch start time because it never compares our clock with the platform's: a clock
+  skew between us and AgentKanban cannot hide a change. The margin covers a write whose
+  `updatedAt` was stamped before the listing but became visible only after it.
+- `seen`: `{task id: updatedAt}` of the tasks inside that margin that were already reported, so
+  an idle board is not re-read every poll (the map is bounded by the writes of the last few
+  seconds before the newest one).
+- `lanes`: `{lane id: name}` at the poll. Renaming a lane changes no task's `updatedAt`, so the
+  tasks of a renamed lane are reported again (their status may have changed meaning).
+- `map`: a fingerprint of the status/priority read maps; a changed mapping makes the next poll
+  a full one. No watermark (or a changed mapping) means a full listing: every task's detail.
+Descriptions read from details are cached in memory by (task id, updatedAt), so a detail is not
+fetched again for a task that has not changed (lane renames, `find_by_marker`).
+
+Assumed (the docs are silent; the fake in fake.py implements the same):
+- Create accepts `description`, `priority`, `tags` besides the documented title/laneId, and
+  answers only `{id, title, laneId}`; so create is followed by a GET (and by a PATCH
+  `archived=true` when the values ask for an archived task: create takes no `archived`).
+- PATCH answers only the fields sent and the move answers `{id, laneId, position}`: every
+  write is followed by a GET of the detail, which is what the write returns.
+- Titles and tags are trimmed by the platform and duplicate tags dropped; a blank title is
+  refused, so a blank canonical title is written as "Untitled" (the round trip says so).
+  Descriptions are stored verbatim; `null` reads as "".
+- A status write moves the task only when its current lane does not already read as the
+  written status (a task in "In Review" that the bridge sets to in_progress stays there); a move
+  appends the task to the end of the target lane.
+- Comments: `authorSource == "api"` is taken to mean "written through the external API", i.e. by
+  this connector (`by_us`). The API cannot tell one key from another, so comments other API
+  integrations post (source "api") also count as ours and are not mirrored. Comments are
+  added with `source: "api"` and `authorName` = the author the engine passes ("Alice via X").
+- Webhooks belong to the API key, not to a board: one registration per URL serves every board
+  the key sees, and `register_webhook` ignores the scope (events carry `boardId`; the engine
+  drops boards it does not route). The platform generates the secret (`whsec_...`) and shows it
+  only at creation: `register_webhook` returns it then. When a hook for the URL already exists,
+  it is kept (re-activated and given the task/comment events if it lacked them) and None is
+  returned: the secret is unknown to us then and the engine keeps the one it stored. The
+  configured `secret` argument is not used (the platform accepts none).
+- Signature: `X-AgentKanban-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>"
+  keyed with the whole "whsec_..." string>` (NOTES: Stripe-like); several v1 entries are
+  accepted; a timestamp more than 300 s from now is refused. Delivery id:
+  `X-AgentKanban-Delivery`, else the body's `id`.
+- Webhook bodies are `{id, event, createdAt, boardId, data}`; data is the task for task.* events
+  and the comment plus `taskId` for comment.created. The shape of data is not published, so
+  events are triggers only (`task=None`): the engine GETs the task.
+- Todos exist (capability `todos`), reachable through `self.client.list_todos/add_todo`; the
+  engine does not sync them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bridge.mapping import UnmappedValue
+from bridge.model import Status, Values, normalize_values, parse_timestamp
+from connectors.agentkanban.client import TASK_EVENTS, AgentKanbanClient, Json
+from connectors.base import (
+    BadSignature,
+    BaseConnector,
+    Capabilities,
+    ConnectorError,
+    ConnectorSettings,
+    Listing,
+    NotFound,
+    Permanent,
+    RemoteComment,
+    RemoteTask,
+    RequestObserver,
+    WebhookEvent,
+    fields,
+    verify_hmac,
+)
+
+SIGNATURE_HEADER = "X-AgentKanban-Signature"
+DELIVERY_HEADER = "X-AgentKanban-Delivery"
+EVENT_HEADER = "X-AgentKanban-Event"
+SIGNATURE_TOLERANCE = 300  # seconds between the signature's timestamp and now
+UNTITLED = "Untitled"
+EVENT_KINDS = {
+    "task.created": "created",
+    "task.updated": "updated",
+    "task.deleted": "deleted",
+    "comment.created": "comment",
+}
+
+FIELDS = fields("title", "description", "status", "priority", "tags", "archived")
+
+
+@dataclass
+class _Lanes:
+    """One board's lanes: id -> name, and name -> id of the first lane (by position) so named."""
+
+    by_id: dict[str, str] = field(default_factory=dict)
+    by_name: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, lanes: Iterable[Json]) -> _Lanes:
+        out = cls()
+        for lane in lanes:
+            lane_id, name = str(lane.get("id")), str(lane.get("name"))
+            out.by_id[lane_id] = name
+            out.by_name.setdefault(name, lane_id)
+        return out
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+class AgentKanbanConnector(BaseConnector):
+    capabilities = Capabilities(
+        fields=FIELDS,
+        writable=FIELDS,
+        webhooks=True,
+        comments=True,
+        incremental=True,  # `tasks` holds only what changed since the watermark; all_ids is complete
+        delete=True,
+        archive=True,
+        subtasks=False,
+        todos=True,
+    )
+
+    UPDATED_MARGIN = timedelta(seconds=5)
+    DETAIL_CONCURRENCY = 8
+
+    def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
+        super().__init__(settings, observer=observer)
+        self.client = AgentKanbanClient(self.http)
+        self._lanes: dict[str, _Lanes] = {}
+        # (board, task id) -> (updatedAt as the platform wrote it, description)
+        self._descriptions: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+        self.clock = time.time  # for the webhook timestamp check (tests may replace it)
+
+    # -- lanes ------------------------------------------------------------------------------------
+
+    async def _refresh_lanes(self, board: str) -> _Lanes:
+        lanes = _Lanes.of(await self.client.list_lanes(board))
+        self._lanes[board] = lanes
+        return lanes
+
+    async def _board_lanes(self, board: str) -> _Lanes:
+        cached = self._lanes.get(board)
+        return cached if cached is not None else await self._refresh_lanes(board)
+
+    async def _lane_name(self, board: str, lane_id: Any) -> str:
+        lanes = await self._board_lanes(board)
+        if lane_id not in lanes.by_id:
+            lanes = await self._refresh_lanes(board)
+        if lane_id not in lanes.by_id:
+            raise Permanent(
+                f"board {board}: a task is in lane {lane_id!r}, which the board's lane list lacks",
+                connector=self.name,
+            )
+        return lanes.by_id[lane_id]
+
+    async def _lane_status(self, board: str, lane_id: Any) -> Status:
+        name = await self._lane_name(board, lane_id)
+        try:
+            return Status(self.status_from(name))
+        except UnmappedValue:
+            raise Permanent(
+                f"board {board}: lane {name!r} ({lane_id}) has no status mapping; "
+                f"add it under mapping.status.read of connector {self.name}",
+                connector=self.name,
+            ) from None
+
+    async def _lane_for(self, board: str, status: Status, *, fresh: bool = False) -> str:
+        """The id of the lane that `status` is written as on this board. `fresh` re-reads the
+        lanes first (a renamed lane keeps its id, so a cached name could send a task to a lane
+        that now means something else)."""
+        name = self.status_to(status)
+        lanes = await (self._refresh_lanes(board) if fresh else self._board_lanes(board))
+        if name not in lanes.by_name and not fresh:
+            lanes = await self._refresh_lanes(board)
+        if name not in lanes.by_name:
+            known = ", ".join(repr(n) for n in lanes.by_name) or "none"
+            raise Permanent(
+                f"board {board} has no lane named {name!r} (mapping.status.write[{status.value!r}]); "
+                f"its lanes: {known}. Create the lane or change the mapping of connector {self.name}",
+                connector=self.name,
+            )
+        return lanes.by_name[name]
+
+    # -- platform JSON <-> canonical --------------------------------------------------------------
+
+    def _priority_in(self, board: str, value: Any) -> Any:
+        try:
+            return self.priority_from(value)
+        except UnmappedValue:
+            raise Permanent(
+                f"board {board}: priority {value!r} has no mapping; add it under mapping.priority.read",
+                connector=self.name,
+            ) from None
+
+    async def _remote(self, board: str, task: Json) -> RemoteTask:
+        """A task detail (or a summary with its description added) as a RemoteTask."""
+        values = normalize_values(
+            {
+                "title": task.get("title"),
+                "description": task.get("description"),
+                "status": await self._lane_status(board, task.get("laneId")),
+                "priority": self._priority_in(board, task.get("priority", 0)),
+                "tags": task.get("tags") or [],
+                "archived": bool(task.get("archived")),
+            }
+        )
+        return RemoteTask(
+            remote_id=str(task["id"]),
+            scope=board,
+            values=values,
+            updated_at=parse_timestamp(task.get("updatedAt")),
+            created_at=parse_timestamp(task.get("createdAt")),
+        )
+
+    @staticmethod
+    def _title_out(value: str) -> str:
+        return value.strip() or UNTITLED
+
+    @staticmethod
+    def _tags_out(value: Iterable[str]) -> list[str]:
+        return sorted({t.strip() for t in value if t.strip()})
+
+    def _plain_fields(self, values: Values) -> Json:
+        """The PATCH/create body for every field but status."""
+        body: Json = {}
+        if "title" in values:
+            body["title"] = self._title_out(values["title"])
+        if "description" in values:
+            body["description"] = values["description"]
+        if "priority" in values:
+            body["priority"] = self.priority_to(values["priority"])
+        if "tags" in values:
+            body["tags"] = self._tags_out(values["tags"])
+        if "archived" in values:
+            body["archived"] = bool(values["archived"])
+        return body
+
+    def roundtrip_field(self, name: str, value: Any) -> Any:
+        if name == "title":
+            return self._title_out(value)
+        if name == "tags":
+            return frozenset(self._tags_out(value))
+        return super().roundtrip_field(name, value)
+
+    # -- details (the only view with a description) -------------------------------------------------
+
+    async def _detail(self, board: str, task_id: str) -> Json:
+        try:
+            task = await self.client.get_task(board, task_id)
+        except NotFound:
+            self._descriptions.pop((board, task_id), None)
+            raise
+        self._descriptions[(board, task_id)] = (task.get("updatedAt"), task.get("description"))
+        return task
+
+    async def _details(self, board: str, summaries: Sequence[Json]) -> dict[str, Json]:
+        """Full views of `summaries` by id: from the description cache when the task has not
+        changed since, else a GET (several at a time). Tasks that 404 meanwhile are left out."""
+        out: dict[str, Json] = {}
+        missing: list[str] = []
+        for item in summaries:
+            task_id = str(item["id"])
+            cached = self._descriptions.get((board, task_id))
+            if cached is not None and cached[0] == item.get("updatedAt"):
+                out[task_id] = {**item, "description": cached[1]}
+            else:
+                missing.append(task_id)
+        if not missing:
+            return out
+        gate = asyncio.Semaphore(self.DETAIL_CONCURRENCY)
+
+        async def fetch(task_id: str) -> None:
+            async with gate:
+                try:
+                    out[task_id] = await self._detail(board, task_id)
+                except NotFound:
+                    pass  # deleted since the listing: the engine confirms with its own GET
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for task_id in missing:
+                    group.create_task(fetch(task_id))
+        except BaseExceptionGroup as failed:
+            errors = list(failed.exceptions)
+            raise next((e for e in errors if isinstance(e, ConnectorError)), errors[0]) from None
+        return out
+
+    def _mapping_fingerprint(self) -> str:
+        reads = {
+            name: sorted((str(k), str(v)) for k, v in section.read.items())
+            for name, section in self.mapping.sections.items()
+        }
+        return hashlib.sha256(json.dumps(reads, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- the protocol: tasks ------------------------------------------------------------------------
+
+    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+        prev = dict(watermark or {})
+        fingerprint = self._mapping_fingerprint()
+        since = parse_timestamp(prev.get("since")) if prev.get("map") == fingerprint else None
+        full = since is None
+        seen_before: Mapping[str, str] = {} if full else (prev.get("seen") or {})
+        lanes_before: Mapping[str, str] = {} if full else (prev.get("lanes") or {})
+
+        lanes = await self._refresh_lanes(scope)
+        items = await self.client.list_tasks(scope, include_archived=True)
+
+        renamed = {i for i, name in lanes.by_id.items() if i in lanes_before and lanes_before[i] != name}
+        newest: datetime | None = None
+        changed: list[Json] = []
+        for item in items:
+            updated = parse_timestamp(item.get("updatedAt"))
+            if updated is not None and (newest is None or updated > newest):
+                newest = updated
+            if (
+                full
+                or updated is None
+                or (updated > since and seen_before.get(str(item["id"])) != item.get("updatedAt"))
+                or item.get("laneId") in renamed
+            ):
+                changed.append(item)
+
+        details = await self._details(scope, changed)
+        tasks = [
+            await self._remote(scope, details[str(item["id"])])
+            for item in changed
+            if str(item["id"]) in details
+        ]
+        vanished = {str(item["id"]) for item in changed} - set(details)
+        all_ids = frozenset(str(item["id"]) for item in items) - vanished
+
+        new_since = since
+        if newest is not None:
+            candidate = newest - self.UPDATED_MARGIN
+            new_since = candidate if new_since is None or candidate > new_since else new_since
+        seen = {
+            str(item["id"]): item.get("updatedAt")
+            for item in items
+            if new_since is not None
+            and (updated := parse_timestamp(item.get("updatedAt"))) is not None
+            and updated > new_since
+            and str(item["id"]) not in vanished
+        }
+        mark = {
+            "since": new_since.isoformat().replace("+00:00", "Z") if new_since is not None else None,
+            "seen": seen,
+            "lanes": dict(lanes.by_id),
+            "map": fingerprint,
+        }
+        return Listing(tasks=tasks, all_ids=all_ids, watermark=mark)
+
+    async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
+        return await self._remote(scope, await self._detail(scope, remote_id))
+
+    async def create_task(self, scope: str, values: Values) -> RemoteTask:
+        values = normalize_values(self.writable(values))
+        body = self._plain_fields(values)
+        body["title"] = self._title_out(values.get("title", ""))
+        body.pop("archived", None)  # create takes no `archived`: a PATCH follows
+        if body.get("description") == "":
+            del body["description"]  # null and "" read the same
+        if "status" in values:
+            body["laneId"] = await self._lane_for(scope, values["status"], fresh=True)
+        created = await self.client.create_task(scope, body)
+        remote_id = str(created["id"])
+        if values.get("archived"):
+            await self.client.update_task(scope, remote_id, {"archived": True})
+        return await self.get_task(scope, remote_id)
+
+    async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
+        changes = normalize_values(self.writable(changes))
+        body = self._plain_fields(changes)
+        target: str | None = None
+        if "status" in changes:
+            # Resolve the lane before writing anything, so a mapping gap fails cleanly.
+            wanted = Status(changes["status"])
+            lane_id = await self._lane_for(scope, wanted, fresh=True)
+            current = await self._detail(scope, remote_id)
+            if current.get("laneId") != lane_id:
+                try:
+                    reads_as = await self._lane_status(scope, current.get("laneId"))
+                except Permanent:
+                    reads_as = None  # its lane is unmapped: move it to a mapped one
+                if reads_as != self.mapping.status.roundtrip(wanted):  # type: ignore[union-attr]
+                    target = lane_id
+        if body:
+            await self.client.update_task(scope, remote_id, body)
+        if target is not None:
+            await self.client.move_task(scope, remote_id, target)
+        return await self.get_task(scope, remote_id)
+
+    async def delete_task(self, scope: str, remote_id: str) -> None:
+        await self.client.delete_task(scope, remote_id)
+        self._descriptions.pop((scope, remote_id), None)
+
+    async def archive_task(self, scope: str, remote_id: str) -> RemoteTask:
+        await self.client.update_task(scope, remote_id, {"archived": True})
+        return await self.get_task(scope, remote_id)
+
+    async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
+        """No search endpoint: the board is listed and the descriptions read, newest task first,
+        from the cache where it is current and otherwise a batch of GETs at a time."""
+        items = await self.client.list_tasks(scope, include_archived=True)
+        items.sort(key=lambda t: str(t.get("createdAt") or ""), reverse=True)
+        cached = await self._details(scope, [i for i in items if self._is_cached(scope, i)])
+        for item in items:
+            task = cached.get(str(item["id"]))
+            if task is not None and marker in (task.get("description") or ""):
+                return await self._remote(scope, task)
+        rest = [i for i in items if str(i["id"]) not in cached]
+        step = self.DETAIL_CONCURRENCY
+        for start in range(0, len(rest), step):
+            batch = rest[start : start + step]
+            details = await self._details(scope, batch)
+            for item in batch:
+                task = details.get(str(item["id"]))
+                if task is not None and marker in (task.get("description") or ""):
+                    return await self._remote(scope, task)
+        return None
+
+    def _is_cached(self, board: str, item: Json) -> bool:
+        cached = self._descriptions.get((board, str(item["id"])))
+        return cached is not None and cached[0] == item.get("updatedAt")
+
+    # -- comments -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _comment(comment: Json) -> RemoteComment:
+        return RemoteComment(
+            remote_id=str(comment["id"]),
+            body=str(comment.get("body") or ""),
+            author=str(comment.get("authorName") or ""),
+            created_at=parse_timestamp(comment.get("createdAt")),
+            by_us=comment.get("authorSource") == "api",
+        )
+
+    async def list_comments(self, scope: str, remote_id: str) -> list[RemoteComment]:
+        return [self._comment(c) for c in await self.client.list_comments(scope, remote_id)]
+
+    async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment:
+        created = await self.client.add_comment(
+            scope, remote_id, body, author_name=author.strip() or None, source="api"
+        )
+        return self._comment(created)
+
+    # -- webhooks ---------------------------------------------------------------------------------------
+
+    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+        for hook in await self.client.list_webhooks():
+            if hook.get("url") != url:
+                continue
+            events = list(hook.get("events") or [])
+            lacking = "*" not in events and not set(TASK_EVENTS) <= set(events)
+            if lacking or hook.get("active") is False:
+                update: Json = {"active": True}
+                if lacking:
+                    update["events"] = list(dict.fromkeys([*events, *TASK_EVENTS]))
+                await self.client.update_webhook(str(hook["id"]), **update)
+            return None  # kept; its secret was shown only at creation and the engine has it
+        created = await self.client.create_webhook(url, list(TASK_EVENTS))
+        new_secret = created.get("secret")
+        return str(new_secret) if new_secret else None
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:
+        header = _header(headers, SIGNATURE_HEADER)
+        if not header:
+            raise BadSignature(f"no {SIGNATURE_HEADER} header")
+        timestamp: str | None = None
+        signatures: list[str] = []
+        for part in header.split(","):
+            key, sep, value = part.strip().partition("=")
+            if not sep:
+                continue
+            if key == "t":
+                timestamp = value.strip()
+            elif key == "v1":
+                signatures.append(value.strip())
+        if timestamp is None or not signatures:
+            raise BadSignature(f"{SIGNATURE_HEADER} lacks t= or v1=")
+        try:
+            sent_at = int(timestamp)
+        except ValueError:
+            raise BadSignature(f"{SIGNATURE_HEADER} timestamp {timestamp!r} is not an integer") from None
+        age = self.clock() - sent_at
+        if abs(age) > SIGNATURE_TOLERANCE:
+            raise BadSignature(
+                f"stale signature: timestamp is {age:.0f} s from now (tolerance {SIGNATURE_TOLERANCE} s)"
+            )
+        usable = [s for s in secrets if s]
+        if not usable:
+            raise BadSignature("no webhook secret to verify with")
+        message = timestamp.encode() + b"." + body
+        if not any(verify_hmac(secret, message, sig) for secret in usable for sig in signatures):
+            raise BadSignature("signature does not match the body with any known secret")
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadSignature(f"webhook body is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadSignature("webhook body is not a JSON object")
+        event = payload.get("event") or _header(headers, EVENT_HEADER)
+        kind = EVENT_KINDS.get(str(event))
+        if kind is None:
+            return []  # board.created and anything newer: nothing about a task
+        data = payload.get("data")
+        board = payload.get("boardId")
+        if not isinstance(data, dict) or not board:
+            raise BadSignature(f"{event} delivery without boardId or data")
+        remote_id = data.get("taskId") if kind == "comment" else data.get("id")
+        if not remote_id:
+            raise BadSignature(f"{event} delivery without a task id")
+        delivery = _header(headers, DELIVERY_HEADER) or payload.get("id")
+        return [
+            WebhookEvent(
+                scope=str(board),
+                remote_id=str(remote_id),
+                kind=kind,
+                delivery_id=str(delivery) if delivery else None,
+                task=None,  # a trigger: deliveries can arrive out of order, the engine GETs the task
+            )
+        ]
+
+    # -- health -------------------------------------------------------------------------------------------
+
+    async def check(self, scope: str) -> str:
+        board = await self.client.get_board(scope)
+        lanes = _Lanes.of(board.get("lanes") or [])
+        self._lanes[scope] = lanes
+        assert self.mapping.status is not None
+        missing = sorted({str(n) for n in self.mapping.status.write.values()} - set(lanes.by_name))
+        if missing:
+            raise Permanent(
+                f"board {scope} ({board.get('name')!r}) lacks the lanes {missing} that mapping.status.write "
+                f"names; create them or change the mapping of connector {self.name}",
+                connector=self.name,
+            )
+        items = await self.client.list_tasks(scope, include_archived=True)
+        unread = {
+            lane_id: name for lane_id, name in lanes.by_id.items() if name not in self.mapping.status.read
+        }
+        busy = sorted({unread[i["laneId"]] for i in items if i.get("laneId") in unread})
+        if busy:
+            raise Permanent(
+                f"board {scope} ({board.get('name')!r}): lanes {busy} hold tasks but have no status mapping; "
+                f"add them under mapping.status.read of connector {self.name}",
+                connector=self.name,
+            )
+        note = f"; unmapped empty lanes: {sorted(set(unread.values()))}" if unread else ""
+        return f"board {board.get('name')!r} ({scope}): {len(lanes.by_id)} lanes, {len(items)} tasks{note}"

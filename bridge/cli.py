@@ -64,6 +64,46 @@ def _store_kind(url: str) -> str:
     )
 
 
+def _setup_logging(cfg: config_mod.Config, *, quiet: bool = False) -> None:
+    from bridge.logs import setup
+
+    setup(cfg.log.level if not quiet else "warning", cfg.log.format, secrets=cfg.connector_secrets())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.daemon import Daemon
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg)
+    try:
+        asyncio.run(Daemon(cfg).run())
+    except OSError as exc:
+        _err(f"taskbridge could not start: {exc}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.oneshot import sync_once
+
+    if not args.once:
+        _err("sync runs one pass: use --once (the daemon is `taskbridge run`)")
+        return EXIT_USAGE
+    cfg = _load_config(args.config)
+    _setup_logging(cfg, quiet=True)
+    return asyncio.run(sync_once(cfg, progress=not args.no_progress))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return run_demo(port=args.port, seconds=args.seconds, workdir=args.dir)
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     bad = [s for s in scopes if s not in ("read", "write", "admin")]
@@ -110,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", cmd_check, "validate a config file: every error names the key and line")
     p.add_argument("--config", "-c", required=True, metavar="FILE")
+
+    p = add("run", cmd_run, "run the daemon (polls, webhooks, outbox, API) until SIGTERM")
+    p.add_argument("--config", "-c", required=True, metavar="FILE")
+
+    p = add("sync", cmd_sync, "one full sync pass with a progress bar, then exit")
+    p.add_argument("--config", "-c", required=True, metavar="FILE")
+    p.add_argument("--once", action="store_true", help="one pass (required)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+    p = add("demo", cmd_demo, "five platform fakes, a demo config and the daemon, on loopback")
+    p.add_argument("--port", type=int, default=8080, help="the daemon's API port (default 8080)")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument(
+        "--dir", default=None, help="where to write the demo config and store (default: a temp dir)"
+    )
 
     p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)

@@ -288,6 +288,7 @@ class Config(BaseSettings):
         # Each error carries its location so the message can point at the line.
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
+        member_routes: dict[tuple[str, str], str] = {}
         for i, route in enumerate(self.routes):
             if route.name in seen:
                 problems.append(
@@ -312,7 +313,16 @@ class Config(BaseSettings):
                     problems.append(
                         (("routes", i, "members", j), f"{member.connector}:{member.scope} is listed twice")
                     )
+                elif key in member_routes:
+                    # A remote task is linked to one canonical task, so a scope belongs to one route.
+                    problems.append(
+                        (
+                            ("routes", i, "members", j),
+                            f"{member.connector}:{member.scope} is already a member of route {member_routes[key]!r}",
+                        )
+                    )
                 members_seen.add(key)
+                member_routes.setdefault(key, route.name)
             if isinstance(route.conflict, PreferPolicy) and route.conflict.prefer not in {
                 m.connector for m in route.members
             }:

@@ -140,6 +140,11 @@ def encode_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: encode(k, v) for k, v in values.items()}
 
 
+def decode(name: str, value: Any) -> Any:
+    """A field value from its JSON form (the inverse of `encode`)."""
+    return normalize(name, value)
+
+
 def decode_values(data: Mapping[str, Any]) -> Values:
     return normalize_values(data)
 

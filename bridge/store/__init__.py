@@ -59,6 +59,7 @@ class Store:
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return cls(engine, async_sessionmaker(engine, expire_on_commit=False), url)
 
     @property
@@ -90,12 +91,19 @@ class Store:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    # Transactions begin IMMEDIATE (below): a transaction that reads and then writes would
+    # otherwise fail at once with "database is locked" when another writer got in between.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _upgrade(connection: Connection) -> None:

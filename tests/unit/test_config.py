@@ -221,3 +221,14 @@ def test_cli_check_bad_mapping_override_names_connector(tmp_path: Path) -> None:
 def test_cli_help_and_version() -> None:
     assert "check" in run_cli("--help").stdout
     assert run_cli("version").stdout.startswith("taskbridge ")
+
+
+def test_a_scope_belongs_to_one_route(tmp_path: Path) -> None:
+    text = (
+        GOOD
+        + "  - name: other\n    members:\n      - {connector: imp, scope: p1}\n      - {connector: vt, scope: 2}\n"
+    )
+    message = error_of(tmp_path, text)
+    assert (
+        message == f"{tmp_path}/cfg.yaml:20: routes[1].members[0]: imp:p1 is already a member of route 'main'"
+    )

@@ -1,0 +1,1 @@
+"""The daemon's HTTP surface: the unified API, webhook intake, /metrics, /healthz, /readyz."""

@@ -1,0 +1,468 @@
+"""`/api/v1`: tasks, comments, conflicts, connectors. Reads need `read`, changes `write`, triggering
+syncs `admin`; `admin` implies the others."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import or_, select
+
+from bridge.engine import api_ops
+from bridge.engine.comments import add_api_comment
+from bridge.model import Priority, Status, as_utc, decode_values, encode_values
+from bridge.store.tables import (
+    CommentLinkRow,
+    CommentRow,
+    ConflictRow,
+    HistoryRow,
+    LinkRow,
+    OutboxRow,
+    TaskRow,
+)
+
+router = APIRouter(prefix="/api/v1")
+
+
+# FastAPI dependencies that close over the app's configured tokens.
+def _dep(scope: str) -> Any:
+    async def dependency(request: Request) -> Any:
+        check = request.app.state.scope(scope)
+        auth = request.app.state.authenticate
+        return check(auth(request))
+
+    return Depends(dependency)
+
+
+READ = _dep("read")
+WRITE = _dep("write")
+ADMIN = _dep("admin")
+
+
+class TaskFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = Field(None, max_length=1000)
+    description: str | None = Field(None, max_length=100_000)
+    status: Status | None = None
+    priority: Priority | None = None
+    assignees: list[str] | None = None
+    tags: list[str] | None = None
+    due_date: date | None = None
+    start_date: date | None = None
+    archived: bool | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude_unset=True).items()}
+
+
+class TaskCreate(TaskFields):
+    route: str
+    title: str = Field(min_length=1, max_length=1000)
+
+
+class LinkOut(BaseModel):
+    connector: str
+    platform: str
+    scope: str
+    remote_id: str | None
+    state: str
+    remote_url: str | None
+
+
+class TaskOut(BaseModel):
+    id: str
+    route: str
+    title: str
+    description: str
+    status: str
+    priority: str
+    assignees: list[str]
+    tags: list[str]
+    due_date: str | None
+    start_date: str | None
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+    links: list[LinkOut] | None = None
+    history: list[dict[str, Any]] | None = None
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskOut]
+    next_cursor: str | None
+
+
+class CommentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    body: str = Field(min_length=1, max_length=50_000)
+    author: str | None = Field(None, max_length=200)
+
+
+class CommentOut(BaseModel):
+    id: str
+    body: str
+    author: str
+    origin: str | None
+    created_at: datetime
+    links: dict[str, str | None]
+
+
+class ConflictOut(BaseModel):
+    id: int
+    task_id: str
+    route: str
+    field: str
+    candidates: dict[str, Any]
+    state: str
+    resolution: dict[str, Any] | None
+    created_at: datetime
+
+
+class Resolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    choose: str | None = Field(None, description='"bridge" or a connector name among the candidates')
+    value: Any = Field(None, description="a value of the field, instead of a candidate")
+
+
+def _task_out(
+    row: TaskRow,
+    links: list[LinkRow] | None = None,
+    history: list[HistoryRow] | None = None,
+    platforms: dict[str, str] | None = None,
+) -> TaskOut:
+    data = encode_values(decode_values(row.data))
+    return TaskOut(
+        id=row.id,
+        route=row.route,
+        title=data.get("title", ""),
+        description=data.get("description", ""),
+        status=data.get("status", "todo"),
+        priority=data.get("priority", "none"),
+        assignees=data.get("assignees", []),
+        tags=data.get("tags", []),
+        due_date=data.get("due_date"),
+        start_date=data.get("start_date"),
+        archived=bool(data.get("archived", False)),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        links=None
+        if links is None
+        else [
+            LinkOut(
+                connector=lk.connector,
+                platform=(platforms or {}).get(lk.connector, ""),
+                scope=lk.scope,
+                remote_id=lk.remote_id,
+                state=lk.state,
+                remote_url=lk.remote_url,
+            )
+            for lk in links
+        ],
+        history=None
+        if history is None
+        else [
+            {
+                "field": h.field,
+                "old": (h.old or {}).get("v"),
+                "new": (h.new or {}).get("v"),
+                "source": h.source,
+                "via": h.via,
+                "at": h.at.isoformat(),
+            }
+            for h in history
+        ],
+    )
+
+
+def _ctx(request: Request) -> Any:
+    return request.app.state.daemon.ctx
+
+
+def _cursor_encode(updated: datetime, task_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([updated.isoformat(), task_id]).encode()).decode()
+
+
+def _cursor_decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        stamp, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return as_utc(datetime.fromisoformat(stamp)), str(task_id)
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(400, "bad cursor") from exc
+
+
+@router.get("/tasks", response_model=TaskPage, dependencies=[READ])
+async def list_tasks(
+    request: Request,
+    route: str | None = None,
+    status: Status | None = None,
+    priority: Priority | None = None,
+    assignee: str | None = None,
+    tag: str | None = None,
+    q: str | None = Query(None, max_length=200, description="text search in title and description"),
+    updated_since: datetime | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    cursor: str | None = None,
+) -> TaskPage:
+    ctx = _ctx(request)
+    query = select(TaskRow).where(TaskRow.deleted_at.is_(None))
+    if route:
+        query = query.where(TaskRow.route == route)
+    if status:
+        query = query.where(TaskRow.status == status.value)
+    if updated_since:
+        query = query.where(TaskRow.updated_at >= as_utc(updated_since))
+    if q:
+        query = query.where(TaskRow.title.ilike(f"%{q}%"))
+    if cursor:
+        stamp, last_id = _cursor_decode(cursor)
+        query = query.where(
+            or_(TaskRow.updated_at < stamp, (TaskRow.updated_at == stamp) & (TaskRow.id < last_id))
+        )
+    query = query.order_by(TaskRow.updated_at.desc(), TaskRow.id.desc())
+    out: list[TaskOut] = []
+    next_cursor = None
+    async with ctx.store.sessions() as session:
+        # Filters on JSON fields run here; the SQL narrows by the indexed columns first.
+        batch = 4 * limit
+        offset = 0
+        while len(out) < limit:
+            rows = (await session.scalars(query.offset(offset).limit(batch))).all()
+            if not rows:
+                break
+            offset += len(rows)
+            for row in rows:
+                data = row.data
+                if priority and data.get("priority", "none") != priority.value:
+                    continue
+                if assignee and assignee not in data.get("assignees", []):
+                    continue
+                if tag and tag not in data.get("tags", []):
+                    continue
+                out.append(_task_out(row))
+                if len(out) == limit:
+                    next_cursor = _cursor_encode(row.updated_at, row.id)
+                    break
+            if len(rows) < batch:
+                break
+    return TaskPage(tasks=out, next_cursor=next_cursor)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, dependencies=[READ])
+async def get_task(request: Request, task_id: str) -> TaskOut:
+    ctx = _ctx(request)
+    async with ctx.store.sessions() as session:
+        row = await session.get(TaskRow, task_id)
+        if row is None:
+            raise HTTPException(404, "no such task")
+        links = (
+            await session.scalars(select(LinkRow).where(LinkRow.task_id == task_id).order_by(LinkRow.id))
+        ).all()
+        history = (
+            await session.scalars(
+                select(HistoryRow).where(HistoryRow.task_id == task_id).order_by(HistoryRow.id)
+            )
+        ).all()
+    platforms = {name: c.platform for name, c in request.app.state.daemon.cfg.connectors.items()}
+    return _task_out(row, list(links), list(history), platforms)
+
+
+@router.post("/tasks", response_model=TaskOut, status_code=201, dependencies=[WRITE])
+async def create_task(request: Request, body: TaskCreate) -> TaskOut:
+    values = body.values()
+    route = values.pop("route")
+    try:
+        task_id = await api_ops.create_task(_ctx(request), route, values)
+    except api_ops.ApiError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+    return await get_task(request, task_id)
+
+
+@router.patch("/tasks/{task_id}", response_model=TaskOut, dependencies=[WRITE])
+async def patch_task(request: Request, task_id: str, body: TaskFields) -> TaskOut:
+    try:
+        await api_ops.patch_task(_ctx(request), task_id, body.values())
+    except api_ops.ApiError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+    return await get_task(request, task_id)
+
+
+@router.delete("/tasks/{task_id}", status_code=204, dependencies=[WRITE])
+async def delete_task(request: Request, task_id: str) -> None:
+    try:
+        await api_ops.delete_task(_ctx(request), task_id)
+    except api_ops.ApiError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+
+
+@router.get("/tasks/{task_id}/comments", response_model=list[CommentOut], dependencies=[READ])
+async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
+    ctx = _ctx(request)
+    async with ctx.store.sessions() as session:
+        if await session.get(TaskRow, task_id) is None:
+            raise HTTPException(404, "no such task")
+        rows = (
+            await session.scalars(
+                select(CommentRow).where(CommentRow.task_id == task_id).order_by(CommentRow.created_at)
+            )
+        ).all()
+        links = (
+            await session.scalars(
+                select(CommentLinkRow).where(CommentLinkRow.comment_id.in_([r.id for r in rows]))
+            )
+        ).all()
+    by_comment: dict[str, dict[str, str | None]] = {}
+    for link in links:
+        by_comment.setdefault(link.comment_id, {})[link.connector] = link.remote_id
+    return [
+        CommentOut(
+            id=r.id,
+            body=r.body,
+            author=r.author,
+            origin=r.origin,
+            created_at=r.created_at,
+            links=by_comment.get(r.id, {}),
+        )
+        for r in rows
+    ]
+
+
+@router.post("/tasks/{task_id}/comments", response_model=CommentOut, status_code=201)
+async def add_comment(request: Request, task_id: str, body: CommentIn, principal: Any = WRITE) -> CommentOut:
+    ctx = _ctx(request)
+    async with ctx.store.transaction() as session:
+        task = await session.get(TaskRow, task_id)
+        if task is None or task.deleted_at is not None:
+            raise HTTPException(404, "no such task")
+        comment = await add_api_comment(ctx, session, task, body.body, body.author or principal.name)
+    return CommentOut(
+        id=comment.id,
+        body=comment.body,
+        author=comment.author,
+        origin=None,
+        created_at=comment.created_at,
+        links={},
+    )
+
+
+@router.get("/conflicts", response_model=list[ConflictOut], dependencies=[READ])
+async def list_conflicts(
+    request: Request,
+    state: Literal["open", "resolved", "all"] = "open",
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[ConflictOut]:
+    ctx = _ctx(request)
+    query = select(ConflictRow).order_by(ConflictRow.id).limit(limit)
+    if state != "all":
+        query = query.where(ConflictRow.state == state)
+    async with ctx.store.sessions() as session:
+        rows = (await session.scalars(query)).all()
+    return [
+        ConflictOut(
+            id=r.id,
+            task_id=r.task_id,
+            route=r.route,
+            field=r.field,
+            candidates=r.candidates,
+            state=r.state,
+            resolution=r.resolution,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+
+
+@router.post("/conflicts/{conflict_id}/resolve", response_model=ConflictOut, dependencies=[WRITE])
+async def resolve_conflict(request: Request, conflict_id: int, body: Resolve) -> ConflictOut:
+    ctx = _ctx(request)
+    try:
+        await api_ops.resolve_conflict(ctx, conflict_id, choose=body.choose, value=body.value)
+    except api_ops.ApiError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+    async with ctx.store.sessions() as session:
+        r = await session.get(ConflictRow, conflict_id)
+    assert r is not None
+    return ConflictOut(
+        id=r.id,
+        task_id=r.task_id,
+        route=r.route,
+        field=r.field,
+        candidates=r.candidates,
+        state=r.state,
+        resolution=r.resolution,
+        created_at=r.created_at,
+    )
+
+
+@router.get("/connectors", dependencies=[READ])
+async def list_connectors(request: Request) -> list[dict[str, Any]]:
+    from sqlalchemy import func
+
+    daemon = request.app.state.daemon
+    ctx = daemon.ctx
+    async with ctx.store.sessions() as session:
+        depth = dict(
+            (
+                await session.execute(
+                    select(OutboxRow.connector, func.count())
+                    .where(OutboxRow.state.in_(("pending", "claimed")))
+                    .group_by(OutboxRow.connector)
+                )
+            ).all()
+        )
+        parked = dict(
+            (
+                await session.execute(
+                    select(OutboxRow.connector, func.count())
+                    .where(OutboxRow.state == "parked")
+                    .group_by(OutboxRow.connector)
+                )
+            ).all()
+        )
+        errors = {}
+        for name in ctx.connectors:
+            last = await session.scalar(
+                select(OutboxRow.last_error)
+                .where(OutboxRow.connector == name, OutboxRow.state == "parked")
+                .order_by(OutboxRow.id.desc())
+                .limit(1)
+            )
+            if last:
+                errors[name] = last
+    out = []
+    now = ctx.now()
+    for name, c in daemon.cfg.connectors.items():
+        state = ctx.state.get(name, {})
+        last_poll = state.get("last_poll")
+        out.append(
+            {
+                "name": name,
+                "platform": c.platform,
+                "scopes": ctx.scopes_of(name),
+                "healthy": state.get("last_result") == "ok",
+                "last_poll": last_poll,
+                "lag_seconds": (now - datetime.fromisoformat(last_poll)).total_seconds()
+                if last_poll
+                else None,
+                "last_error": state.get("last_error"),
+                "last_parked_error": errors.get(name),
+                "outbox_depth": depth.get(name, 0),
+                "outbox_parked": parked.get(name, 0),
+                "deletion_guard": state.get("deletion_guard"),
+            }
+        )
+    return out
+
+
+@router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN])
+async def trigger_sync(request: Request, name: str) -> dict[str, str]:
+    daemon = request.app.state.daemon
+    if name not in daemon.cfg.connectors:
+        raise HTTPException(404, "no such connector")
+    import asyncio
+
+    asyncio.get_running_loop().create_task(daemon.poll_once(name))
+    return {"status": "started"}

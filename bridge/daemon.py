@@ -1,0 +1,326 @@
+"""The daemon: wires config, store, connectors, engine, scheduler and HTTP server, and runs them
+until SIGTERM/SIGINT, then drains gracefully (claimed work finishes or is released).
+
+Start-up order: migrate the store, build connectors, start the HTTP server (webhooks may arrive
+as soon as they are registered), register webhooks when `server.public_url` is set, start the
+scheduler (a poll job per connector, never overlapping itself; the outbox worker; the inbox
+processor; store gauges), then tell systemd READY=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
+
+import connectors as registry
+from bridge import __version__, metrics
+from bridge import mapping as mapping_mod
+from bridge.config import Config
+from bridge.engine import leases
+from bridge.engine.comments import sweep_comments
+from bridge.engine.context import EngineContext
+from bridge.engine.inbox import process_pending
+from bridge.engine.outbox import Worker, WorkerSettings, release_claims
+from bridge.engine.poller import poll_connector
+from bridge.engine.routes import build_routes
+from bridge.store import Store, redact_url
+from bridge.store.tables import MetaRow
+from connectors.base import Connector, ConnectorError, ConnectorSettings, PeopleMap
+
+log = logging.getLogger("taskbridge.daemon")
+
+
+def build_connectors(cfg: Config, *, transport: Any = None) -> dict[str, Connector]:
+    out: dict[str, Connector] = {}
+    for name, c in cfg.connectors.items():
+        override = c.mapping.model_dump(exclude_none=True) if c.mapping else None
+        people = {key: p.ids[name] for key, p in cfg.people.items() if name in p.ids}
+        settings = ConnectorSettings(
+            name=name,
+            platform=c.platform,
+            base_url=c.base_url,
+            mapping=mapping_mod.load(c.platform, override),
+            people=PeopleMap(name, people),
+            token=c.token.get_secret_value() if c.token else None,
+            client_id=c.client_id,
+            client_secret=c.client_secret.get_secret_value() if c.client_secret else None,
+            webhook_secret=c.webhook_secret.get_secret_value() if c.webhook_secret else None,
+            mcp_url=c.mcp_url,
+            timeout=c.timeout,
+            rate_limit=c.rate_limit,
+            max_retries=c.max_retries,
+            transport=transport,
+        )
+        out[name] = registry.connector_class(c.platform)(settings, observer=metrics.observe_request)
+    return out
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+        return True
+    return False
+
+
+@dataclass
+class DaemonOptions:
+    poll: bool = True
+    serve: bool = True
+    lease_ttl: float = 60.0
+    comments_per_poll: int = 50
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, options: DaemonOptions | None = None, transport: Any = None) -> None:
+        self.cfg = cfg
+        self.options = options or DaemonOptions()
+        self.store = Store.open(cfg.store.url, pool_size=cfg.store.pool_size, echo=cfg.store.echo_sql)
+        self.ctx = EngineContext(self.store, build_routes(cfg), build_connectors(cfg, transport=transport))
+        for name, c in cfg.connectors.items():
+            if c.webhook_secret is not None and c.webhook_secret.get_secret_value():
+                self.ctx.webhook_secrets.setdefault(name, []).append(c.webhook_secret.get_secret_value())
+        self.worker = Worker(self.ctx, self.options.worker)
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: Any = None
+        self._held: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        log.info("taskbridge %s starting; store %s", __version__, redact_url(self.cfg.store.url))
+        metrics.build_info.info({"version": __version__})
+        await self.store.migrate()
+        await self._load_webhook_secrets()
+        if self.options.serve:
+            await self._start_server()
+        if self.cfg.server.public_url:
+            await self.register_webhooks()
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
+        self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
+        if self.options.poll:
+            for name, c in self.cfg.connectors.items():
+                self.scheduler.add_job(
+                    self._guarded(self.poll_once, name),
+                    "interval",
+                    seconds=c.poll_interval,
+                    id=f"poll:{name}",
+                    max_instances=1,
+                    coalesce=True,
+                    next_run_time=_now_naive(),
+                )
+        self.scheduler.add_job(
+            self._guarded(self.refresh_gauges),
+            "interval",
+            seconds=15,
+            id="gauges",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now_naive(),
+        )
+        self.scheduler.start()
+        self.ready = True
+        sd_notify("READY=1\nSTATUS=syncing")
+        watchdog = os.environ.get("WATCHDOG_USEC")
+        if watchdog:
+            self._tasks.append(asyncio.create_task(self._watchdog(int(watchdog) / 2e6), name="watchdog"))
+        log.info("taskbridge ready: %d connectors, %d routes", len(self.ctx.connectors), len(self.ctx.routes))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.start()
+        await self.stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        log.info("taskbridge stopping: finishing claimed work")
+        self.ready = False
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.worker.stop()
+        for task in self._tasks:
+            if task.get_name() != "outbox":
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout=35)
+        released = await release_claims(self.ctx)
+        if released:
+            log.info("released %d claimed operations for other workers", released)
+        for name in list(self._held):
+            await leases.release(self.ctx, name)
+        if self._server is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server_task, timeout=5)
+        for conn in self.ctx.connectors.values():
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+        await self.store.close()
+        log.info("taskbridge stopped")
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("job %s failed", getattr(fn, "__name__", fn))
+
+        return job
+
+    async def poll_once(self, connector: str) -> None:
+        lease = f"poll:{connector}"
+        interval = self.cfg.connectors[connector].poll_interval
+        if not await leases.acquire(self.ctx, lease, max(self.options.lease_ttl, interval * 2)):
+            self._held.discard(lease)
+            return
+        self._held.add(lease)
+        metrics.leases_held.set(len(self._held))
+        report = await poll_connector(self.ctx, connector)
+        for scope in self.ctx.scopes_of(connector):
+            found = self.ctx.member(connector, scope)
+            if found is None:
+                continue
+            try:
+                await sweep_comments(self.ctx, *found, budget=self.options.comments_per_poll, extra=[])
+            except ConnectorError as exc:
+                log.warning("comment sweep of %s/%s failed: %s", connector, scope, exc)
+        if report.changed or report.deleted:
+            log.info(
+                "poll %s: %d seen, %d changed, %d deleted",
+                connector,
+                report.seen,
+                report.changed,
+                report.deleted,
+            )
+
+    async def _inbox_loop(self) -> None:
+        while True:
+            handled = await self._guarded_inbox()
+            if not handled:
+                self.ctx.inbox_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.inbox_ready.wait(), timeout=2.0)
+
+    async def _guarded_inbox(self) -> int:
+        try:
+            return await process_pending(self.ctx)
+        except Exception:
+            log.exception("inbox processing failed")
+            await asyncio.sleep(1)
+            return 0
+
+    async def refresh_gauges(self) -> None:
+        from bridge.api.status import refresh_store_gauges
+
+        await refresh_store_gauges(self.ctx)
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            # Only a live loop and a running scheduler earn the ping; a hung daemon gets restarted.
+            if self.scheduler.running:
+                sd_notify("WATCHDOG=1")
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    async def register_webhooks(self) -> None:
+        base = str(self.cfg.server.public_url).rstrip("/")
+        for name, c in self.cfg.connectors.items():
+            conn = self.ctx.connectors[name]
+            if not (c.webhooks and conn.capabilities.webhooks):
+                continue
+            secret = c.webhook_secret.get_secret_value() if c.webhook_secret else None
+            for scope in self.ctx.scopes_of(name):
+                try:
+                    generated = await conn.register_webhook(scope, f"{base}/webhooks/{name}", secret or None)
+                except ConnectorError as exc:
+                    log.error(
+                        "could not register webhooks of %s/%s: %s (polling continues)", name, scope, exc
+                    )
+                    continue
+                if generated:
+                    await self._store_webhook_secret(name, generated)
+                log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
+
+    async def _store_webhook_secret(self, connector: str, secret: str) -> None:
+        async with self.store.transaction() as session:
+            row = await session.get(MetaRow, f"webhook_secrets:{connector}")
+            secrets = list(row.value.get("secrets", [])) if row else []
+            if secret not in secrets:
+                secrets.append(secret)
+            if row is None:
+                session.add(MetaRow(key=f"webhook_secrets:{connector}", value={"secrets": secrets}))
+            else:
+                row.value = {"secrets": secrets}
+        self.ctx.webhook_secrets.setdefault(connector, [])
+        if secret not in self.ctx.webhook_secrets[connector]:
+            self.ctx.webhook_secrets[connector].append(secret)
+
+    async def _load_webhook_secrets(self) -> None:
+        async with self.store.sessions() as session:
+            rows = (await session.scalars(select(MetaRow).where(MetaRow.key.like("webhook_secrets:%")))).all()
+        for row in rows:
+            connector = row.key.split(":", 1)[1]
+            for secret in row.value.get("secrets", []):
+                if secret not in self.ctx.webhook_secrets.setdefault(connector, []):
+                    self.ctx.webhook_secrets[connector].append(secret)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    async def _start_server(self) -> None:
+        import uvicorn
+
+        from bridge.api.app import create_app
+
+        app = create_app(self)
+        config = uvicorn.Config(
+            app,
+            host=self.cfg.server.host,
+            port=self.cfg.server.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server_task = asyncio.create_task(self._server.serve(), name="http")
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if self._server_task.done():
+                await self._server_task  # raises the bind error
+                raise RuntimeError(f"could not listen on {self.cfg.server.listen}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not listen on {self.cfg.server.listen}")
+            await asyncio.sleep(0.02)
+
+
+def _now_naive() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,264 @@
+"""Comments: append-only across the members that have them, attributed, never posted twice.
+
+A new comment seen on one member becomes a canonical comment with a comment link for where it was
+seen, and a `creating` comment link plus a `comment` operation for every other member, in one
+transaction: the mirror is linked before anything can observe it. Comments this bridge wrote
+(`by_us`) are never taken for new ones. A repeated `comment` operation first looks for the text it
+would post among the target's comments by us, so a crash between the platform's answer and our
+commit doesn't post it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.engine.context import EngineContext
+from bridge.engine.routes import Member, Route
+from bridge.engine.sync import enqueue
+from bridge.model import new_id
+from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
+from connectors.base import Connector, RemoteComment
+
+if TYPE_CHECKING:
+    from bridge.engine.outbox import _Op
+
+log = logging.getLogger("taskbridge.comments")
+
+
+def commenting(ctx: EngineContext, route: Route, member: Member) -> bool:
+    return route.comments and ctx.connectors[member.connector].capabilities.comments
+
+
+async def sync_comments(ctx: EngineContext, route: Route, member: Member, link_id: int) -> int:
+    """Read one linked task's comments on `member`; mirror the new ones. Returns how many."""
+    if not commenting(ctx, route, member) or not member.reads_any:
+        return 0
+    async with ctx.store.sessions() as session:
+        link = await session.get(LinkRow, link_id)
+        if link is None or link.state != "active" or link.remote_id is None:
+            return 0
+        remote_id, task_id = link.remote_id, link.task_id
+    conn = ctx.connectors[member.connector]
+    remote = await conn.list_comments(member.scope, remote_id)
+    fresh = [c for c in remote if not c.by_us]
+    if not fresh:
+        return 0
+    async with ctx.store.transaction() as session:
+        return await _record(ctx, session, route, member, task_id, fresh)
+
+
+async def _record(
+    ctx: EngineContext,
+    session: AsyncSession,
+    route: Route,
+    member: Member,
+    task_id: str,
+    comments: list[RemoteComment],
+) -> int:
+    task = await session.get(TaskRow, task_id)
+    if task is None:
+        return 0
+    known = set(
+        (
+            await session.scalars(
+                select(CommentLinkRow.remote_id).where(
+                    CommentLinkRow.connector == member.connector,
+                    CommentLinkRow.remote_id.in_([c.remote_id for c in comments]),
+                )
+            )
+        ).all()
+    )
+    targets = await _targets(ctx, session, route, member, task_id)
+    now = ctx.now()
+    added = 0
+    for rc in comments:
+        if rc.remote_id in known:
+            continue
+        comment = CommentRow(
+            id=new_id(),
+            task_id=task_id,
+            body=rc.body,
+            author=rc.author,
+            origin=member.connector,
+            created_at=rc.created_at or now,
+        )
+        session.add(comment)
+        await session.flush()
+        session.add(
+            CommentLinkRow(
+                comment_id=comment.id,
+                connector=member.connector,
+                remote_id=rc.remote_id,
+                state="active",
+                created_at=now,
+            )
+        )
+        for target_link in targets:
+            session.add(
+                CommentLinkRow(
+                    comment_id=comment.id,
+                    connector=target_link.connector,
+                    remote_id=None,
+                    state="creating",
+                    created_at=now,
+                )
+            )
+            enqueue(
+                session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id
+            )
+        added += 1
+    if added and targets:
+        ctx.outbox_ready.set()
+    return added
+
+
+async def add_api_comment(
+    ctx: EngineContext, session: AsyncSession, task: TaskRow, body: str, author: str
+) -> CommentRow:
+    """A comment written through the unified API: mirrored to every comment-capable member."""
+    route = ctx.route(task.route)
+    now = ctx.now()
+    comment = CommentRow(id=new_id(), task_id=task.id, body=body, author=author, origin=None, created_at=now)
+    session.add(comment)
+    await session.flush()
+    if route is not None:
+        for target_link in await _targets(ctx, session, route, None, task.id):
+            session.add(
+                CommentLinkRow(
+                    comment_id=comment.id,
+                    connector=target_link.connector,
+                    remote_id=None,
+                    state="creating",
+                    created_at=now,
+                )
+            )
+            enqueue(
+                session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id
+            )
+        ctx.outbox_ready.set()
+    return comment
+
+
+async def _targets(
+    ctx: EngineContext, session: AsyncSession, route: Route, source: Member | None, task_id: str
+) -> list[LinkRow]:
+    links = (
+        await session.scalars(
+            select(LinkRow).where(LinkRow.task_id == task_id, LinkRow.state.in_(("active", "creating")))
+        )
+    ).all()
+    out = []
+    for link in links:
+        member = route.member(link.connector, link.scope)
+        if member is None or (source is not None and member.key == source.key):
+            continue
+        if commenting(ctx, route, member) and member.writes_any:
+            out.append(link)
+    return out
+
+
+def mirror_text(comment: CommentRow) -> tuple[str, str]:
+    """(body, author) as posted to other platforms: "Alice via vortask"."""
+    author = f"{comment.author} via {comment.origin}" if comment.origin else comment.author
+    return comment.body, author
+
+
+async def mirror_comment(ctx: EngineContext, conn: Connector, op: _Op) -> None:
+    """Post one canonical comment to the op's member (the `comment` outbox operation)."""
+    from bridge.engine.outbox import PermanentOutcome
+
+    comment = op.comment
+    if comment is None:
+        raise PermanentOutcome("the comment no longer exists")
+    if op.link.remote_id is None:
+        raise PermanentOutcome("the task's mirror has no remote id yet")
+    async with ctx.store.sessions() as session:
+        clink = await session.scalar(
+            select(CommentLinkRow).where(
+                CommentLinkRow.comment_id == comment.id, CommentLinkRow.connector == op.connector
+            )
+        )
+    if clink is not None and clink.remote_id is not None:
+        return  # already posted and linked
+    body, author = mirror_text(comment)
+    posted: RemoteComment | None = None
+    if op.attempts > 1:
+        for rc in await conn.list_comments(op.member.scope, op.link.remote_id):
+            if rc.by_us and body in rc.body and await _unlinked(ctx, op.connector, rc.remote_id):
+                posted = rc
+                break
+    if posted is None:
+        posted = await conn.add_comment(op.member.scope, op.link.remote_id, body, author)
+    async with ctx.store.transaction() as session:
+        clink = await session.scalar(
+            select(CommentLinkRow).where(
+                CommentLinkRow.comment_id == comment.id, CommentLinkRow.connector == op.connector
+            )
+        )
+        if clink is None:
+            session.add(
+                CommentLinkRow(
+                    comment_id=comment.id,
+                    connector=op.connector,
+                    remote_id=posted.remote_id,
+                    state="active",
+                    created_at=ctx.now(),
+                )
+            )
+        else:
+            clink.remote_id = posted.remote_id
+            clink.state = "active"
+
+
+async def _unlinked(ctx: EngineContext, connector: str, remote_id: str) -> bool:
+    async with ctx.store.sessions() as session:
+        return (
+            await session.scalar(
+                select(CommentLinkRow.id).where(
+                    CommentLinkRow.connector == connector, CommentLinkRow.remote_id == remote_id
+                )
+            )
+        ) is None
+
+
+async def sweep_comments(
+    ctx: EngineContext, route: Route, member: Member, *, budget: int, extra: list[int]
+) -> int:
+    """Read comments of up to `budget` linked tasks of a member, round-robin by link id (the
+    position is kept in the member's watermark row), plus the links in `extra` (tasks that just
+    changed). Bounds the cost of comment polling on big scopes while covering every task in turn."""
+    if not commenting(ctx, route, member):
+        return 0
+    async with ctx.store.sessions() as session:
+        row = await session.get(WatermarkRow, member.key)
+        after = int((row.value if row else {}).get("comments_after", 0))
+        ids = list(
+            (
+                await session.scalars(
+                    select(LinkRow.id)
+                    .where(
+                        LinkRow.connector == member.connector,
+                        LinkRow.scope == member.scope,
+                        LinkRow.state == "active",
+                        LinkRow.id > after,
+                    )
+                    .order_by(LinkRow.id)
+                    .limit(budget)
+                )
+            ).all()
+        )
+    next_after = ids[-1] if len(ids) == budget else 0
+    added = 0
+    for link_id in dict.fromkeys([*extra, *ids]):
+        added += await sync_comments(ctx, route, member, link_id)
+    async with ctx.store.transaction() as session:
+        row = await session.get(WatermarkRow, member.key)
+        if row is not None:
+            value: dict[str, Any] = dict(row.value)
+            value["comments_after"] = next_after
+            row.value = value
+    return added

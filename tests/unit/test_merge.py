@@ -1,0 +1,152 @@
+"""The three-way merge and the create marker, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge import mapping
+from bridge.engine.merge import merge
+from bridge.engine.routes import Marker
+from bridge.model import Priority, Status
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def identity(name: str, value: Any) -> Any:
+    return value
+
+
+def run(observed: dict[str, Any], base: dict[str, Any], canonical: dict[str, Any], **kw: Any) -> Any:
+    args = dict(
+        roundtrip=identity,
+        policy="newest",
+        side_is_preferred=False,
+        side_updated_at=T0,
+        canonical_updated_at=T0 - timedelta(seconds=1),
+    )
+    args.update(kw)
+    return merge(observed, base, canonical, **args)
+
+
+def test_no_change_on_the_side_is_nothing() -> None:
+    r = run({"title": "a"}, {"title": "a"}, {"title": "b"})
+    assert r.changes == {} and not r.conflicts and not r.overruled
+
+
+def test_change_on_the_side_is_taken_when_canonical_agreed() -> None:
+    assert run({"title": "new"}, {"title": "a"}, {"title": "a"}).changes == {"title": "new"}
+
+
+def test_side_catching_up_with_canonical_is_no_change() -> None:
+    assert run({"title": "b"}, {"title": "a"}, {"title": "b"}).changes == {}
+
+
+def test_lossy_side_does_not_flap() -> None:
+    vortask = mapping.load("vortask").priority
+    assert vortask is not None
+
+    def rt(name: str, value: Any) -> Any:
+        return vortask.roundtrip(value) if name == "priority" else value
+
+    # canonical urgent, Vortask shows High (= high), its base is high: no change at all.
+    r = merge(
+        {"priority": Priority.HIGH},
+        {"priority": Priority.HIGH},
+        {"priority": Priority.URGENT},
+        roundtrip=rt,
+        policy="newest",
+        side_is_preferred=False,
+        side_updated_at=T0,
+        canonical_updated_at=T0,
+    )
+    assert r.changes == {} and not r.overruled
+    # Vortask moves to Medium: canonical (urgent) still reads as its base (high) there, so take it.
+    r = merge(
+        {"priority": Priority.MEDIUM},
+        {"priority": Priority.HIGH},
+        {"priority": Priority.URGENT},
+        roundtrip=rt,
+        policy="newest",
+        side_is_preferred=False,
+        side_updated_at=T0,
+        canonical_updated_at=T0,
+    )
+    assert r.changes == {"priority": Priority.MEDIUM}
+
+
+def test_both_moved_newest_wins() -> None:
+    newer = run({"status": Status.DONE}, {"status": Status.TODO}, {"status": Status.BLOCKED})
+    assert newer.changes == {"status": Status.DONE}
+    older = run(
+        {"status": Status.DONE},
+        {"status": Status.TODO},
+        {"status": Status.BLOCKED},
+        side_updated_at=T0 - timedelta(minutes=5),
+    )
+    assert older.changes == {} and older.overruled == {"status"}
+
+
+def test_both_moved_prefer() -> None:
+    kw = dict(policy="prefer", side_updated_at=T0 - timedelta(days=1))
+    assert run({"title": "x"}, {"title": "a"}, {"title": "b"}, side_is_preferred=True, **kw).changes == {
+        "title": "x"
+    }
+    lost = run({"title": "x"}, {"title": "a"}, {"title": "b"}, side_is_preferred=False, **kw)
+    assert lost.changes == {} and lost.overruled == {"title"}
+
+
+def test_both_moved_manual_holds_a_conflict() -> None:
+    r = run({"title": "x"}, {"title": "a"}, {"title": "b"}, policy="manual")
+    assert r.changes == {}
+    assert [(c.field, c.canonical, c.remote) for c in r.conflicts] == [("title", "b", "x")]
+
+
+def test_sets_merge_by_additions_and_removals() -> None:
+    r = run(
+        {"tags": frozenset({"a", "side"})},
+        {"tags": frozenset({"a", "gone"})},
+        {"tags": frozenset({"a", "gone", "bridge"})},
+    )
+    assert r.changes == {"tags": frozenset({"a", "side", "bridge"})}
+    assert r.overruled == {"tags"}  # the side must get "bridge" written back
+
+
+@given(
+    st.frozensets(st.sampled_from("abcdef")),
+    st.frozensets(st.sampled_from("abcdef")),
+    st.frozensets(st.sampled_from("abcdef")),
+)
+def test_set_merge_keeps_both_sides_edits(
+    base: frozenset[str], side: frozenset[str], canonical: frozenset[str]
+) -> None:
+    r = run({"tags": side}, {"tags": base}, {"tags": canonical})
+    result = r.changes.get("tags", canonical)
+    for added in side - base:
+        assert added in result
+    for removed in base - side:
+        assert removed not in result
+
+
+def test_marker_add_strip_roundtrip() -> None:
+    m = Marker("synced by taskbridge · {id}")
+    tid = "01JD3XK2Q4W6Y8Z0A2C4E6G8J0"
+    text = m.add("Fix the login\n\nsteps", tid)
+    assert text.endswith(f"\n\nsynced by taskbridge · {tid}")
+    assert m.strip(text) == ("Fix the login\n\nsteps", tid)
+    assert m.strip(m.add("", tid)) == ("", tid)
+    assert m.add(m.add("x", tid), tid) == m.add("x", tid)  # never two markers
+    assert m.strip("no marker here") == ("no marker here", None)
+    assert m.strip(f"synced by taskbridge · {tid} is mentioned mid-text")[1] is None
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
+def test_marker_strip_inverts_add(description: str) -> None:
+    m = Marker("— mirrored by taskbridge [{id}]")
+    tid = "01JD3XK2Q4W6Y8Z0A2C4E6G8J0"
+    stripped, found = m.strip(m.add(description, tid))
+    assert found == tid
+    assert stripped == m.strip(description)[0].rstrip()

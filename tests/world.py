@@ -1,0 +1,140 @@
+"""A world of platform fakes on loopback and a config that routes over them.
+
+Used by the engine tests (in-process daemon), the end-to-end tests (the daemon as a real process),
+the benchmarks and `taskbridge demo`'s test. Each fake is a real HTTP server; tests talk to them
+over HTTP like any client would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+import connectors
+from connectors.fakekit import Fake
+
+TOKENS = {
+    "impactly": "imp_world",
+    "vortask": "vt_world",
+    "agentkanban": "ak_world",
+    "runs": "phx_world",
+    "squads": "cfid_world:cfsecret_world",
+}
+API_ROOTS = {
+    "impactly": "/api/v1",
+    "vortask": "/api",
+    "agentkanban": "/api/ext/v1",
+    "runs": "/api",
+    "squads": "/api",
+}
+WEBHOOK_SECRET = "whsec_world_shared_secret"
+
+
+@dataclass
+class World:
+    platforms: tuple[str, ...]
+    seed: int | None = None
+    fakes: dict[str, Fake] = field(default_factory=dict)
+    scopes: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> World:
+        for platform in self.platforms:
+            fake = connectors.fake_class(platform)(token=TOKENS[platform], seed=self.seed)
+            fake.start()
+            self.fakes[platform] = fake
+            self.scopes[platform] = self._container(platform, fake)
+        return self
+
+    def stop(self) -> None:
+        for fake in self.fakes.values():
+            fake.stop()
+
+    def _container(self, platform: str, fake: Any) -> str:
+        if platform == "impactly":
+            return str(fake.project_id)
+        if platform == "vortask":
+            return "1"
+        if platform == "agentkanban":
+            return str(fake.demo_board_id or fake.create_board("Sprint Board"))
+        if platform == "runs":
+            return "1"
+        return str(fake.default_squad)
+
+    def base_url(self, platform: str) -> str:
+        return self.fakes[platform].url + API_ROOTS[platform]
+
+    def client(self, platform: str) -> httpx.Client:
+        """An HTTP client speaking to a fake as its own users would (the platform's auth)."""
+        if platform == "squads":
+            cid, _, secret = TOKENS[platform].partition(":")
+            headers = {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
+        else:
+            headers = {"Authorization": f"Bearer {TOKENS[platform]}"}
+        return httpx.Client(base_url=self.base_url(platform), headers=headers, timeout=30)
+
+    def config(
+        self,
+        tmp: Path,
+        *,
+        port: int = 0,
+        public: bool = False,
+        poll_interval: str = "1s",
+        route: dict[str, Any] | None = None,
+        store_url: str | None = None,
+        members: Iterable[str] | None = None,
+        extra_connector: dict[str, Any] | None = None,
+        server_tokens: list[dict[str, Any]] | None = None,
+    ) -> Path:
+        """Write a config routing every fake (or `members`) and return its path."""
+        conns: dict[str, Any] = {}
+        for platform in self.platforms:
+            c: dict[str, Any] = {
+                "platform": platform,
+                "base_url": self.base_url(platform),
+                "poll_interval": poll_interval,
+                "timeout": "10s",
+                "webhooks": public,
+            }
+            if platform == "squads":
+                cid, _, secret = TOKENS[platform].partition(":")
+                c.update(client_id=cid, client_secret=secret)
+            else:
+                c["token"] = TOKENS[platform]
+            if platform in ("vortask", "impactly"):
+                c["webhook_secret"] = WEBHOOK_SECRET
+            c.update((extra_connector or {}).get(platform, {}))
+            conns[platform] = c
+        chosen = list(members) if members is not None else list(self.platforms)
+        r = {
+            "name": "main",
+            "members": [{"connector": p, "scope": self.scopes[p]} for p in chosen],
+            "fields": ["title", "description", "status", "priority", "assignees", "tags", "due_date"],
+            "conflict": "newest",
+        }
+        r.update(route or {})
+        cfg = {
+            "store": {"url": store_url or f"sqlite+aiosqlite:///{tmp}/bridge.db"},
+            "server": {
+                "listen": f"127.0.0.1:{port}",
+                "public_url": f"http://127.0.0.1:{port}" if public else None,
+                "tokens": server_tokens or [],
+            },
+            "log": {"level": "info"},
+            "connectors": conns,
+            "routes": [r],
+        }
+        path = tmp / "taskbridge.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return path
+
+    def state(self, platform: str) -> Any:
+        return json.loads(httpx.get(self.fakes[platform].url + "/_fake/state", timeout=30).text)
+
+    def requests(self, platform: str) -> dict[str, Any]:
+        return httpx.get(self.fakes[platform].url + "/_fake/requests", timeout=30).json()

@@ -61,11 +61,11 @@ class Marker:
         return self.template.replace("{id}", task_id)
 
     def add(self, description: str, task_id: str) -> str:
-        text, _ = self.strip(description)
+        text, _ = self.extract(description)
         text = text.rstrip()
         return f"{text}\n\n{self.line(task_id)}" if text else self.line(task_id)
 
-    def strip(self, description: str) -> tuple[str, str | None]:
+    def extract(self, description: str) -> tuple[str, str | None]:
         """The description without a trailing marker line, and the task id it named (if any)."""
         match = self._line.search(description.rstrip())
         if not match:

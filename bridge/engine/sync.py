@@ -77,7 +77,7 @@ def readable_values(
     }
     marker_id = None
     if "description" in rt.values:
-        text, marker_id = route.marker.strip(rt.values["description"] or "")
+        text, marker_id = route.marker.extract(rt.values["description"] or "")
         if "description" in values:
             values["description"] = text
     return values, marker_id

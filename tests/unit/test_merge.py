@@ -136,17 +136,17 @@ def test_marker_add_strip_roundtrip() -> None:
     tid = "01JD3XK2Q4W6Y8Z0A2C4E6G8J0"
     text = m.add("Fix the login\n\nsteps", tid)
     assert text.endswith(f"\n\nsynced by taskbridge · {tid}")
-    assert m.strip(text) == ("Fix the login\n\nsteps", tid)
-    assert m.strip(m.add("", tid)) == ("", tid)
+    assert m.extract(text) == ("Fix the login\n\nsteps", tid)
+    assert m.extract(m.add("", tid)) == ("", tid)
     assert m.add(m.add("x", tid), tid) == m.add("x", tid)  # never two markers
-    assert m.strip("no marker here") == ("no marker here", None)
-    assert m.strip(f"synced by taskbridge · {tid} is mentioned mid-text")[1] is None
+    assert m.extract("no marker here") == ("no marker here", None)
+    assert m.extract(f"synced by taskbridge · {tid} is mentioned mid-text")[1] is None
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
 def test_marker_strip_inverts_add(description: str) -> None:
     m = Marker("— mirrored by taskbridge [{id}]")
     tid = "01JD3XK2Q4W6Y8Z0A2C4E6G8J0"
-    stripped, found = m.strip(m.add(description, tid))
+    stripped, found = m.extract(m.add(description, tid))
     assert found == tid
-    assert stripped == m.strip(description)[0].rstrip()
+    assert stripped == m.extract(description)[0].rstrip()

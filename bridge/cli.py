@@ -51,7 +51,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: OK ({len(cfg.connectors)} connectors, {len(cfg.routes)} routes, "
         f"{members} route members, store {_store_kind(cfg.store.url)})"
     )
+    if args.connect:
+        import asyncio
+
+        return asyncio.run(_check_connections(cfg))
     return EXIT_OK
+
+
+async def _check_connections(cfg: config_mod.Config) -> int:
+    """Authenticate to each connector and read one page of each scope it syncs."""
+    from bridge.daemon import build_connectors
+    from connectors.base import ConnectorError
+
+    failed = 0
+    conns = build_connectors(cfg)
+    try:
+        for name, conn in conns.items():
+            scopes = sorted({m.scope for r in cfg.routes for m in r.members if m.connector == name})
+            for scope in scopes or [""]:
+                try:
+                    summary = await conn.check(scope) if scope else "not in any route"
+                    print(f"  {name} ({cfg.connectors[name].platform}) {scope}: OK, {summary}")
+                except ConnectorError as exc:
+                    failed += 1
+                    print(f"  {name} ({cfg.connectors[name].platform}) {scope}: FAILED, {exc}")
+    finally:
+        for conn in conns.values():
+            await conn.aclose()
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _store_kind(url: str) -> str:
@@ -150,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", cmd_check, "validate a config file: every error names the key and line")
     p.add_argument("--config", "-c", required=True, metavar="FILE")
+    p.add_argument("--connect", action="store_true", help="also authenticate to each connector and read a page")
 
     p = add("run", cmd_run, "run the daemon (polls, webhooks, outbox, API) until SIGTERM")
     p.add_argument("--config", "-c", required=True, metavar="FILE")

@@ -34,6 +34,8 @@ API_ROOTS = {
     "squads": "/api",
 }
 WEBHOOK_SECRET = "whsec_world_shared_secret"
+# Credentials of a person (not the bridge) where a test must act as someone else.
+PERSON_TOKENS = {"vortask": "vt_bob_person"}
 
 
 @dataclass
@@ -43,13 +45,46 @@ class World:
     fakes: dict[str, Fake] = field(default_factory=dict)
     scopes: dict[str, str] = field(default_factory=dict)
 
+    people: dict[str, dict[str, str]] = field(default_factory=dict)
+
     def start(self) -> World:
         for platform in self.platforms:
             fake = connectors.fake_class(platform)(token=TOKENS[platform], seed=self.seed)
             fake.start()
             self.fakes[platform] = fake
-            self.scopes[platform] = self._container(platform, fake)
+        self.prepare()
         return self
+
+    def reset(self) -> None:
+        """Every fake back to its initial state, with the world's containers and people again."""
+        for fake in self.fakes.values():
+            fake.call(fake.reset_state)
+            fake.faults.reset()
+            fake.requests.clear()
+            fake.webhooks.deliveries.clear()
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Containers the APIs can create, and two people known on several platforms."""
+        for platform, fake in self.fakes.items():
+            self.scopes[platform] = self._container(platform, fake)
+        self.people = {"alice": {}, "bob": {}}
+        if "impactly" in self.fakes:
+            imp: Any = self.fakes["impactly"]
+            self.people["alice"]["impactly"] = imp.member_id("Alice Chen")
+            self.people["bob"]["impactly"] = imp.member_id("Bob Okafor")
+        if "vortask" in self.fakes:
+            vt: Any = self.fakes["vortask"]
+            self.people["alice"]["vortask"] = vt.alice.id
+            if not any(u.email == "bob@example.com" for u in vt.users.values()):
+                vt.add_user("bob@example.com", "Bob", role="Member", token=PERSON_TOKENS["vortask"])
+            self.people["bob"]["vortask"] = next(
+                u.id for u in vt.users.values() if u.email == "bob@example.com"
+            )
+        if "squads" in self.fakes:
+            sq: Any = self.fakes["squads"]
+            self.people["alice"]["squads"] = sq.user_id("Ada Park")
+            self.people["bob"]["squads"] = sq.user_id("Ben Okafor")
 
     def stop(self) -> None:
         for fake in self.fakes.values():
@@ -118,6 +153,11 @@ class World:
             "conflict": "newest",
         }
         r.update(route or {})
+        people = {
+            key: {"name": key.title(), "ids": {p: rid for p, rid in ids.items() if p in self.platforms}}
+            for key, ids in self.people.items()
+            if ids
+        }
         cfg = {
             "store": {"url": store_url or f"sqlite+aiosqlite:///{tmp}/bridge.db"},
             "server": {
@@ -126,6 +166,7 @@ class World:
                 "tokens": server_tokens or [],
             },
             "log": {"level": "info"},
+            "people": people,
             "connectors": conns,
             "routes": [r],
         }

@@ -1,0 +1,445 @@
+"""Vortask's MCP server (Streamable HTTP, JSON-RPC 2.0) through the official `mcp` SDK client.
+
+Vortask has comments only as MCP tools (`list_comments`, `add_comment`, ...), so the connector
+keeps one MCP session open and reuses it for every tool call:
+
+- Transport: `mcp.client.streamable_http.streamable_http_client` over an `httpx2.AsyncClient` (the
+  HTTP client the SDK's transport takes) carrying `Authorization: Bearer <token>`; the SDK keeps
+  the `mcp-session-id` header, sends `Accept: application/json, text/event-stream`, reads SSE or
+  JSON answers, and ends the session with DELETE when it is closed.
+- Handshake: `initialize` at protocol 2024-11-05 (the version Vortask documents), then
+  `notifications/initialized`. The SDK's own `ClientSession.initialize()` offers its newest
+  handshake version, and `mcp.Client` (mode "auto") first probes `server/discover` at a newer
+  protocol, which a 2024-era server refuses with a 400 before the client falls back. So the
+  handshake is sent here with the session's public `send_request` / `adopt` / `send_notification`,
+  exactly as `ClientSession.initialize` does it, but at 2024-11-05.
+- Lifetime: the SDK's transport and session are anyio task groups, which must be entered and left
+  by one task. A dedicated owner task opens them, hands the session out and, when `aclose()` is
+  called, closes them. Tool calls from any task of the same event loop share that session. When
+  a call comes from another event loop than the session's, a fresh session is opened there.
+- Reconnect: a lost session (the server forgot or ended it: HTTP 404 "Session terminated" or a
+  400 about the session; or the transport stopped) is reopened ONCE per call, and the call is
+  sent again on the new session.
+- Errors: a tool failure is a result with `isError: true` whose text is Vortask's REST error body
+  plus the HTTP-equivalent status (`{"errors": [...], "message", "status"}`); it is mapped like
+  a REST answer (401 AuthFailed, 404 NotFound, 429 RateLimited, 5xx Retryable, other 4xx
+  Permanent, with Vortask's message). Refusals of the MCP endpoint itself at the HTTP level (401
+  for a bad token, 429, 5xx) have bodies that are not JSON-RPC, which the SDK reports only as
+  "Server returned an error response"; they are recognised by the HTTP status, seen by a
+  response hook on the HTTP client (per call, through a context variable that the SDK carries
+  into the task sending the request). Timeouts (`settings.timeout` per request), connection
+  errors and a closed connection are Retryable. Other JSON-RPC errors (unknown tool, invalid
+  params) are Permanent.
+- Retries keep HttpClient's delivery promise: a 429 is waited out (Retry-After, up to
+  `max_wait`) for any tool, since the request was not processed; other retryable failures are
+  retried with backoff only for read-only tools, or when no session could be opened (the tool
+  call surely wasn't sent). A write (add_comment) that timed out may have happened, so it is
+  not repeated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import ClientSession, MCPError
+from mcp import types as mcp_types
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from connectors.base import (
+    AuthFailed,
+    ConnectorError,
+    ConnectorSettings,
+    NotFound,
+    Permanent,
+    RateLimited,
+    RateLimiter,
+    Redactor,
+    RequestObserver,
+    Retryable,
+    parse_retry_after,
+)
+
+log = logging.getLogger("taskbridge.connector.vortask.mcp")
+
+PROTOCOL_VERSION = "2024-11-05"
+CLIENT_INFO = mcp_types.Implementation(name="taskbridge", version="0.1.0")
+SSE_READ_TIMEOUT = 300.0  # the server-to-client GET stream may stay quiet for long
+
+READ_ONLY_TOOLS = frozenset(
+    {"get_context", "list_projects", "list_tasks", "get_task", "get_task_history", "list_members", "list_comments"}
+)
+
+
+@dataclass
+class _HttpSeen:
+    """The last HTTP error the MCP endpoint answered while one call (or the handshake) ran."""
+
+    status: int | None = None
+    retry_after: str | None = None
+
+
+_seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar("vortask_mcp_http_seen", default=None)
+
+
+class _SessionLost(Exception):
+    """The session is unusable (the server forgot it, the transport stopped): reopen it."""
+
+    def __init__(self, reason: str, error: ConnectorError) -> None:
+        super().__init__(reason)
+        self.error = error  # raised when reopening does not help
+
+
+class _NotSent(Exception):
+    """No session could be opened, so the tool call was surely not sent."""
+
+    def __init__(self, error: ConnectorError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Connection:
+    session: ClientSession
+    owner: asyncio.Task[None]
+    stop: asyncio.Event
+    loop: asyncio.AbstractEventLoop
+    session_id: str | None = None
+
+
+class VortaskMcp:
+    """One reusable MCP session to `url`; `call` runs a tool and raises the connector errors."""
+
+    def __init__(self, settings: ConnectorSettings, url: str, *, observer: RequestObserver | None = None,
+                 limiter: RateLimiter | None = None) -> None:
+        """`limiter`: the connector's REST rate limiter, so `rate_limit` bounds tool calls too."""
+        self.settings = settings
+        self.url = url
+        self.observer = observer
+        self.limiter = limiter
+        self.redact = Redactor(settings.secrets)
+        self.handshakes = 0  # sessions opened, one `initialize` each
+        self.rng = random.Random()
+        self._conn: _Connection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The open session's `mcp-session-id` (None when no session is open)."""
+        return self._conn.session_id if self._conn is not None else None
+
+    async def connect(self) -> None:
+        """Open the session now (a check of URL and token); calls open it on demand anyway."""
+        try:
+            await self._connection()
+        except _NotSent as exc:
+            raise exc.error from None
+
+    async def call(self, tool: str, arguments: Mapping[str, Any]) -> Any:
+        """Call `tool`; returns its result's JSON (the text content, parsed)."""
+        idempotent = tool in READ_ONLY_TOOLS
+        attempt = 0
+        reopened = False
+        while True:
+            attempt += 1
+            try:
+                return await self._call_once(tool, dict(arguments))
+            except _SessionLost as lost:
+                await self._drop()
+                if reopened:
+                    raise lost.error from None
+                reopened = True
+                log.info("%s: MCP session lost (%s); reopening it", self.settings.name, lost)
+            except _NotSent as exc:
+                if attempt > self.settings.max_retries or not isinstance(exc.error, Retryable):
+                    raise exc.error from None
+                await asyncio.sleep(self._backoff(attempt))
+            except RateLimited as exc:
+                if attempt > self.settings.max_retries or exc.retry_after > self.settings.max_wait:
+                    raise
+                await asyncio.sleep(exc.retry_after + self.rng.uniform(0, 0.1))
+            except Retryable:
+                if not idempotent or attempt > self.settings.max_retries:
+                    raise
+                await asyncio.sleep(self._backoff(attempt))
+
+    async def aclose(self) -> None:
+        """End the session (DELETE on the server) and stop its owner task."""
+        await self._drop()
+
+    # -- one call -----------------------------------------------------------------------------
+
+    async def _call_once(self, tool: str, arguments: dict[str, Any]) -> Any:
+        conn = await self._connection()
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        seen = _HttpSeen()
+        started = asyncio.get_running_loop().time()
+        token = _seen.set(seen)
+        try:
+            # A task of its own, raced against the owner below, so a transport that died does
+            # not leave the call waiting for its timeout. It copies this context, and with it
+            # `seen`; the SDK carries the context on into the task that POSTs the request.
+            call = asyncio.ensure_future(conn.session.call_tool(tool, arguments))
+        finally:
+            _seen.reset(token)
+        try:
+            done, _ = await asyncio.wait({call, conn.owner}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            call.cancel()
+            raise
+        if call not in done:
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            self._observe("error", started)
+            failure = conn.owner.exception() if not conn.owner.cancelled() else None
+            raise _SessionLost(
+                "the MCP transport stopped",
+                Retryable(f"MCP {tool}: the MCP connection failed: {self._text(_leaf(failure))}",
+                          connector=self.settings.name),
+            )
+        try:
+            result = call.result()
+        except MCPError as exc:
+            self._observe("error", started)
+            raise self._mcp_error(tool, exc, seen) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            self._observe("error", started)
+            raise _SessionLost("the MCP session is closed",
+                               Retryable(f"MCP {tool}: the MCP session is closed", connector=self.settings.name)
+                               ) from exc
+        except (httpx2.TransportError, OSError, TimeoutError) as exc:
+            self._observe("error", started)
+            raise Retryable(f"MCP {tool} failed: {self._text(exc)}", connector=self.settings.name) from exc
+        except Exception as exc:  # a result the SDK could not accept (schema, shape)
+            self._observe("error", started)
+            raise Permanent(f"MCP {tool}: unexpected answer: {self._text(exc)}", connector=self.settings.name
+                            ) from exc
+        return self._result(tool, result, started)
+
+    def _result(self, tool: str, result: mcp_types.CallToolResult, started: float) -> Any:
+        text = next((c.text for c in result.content if isinstance(c, mcp_types.TextContent)), None)
+        try:
+            data = json.loads(text) if text is not None else None
+        except ValueError:
+            data = None
+        name = self.settings.name
+        if not result.is_error:
+            self._observe("2xx", started)
+            if text is None or (data is None and text.strip() != "null"):
+                raise Permanent(f"MCP {tool}: the result is not JSON text", connector=name)
+            return data
+        status = data.get("status") if isinstance(data, dict) else None
+        self._observe(f"{status // 100}xx" if isinstance(status, int) else "error", started)
+        message = self.redact(_error_text(data) if isinstance(data, dict) else (text or "tool error"))
+        where = f"MCP {tool}: {message}"
+        if not isinstance(status, int):
+            raise Permanent(where, connector=name)
+        if status == 401:
+            raise AuthFailed(where, status=status, connector=name)
+        if status == 404:
+            raise NotFound(where, status=status, connector=name)
+        if status == 429:
+            raise RateLimited(where, retry_after=1.0, status=status, connector=name)
+        if status >= 500:
+            raise Retryable(where, status=status, connector=name)
+        raise Permanent(where, status=status, connector=name)
+
+    def _mcp_error(self, what: str, exc: MCPError, seen: _HttpSeen) -> ConnectorError | _SessionLost:
+        """A JSON-RPC error, or the transport's stand-in for an HTTP failure, as a connector error."""
+        name = self.settings.name
+        status = seen.status
+        if status == 401:
+            return AuthFailed(f"MCP {what}: the MCP endpoint refused the token", status=401, connector=name)
+        if status == 429:
+            return RateLimited(f"MCP {what}: rate limited", retry_after=parse_retry_after(seen.retry_after),
+                               status=429, connector=name)
+        if status is not None and status >= 500:
+            return Retryable(f"MCP {what}: the MCP endpoint answered HTTP {status}", status=status, connector=name)
+        code = exc.error.code
+        text = self._text(exc)
+        where = f"MCP {what}: {text}"
+        if code == INVALID_REQUEST and ("session" in text.lower() or status in (400, 404)):
+            return _SessionLost(text, Retryable(where, status=status, connector=name))
+        if code == CONNECTION_CLOSED:
+            return _SessionLost(text, Retryable(where, connector=name))
+        if code == REQUEST_TIMEOUT:
+            return Retryable(where, connector=name)
+        return Permanent(where, status=status, connector=name)
+
+    # -- the session ---------------------------------------------------------------------------
+
+    async def _connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and (conn.loop is not loop or conn.owner.done()):
+                await self._drop()
+                conn = None
+            if conn is None:
+                conn = self._conn = await self._open()
+            return conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.loop.is_closed() or conn.loop is not asyncio.get_running_loop():
+            return  # a session of a loop that is gone went with it
+        conn.stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.owner), timeout=self.settings.timeout)
+        except TimeoutError:
+            conn.owner.cancel()
+            with contextlib.suppress(BaseException):
+                await conn.owner
+        except asyncio.CancelledError:
+            if not conn.owner.cancelled():
+                raise  # we are being cancelled, not the owner
+        except BaseException as exc:  # the owner's failure was reported to the calls it broke
+            log.debug("%s: MCP session ended with %r", self.settings.name, exc)
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[_Connection] = loop.create_future()
+        stop = asyncio.Event()
+        handshake_seen = _HttpSeen()
+        started = loop.time()
+        owner = loop.create_task(self._serve(ready, stop, handshake_seen), name=f"{self.settings.name}-mcp")
+        try:
+            conn = await asyncio.wait_for(asyncio.shield(ready), timeout=self.settings.timeout * 2)
+        except BaseException as exc:
+            stop.set()
+            owner.cancel()
+            with contextlib.suppress(BaseException):
+                await owner
+            self._observe("error", started)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise _NotSent(self._open_error(exc, handshake_seen)) from None
+        self._observe("2xx", started)
+        return conn
+
+    def _open_error(self, exc: BaseException, seen: _HttpSeen) -> ConnectorError:
+        leaf = _leaf(exc)
+        name = self.settings.name
+        if isinstance(leaf, ConnectorError):
+            return leaf
+        if isinstance(leaf, MCPError):
+            mapped = self._mcp_error("initialize", leaf, seen)
+            return mapped.error if isinstance(mapped, _SessionLost) else mapped
+        if isinstance(leaf, TimeoutError | httpx2.TimeoutException):
+            return Retryable(f"MCP initialize at {self.url} timed out", connector=name)
+        return Retryable(f"MCP initialize at {self.url} failed: {self._text(leaf)}", connector=name)
+
+    async def _serve(self, ready: asyncio.Future[_Connection], stop: asyncio.Event, handshake_seen: _HttpSeen) -> None:
+        """The owner task: opens the transport and the session, waits for `stop`, closes them."""
+        holder: list[_Connection] = []
+
+        async def on_response(response: httpx2.Response) -> None:
+            if holder and response.headers.get("mcp-session-id"):
+                holder[0].session_id = response.headers["mcp-session-id"]
+            if response.status_code >= 400:
+                target = _seen.get()
+                if target is not None:
+                    target.status = response.status_code
+                    target.retry_after = response.headers.get("retry-after")
+
+        timeout = self.settings.timeout
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {self.settings.token}", "User-Agent": "taskbridge"},
+            timeout=httpx2.Timeout(timeout, read=max(timeout, SSE_READ_TIMEOUT)),
+            event_hooks={"response": [on_response]},
+        )
+        try:
+            async with (
+                http,
+                streamable_http_client(self.url, http_client=http) as (read, write),
+                ClientSession(read, write, read_timeout_seconds=timeout, client_info=CLIENT_INFO) as session,
+            ):
+                task = asyncio.current_task()
+                assert task is not None
+                holder.append(_Connection(session, task, stop, asyncio.get_running_loop()))
+                token = _seen.set(handshake_seen)
+                try:
+                    await self._handshake(session)
+                finally:
+                    _seen.reset(token)
+                ready.set_result(holder[0])
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    ready.cancel()
+                else:
+                    ready.set_exception(exc)
+            raise
+
+    async def _handshake(self, session: ClientSession) -> None:
+        result = await session.send_request(
+            mcp_types.InitializeRequest(
+                params=mcp_types.InitializeRequestParams(
+                    protocol_version=PROTOCOL_VERSION,
+                    capabilities=mcp_types.ClientCapabilities(),
+                    client_info=CLIENT_INFO,
+                )
+            ),
+            mcp_types.InitializeResult,
+        )
+        if result.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            raise Permanent(
+                f"the MCP server at {self.url} answered protocol {result.protocol_version!r} "
+                f"({PROTOCOL_VERSION} was asked for)",
+                connector=self.settings.name,
+            )
+        session.adopt(result)
+        await session.send_notification(mcp_types.InitializedNotification())
+        self.handshakes += 1
+        log.debug("%s: MCP session open at %s (protocol %s)", self.settings.name, self.url, result.protocol_version)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.backoff * 2 ** (attempt - 1)
+        return self.rng.uniform(base / 2, base)
+
+    def _text(self, exc: BaseException | None) -> str:
+        if exc is None:
+            return "unknown error"
+        return self.redact(str(exc)) or type(exc).__name__
+
+    def _observe(self, status_class: str, started: float) -> None:
+        if self.observer is not None:
+            elapsed = asyncio.get_running_loop().time() - started
+            self.observer(self.settings.name, "MCP", status_class, elapsed)
+
+
+def _error_text(body: Mapping[str, Any]) -> str:
+    """Vortask's error body as one line: "Not Found: Task 9 not found."."""
+    errors = body.get("errors")
+    message = str(body.get("message") or "error")
+    if isinstance(errors, list) and errors:
+        return f"{message}: {'; '.join(str(e) for e in errors)}"
+    return message
+
+
+def _leaf(exc: BaseException | None) -> BaseException | None:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

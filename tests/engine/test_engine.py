@@ -1,0 +1,201 @@
+"""The sync model against five real fakes: mirrors, edits, echoes, conflicts, deletions, comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow
+from tests import ops
+from tests.engine.conftest import Harness, make_harness
+from tests.world import World
+
+
+def tasks_on(world: World, platform: str) -> list[dict[str, Any]]:
+    return ops.raw_tasks(world, platform)
+
+
+def create_on(world: World, platform: str, title: str) -> str:
+    return ops.create(world, platform, title, **({"priority": "high"} if platform != "runs" else {}))
+
+
+def titles(world: World, platform: str) -> list[str]:
+    return sorted(t["title"] for t in tasks_on(world, platform))
+
+
+def writes(fake: Any) -> int:
+    """Write requests a fake served. MCP is JSON-RPC over POST, reads included, so its endpoint is
+    left out here; tests of comment writes check the comments themselves."""
+    return sum(
+        1
+        for e in fake.requests.entries
+        if e.method in ("POST", "PUT", "PATCH", "DELETE") and e.route != "/mcp"
+    )
+
+
+async def count(h: Harness, model: Any, *where: Any) -> int:
+    async with h.ctx.store.sessions() as s:
+        return int(await s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def test_existing_tasks_are_mirrored_everywhere_once(harness: Harness, world: World) -> None:
+    for platform in world.platforms:
+        create_on(world, platform, f"from {platform}")
+    await harness.settle()
+    expected = sorted(f"from {p}" for p in world.platforms)
+    for platform in world.platforms:
+        assert titles(world, platform) == expected, platform
+    assert await count(harness, TaskRow) == len(world.platforms)
+    assert await count(harness, LinkRow, LinkRow.state == "active") == len(world.platforms) ** 2
+    assert await count(harness, OutboxRow, OutboxRow.state == "parked") == 0
+
+
+async def test_idle_polls_write_nothing(harness: Harness, world: World) -> None:
+    create_on(world, "vortask", "steady")
+    await harness.settle()
+    for fake in world.fakes.values():
+        fake.requests.clear()
+    await harness.poll()
+    assert await harness.drain() == 0
+    for platform, fake in world.fakes.items():
+        assert writes(fake) == 0, (platform, fake.requests.by_route())
+
+
+async def test_status_and_priority_map_across_platforms(harness: Harness, world: World) -> None:
+    create_on(world, "agentkanban", "mapped")
+    await harness.settle()
+    scope = world.scopes["agentkanban"]
+    with world.client("agentkanban") as c:
+        task = next(t for t in c.get(f"/boards/{scope}/tasks").json()["data"] if t["title"] == "mapped")
+        lanes = {lane["name"]: lane["id"] for lane in c.get(f"/boards/{scope}/lanes").json()["data"]}
+        assert (
+            c.post(f"/boards/{scope}/tasks/{task['id']}/move", json={"laneId": lanes["Done"]}).status_code
+            == 200
+        )
+        assert c.patch(f"/boards/{scope}/tasks/{task['id']}", json={"priority": 4}).status_code == 200
+    await harness.settle()
+    vt = next(t for t in tasks_on(world, "vortask") if t["title"] == "mapped")
+    assert (vt["status"], vt["priority"]) == ("Closed", "High")  # urgent is High there (lossy)
+    imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "mapped")
+    assert (imp["status"], imp["priority"]) == ("completed", "urgent")
+    sq = next(t for t in tasks_on(world, "squads") if t["title"] == "mapped")
+    assert (sq["status_value"], sq["priority_value"]) == ("done", "urgent")
+    # The lossy Vortask copy must not flap the canonical priority back to high.
+    for fake in world.fakes.values():
+        fake.requests.clear()
+    await harness.settle()
+    assert sum(writes(f) for f in world.fakes.values()) == 0
+
+
+async def test_an_edit_reaches_every_side_with_exactly_the_writes_needed(
+    harness: Harness, world: World
+) -> None:
+    create_on(world, "squads", "edit me")
+    await harness.settle()
+    for fake in world.fakes.values():
+        fake.requests.clear()
+    vt = next(t for t in tasks_on(world, "vortask") if t["title"] == "edit me")
+    with world.client("vortask") as c:
+        r = c.put(
+            f"/projects/{world.scopes['vortask']}/tasks/{vt['id']}", json={"title": "edited", "tags": ["x"]}
+        )
+        assert r.status_code == 200
+    world.fakes["vortask"].requests.clear()
+    await harness.settle()
+    for platform in world.platforms:
+        assert "edited" in titles(world, platform), platform
+    # One write per other platform (squads' PUT, impactly's PATCH, runs' PATCH, agentkanban's PATCH),
+    # none back to Vortask: its own edit must not echo.
+    assert writes(world.fakes["vortask"]) == 0
+    for platform in ("impactly", "agentkanban", "runs", "squads"):
+        assert writes(world.fakes[platform]) == 1, (platform, world.fakes[platform].requests.by_route())
+
+
+async def test_concurrent_edits_newest_wins(harness: Harness, world: World) -> None:
+    create_on(world, "impactly", "race")
+    await harness.settle()
+    sq = next(t for t in tasks_on(world, "squads") if t["title"] == "race")
+    imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "race")
+    with world.client("impactly") as c:
+        assert c.patch(f"/tasks/{imp['id']}", json={"title": "race: impactly"}).status_code == 200
+    with world.client("squads") as c:
+        assert c.put(f"/tasks/{sq['id']}", json={"title": "race: squads"}).status_code == 200  # later
+    await harness.settle()
+    for platform in world.platforms:
+        assert "race: squads" in titles(world, platform), platform
+
+
+async def test_concurrent_edits_manual_holds_a_conflict(world: World, tmp_path: Path) -> None:
+    h = await make_harness(world, tmp_path, route={"conflict": "manual"})
+    try:
+        create_on(world, "impactly", "held")
+        await h.settle()
+        sq = next(t for t in tasks_on(world, "squads") if t["title"] == "held")
+        imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "held")
+        with world.client("impactly") as c:
+            c.patch(f"/tasks/{imp['id']}", json={"title": "held: impactly"})
+        with world.client("squads") as c:
+            c.put(f"/tasks/{sq['id']}", json={"title": "held: squads"})
+        await h.poll("impactly")
+        await h.drain()
+        await h.poll("squads")
+        await h.drain()
+        assert await count(h, ConflictRow, ConflictRow.state == "open") == 1
+        async with h.ctx.store.sessions() as s:
+            conflict = await s.scalar(select(ConflictRow))
+        assert conflict is not None and conflict.field == "title"
+        assert conflict.candidates == {"bridge": "held: impactly", "squads": "held: squads"}
+        from bridge.engine.api_ops import resolve_conflict
+
+        await resolve_conflict(h.ctx, conflict.id, choose="squads")
+        await h.settle()
+        for platform in world.platforms:
+            assert "held: squads" in titles(world, platform), platform
+    finally:
+        for conn in h.ctx.connectors.values():
+            await conn.aclose()
+        await h.daemon.store.close()
+
+
+async def test_comments_appear_once_on_every_comment_platform(harness: Harness, world: World) -> None:
+    create_on(world, "agentkanban", "talk")
+    await harness.settle()
+    ak = next(t for t in tasks_on(world, "agentkanban") if t["title"] == "talk")
+    with world.client("agentkanban") as c:
+        # An agent's comment (the bridge's own key writes source "api", which it never re-reads).
+        r = c.post(
+            f"/boards/{world.scopes['agentkanban']}/tasks/{ak['id']}/comments",
+            json={"body": "hello from the board", "authorName": "Bea", "source": "agent"},
+        )
+        assert r.status_code == 201
+    imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "talk")
+    fake = world.fakes["impactly"]
+    fake.call(lambda: fake.add_comment(imp["id"], "hi from impactly"))  # a person, in the web app
+    await harness.settle()
+    await harness.settle()
+    with world.client("impactly") as c:
+        bodies = [x["content"] for x in c.get(f"/tasks/{imp['id']}/comments").json()["data"]]
+    assert sum("hello from the board" in b for b in bodies) == 1
+    with world.client("agentkanban") as c:
+        bodies = [
+            x["body"]
+            for x in c.get(f"/boards/{world.scopes['agentkanban']}/tasks/{ak['id']}/comments").json()["data"]
+        ]
+    assert sum("hi from impactly" in b for b in bodies) == 1
+    assert sum("hello from the board" in b for b in bodies) == 1
+
+
+async def test_deletion_is_confirmed_then_archived_elsewhere(harness: Harness, world: World) -> None:
+    task_id = create_on(world, "vortask", "doomed")
+    create_on(world, "vortask", "survivor")
+    await harness.settle()
+    with world.client("vortask") as c:
+        assert c.delete(f"/projects/{world.scopes['vortask']}/tasks/{task_id}").status_code == 204
+    await harness.settle()
+    imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "doomed")
+    assert imp["status"] == "completed"  # archive where supported, else close
+    ak = [t for t in tasks_on(world, "agentkanban") if t["title"] == "doomed"]
+    assert ak and ak[0]["archived"] is True
+    assert "survivor" in titles(world, "impactly")

@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check", cmd_check, "validate a config file: every error names the key and line")
     p.add_argument("--config", "-c", required=True, metavar="FILE")
-    p.add_argument("--connect", action="store_true", help="also authenticate to each connector and read a page")
+    p.add_argument(
+        "--connect", action="store_true", help="also authenticate to each connector and read a page"
+    )
 
     p = add("run", cmd_run, "run the daemon (polls, webhooks, outbox, API) until SIGTERM")
     p.add_argument("--config", "-c", required=True, metavar="FILE")

@@ -297,6 +297,8 @@ class Fake:
     """
 
     platform: str = "base"
+    api_root: str = ""  # the path of the documented API root under the fake's origin, e.g. "/api/v1"
+    demo_credential: str = "demo-token"  # what `taskbridge demo` starts it with
 
     def __init__(self, *, token: str, seed: int | None = None) -> None:
         self.token = token
@@ -335,6 +337,24 @@ class Fake:
 
     def reset_state(self) -> None:
         """Forget all data; subclasses re-create their fixed containers."""
+
+    # -- what a config needs to reach this fake (the demo, the tests) ----------------------
+
+    def scope(self) -> str:
+        """The container a route member syncs (a project, a board, a squad), made if need be."""
+        raise NotImplementedError
+
+    def people(self) -> dict[str, str]:
+        """Person keys ("alice", "bob") -> this platform's user ids, for the `people:` config."""
+        return {}
+
+    def example_edit(self) -> str | None:
+        """A shell command that edits a task here as a person would (the demo's "try this")."""
+        return None
+
+    def connector_config(self) -> dict[str, Any]:
+        """The connector keys of a config that reach this fake with its own credential."""
+        return {"platform": self.platform, "base_url": self.url + self.api_root, "token": self.token}
 
     def snapshot(self) -> dict[str, Any]:
         """The fake's whole state as JSON-able data, for tests (GET /_fake/state)."""

@@ -26,16 +26,9 @@ TOKENS = {
     "runs": "phx_world",
     "squads": "cfid_world:cfsecret_world",
 }
-API_ROOTS = {
-    "impactly": "/api/v1",
-    "vortask": "/api",
-    "agentkanban": "/api/ext/v1",
-    "runs": "/api",
-    "squads": "/api",
-}
 WEBHOOK_SECRET = "whsec_world_shared_secret"
 # Credentials of a person (not the bridge) where a test must act as someone else.
-PERSON_TOKENS = {"vortask": "vt_bob_person"}
+PERSON_TOKENS = {"vortask": "vt_bob_person"}  # Bob's, made by VortaskFake.people()
 
 
 @dataclass
@@ -44,7 +37,6 @@ class World:
     seed: int | None = None
     fakes: dict[str, Fake] = field(default_factory=dict)
     scopes: dict[str, str] = field(default_factory=dict)
-
     people: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def start(self) -> World:
@@ -66,43 +58,19 @@ class World:
 
     def prepare(self) -> None:
         """Containers the APIs can create, and two people known on several platforms."""
-        for platform, fake in self.fakes.items():
-            self.scopes[platform] = self._container(platform, fake)
         self.people = {"alice": {}, "bob": {}}
-        if "impactly" in self.fakes:
-            imp: Any = self.fakes["impactly"]
-            self.people["alice"]["impactly"] = imp.member_id("Alice Chen")
-            self.people["bob"]["impactly"] = imp.member_id("Bob Okafor")
-        if "vortask" in self.fakes:
-            vt: Any = self.fakes["vortask"]
-            self.people["alice"]["vortask"] = vt.alice.id
-            if not any(u.email == "bob@example.com" for u in vt.users.values()):
-                vt.add_user("bob@example.com", "Bob", role="Member", token=PERSON_TOKENS["vortask"])
-            self.people["bob"]["vortask"] = next(
-                u.id for u in vt.users.values() if u.email == "bob@example.com"
-            )
-        if "squads" in self.fakes:
-            sq: Any = self.fakes["squads"]
-            self.people["alice"]["squads"] = sq.user_id("Ada Park")
-            self.people["bob"]["squads"] = sq.user_id("Ben Okafor")
+        for platform, fake in self.fakes.items():
+            self.scopes[platform] = fake.scope()
+            for key, remote_id in fake.people().items():
+                self.people.setdefault(key, {})[platform] = remote_id
 
     def stop(self) -> None:
         for fake in self.fakes.values():
             fake.stop()
 
-    def _container(self, platform: str, fake: Any) -> str:
-        if platform == "impactly":
-            return str(fake.project_id)
-        if platform == "vortask":
-            return "1"
-        if platform == "agentkanban":
-            return str(fake.demo_board_id or fake.create_board("Sprint Board"))
-        if platform == "runs":
-            return "1"
-        return str(fake.default_squad)
-
     def base_url(self, platform: str) -> str:
-        return self.fakes[platform].url + API_ROOTS[platform]
+        fake = self.fakes[platform]
+        return fake.url + fake.api_root
 
     def client(self, platform: str) -> httpx.Client:
         """An HTTP client speaking to a fake as its own users would (the platform's auth)."""
@@ -130,17 +98,11 @@ class World:
         conns: dict[str, Any] = {}
         for platform in self.platforms:
             c: dict[str, Any] = {
-                "platform": platform,
-                "base_url": self.base_url(platform),
+                **self.fakes[platform].connector_config(),
                 "poll_interval": poll_interval,
                 "timeout": "10s",
                 "webhooks": public,
             }
-            if platform == "squads":
-                cid, _, secret = TOKENS[platform].partition(":")
-                c.update(client_id=cid, client_secret=secret)
-            else:
-                c["token"] = TOKENS[platform]
             if platform in ("vortask", "impactly"):
                 c["webhook_secret"] = WEBHOOK_SECRET
             c.update((extra_connector or {}).get(platform, {}))

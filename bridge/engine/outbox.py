@@ -320,10 +320,13 @@ async def _create(ctx: EngineContext, conn: Connector, op: _Op) -> None:
     canonical = decode_values(op.task.data)
     values = _writable_values(ctx, op, canonical)
     if found is None:
+        remote_values = dict(values)
         if "description" in conn.capabilities.writable:
-            values["description"] = op.route.marker.add(str(canonical.get("description", "")), op.task.id)
-        found = await conn.create_task(op.member.scope, values)
-        written = values
+            remote_values["description"] = op.route.marker.add(
+                str(canonical.get("description", "")), op.task.id
+            )
+        found = await conn.create_task(op.member.scope, remote_values)
+        written = values  # the base keeps descriptions without the marker, as they read back
     else:
         written = {}
     await _succeed(ctx, op, written=written, remote=found)

@@ -275,7 +275,11 @@ def task_summary(task: Task) -> dict[str, Any]:
 
 
 def task_detail(task: Task) -> dict[str, Any]:
-    return {**task_summary(task), "description": task.description, "lastTurnAt": fakekit.iso(task.last_turn_at)}
+    return {
+        **task_summary(task),
+        "description": task.description,
+        "lastTurnAt": fakekit.iso(task.last_turn_at),
+    }
 
 
 def comment_view(comment: Comment) -> dict[str, Any]:
@@ -367,8 +371,11 @@ def text(value: Any, message: str) -> str:
 
 def integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
     # bool is an int subclass in Python but not an integer in JSON terms
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value > maximum
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
     ):
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
         raise invalid(f"{name} must be an integer {bounds}")
@@ -443,18 +450,48 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 # -- demo data ---------------------------------------------------------------------------------------
 
 DEMO_TASKS: list[tuple[str, str, int, list[str], str]] = [
-    ("Fix login redirect loop after SSO", "Doing", 3, ["bug", "auth"],
-     "Users coming back from the SSO provider land on /login again instead of their board."),
-    ("Add CSV export to the reports page", "To Do", 2, ["feature"],
-     "Finance wants the monthly report as CSV with the same columns as the table."),
-    ("Upgrade Postgres from 14 to 16", "In Review", 1, ["infra"],
-     "Staging is upgraded; production needs a maintenance window."),
-    ("Write the onboarding guide for new agents", "To Do", 1, ["docs"],
-     "Cover API keys, board permissions and how turns are captured."),
-    ("Flaky test: test_webhook_retry", "Doing", 2, ["bug", "ci"],
-     "Fails about one run in twenty on CI; timing dependent."),
-    ("Rate-limit the public search endpoint", "Done", 4, ["security"],
-     "Per-key limits with Retry-After, as agreed in the incident review."),
+    (
+        "Fix login redirect loop after SSO",
+        "Doing",
+        3,
+        ["bug", "auth"],
+        "Users coming back from the SSO provider land on /login again instead of their board.",
+    ),
+    (
+        "Add CSV export to the reports page",
+        "To Do",
+        2,
+        ["feature"],
+        "Finance wants the monthly report as CSV with the same columns as the table.",
+    ),
+    (
+        "Upgrade Postgres from 14 to 16",
+        "In Review",
+        1,
+        ["infra"],
+        "Staging is upgraded; production needs a maintenance window.",
+    ),
+    (
+        "Write the onboarding guide for new agents",
+        "To Do",
+        1,
+        ["docs"],
+        "Cover API keys, board permissions and how turns are captured.",
+    ),
+    (
+        "Flaky test: test_webhook_retry",
+        "Doing",
+        2,
+        ["bug", "ci"],
+        "Fails about one run in twenty on CI; timing dependent.",
+    ),
+    (
+        "Rate-limit the public search endpoint",
+        "Done",
+        4,
+        ["security"],
+        "Per-key limits with Retry-After, as agreed in the incident review.",
+    ),
     ("Dark mode for the board view", "To Do", 0, ["ui"], ""),
 ]
 
@@ -469,6 +506,10 @@ DEMO_COMMENTS: list[tuple[str, str, str]] = [
 
 class AgentKanbanFake(fakekit.Fake):
     platform = "agentkanban"
+    api_root = "/api/ext/v1"
+
+    def scope(self) -> str:
+        return self.demo_board_id or next(iter(self.boards), None) or self.create_board("Sprint Board")
 
     def __init__(self, *, token: str, seed: int | None = None) -> None:
         super().__init__(token=token, seed=seed)
@@ -497,7 +538,9 @@ class AgentKanbanFake(fakekit.Fake):
 
     # -- in-process helpers --------------------------------------------------------------------------
 
-    def add_key(self, token: str, *, boards: dict[str, str] | None = None, name: str = DEFAULT_KEY_NAME) -> None:
+    def add_key(
+        self, token: str, *, boards: dict[str, str] | None = None, name: str = DEFAULT_KEY_NAME
+    ) -> None:
         """Another API key: all boards with edit (None), or only `{board_id: "read"|"edit"}`."""
         if boards is not None and any(p not in PERMISSIONS for p in boards.values()):
             raise ValueError(f"board permissions must be one of {PERMISSIONS}")
@@ -572,8 +615,9 @@ class AgentKanbanFake(fakekit.Fake):
             raise ApiError(403, "forbidden", "Key has read-only access to that board")
         return key, board
 
-    def _task(self, request: Request, board_id: str, task_id: str, *, edit: bool = False
-              ) -> tuple[Key, Board, Task]:
+    def _task(
+        self, request: Request, board_id: str, task_id: str, *, edit: bool = False
+    ) -> tuple[Key, Board, Task]:
         key, board = self._board(request, board_id, edit=edit)
         task = board.tasks.get(task_id)
         if task is None:
@@ -615,11 +659,28 @@ class AgentKanbanFake(fakekit.Fake):
         board.lane_tasks[lane.id] = []
         return lane
 
-    def _add_task(self, board: Board, lane: Lane, title: str, *, description: str | None = None,
-                  priority: int = 0, tags: list[str] | None = None) -> Task:
+    def _add_task(
+        self,
+        board: Board,
+        lane: Lane,
+        title: str,
+        *,
+        description: str | None = None,
+        priority: int = 0,
+        tags: list[str] | None = None,
+    ) -> Task:
         now = self.now()
-        task = Task(id=self._new_id(), short_id=self._new_short_id(), title=title, description=description,
-                    lane_id=lane.id, priority=priority, tags=list(tags or []), created_at=now, updated_at=now)
+        task = Task(
+            id=self._new_id(),
+            short_id=self._new_short_id(),
+            title=title,
+            description=description,
+            lane_id=lane.id,
+            priority=priority,
+            tags=list(tags or []),
+            created_at=now,
+            updated_at=now,
+        )
         board.tasks[task.id] = task
         board.lane_tasks[lane.id].append(task.id)
         self._fire("task.created", board.id, task_detail(task))
@@ -635,7 +696,9 @@ class AgentKanbanFake(fakekit.Fake):
         self._fire("task.updated", board.id, task_detail(task))
         return index
 
-    def _add_comment(self, board: Board, task: Task, body: str, author_name: str, author_source: str) -> Comment:
+    def _add_comment(
+        self, board: Board, task: Task, body: str, author_name: str, author_source: str
+    ) -> Comment:
         comment = Comment(self._new_id(), body, author_name, author_source, self.now())
         task.comments.append(comment)
         self._fire("comment.created", board.id, {**comment_view(comment), "taskId": task.id})
@@ -658,8 +721,18 @@ class AgentKanbanFake(fakekit.Fake):
                 continue
             seen.add((item["source"], item["sourceId"]))
             self._turn_seq += 1
-            task.turns.append(Turn(self._new_id(), self._turn_seq, item["source"], item["sourceId"], item["role"],
-                                   item["content"], item["toolUseOnly"], item["capturedAt"]))
+            task.turns.append(
+                Turn(
+                    self._new_id(),
+                    self._turn_seq,
+                    item["source"],
+                    item["sourceId"],
+                    item["role"],
+                    item["content"],
+                    item["toolUseOnly"],
+                    item["capturedAt"],
+                )
+            )
             inserted += 1
         return inserted
 
@@ -675,8 +748,13 @@ class AgentKanbanFake(fakekit.Fake):
         delivery_id = self._new_id()
         created = self.now()
         body = json.dumps(
-            {"id": delivery_id, "event": event, "createdAt": fakekit.iso(created), "boardId": board_id,
-             "data": payload},
+            {
+                "id": delivery_id,
+                "event": event,
+                "createdAt": fakekit.iso(created),
+                "boardId": board_id,
+                "data": payload,
+            },
             separators=(",", ":"),
         ).encode()
         ts = str(int(time.time()))
@@ -709,18 +787,35 @@ class AgentKanbanFake(fakekit.Fake):
             for name, author_source, body in self.rng.sample(DEMO_COMMENTS, self.rng.randint(1, 2)):
                 self._add_comment(board, task, body, name, author_source)
         first = tasks[0]
-        for text_, iteration in [("Reproduce with a fresh session", 1), ("Fix the SameSite attribute", 1),
-                                 ("Add a regression test", 2)]:
+        for text_, iteration in [
+            ("Reproduce with a fresh session", 1),
+            ("Fix the SameSite attribute", 1),
+            ("Add a regression test", 2),
+        ]:
             self._add_todo(first, text_, iteration, "agent")
         first.todos[0].done = True
-        self._insert_turns(first, [
-            {"source": "claude-code", "sourceId": f"seed-{i}", "role": role, "content": content,
-             "toolUseOnly": False, "capturedAt": fakekit.utcnow()}
-            for i, (role, content) in enumerate([
-                ("user", "Why does SSO send users back to /login?"),
-                ("assistant", "The session cookie is set with SameSite=Strict, so it is dropped on the redirect."),
-            ])
-        ])
+        self._insert_turns(
+            first,
+            [
+                {
+                    "source": "claude-code",
+                    "sourceId": f"seed-{i}",
+                    "role": role,
+                    "content": content,
+                    "toolUseOnly": False,
+                    "capturedAt": fakekit.utcnow(),
+                }
+                for i, (role, content) in enumerate(
+                    [
+                        ("user", "Why does SSO send users back to /login?"),
+                        (
+                            "assistant",
+                            "The session cookie is set with SameSite=Strict, so it is dropped on the redirect.",
+                        ),
+                    ]
+                )
+            ],
+        )
 
     # -- snapshot ----------------------------------------------------------------------------------------------
 
@@ -729,8 +824,12 @@ class AgentKanbanFake(fakekit.Fake):
             "keys": [{"token": k.token, "name": k.name, "boards": k.boards} for k in self.keys.values()],
             "boards": [self._board_snapshot(b) for b in self.boards.values()],
             "webhooks": [
-                {**webhook_view(h), "key": h.key_token, "secret": h.secret,
-                 "deliveries": [delivery_view(d) for d in h.deliveries]}
+                {
+                    **webhook_view(h),
+                    "key": h.key_token,
+                    "secret": h.secret,
+                    "deliveries": [delivery_view(d) for d in h.deliveries],
+                }
                 for h in self.hooks.values()
             ],
         }
@@ -745,9 +844,14 @@ class AgentKanbanFake(fakekit.Fake):
                 for i, lane in enumerate(board.lanes)
             ],
             "tasks": [
-                {**task_detail(t), "comments": [comment_view(c) for c in t.comments],
-                 "todos": [todo_view(td) for td in sorted(t.todos, key=lambda td: (td.iteration, td.order))],
-                 "turns": [turn_view(tn) for tn in sorted(t.turns, key=lambda tn: tn.sort_key)]}
+                {
+                    **task_detail(t),
+                    "comments": [comment_view(c) for c in t.comments],
+                    "todos": [
+                        todo_view(td) for td in sorted(t.todos, key=lambda td: (td.iteration, td.order))
+                    ],
+                    "turns": [turn_view(tn) for tn in sorted(t.turns, key=lambda tn: tn.sort_key)],
+                }
                 for t in board.tasks.values()
             ],
         }
@@ -776,10 +880,13 @@ class AgentKanbanFake(fakekit.Fake):
         @app.get(f"{BASE}/boards")
         async def list_boards(request: Request) -> Response:
             key = self._key(request)
-            return data([
-                {"id": b.id, "name": b.name, "permission": key.permission(b.id)}
-                for b in self.boards.values() if key.permission(b.id)
-            ])
+            return data(
+                [
+                    {"id": b.id, "name": b.name, "permission": key.permission(b.id)}
+                    for b in self.boards.values()
+                    if key.permission(b.id)
+                ]
+            )
 
         @app.post(f"{BASE}/boards")
         async def create_board(request: Request) -> Response:
@@ -793,15 +900,22 @@ class AgentKanbanFake(fakekit.Fake):
         @app.get(f"{BASE}/boards/{{board_id}}")
         async def get_board(request: Request, board_id: str) -> Response:
             _, board = self._board(request, board_id)
-            return data({
-                "id": board.id,
-                "name": board.name,
-                "lanes": [
-                    {"id": lane.id, "name": lane.name,
-                     "taskCount": sum(1 for t in board.lane_tasks[lane.id] if not board.tasks[t].archived)}
-                    for lane in board.lanes
-                ],
-            })
+            return data(
+                {
+                    "id": board.id,
+                    "name": board.name,
+                    "lanes": [
+                        {
+                            "id": lane.id,
+                            "name": lane.name,
+                            "taskCount": sum(
+                                1 for t in board.lane_tasks[lane.id] if not board.tasks[t].archived
+                            ),
+                        }
+                        for lane in board.lanes
+                    ],
+                }
+            )
 
         @app.delete(f"{BASE}/boards/{{board_id}}")
         async def delete_board(request: Request, board_id: str) -> Response:
@@ -815,7 +929,9 @@ class AgentKanbanFake(fakekit.Fake):
         @app.get(lanes_path)
         async def list_lanes(request: Request, board_id: str) -> Response:
             _, board = self._board(request, board_id)
-            return data([{"id": lane.id, "name": lane.name, "position": i} for i, lane in enumerate(board.lanes)])
+            return data(
+                [{"id": lane.id, "name": lane.name, "position": i} for i, lane in enumerate(board.lanes)]
+            )
 
         @app.post(lanes_path)
         async def create_lane(request: Request, board_id: str) -> Response:
@@ -865,10 +981,13 @@ class AgentKanbanFake(fakekit.Fake):
                 lane_ids = [self._target_lane(board, query["laneId"]).id]
             prefix = query.get("shortIdPrefix", "").lower()
             tasks = (board.tasks[t] for lane_id in lane_ids for t in board.lane_tasks[lane_id])
-            return data([
-                task_summary(t) for t in tasks
-                if (archived_flag == "true" or not t.archived) and t.short_id.startswith(prefix)
-            ])
+            return data(
+                [
+                    task_summary(t)
+                    for t in tasks
+                    if (archived_flag == "true" or not t.archived) and t.short_id.startswith(prefix)
+                ]
+            )
 
         @app.post(tasks_path)
         async def create_task(request: Request, board_id: str) -> Response:
@@ -882,7 +1001,9 @@ class AgentKanbanFake(fakekit.Fake):
             else:
                 raise invalid("Board has no lanes")
             task = self._add_task(
-                board, lane, title,
+                board,
+                lane,
+                title,
                 description=description(body.get("description")),
                 priority=priority(body["priority"]) if "priority" in body else 0,
                 tags=tags(body["tags"]) if "tags" in body else [],
@@ -924,7 +1045,9 @@ class AgentKanbanFake(fakekit.Fake):
             if body.get("laneId") is None:
                 raise invalid("laneId is required")
             lane = self._target_lane(board, body["laneId"])
-            position = integer(body["position"], "position", minimum=0) if body.get("position") is not None else None
+            position = (
+                integer(body["position"], "position", minimum=0) if body.get("position") is not None else None
+            )
             index = self._move_task(board, task, lane, position)
             return data({"id": task.id, "laneId": lane.id, "position": index})
 
@@ -949,8 +1072,11 @@ class AgentKanbanFake(fakekit.Fake):
             key, board, task = self._task(request, board_id, task_id, edit=True)
             body = await self._body(request, ["body", "authorName", "source"])
             comment_body = text(body.get("body"), "Comment body is required")
-            author = (text(body["authorName"], "authorName must be a non-empty string")
-                      if body.get("authorName") is not None else key.name)
+            author = (
+                text(body["authorName"], "authorName must be a non-empty string")
+                if body.get("authorName") is not None
+                else key.name
+            )
             comment_source = source(body["source"]) if body.get("source") is not None else "api"
             comment = self._add_comment(board, task, comment_body, author, comment_source)
             return data(comment_view(comment), 201)
@@ -989,7 +1115,9 @@ class AgentKanbanFake(fakekit.Fake):
             todo = self._add_todo(
                 task,
                 text(body.get("text"), "Todo text is required"),
-                integer(body["iteration"], "iteration", minimum=1) if body.get("iteration") is not None else 1,
+                integer(body["iteration"], "iteration", minimum=1)
+                if body.get("iteration") is not None
+                else 1,
                 source(body["source"]) if body.get("source") is not None else "api",
             )
             return data(todo_view(todo), 201)
@@ -1019,7 +1147,9 @@ class AgentKanbanFake(fakekit.Fake):
             body = await self._body(request, ["text", "done", "iteration"])
             new_text = text(body["text"], "text must be a non-empty string") if "text" in body else todo.text
             done = boolean(body["done"], "done") if "done" in body else todo.done
-            iteration = integer(body["iteration"], "iteration", minimum=1) if "iteration" in body else todo.iteration
+            iteration = (
+                integer(body["iteration"], "iteration", minimum=1) if "iteration" in body else todo.iteration
+            )
             if iteration != todo.iteration:
                 todo.order = self._next_todo_order(task)  # joins its new iteration at the end
             todo.text, todo.done, todo.iteration = new_text, done, iteration
@@ -1065,8 +1195,9 @@ class AgentKanbanFake(fakekit.Fake):
                 raise invalid(f"At most {MAX_TURNS_PER_BATCH} turns per batch")
             parsed = [parse_turn(i, item) for i, item in enumerate(items)]
             inserted = self._insert_turns(task, parsed)
-            return JSONResponse({"data": {"inserted": inserted}, "watermarks": watermarks(task.turns)},
-                                status_code=201)
+            return JSONResponse(
+                {"data": {"inserted": inserted}, "watermarks": watermarks(task.turns)}, status_code=201
+            )
 
         @app.get(turns_path)
         async def list_turns(request: Request, board_id: str, task_id: str) -> Response:
@@ -1090,11 +1221,13 @@ class AgentKanbanFake(fakekit.Fake):
                 turns = [t for t in turns if t.sort_key > position]
             page = turns[:limit]
             more = len(turns) > limit
-            return JSONResponse({
-                "data": [turn_view(t) for t in page],
-                "watermarks": watermarks(covered),
-                "cursor": encode_cursor(page[-1]) if more else None,
-            })
+            return JSONResponse(
+                {
+                    "data": [turn_view(t) for t in page],
+                    "watermarks": watermarks(covered),
+                    "cursor": encode_cursor(page[-1]) if more else None,
+                }
+            )
 
         @app.get(f"{turns_path}/watermark")
         async def turn_watermarks(request: Request, board_id: str, task_id: str) -> Response:
@@ -1113,8 +1246,13 @@ class AgentKanbanFake(fakekit.Fake):
         async def create_webhook(request: Request) -> Response:
             key = self._key(request)
             body = await self._body(request, ["url", "events"])
-            hook = Webhook(id=self._new_id(), key_token=key.token, url=webhook_url(body.get("url")),
-                           events=webhook_events(body.get("events")), secret="whsec_" + secrets.token_hex(24))
+            hook = Webhook(
+                id=self._new_id(),
+                key_token=key.token,
+                url=webhook_url(body.get("url")),
+                events=webhook_events(body.get("events")),
+                secret="whsec_" + secrets.token_hex(24),
+            )
             self.hooks[hook.id] = hook
             return data({**webhook_view(hook), "secret": hook.secret}, 201)
 

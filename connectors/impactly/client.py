@@ -50,7 +50,9 @@ class ImpactlyClient:
         http.error_message = impactly_error_message
 
     @classmethod
-    def from_settings(cls, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> ImpactlyClient:
+    def from_settings(
+        cls, settings: ConnectorSettings, *, observer: RequestObserver | None = None
+    ) -> ImpactlyClient:
         return cls(HttpClient(settings, observer=observer))
 
     async def aclose(self) -> None:
@@ -65,8 +67,10 @@ class ImpactlyClient:
         while True:
             body = await self.http.get(path, params={**query, "cursor": cursor})
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise Permanent(f"GET {path}: expected a paginated list, got {type(body).__name__}",
-                                connector=self.http.settings.name)
+                raise Permanent(
+                    f"GET {path}: expected a paginated list, got {type(body).__name__}",
+                    connector=self.http.settings.name,
+                )
             yield body["data"]
             cursor = body.get("next_cursor")
             if not body.get("has_more") or not cursor:
@@ -140,10 +144,13 @@ class ImpactlyClient:
     async def me(self) -> Json:
         return await self.http.get("/agents/me")
 
-    async def activity(self, *, since: str | None = None, project_id: str | None = None,
-                       agent_id: str | None = None) -> list[Json]:
+    async def activity(
+        self, *, since: str | None = None, project_id: str | None = None, agent_id: str | None = None
+    ) -> list[Json]:
         """GET /activity (oldest first), every page."""
-        return await self.collect("/activity", {"since": since, "project_id": project_id, "agent_id": agent_id})
+        return await self.collect(
+            "/activity", {"since": since, "project_id": project_id, "agent_id": agent_id}
+        )
 
     # -- webhooks -----------------------------------------------------------------------------
 

@@ -162,14 +162,16 @@ class ImpactlyConnector(BaseConnector):
         except MappingError as exc:
             raise Permanent(f"task {task.get('id')}: {exc}", connector=self.name) from exc
         assignee = task.get("assignee_id")
-        return normalize_values({
-            "title": task.get("title") or "",
-            "description": task.get("description"),
-            "status": status,
-            "priority": priority,
-            "assignees": [self.people.to_key(assignee)] if assignee else [],
-            "due_date": parse_date(task.get("due_date")),
-        })
+        return normalize_values(
+            {
+                "title": task.get("title") or "",
+                "description": task.get("description"),
+                "status": status,
+                "priority": priority,
+                "assignees": [self.people.to_key(assignee)] if assignee else [],
+                "due_date": parse_date(task.get("due_date")),
+            }
+        )
 
     def _remote(self, task: Json, scope: str | None = None) -> RemoteTask:
         """`scope`: the caller's spelling of the project id (ids compare case-insensitively)."""
@@ -218,7 +220,8 @@ class ImpactlyConnector(BaseConnector):
     def _in_scope(self, scope: str, task: Json) -> RemoteTask:
         if not _same_id(task.get("project_id"), scope):
             raise GoneFromView(
-                f"task {task.get('id')} is in project {task.get('project_id')}, not {scope}", connector=self.name
+                f"task {task.get('id')} is in project {task.get('project_id')}, not {scope}",
+                connector=self.name,
             )
         return self._remote(task, scope)
 
@@ -242,7 +245,9 @@ class ImpactlyConnector(BaseConnector):
             tasks = await self.client.list_project_tasks(scope)
         except NotFound as exc:
             # Not a task's 404: the scope itself is missing, which must not read as "all deleted".
-            raise Permanent(f"project {scope} not found ({exc.message})", status=404, connector=self.name) from exc
+            raise Permanent(
+                f"project {scope} not found ({exc.message})", status=404, connector=self.name
+            ) from exc
         remote = [self._remote(t, scope) for t in tasks if _same_id(t.get("project_id"), scope)]
         return Listing(
             tasks=remote,
@@ -311,8 +316,10 @@ class ImpactlyConnector(BaseConnector):
         await self.client.delete_task(remote_id)
 
     async def archive_task(self, scope: str, remote_id: str) -> RemoteTask:
-        raise Permanent("Impactly has no archive (capabilities.archive is false); close the task instead",
-                        connector=self.name)
+        raise Permanent(
+            "Impactly has no archive (capabilities.archive is false); close the task instead",
+            connector=self.name,
+        )
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         def hit(task: Json) -> bool:
@@ -356,7 +363,9 @@ class ImpactlyConnector(BaseConnector):
 
     async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment:
         agent_id = await self.agent_id()
-        return self._comment(await self.client.add_comment(remote_id, comment_content(body, author)), agent_id)
+        return self._comment(
+            await self.client.add_comment(remote_id, comment_content(body, author)), agent_id
+        )
 
     # -- webhooks -----------------------------------------------------------------------------
 
@@ -398,8 +407,14 @@ class ImpactlyConnector(BaseConnector):
             task_id = data.get("task_id")
             if not task_id:
                 raise BadSignature("comment.created delivery without data.task_id")
-            return [WebhookEvent(scope=str(data.get("project_id") or ""), remote_id=str(task_id), kind="comment",
-                                 delivery_id=delivery_id)]
+            return [
+                WebhookEvent(
+                    scope=str(data.get("project_id") or ""),
+                    remote_id=str(task_id),
+                    kind="comment",
+                    delivery_id=delivery_id,
+                )
+            ]
         if not event.startswith("task.") or not data.get("id"):
             return []  # an event this connector doesn't use
         kind = {"task.created": "created", "task.deleted": "deleted"}.get(event, "updated")
@@ -409,8 +424,15 @@ class ImpactlyConnector(BaseConnector):
                 task = self._remote(data)
             except (Permanent, KeyError, TypeError, ValueError):
                 task = None  # not a whole task we can read: the engine GETs it
-        return [WebhookEvent(scope=str(data.get("project_id") or ""), remote_id=str(data["id"]), kind=kind,
-                             delivery_id=delivery_id, task=task)]
+        return [
+            WebhookEvent(
+                scope=str(data.get("project_id") or ""),
+                remote_id=str(data["id"]),
+                kind=kind,
+                delivery_id=delivery_id,
+                task=task,
+            )
+        ]
 
     # -- health -------------------------------------------------------------------------------
 
@@ -419,8 +441,12 @@ class ImpactlyConnector(BaseConnector):
         try:
             project = await self.client.get_project(scope)
         except NotFound as exc:
-            raise Permanent(f"project {scope} not found ({exc.message})", status=404, connector=self.name) from exc
+            raise Permanent(
+                f"project {scope} not found ({exc.message})", status=404, connector=self.name
+            ) from exc
         tasks = await self.client.first_page_of_project(scope)
         more = "+" if len(tasks) >= 100 else ""
-        return (f"impactly: agent {me.get('name')!r} ({', '.join(me.get('permissions') or [])}), "
-                f"project {project.get('name')!r}: {len(tasks)}{more} tasks on the first page")
+        return (
+            f"impactly: agent {me.get('name')!r} ({', '.join(me.get('permissions') or [])}), "
+            f"project {project.get('name')!r}: {len(tasks)}{more} tasks on the first page"
+        )

@@ -234,7 +234,9 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise invalid("since", "since must be an ISO 8601 timestamp or a duration like 24h, 7d, 30d") from None
+        raise invalid(
+            "since", "since must be an ISO 8601 timestamp or a duration like 24h, 7d, 30d"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -253,10 +255,12 @@ TASK_FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
     "parent_task_id": _nullable(lambda v: parse_uuid(v, "parent_task_id")),
     "project_id": lambda v: parse_uuid(v, "project_id"),
 }
-CREATE_FIELDS = frozenset({"title", "project_id", "description", "assignee_id", "priority", "parent_task_id",
-                           "due_date"})
-PATCH_FIELDS = frozenset({"title", "description", "status", "priority", "assignee_id", "due_date",
-                          "parent_task_id"})
+CREATE_FIELDS = frozenset(
+    {"title", "project_id", "description", "assignee_id", "priority", "parent_task_id", "due_date"}
+)
+PATCH_FIELDS = frozenset(
+    {"title", "description", "status", "priority", "assignee_id", "due_date", "parent_task_id"}
+)
 
 
 def reject_unknown(body: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -309,8 +313,13 @@ class Project:
     created_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "color": self.color, "visibility": self.visibility,
-                "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "color": self.color,
+            "visibility": self.visibility,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass
@@ -353,8 +362,14 @@ class Comment:
     created_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "task_id": self.task_id, "content": self.content, "author_id": self.author_id,
-                "author_name": self.author_name, "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "content": self.content,
+            "author_id": self.author_id,
+            "author_name": self.author_name,
+            "created_at": iso(self.created_at),
+        }
 
 
 @dataclass
@@ -370,9 +385,17 @@ class Activity:
     changes: dict[str, dict[str, Any]] | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "task_id": self.task_id, "comment_id": self.comment_id,
-                "project_id": self.project_id, "actor_id": self.actor_id, "actor_type": self.actor_type,
-                "created_at": iso(self.created_at), "changes": self.changes}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "task_id": self.task_id,
+            "comment_id": self.comment_id,
+            "project_id": self.project_id,
+            "actor_id": self.actor_id,
+            "actor_type": self.actor_type,
+            "created_at": iso(self.created_at),
+            "changes": self.changes,
+        }
 
 
 @dataclass
@@ -385,8 +408,13 @@ class Subscription:
     created_at: datetime
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "url": self.url, "events": list(self.events), "active": True,
-                "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "events": list(self.events),
+            "active": True,
+            "created_at": iso(self.created_at),
+        }
 
     def wants(self, event: str) -> bool:
         return ALL_EVENTS in self.events or event in self.events
@@ -482,6 +510,13 @@ def parse_events(value: Any) -> list[str]:
 
 class ImpactlyFake(fakekit.Fake):
     platform = "impactly"
+    api_root = "/api/v1"
+
+    def scope(self) -> str:
+        return str(self.project_id)
+
+    def people(self) -> dict[str, str]:
+        return {"alice": self.member_id("Alice Chen"), "bob": self.member_id("Bob Okafor")}
 
     def __init__(self, *, token: str, seed: int | None = None) -> None:
         super().__init__(token=token, seed=seed)
@@ -513,12 +548,19 @@ class ImpactlyFake(fakekit.Fake):
     def add_key(self, token: str, *, write: bool = True, name: str | None = None) -> str:
         """Register an API agent's key; returns the agent's id. `write=False` makes it read-only."""
         agent_id = str(uuid.uuid5(_NAMESPACE, f"agent/{token}"))
-        self.agents[token] = Agent(agent_id, name or f"Agent {len(self.agents) + 1}", token, write, self.now())
+        self.agents[token] = Agent(
+            agent_id, name or f"Agent {len(self.agents) + 1}", token, write, self.now()
+        )
         return agent_id
 
     def add_project(self, name: str, *, visibility: str = "public", color: str | None = None) -> str:
-        project = Project(self._new_id(), name, color, parse_enum(visibility, ("public", "private"), "visibility"),
-                          self.now())
+        project = Project(
+            self._new_id(),
+            name,
+            color,
+            parse_enum(visibility, ("public", "private"), "visibility"),
+            self.now(),
+        )
         self.projects[project.id] = project
         return project.id
 
@@ -550,8 +592,10 @@ class ImpactlyFake(fakekit.Fake):
         today = datetime.now(UTC).date()
         titles = [
             ("Draft Q3 impact report", "Summarise outcomes for the board: people reached, cost per outcome."),
-            ("Review grant application for the Riverside food bank",
-             "The foundation does not accept late submissions."),
+            (
+                "Review grant application for the Riverside food bank",
+                "The foundation does not accept late submissions.",
+            ),
             ("Migrate donor list to the new CRM", "Export the spreadsheet, dedupe by email, import."),
             ("Set up volunteer onboarding checklist", None),
             ("Schedule site visit with partner school", None),
@@ -570,14 +614,22 @@ class ImpactlyFake(fakekit.Fake):
                 "project_id": self.project_id,
             }
             created.append(self._create_task(fields, rng.choice(people)))
-        subtask = {"title": "Collect beneficiary numbers from partners", "description": None, "priority": "medium",
-                   "assignee_id": rng.choice(people).id, "due_date": None, "parent_task_id": created[0].id}
+        subtask = {
+            "title": "Collect beneficiary numbers from partners",
+            "description": None,
+            "priority": "medium",
+            "assignee_id": rng.choice(people).id,
+            "due_date": None,
+            "parent_task_id": created[0].id,
+        }
         created.append(self._create_task(subtask, rng.choice(people)))
         self._update_task(created[-2], {"status": "completed"}, rng.choice(people))
         self.dependencies[(created[0].id, created[1].id)] = self.now()
-        for task, text in [(created[0], "First draft is in the shared folder."),
-                           (created[0], "Numbers from two partners are still missing."),
-                           (created[1], "I can take this one if nobody else has started.")]:
+        for task, text in [
+            (created[0], "First draft is in the shared folder."),
+            (created[0], "Numbers from two partners are still missing."),
+            (created[1], "I can take this one if nobody else has started."),
+        ]:
             self._add_comment(task, text, rng.choice(people))
 
     # -- platform hooks ------------------------------------------------------------------------
@@ -627,11 +679,15 @@ class ImpactlyFake(fakekit.Fake):
             "comments": [c.to_json() for c in self.comments.values()],
             "dependencies": [{"task_id": t, "blocker_id": b} for t, b in self.dependencies],
             "activity": [a.to_json() for a in self.activity],
-            "webhooks": [{**s.to_json(), "agent_id": s.agent_id, "secret": s.secret}
-                         for s in self.subscriptions.values()],
+            "webhooks": [
+                {**s.to_json(), "agent_id": s.agent_id, "secret": s.secret}
+                for s in self.subscriptions.values()
+            ],
             "members": [{"id": m.id, "name": m.name, "email": m.email} for m in self.members.values()],
-            "agents": [{"id": a.id, "name": a.name, "write": a.write, "requests": a.requests}
-                       for a in self.agents.values()],
+            "agents": [
+                {"id": a.id, "name": a.name, "write": a.write, "requests": a.requests}
+                for a in self.agents.values()
+            ],
         }
 
     # -- internals: lookups ------------------------------------------------------------------
@@ -715,9 +771,16 @@ class ImpactlyFake(fakekit.Fake):
         self._check_refs(fields, project_id, None)
         at = self.now()
         task = Task(
-            id=self._new_id(), title=fields["title"], description=fields.get("description"), status="active",
-            priority=fields.get("priority"), assignee_id=fields.get("assignee_id"), project_id=project_id,
-            parent_task_id=fields.get("parent_task_id"), due_date=fields.get("due_date"), created_at=at,
+            id=self._new_id(),
+            title=fields["title"],
+            description=fields.get("description"),
+            status="active",
+            priority=fields.get("priority"),
+            assignee_id=fields.get("assignee_id"),
+            project_id=project_id,
+            parent_task_id=fields.get("parent_task_id"),
+            due_date=fields.get("due_date"),
+            created_at=at,
             updated_at=at,
         )
         self.tasks[task.id] = task
@@ -725,8 +788,11 @@ class ImpactlyFake(fakekit.Fake):
         return task
 
     def _update_task(self, task: Task, fields: dict[str, Any], actor: Actor) -> Task:
-        changes = {name: {"from": getattr(task, name), "to": value}
-                   for name, value in fields.items() if getattr(task, name) != value}
+        changes = {
+            name: {"from": getattr(task, name), "to": value}
+            for name, value in fields.items()
+            if getattr(task, name) != value
+        }
         completes = task.status == "active" and fields.get("status") == "completed"
         for name, value in fields.items():
             setattr(task, name, value)
@@ -751,31 +817,65 @@ class ImpactlyFake(fakekit.Fake):
         self._record("comment.created", actor, at, task, comment=comment)
         return comment
 
-    def _record(self, event: str, actor: Actor, at: datetime, task: Task, *, comment: Comment | None = None,
-                changes: dict[str, dict[str, Any]] | None = None) -> None:
-        self.activity.append(Activity(
-            id=self._new_id(), type=event, task_id=task.id, comment_id=comment.id if comment else None,
-            project_id=task.project_id, actor_id=actor.id, actor_type=actor.kind, created_at=at, changes=changes,
-        ))
+    def _record(
+        self,
+        event: str,
+        actor: Actor,
+        at: datetime,
+        task: Task,
+        *,
+        comment: Comment | None = None,
+        changes: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.activity.append(
+            Activity(
+                id=self._new_id(),
+                type=event,
+                task_id=task.id,
+                comment_id=comment.id if comment else None,
+                project_id=task.project_id,
+                actor_id=actor.id,
+                actor_type=actor.kind,
+                created_at=at,
+                changes=changes,
+            )
+        )
         data = comment.to_json() if comment else task.to_json()
         for subscription in self.subscriptions.values():
             if subscription.wants(event):
                 self._deliver(subscription, event, at, actor, data, changes)
 
-    def _deliver(self, subscription: Subscription, event: str, at: datetime, actor: Actor,
-                 data: dict[str, Any], changes: dict[str, dict[str, Any]] | None) -> None:
+    def _deliver(
+        self,
+        subscription: Subscription,
+        event: str,
+        at: datetime,
+        actor: Actor,
+        data: dict[str, Any],
+        changes: dict[str, dict[str, Any]] | None,
+    ) -> None:
         delivery_id = str(uuid.uuid4())
-        payload: dict[str, Any] = {"id": delivery_id, "event": event, "created_at": iso(at), "actor_id": actor.id,
-                                   "data": data}
+        payload: dict[str, Any] = {
+            "id": delivery_id,
+            "event": event,
+            "created_at": iso(at),
+            "actor_id": actor.id,
+            "data": data,
+        }
         if changes is not None:
             payload["changes"] = changes
         body = json.dumps(payload, separators=(",", ":")).encode()
-        self.webhooks.send(subscription.url, event, body, {
-            "X-Impactly-Signature": sign(subscription.secret, body),
-            "X-Impactly-Delivery": delivery_id,
-            "X-Impactly-Timestamp": str(int(time.time())),
-            "X-Impactly-Event": event,
-        })
+        self.webhooks.send(
+            subscription.url,
+            event,
+            body,
+            {
+                "X-Impactly-Signature": sign(subscription.secret, body),
+                "X-Impactly-Delivery": delivery_id,
+                "X-Impactly-Timestamp": str(int(time.time())),
+                "X-Impactly-Event": event,
+            },
+        )
 
     # -- internals: dependencies ---------------------------------------------------------------
 
@@ -995,7 +1095,8 @@ class ImpactlyFake(fakekit.Fake):
             project_id = parse_uuid(params["project_id"], "project_id") if params.get("project_id") else None
             agent_id = parse_uuid(params["agent_id"], "agent_id") if params.get("agent_id") else None
             entries = (
-                e for e in self.activity
+                e
+                for e in self.activity
                 if (since is None or e.created_at >= since)
                 and (project_id is None or e.project_id == project_id)
                 and (agent_id is None or e.actor_id == agent_id)
@@ -1025,8 +1126,9 @@ class ImpactlyFake(fakekit.Fake):
         @app.get(f"{BASE}/webhooks")
         async def list_webhooks(request: Request) -> Response:
             agent = self._authenticate(request)
-            return JSONResponse({"data": [s.to_json() for s in self.subscriptions.values()
-                                          if s.agent_id == agent.id]})
+            return JSONResponse(
+                {"data": [s.to_json() for s in self.subscriptions.values() if s.agent_id == agent.id]}
+            )
 
         @app.post(f"{BASE}/webhooks")
         async def create_webhook(request: Request) -> Response:

@@ -110,18 +110,67 @@ MAX_LIMIT = 100
 PRESENCE_TTL = timedelta(seconds=60)
 
 ORIGIN_PRODUCTS = (
-    "onboarding", "error_tracking", "eval_clusters", "user_created", "automation", "slack",
-    "support_queue", "session_summaries", "posthog_ai", "signal_report", "signals_scout",
-    "support_reply", "hogdesk",
+    "onboarding",
+    "error_tracking",
+    "eval_clusters",
+    "user_created",
+    "automation",
+    "slack",
+    "support_queue",
+    "session_summaries",
+    "posthog_ai",
+    "signal_report",
+    "signals_scout",
+    "support_reply",
+    "hogdesk",
 )
 RUN_STATUSES = ("not_started", "queued", "in_progress", "completed", "failed", "cancelled")
 ARTIFACT_TYPES = (
-    "plan", "context", "reference", "output", "artifact", "tree_snapshot", "user_attachment", "skill_bundle",
+    "plan",
+    "context",
+    "reference",
+    "output",
+    "artifact",
+    "tree_snapshot",
+    "user_attachment",
+    "skill_bundle",
 )
 
 # DRF BooleanField's accepted spellings.
-_TRUE = {"t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1", 1}  # 1 == True
-_FALSE = {"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0", 0}  # 0 == False
+_TRUE = {
+    "t",
+    "T",
+    "y",
+    "Y",
+    "yes",
+    "Yes",
+    "YES",
+    "true",
+    "True",
+    "TRUE",
+    "on",
+    "On",
+    "ON",
+    "1",
+    1,
+}  # 1 == True
+_FALSE = {
+    "f",
+    "F",
+    "n",
+    "N",
+    "no",
+    "No",
+    "NO",
+    "false",
+    "False",
+    "FALSE",
+    "off",
+    "Off",
+    "OFF",
+    "0",
+    0,
+}  # 0 == False
 _RELATIONSHIP = re.compile(r"^[a-z0-9_-]+$")
 
 
@@ -139,8 +188,12 @@ class User:
 
     def basic(self) -> dict[str, Any]:
         return {
-            "id": self.id, "uuid": self.uuid, "distinct_id": self.distinct_id,
-            "first_name": self.first_name, "last_name": self.last_name, "email": self.email,
+            "id": self.id,
+            "uuid": self.uuid,
+            "distinct_id": self.distinct_id,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "email": self.email,
         }
 
 
@@ -184,10 +237,18 @@ class Run:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "task": self.task_id, "status": self.status, "stage": self.stage,
-            "branch": self.branch, "environment": self.environment, "error_message": self.error_message,
-            "output": self.output, "state": self.state, "artifacts": self.artifacts,
-            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "id": self.id,
+            "task": self.task_id,
+            "status": self.status,
+            "stage": self.stage,
+            "branch": self.branch,
+            "environment": self.environment,
+            "error_message": self.error_message,
+            "output": self.output,
+            "state": self.state,
+            "artifacts": self.artifacts,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
             "completed_at": iso(self.completed_at),
         }
 
@@ -225,14 +286,24 @@ class Task:
     def to_json(self) -> dict[str, Any]:
         latest = self.latest_run
         return {
-            "id": self.id, "task_number": self.task_number, "slug": self.slug, "title": self.title,
-            "title_manually_set": self.title_manually_set, "description": self.description,
-            "origin_product": self.origin_product, "repository": self.repository,
+            "id": self.id,
+            "task_number": self.task_number,
+            "slug": self.slug,
+            "title": self.title,
+            "title_manually_set": self.title_manually_set,
+            "description": self.description,
+            "origin_product": self.origin_product,
+            "repository": self.repository,
             "github_integration": self.github_integration,
-            "github_user_integration": self.github_user_integration, "signal_report": self.signal_report,
-            "json_schema": self.json_schema, "internal": self.internal, "archived": self.archived,
-            "ci_prompt": self.ci_prompt, "latest_run": latest.to_json() if latest else None,
-            "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "github_user_integration": self.github_user_integration,
+            "signal_report": self.signal_report,
+            "json_schema": self.json_schema,
+            "internal": self.internal,
+            "archived": self.archived,
+            "ci_prompt": self.ci_prompt,
+            "latest_run": latest.to_json() if latest else None,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
             "created_by": self.created_by.basic(),
         }
 
@@ -243,8 +314,16 @@ class Task:
 class ApiError(Exception):
     """An error answered in PostHog's shape; `type` is derived from the status when not given."""
 
-    def __init__(self, status: int, code: str, detail: str, *, attr: str | None = None,
-                 type_: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        attr: str | None = None,
+        type_: str | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -272,8 +351,14 @@ def _error_type(status: int) -> str:
     return "invalid_request"
 
 
-def text(attr: str, value: Any, *, max_length: int | None = None, allow_null: bool = False,
-         allow_blank: bool = True) -> str | None:
+def text(
+    attr: str,
+    value: Any,
+    *,
+    max_length: int | None = None,
+    allow_null: bool = False,
+    allow_blank: bool = True,
+) -> str | None:
     """A DRF CharField: trims, takes numbers as text, rejects other types."""
     if value is None:
         if allow_null:
@@ -323,7 +408,9 @@ def pk_or_null(attr: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise invalid(attr, f"Incorrect type. Expected pk value, received {type(value).__name__}.", "incorrect_type")
+        raise invalid(
+            attr, f"Incorrect type. Expected pk value, received {type(value).__name__}.", "incorrect_type"
+        )
     try:
         return int(value)
     except ValueError:
@@ -360,13 +447,17 @@ def relationship(attr: str, value: Any) -> str | None:
 def string_list(attr: str, value: Any, *, max_length: int) -> list[str]:
     if not isinstance(value, list):
         raise invalid(attr, f'Expected a list of items but got type "{type(value).__name__}".', "not_a_list")
-    return [str(text(f"{attr}__{i}", item, max_length=max_length, allow_blank=False))
-            for i, item in enumerate(value)]
+    return [
+        str(text(f"{attr}__{i}", item, max_length=max_length, allow_blank=False))
+        for i, item in enumerate(value)
+    ]
 
 
 def json_object(attr: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise invalid(attr, f'Expected a dictionary of items but got type "{type(value).__name__}".', "not_a_dict")
+        raise invalid(
+            attr, f'Expected a dictionary of items but got type "{type(value).__name__}".', "not_a_dict"
+        )
     return value
 
 
@@ -446,14 +537,18 @@ def _artifacts(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise invalid("artifacts", "This field is required.", "required")
     items = body["artifacts"]
     if not isinstance(items, list):
-        raise invalid("artifacts", f'Expected a list of items but got type "{type(items).__name__}".', "not_a_list")
+        raise invalid(
+            "artifacts", f'Expected a list of items but got type "{type(items).__name__}".', "not_a_list"
+        )
     if not items:
         raise invalid("artifacts", "At least one artifact is required")
     result = []
     for i, item in enumerate(items):
         prefix = f"artifacts__{i}__"
         if not isinstance(item, dict):
-            raise invalid(f"artifacts__{i}", f"Invalid data. Expected a dictionary, but got {type(item).__name__}.")
+            raise invalid(
+                f"artifacts__{i}", f"Invalid data. Expected a dictionary, but got {type(item).__name__}."
+            )
         for name, (required, _) in ARTIFACT_FIELDS.items():
             if required and name not in item:
                 raise invalid(prefix + name, "This field is required.", "required")
@@ -500,7 +595,7 @@ def paginate(request: Request, items: list[Any], render: Callable[[Any], dict[st
         previous_url = _with_query(url, limit=limit, offset=None)
     else:
         previous_url = _with_query(url, limit=limit, offset=offset - limit)
-    page = items[offset:offset + limit] if count and offset <= count else []
+    page = items[offset : offset + limit] if count and offset <= count else []
     return {"count": count, "next": next_url, "previous": previous_url, "results": [render(i) for i in page]}
 
 
@@ -590,6 +685,10 @@ class _OptionalTrailingSlash:
 
 class RunsFake(Fake):
     platform = "runs"
+    api_root = "/api"
+
+    def scope(self) -> str:
+        return str(DEFAULT_PROJECT_ID)
 
     def __init__(self, *, token: str, seed: int | None = None, team_prefix: str = "ABC") -> None:
         super().__init__(token=token, seed=seed)
@@ -617,11 +716,18 @@ class RunsFake(Fake):
         self.projects[project_id] = project
         return project
 
-    def add_key(self, token: str, scopes: Iterable[str] = (TASK_READ,), *, user: User | None = None,
-                projects: Iterable[int] | None = (DEFAULT_PROJECT_ID,)) -> ApiKey:
+    def add_key(
+        self,
+        token: str,
+        scopes: Iterable[str] = (TASK_READ,),
+        *,
+        user: User | None = None,
+        projects: Iterable[int] | None = (DEFAULT_PROJECT_ID,),
+    ) -> ApiKey:
         """A personal API key; `projects=None` means every project."""
-        key = ApiKey(token, frozenset(scopes), user or self.user,
-                     None if projects is None else frozenset(projects))
+        key = ApiKey(
+            token, frozenset(scopes), user or self.user, None if projects is None else frozenset(projects)
+        )
         self.keys[token] = key
         return key
 
@@ -634,13 +740,15 @@ class RunsFake(Fake):
     def error_response(self, status: int, code: str, message: str, **extra: Any) -> JSONResponse:
         type_ = extra.pop("type", None) or _error_type(status)
         attr = extra.pop("attr", None)
-        return JSONResponse({"type": type_, "code": code, "detail": message, "attr": attr, **extra},
-                            status_code=status)
+        return JSONResponse(
+            {"type": type_, "code": code, "detail": message, "attr": attr, **extra}, status_code=status
+        )
 
     def rate_limited_response(self, retry_after: int) -> Response:
         unit = "second" if retry_after == 1 else "seconds"
-        resp = self.error_response(429, "throttled",
-                                   f"Request was throttled. Expected available in {retry_after} {unit}.")
+        resp = self.error_response(
+            429, "throttled", f"Request was throttled. Expected available in {retry_after} {unit}."
+        )
         resp.headers["Retry-After"] = str(retry_after)
         return resp
 
@@ -659,20 +767,36 @@ class RunsFake(Fake):
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "projects": [{"id": p.id, "name": p.name, "prefix": p.prefix, "next_number": p.next_number}
-                         for p in self.projects.values()],
+            "projects": [
+                {"id": p.id, "name": p.name, "prefix": p.prefix, "next_number": p.next_number}
+                for p in self.projects.values()
+            ],
             "users": [u.basic() for u in self.users.values()],
-            "keys": [{"token": k.token, "scopes": sorted(k.scopes), "user": k.user.id,
-                      "projects": None if k.projects is None else sorted(k.projects)}
-                     for k in self.keys.values()],
+            "keys": [
+                {
+                    "token": k.token,
+                    "scopes": sorted(k.scopes),
+                    "user": k.user.id,
+                    "projects": None if k.projects is None else sorted(k.projects),
+                }
+                for k in self.keys.values()
+            ],
             "devices": dict(self.devices),
-            "tasks": [{**t.to_json(), "project_id": t.project_id, "deleted": t.deleted,
-                       "signal_report_task_relationship": t.signal_report_task_relationship,
-                       "runs": [r.to_json() for r in t.runs],
-                       "staged_artifacts": list(t.staged_artifacts.values())}
-                      for t in self.tasks.values()],
-            "presence": [{"task": task_id, "device_id": device_id, "expires_at": iso(expires)}
-                         for (task_id, device_id), expires in self.presence.items()],
+            "tasks": [
+                {
+                    **t.to_json(),
+                    "project_id": t.project_id,
+                    "deleted": t.deleted,
+                    "signal_report_task_relationship": t.signal_report_task_relationship,
+                    "runs": [r.to_json() for r in t.runs],
+                    "staged_artifacts": list(t.staged_artifacts.values()),
+                }
+                for t in self.tasks.values()
+            ],
+            "presence": [
+                {"task": task_id, "device_id": device_id, "expires_at": iso(expires)}
+                for (task_id, device_id), expires in self.presence.items()
+            ],
         }
 
     # -- shared request plumbing ----------------------------------------------------------------
@@ -687,15 +811,21 @@ class RunsFake(Fake):
             raise ApiError(401, "not_authenticated", "Authentication credentials were not provided.")
         key = self.keys.get(token)
         if key is None:
-            raise ApiError(401, "authentication_failed",
-                           "Personal API key found in request Authorization header is invalid.")
+            raise ApiError(
+                401,
+                "authentication_failed",
+                "Personal API key found in request Authorization header is invalid.",
+            )
         pid = DEFAULT_PROJECT_ID if project_id == "@current" else project_id
         project = self.projects.get(int(pid)) if str(pid).isdigit() else None
         if project is None:
             raise not_found("Project not found.")
         if key.projects is not None and project.id not in key.projects:
-            raise ApiError(403, "permission_denied",
-                           f"API key does not have access to the requested project: ID {project.id}.")
+            raise ApiError(
+                403,
+                "permission_denied",
+                f"API key does not have access to the requested project: ID {project.id}.",
+            )
         if not key.allows(scope):
             raise ApiError(403, "permission_denied", f"API key missing required scope '{scope}'")
         return key, project
@@ -730,8 +860,15 @@ class RunsFake(Fake):
         now = self.now()
         number = project.next_number
         project.next_number += 1
-        task = Task(id=self._uuid(), project_id=project.id, task_number=number,
-                    slug=f"{project.prefix}-{number}", created_by=user, created_at=now, updated_at=now)
+        task = Task(
+            id=self._uuid(),
+            project_id=project.id,
+            task_number=number,
+            slug=f"{project.prefix}-{number}",
+            created_by=user,
+            created_at=now,
+            updated_at=now,
+        )
         for name, value in values.items():
             setattr(task, name, value)
         if not task.title and task.description:
@@ -740,11 +877,28 @@ class RunsFake(Fake):
         self.tasks[task.id] = task
         return task
 
-    def _new_run(self, task: Task, *, status: str, environment: str, branch: str | None = None,
-                 state: dict[str, Any] | None = None, artifacts: list[dict[str, Any]] | None = None) -> Run:
+    def _new_run(
+        self,
+        task: Task,
+        *,
+        status: str,
+        environment: str,
+        branch: str | None = None,
+        state: dict[str, Any] | None = None,
+        artifacts: list[dict[str, Any]] | None = None,
+    ) -> Run:
         now = self.now()
-        run = Run(id=self._uuid(), task_id=task.id, status=status, environment=environment, created_at=now,
-                  updated_at=now, branch=branch, state=state or {}, artifacts=artifacts or [])
+        run = Run(
+            id=self._uuid(),
+            task_id=task.id,
+            status=status,
+            environment=environment,
+            created_at=now,
+            updated_at=now,
+            branch=branch,
+            state=state or {},
+            artifacts=artifacts or [],
+        )
         task.runs.append(run)
         task.updated_at = now
         return run
@@ -764,8 +918,11 @@ class RunsFake(Fake):
     def _take_staged(self, task: Task, ids: list[str]) -> list[dict[str, Any]]:
         missing = [i for i in ids if i not in task.staged_artifacts]
         if missing:
-            raise invalid("pending_user_artifact_ids", "Some staged artifacts could not be found for this task.",
-                          missing_artifact_ids=missing)
+            raise invalid(
+                "pending_user_artifact_ids",
+                "Some staged artifacts could not be found for this task.",
+                missing_artifact_ids=missing,
+            )
         return [task.staged_artifacts.pop(i) for i in ids]
 
     def _start_run(self, task: Task, values: dict[str, Any]) -> Run:
@@ -775,8 +932,9 @@ class RunsFake(Fake):
         artifacts = self._take_staged(task, values.pop("pending_user_artifact_ids", []))
         branch = values.pop("branch", None)
         state = {"mode": values.pop("mode", "background"), **values}
-        return self._new_run(task, status="queued", environment="cloud", branch=branch, state=state,
-                             artifacts=artifacts)
+        return self._new_run(
+            task, status="queued", environment="cloud", branch=branch, state=state, artifacts=artifacts
+        )
 
     def _presence_device(self, key: ApiKey, body: dict[str, Any]) -> str:
         if "device_id" not in body:
@@ -798,8 +956,11 @@ class RunsFake(Fake):
         async def list_tasks(request: Request, project_id: str) -> Response:
             _, project = self._authorize(request, project_id, TASK_READ)
             wanted = TaskFilter.parse(request.query_params)
-            tasks = [t for t in self.tasks.values() if t.project_id == project.id and not t.deleted
-                     and wanted.matches(t)]
+            tasks = [
+                t
+                for t in self.tasks.values()
+                if t.project_id == project.id and not t.deleted and wanted.matches(t)
+            ]
             tasks.sort(key=lambda t: (t.created_at, t.task_number), reverse=True)
             return JSONResponse(paginate(request, tasks, Task.to_json))
 
@@ -853,8 +1014,9 @@ class RunsFake(Fake):
             values = validate(await self._body(request), RUN_CREATE_FIELDS)
             environment = values.pop("environment", "cloud")
             branch = values.pop("branch", None)
-            run = self._new_run(task, status="not_started", environment=environment, branch=branch,
-                                state=values)
+            run = self._new_run(
+                task, status="not_started", environment=environment, branch=branch, state=values
+            )
             return JSONResponse(run.to_json(), status_code=201)
 
         @app.get(one + "runs/{run_id}/")
@@ -900,13 +1062,17 @@ class RunsFake(Fake):
     def _error_handlers(self, app: FastAPI) -> None:
         @app.exception_handler(ApiError)
         async def _api_error(_: Request, exc: ApiError) -> Response:
-            return self.error_response(exc.status, exc.code, exc.detail, type=exc.type, attr=exc.attr, **exc.extra)
+            return self.error_response(
+                exc.status, exc.code, exc.detail, type=exc.type, attr=exc.attr, **exc.extra
+            )
 
         @app.exception_handler(StarletteHTTPException)
         async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
             # Unrouted paths and methods, answered as DRF/PostHog would rather than FastAPI's shape.
             if exc.status_code == 405:
-                resp = self.error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+                resp = self.error_response(
+                    405, "method_not_allowed", f'Method "{request.method}" not allowed.'
+                )
                 resp.headers.update(exc.headers or {})
                 return resp
             if exc.status_code == 404:
@@ -919,34 +1085,70 @@ class RunsFake(Fake):
         project = self.projects[DEFAULT_PROJECT_ID]
         demo: list[tuple[str, str, str, str, str | None]] = [
             # title, description, origin product, repository, what happened to its runs
-            ("Fix checkout crash on empty cart",
-             "TypeError in CartSummary when the cart has no items. Add a guard and a test.",
-             "error_tracking", "acme/web-app", "completed"),
-            ("Add rate limiting to the public API",
-             "Throttle anonymous requests to 60/min; return 429 with Retry-After.",
-             "user_created", "acme/api", "in_progress"),
-            ("Summarise onboarding drop-off sessions",
-             "Watch the sessions that abandon step 3 of onboarding and list the common causes.",
-             "session_summaries", "acme/web-app", "failed"),
-            ("Upgrade Postgres client to v3", "Move from psycopg2 to psycopg 3 and fix the breaking changes.",
-             "user_created", "acme/api", "queued"),
-            ("Flaky test: test_invoice_totals",
-             "Fails about 1 in 20 runs on CI; looks timezone dependent.", "user_created", "acme/billing", None),
-            ("Tidy Terraform state for staging", "Remove the orphaned buckets from the staging state.",
-             "user_created", "acme/infra", None),
+            (
+                "Fix checkout crash on empty cart",
+                "TypeError in CartSummary when the cart has no items. Add a guard and a test.",
+                "error_tracking",
+                "acme/web-app",
+                "completed",
+            ),
+            (
+                "Add rate limiting to the public API",
+                "Throttle anonymous requests to 60/min; return 429 with Retry-After.",
+                "user_created",
+                "acme/api",
+                "in_progress",
+            ),
+            (
+                "Summarise onboarding drop-off sessions",
+                "Watch the sessions that abandon step 3 of onboarding and list the common causes.",
+                "session_summaries",
+                "acme/web-app",
+                "failed",
+            ),
+            (
+                "Upgrade Postgres client to v3",
+                "Move from psycopg2 to psycopg 3 and fix the breaking changes.",
+                "user_created",
+                "acme/api",
+                "queued",
+            ),
+            (
+                "Flaky test: test_invoice_totals",
+                "Fails about 1 in 20 runs on CI; looks timezone dependent.",
+                "user_created",
+                "acme/billing",
+                None,
+            ),
+            (
+                "Tidy Terraform state for staging",
+                "Remove the orphaned buckets from the staging state.",
+                "user_created",
+                "acme/infra",
+                None,
+            ),
         ]
         for i, (title, description, origin, repo, outcome) in enumerate(demo):
-            task = self._new_task(project, self.teammate if i % 3 == 2 else self.user, {
-                "title": title, "title_manually_set": True, "description": description,
-                "origin_product": origin, "repository": repo,
-            })
+            task = self._new_task(
+                project,
+                self.teammate if i % 3 == 2 else self.user,
+                {
+                    "title": title,
+                    "title_manually_set": True,
+                    "description": description,
+                    "origin_product": origin,
+                    "repository": repo,
+                },
+            )
             if outcome is not None:
                 self._seed_runs(task, outcome, self.rng.randint(1, 2))
         self.tasks[next(reversed(self.tasks))].archived = True  # one archived task, hidden by default
 
     def _seed_runs(self, task: Task, outcome: str, count: int) -> None:
         for n in range(count):
-            run = self._new_run(task, status="queued", environment="cloud", branch=f"task/{task.slug.lower()}")
+            run = self._new_run(
+                task, status="queued", environment="cloud", branch=f"task/{task.slug.lower()}"
+            )
             final = outcome if n == count - 1 else "failed"
             if final == "queued":
                 continue
@@ -954,9 +1156,25 @@ class RunsFake(Fake):
             if final == "in_progress":
                 self._update_run(task, run, {"stage": "build"})
             elif final == "failed":
-                self._update_run(task, run, {"status": "failed", "stage": "build",
-                                             "error_message": "Sandbox exited with code 1 during tests"})
+                self._update_run(
+                    task,
+                    run,
+                    {
+                        "status": "failed",
+                        "stage": "build",
+                        "error_message": "Sandbox exited with code 1 during tests",
+                    },
+                )
             else:
-                self._update_run(task, run, {"status": "completed", "stage": "pr",
-                                             "output": {"pr_url": f"https://github.com/{task.repository}/pull/"
-                                                                  f"{self.rng.randint(100, 999)}"}})
+                self._update_run(
+                    task,
+                    run,
+                    {
+                        "status": "completed",
+                        "stage": "pr",
+                        "output": {
+                            "pr_url": f"https://github.com/{task.repository}/pull/"
+                            f"{self.rng.randint(100, 999)}"
+                        },
+                    },
+                )

@@ -98,8 +98,13 @@ Predicate = Callable[[Row], bool]
 ROLES = ("executive", "head", "manager", "lead", "employee")
 SEES_ALL_ROLES = frozenset({"executive", "head"})
 PERMISSION_LEVELS = {"none": 0, "view": 1, "update": 2, "manage": 3}
-DEFAULT_PERMISSION = {"executive": "manage", "head": "manage", "manager": "manage",
-                      "lead": "update", "employee": "update"}
+DEFAULT_PERMISSION = {
+    "executive": "manage",
+    "head": "manage",
+    "manager": "manage",
+    "lead": "update",
+    "employee": "update",
+}
 
 CALLER_NAME = "Bridge Bot"
 DEFAULT_SQUAD = "Platform"
@@ -115,69 +120,145 @@ PEOPLE = (  # name, squad, role, picture
 
 # key -> (list name, items as (value, label, color, icon, is_default))
 CONFIG_LISTS: dict[str, tuple[str, tuple[tuple[str, str, str, str, bool], ...]]] = {
-    "task_status": ("Task Status", (
-        ("backlog", "Backlog", "#94a3b8", "circle-dashed", False),
-        ("todo", "To Do", "#64748b", "circle", True),
-        ("in_progress", "In Progress", "#3b82f6", "circle-dot", False),
-        ("in_review", "In Review", "#a855f7", "eye", False),
-        ("blocked", "Blocked", "#ef4444", "octagon-x", False),
-        ("done", "Done", "#22c55e", "circle-check", False),
-        ("cancelled", "Cancelled", "#6b7280", "circle-x", False),
-    )),
-    "task_priority": ("Task Priority", (
-        ("low", "Low", "#22c55e", "arrow-down", False),
-        ("medium", "Medium", "#eab308", "minus", True),
-        ("high", "High", "#f97316", "arrow-up", False),
-        ("urgent", "Urgent", "#ef4444", "alert-triangle", False),
-    )),
-    "task_type": ("Task Type", (
-        ("task", "Task", "#64748b", "check-square", True),
-        ("bug", "Bug", "#ef4444", "bug", False),
-        ("feature", "Feature", "#3b82f6", "sparkles", False),
-        ("agent_task", "Agent Task", "#a855f7", "bot", False),
-    )),
+    "task_status": (
+        "Task Status",
+        (
+            ("backlog", "Backlog", "#94a3b8", "circle-dashed", False),
+            ("todo", "To Do", "#64748b", "circle", True),
+            ("in_progress", "In Progress", "#3b82f6", "circle-dot", False),
+            ("in_review", "In Review", "#a855f7", "eye", False),
+            ("blocked", "Blocked", "#ef4444", "octagon-x", False),
+            ("done", "Done", "#22c55e", "circle-check", False),
+            ("cancelled", "Cancelled", "#6b7280", "circle-x", False),
+        ),
+    ),
+    "task_priority": (
+        "Task Priority",
+        (
+            ("low", "Low", "#22c55e", "arrow-down", False),
+            ("medium", "Medium", "#eab308", "minus", True),
+            ("high", "High", "#f97316", "arrow-up", False),
+            ("urgent", "Urgent", "#ef4444", "alert-triangle", False),
+        ),
+    ),
+    "task_type": (
+        "Task Type",
+        (
+            ("task", "Task", "#64748b", "check-square", True),
+            ("bug", "Bug", "#ef4444", "bug", False),
+            ("feature", "Feature", "#3b82f6", "sparkles", False),
+            ("agent_task", "Agent Task", "#a855f7", "bot", False),
+        ),
+    ),
 }
 CLOSED_STATUS_VALUES = frozenset({"done", "cancelled"})
 
 # The documented list shape's own columns, in the documented order.
 TASK_COLUMNS = (
-    "id", "title", "description", "resource_type", "resource_id", "status_id", "priority_id", "type_id",
-    "phase_id", "assignee_id", "reporter_id", "parent_task_id", "roadmap_item_id", "due_date", "start_date",
-    "estimated_hours", "internal_hours", "is_private", "sort_order",
+    "id",
+    "title",
+    "description",
+    "resource_type",
+    "resource_id",
+    "status_id",
+    "priority_id",
+    "type_id",
+    "phase_id",
+    "assignee_id",
+    "reporter_id",
+    "parent_task_id",
+    "roadmap_item_id",
+    "due_date",
+    "start_date",
+    "estimated_hours",
+    "internal_hours",
+    "is_private",
+    "sort_order",
 )
 # Columns the docs imply exist (updatable, sorted on, or joined from) but the list shape omits.
 EXTRA_COLUMNS = (
-    "created_by", "sprint_id", "reported_by_contact_id", "requirements", "scope", "estimate_compute_hours",
-    "estimate_total_cost", "approved_by_user_id", "approved_at", "delivery_notes", "testing_notes",
-    "created_at", "updated_at",
+    "created_by",
+    "sprint_id",
+    "reported_by_contact_id",
+    "requirements",
+    "scope",
+    "estimate_compute_hours",
+    "estimate_total_cost",
+    "approved_by_user_id",
+    "approved_at",
+    "delivery_notes",
+    "testing_notes",
+    "created_at",
+    "updated_at",
 )
 
 # Field kinds drive validation: each kind has one checker in SquadsFake._clean.
 TITLE, TEXT, DATE, NUMBER, BOOL, USER, PARENT = "title", "text", "date", "number", "bool", "user", "parent"
 CONFIG_FIELDS = {"status_id": "task_status", "priority_id": "task_priority", "type_id": "task_type"}
 UPDATABLE: dict[str, str] = {
-    "title": TITLE, "description": TEXT, "resource_type": TEXT, "resource_id": TEXT,
-    "type_id": "task_type", "status_id": "task_status", "priority_id": "task_priority",
-    "assignee_id": USER, "parent_task_id": PARENT, "sprint_id": TEXT, "roadmap_item_id": TEXT,
+    "title": TITLE,
+    "description": TEXT,
+    "resource_type": TEXT,
+    "resource_id": TEXT,
+    "type_id": "task_type",
+    "status_id": "task_status",
+    "priority_id": "task_priority",
+    "assignee_id": USER,
+    "parent_task_id": PARENT,
+    "sprint_id": TEXT,
+    "roadmap_item_id": TEXT,
     "phase_id": TEXT,
-    "due_date": DATE, "start_date": DATE, "estimated_hours": NUMBER, "internal_hours": NUMBER,
-    "is_private": BOOL, "sort_order": NUMBER, "reported_by_contact_id": TEXT, "requirements": TEXT,
-    "scope": TEXT, "estimate_compute_hours": NUMBER, "estimate_total_cost": NUMBER,
-    "approved_by_user_id": USER, "approved_at": TEXT, "delivery_notes": TEXT, "testing_notes": TEXT,
+    "due_date": DATE,
+    "start_date": DATE,
+    "estimated_hours": NUMBER,
+    "internal_hours": NUMBER,
+    "is_private": BOOL,
+    "sort_order": NUMBER,
+    "reported_by_contact_id": TEXT,
+    "requirements": TEXT,
+    "scope": TEXT,
+    "estimate_compute_hours": NUMBER,
+    "estimate_total_cost": NUMBER,
+    "approved_by_user_id": USER,
+    "approved_at": TEXT,
+    "delivery_notes": TEXT,
+    "testing_notes": TEXT,
 }
-CREATABLE = {name: UPDATABLE[name] for name in (
-    "title", "description", "resource_type", "resource_id", "type_id", "status_id", "priority_id",
-    "assignee_id", "parent_task_id", "due_date", "start_date", "estimated_hours", "internal_hours",
-    "is_private", "reported_by_contact_id",
-)}
+CREATABLE = {
+    name: UPDATABLE[name]
+    for name in (
+        "title",
+        "description",
+        "resource_type",
+        "resource_id",
+        "type_id",
+        "status_id",
+        "priority_id",
+        "assignee_id",
+        "parent_task_id",
+        "due_date",
+        "start_date",
+        "estimated_hours",
+        "internal_hours",
+        "is_private",
+        "reported_by_contact_id",
+    )
+}
 SUBTASK_CREATABLE = {name: UPDATABLE[name] for name in ("title", "assignee_id", "due_date")}
 NOT_COPIED = frozenset({"id", "title", "status_id", "reporter_id", "created_by", "created_at", "updated_at"})
 
 ICON_DOMAINS = (
-    ("figma.com", "figma"), ("github.com", "github"), ("docs.google.com", "google-docs"),
-    ("drive.google.com", "google-drive"), ("slack.com", "slack"), ("notion.so", "notion"),
-    ("notion.site", "notion"), ("linear.app", "linear"), ("loom.com", "loom"),
-    ("youtube.com", "youtube"), ("youtu.be", "youtube"),
+    ("figma.com", "figma"),
+    ("github.com", "github"),
+    ("docs.google.com", "google-docs"),
+    ("drive.google.com", "google-drive"),
+    ("slack.com", "slack"),
+    ("notion.so", "notion"),
+    ("notion.site", "notion"),
+    ("linear.app", "linear"),
+    ("loom.com", "loom"),
+    ("youtube.com", "youtube"),
+    ("youtu.be", "youtube"),
 )
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -222,6 +303,23 @@ def _bool_int(value: bool) -> int:
 
 class SquadsFake(fakekit.Fake):
     platform = "squads"
+    api_root = "/api"
+    demo_credential = "demo-client-id:demo-client-secret"
+
+    def scope(self) -> str:
+        return str(self.default_squad)
+
+    def people(self) -> dict[str, str]:
+        return {"alice": self.user_id("Ada Park"), "bob": self.user_id("Ben Okafor")}
+
+    def connector_config(self) -> dict[str, Any]:
+        client_id, _, secret = self.token.partition(":")
+        return {
+            "platform": self.platform,
+            "base_url": self.url + self.api_root,
+            "client_id": client_id,
+            "client_secret": secret,
+        }
 
     def __init__(self, *, token: str, seed: int | None = None, role: str = "executive") -> None:
         super().__init__(token=token, seed=seed)
@@ -244,8 +342,9 @@ class SquadsFake(fakekit.Fake):
             list_id = self._new_id()
             self.config_lists[key] = {"id": list_id, "key": key, "name": list_name}
             for value, label, color, icon, is_default in items:
-                self._add_config_item(key, value, label, color=color, icon=icon, is_default=is_default,
-                                      is_system=True)
+                self._add_config_item(
+                    key, value, label, color=color, icon=icon, is_default=is_default, is_system=True
+                )
         self._initial = copy.deepcopy(self._fixed_state())
         self._forget_tasks()
         if seed is not None:
@@ -254,8 +353,13 @@ class SquadsFake(fakekit.Fake):
     # -- fixed containers and in-process helpers ---------------------------------------------
 
     def _fixed_state(self) -> dict[str, Any]:
-        return {"squads": self.squads, "users": self.users, "credentials": self.credentials,
-                "config_lists": self.config_lists, "config_items": self.config_items}
+        return {
+            "squads": self.squads,
+            "users": self.users,
+            "credentials": self.credentials,
+            "config_lists": self.config_lists,
+            "config_items": self.config_items,
+        }
 
     def _forget_tasks(self) -> None:
         self.tasks: dict[str, Row] = {}
@@ -291,18 +395,33 @@ class SquadsFake(fakekit.Fake):
         """Add a squad; returns its id."""
         return self._on_loop(lambda: self._add_squad(name))
 
-    def add_user(self, name: str, *, squad: str | None = None, role: str = "employee",
-                 picture: str | None = None, tasks_permission: str | None = None) -> str:
+    def add_user(
+        self,
+        name: str,
+        *,
+        squad: str | None = None,
+        role: str = "employee",
+        picture: str | None = None,
+        tasks_permission: str | None = None,
+    ) -> str:
         """Add a person (squad by name, default the caller's); returns the user id."""
-        return self._on_loop(lambda: self._add_user(name, squad=squad or self.default_squad, role=role,
-                                                    picture=picture, tasks_permission=tasks_permission))
+        return self._on_loop(
+            lambda: self._add_user(
+                name,
+                squad=squad or self.default_squad,
+                role=role,
+                picture=picture,
+                tasks_permission=tasks_permission,
+            )
+        )
 
     def add_credential(self, token: str, *, user_id: str) -> None:
         """Let service token 'CLIENT_ID:CLIENT_SECRET' act as `user_id` (with that user's role)."""
         self._on_loop(lambda: self._add_credential(token, user_id=user_id))
 
-    def add_config_item(self, key: str, value: str, label: str, *, color: str | None = None,
-                        icon: str | None = None) -> Row:
+    def add_config_item(
+        self, key: str, value: str, label: str, *, color: str | None = None, icon: str | None = None
+    ) -> Row:
         """Append an item to config list `key` (as an admin would); returns a copy of the item."""
         return self._on_loop(lambda: dict(self._add_config_item(key, value, label, color=color, icon=icon)))
 
@@ -326,8 +445,15 @@ class SquadsFake(fakekit.Fake):
         self.squads[squad_id] = {"id": squad_id, "name": name}
         return squad_id
 
-    def _add_user(self, name: str, *, squad: str | None, role: str, picture: str | None = None,
-                  tasks_permission: str | None = None) -> str:
+    def _add_user(
+        self,
+        name: str,
+        *,
+        squad: str | None,
+        role: str,
+        picture: str | None = None,
+        tasks_permission: str | None = None,
+    ) -> str:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         permission = tasks_permission or DEFAULT_PERMISSION[role]
@@ -339,8 +465,14 @@ class SquadsFake(fakekit.Fake):
             if squad_id is None:
                 raise ValueError(f"unknown squad {squad!r}")
         user_id = self._new_id()
-        self.users[user_id] = {"id": user_id, "name": name, "picture": picture, "squad_id": squad_id,
-                               "role": role, "tasks_permission": permission}
+        self.users[user_id] = {
+            "id": user_id,
+            "name": name,
+            "picture": picture,
+            "squad_id": squad_id,
+            "role": role,
+            "tasks_permission": permission,
+        }
         return user_id
 
     def _add_credential(self, token: str, *, user_id: str) -> None:
@@ -349,14 +481,31 @@ class SquadsFake(fakekit.Fake):
         client_id, secret = split_token(token)
         self.credentials[client_id] = (secret, user_id)
 
-    def _add_config_item(self, key: str, value: str, label: str, *, color: str | None, icon: str | None,
-                         is_default: bool = False, is_system: bool = False) -> Row:
+    def _add_config_item(
+        self,
+        key: str,
+        value: str,
+        label: str,
+        *,
+        color: str | None,
+        icon: str | None,
+        is_default: bool = False,
+        is_system: bool = False,
+    ) -> Row:
         if key not in self.config_lists:
             raise ValueError(f"unknown config list {key!r}")
         item_id = self._new_id()
-        item = {"id": item_id, "list_id": self.config_lists[key]["id"], "label": label, "value": value,
-                "color": color, "icon": icon, "is_default": _bool_int(is_default),
-                "is_system": _bool_int(is_system), "position": len(self._items_of(key))}
+        item = {
+            "id": item_id,
+            "list_id": self.config_lists[key]["id"],
+            "label": label,
+            "value": value,
+            "color": color,
+            "icon": icon,
+            "is_default": _bool_int(is_default),
+            "is_system": _bool_int(is_system),
+            "position": len(self._items_of(key)),
+        }
         self.config_items[item_id] = item
         return item
 
@@ -372,24 +521,65 @@ class SquadsFake(fakekit.Fake):
         """8 tasks over both squads; subtask, todos, a watch and resources included."""
         today = self.today()
         demo = (  # title, description, assignee, reporter, status, priority, type, due in days
-            ("Migrate CI runners to ARM", "Move the build fleet to ARM runners; keep x86 for legacy images.",
-             "Ben Okafor", "Ada Park", "in_progress", "high", "task", 5),
+            (
+                "Migrate CI runners to ARM",
+                "Move the build fleet to ARM runners; keep x86 for legacy images.",
+                "Ben Okafor",
+                "Ada Park",
+                "in_progress",
+                "high",
+                "task",
+                5,
+            ),
             ("Benchmark ARM build times", None, "Ben Okafor", "Ada Park", "todo", "medium", "task", 2),
-            ("Fix flaky login test", "test_login_redirect fails about one run in twenty on CI.",
-             "Chloe Reyes", "Ben Okafor", "todo", "urgent", "bug", 0),
+            (
+                "Fix flaky login test",
+                "test_login_redirect fails about one run in twenty on CI.",
+                "Chloe Reyes",
+                "Ben Okafor",
+                "todo",
+                "urgent",
+                "bug",
+                0,
+            ),
             ("Rotate database credentials", None, "Ada Park", "Ada Park", "backlog", "high", "task", -3),
-            ("Sync roadmap with Growth", "Agree next quarter's dependencies between Platform and Growth.",
-             CALLER_NAME, "Dan Weiss", "todo", "medium", "task", 10),
-            ("Launch referral programme landing page", "Hero, referral form and tracking pixels.",
-             "Eve Tanaka", "Dan Weiss", "in_review", "high", "feature", 1),
-            ("Email onboarding A/B test", "Three-mail sequence against the current single mail.",
-             "Dan Weiss", "Farah Ali", "blocked", "medium", "feature", None),
+            (
+                "Sync roadmap with Growth",
+                "Agree next quarter's dependencies between Platform and Growth.",
+                CALLER_NAME,
+                "Dan Weiss",
+                "todo",
+                "medium",
+                "task",
+                10,
+            ),
+            (
+                "Launch referral programme landing page",
+                "Hero, referral form and tracking pixels.",
+                "Eve Tanaka",
+                "Dan Weiss",
+                "in_review",
+                "high",
+                "feature",
+                1,
+            ),
+            (
+                "Email onboarding A/B test",
+                "Three-mail sequence against the current single mail.",
+                "Dan Weiss",
+                "Farah Ali",
+                "blocked",
+                "medium",
+                "feature",
+                None,
+            ),
             ("Quarterly pricing review", None, None, "Farah Ali", "done", "low", "task", -10),
         )
         ids: list[str] = []
         for title, description, assignee, reporter, status, priority, type_, due_in in demo:
             fields: Row = {
-                "title": title, "description": description,
+                "title": title,
+                "description": description,
                 "assignee_id": self.user_id(assignee) if assignee else None,
                 "status_id": self.item_id("task_status", status),
                 "priority_id": self.item_id("task_priority", priority),
@@ -401,16 +591,33 @@ class SquadsFake(fakekit.Fake):
         self.tasks[ids[1]]["parent_task_id"] = ids[0]
         ben = self.user_id("Ben Okafor")
         for position, (title, done, assignee) in enumerate(
-                (("Provision runner pool", True, None), ("Port the build cache", False, ben))):
+            (("Provision runner pool", True, None), ("Port the build cache", False, ben))
+        ):
             todo_id = self._new_id()
-            self.todos[todo_id] = {"id": todo_id, "task_id": ids[0], "title": title,
-                                   "is_done": _bool_int(done), "position": position, "assignee_id": assignee,
-                                   "due_date": None}
+            self.todos[todo_id] = {
+                "id": todo_id,
+                "task_id": ids[0],
+                "title": title,
+                "is_done": _bool_int(done),
+                "position": position,
+                "assignee_id": assignee,
+                "due_date": None,
+            }
         self.watchers[ids[5]] = [self.caller_id]  # makes a Growth task visible to the caller
-        self._insert_resource(ids[0], self.users[self.user_id("Ada Park")],
-                              "https://github.com/example/infra/pull/412", "Runner migration PR", None)
-        self._insert_resource(ids[5], self.users[self.user_id("Dan Weiss")],
-                              "https://www.figma.com/file/abc123/Referral", "Landing page design", None)
+        self._insert_resource(
+            ids[0],
+            self.users[self.user_id("Ada Park")],
+            "https://github.com/example/infra/pull/412",
+            "Runner migration PR",
+            None,
+        )
+        self._insert_resource(
+            ids[5],
+            self.users[self.user_id("Dan Weiss")],
+            "https://www.figma.com/file/abc123/Referral",
+            "Landing page design",
+            None,
+        )
 
     # -- platform hooks ----------------------------------------------------------------------
 
@@ -471,8 +678,11 @@ class SquadsFake(fakekit.Fake):
             return True
         if uid in self.watchers.get(task["id"], ()):
             return True
-        return user["role"] == "manager" and user["squad_id"] is not None \
+        return (
+            user["role"] == "manager"
+            and user["squad_id"] is not None
             and self._task_squad_id(task) == user["squad_id"]
+        )
 
     def _visible_task(self, user: Row, task_id: str) -> Row:
         task = self.tasks.get(task_id)
@@ -488,11 +698,15 @@ class SquadsFake(fakekit.Fake):
             raise ApiError(400, "Request body must be a JSON object")
         return body
 
-    def _validated(self, body: Mapping[str, Any], allowed: Mapping[str, str], user: Row,
-                   task: Row | None = None) -> Row:
+    def _validated(
+        self, body: Mapping[str, Any], allowed: Mapping[str, str], user: Row, task: Row | None = None
+    ) -> Row:
         """The allowed fields present in `body`, checked and converted to stored values."""
-        return {name: self._clean(name, kind, body[name], user, task)
-                for name, kind in allowed.items() if name in body}
+        return {
+            name: self._clean(name, kind, body[name], user, task)
+            for name, kind in allowed.items()
+            if name in body
+        }
 
     def _clean(self, name: str, kind: str, value: Any, user: Row, task: Row | None) -> Any:
         if kind == TITLE:
@@ -557,8 +771,14 @@ class SquadsFake(fakekit.Fake):
     def _insert_task(self, user: Row, fields: Row) -> Row:
         now = fakekit.iso(self.now())
         task: Row = dict.fromkeys(TASK_COLUMNS + EXTRA_COLUMNS)
-        task.update(id=self._new_id(), is_private=0, reporter_id=user["id"], created_by=user["id"],
-                    created_at=now, updated_at=now)
+        task.update(
+            id=self._new_id(),
+            is_private=0,
+            reporter_id=user["id"],
+            created_by=user["id"],
+            created_at=now,
+            updated_at=now,
+        )
         task.update(fields)
         if task["status_id"] is None:
             task["status_id"] = self._default_item_id("task_status")
@@ -590,13 +810,27 @@ class SquadsFake(fakekit.Fake):
                 del store[row_id]
 
     def _log(self, task_id: str, user: Row, event: str, **detail: Any) -> None:
-        self.history.append({"task_id": task_id, "event": event, "user_id": user["id"],
-                             "created_at": fakekit.iso(self.now()), **detail})
+        self.history.append(
+            {
+                "task_id": task_id,
+                "event": event,
+                "user_id": user["id"],
+                "created_at": fakekit.iso(self.now()),
+                **detail,
+            }
+        )
 
     def _notify_assigned(self, kind: str, task_id: str, assignee_id: str | None, actor: Row) -> None:
         if assignee_id and assignee_id != actor["id"]:
-            self.notifications.append({"type": kind, "user_id": assignee_id, "task_id": task_id,
-                                       "actor_id": actor["id"], "created_at": fakekit.iso(self.now())})
+            self.notifications.append(
+                {
+                    "type": kind,
+                    "user_id": assignee_id,
+                    "task_id": task_id,
+                    "actor_id": actor["id"],
+                    "created_at": fakekit.iso(self.now()),
+                }
+            )
 
     def _ensure_agent_meta(self, task: Row) -> None:
         type_item = self.config_items.get(task["type_id"] or "")
@@ -644,9 +878,15 @@ class SquadsFake(fakekit.Fake):
         if assignee is not None and (not isinstance(assignee, str) or assignee not in self.users):
             raise ApiError(400, f"Invalid {where}.assignee_id: user not found")
         due = item.get("due_date")
-        return {"id": todo_id, "task_id": task_id, "title": title.strip(), "is_done": _bool_int(is_done),
-                "position": position, "assignee_id": assignee,
-                "due_date": None if due is None else self._clean_date(f"{where}.due_date", due)}
+        return {
+            "id": todo_id,
+            "task_id": task_id,
+            "title": title.strip(),
+            "is_done": _bool_int(is_done),
+            "position": position,
+            "assignee_id": assignee,
+            "due_date": None if due is None else self._clean_date(f"{where}.due_date", due),
+        }
 
     def _task_resources(self, task_id: str) -> list[Row]:
         rows = [r for r in self.resources.values() if r["task_id"] == task_id]
@@ -655,9 +895,18 @@ class SquadsFake(fakekit.Fake):
     def _insert_resource(self, task_id: str, user: Row, url: str, title: str, description: str | None) -> Row:
         orders = [r["sort_order"] for r in self._task_resources(task_id) if r["sort_order"] is not None]
         resource_id = self._new_id()
-        row = {"id": resource_id, "task_id": task_id, "type": "link", "url": url, "title": title,
-               "description": description, "icon": icon_for(url), "sort_order": max(orders, default=-1) + 1,
-               "created_by": user["id"], "created_at": fakekit.iso(self.now())}
+        row = {
+            "id": resource_id,
+            "task_id": task_id,
+            "type": "link",
+            "url": url,
+            "title": title,
+            "description": description,
+            "icon": icon_for(url),
+            "sort_order": max(orders, default=-1) + 1,
+            "created_by": user["id"],
+            "created_at": fakekit.iso(self.now()),
+        }
         self.resources[resource_id] = row
         return row
 
@@ -665,8 +914,9 @@ class SquadsFake(fakekit.Fake):
 
     def _items_of(self, key: str) -> list[Row]:
         list_id = self.config_lists[key]["id"]
-        return sorted((i for i in self.config_items.values() if i["list_id"] == list_id),
-                      key=lambda i: i["position"])
+        return sorted(
+            (i for i in self.config_items.values() if i["list_id"] == list_id), key=lambda i: i["position"]
+        )
 
     def _render_list(self, key: str) -> Row:
         return {**self.config_lists[key], "items": self._items_of(key)}
@@ -712,7 +962,8 @@ class SquadsFake(fakekit.Fake):
     def _render_subtask(self, task: Row, *, with_priority: bool) -> Row:
         # GET /:id lists priority too; GET /:id/subtasks does not (as documented)
         row = {
-            "id": task["id"], "title": task["title"],
+            "id": task["id"],
+            "title": task["title"],
             "assignee_name": self._user_field(task["assignee_id"], "name"),
             "assignee_picture": self._user_field(task["assignee_id"], "picture"),
             "status_label": self._item_field(task["status_id"], "label"),
@@ -725,17 +976,27 @@ class SquadsFake(fakekit.Fake):
         return row
 
     def _render_todos(self, task_id: str) -> list[Row]:
-        rows = sorted((t for t in self.todos.values() if t["task_id"] == task_id),
-                      key=lambda t: t["position"])
-        return [{**t, "assignee_name": self._user_field(t["assignee_id"], "name"),
-                 "assignee_picture": self._user_field(t["assignee_id"], "picture")} for t in rows]
+        rows = sorted(
+            (t for t in self.todos.values() if t["task_id"] == task_id), key=lambda t: t["position"]
+        )
+        return [
+            {
+                **t,
+                "assignee_name": self._user_field(t["assignee_id"], "name"),
+                "assignee_picture": self._user_field(t["assignee_id"], "picture"),
+            }
+            for t in rows
+        ]
 
     def _render_resource(self, row: Row) -> Row:
         return {**row, "created_by_name": self._user_field(row["created_by"], "name")}
 
     def _render_watchers(self, task_id: str) -> list[Row]:
-        return [{"id": uid, "name": self.users[uid]["name"], "picture": self.users[uid]["picture"]}
-                for uid in self.watchers.get(task_id, ()) if uid in self.users]
+        return [
+            {"id": uid, "name": self.users[uid]["name"], "picture": self.users[uid]["picture"]}
+            for uid in self.watchers.get(task_id, ())
+            if uid in self.users
+        ]
 
     # -- list filters ------------------------------------------------------------------------
 
@@ -776,16 +1037,20 @@ class SquadsFake(fakekit.Fake):
         if due == "upcoming":
             return lambda t: t["due_date"] is not None and start <= t["due_date"] <= week_end
         if due == "overdue":
-            return lambda t: (t["due_date"] is not None and t["due_date"] < start
-                              and self._item_field(t["status_id"], "value") not in CLOSED_STATUS_VALUES)
+            return lambda t: (
+                t["due_date"] is not None
+                and t["due_date"] < start
+                and self._item_field(t["status_id"], "value") not in CLOSED_STATUS_VALUES
+            )
         raise ApiError(400, "Invalid due filter: use today, upcoming or overdue")
 
     @staticmethod
     def _sorted_tasks(rows: Iterable[Row]) -> list[Row]:
         newest_first = sorted(rows, key=lambda t: t["created_at"], reverse=True)
         # sorted() is stable, so created_at desc survives as the last tie-breaker
-        return sorted(newest_first,
-                      key=lambda t: (_nulls_first(t["sort_order"]), _nulls_first(t["due_date"])))
+        return sorted(
+            newest_first, key=lambda t: (_nulls_first(t["sort_order"]), _nulls_first(t["due_date"]))
+        )
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -839,12 +1104,16 @@ class SquadsFake(fakekit.Fake):
         async def get_task(request: Request, task_id: str) -> Response:
             user = self._tasks_caller(request, "view")
             task = self._visible_task(user, task_id)
-            return JSONResponse({
-                "task": self._render_task(task),
-                "todos": self._render_todos(task_id),
-                "subtasks": [self._render_subtask(s, with_priority=True) for s in self._children(task_id)],
-                "watchers": self._render_watchers(task_id),
-            })
+            return JSONResponse(
+                {
+                    "task": self._render_task(task),
+                    "todos": self._render_todos(task_id),
+                    "subtasks": [
+                        self._render_subtask(s, with_priority=True) for s in self._children(task_id)
+                    ],
+                    "watchers": self._render_watchers(task_id),
+                }
+            )
 
         @app.post("/api/tasks")
         async def create_task(request: Request) -> Response:
@@ -893,8 +1162,9 @@ class SquadsFake(fakekit.Fake):
         async def list_subtasks(request: Request, task_id: str) -> Response:
             user = self._tasks_caller(request, "view")
             self._visible_task(user, task_id)
-            return JSONResponse({"subtasks": [self._render_subtask(s, with_priority=False)
-                                              for s in self._children(task_id)]})
+            return JSONResponse(
+                {"subtasks": [self._render_subtask(s, with_priority=False) for s in self._children(task_id)]}
+            )
 
         @app.post("/api/tasks/{task_id}/subtasks")
         async def create_subtask(request: Request, task_id: str) -> Response:
@@ -963,8 +1233,9 @@ class SquadsFake(fakekit.Fake):
             if not isinstance(order, list) or not order:
                 raise ApiError(400, "order must be a non-empty array of resource ids")
             own = {r["id"] for r in self._task_resources(task_id)}
-            if any(not isinstance(rid, str) or rid not in own for rid in order) \
-                    or len(set(order)) != len(order):
+            if any(not isinstance(rid, str) or rid not in own for rid in order) or len(set(order)) != len(
+                order
+            ):
                 raise ApiError(400, "order must list resource ids of this task, each once")
             for position, resource_id in enumerate(order):
                 self.resources[resource_id]["sort_order"] = position

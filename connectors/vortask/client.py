@@ -44,7 +44,9 @@ class VortaskClient:
         http.error_message = vortask_error_message
 
     @classmethod
-    def from_settings(cls, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> VortaskClient:
+    def from_settings(
+        cls, settings: ConnectorSettings, *, observer: RequestObserver | None = None
+    ) -> VortaskClient:
         return cls(HttpClient(settings, observer=observer))
 
     async def aclose(self) -> None:
@@ -95,7 +97,9 @@ class VortaskClient:
 
     async def update_webhook(self, project_id: int, webhook_id: int, body: Json) -> Json:
         """PUT `callbackUrl`, `isActive` and/or `secret`."""
-        return _object(await self.http.put(f"/projects/{project_id}/webhooks/{webhook_id}", body), "PUT webhook")
+        return _object(
+            await self.http.put(f"/projects/{project_id}/webhooks/{webhook_id}", body), "PUT webhook"
+        )
 
     async def delete_webhook(self, project_id: int, webhook_id: int) -> None:
         await self.http.delete(f"/projects/{project_id}/webhooks/{webhook_id}")

@@ -113,8 +113,12 @@ class VortaskConnector(BaseConnector):
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         super().__init__(settings, observer=observer)
         self.client = VortaskClient(self.http)
-        self.mcp = VortaskMcp(settings, settings.mcp_url or default_mcp_url(settings.base_url), observer=observer,
-                              limiter=self.http.limiter)
+        self.mcp = VortaskMcp(
+            settings,
+            settings.mcp_url or default_mcp_url(settings.base_url),
+            observer=observer,
+            limiter=self.http.limiter,
+        )
         self._me: Json | None = None  # GET /profile, read once
 
     # -- reading --------------------------------------------------------------------------------
@@ -201,7 +205,9 @@ class VortaskConnector(BaseConnector):
         for hook in await self.client.list_webhooks(project):
             if hook.get("callbackUrl") == url:
                 # Kept; the configured secret is put back on it (it may have been rotated).
-                await self.client.update_webhook(project, int(hook["id"]), {"isActive": True, "secret": secret})
+                await self.client.update_webhook(
+                    project, int(hook["id"]), {"isActive": True, "secret": secret}
+                )
                 return None
         await self.client.create_webhook(project, url, secret)
         return None
@@ -229,8 +235,12 @@ class VortaskConnector(BaseConnector):
         event = payload.get("event")
         task = payload.get("task")
         project = payload.get("projectId")
-        if not isinstance(event, str) or not isinstance(task, dict) or not _is_id(task.get("id")) \
-                or not _is_id(project):
+        if (
+            not isinstance(event, str)
+            or not isinstance(task, dict)
+            or not _is_id(task.get("id"))
+            or not _is_id(project)
+        ):
             raise BadSignature("webhook body lacks event, projectId or task.id")
         kind = EVENT_KINDS.get(event)
         if kind is None:
@@ -336,7 +346,9 @@ def _task(remote_id: str) -> int:
 
 
 def _is_id(value: Any) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.isdigit()
+    )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -345,4 +357,3 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == wanted:
             return value
     return None
-

@@ -294,6 +294,26 @@ def as_object(body: Any) -> dict[str, Any]:
 
 class VortaskFake(fakekit.Fake):
     platform = "vortask"
+    api_root = "/api"
+
+    def scope(self) -> str:
+        return "1"
+
+    def example_edit(self) -> str | None:
+        first = min(self.projects[1].tasks, default=None) if 1 in self.projects else None
+        if first is None:
+            return None
+        return (
+            f"curl -X PUT -H 'Authorization: Bearer {self.token}' -H 'Content-Type: application/json' "
+            f'-d \'{{"title": "Renamed on Vortask", "status": "Active"}}\' '
+            f"{self.url}{self.api_root}/projects/1/tasks/{first}"
+        )
+
+    def people(self) -> dict[str, str]:
+        bob = next((u for u in self.users.values() if u.email == "bob@example.com"), None)
+        if bob is None:
+            bob = self.add_user("bob@example.com", "Bob", role="Member", token="vt_bob_person")
+        return {"alice": self.alice.id, "bob": bob.id}
 
     def __init__(self, *, token: str, seed: int | None = None, mcp_json_response: bool = False) -> None:
         """`mcp_json_response=True` makes the MCP server answer plain JSON instead of SSE streams."""
@@ -355,14 +375,18 @@ class VortaskFake(fakekit.Fake):
             due = None
             if self.rng.random() < 0.7:
                 due = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=self.rng.randrange(60))
-            task = self.create_task(owner, project, {
-                "title": title,
-                "description": f"{title} — see the project plan for details.",
-                "priority": self.rng.choice(PRIORITIES),
-                "dueDate": format_due(due),
-                "tags": tags,
-                "assigneeIds": self.rng.sample(people[:2], self.rng.randrange(3)),
-            })
+            task = self.create_task(
+                owner,
+                project,
+                {
+                    "title": title,
+                    "description": f"{title} — see the project plan for details.",
+                    "priority": self.rng.choice(PRIORITIES),
+                    "dueDate": format_due(due),
+                    "tags": tags,
+                    "assigneeIds": self.rng.sample(people[:2], self.rng.randrange(3)),
+                },
+            )
             status = self.rng.choice(STATUSES)
             if status != "New":
                 self.update_task(owner, task, {"status": status})
@@ -384,8 +408,16 @@ class VortaskFake(fakekit.Fake):
         result: T = self.call(fn)
         return result
 
-    def add_user(self, email: str, display_name: str, *, role: str = "Member", token: str | None = None,
-                 scopes: list[str] | None = None, project_id: int = 1) -> User:
+    def add_user(
+        self,
+        email: str,
+        display_name: str,
+        *,
+        role: str = "Member",
+        token: str | None = None,
+        scopes: list[str] | None = None,
+        project_id: int = 1,
+    ) -> User:
         """A new user, member of project `project_id` with `role`, with `token` if given."""
         one_of(role, ROLES, "role")
 
@@ -401,11 +433,13 @@ class VortaskFake(fakekit.Fake):
 
         return self._on_loop(add)
 
-    def add_token(self, user_id: str, token: str, *, scopes: list[str] | None = None,
-                  expires_at: datetime | None = None) -> ApiToken:
+    def add_token(
+        self, user_id: str, token: str, *, scopes: list[str] | None = None, expires_at: datetime | None = None
+    ) -> ApiToken:
         """Another token for an existing user (e.g. Alice with only `tasks:read`)."""
-        return self._on_loop(lambda: self._store_token(user_id, token, name="extra", scopes=scopes,
-                                                       expires_at=expires_at))
+        return self._on_loop(
+            lambda: self._store_token(user_id, token, name="extra", scopes=scopes, expires_at=expires_at)
+        )
 
     def invitation_token(self, invitation_id: int) -> str:
         """The token an invitation email would carry."""
@@ -414,8 +448,15 @@ class VortaskFake(fakekit.Fake):
                 return project.invitations[invitation_id].token
         raise KeyError(invitation_id)
 
-    def _store_token(self, user_id: str, value: str, *, name: str, scopes: list[str] | None = None,
-                     expires_at: datetime | None = None) -> ApiToken:
+    def _store_token(
+        self,
+        user_id: str,
+        value: str,
+        *,
+        name: str,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+    ) -> ApiToken:
         for scope in scopes or []:
             one_of(scope, SCOPES, "scope")
         record = ApiToken(self._uuid(), user_id, name, value, self.now(), list(scopes or []), expires_at)
@@ -434,12 +475,14 @@ class VortaskFake(fakekit.Fake):
     def authenticate(self, request: Request) -> Caller:
         caller = self.caller_for(bearer_token(request))
         if caller is None:
-            raise VortaskError(401, "Missing, invalid, expired or revoked API token.",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise VortaskError(
+                401, "Missing, invalid, expired or revoked API token.", headers={"WWW-Authenticate": "Bearer"}
+            )
         return caller
 
-    def project_for(self, caller: Caller, project_id: int, *, role: str = "Viewer",
-                    scope: str | None = None) -> Project:
+    def project_for(
+        self, caller: Caller, project_id: int, *, role: str = "Viewer", scope: str | None = None
+    ) -> Project:
         if scope is not None:
             caller.need_scope(scope)
         project = self.projects.get(project_id)
@@ -447,7 +490,9 @@ class VortaskFake(fakekit.Fake):
         if project is None or member is None:
             raise VortaskError(404, f"Project {project_id} not found.")
         if ROLE_RANK[member.role] < ROLE_RANK[role]:
-            raise VortaskError(403, f"This action requires the {role} role in the project (you are {member.role}).")
+            raise VortaskError(
+                403, f"This action requires the {role} role in the project (you are {member.role})."
+            )
         return project
 
     def task_in(self, project: Project, task_id: int) -> Task:
@@ -456,8 +501,9 @@ class VortaskFake(fakekit.Fake):
             raise VortaskError(404, f"Task {task_id} not found.")
         return task
 
-    def task_anywhere(self, caller: Caller, task_id: int, *, role: str = "Viewer",
-                      scope: str | None = None) -> tuple[Project, Task]:
+    def task_anywhere(
+        self, caller: Caller, task_id: int, *, role: str = "Viewer", scope: str | None = None
+    ) -> tuple[Project, Task]:
         """A task by its global id, checked against the caller's membership of its project."""
         if scope is not None:
             caller.need_scope(scope)
@@ -475,23 +521,45 @@ class VortaskFake(fakekit.Fake):
     # -- JSON shapes -----------------------------------------------------------------------
 
     def profile_json(self, user: User) -> dict[str, Any]:
-        return {"id": user.id, "email": user.email, "displayName": user.display_name,
-                "avatarUrl": user.avatar_url, "createdAt": iso(user.created_at)}
+        return {
+            "id": user.id,
+            "email": user.email,
+            "displayName": user.display_name,
+            "avatarUrl": user.avatar_url,
+            "createdAt": iso(user.created_at),
+        }
 
     def project_json(self, project: Project, user_id: str) -> dict[str, Any]:
         member = project.member_of(user_id)
-        return {"id": project.id, "name": project.name, "description": project.description,
-                "taskCount": len(project.tasks), "myRole": member.role if member else None,
-                "createdAt": iso(project.created_at)}
+        return {
+            "id": project.id,
+            "name": project.name,
+            "description": project.description,
+            "taskCount": len(project.tasks),
+            "myRole": member.role if member else None,
+            "createdAt": iso(project.created_at),
+        }
 
     def member_json(self, member: Member) -> dict[str, Any]:
         user = self.users[member.user_id]
-        return {"id": member.id, "userId": user.id, "email": user.email, "displayName": user.display_name,
-                "role": member.role, "joinedAt": iso(member.joined_at)}
+        return {
+            "id": member.id,
+            "userId": user.id,
+            "email": user.email,
+            "displayName": user.display_name,
+            "role": member.role,
+            "joinedAt": iso(member.joined_at),
+        }
 
     def invitation_json(self, inv: Invitation) -> dict[str, Any]:
-        return {"id": inv.id, "projectId": inv.project_id, "email": inv.email, "role": inv.role,
-                "expiresAt": iso(inv.expires_at), "createdAt": iso(inv.created_at)}
+        return {
+            "id": inv.id,
+            "projectId": inv.project_id,
+            "email": inv.email,
+            "role": inv.role,
+            "expiresAt": iso(inv.expires_at),
+            "createdAt": iso(inv.created_at),
+        }
 
     def assignee_json(self, user_id: str) -> dict[str, Any]:
         user = self.users[user_id]
@@ -499,28 +567,59 @@ class VortaskFake(fakekit.Fake):
 
     def task_json(self, task: Task) -> dict[str, Any]:
         return {
-            "id": task.id, "title": task.title, "description": task.description, "status": task.status,
-            "priority": task.priority, "dueDate": format_due(task.due_date), "tags": list(task.tags),
+            "id": task.id,
+            "title": task.title,
+            "description": task.description,
+            "status": task.status,
+            "priority": task.priority,
+            "dueDate": format_due(task.due_date),
+            "tags": list(task.tags),
             "assignees": [self.assignee_json(uid) for uid in task.assignee_ids],
-            "createdAt": iso(task.created_at), "updatedAt": iso(task.updated_at),
+            "createdAt": iso(task.created_at),
+            "updatedAt": iso(task.updated_at),
         }
 
     def history_json(self, task: Task) -> list[dict[str, Any]]:
-        return [{"id": h.id, "actorId": h.actor_id, "actorName": h.actor_name, "action": h.action,
-                 "detail": h.detail, "createdAt": iso(h.created_at)} for h in reversed(task.history)]
+        return [
+            {
+                "id": h.id,
+                "actorId": h.actor_id,
+                "actorName": h.actor_name,
+                "action": h.action,
+                "detail": h.detail,
+                "createdAt": iso(h.created_at),
+            }
+            for h in reversed(task.history)
+        ]
 
     def webhook_json(self, hook: Webhook) -> dict[str, Any]:
-        return {"id": hook.id, "projectId": hook.project_id, "callbackUrl": hook.callback_url,
-                "isActive": hook.is_active, "createdAt": iso(hook.created_at)}
+        return {
+            "id": hook.id,
+            "projectId": hook.project_id,
+            "callbackUrl": hook.callback_url,
+            "isActive": hook.is_active,
+            "createdAt": iso(hook.created_at),
+        }
 
     def comment_json(self, comment: Comment) -> dict[str, Any]:
-        return {"id": comment.id, "taskId": comment.task_id, "authorId": comment.author_id,
-                "authorName": comment.author_name, "body": comment.body, "createdAt": iso(comment.created_at)}
+        return {
+            "id": comment.id,
+            "taskId": comment.task_id,
+            "authorId": comment.author_id,
+            "authorName": comment.author_name,
+            "body": comment.body,
+            "createdAt": iso(comment.created_at),
+        }
 
     def token_json(self, record: ApiToken) -> dict[str, Any]:
-        return {"id": record.id, "name": record.name, "tokenPrefix": record.value[:11],
-                "isActive": record.is_active(fakekit.utcnow()), "createdAt": iso(record.created_at),
-                "expiresAt": iso(record.expires_at)}
+        return {
+            "id": record.id,
+            "name": record.name,
+            "tokenPrefix": record.value[:11],
+            "isActive": record.is_active(fakekit.utcnow()),
+            "createdAt": iso(record.created_at),
+            "expiresAt": iso(record.expires_at),
+        }
 
     # -- webhooks --------------------------------------------------------------------------
 
@@ -530,9 +629,13 @@ class VortaskFake(fakekit.Fake):
             "event": event,
             "projectId": project.id,
             "task": {
-                "id": task.id, "title": task.title, "status": task.status, "priority": task.priority,
+                "id": task.id,
+                "title": task.title,
+                "status": task.status,
+                "priority": task.priority,
                 "assignees": [{"email": self.users[uid].email} for uid in task.assignee_ids],
-                "tags": list(task.tags), "updatedAt": iso(task.updated_at),
+                "tags": list(task.tags),
+                "updatedAt": iso(task.updated_at),
             },
         }
         body = json.dumps(payload).encode()
@@ -541,7 +644,9 @@ class VortaskFake(fakekit.Fake):
                 continue
             headers = {}
             if hook.secret:
-                headers["X-Vortask-Signature"] = hmac.new(hook.secret.encode(), body, hashlib.sha256).hexdigest()
+                headers["X-Vortask-Signature"] = hmac.new(
+                    hook.secret.encode(), body, hashlib.sha256
+                ).hexdigest()
             self.webhooks.send(hook.callback_url, event, body, headers)
 
     # -- domain operations shared by REST and MCP ------------------------------------------
@@ -575,8 +680,9 @@ class VortaskFake(fakekit.Fake):
             raise VortaskError(400, *errors)
         return name, description
 
-    def task_fields(self, project: Project, body: dict[str, Any], *, creating: bool,
-                    default_priority: str | None = None) -> dict[str, Any]:
+    def task_fields(
+        self, project: Project, body: dict[str, Any], *, creating: bool, default_priority: str | None = None
+    ) -> dict[str, Any]:
         """Validated task attributes from a request body (all errors at once, as the API lists them)."""
         errors: list[str] = []
         out: dict[str, Any] = {}
@@ -637,19 +743,31 @@ class VortaskFake(fakekit.Fake):
         return out
 
     def _history(self, task: Task, caller: Caller, action: str, detail: str, at: datetime) -> None:
-        task.history.append(HistoryEntry(self._next("history"), caller.user.id, caller.user.display_name,
-                                         action, detail, at))
+        task.history.append(
+            HistoryEntry(self._next("history"), caller.user.id, caller.user.display_name, action, detail, at)
+        )
 
-    def create_task(self, caller: Caller, project: Project, body: dict[str, Any], *,
-                    default_priority: str | None = None) -> Task:
+    def create_task(
+        self, caller: Caller, project: Project, body: dict[str, Any], *, default_priority: str | None = None
+    ) -> Task:
         fields = self.task_fields(project, body, creating=True, default_priority=default_priority)
         return self._insert_task(caller, project, fields)
 
     def _insert_task(self, caller: Caller, project: Project, fields: dict[str, Any]) -> Task:
         at = self.now()
-        task = Task(self._next("task"), project.id, fields["title"], fields.get("description"), "New",
-                    fields["priority"], fields.get("due_date"), fields.get("tags", []),
-                    fields.get("assignee_ids", []), at, at)
+        task = Task(
+            self._next("task"),
+            project.id,
+            fields["title"],
+            fields.get("description"),
+            "New",
+            fields["priority"],
+            fields.get("due_date"),
+            fields.get("tags", []),
+            fields.get("assignee_ids", []),
+            at,
+            at,
+        )
         project.tasks[task.id] = task
         self._history(task, caller, "Created", task.title, at)
         self.emit("task.created", project, task)
@@ -660,8 +778,9 @@ class VortaskFake(fakekit.Fake):
         validated = []
         for n, item in enumerate(items, 1):
             try:
-                validated.append(self.task_fields(project, as_object(item), creating=True,
-                                                  default_priority="Medium"))
+                validated.append(
+                    self.task_fields(project, as_object(item), creating=True, default_priority="Medium")
+                )
             except VortaskError as exc:
                 raise VortaskError(400, *(f"Task {n}: {e}" for e in exc.errors)) from None
         return [self._insert_task(caller, project, fields) for fields in validated]
@@ -676,16 +795,25 @@ class VortaskFake(fakekit.Fake):
         return str(value)
 
     def update_task(self, caller: Caller, task: Task, fields: dict[str, Any]) -> Task:
-        actions = {"title": "TitleChanged", "description": "DescriptionChanged", "status": "StatusChanged",
-                   "priority": "PriorityChanged", "due_date": "DueDateChanged", "tags": "TagsChanged",
-                   "assignee_ids": "AssigneesChanged"}
+        actions = {
+            "title": "TitleChanged",
+            "description": "DescriptionChanged",
+            "status": "StatusChanged",
+            "priority": "PriorityChanged",
+            "due_date": "DueDateChanged",
+            "tags": "TagsChanged",
+            "assignee_ids": "AssigneesChanged",
+        }
         at = self.now()
         for attr, value in fields.items():
             old = getattr(task, attr)
             if old == value:
                 continue
-            detail = ("Description updated" if attr == "description"
-                      else f"{self._describe(attr, old)} → {self._describe(attr, value)}")
+            detail = (
+                "Description updated"
+                if attr == "description"
+                else f"{self._describe(attr, old)} → {self._describe(attr, value)}"
+            )
             setattr(task, attr, value)
             self._history(task, caller, actions[attr], detail, at)
         task.updated_at = at
@@ -701,7 +829,9 @@ class VortaskFake(fakekit.Fake):
     def _unassign(self, caller: Caller, project: Project, user_id: str) -> None:
         for task in list(project.tasks.values()):
             if user_id in task.assignee_ids:
-                self.update_task(caller, task, {"assignee_ids": [u for u in task.assignee_ids if u != user_id]})
+                self.update_task(
+                    caller, task, {"assignee_ids": [u for u in task.assignee_ids if u != user_id]}
+                )
 
     def _keep_an_admin(self, project: Project, leaving: Member) -> None:
         admins = [m for m in project.members.values() if m.role == "Admin" and m.id != leaving.id]
@@ -711,7 +841,9 @@ class VortaskFake(fakekit.Fake):
     def add_comment(self, caller: Caller, task: Task, body: Any) -> Comment:
         if not isinstance(body, str) or not body.strip():
             raise VortaskError(400, "Body is required.")
-        comment = Comment(self._next("comment"), task.id, caller.user.id, caller.user.display_name, body, self.now())
+        comment = Comment(
+            self._next("comment"), task.id, caller.user.id, caller.user.display_name, body, self.now()
+        )
         self.comments[comment.id] = comment
         return comment
 
@@ -720,6 +852,7 @@ class VortaskFake(fakekit.Fake):
 
     def query_tasks(self, project: Project, query: Mapping[str, Any]) -> list[Task]:
         """The list filters of GET /projects/:id/tasks (and the MCP list_tasks tool)."""
+
         def given(key: str) -> Any:
             value = query.get(key)
             return None if value in (None, "") else value
@@ -753,7 +886,9 @@ class VortaskFake(fakekit.Fake):
         return JSONResponse(VortaskError(status, message).body(), status_code=status)
 
     def rate_limited_response(self, retry_after: int) -> Response:
-        resp = self.error_response(429, "rate_limited", f"Rate limit exceeded. Retry after {retry_after} seconds.")
+        resp = self.error_response(
+            429, "rate_limited", f"Rate limit exceeded. Retry after {retry_after} seconds."
+        )
         resp.headers["Retry-After"] = str(retry_after)
         return resp
 
@@ -773,19 +908,24 @@ class VortaskFake(fakekit.Fake):
     def snapshot(self) -> dict[str, Any]:
         return {
             "users": [self.profile_json(u) for u in self.users.values()],
-            "tokens": [{**self.token_json(t), "userId": t.user_id, "scopes": t.scopes} for t in self.tokens.values()],
+            "tokens": [
+                {**self.token_json(t), "userId": t.user_id, "scopes": t.scopes} for t in self.tokens.values()
+            ],
             "projects": [
                 {
                     **self.project_json(p, ""),
                     "members": [self.member_json(m) for m in p.members.values()],
-                    "tasks": [{**self.task_json(t), "history": self.history_json(t)} for t in p.tasks.values()],
+                    "tasks": [
+                        {**self.task_json(t), "history": self.history_json(t)} for t in p.tasks.values()
+                    ],
                     "webhooks": [{**self.webhook_json(w), "secret": w.secret} for w in p.webhooks.values()],
                 }
                 for p in self.projects.values()
             ],
             "invitations": [
                 {**self.invitation_json(i), "token": i.token, "status": i.status}
-                for p in self.projects.values() for i in p.invitations.values()
+                for p in self.projects.values()
+                for i in p.invitations.values()
             ],
             "comments": [self.comment_json(c) for c in self.comments.values()],
         }
@@ -964,11 +1104,20 @@ class VortaskFake(fakekit.Fake):
             raise VortaskError(400, *errors)
         if any(self.users[m.user_id].email.lower() == email.lower() for m in project.members.values()):
             raise VortaskError(400, f"{email} is already a member of this project.")
-        if any(i.email.lower() == email.lower() and i.status == "Pending" for i in project.invitations.values()):
+        if any(
+            i.email.lower() == email.lower() and i.status == "Pending" for i in project.invitations.values()
+        ):
             raise VortaskError(400, f"An invitation for {email} is already pending.")
         at = self.now()
-        invitation = Invitation(self._next("invitation"), project.id, email, role,
-                                "inv_" + secrets.token_urlsafe(18), at, at + INVITATION_TTL)
+        invitation = Invitation(
+            self._next("invitation"),
+            project.id,
+            email,
+            role,
+            "inv_" + secrets.token_urlsafe(18),
+            at,
+            at + INVITATION_TTL,
+        )
         project.invitations[invitation.id] = invitation
         return invitation
 
@@ -1027,8 +1176,14 @@ class VortaskFake(fakekit.Fake):
         @app.get("/api/invitations/preview")
         async def preview(request: Request) -> Response:
             project, invitation = pending(request.query_params.get("token"))
-            return JSONResponse({"projectName": project.name, "email": invitation.email, "role": invitation.role,
-                                 "expiresAt": iso(invitation.expires_at)})
+            return JSONResponse(
+                {
+                    "projectName": project.name,
+                    "email": invitation.email,
+                    "role": invitation.role,
+                    "expiresAt": iso(invitation.expires_at),
+                }
+            )
 
         @app.post("/api/invitations/accept")
         async def accept(request: Request) -> Response:
@@ -1070,16 +1225,26 @@ class VortaskFake(fakekit.Fake):
                 errors.append(f"Scopes must be a list drawn from {', '.join(SCOPES)}.")
             if errors:
                 raise VortaskError(400, *errors)
-            record = self._store_token(caller.user.id, "vt_" + secrets.token_hex(20), name=name,
-                                       scopes=scopes, expires_at=expires_at)
-            return JSONResponse({"id": record.id, "name": record.name, "token": record.value,
-                                 "createdAt": iso(record.created_at)}, status_code=201)
+            record = self._store_token(
+                caller.user.id, "vt_" + secrets.token_hex(20), name=name, scopes=scopes, expires_at=expires_at
+            )
+            return JSONResponse(
+                {
+                    "id": record.id,
+                    "name": record.name,
+                    "token": record.value,
+                    "createdAt": iso(record.created_at),
+                },
+                status_code=201,
+            )
 
         @app.delete("/api/apitokens/{token_id}")
         async def revoke_token(request: Request, token_id: str) -> Response:
             caller = self.authenticate(request)
             caller.need_unscoped()
-            match = next((v for v, t in self.tokens.items() if t.id == token_id and t.user_id == caller.user.id), None)
+            match = next(
+                (v for v, t in self.tokens.items() if t.id == token_id and t.user_id == caller.user.id), None
+            )
             if match is None:
                 raise VortaskError(404, f"API token {token_id} not found.")
             del self.tokens[match]
@@ -1124,8 +1289,14 @@ class VortaskFake(fakekit.Fake):
             caller = self.authenticate(request)
             project = self.project_for(caller, path_id(project_id), role="Admin", scope="projects:write")
             fields = hook_fields(await self._body(request), creating=True)
-            hook = Webhook(self._next("webhook"), project.id, fields["callback_url"], fields.get("secret"), True,
-                           self.now())
+            hook = Webhook(
+                self._next("webhook"),
+                project.id,
+                fields["callback_url"],
+                fields.get("secret"),
+                True,
+                self.now(),
+            )
             project.webhooks[hook.id] = hook
             return JSONResponse(self.webhook_json(hook), status_code=201)
 

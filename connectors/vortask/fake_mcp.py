@@ -76,7 +76,11 @@ _TASK_PROPS: dict[str, Any] = {
     "priority": {"type": "string", "enum": list(PRIORITIES)},
     "dueDate": _DATE,
     "tags": {"type": "array", "items": {"type": "string"}},
-    "assigneeIds": {"type": "array", "items": {"type": "string"}, "description": "user ids (uuid) of project members"},
+    "assigneeIds": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "user ids (uuid) of project members",
+    },
 }
 
 
@@ -105,14 +109,20 @@ def _get_context(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any
     for project in fake.projects.values():
         if project.member_of(caller.user.id):
             recent = sorted(project.tasks.values(), key=lambda t: t.updated_at, reverse=True)[:20]
-            projects.append({**fake.project_json(project, caller.user.id),
-                             "recentTasks": [fake.task_json(t) for t in recent]})
+            projects.append(
+                {
+                    **fake.project_json(project, caller.user.id),
+                    "recentTasks": [fake.task_json(t) for t in recent],
+                }
+            )
     return {"profile": fake.profile_json(caller.user), "projects": projects}
 
 
 def _list_projects(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any:
     caller.need_scope("projects:read")
-    return [fake.project_json(p, caller.user.id) for p in fake.projects.values() if p.member_of(caller.user.id)]
+    return [
+        fake.project_json(p, caller.user.id) for p in fake.projects.values() if p.member_of(caller.user.id)
+    ]
 
 
 def _list_tasks(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any:
@@ -156,8 +166,12 @@ def _delete_task(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any
 
 def _list_members(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any:
     project = fake.project_for(caller, _int_arg(args, "projectId"), scope="projects:read")
-    return {"members": [fake.member_json(m) for m in project.members.values()],
-            "invitations": [fake.invitation_json(i) for i in project.invitations.values() if i.status == "Pending"]}
+    return {
+        "members": [fake.member_json(m) for m in project.members.values()],
+        "invitations": [
+            fake.invitation_json(i) for i in project.invitations.values() if i.status == "Pending"
+        ],
+    }
 
 
 def _create_project(fake: VortaskFake, caller: Caller, args: dict[str, Any]) -> Any:
@@ -202,46 +216,77 @@ _FILTERS = {
 TOOLS: dict[str, ToolSpec] = {
     "get_context": ToolSpec(
         "Full workspace snapshot — profile, all projects, and the 20 most recent tasks in each. "
-        "Call this first to orient yourself.", _schema([]), _get_context),
+        "Call this first to orient yourself.",
+        _schema([]),
+        _get_context,
+    ),
     "list_projects": ToolSpec(
         "List all projects the user belongs to, with their role (Admin / Member / Viewer) and task count.",
-        _schema([]), _list_projects),
+        _schema([]),
+        _list_projects,
+    ),
     "list_tasks": ToolSpec(
         "List tasks in a project. Filters: status, priority, assigneeId, label, dueBefore, dueAfter.",
-        _schema(["projectId"], projectId=_ID, **_FILTERS), _list_tasks),
-    "get_task": ToolSpec("Full task details including all assignees and tags.",
-                         _schema(["taskId"], taskId=_ID), _get_task),
-    "get_task_history": ToolSpec("Audit trail — who changed what and when.",
-                                 _schema(["taskId"], taskId=_ID), _get_task_history),
+        _schema(["projectId"], projectId=_ID, **_FILTERS),
+        _list_tasks,
+    ),
+    "get_task": ToolSpec(
+        "Full task details including all assignees and tags.", _schema(["taskId"], taskId=_ID), _get_task
+    ),
+    "get_task_history": ToolSpec(
+        "Audit trail — who changed what and when.", _schema(["taskId"], taskId=_ID), _get_task_history
+    ),
     "create_task": ToolSpec(
         "Create a task. Required: projectId, title. Optional: description, priority, dueDate, tags, assigneeIds.",
-        _schema(["projectId", "title"], projectId=_ID, **_TASK_PROPS), _create_task),
+        _schema(["projectId", "title"], projectId=_ID, **_TASK_PROPS),
+        _create_task,
+    ),
     "bulk_create_tasks": ToolSpec(
         "Create up to 100 tasks at once. Useful for seeding a project from a plan.",
-        _schema(["projectId", "tasks"], projectId=_ID,
-                tasks={"type": "array", "minItems": 1, "maxItems": 100,
-                       "items": {"type": "object", "properties": _TASK_PROPS, "required": ["title"]}}),
-        _bulk_create_tasks),
+        _schema(
+            ["projectId", "tasks"],
+            projectId=_ID,
+            tasks={
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": {"type": "object", "properties": _TASK_PROPS, "required": ["title"]},
+            },
+        ),
+        _bulk_create_tasks,
+    ),
     "update_task": ToolSpec(
         "Partial patch — only include the fields you want to change. Supports status, priority, title, "
         "description, dueDate, tags, assigneeIds.",
         _schema(["taskId"], taskId=_ID, status={"type": "string", "enum": list(STATUSES)}, **_TASK_PROPS),
-        _update_task),
-    "delete_task": ToolSpec("Permanently delete a task. Requires Admin role in the project.",
-                            _schema(["taskId"], taskId=_ID), _delete_task),
-    "list_members": ToolSpec("List project members and pending invitations.",
-                             _schema(["projectId"], projectId=_ID), _list_members),
+        _update_task,
+    ),
+    "delete_task": ToolSpec(
+        "Permanently delete a task. Requires Admin role in the project.",
+        _schema(["taskId"], taskId=_ID),
+        _delete_task,
+    ),
+    "list_members": ToolSpec(
+        "List project members and pending invitations.", _schema(["projectId"], projectId=_ID), _list_members
+    ),
     "create_project": ToolSpec(
         "Create a new project. The authenticated user becomes its Admin.",
-        _schema(["name"], name={"type": "string"}, description={"type": ["string", "null"]}), _create_project),
-    "list_comments": ToolSpec("List all comments on a task, oldest-first.",
-                              _schema(["taskId"], taskId=_ID), _list_comments),
-    "add_comment": ToolSpec("Add a comment to a task. Supports plain text or HTML.",
-                            _schema(["taskId", "body"], taskId=_ID,
-                                    body={"type": "string", "description": "plain text or HTML"}),
-                            _add_comment),
-    "delete_comment": ToolSpec("Delete a comment. Only your own comments, unless you are a project Admin.",
-                               _schema(["commentId"], commentId=_ID), _delete_comment),
+        _schema(["name"], name={"type": "string"}, description={"type": ["string", "null"]}),
+        _create_project,
+    ),
+    "list_comments": ToolSpec(
+        "List all comments on a task, oldest-first.", _schema(["taskId"], taskId=_ID), _list_comments
+    ),
+    "add_comment": ToolSpec(
+        "Add a comment to a task. Supports plain text or HTML.",
+        _schema(["taskId", "body"], taskId=_ID, body={"type": "string", "description": "plain text or HTML"}),
+        _add_comment,
+    ),
+    "delete_comment": ToolSpec(
+        "Delete a comment. Only your own comments, unless you are a project Admin.",
+        _schema(["commentId"], commentId=_ID),
+        _delete_comment,
+    ),
 }
 
 
@@ -249,7 +294,9 @@ TOOLS: dict[str, ToolSpec] = {
 
 
 def _text(data: Any, *, error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(data))], is_error=error)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(data))], is_error=error
+    )
 
 
 class McpFrontend:
@@ -257,8 +304,9 @@ class McpFrontend:
 
     def __init__(self, fake: VortaskFake) -> None:
         self.fake = fake
-        self.server: Server[Any] = Server("vortask", version="1.0.0", on_list_tools=self._list_tools,
-                                          on_call_tool=self._call_tool)
+        self.server: Server[Any] = Server(
+            "vortask", version="1.0.0", on_list_tools=self._list_tools, on_call_tool=self._call_tool
+        )
         self.manager: StreamableHTTPSessionManager | None = None
 
     def mount(self, app: FastAPI, path: str) -> None:
@@ -277,15 +325,19 @@ class McpFrontend:
             finally:
                 self.manager = None
 
-    async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-                          ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[
-            types.Tool(name=name, description=spec.description, input_schema=spec.schema)
-            for name, spec in TOOLS.items()
-        ])
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(name=name, description=spec.description, input_schema=spec.schema)
+                for name, spec in TOOLS.items()
+            ]
+        )
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         spec = TOOLS.get(params.name)
         if spec is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -306,21 +358,28 @@ class McpFrontend:
         request = Request(scope)
         caller = self.fake.caller_for(bearer_token(request))
         if caller is None:
-            error = VortaskError(401, "Missing, invalid, expired or revoked API token.",
-                                 headers={"WWW-Authenticate": "Bearer"})
+            error = VortaskError(
+                401, "Missing, invalid, expired or revoked API token.", headers={"WWW-Authenticate": "Bearer"}
+            )
             await JSONResponse(error.body(), status_code=401, headers=error.headers)(scope, receive, send)
             return
         version = request.headers.get("mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            body = {"jsonrpc": "2.0", "id": None,
-                    "error": {"code": types.INVALID_REQUEST,
-                              "message": f"Unsupported protocol version {version}; this server speaks "
-                                         f"{PROTOCOL_VERSION} via initialize."}}
+            body = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": types.INVALID_REQUEST,
+                    "message": f"Unsupported protocol version {version}; this server speaks "
+                    f"{PROTOCOL_VERSION} via initialize.",
+                },
+            }
             await JSONResponse(body, status_code=400)(scope, receive, send)
             return
         if self.manager is None:
             await JSONResponse(VortaskError(500, "MCP server is not running.").body(), status_code=500)(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         if scope["method"] == "POST":
             receive = await _pin_protocol_version(receive)
@@ -348,7 +407,11 @@ async def _pin_protocol_version(receive: Receive) -> Receive:
         parsed = json.loads(body)
     except ValueError:
         return _replay(body, receive)
-    if isinstance(parsed, dict) and parsed.get("method") == "initialize" and isinstance(parsed.get("params"), dict):
+    if (
+        isinstance(parsed, dict)
+        and parsed.get("method") == "initialize"
+        and isinstance(parsed.get("params"), dict)
+    ):
         parsed["params"]["protocolVersion"] = PROTOCOL_VERSION
         body = json.dumps(parsed).encode()
     return _replay(body, receive)

@@ -78,7 +78,15 @@ CLIENT_INFO = mcp_types.Implementation(name="taskbridge", version="0.1.0")
 SSE_READ_TIMEOUT = 300.0  # the server-to-client GET stream may stay quiet for long
 
 READ_ONLY_TOOLS = frozenset(
-    {"get_context", "list_projects", "list_tasks", "get_task", "get_task_history", "list_members", "list_comments"}
+    {
+        "get_context",
+        "list_projects",
+        "list_tasks",
+        "get_task",
+        "get_task_history",
+        "list_members",
+        "list_comments",
+    }
 )
 
 
@@ -90,7 +98,9 @@ class _HttpSeen:
     retry_after: str | None = None
 
 
-_seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar("vortask_mcp_http_seen", default=None)
+_seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar(
+    "vortask_mcp_http_seen", default=None
+)
 
 
 class _SessionLost(Exception):
@@ -121,8 +131,14 @@ class _Connection:
 class VortaskMcp:
     """One reusable MCP session to `url`; `call` runs a tool and raises the connector errors."""
 
-    def __init__(self, settings: ConnectorSettings, url: str, *, observer: RequestObserver | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        url: str,
+        *,
+        observer: RequestObserver | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         """`limiter`: the connector's REST rate limiter, so `rate_limit` bounds tool calls too."""
         self.settings = settings
         self.url = url
@@ -210,8 +226,10 @@ class VortaskMcp:
             failure = conn.owner.exception() if not conn.owner.cancelled() else None
             raise _SessionLost(
                 "the MCP transport stopped",
-                Retryable(f"MCP {tool}: the MCP connection failed: {self._text(_leaf(failure))}",
-                          connector=self.settings.name),
+                Retryable(
+                    f"MCP {tool}: the MCP connection failed: {self._text(_leaf(failure))}",
+                    connector=self.settings.name,
+                ),
             )
         try:
             result = call.result()
@@ -220,16 +238,18 @@ class VortaskMcp:
             raise self._mcp_error(tool, exc, seen) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             self._observe("error", started)
-            raise _SessionLost("the MCP session is closed",
-                               Retryable(f"MCP {tool}: the MCP session is closed", connector=self.settings.name)
-                               ) from exc
+            raise _SessionLost(
+                "the MCP session is closed",
+                Retryable(f"MCP {tool}: the MCP session is closed", connector=self.settings.name),
+            ) from exc
         except (httpx2.TransportError, OSError, TimeoutError) as exc:
             self._observe("error", started)
             raise Retryable(f"MCP {tool} failed: {self._text(exc)}", connector=self.settings.name) from exc
         except Exception as exc:  # a result the SDK could not accept (schema, shape)
             self._observe("error", started)
-            raise Permanent(f"MCP {tool}: unexpected answer: {self._text(exc)}", connector=self.settings.name
-                            ) from exc
+            raise Permanent(
+                f"MCP {tool}: unexpected answer: {self._text(exc)}", connector=self.settings.name
+            ) from exc
         return self._result(tool, result, started)
 
     def _result(self, tool: str, result: mcp_types.CallToolResult, started: float) -> Any:
@@ -267,10 +287,16 @@ class VortaskMcp:
         if status == 401:
             return AuthFailed(f"MCP {what}: the MCP endpoint refused the token", status=401, connector=name)
         if status == 429:
-            return RateLimited(f"MCP {what}: rate limited", retry_after=parse_retry_after(seen.retry_after),
-                               status=429, connector=name)
+            return RateLimited(
+                f"MCP {what}: rate limited",
+                retry_after=parse_retry_after(seen.retry_after),
+                status=429,
+                connector=name,
+            )
         if status is not None and status >= 500:
-            return Retryable(f"MCP {what}: the MCP endpoint answered HTTP {status}", status=status, connector=name)
+            return Retryable(
+                f"MCP {what}: the MCP endpoint answered HTTP {status}", status=status, connector=name
+            )
         code = exc.error.code
         text = self._text(exc)
         where = f"MCP {what}: {text}"
@@ -347,7 +373,9 @@ class VortaskMcp:
             return Retryable(f"MCP initialize at {self.url} timed out", connector=name)
         return Retryable(f"MCP initialize at {self.url} failed: {self._text(leaf)}", connector=name)
 
-    async def _serve(self, ready: asyncio.Future[_Connection], stop: asyncio.Event, handshake_seen: _HttpSeen) -> None:
+    async def _serve(
+        self, ready: asyncio.Future[_Connection], stop: asyncio.Event, handshake_seen: _HttpSeen
+    ) -> None:
         """The owner task: opens the transport and the session, waits for `stop`, closes them."""
         holder: list[_Connection] = []
 
@@ -410,7 +438,9 @@ class VortaskMcp:
         session.adopt(result)
         await session.send_notification(mcp_types.InitializedNotification())
         self.handshakes += 1
-        log.debug("%s: MCP session open at %s (protocol %s)", self.settings.name, self.url, result.protocol_version)
+        log.debug(
+            "%s: MCP session open at %s (protocol %s)", self.settings.name, self.url, result.protocol_version
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -149,9 +149,15 @@ def test_capabilities_are_honest(conn: ImpactlyConnector) -> None:
 async def test_get_task_reads_every_field(
     conn: ImpactlyConnector, fake: ImpactlyFake, scope: str, people: dict[str, str]
 ) -> None:
-    raw = fake.call(lambda: fake.create_task(
-        "Draft the report", description=None, priority="urgent", assignee_id=people["bob"], due_date="2026-03-20"
-    ))
+    raw = fake.call(
+        lambda: fake.create_task(
+            "Draft the report",
+            description=None,
+            priority="urgent",
+            assignee_id=people["bob"],
+            due_date="2026-03-20",
+        )
+    )
     fake.call(lambda: fake.update_task(raw["id"], status="completed"))
     task = await conn.get_task(scope, raw["id"])
     assert task.remote_id == raw["id"] and task.scope == scope
@@ -170,7 +176,9 @@ async def test_get_task_reads_every_field(
     other = fake.call(lambda: fake.create_task("Unassigned", assignee_id=agent))
     values = (await conn.get_task(scope, other["id"])).values
     assert values["assignees"] == {f"impactly1:{agent}"}
-    assert values["priority"] is Priority.NONE and values["due_date"] is None and values["status"] is Status.TODO
+    assert (
+        values["priority"] is Priority.NONE and values["due_date"] is None and values["status"] is Status.TODO
+    )
 
 
 async def test_get_task_errors(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
@@ -192,7 +200,13 @@ async def test_scope_ids_compare_case_insensitively(conn: ImpactlyConnector, fak
 
 
 def test_mapping_gap_is_a_clear_permanent_error(conn: ImpactlyConnector, scope: str) -> None:
-    bogus = {"id": str(uuid.uuid4()), "title": "x", "status": "archived", "priority": None, "project_id": scope}
+    bogus = {
+        "id": str(uuid.uuid4()),
+        "title": "x",
+        "status": "archived",
+        "priority": None,
+        "project_id": scope,
+    }
     with pytest.raises(Permanent, match=r"status value 'archived' has no mapping"):
         conn._remote(bogus)
 
@@ -251,7 +265,9 @@ async def test_incremental_listing_uses_the_activity_feed(
     assert fake.requests.count("GET", PROJECT_TASKS_ROUTE) == 0
 
 
-async def test_incremental_feed_pages_and_duplicates(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
+async def test_incremental_feed_pages_and_duplicates(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
     task = await conn.create_task(scope, {"title": "Busy"})
     mark = datetime.now(UTC) - timedelta(seconds=1)
     fake.call(lambda: [fake.update_task(task.remote_id, title=f"Busy {i}") for i in range(150)])
@@ -284,7 +300,12 @@ async def test_every_tenth_poll_and_a_bad_watermark_list_in_full(
 ) -> None:
     seed(fake, 3)
     recent = iso(datetime.now(UTC))
-    for watermark in ({"since": recent, "polls": FULL_LISTING_EVERY - 1}, {"since": "yesterday-ish"}, {}, None):
+    for watermark in (
+        {"since": recent, "polls": FULL_LISTING_EVERY - 1},
+        {"since": "yesterday-ish"},
+        {},
+        None,
+    ):
         fake.requests.clear()
         listing = await conn.list_tasks(scope, watermark)
         assert listing.all_ids is not None and len(listing.all_ids) == 3, watermark
@@ -295,7 +316,9 @@ async def test_every_tenth_poll_and_a_bad_watermark_list_in_full(
     assert listing.all_ids is None and listing.watermark["polls"] == FULL_LISTING_EVERY - 1
 
 
-async def test_many_changes_switch_to_a_full_listing(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
+async def test_many_changes_switch_to_a_full_listing(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
     mark = iso(datetime.now(UTC) - timedelta(seconds=1))
     seed(fake, 101)
     fake.requests.clear()
@@ -313,14 +336,29 @@ async def test_create_posts_then_patches_a_non_default_status(
 ) -> None:
     recorder = Recorder()
     conn = make(transport=recorder)
-    task = await conn.create_task(scope, {
-        "title": "Ship it", "description": "Body\n\nmarker", "status": "done", "priority": "high",
-        "assignees": ["carmen"], "due_date": "2026-05-01", "tags": ["ignored"], "start_date": "2026-04-01",
-    })
-    assert recorder.bodies("POST") == [{
-        "title": "Ship it", "description": "Body\n\nmarker", "priority": "high", "assignee_id": people["carmen"],
-        "due_date": "2026-05-01", "project_id": scope,
-    }]
+    task = await conn.create_task(
+        scope,
+        {
+            "title": "Ship it",
+            "description": "Body\n\nmarker",
+            "status": "done",
+            "priority": "high",
+            "assignees": ["carmen"],
+            "due_date": "2026-05-01",
+            "tags": ["ignored"],
+            "start_date": "2026-04-01",
+        },
+    )
+    assert recorder.bodies("POST") == [
+        {
+            "title": "Ship it",
+            "description": "Body\n\nmarker",
+            "priority": "high",
+            "assignee_id": people["carmen"],
+            "due_date": "2026-05-01",
+            "project_id": scope,
+        }
+    ]
     assert recorder.bodies("PATCH") == [{"status": "completed"}]
     assert task.values["status"] is Status.DONE
     assert fake.tasks[task.remote_id].status == "completed"
@@ -336,7 +374,9 @@ async def test_partial_update_sends_only_the_changes(
 ) -> None:
     recorder = Recorder()
     conn = make(transport=recorder)
-    task = await conn.create_task(scope, {"title": "Original", "description": "Keep me", "assignees": ["alice"]})
+    task = await conn.create_task(
+        scope, {"title": "Original", "description": "Keep me", "assignees": ["alice"]}
+    )
     # Meanwhile a person renames it in the web app: a priority update must not revert that.
     fake.call(lambda: fake.update_task(task.remote_id, title="Renamed by Alice"))
     recorder.sent.clear()
@@ -347,7 +387,9 @@ async def test_partial_update_sends_only_the_changes(
 
     recorder.sent.clear()
     cleared = await conn.update_task(scope, task.remote_id, {"assignees": [], "due_date": None})
-    assert recorder.sent == [("PATCH", f"/api/v1/tasks/{task.remote_id}", {"assignee_id": None, "due_date": None})]
+    assert recorder.sent == [
+        ("PATCH", f"/api/v1/tasks/{task.remote_id}", {"assignee_id": None, "due_date": None})
+    ]
     assert cleared.values["assignees"] == frozenset()
 
     recorder.sent.clear()
@@ -358,12 +400,25 @@ async def test_partial_update_sends_only_the_changes(
 
 ROUNDTRIP_CASES: list[tuple[dict[str, Any], dict[str, Any]]] = [
     (
-        {"title": "Plain", "description": "", "status": "todo", "priority": "none", "assignees": [], "due_date": None},
+        {
+            "title": "Plain",
+            "description": "",
+            "status": "todo",
+            "priority": "none",
+            "assignees": [],
+            "due_date": None,
+        },
         {"status": "done", "priority": "urgent", "assignees": ["bob"], "due_date": "2026-12-31"},
     ),
     (
-        {"title": "Lossy", "description": "line 1\n  line 2  \n\n<!-- taskbridge:01ABC -->\n", "status": "in_progress",
-         "priority": "low", "assignees": ["carmen", "alice", "bob"], "due_date": "2026-01-02"},
+        {
+            "title": "Lossy",
+            "description": "line 1\n  line 2  \n\n<!-- taskbridge:01ABC -->\n",
+            "status": "in_progress",
+            "priority": "low",
+            "assignees": ["carmen", "alice", "bob"],
+            "due_date": "2026-01-02",
+        },
         {"status": "cancelled", "assignees": ["zed", "alice"], "description": "  spaces kept  "},
     ),
     (
@@ -371,8 +426,14 @@ ROUNDTRIP_CASES: list[tuple[dict[str, Any], dict[str, Any]]] = [
         {"title": "   ", "status": "todo", "priority": "none", "assignees": ["impactly1:" + "PLACEHOLDER"]},
     ),
     (
-        {"title": "Ünïcödé ✓ title", "status": "done", "assignees": ["bob", "alice"], "tags": ["a", "b"],
-         "start_date": "2026-01-01", "archived": True},
+        {
+            "title": "Ünïcödé ✓ title",
+            "status": "done",
+            "assignees": ["bob", "alice"],
+            "tags": ["a", "b"],
+            "start_date": "2026-01-01",
+            "archived": True,
+        },
         {"status": "in_progress", "title": "Back to work", "due_date": None, "assignees": []},
     ),
 ]
@@ -380,11 +441,17 @@ ROUNDTRIP_CASES: list[tuple[dict[str, Any], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("first", "second"), ROUNDTRIP_CASES)
 async def test_roundtrip_property(
-    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str, people: dict[str, str],
-    first: dict[str, Any], second: dict[str, Any],
+    conn: ImpactlyConnector,
+    fake: ImpactlyFake,
+    scope: str,
+    people: dict[str, str],
+    first: dict[str, Any],
+    second: dict[str, Any],
 ) -> None:
-    second = {k: ([a.replace("PLACEHOLDER", people["carmen"]) for a in v] if k == "assignees" else v)
-              for k, v in second.items()}
+    second = {
+        k: ([a.replace("PLACEHOLDER", people["carmen"]) for a in v] if k == "assignees" else v)
+        for k, v in second.items()
+    }
     caps = conn.capabilities.fields
 
     created = await conn.create_task(scope, first)
@@ -403,12 +470,27 @@ async def test_roundtrip_property(
 
 
 def test_roundtrip_rules(conn: ImpactlyConnector, people: dict[str, str]) -> None:
-    rt = conn.roundtrip({"assignees": ["carmen", "bob", "nobody"], "title": "t" * 501, "tags": ["x"],
-                         "parent": "01PARENT", "status": "blocked", "priority": None})
-    assert rt == {"assignees": frozenset({"bob"}), "title": "t" * 500, "status": Status.TODO,
-                  "priority": Priority.NONE}
+    rt = conn.roundtrip(
+        {
+            "assignees": ["carmen", "bob", "nobody"],
+            "title": "t" * 501,
+            "tags": ["x"],
+            "parent": "01PARENT",
+            "status": "blocked",
+            "priority": None,
+        }
+    )
+    assert rt == {
+        "assignees": frozenset({"bob"}),
+        "title": "t" * 500,
+        "status": Status.TODO,
+        "priority": Priority.NONE,
+    }
     assert conn.roundtrip({"assignees": [f"impactly1:{people['alice']}"]}) == {"assignees": {"alice"}}
-    assert conn.roundtrip({"assignees": ["nobody"], "title": ""}) == {"assignees": frozenset(), "title": "Untitled"}
+    assert conn.roundtrip({"assignees": ["nobody"], "title": ""}) == {
+        "assignees": frozenset(),
+        "title": "Untitled",
+    }
 
 
 async def test_subtasks_through_the_client(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
@@ -437,8 +519,12 @@ async def test_delete_and_no_archive(conn: ImpactlyConnector, fake: ImpactlyFake
 async def test_find_by_marker(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
     marker = "<!-- taskbridge:01HZYX3K -->"
     other_project = fake.call(lambda: fake.add_project("Elsewhere"))
-    fake.call(lambda: fake.create_task("Copy elsewhere", description=f"text\n{marker}", project_id=other_project))
-    await conn.create_task(scope, {"title": "Near miss", "description": "taskbridge:01HZYX3K without the frame"})
+    fake.call(
+        lambda: fake.create_task("Copy elsewhere", description=f"text\n{marker}", project_id=other_project)
+    )
+    await conn.create_task(
+        scope, {"title": "Near miss", "description": "taskbridge:01HZYX3K without the frame"}
+    )
     mine = await conn.create_task(scope, {"title": "Mirror", "description": f"Body\n\n{marker}"})
     fake.requests.clear()
     found = await conn.find_by_marker(scope, marker)
@@ -455,7 +541,9 @@ async def test_find_by_marker(conn: ImpactlyConnector, fake: ImpactlyFake, scope
 # -- comments -----------------------------------------------------------------------------------
 
 
-async def test_comments_paginate_and_mark_ours(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
+async def test_comments_paginate_and_mark_ours(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
     task = await conn.create_task(scope, {"title": "Discussed"})
     fake.call(lambda: [fake.add_comment(task.remote_id, f"person comment {i}") for i in range(120)])
     added = await conn.add_comment(scope, task.remote_id, "Looks good **to me**", "Alice via Vortask")
@@ -468,7 +556,11 @@ async def test_comments_paginate_and_mark_ours(conn: ImpactlyConnector, fake: Im
     assert fake.requests.count("GET", "/api/v1/tasks/{task_id}/comments") == 2
     assert len(comments) == 121
     assert comments[-1] == added
-    assert comments[0].body == "person comment 0" and comments[0].author == "Alice Chen" and not comments[0].by_us
+    assert (
+        comments[0].body == "person comment 0"
+        and comments[0].author == "Alice Chen"
+        and not comments[0].by_us
+    )
     assert not any(c.by_us for c in comments[:-1])
     with pytest.raises(NotFound):
         await conn.list_comments(scope, str(uuid.uuid4()))
@@ -477,7 +569,9 @@ async def test_comments_paginate_and_mark_ours(conn: ImpactlyConnector, fake: Im
 # -- webhooks -----------------------------------------------------------------------------------
 
 
-async def test_register_webhook_is_idempotent(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
+async def test_register_webhook_is_idempotent(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
     url = "https://bridge.example.org/webhooks/impactly1"
     assert await conn.register_webhook(scope, url, "configured-secret") is None
     assert await conn.register_webhook(scope, url, "configured-secret") is None
@@ -524,8 +618,9 @@ async def test_webhook_deliveries_verify_and_parse(
     with pytest.raises(BadSignature, match="does not match"):
         conn.verify_webhook(first.headers, first.body, ["wrong"])
     with pytest.raises(BadSignature, match="missing"):
-        conn.verify_webhook({k: v for k, v in first.headers.items() if k != "x-impactly-signature"}, first.body,
-                            ["s3cret"])
+        conn.verify_webhook(
+            {k: v for k, v in first.headers.items() if k != "x-impactly-signature"}, first.body, ["s3cret"]
+        )
     with pytest.raises(BadSignature, match="sha256"):
         conn.verify_webhook({**first.headers, "x-impactly-signature": "md5=abc"}, first.body, ["s3cret"])
     with pytest.raises(BadSignature, match="no webhook secret"):
@@ -543,7 +638,11 @@ async def test_generated_secret_verifies_deliveries(
     [hook] = webhook_receiver.wait_for(1)
     conn.verify_webhook(hook.headers, hook.body, [secret])
     [event] = conn.parse_webhook(hook.headers, hook.body)
-    assert event.kind == "created" and event.task is not None and event.task.values["title"] == "Made by the bridge"
+    assert (
+        event.kind == "created"
+        and event.task is not None
+        and event.task.values["title"] == "Made by the bridge"
+    )
 
 
 def test_parse_webhook_rejects_malformed_and_skips_unknown(conn: ImpactlyConnector) -> None:
@@ -553,7 +652,9 @@ def test_parse_webhook_rejects_malformed_and_skips_unknown(conn: ImpactlyConnect
         conn.parse_webhook({}, b'{"event": "task.updated"}')
     assert conn.parse_webhook({}, b'{"event": "project.created", "data": {"id": "p"}}') == []
     # A task payload the connector can't read whole is still a trigger (the engine GETs it).
-    [event] = conn.parse_webhook({}, b'{"id": "d1", "event": "task.updated", "data": {"id": "t1", "status": "?"}}')
+    [event] = conn.parse_webhook(
+        {}, b'{"id": "d1", "event": "task.updated", "data": {"id": "t1", "status": "?"}}'
+    )
     assert event.kind == "updated" and event.task is None and event.delivery_id == "d1"
 
 
@@ -597,7 +698,9 @@ async def test_429_honours_retry_after(conn: ImpactlyConnector, fake: ImpactlyFa
     assert fake.requests.count("POST", "/api/v1/tasks", status=201) == 1
 
 
-async def test_429_longer_than_max_wait_raises_rate_limited(make: Make, fake: ImpactlyFake, scope: str) -> None:
+async def test_429_longer_than_max_wait_raises_rate_limited(
+    make: Make, fake: ImpactlyFake, scope: str
+) -> None:
     conn = make(max_wait=0.5)
     fake.faults.retry_after = 7
     fake.faults.rate_limit_burst = 1

@@ -146,7 +146,12 @@ def test_capabilities_are_declared_honestly(conn: RunsConnector) -> None:
     caps = conn.capabilities
     assert isinstance(conn, Connector)
     assert caps.fields == {"title", "description", "status", "archived"}
-    assert caps.writable == {"title", "description", "archived", "status"}  # status: start_run_on values start a run
+    assert caps.writable == {
+        "title",
+        "description",
+        "archived",
+        "status",
+    }  # status: start_run_on values start a run
     assert (caps.webhooks, caps.comments, caps.incremental) == (False, False, False)
     assert (caps.delete, caps.archive, caps.subtasks, caps.todos) == (True, True, False, False)
 

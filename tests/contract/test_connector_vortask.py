@@ -87,13 +87,24 @@ class Recorder(httpx.AsyncBaseTransport):
 
 
 def settings(fake: VortaskFake, token: str = ALICE, **overrides: Any) -> ConnectorSettings:
-    people = PeopleMap("vortask1", {"alice": user_id(fake, "alice@example.com"),
-                                    "bob": user_id(fake, "bob@example.com"),
-                                    "stranger": "00000000-0000-4000-8000-000000000000"})
+    people = PeopleMap(
+        "vortask1",
+        {
+            "alice": user_id(fake, "alice@example.com"),
+            "bob": user_id(fake, "bob@example.com"),
+            "stranger": "00000000-0000-4000-8000-000000000000",
+        },
+    )
     values: dict[str, Any] = {
-        "name": "vortask1", "platform": "vortask", "base_url": fake.url + "/api",
-        "mapping": bridge.mapping.load("vortask"), "people": people, "token": token,
-        "webhook_secret": SECRET, "backoff": 0.01, "timeout": 5.0,
+        "name": "vortask1",
+        "platform": "vortask",
+        "base_url": fake.url + "/api",
+        "mapping": bridge.mapping.load("vortask"),
+        "people": people,
+        "token": token,
+        "webhook_secret": SECRET,
+        "backoff": 0.01,
+        "timeout": 5.0,
     }
     values.update(overrides)
     return ConnectorSettings(**values)
@@ -146,10 +157,19 @@ async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None
 # -- reading -------------------------------------------------------------------------------------
 
 
-async def test_list_tasks_is_a_full_listing_in_canonical_values(fake: VortaskFake, conn: VortaskConnector) -> None:
+async def test_list_tasks_is_a_full_listing_in_canonical_values(
+    fake: VortaskFake, conn: VortaskConnector
+) -> None:
     alice, carol = user_id(fake, "alice@example.com"), user_id(fake, "carol@example.com")
-    first = seed_task(fake, title="Implement login", description="Use OAuth", priority="High",
-                      dueDate="2026-03-20", tags=["backend", "auth"], assigneeIds=[alice, carol])
+    first = seed_task(
+        fake,
+        title="Implement login",
+        description="Use OAuth",
+        priority="High",
+        dueDate="2026-03-20",
+        tags=["backend", "auth"],
+        assigneeIds=[alice, carol],
+    )
     seed_task(fake, title="Second")
     with rest(fake) as c:
         c.put(f"/projects/1/tasks/{first['id']}", json={"status": "Blocked"})
@@ -161,9 +181,13 @@ async def test_list_tasks_is_a_full_listing_in_canonical_values(fake: VortaskFak
     task = listing.tasks[0]
     assert task.scope == "1" and task.updated_at is not None and task.created_at is not None
     assert task.values == {
-        "title": "Implement login", "description": "Use OAuth", "status": Status.BLOCKED,
-        "priority": Priority.HIGH, "assignees": frozenset({"alice", f"vortask1:{carol}"}),
-        "tags": frozenset({"backend", "auth"}), "due_date": date(2026, 3, 20),
+        "title": "Implement login",
+        "description": "Use OAuth",
+        "status": Status.BLOCKED,
+        "priority": Priority.HIGH,
+        "assignees": frozenset({"alice", f"vortask1:{carol}"}),
+        "tags": frozenset({"backend", "auth"}),
+        "due_date": date(2026, 3, 20),
     }
     second = listing.tasks[1].values
     assert second["description"] == "" and second["due_date"] is None and second["assignees"] == frozenset()
@@ -187,7 +211,9 @@ async def test_get_task_and_not_found(fake: VortaskFake, conn: VortaskConnector)
         await conn.get_task("default", "1")
 
 
-async def test_due_date_reads_the_date_part_without_a_timezone_shift(fake: VortaskFake, conn: VortaskConnector) -> None:
+async def test_due_date_reads_the_date_part_without_a_timezone_shift(
+    fake: VortaskFake, conn: VortaskConnector
+) -> None:
     # Stored as "2026-03-20T23:30:00Z"; a local-time conversion would move it to another day.
     late = seed_task(fake, dueDate="2026-03-20T23:30:00Z")
     assert (await conn.get_task("1", str(late["id"]))).values["due_date"] == date(2026, 3, 20)
@@ -206,19 +232,31 @@ async def test_unmapped_status_is_a_permanent_error_not_a_crash(conn: VortaskCon
 
 
 async def test_create_task_then_puts_a_status_other_than_new(
-        fake: VortaskFake, conn: VortaskConnector, recorder: Recorder) -> None:
-    values: Values = {"title": "Add dark mode", "description": "Support system theme\n\n<!-- tb:1 -->",
-                      "status": Status.IN_PROGRESS, "priority": Priority.URGENT,
-                      "assignees": frozenset({"alice", "bob", "nobody-known"}),
-                      "tags": frozenset({"ui", "frontend"}), "due_date": date(2026, 4, 1)}
+    fake: VortaskFake, conn: VortaskConnector, recorder: Recorder
+) -> None:
+    values: Values = {
+        "title": "Add dark mode",
+        "description": "Support system theme\n\n<!-- tb:1 -->",
+        "status": Status.IN_PROGRESS,
+        "priority": Priority.URGENT,
+        "assignees": frozenset({"alice", "bob", "nobody-known"}),
+        "tags": frozenset({"ui", "frontend"}),
+        "due_date": date(2026, 4, 1),
+    }
     created = await conn.create_task("1", values)
     assert created.values == conn.roundtrip(values)
     assert created.values["priority"] is Priority.HIGH and created.values["assignees"] == {"alice", "bob"}
     posted, put = recorder.bodies("POST"), recorder.bodies("PUT")
-    assert posted == [{"title": "Add dark mode", "description": "Support system theme\n\n<!-- tb:1 -->",
-                       "priority": "High", "assigneeIds": sorted([user_id(fake, "alice@example.com"),
-                                                                  user_id(fake, "bob@example.com")]),
-                       "tags": ["frontend", "ui"], "dueDate": "2026-04-01"}]
+    assert posted == [
+        {
+            "title": "Add dark mode",
+            "description": "Support system theme\n\n<!-- tb:1 -->",
+            "priority": "High",
+            "assigneeIds": sorted([user_id(fake, "alice@example.com"), user_id(fake, "bob@example.com")]),
+            "tags": ["frontend", "ui"],
+            "dueDate": "2026-04-01",
+        }
+    ]
     assert put == [{"status": "Active"}]
 
     # A task that starts as todo needs no second call; priority defaults to Medium (required).
@@ -229,10 +267,15 @@ async def test_create_task_then_puts_a_status_other_than_new(
 
 
 async def test_update_task_sends_only_the_changed_fields(
-        fake: VortaskFake, conn: VortaskConnector, recorder: Recorder) -> None:
-    task = seed_task(fake, title="Keep me", description="Keep", tags=["a"], dueDate="2026-05-05", priority="Low")
+    fake: VortaskFake, conn: VortaskConnector, recorder: Recorder
+) -> None:
+    task = seed_task(
+        fake, title="Keep me", description="Keep", tags=["a"], dueDate="2026-05-05", priority="Low"
+    )
     fake.requests.clear()
-    updated = await conn.update_task("1", str(task["id"]), {"tags": frozenset({"b", "c"}), "status": Status.DONE})
+    updated = await conn.update_task(
+        "1", str(task["id"]), {"tags": frozenset({"b", "c"}), "status": Status.DONE}
+    )
     assert recorder.bodies("PUT") == [{"tags": ["b", "c"], "status": "Closed"}]
     assert fake.requests.count("PUT", TASK) == 1 and fake.requests.count() == 1  # the PUT answers the task
     assert updated.values["tags"] == {"b", "c"} and updated.values["status"] is Status.DONE
@@ -240,8 +283,9 @@ async def test_update_task_sends_only_the_changed_fields(
     assert updated.values["due_date"] == date(2026, 5, 5) and updated.values["description"] == "Keep"
 
     # Clearing: no due date, no assignees, no description.
-    cleared = await conn.update_task("1", str(task["id"]), {"due_date": None, "assignees": frozenset(),
-                                                            "description": ""})
+    cleared = await conn.update_task(
+        "1", str(task["id"]), {"due_date": None, "assignees": frozenset(), "description": ""}
+    )
     assert recorder.bodies("PUT")[-1] == {"dueDate": None, "assigneeIds": [], "description": ""}
     assert cleared.values["due_date"] is None and cleared.values["description"] == ""
 
@@ -256,13 +300,30 @@ async def test_update_task_sends_only_the_changed_fields(
 
 
 ROUNDTRIP_CASES: list[Values] = [
-    {"title": "Everything", "description": "Body", "status": Status.BLOCKED, "priority": Priority.LOW,
-     "assignees": frozenset({"alice"}), "tags": frozenset({"x"}), "due_date": date(2026, 1, 31)},
-    {"title": "Lossy", "status": Status.CANCELLED, "priority": Priority.URGENT,
-     "assignees": frozenset({"alice", "bob", "someone-else", "impactly1:u-9"})},
+    {
+        "title": "Everything",
+        "description": "Body",
+        "status": Status.BLOCKED,
+        "priority": Priority.LOW,
+        "assignees": frozenset({"alice"}),
+        "tags": frozenset({"x"}),
+        "due_date": date(2026, 1, 31),
+    },
+    {
+        "title": "Lossy",
+        "status": Status.CANCELLED,
+        "priority": Priority.URGENT,
+        "assignees": frozenset({"alice", "bob", "someone-else", "impactly1:u-9"}),
+    },
     {"title": "   ", "priority": Priority.NONE, "tags": frozenset({"ok", "  "}), "due_date": None},
-    {"title": "Done", "status": Status.DONE, "priority": Priority.HIGH, "description": "",
-     "assignees": frozenset(), "tags": frozenset()},
+    {
+        "title": "Done",
+        "status": Status.DONE,
+        "priority": Priority.HIGH,
+        "description": "",
+        "assignees": frozenset(),
+        "tags": frozenset(),
+    },
     {"title": "Ignored fields", "start_date": date(2026, 2, 2), "parent": "01HX", "archived": True},
 ]
 
@@ -284,12 +345,18 @@ async def test_roundtrip_is_what_create_and_update_read_back(conn: VortaskConnec
 
 def test_roundtrip_losses(make: Callable[..., VortaskConnector]) -> None:
     conn = make()
-    assert conn.roundtrip({"status": "cancelled", "priority": "urgent"}) == {"status": Status.DONE,
-                                                                           "priority": Priority.HIGH}
+    assert conn.roundtrip({"status": "cancelled", "priority": "urgent"}) == {
+        "status": Status.DONE,
+        "priority": Priority.HIGH,
+    }
     assert conn.roundtrip({"priority": "none"}) == {"priority": Priority.MEDIUM}
-    assert conn.roundtrip({"assignees": ["alice", "zed", "vortask1:u-1"]}) == {"assignees": {"alice", "vortask1:u-1"}}
-    assert conn.roundtrip({"title": "", "tags": ["a", " "], "archived": True}) == {"title": "Untitled",
-                                                                                   "tags": {"a"}}
+    assert conn.roundtrip({"assignees": ["alice", "zed", "vortask1:u-1"]}) == {
+        "assignees": {"alice", "vortask1:u-1"}
+    }
+    assert conn.roundtrip({"title": "", "tags": ["a", " "], "archived": True}) == {
+        "title": "Untitled",
+        "tags": {"a"},
+    }
 
 
 async def test_delete_task_needs_admin(fake: VortaskFake, make: Callable[..., VortaskConnector]) -> None:
@@ -336,7 +403,8 @@ def test_mcp_url_defaults_to_the_origin_of_base_url(make: Callable[..., VortaskC
 
 
 async def test_comments_add_list_by_us_and_one_session(
-        fake: VortaskFake, make: Callable[..., VortaskConnector], monkeypatch: pytest.MonkeyPatch) -> None:
+    fake: VortaskFake, make: Callable[..., VortaskConnector], monkeypatch: pytest.MonkeyPatch
+) -> None:
     initializes: list[str] = []
     pin = fake_mcp._pin_protocol_version
 
@@ -368,8 +436,11 @@ async def test_comments_add_list_by_us_and_one_session(
     await alice.add_comment("1", tid, "third", "Carol via AgentKanban")
 
     comments = await alice.list_comments("1", tid)
-    assert [c.body for c in comments] == ["Bob via Impactly: Looks good", "<p>Thanks</p>",
-                                          "Carol via AgentKanban: third"]  # oldest first
+    assert [c.body for c in comments] == [
+        "Bob via Impactly: Looks good",
+        "<p>Thanks</p>",
+        "Carol via AgentKanban: third",
+    ]  # oldest first
     assert [c.by_us for c in comments] == [True, False, True]
     assert [c.author for c in comments] == ["Alice", "Bob", "Alice"]
     assert comments[0].remote_id == ours.remote_id and comments[0].created_at is not None
@@ -421,7 +492,8 @@ async def test_comment_errors_are_mapped(fake: VortaskFake, make: Callable[..., 
 
 
 async def test_mcp_session_is_reopened_once_when_the_server_ends_it(
-        fake: VortaskFake, make: Callable[..., VortaskConnector]) -> None:
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     task = seed_task(fake)
     alice = make()
     await alice.add_comment("1", str(task["id"]), "before", "")
@@ -429,8 +501,9 @@ async def test_mcp_session_is_reopened_once_when_the_server_ends_it(
     assert old
     # The server forgets the session (as after an idle expiry or a restart).
     async with httpx.AsyncClient() as http:
-        ended = await http.delete(fake.url + "/mcp", headers={"Authorization": f"Bearer {ALICE}",
-                                                              "mcp-session-id": old})
+        ended = await http.delete(
+            fake.url + "/mcp", headers={"Authorization": f"Bearer {ALICE}", "mcp-session-id": old}
+        )
     assert ended.status_code == 200
     comments = await alice.list_comments("1", str(task["id"]))
     assert [c.body for c in comments] == ["before"]
@@ -440,7 +513,8 @@ async def test_mcp_session_is_reopened_once_when_the_server_ends_it(
 
 
 async def test_mcp_rate_limit_server_errors_and_timeouts(
-        fake: VortaskFake, make: Callable[..., VortaskConnector]) -> None:
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     task = seed_task(fake)
     tid = str(task["id"])
     alice = make(timeout=0.5, max_retries=2)
@@ -502,15 +576,18 @@ async def test_register_webhook_is_idempotent(fake: VortaskFake, conn: VortaskCo
         # Switched off by someone: registering again turns it back on, still one registration.
         c.put(f"/projects/1/webhooks/{hooks[0]['id']}", json={"isActive": False})
         await conn.register_webhook("1", url, SECRET)
-        assert [(h["callbackUrl"], h["isActive"]) for h in c.get("/projects/1/webhooks").json()] == [(url, True)]
+        assert [(h["callbackUrl"], h["isActive"]) for h in c.get("/projects/1/webhooks").json()] == [
+            (url, True)
+        ]
     assert [w["secret"] for w in fake.snapshot()["projects"][0]["webhooks"]] == [SECRET]
     # A rotated secret is put on the kept registration.
     await conn.register_webhook("1", url, "whsec_rotated")
     assert [w["secret"] for w in fake.snapshot()["projects"][0]["webhooks"]] == ["whsec_rotated"]
 
 
-async def test_register_webhook_needs_a_secret_and_admin(fake: VortaskFake, make: Callable[..., VortaskConnector]
-                                                         ) -> None:
+async def test_register_webhook_needs_a_secret_and_admin(
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     no_secret = make(webhook_secret=None)
     with pytest.raises(Permanent, match="webhook_secret"):
         await no_secret.register_webhook("1", "https://bridge.example.com/hook", None)
@@ -520,7 +597,8 @@ async def test_register_webhook_needs_a_secret_and_admin(fake: VortaskFake, make
 
 
 async def test_genuine_deliveries_verify_and_parse(
-        fake: VortaskFake, conn: VortaskConnector, webhook_receiver: WebhookReceiver) -> None:
+    fake: VortaskFake, conn: VortaskConnector, webhook_receiver: WebhookReceiver
+) -> None:
     await conn.register_webhook("1", webhook_receiver.url, SECRET)
     created = await conn.create_task("1", {"title": "Hooked", "status": Status.IN_PROGRESS})
     await conn.delete_task("1", created.remote_id)
@@ -528,8 +606,10 @@ async def test_genuine_deliveries_verify_and_parse(
     for hook in hooks:
         conn.verify_webhook(hook.headers, hook.body, ["some-old-secret", SECRET])
     events = [e for hook in hooks for e in conn.parse_webhook(hook.headers, hook.body)]
-    assert events == [WebhookEvent(scope="1", remote_id=created.remote_id, kind=kind, delivery_id=None, task=None)
-                      for kind in ("created", "updated", "deleted")]
+    assert events == [
+        WebhookEvent(scope="1", remote_id=created.remote_id, kind=kind, delivery_id=None, task=None)
+        for kind in ("created", "updated", "deleted")
+    ]
 
     hook = hooks[0]
     with pytest.raises(BadSignature, match="does not match"):
@@ -548,15 +628,34 @@ async def test_genuine_deliveries_verify_and_parse(
 
 def test_parse_webhook_shapes(make: Callable[..., VortaskConnector]) -> None:
     conn = make()
-    body = json.dumps({"event": "task.updated", "projectId": 7,
-                       "task": {"id": 42, "title": "t", "status": "Closed", "priority": "High",
-                                "assignees": [{"email": "a@example.com"}], "tags": [],
-                                "updatedAt": "2026-03-17T14:00:00Z"}}).encode()
+    body = json.dumps(
+        {
+            "event": "task.updated",
+            "projectId": 7,
+            "task": {
+                "id": 42,
+                "title": "t",
+                "status": "Closed",
+                "priority": "High",
+                "assignees": [{"email": "a@example.com"}],
+                "tags": [],
+                "updatedAt": "2026-03-17T14:00:00Z",
+            },
+        }
+    ).encode()
     assert conn.parse_webhook({}, body) == [WebhookEvent(scope="7", remote_id="42", kind="updated")]
-    assert conn.parse_webhook({}, json.dumps({"event": "project.renamed", "projectId": 7,
-                                              "task": {"id": 1}}).encode()) == []
-    for bad in (b"not json", b"[]", json.dumps({"event": "task.created", "projectId": 7}).encode(),
-                json.dumps({"event": "task.created", "task": {"id": 1}}).encode()):
+    assert (
+        conn.parse_webhook(
+            {}, json.dumps({"event": "project.renamed", "projectId": 7, "task": {"id": 1}}).encode()
+        )
+        == []
+    )
+    for bad in (
+        b"not json",
+        b"[]",
+        json.dumps({"event": "task.created", "projectId": 7}).encode(),
+        json.dumps({"event": "task.created", "task": {"id": 1}}).encode(),
+    ):
         with pytest.raises(BadSignature):
             conn.parse_webhook({}, bad)
 
@@ -570,8 +669,9 @@ async def test_401_is_auth_failed(make: Callable[..., VortaskConnector]) -> None
     assert err.value.status == 401 and "vt_wrong" not in str(err.value)
 
 
-async def test_403_and_400_are_permanent_with_vortasks_message(fake: VortaskFake,
-                                                               make: Callable[..., VortaskConnector]) -> None:
+async def test_403_and_400_are_permanent_with_vortasks_message(
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     with pytest.raises(Permanent) as err:
         await make(CAROL).create_task("1", {"title": "Viewer cannot"})
     assert err.value.status == 403 and "requires the Member role" in str(err.value)
@@ -588,11 +688,15 @@ async def test_429_waits_for_retry_after(fake: VortaskFake, conn: VortaskConnect
     listing = await conn.list_tasks("1", None)
     assert listing.all_ids == frozenset()
     assert time.monotonic() - started >= 1.0
-    assert fake.requests.count("GET", TASKS, status=429) == 1 and fake.requests.count("GET", TASKS, status=200) == 1
+    assert (
+        fake.requests.count("GET", TASKS, status=429) == 1
+        and fake.requests.count("GET", TASKS, status=200) == 1
+    )
 
 
-async def test_429_longer_than_max_wait_raises_rate_limited(fake: VortaskFake,
-                                                            make: Callable[..., VortaskConnector]) -> None:
+async def test_429_longer_than_max_wait_raises_rate_limited(
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     fake.faults.rate_limit_burst = 1
     fake.faults.retry_after = 60
     with pytest.raises(RateLimited) as err:
@@ -600,12 +704,17 @@ async def test_429_longer_than_max_wait_raises_rate_limited(fake: VortaskFake,
     assert err.value.retry_after == 60
 
 
-async def test_5xx_is_retried_then_retryable(fake: VortaskFake, make: Callable[..., VortaskConnector]) -> None:
+async def test_5xx_is_retried_then_retryable(
+    fake: VortaskFake, make: Callable[..., VortaskConnector]
+) -> None:
     conn = make(max_retries=2)
     fake.call(lambda: fake.rng.seed(1))  # first draw 0.13 (< 0.5: a 500), then 0.85 (served)
     fake.faults.error_rate = 0.5
     assert (await conn.list_tasks("1", None)).tasks == []
-    assert fake.requests.count("GET", TASKS, status=500) == 1 and fake.requests.count("GET", TASKS, status=200) == 1
+    assert (
+        fake.requests.count("GET", TASKS, status=500) == 1
+        and fake.requests.count("GET", TASKS, status=200) == 1
+    )
 
     fake.faults.error_rate = 1.0
     fake.requests.clear()

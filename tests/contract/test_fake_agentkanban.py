@@ -111,7 +111,9 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 def hook_for(api: httpx.Client, receiver: WebhookReceiver, events: list[str] | None = None) -> dict[str, Any]:
-    return dict(ok(api.post("/webhooks", json={"url": receiver.url + "/hook", "events": events or ["*"]}), 201))
+    return dict(
+        ok(api.post("/webhooks", json={"url": receiver.url + "/hook", "events": events or ["*"]}), 201)
+    )
 
 
 # -- auth and errors ---------------------------------------------------------------------------------
@@ -141,8 +143,11 @@ def test_unknown_route_and_method_use_platform_shape(api: httpx.Client) -> None:
 
 
 def test_bad_json_and_non_object_bodies_are_400(api: httpx.Client) -> None:
-    err(api.post("/boards", content=b"{not json", headers={"Content-Type": "application/json"}), 400,
-        "invalid_body")
+    err(
+        api.post("/boards", content=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "invalid_body",
+    )
     err(api.post("/boards", json=["Sprint"]), 400, "validation_error")
     err(api.post("/boards", json={"name": "x", "color": "red"}), 400, "validation_error")
 
@@ -160,8 +165,17 @@ def test_read_key_can_read_but_every_write_is_403(fake: AgentKanbanFake, api: ht
     task = f"{base}/tasks/{task_id}"
     with client_for(fake, "ak_reader") as reader:
         assert ok(reader.get("/boards")) == [{"id": board_id, "name": "Test Board", "permission": "read"}]
-        for path in (base, f"{base}/lanes", f"{base}/tasks", task, f"{task}/comments", f"{task}/todos",
-                     f"{task}/todos/{todo_id}", f"{task}/turns", f"{task}/turns/watermark"):
+        for path in (
+            base,
+            f"{base}/lanes",
+            f"{base}/tasks",
+            task,
+            f"{task}/comments",
+            f"{task}/todos",
+            f"{task}/todos/{todo_id}",
+            f"{task}/turns",
+            f"{task}/turns/watermark",
+        ):
             assert reader.get(path).status_code == 200, path
         writes = [
             ("POST", "/boards", {"name": "mine"}),
@@ -197,7 +211,9 @@ def test_key_without_the_board_gets_403_and_does_not_see_it(fake: AgentKanbanFak
         err(partial.get(f"/boards/{board_id}/tasks"), 403, "forbidden")
         err(partial.get("/boards/01doesnotexist0000000000000"), 403, "forbidden")
         created = ok(partial.post("/boards", json={"name": "Made by partial"}), 201)
-        assert {"id": created["id"], "name": "Made by partial", "permission": "edit"} in ok(partial.get("/boards"))
+        assert {"id": created["id"], "name": "Made by partial", "permission": "edit"} in ok(
+            partial.get("/boards")
+        )
     fake.add_key("ak_read_only", boards={other_id: "read"})
     with client_for(fake, "ak_read_only") as read_only:
         err(read_only.post("/boards", json={"name": "no"}), 403, "forbidden")
@@ -261,7 +277,11 @@ def test_lane_crud_and_reorder(api: httpx.Client) -> None:
     assert listed == [{"id": lanes[n], "name": n, "position": i} for i, n in enumerate(DEFAULT_LANES)]
     lane = ok(api.post(f"/boards/{board_id}/lanes", json={"name": "Blocked"}), 201)
     assert set(lane) == {"id", "name"} and lane["name"] == "Blocked"
-    assert ok(api.get(f"/boards/{board_id}/lanes"))[-1] == {"id": lane["id"], "name": "Blocked", "position": 4}
+    assert ok(api.get(f"/boards/{board_id}/lanes"))[-1] == {
+        "id": lane["id"],
+        "name": "Blocked",
+        "position": 4,
+    }
 
     renamed = ok(api.patch(f"/boards/{board_id}/lanes/{lanes['In Review']}", json={"name": "Code Review"}))
     assert renamed == {"id": lanes["In Review"], "name": "Code Review"}
@@ -281,9 +301,15 @@ def test_lane_crud_and_reorder(api: httpx.Client) -> None:
 def test_lane_validation_and_non_empty_delete(api: httpx.Client) -> None:
     board_id, lanes = new_board(api)
     err(api.post(f"/boards/{board_id}/lanes", json={}), 400, "validation_error")
-    err(api.patch(f"/boards/{board_id}/lanes/{lanes['Done']}", json={"position": -1}), 400, "validation_error")
+    err(
+        api.patch(f"/boards/{board_id}/lanes/{lanes['Done']}", json={"position": -1}), 400, "validation_error"
+    )
     err(api.patch(f"/boards/{board_id}/lanes/{lanes['Done']}", json={"name": ""}), 400, "validation_error")
-    err(api.patch(f"/boards/{board_id}/lanes/01nolane000000000000000000", json={"name": "x"}), 404, "not_found")
+    err(
+        api.patch(f"/boards/{board_id}/lanes/01nolane000000000000000000", json={"name": "x"}),
+        404,
+        "not_found",
+    )
     new_task(api, board_id, laneId=lanes["Doing"])
     err(api.delete(f"/boards/{board_id}/lanes/{lanes['Doing']}"), 400, "validation_error")
     err(api.get("/boards/01noboard00000000000000000/lanes"), 404, "not_found")
@@ -298,36 +324,64 @@ def test_task_create_defaults_and_detail(api: httpx.Client) -> None:
     assert set(created) == {"id", "title", "laneId"}
     assert created["title"] == "New task" and created["laneId"] == lanes["To Do"]
     detail = ok(api.get(f"/boards/{board_id}/tasks/{created['id']}"))
-    assert set(detail) == {"id", "shortId", "title", "description", "laneId", "priority", "tags", "archived",
-                           "createdAt", "updatedAt", "lastTurnAt"}
+    assert set(detail) == {
+        "id",
+        "shortId",
+        "title",
+        "description",
+        "laneId",
+        "priority",
+        "tags",
+        "archived",
+        "createdAt",
+        "updatedAt",
+        "lastTurnAt",
+    }
     assert detail["priority"] == 0 and detail["tags"] == [] and detail["archived"] is False
     assert detail["description"] is None and detail["lastTurnAt"] is None
     assert len(detail["shortId"]) == 8 and int(detail["shortId"], 16) >= 0
     assert detail["createdAt"] == detail["updatedAt"] and detail["createdAt"].endswith("Z")
 
-    full = ok(api.post(f"/boards/{board_id}/tasks", json={
-        "title": "Fix login bug", "laneId": lanes["Doing"], "description": "Crashes", "priority": 4,
-        "tags": ["bug", "auth"]}), 201)
+    full = ok(
+        api.post(
+            f"/boards/{board_id}/tasks",
+            json={
+                "title": "Fix login bug",
+                "laneId": lanes["Doing"],
+                "description": "Crashes",
+                "priority": 4,
+                "tags": ["bug", "auth"],
+            },
+        ),
+        201,
+    )
     detail = ok(api.get(f"/boards/{board_id}/tasks/{full['id']}"))
     assert (detail["laneId"], detail["description"], detail["priority"], detail["tags"]) == (
-        lanes["Doing"], "Crashes", 4, ["bug", "auth"])
+        lanes["Doing"],
+        "Crashes",
+        4,
+        ["bug", "auth"],
+    )
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"title": ""},
-    {"title": 7},
-    {"title": "x", "priority": 5},
-    {"title": "x", "priority": -1},
-    {"title": "x", "priority": "2"},
-    {"title": "x", "priority": True},
-    {"title": "x", "priority": 2.5},
-    {"title": "x", "tags": "bug"},
-    {"title": "x", "tags": [1]},
-    {"title": "x", "description": 3},
-    {"title": "x", "laneId": "01nolane000000000000000000"},
-    {"title": "x", "archived": True},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"title": ""},
+        {"title": 7},
+        {"title": "x", "priority": 5},
+        {"title": "x", "priority": -1},
+        {"title": "x", "priority": "2"},
+        {"title": "x", "priority": True},
+        {"title": "x", "priority": 2.5},
+        {"title": "x", "tags": "bug"},
+        {"title": "x", "tags": [1]},
+        {"title": "x", "description": 3},
+        {"title": "x", "laneId": "01nolane000000000000000000"},
+        {"title": "x", "archived": True},
+    ],
+)
 def test_task_create_validation(api: httpx.Client, body: dict[str, Any]) -> None:
     board_id, _ = new_board(api)
     err(api.post(f"/boards/{board_id}/tasks", json=body), 400, "validation_error")
@@ -342,18 +396,32 @@ def test_task_list_filters(api: httpx.Client) -> None:
     ok(api.patch(f"/boards/{board_id}/tasks/{c}", json={"archived": True}))
     listed = ok(api.get(f"/boards/{board_id}/tasks"))
     assert [t["id"] for t in listed] == [b, a]  # lane order, then position; archived hidden
-    assert set(listed[0]) == {"id", "shortId", "title", "laneId", "priority", "tags", "archived", "createdAt",
-                              "updatedAt"}
+    assert set(listed[0]) == {
+        "id",
+        "shortId",
+        "title",
+        "laneId",
+        "priority",
+        "tags",
+        "archived",
+        "createdAt",
+        "updatedAt",
+    }
     with_archived = ok(api.get(f"/boards/{board_id}/tasks", params={"includeArchived": "true"}))
     assert [t["id"] for t in with_archived] == [b, c, a]
-    assert [t["id"] for t in ok(api.get(f"/boards/{board_id}/tasks", params={"laneId": lanes["Doing"]}))] == [a]
+    assert [t["id"] for t in ok(api.get(f"/boards/{board_id}/tasks", params={"laneId": lanes["Doing"]}))] == [
+        a
+    ]
     assert ok(api.get(f"/boards/{board_id}/tasks", params={"laneId": lanes["Done"]})) == []
     short = ok(api.get(f"/boards/{board_id}/tasks/{a}"))["shortId"]
     by_prefix = ok(api.get(f"/boards/{board_id}/tasks", params={"shortIdPrefix": short[:6].upper()}))
     assert [t["id"] for t in by_prefix] == [a]
     err(api.get(f"/boards/{board_id}/tasks", params={"includeArchived": "yes"}), 400, "validation_error")
-    err(api.get(f"/boards/{board_id}/tasks", params={"laneId": "01nolane000000000000000000"}), 400,
-        "validation_error")
+    err(
+        api.get(f"/boards/{board_id}/tasks", params={"laneId": "01nolane000000000000000000"}),
+        400,
+        "validation_error",
+    )
     detail = ok(api.get(f"/boards/{board_id}"))
     assert {lane["name"]: lane["taskCount"] for lane in detail["lanes"]}["To Do"] == 1  # archived not counted
 
@@ -362,21 +430,39 @@ def test_task_patch(api: httpx.Client) -> None:
     board_id, _ = new_board(api)
     task_id = new_task(api, board_id)
     before = ok(api.get(f"/boards/{board_id}/tasks/{task_id}"))
-    patched = ok(api.patch(f"/boards/{board_id}/tasks/{task_id}", json={"title": "Updated title", "priority": 2}))
+    patched = ok(
+        api.patch(f"/boards/{board_id}/tasks/{task_id}", json={"title": "Updated title", "priority": 2})
+    )
     assert patched == {"id": task_id, "title": "Updated title", "priority": 2}
     after = ok(api.get(f"/boards/{board_id}/tasks/{task_id}"))
     assert after["title"] == "Updated title" and after["priority"] == 2
     assert after["updatedAt"] > before["updatedAt"] and after["createdAt"] == before["createdAt"]
-    ok(api.patch(f"/boards/{board_id}/tasks/{task_id}",
-                 json={"description": "More", "tags": ["x"], "archived": True}))
+    ok(
+        api.patch(
+            f"/boards/{board_id}/tasks/{task_id}",
+            json={"description": "More", "tags": ["x"], "archived": True},
+        )
+    )
     after = ok(api.get(f"/boards/{board_id}/tasks/{task_id}"))
     assert (after["description"], after["tags"], after["archived"]) == ("More", ["x"], True)
-    assert ok(api.patch(f"/boards/{board_id}/tasks/{task_id}", json={"description": None}))["description"] is None
+    assert (
+        ok(api.patch(f"/boards/{board_id}/tasks/{task_id}", json={"description": None}))["description"]
+        is None
+    )
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"laneId": "x"}, {"title": ""}, {"priority": 9}, {"archived": "yes"}, {"tags": None}, {"shortId": "x"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"laneId": "x"},
+        {"title": ""},
+        {"priority": 9},
+        {"archived": "yes"},
+        {"tags": None},
+        {"shortId": "x"},
+    ],
+)
 def test_task_patch_validation(api: httpx.Client, body: dict[str, Any]) -> None:
     board_id, _ = new_board(api)
     task_id = new_task(api, board_id)
@@ -396,16 +482,25 @@ def test_task_move(api: httpx.Client) -> None:
     assert moved == {"id": task_id, "laneId": lanes["Done"], "position": 2}  # appended
     after = ok(api.get(f"/boards/{board_id}/tasks/{task_id}"))
     assert after["laneId"] == lanes["Done"] and after["updatedAt"] > before
-    moved = ok(api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Done"], "position": 0}))
+    moved = ok(
+        api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Done"], "position": 0})
+    )
     assert moved["position"] == 0
     order = [t["id"] for t in ok(api.get(f"/boards/{board_id}/tasks", params={"laneId": lanes["Done"]}))]
     assert order == [task_id, *done]
-    moved = ok(api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Doing"], "position": 50}))
+    moved = ok(
+        api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Doing"], "position": 50})
+    )
     assert moved["position"] == 0
     err(api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={}), 400, "validation_error")
-    err(api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": "nope"}), 400, "validation_error")
-    err(api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Done"], "position": -2}),
-        400, "validation_error")
+    err(
+        api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": "nope"}), 400, "validation_error"
+    )
+    err(
+        api.post(f"/boards/{board_id}/tasks/{task_id}/move", json={"laneId": lanes["Done"], "position": -2}),
+        400,
+        "validation_error",
+    )
 
 
 def test_task_delete_and_404s(api: httpx.Client) -> None:
@@ -451,7 +546,9 @@ def test_seeded_comments_carry_user_source(fake: AgentKanbanFake, api: httpx.Cli
     assert sources <= {"user", "api", "agent"} and sources
 
 
-@pytest.mark.parametrize("body", [{}, {"body": ""}, {"body": "x", "source": "user"}, {"body": "x", "authorName": 3}])
+@pytest.mark.parametrize(
+    "body", [{}, {"body": ""}, {"body": "x", "source": "user"}, {"body": "x", "authorName": 3}]
+)
 def test_comment_validation(api: httpx.Client, body: dict[str, Any]) -> None:
     board_id, _ = new_board(api)
     task_id = new_task(api, board_id)
@@ -468,7 +565,11 @@ def test_todos_crud_order_and_reorder(api: httpx.Client) -> None:
     later = ok(api.post(path, json={"text": "Update release notes", "iteration": 2, "source": "agent"}), 201)
     assert set(later) == {"id", "text", "done", "iteration", "order", "source", "createdAt"}
     assert (later["text"], later["iteration"], later["source"], later["done"]) == (
-        "Update release notes", 2, "agent", False)
+        "Update release notes",
+        2,
+        "agent",
+        False,
+    )
     a = ok(api.post(path, json={"text": "a"}), 201)
     b = ok(api.post(path, json={"text": "b"}), 201)
     assert a["iteration"] == 1 and a["source"] == "api"
@@ -506,8 +607,13 @@ def test_todo_validation_and_bad_reorder(api: httpx.Client) -> None:
 
 
 def turn(source_id: str, captured: str, source: str = "copilot", role: str = "user") -> dict[str, Any]:
-    return {"source": source, "sourceId": source_id, "role": role, "content": f"turn {source_id}",
-            "capturedAt": captured}
+    return {
+        "source": source,
+        "sourceId": source_id,
+        "role": role,
+        "content": f"turn {source_id}",
+        "capturedAt": captured,
+    }
 
 
 def test_turn_batch_upsert_and_watermarks(api: httpx.Client) -> None:
@@ -516,35 +622,54 @@ def test_turn_batch_upsert_and_watermarks(api: httpx.Client) -> None:
     path = f"/boards/{board_id}/tasks/{task_id}/turns"
     empty_marks = api.get(f"{path}/watermark")
     assert empty_marks.status_code == 200 and empty_marks.json() == {"watermarks": {}}
-    resp = api.post(path, json={"turns": [turn("abc123", "2025-06-20T10:30:00Z"),
-                                          turn("def456", "2025-06-20T10:30:05Z", role="assistant")]})
+    resp = api.post(
+        path,
+        json={
+            "turns": [
+                turn("abc123", "2025-06-20T10:30:00Z"),
+                turn("def456", "2025-06-20T10:30:05Z", role="assistant"),
+            ]
+        },
+    )
     assert resp.status_code == 201
     assert resp.json() == {
         "data": {"inserted": 2},
         "watermarks": {"copilot": {"sourceId": "def456", "capturedAt": "2025-06-20T10:30:05Z"}},
     }
-    again = api.post(path, json={"turns": [turn("abc123", "2025-06-20T10:30:00Z"),
-                                           turn("x1", "2025-06-21T08:00:00.250Z", source="codex"),
-                                           turn("x1", "2025-06-21T09:00:00Z", source="codex")]})
+    again = api.post(
+        path,
+        json={
+            "turns": [
+                turn("abc123", "2025-06-20T10:30:00Z"),
+                turn("x1", "2025-06-21T08:00:00.250Z", source="codex"),
+                turn("x1", "2025-06-21T09:00:00Z", source="codex"),
+            ]
+        },
+    )
     assert again.json()["data"] == {"inserted": 1}  # repeat and in-batch duplicate ignored
     marks = api.get(f"{path}/watermark").json()
-    assert marks == {"watermarks": {
-        "codex": {"sourceId": "x1", "capturedAt": "2025-06-21T08:00:00.250Z"},
-        "copilot": {"sourceId": "def456", "capturedAt": "2025-06-20T10:30:05Z"},
-    }}
+    assert marks == {
+        "watermarks": {
+            "codex": {"sourceId": "x1", "capturedAt": "2025-06-21T08:00:00.250Z"},
+            "copilot": {"sourceId": "def456", "capturedAt": "2025-06-20T10:30:05Z"},
+        }
+    }
     assert ok(api.get(f"/boards/{board_id}/tasks/{task_id}"))["lastTurnAt"] == "2025-06-21T08:00:00.250Z"
 
 
-@pytest.mark.parametrize("turns", [
-    [],
-    "nope",
-    [turn(str(i), "2025-06-20T10:30:00Z") for i in range(101)],
-    [{k: v for k, v in turn("a", "2025-06-20T10:30:00Z").items() if k != "sourceId"}],
-    [turn("a", "yesterday")],
-    [turn("a", "2025-06-20T10:30:00Z", role="robot")],
-    [{**turn("a", "2025-06-20T10:30:00Z"), "content": None}],
-    [turn("ok", "2025-06-20T10:30:00Z"), {**turn("b", "2025-06-20T10:30:00Z"), "extra": 1}],
-])
+@pytest.mark.parametrize(
+    "turns",
+    [
+        [],
+        "nope",
+        [turn(str(i), "2025-06-20T10:30:00Z") for i in range(101)],
+        [{k: v for k, v in turn("a", "2025-06-20T10:30:00Z").items() if k != "sourceId"}],
+        [turn("a", "yesterday")],
+        [turn("a", "2025-06-20T10:30:00Z", role="robot")],
+        [{**turn("a", "2025-06-20T10:30:00Z"), "content": None}],
+        [turn("ok", "2025-06-20T10:30:00Z"), {**turn("b", "2025-06-20T10:30:00Z"), "extra": 1}],
+    ],
+)
 def test_turn_validation(api: httpx.Client, turns: Any) -> None:
     board_id, _ = new_board(api)
     task_id = new_task(api, board_id)
@@ -556,8 +681,10 @@ def test_turn_validation(api: httpx.Client, turns: Any) -> None:
 def test_turn_batch_of_exactly_100_is_accepted(api: httpx.Client) -> None:
     board_id, _ = new_board(api)
     task_id = new_task(api, board_id)
-    resp = api.post(f"/boards/{board_id}/tasks/{task_id}/turns",
-                    json={"turns": [turn(f"t{i}", f"2025-06-20T10:{i // 60:02d}:{i % 60:02d}Z") for i in range(100)]})
+    resp = api.post(
+        f"/boards/{board_id}/tasks/{task_id}/turns",
+        json={"turns": [turn(f"t{i}", f"2025-06-20T10:{i // 60:02d}:{i % 60:02d}Z") for i in range(100)]},
+    )
     assert resp.status_code == 201 and resp.json()["data"] == {"inserted": 100}
 
 
@@ -573,7 +700,15 @@ def test_turn_list_filters_and_cursor_pagination(api: httpx.Client) -> None:
 
     first = api.get(path, params={"source": "copilot", "limit": 2}).json()
     assert [t["sourceId"] for t in first["data"]] == ["c0", "c1"]
-    assert set(first["data"][0]) == {"id", "source", "sourceId", "role", "content", "toolUseOnly", "capturedAt"}
+    assert set(first["data"][0]) == {
+        "id",
+        "source",
+        "sourceId",
+        "role",
+        "content",
+        "toolUseOnly",
+        "capturedAt",
+    }
     assert first["data"][0]["toolUseOnly"] is False
     assert first["watermarks"] == {"copilot": {"sourceId": "c4", "capturedAt": "2025-06-20T10:30:04Z"}}
     assert first["cursor"]
@@ -589,8 +724,13 @@ def test_turn_list_filters_and_cursor_pagination(api: httpx.Client) -> None:
     after = api.get(path, params={"after": "2025-06-20T10:30:02Z", "source": "copilot"}).json()
     assert [t["sourceId"] for t in after["data"]] == ["c3", "c4"]
 
-    for params in ({"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"cursor": "!!garbage!!"},
-                   {"after": "not-a-date"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "ten"},
+        {"cursor": "!!garbage!!"},
+        {"after": "not-a-date"},
+    ):
         err(api.get(path, params=params), 400, "validation_error")
 
 
@@ -599,16 +739,23 @@ def test_turn_list_filters_and_cursor_pagination(api: httpx.Client) -> None:
 
 def test_webhook_crud(fresh: AgentKanbanFake, fapi: httpx.Client) -> None:
     assert ok(fapi.get("/webhooks")) == []
-    created = ok(fapi.post("/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["task.created"]}), 201)
+    created = ok(
+        fapi.post("/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["task.created"]}), 201
+    )
     assert set(created) == {"id", "url", "events", "active", "secret"}
     assert created["secret"].startswith("whsec_") and created["active"] is True
     hook_id = created["id"]
     listed = ok(fapi.get("/webhooks"))
-    assert listed == [{"id": hook_id, "url": "http://127.0.0.1:9/hook", "events": ["task.created"], "active": True}]
+    assert listed == [
+        {"id": hook_id, "url": "http://127.0.0.1:9/hook", "events": ["task.created"], "active": True}
+    ]
     detail = ok(fapi.get(f"/webhooks/{hook_id}"))
     assert "secret" not in detail and detail["deliveries"] == []
-    patched = ok(fapi.patch(f"/webhooks/{hook_id}", json={"events": ["*"], "active": False,
-                                                          "url": "https://example.test/h"}))
+    patched = ok(
+        fapi.patch(
+            f"/webhooks/{hook_id}", json={"events": ["*"], "active": False, "url": "https://example.test/h"}
+        )
+    )
     assert patched == {"id": hook_id, "url": "https://example.test/h", "events": ["*"], "active": False}
     for body in ({"url": "ftp://x"}, {"events": []}, {"events": ["task.exploded"]}, {"active": "no"}):
         err(fapi.patch(f"/webhooks/{hook_id}", json=body), 400, "validation_error")
@@ -627,8 +774,9 @@ def test_webhook_crud(fresh: AgentKanbanFake, fapi: httpx.Client) -> None:
     err(fapi.get(f"/webhooks/{hook_id}"), 404, "not_found")
 
 
-def test_webhook_delivery_is_signed(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                    webhook_receiver: WebhookReceiver) -> None:
+def test_webhook_delivery_is_signed(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     hook = hook_for(fapi, webhook_receiver)
     board_id, _ = new_board(fapi)  # board.created
     task_id = new_task(fapi, board_id, title="Signed", priority=3)  # task.created
@@ -637,7 +785,9 @@ def test_webhook_delivery_is_signed(fresh: AgentKanbanFake, fapi: httpx.Client,
     delivered = hooks[1]
     assert delivered.path == "/hook" and delivered.headers["content-type"] == "application/json"
     assert verify_signature(hook["secret"], delivered.headers, delivered.body)
-    assert not verify_signature(hook["secret"], delivered.headers, delivered.body.replace(b"Signed", b"Forged"))
+    assert not verify_signature(
+        hook["secret"], delivered.headers, delivered.body.replace(b"Signed", b"Forged")
+    )
     assert not verify_signature("whsec_wrong", delivered.headers, delivered.body)
     t = int(dict(p.split("=", 1) for p in delivered.headers["x-agentkanban-signature"].split(","))["t"])
     assert abs(t - time.time()) < 60
@@ -651,14 +801,19 @@ def test_webhook_delivery_is_signed(fresh: AgentKanbanFake, fapi: httpx.Client,
     assert json.loads(hooks[0].body)["data"] == {"id": board_id, "name": "Test Board"}
     assert hooks[0].headers["x-agentkanban-delivery"] != delivered.headers["x-agentkanban-delivery"]
 
-    wait_until(lambda: all(d["outcome"] == "delivered" for d in ok(fapi.get(f"/webhooks/{hook['id']}"))["deliveries"]))
+    wait_until(
+        lambda: all(
+            d["outcome"] == "delivered" for d in ok(fapi.get(f"/webhooks/{hook['id']}"))["deliveries"]
+        )
+    )
     deliveries = ok(fapi.get(f"/webhooks/{hook['id']}"))["deliveries"]
     assert [d["event"] for d in deliveries] == ["task.created", "board.created"]  # newest first
     assert deliveries[0]["id"] == payload["id"] and deliveries[0]["status"] == 200
 
 
-def test_every_event_kind_fires(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                webhook_receiver: WebhookReceiver) -> None:
+def test_every_event_kind_fires(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     board_id, lanes = new_board(fapi)
     hook_for(fapi, webhook_receiver)
     task_id = new_task(fapi, board_id)
@@ -669,16 +824,22 @@ def test_every_event_kind_fires(fresh: AgentKanbanFake, fapi: httpx.Client,
     assert fapi.delete(task).status_code == 204
     hooks = webhook_receiver.wait_for(5)
     events = [(h.headers["x-agentkanban-event"], json.loads(h.body)["data"]) for h in hooks]
-    assert [e for e, _ in events] == ["task.created", "task.updated", "task.updated", "comment.created",
-                                      "task.deleted"]
+    assert [e for e, _ in events] == [
+        "task.created",
+        "task.updated",
+        "task.updated",
+        "comment.created",
+        "task.deleted",
+    ]
     assert events[1][1]["title"] == "Renamed"
     assert events[2][1]["laneId"] == lanes["Done"]  # a move is a task.updated
     assert events[3][1]["body"] == "Shipped" and events[3][1]["taskId"] == task_id
     assert events[4][1]["id"] == task_id
 
 
-def test_webhook_event_filter_inactive_and_board_visibility(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                                            webhook_receiver: WebhookReceiver) -> None:
+def test_webhook_event_filter_inactive_and_board_visibility(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     visible, _ = new_board(fapi, "Visible")
     hidden, _ = new_board(fapi, "Hidden")
     fresh.add_key("ak_scoped", boards={visible: "read"})
@@ -696,8 +857,9 @@ def test_webhook_event_filter_inactive_and_board_visibility(fresh: AgentKanbanFa
     assert titles == ["seen", "marker"]
 
 
-def test_webhook_retries_on_500(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                webhook_receiver: WebhookReceiver) -> None:
+def test_webhook_retries_on_500(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     board_id, _ = new_board(fapi)
     hook = hook_for(fapi, webhook_receiver)
     webhook_receiver.status = 500
@@ -712,8 +874,9 @@ def test_webhook_retries_on_500(fresh: AgentKanbanFake, fapi: httpx.Client,
     assert ok(fapi.get(f"/webhooks/{hook['id']}"))["deliveries"][0]["attempts"] >= 2
 
 
-def test_dropped_webhooks_never_arrive(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                       webhook_receiver: WebhookReceiver) -> None:
+def test_dropped_webhooks_never_arrive(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     board_id, _ = new_board(fapi)
     hook = hook_for(fapi, webhook_receiver)
     fresh.faults.drop_webhook_rate = 1
@@ -726,8 +889,9 @@ def test_dropped_webhooks_never_arrive(fresh: AgentKanbanFake, fapi: httpx.Clien
     assert [d["outcome"] for d in ok(fapi.get(f"/webhooks/{hook['id']}"))["deliveries"]][-1] == "dropped"
 
 
-def test_revoking_a_key_deletes_its_webhooks(fresh: AgentKanbanFake, fapi: httpx.Client,
-                                             webhook_receiver: WebhookReceiver) -> None:
+def test_revoking_a_key_deletes_its_webhooks(
+    fresh: AgentKanbanFake, fapi: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     fresh.add_key("ak_temp")
     with client_for(fresh, "ak_temp") as temp:
         hook_for(temp, webhook_receiver)
@@ -814,8 +978,9 @@ def test_serve_forever_standalone() -> None:
         "from connectors.agentkanban.fake import AgentKanbanFake;"
         f"AgentKanbanFake(token='ak_cli', seed=1).serve_forever({port})"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}{API}/boards"
         deadline = time.monotonic() + 10

@@ -25,8 +25,19 @@ from connectors.impactly.fake import DEFAULT_PROJECT_ID, ImpactlyFake
 
 TOKEN = "imp_test"
 READ_ONLY = "imp_readonly"
-TASK_KEYS = {"id", "title", "description", "status", "priority", "assignee_id", "project_id", "parent_task_id",
-             "due_date", "created_at", "updated_at"}
+TASK_KEYS = {
+    "id",
+    "title",
+    "description",
+    "status",
+    "priority",
+    "assignee_id",
+    "project_id",
+    "parent_task_id",
+    "due_date",
+    "created_at",
+    "updated_at",
+}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -122,8 +133,17 @@ def my_agent_id(api: httpx.Client) -> str:
 
 
 @pytest.mark.parametrize("token", [None, "imp_wrong"])
-@pytest.mark.parametrize("method,path", [("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/health"),
-                                         ("GET", "/projects"), ("GET", "/agents/me"), ("POST", "/search")])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/tasks"),
+        ("POST", "/tasks"),
+        ("GET", "/health"),
+        ("GET", "/projects"),
+        ("GET", "/agents/me"),
+        ("POST", "/search"),
+    ],
+)
 def test_missing_or_wrong_token_is_401(anon: httpx.Client, token: str | None, method: str, path: str) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     resp = anon.request(method, path, json={"title": "x", "query": "x"}, headers=headers)
@@ -154,8 +174,16 @@ def test_read_only_key_reads_but_cannot_write(api: httpx.Client, reader: httpx.C
         resp = reader.request(method, path, json=body)
         assert assert_error(resp, 403, "forbidden")["message"] == "Insufficient permissions", path
     assert api.get(f"/tasks/{task['id']}").json()["title"] == "Write the report"
-    for path in ["/tasks", f"/tasks/{task['id']}", f"/tasks/{task['id']}/comments", "/projects", "/activity",
-                 "/webhooks", "/health", f"/tasks/{task['id']}/blockers"]:
+    for path in [
+        "/tasks",
+        f"/tasks/{task['id']}",
+        f"/tasks/{task['id']}/comments",
+        "/projects",
+        "/activity",
+        "/webhooks",
+        "/health",
+        f"/tasks/{task['id']}/blockers",
+    ]:
         assert reader.get(path).status_code == 200, path
     assert reader.post("/search", json={"query": "report"}).json()["data"][0]["id"] == task["id"]
     assert reader.get("/agents/me").json()["permissions"] == ["read"]
@@ -232,8 +260,16 @@ def test_create_task_minimal_defaults(api: httpx.Client) -> None:
 def test_create_task_all_fields(fake: ImpactlyFake, api: httpx.Client) -> None:
     alice = fake.member_id("Alice Chen")
     parent = new_task(api, "Parent")
-    task = new_task(api, "Child", project_id=DEFAULT_PROJECT_ID, description="Details", assignee_id=alice,
-                    priority="urgent", parent_task_id=parent["id"], due_date="2030-02-28")
+    task = new_task(
+        api,
+        "Child",
+        project_id=DEFAULT_PROJECT_ID,
+        description="Details",
+        assignee_id=alice,
+        priority="urgent",
+        parent_task_id=parent["id"],
+        due_date="2030-02-28",
+    )
     assert (task["description"], task["assignee_id"], task["priority"]) == ("Details", alice, "urgent")
     assert (task["parent_task_id"], task["due_date"]) == (parent["id"], "2030-02-28")
     # An agent can be an assignee too, and a subtask without project_id joins its parent's project.
@@ -243,43 +279,51 @@ def test_create_task_all_fields(fake: ImpactlyFake, api: httpx.Client) -> None:
     assert sub["project_id"] == other
 
 
-@pytest.mark.parametrize("body,field", [
-    ({}, "title"),
-    ({"title": ""}, "title"),
-    ({"title": "   "}, "title"),
-    ({"title": 5}, "title"),
-    ({"title": None}, "title"),
-    ({"title": "x" * 501}, "title"),
-    ({"title": "x", "priority": "critical"}, "priority"),
-    ({"title": "x", "priority": "High"}, "priority"),
-    ({"title": "x", "assignee_id": "bob"}, "assignee_id"),
-    ({"title": "x", "assignee_id": str(uuid.uuid4())}, "assignee_id"),
-    ({"title": "x", "due_date": "2024-02-30"}, "due_date"),
-    ({"title": "x", "due_date": "2024-02-03T10:00:00Z"}, "due_date"),
-    ({"title": "x", "due_date": "03/02/2024"}, "due_date"),
-    ({"title": "x", "parent_task_id": str(uuid.uuid4())}, "parent_task_id"),
-    ({"title": "x", "parent_task_id": "12"}, "parent_task_id"),
-    ({"title": "x", "project_id": str(uuid.uuid4())}, "project_id"),
-    ({"title": "x", "project_id": None}, "project_id"),
-    ({"title": "x", "description": 3}, "description"),
-    ({"title": "x", "status": "completed"}, "status"),  # not a create field
-    ({"title": "x", "tags": ["a"]}, "tags"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({}, "title"),
+        ({"title": ""}, "title"),
+        ({"title": "   "}, "title"),
+        ({"title": 5}, "title"),
+        ({"title": None}, "title"),
+        ({"title": "x" * 501}, "title"),
+        ({"title": "x", "priority": "critical"}, "priority"),
+        ({"title": "x", "priority": "High"}, "priority"),
+        ({"title": "x", "assignee_id": "bob"}, "assignee_id"),
+        ({"title": "x", "assignee_id": str(uuid.uuid4())}, "assignee_id"),
+        ({"title": "x", "due_date": "2024-02-30"}, "due_date"),
+        ({"title": "x", "due_date": "2024-02-03T10:00:00Z"}, "due_date"),
+        ({"title": "x", "due_date": "03/02/2024"}, "due_date"),
+        ({"title": "x", "parent_task_id": str(uuid.uuid4())}, "parent_task_id"),
+        ({"title": "x", "parent_task_id": "12"}, "parent_task_id"),
+        ({"title": "x", "project_id": str(uuid.uuid4())}, "project_id"),
+        ({"title": "x", "project_id": None}, "project_id"),
+        ({"title": "x", "description": 3}, "description"),
+        ({"title": "x", "status": "completed"}, "status"),  # not a create field
+        ({"title": "x", "tags": ["a"]}, "tags"),
+    ],
+)
 def test_create_task_validation(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     assert_error(api.post("/tasks", json=body), 400, "validation_error", field)
     assert api.get("/tasks").json()["data"] == []
 
 
 def test_create_task_body_must_be_a_json_object(api: httpx.Client) -> None:
-    assert_error(api.post("/tasks", content=b"{not json", headers={"Content-Type": "application/json"}),
-                 400, "validation_error")
+    assert_error(
+        api.post("/tasks", content=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "validation_error",
+    )
     assert_error(api.post("/tasks", json=["title"]), 400, "validation_error")
 
 
 def test_subtask_parent_must_share_the_project(fake: ImpactlyFake, api: httpx.Client) -> None:
     other = fake.call(lambda: fake.add_project("Grants"))
     parent = new_task(api, "Parent", project_id=other)
-    resp = api.post("/tasks", json={"title": "x", "project_id": DEFAULT_PROJECT_ID, "parent_task_id": parent["id"]})
+    resp = api.post(
+        "/tasks", json={"title": "x", "project_id": DEFAULT_PROJECT_ID, "parent_task_id": parent["id"]}
+    )
     assert_error(resp, 400, "validation_error", "parent_task_id")
 
 
@@ -294,15 +338,31 @@ def test_get_unknown_task_is_404(api: httpx.Client) -> None:
 def test_patch_task(fake: ImpactlyFake, api: httpx.Client) -> None:
     bob = fake.member_id("Bob Okafor")
     task = new_task(api, description="old", priority="low", due_date="2030-01-01")
-    resp = api.patch(f"/tasks/{task['id']}", json={"title": "New", "priority": "high", "assignee_id": bob,
-                                                   "status": "completed", "due_date": "2030-01-31"})
+    resp = api.patch(
+        f"/tasks/{task['id']}",
+        json={
+            "title": "New",
+            "priority": "high",
+            "assignee_id": bob,
+            "status": "completed",
+            "due_date": "2030-01-31",
+        },
+    )
     assert resp.status_code == 200
     updated = resp.json()
     assert (updated["title"], updated["priority"], updated["assignee_id"]) == ("New", "high", bob)
     assert (updated["status"], updated["due_date"]) == ("completed", "2030-01-31")
     assert updated["created_at"] == task["created_at"] and updated["updated_at"] > task["updated_at"]
-    cleared = api.patch(f"/tasks/{task['id']}", json={"description": None, "priority": None, "assignee_id": None,
-                                                      "due_date": None, "status": "active"}).json()
+    cleared = api.patch(
+        f"/tasks/{task['id']}",
+        json={
+            "description": None,
+            "priority": None,
+            "assignee_id": None,
+            "due_date": None,
+            "status": "active",
+        },
+    ).json()
     assert [cleared[k] for k in ("description", "priority", "assignee_id", "due_date")] == [None] * 4
     assert cleared["status"] == "active"
     assert api.get(f"/tasks/{task['id']}").json() == cleared
@@ -314,18 +374,21 @@ def test_patch_without_changes_still_bumps_updated_at(api: httpx.Client) -> None
     assert same["updated_at"] > task["updated_at"]
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"status": "done"}, "status"),
-    ({"status": None}, "status"),
-    ({"title": None}, "title"),
-    ({"title": ""}, "title"),
-    ({"priority": "urgentest"}, "priority"),
-    ({"due_date": "tomorrow"}, "due_date"),
-    ({"assignee_id": str(uuid.uuid4())}, "assignee_id"),
-    ({"project_id": DEFAULT_PROJECT_ID}, "project_id"),  # not a PATCH field: tasks do not move
-    ({"id": str(uuid.uuid4())}, "id"),
-    ({"parent_task_id": str(uuid.uuid4())}, "parent_task_id"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"status": "done"}, "status"),
+        ({"status": None}, "status"),
+        ({"title": None}, "title"),
+        ({"title": ""}, "title"),
+        ({"priority": "urgentest"}, "priority"),
+        ({"due_date": "tomorrow"}, "due_date"),
+        ({"assignee_id": str(uuid.uuid4())}, "assignee_id"),
+        ({"project_id": DEFAULT_PROJECT_ID}, "project_id"),  # not a PATCH field: tasks do not move
+        ({"id": str(uuid.uuid4())}, "id"),
+        ({"parent_task_id": str(uuid.uuid4())}, "parent_task_id"),
+    ],
+)
 def test_patch_validation(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     task = new_task(api)
     assert_error(api.patch(f"/tasks/{task['id']}", json=body), 400, "validation_error", field)
@@ -396,20 +459,23 @@ def test_list_filters(fake: ImpactlyFake, api: httpx.Client) -> None:
     assert ids(status="active", priority="high", assignee_id=alice) == [a["id"]]
 
 
-@pytest.mark.parametrize("params,field", [
-    ({"status": "open"}, "status"),
-    ({"priority": "none"}, "priority"),
-    ({"project_id": "default"}, "project_id"),
-    ({"assignee_id": "alice"}, "assignee_id"),
-    ({"due_date_before": "2030-13-01"}, "due_date_before"),
-    ({"due_date_after": "soon"}, "due_date_after"),
-    ({"limit": "0"}, "limit"),
-    ({"limit": "101"}, "limit"),
-    ({"limit": "-5"}, "limit"),
-    ({"limit": "ten"}, "limit"),
-    ({"cursor": "!!!"}, "cursor"),
-    ({"cursor": "bm9wZQ"}, "cursor"),  # base64 of "nope"
-])
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"status": "open"}, "status"),
+        ({"priority": "none"}, "priority"),
+        ({"project_id": "default"}, "project_id"),
+        ({"assignee_id": "alice"}, "assignee_id"),
+        ({"due_date_before": "2030-13-01"}, "due_date_before"),
+        ({"due_date_after": "soon"}, "due_date_after"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "-5"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"cursor": "!!!"}, "cursor"),
+        ({"cursor": "bm9wZQ"}, "cursor"),  # base64 of "nope"
+    ],
+)
 def test_list_rejects_bad_parameters(api: httpx.Client, params: dict[str, str], field: str) -> None:
     assert_error(api.get("/tasks", params=params), 400, "validation_error", field)
 
@@ -485,7 +551,9 @@ def test_dependents(api: httpx.Client) -> None:
     task, dependent = new_task(api, "Task"), new_task(api, "Dependent")
     resp = api.post(f"/tasks/{task['id']}/dependents", json={"dependent_id": dependent["id"]})
     assert resp.status_code == 201 and [t["id"] for t in resp.json()] == [dependent["id"]]
-    assert api.post(f"/tasks/{task['id']}/dependents", json={"dependent_id": dependent["id"]}).status_code == 200
+    assert (
+        api.post(f"/tasks/{task['id']}/dependents", json={"dependent_id": dependent["id"]}).status_code == 200
+    )
     assert [t["id"] for t in api.get(f"/tasks/{dependent['id']}/blockers").json()] == [task["id"]]
     removed = api.delete(f"/tasks/{task['id']}/dependents/{dependent['id']}")
     assert removed.status_code == 200 and removed.json() == []
@@ -497,16 +565,26 @@ def test_dependency_validation(api: httpx.Client) -> None:
     base = f"/tasks/{a['id']}/blockers"
     assert_error(api.post(base, json={}), 400, "validation_error", "blocker_id")
     assert_error(api.post(base, json={"blocker_id": "b"}), 400, "validation_error", "blocker_id")
-    assert_error(api.post(base, json={"blocker_id": str(uuid.uuid4())}), 400, "validation_error", "blocker_id")
+    assert_error(
+        api.post(base, json={"blocker_id": str(uuid.uuid4())}), 400, "validation_error", "blocker_id"
+    )
     assert_error(api.post(base, json={"blocker_id": a["id"]}), 400, "validation_error", "blocker_id")
     assert_error(api.post(f"/tasks/{a['id']}/dependents", json={}), 400, "validation_error", "dependent_id")
     # a <- b <- c (a is blocked by b, b by c); c blocked by a would close the loop.
     api.post(base, json={"blocker_id": b["id"]})
     api.post(f"/tasks/{b['id']}/blockers", json={"blocker_id": c["id"]})
-    assert_error(api.post(f"/tasks/{c['id']}/blockers", json={"blocker_id": a["id"]}), 400, "validation_error",
-                 "blocker_id")
-    assert_error(api.post(f"/tasks/{a['id']}/dependents", json={"dependent_id": c["id"]}), 400,
-                 "validation_error", "dependent_id")
+    assert_error(
+        api.post(f"/tasks/{c['id']}/blockers", json={"blocker_id": a["id"]}),
+        400,
+        "validation_error",
+        "blocker_id",
+    )
+    assert_error(
+        api.post(f"/tasks/{a['id']}/dependents", json={"dependent_id": c["id"]}),
+        400,
+        "validation_error",
+        "dependent_id",
+    )
     missing = uuid.uuid4()
     assert_error(api.get(f"/tasks/{missing}/blockers"), 404, "not_found")
     assert_error(api.get(f"/tasks/{missing}/dependents"), 404, "not_found")
@@ -535,9 +613,16 @@ def test_comments(fake: ImpactlyFake, api: httpx.Client) -> None:
     assert api.get(f"/tasks/{task['id']}").json()["updated_at"] == task["updated_at"]
 
 
-@pytest.mark.parametrize("body,field", [({}, "content"), ({"content": ""}, "content"), ({"content": 1}, "content"),
-                                        ({"content": "x" * 10_001}, "content"),
-                                        ({"content": "x", "author": "me"}, "author")])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({}, "content"),
+        ({"content": ""}, "content"),
+        ({"content": 1}, "content"),
+        ({"content": "x" * 10_001}, "content"),
+        ({"content": "x", "author": "me"}, "author"),
+    ],
+)
 def test_comment_validation(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     task = new_task(api)
     assert_error(api.post(f"/tasks/{task['id']}/comments", json=body), 400, "validation_error", field)
@@ -576,11 +661,25 @@ def test_activity_records_every_change(fake: ImpactlyFake, api: httpx.Client) ->
     comment = api.post(f"/tasks/{task['id']}/comments", json={"content": "done"}).json()
     api.delete(f"/tasks/{task['id']}")
     entries = api.get("/activity").json()["data"]
-    assert [e["type"] for e in entries] == ["task.created", "task.updated", "task.completed", "comment.created",
-                                           "task.deleted"]
+    assert [e["type"] for e in entries] == [
+        "task.created",
+        "task.updated",
+        "task.completed",
+        "comment.created",
+        "task.deleted",
+    ]
     for entry in entries:
-        assert set(entry) == {"id", "type", "task_id", "comment_id", "project_id", "actor_id", "actor_type",
-                              "created_at", "changes"}
+        assert set(entry) == {
+            "id",
+            "type",
+            "task_id",
+            "comment_id",
+            "project_id",
+            "actor_id",
+            "actor_type",
+            "created_at",
+            "changes",
+        }
         assert (entry["task_id"], entry["project_id"]) == (task["id"], DEFAULT_PROJECT_ID)
         assert (entry["actor_id"], entry["actor_type"]) == (me, "agent")
     assert entries[1]["changes"] == {"title": {"from": "Write the report", "to": "Renamed"}}
@@ -619,10 +718,18 @@ def test_activity_filters(fake: ImpactlyFake, api: httpx.Client) -> None:
     assert types(since=future) == []
 
 
-@pytest.mark.parametrize("params,field", [({"since": "yesterday"}, "since"), ({"since": "0h"}, "since"),
-                                          ({"since": "7w"}, "since"), ({"project_id": "x"}, "project_id"),
-                                          ({"agent_id": "me"}, "agent_id"), ({"limit": "101"}, "limit"),
-                                          ({"cursor": "abc"}, "cursor")])
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "0h"}, "since"),
+        ({"since": "7w"}, "since"),
+        ({"project_id": "x"}, "project_id"),
+        ({"agent_id": "me"}, "agent_id"),
+        ({"limit": "101"}, "limit"),
+        ({"cursor": "abc"}, "cursor"),
+    ],
+)
 def test_activity_rejects_bad_parameters(api: httpx.Client, params: dict[str, str], field: str) -> None:
     assert_error(api.get("/activity", params=params), 400, "validation_error", field)
 
@@ -645,7 +752,9 @@ def test_webhook_crud(fake: ImpactlyFake, api: httpx.Client) -> None:
     hook = resp.json()
     assert set(hook) == {"id", "url", "events", "active", "created_at", "secret"}
     assert hook["secret"].startswith("whsec_") and len(hook["secret"]) > 20
-    given = api.post("/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"], "secret": "s3cret"}).json()
+    given = api.post(
+        "/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["*"], "secret": "s3cret"}
+    ).json()
     assert given["secret"] == "s3cret"
     listed = api.get("/webhooks").json()["data"]
     assert [h["id"] for h in listed] == [hook["id"], given["id"]]
@@ -662,17 +771,20 @@ def test_webhook_crud(fake: ImpactlyFake, api: httpx.Client) -> None:
     assert_error(api.delete(f"/webhooks/{hook['id']}"), 404, "not_found")
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"events": ["*"]}, "url"),
-    ({"url": "not a url", "events": ["*"]}, "url"),
-    ({"url": "ftp://example.org/x", "events": ["*"]}, "url"),
-    ({"url": "https://example.org/x"}, "events"),
-    ({"url": "https://example.org/x", "events": []}, "events"),
-    ({"url": "https://example.org/x", "events": "task.created"}, "events"),
-    ({"url": "https://example.org/x", "events": ["task.moved"]}, "events"),
-    ({"url": "https://example.org/x", "events": ["*"], "secret": 42}, "secret"),
-    ({"url": "https://example.org/x", "events": ["*"], "active": True}, "active"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"events": ["*"]}, "url"),
+        ({"url": "not a url", "events": ["*"]}, "url"),
+        ({"url": "ftp://example.org/x", "events": ["*"]}, "url"),
+        ({"url": "https://example.org/x"}, "events"),
+        ({"url": "https://example.org/x", "events": []}, "events"),
+        ({"url": "https://example.org/x", "events": "task.created"}, "events"),
+        ({"url": "https://example.org/x", "events": ["task.moved"]}, "events"),
+        ({"url": "https://example.org/x", "events": ["*"], "secret": 42}, "secret"),
+        ({"url": "https://example.org/x", "events": ["*"], "active": True}, "active"),
+    ],
+)
 def test_webhook_validation(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     assert_error(api.post("/webhooks", json=body), 400, "validation_error", field)
     assert api.get("/webhooks").json()["data"] == []
@@ -698,11 +810,14 @@ def test_webhook_signature_and_payload(api: httpx.Client, webhook_receiver: Any)
 
 
 def test_webhook_events_for_every_change_and_subscription_filter(
-        fake: ImpactlyFake, api: httpx.Client, webhook_receiver: Any) -> None:
+    fake: ImpactlyFake, api: httpx.Client, webhook_receiver: Any
+) -> None:
     secret = "topsecret"
     api.post("/webhooks", json={"url": f"{webhook_receiver.url}/all", "events": ["*"], "secret": secret})
-    api.post("/webhooks", json={"url": f"{webhook_receiver.url}/comments", "events": ["comment.created"],
-                                "secret": secret})
+    api.post(
+        "/webhooks",
+        json={"url": f"{webhook_receiver.url}/comments", "events": ["comment.created"], "secret": secret},
+    )
     task = new_task(api)
     api.patch(f"/tasks/{task['id']}", json={"priority": "high"})
     api.patch(f"/tasks/{task['id']}", json={"status": "completed"})
@@ -712,8 +827,14 @@ def test_webhook_events_for_every_change_and_subscription_filter(
     received = webhook_receiver.wait_for(7)
     assert all(r.headers["x-impactly-signature"] == signature(secret, r.body) for r in received)
     everything = [r.json() for r in received if r.path == "/all"]
-    assert [p["event"] for p in everything] == ["task.created", "task.updated", "task.completed",
-                                                "comment.created", "task.updated", "task.deleted"]
+    assert [p["event"] for p in everything] == [
+        "task.created",
+        "task.updated",
+        "task.completed",
+        "comment.created",
+        "task.updated",
+        "task.deleted",
+    ]
     assert everything[1]["changes"] == {"priority": {"from": None, "to": "high"}}
     assert everything[1]["data"]["priority"] == "high"
     assert everything[3]["data"] == comment
@@ -774,8 +895,15 @@ def test_search(api: httpx.Client) -> None:
     assert api.post("/search", json={"query": "docs"}).json()["data"][0] == docs
 
 
-@pytest.mark.parametrize("body,field", [({}, "query"), ({"query": " "}, "query"), ({"query": 3}, "query"),
-                                        ({"query": "x", "limit": 5}, "limit")])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({}, "query"),
+        ({"query": " "}, "query"),
+        ({"query": 3}, "query"),
+        ({"query": "x", "limit": 5}, "limit"),
+    ],
+)
 def test_search_validation(api: httpx.Client, body: dict[str, Any], field: str) -> None:
     assert_error(api.post("/search", json=body), 400, "validation_error", field)
 
@@ -814,7 +942,11 @@ def test_request_log(fake: ImpactlyFake, control: httpx.Client, api: httpx.Clien
     api.get("/tasks")
     log = control.get("/_fake/requests").json()
     assert log["total"] == 5 and log["writes"] == 2
-    assert log["by_route"] == {"POST /api/v1/tasks": 2, "GET /api/v1/tasks/{task_id}": 2, "GET /api/v1/tasks": 1}
+    assert log["by_route"] == {
+        "POST /api/v1/tasks": 2,
+        "GET /api/v1/tasks/{task_id}": 2,
+        "GET /api/v1/tasks": 1,
+    }
     assert fake.requests.count("GET", "/api/v1/tasks/{task_id}", status=404) == 1
 
 
@@ -843,8 +975,10 @@ def test_seed_is_deterministic() -> None:
 
 def test_runs_standalone(tmp_path: Path) -> None:
     port = free_port()
-    code = ("from connectors.impactly.fake import ImpactlyFake; "
-            f"ImpactlyFake(token='imp_cli', seed=3).serve_forever({port})")
+    code = (
+        "from connectors.impactly.fake import ImpactlyFake; "
+        f"ImpactlyFake(token='imp_cli', seed=3).serve_forever({port})"
+    )
     log = (tmp_path / "fake.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -70,7 +70,9 @@ def create(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     return resp.json()
 
 
-def assert_error(resp: httpx.Response, status: int, type_: str, code: str, attr: str | None = None) -> dict[str, Any]:
+def assert_error(
+    resp: httpx.Response, status: int, type_: str, code: str, attr: str | None = None
+) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert (body["type"], body["code"], body["attr"]) == (type_, code, attr), body
@@ -87,15 +89,39 @@ def slugs(resp: httpx.Response) -> list[str]:
 
 
 def test_create_answers_201_with_the_task_shape(client: httpx.Client) -> None:
-    resp = client.post("", json={"title": "  Fix login  ", "description": "Users cannot log in.",
-                                 "repository": "PostHog/PostHog-JS", "json_schema": {"type": "object"},
-                                 "signal_report_task_relationship": "implementation", "id": "ignored"})
+    resp = client.post(
+        "",
+        json={
+            "title": "  Fix login  ",
+            "description": "Users cannot log in.",
+            "repository": "PostHog/PostHog-JS",
+            "json_schema": {"type": "object"},
+            "signal_report_task_relationship": "implementation",
+            "id": "ignored",
+        },
+    )
     assert resp.status_code == 201
     task = resp.json()
     assert set(task) == {
-        "id", "task_number", "slug", "title", "title_manually_set", "description", "origin_product", "repository",
-        "github_integration", "github_user_integration", "signal_report", "json_schema", "internal", "archived",
-        "ci_prompt", "latest_run", "created_at", "updated_at", "created_by",
+        "id",
+        "task_number",
+        "slug",
+        "title",
+        "title_manually_set",
+        "description",
+        "origin_product",
+        "repository",
+        "github_integration",
+        "github_user_integration",
+        "signal_report",
+        "json_schema",
+        "internal",
+        "archived",
+        "ci_prompt",
+        "latest_run",
+        "created_at",
+        "updated_at",
+        "created_by",
     }
     assert uuid.UUID(task["id"]).version == 4
     assert (task["task_number"], task["slug"]) == (1, "ABC-1")
@@ -171,9 +197,15 @@ def test_unknown_endpoint_and_method(client: httpx.Client) -> None:
 def test_missing_and_wrong_credentials_are_401(http: httpx.Client, fake: RunsFake) -> None:
     url = f"{fake.url}/api/projects/1/tasks/"
     assert_error(http.get(url), 401, "authentication_error", "not_authenticated")
-    assert_error(http.get(url, headers={"Authorization": f"Token {TOKEN}"}), 401, "authentication_error",
-                 "not_authenticated")
-    assert_error(http.get(url, headers=bearer("phx_wrong")), 401, "authentication_error", "authentication_failed")
+    assert_error(
+        http.get(url, headers={"Authorization": f"Token {TOKEN}"}),
+        401,
+        "authentication_error",
+        "not_authenticated",
+    )
+    assert_error(
+        http.get(url, headers=bearer("phx_wrong")), 401, "authentication_error", "authentication_failed"
+    )
     assert_error(http.post(url, json={"title": "x"}), 401, "authentication_error", "not_authenticated")
 
 
@@ -183,17 +215,23 @@ def test_scopes_are_enforced_with_403(http: httpx.Client, fake: RunsFake, client
     read = bearer(READ_ONLY)
     assert http.get(url, headers=read).status_code == 200
     assert http.get(f"{url}{task['id']}/runs/", headers=read).status_code == 200
-    body = assert_error(http.post(url, headers=read, json={"title": "x"}), 403, "authentication_error",
-                        "permission_denied")
+    body = assert_error(
+        http.post(url, headers=read, json={"title": "x"}), 403, "authentication_error", "permission_denied"
+    )
     assert "task:write" in body["detail"]
-    for method, path in [("PATCH", f"{task['id']}/"), ("DELETE", f"{task['id']}/"), ("POST", f"{task['id']}/run/"),
-                         ("POST", f"{task['id']}/presence/"),
-                         ("POST", f"{task['id']}/staged_artifacts/finalize_upload/")]:
+    for method, path in [
+        ("PATCH", f"{task['id']}/"),
+        ("DELETE", f"{task['id']}/"),
+        ("POST", f"{task['id']}/run/"),
+        ("POST", f"{task['id']}/presence/"),
+        ("POST", f"{task['id']}/staged_artifacts/finalize_upload/"),
+    ]:
         resp = http.request(method, url + path, headers=read, json={})
         assert_error(resp, 403, "authentication_error", "permission_denied")
     assert http.get(url, headers=bearer(WRITE_ONLY)).status_code == 200  # write implies read
-    body = assert_error(http.get(url, headers=bearer(NO_TASK_SCOPE)), 403, "authentication_error",
-                        "permission_denied")
+    body = assert_error(
+        http.get(url, headers=bearer(NO_TASK_SCOPE)), 403, "authentication_error", "permission_denied"
+    )
     assert "task:read" in body["detail"]
     assert client.get(f"{task['id']}/").json()["title"] == "A task"  # nothing changed
 
@@ -202,34 +240,45 @@ def test_projects_unknown_404_and_out_of_scope_403(fake: RunsFake) -> None:
     with httpx.Client(headers=bearer(TOKEN)) as c:
         assert_error(c.get(f"{fake.url}/api/projects/999/tasks/"), 404, "invalid_request", "not_found")
         assert_error(c.get(f"{fake.url}/api/projects/abc/tasks/"), 404, "invalid_request", "not_found")
-        assert_error(c.get(f"{fake.url}/api/projects/2/tasks/"), 403, "authentication_error", "permission_denied")
+        assert_error(
+            c.get(f"{fake.url}/api/projects/2/tasks/"), 403, "authentication_error", "permission_denied"
+        )
         assert c.get(f"{fake.url}/api/projects/@current/tasks/").status_code == 200
     with httpx.Client(headers=bearer(EVERY_PROJECT)) as c:
         created = c.post(f"{fake.url}/api/projects/2/tasks/", json={"title": "Elsewhere"})
         assert created.status_code == 201 and created.json()["slug"] == "XYZ-1"
         task_id = created.json()["id"]
         assert c.get(f"{fake.url}/api/projects/1/tasks/").json()["count"] == 0
-        assert_error(c.get(f"{fake.url}/api/projects/1/tasks/{task_id}/"), 404, "invalid_request", "not_found")
+        assert_error(
+            c.get(f"{fake.url}/api/projects/1/tasks/{task_id}/"), 404, "invalid_request", "not_found"
+        )
 
 
 # -- validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "code", "attr"), [
-    ({"title": "x" * 256}, "max_length", "title"),
-    ({"title": None}, "null", "title"),
-    ({"title": ["a"]}, "invalid_input", "title"),
-    ({"repository": "no-slash"}, "invalid_input", "repository"),
-    ({"repository": "a/b/c"}, "invalid_input", "repository"),
-    ({"repository": "/repo"}, "invalid_input", "repository"),
-    ({"origin_product": "nonsense"}, "invalid_choice", "origin_product"),
-    ({"internal": "maybe"}, "invalid_input", "internal"),
-    ({"archived": None}, "null", "archived"),
-    ({"github_integration": "abc"}, "does_not_exist", "github_integration"),
-    ({"github_integration": [1]}, "incorrect_type", "github_integration"),
-    ({"signal_report": "not-a-uuid"}, "invalid_input", "signal_report"),
-    ({"signal_report_task_relationship": "Has Spaces"}, "invalid_input", "signal_report_task_relationship"),
-])
+@pytest.mark.parametrize(
+    ("body", "code", "attr"),
+    [
+        ({"title": "x" * 256}, "max_length", "title"),
+        ({"title": None}, "null", "title"),
+        ({"title": ["a"]}, "invalid_input", "title"),
+        ({"repository": "no-slash"}, "invalid_input", "repository"),
+        ({"repository": "a/b/c"}, "invalid_input", "repository"),
+        ({"repository": "/repo"}, "invalid_input", "repository"),
+        ({"origin_product": "nonsense"}, "invalid_choice", "origin_product"),
+        ({"internal": "maybe"}, "invalid_input", "internal"),
+        ({"archived": None}, "null", "archived"),
+        ({"github_integration": "abc"}, "does_not_exist", "github_integration"),
+        ({"github_integration": [1]}, "incorrect_type", "github_integration"),
+        ({"signal_report": "not-a-uuid"}, "invalid_input", "signal_report"),
+        (
+            {"signal_report_task_relationship": "Has Spaces"},
+            "invalid_input",
+            "signal_report_task_relationship",
+        ),
+    ],
+)
 def test_create_validation_errors(client: httpx.Client, body: dict[str, Any], code: str, attr: str) -> None:
     assert_error(client.post("", json=body), 400, "validation_error", code, attr)
     assert client.get("").json()["count"] == 0
@@ -237,8 +286,13 @@ def test_create_validation_errors(client: httpx.Client, body: dict[str, Any], co
 
 def test_validation_on_patch_leaves_the_task_alone(client: httpx.Client) -> None:
     task = create(client, title="Stable")
-    assert_error(client.patch(f"{task['id']}/", json={"title": "Changed", "repository": "bad"}), 400,
-                 "validation_error", "invalid_input", "repository")
+    assert_error(
+        client.patch(f"{task['id']}/", json={"title": "Changed", "repository": "bad"}),
+        400,
+        "validation_error",
+        "invalid_input",
+        "repository",
+    )
     assert client.get(f"{task['id']}/").json() == task
 
 
@@ -280,8 +334,9 @@ def test_pagination_pages_and_links(http: httpx.Client, fake: RunsFake, client: 
     assert (beyond["count"], beyond["results"], beyond["next"]) == (5, [], None)
 
 
-@pytest.mark.parametrize("params", [{"limit": "abc"}, {"limit": "0"}, {"limit": "-3"}, {"offset": "x"},
-                                    {"offset": "-1"}])
+@pytest.mark.parametrize(
+    "params", [{"limit": "abc"}, {"limit": "0"}, {"limit": "-3"}, {"offset": "x"}, {"offset": "-1"}]
+)
 def test_bad_limit_or_offset_falls_back_like_drf(client: httpx.Client, params: dict[str, str]) -> None:
     create(client)
     body = client.get("", params=params).json()
@@ -306,8 +361,12 @@ def test_archived_and_internal_filters(client: httpx.Client) -> None:
     assert slugs(client.get("", params={"archived": "all"})) == ["ABC-2", "ABC-1"]
     assert slugs(client.get("", params={"internal": "true"})) == ["ABC-3"]
     assert slugs(client.get("", params={"internal": "false"})) == ["ABC-1"]
-    assert_error(client.get("", params={"archived": "maybe"}), 400, "validation_error", "invalid_choice", "archived")
-    assert_error(client.get("", params={"internal": "perhaps"}), 400, "validation_error", "invalid_input", "internal")
+    assert_error(
+        client.get("", params={"archived": "maybe"}), 400, "validation_error", "invalid_choice", "archived"
+    )
+    assert_error(
+        client.get("", params={"internal": "perhaps"}), 400, "validation_error", "invalid_input", "internal"
+    )
 
 
 def test_repository_creator_product_and_search_filters(fake: RunsFake, client: httpx.Client) -> None:
@@ -325,13 +384,18 @@ def test_repository_creator_product_and_search_filters(fake: RunsFake, client: h
     assert slugs(client.get("", params={"search": "web"})) == ["ABC-2", "ABC-1"]  # title or description
     assert slugs(client.get("", params={"search": "3"})) == ["ABC-3"]  # the task number
     assert slugs(client.get("", params={"search": ""})) == ["ABC-4", "ABC-3", "ABC-2", "ABC-1"]
-    assert_error(client.get("", params={"created_by": "me"}), 400, "validation_error", "invalid_input",
-                 "created_by")
+    assert_error(
+        client.get("", params={"created_by": "me"}), 400, "validation_error", "invalid_input", "created_by"
+    )
     assert_error(client.get("", params={"stage": ""}), 400, "validation_error", "blank", "stage")
 
 
 def test_status_matches_the_latest_run_and_stage_any_run(client: httpx.Client) -> None:
-    idle, done, redo = create(client, title="Idle"), create(client, title="Done"), create(client, title="Redo")
+    idle, done, redo = (
+        create(client, title="Idle"),
+        create(client, title="Done"),
+        create(client, title="Redo"),
+    )
     for task in (done, redo):
         run = client.post(f"{task['id']}/run/").json()["latest_run"]
         client.patch(f"{task['id']}/runs/{run['id']}/", json={"status": "completed", "stage": "build"})
@@ -340,7 +404,9 @@ def test_status_matches_the_latest_run_and_stage_any_run(client: httpx.Client) -
     assert slugs(client.get("", params={"status": "queued"})) == [redo["slug"]]
     assert slugs(client.get("", params={"status": "not_started"})) == [idle["slug"]]
     assert slugs(client.get("", params={"stage": "build"})) == [redo["slug"], done["slug"]]
-    assert_error(client.get("", params={"status": "done"}), 400, "validation_error", "invalid_choice", "status")
+    assert_error(
+        client.get("", params={"status": "done"}), 400, "validation_error", "invalid_choice", "status"
+    )
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -353,11 +419,34 @@ def test_start_run_answers_the_task_with_a_queued_latest_run(client: httpx.Clien
     body = resp.json()
     run = body["latest_run"]
     assert body["id"] == task["id"] and body["updated_at"] > task["updated_at"]
-    assert set(run) == {"id", "task", "status", "stage", "branch", "environment", "error_message", "output",
-                        "state", "artifacts", "created_at", "updated_at", "completed_at"}
-    assert (run["task"], run["status"], run["branch"], run["completed_at"]) == (task["id"], "queued", "main", None)
-    assert_error(client.post(f"{task['id']}/run/", json={"mode": "sideways"}), 400, "validation_error",
-                 "invalid_choice", "mode")
+    assert set(run) == {
+        "id",
+        "task",
+        "status",
+        "stage",
+        "branch",
+        "environment",
+        "error_message",
+        "output",
+        "state",
+        "artifacts",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    }
+    assert (run["task"], run["status"], run["branch"], run["completed_at"]) == (
+        task["id"],
+        "queued",
+        "main",
+        None,
+    )
+    assert_error(
+        client.post(f"{task['id']}/run/", json={"mode": "sideways"}),
+        400,
+        "validation_error",
+        "invalid_choice",
+        "mode",
+    )
     assert_error(client.post(f"{uuid.uuid4()}/run/"), 404, "invalid_request", "not_found")
 
 
@@ -374,33 +463,61 @@ def test_runs_list_create_retrieve_and_patch(client: httpx.Client) -> None:
     assert client.get(f"{task['id']}/runs/{first_run['id']}/").json() == first_run
 
     before = client.get(f"{task['id']}/").json()["updated_at"]
-    moved = client.patch(f"{task['id']}/runs/{second_run['id']}/",
-                         json={"status": "in_progress", "stage": "plan", "state": {"a": 1, "b": 2}})
+    moved = client.patch(
+        f"{task['id']}/runs/{second_run['id']}/",
+        json={"status": "in_progress", "stage": "plan", "state": {"a": 1, "b": 2}},
+    )
     assert moved.status_code == 200
-    assert (moved.json()["status"], moved.json()["stage"], moved.json()["completed_at"]) == ("in_progress", "plan", None)
-    done = client.patch(f"{task['id']}/runs/{second_run['id']}/",
-                        json={"status": "completed", "output": {"pr_url": "https://x/1"}, "state_remove_keys": ["a"],
-                              "state": {"c": 3}}).json()
+    assert (moved.json()["status"], moved.json()["stage"], moved.json()["completed_at"]) == (
+        "in_progress",
+        "plan",
+        None,
+    )
+    done = client.patch(
+        f"{task['id']}/runs/{second_run['id']}/",
+        json={
+            "status": "completed",
+            "output": {"pr_url": "https://x/1"},
+            "state_remove_keys": ["a"],
+            "state": {"c": 3},
+        },
+    ).json()
     assert done["completed_at"] is not None and done["output"] == {"pr_url": "https://x/1"}
     assert done["state"] == {"mode": "background", "b": 2, "c": 3}
     after = client.get(f"{task['id']}/").json()
     assert after["latest_run"] == done and after["updated_at"] > before  # run changes bump the task
 
-    assert_error(client.patch(f"{task['id']}/runs/{second_run['id']}/", json={"status": "done"}), 400,
-                 "validation_error", "invalid_choice", "status")
-    assert_error(client.patch(f"{task['id']}/runs/{second_run['id']}/", json={"state": [1]}), 400,
-                 "validation_error", "not_a_dict", "state")
+    assert_error(
+        client.patch(f"{task['id']}/runs/{second_run['id']}/", json={"status": "done"}),
+        400,
+        "validation_error",
+        "invalid_choice",
+        "status",
+    )
+    assert_error(
+        client.patch(f"{task['id']}/runs/{second_run['id']}/", json={"state": [1]}),
+        400,
+        "validation_error",
+        "not_a_dict",
+        "state",
+    )
     other = create(client, title="Other")
     assert_error(client.get(f"{other['id']}/runs/{first_run['id']}/"), 404, "invalid_request", "not_found")
     assert_error(client.get(f"{task['id']}/runs/{uuid.uuid4()}/"), 404, "invalid_request", "not_found")
-    assert client.get(f"{other['id']}/runs/").json() == {"count": 0, "next": None, "previous": None, "results": []}
+    assert client.get(f"{other['id']}/runs/").json() == {
+        "count": 0,
+        "next": None,
+        "previous": None,
+        "results": [],
+    }
 
 
 def test_failed_run_records_its_error(client: httpx.Client) -> None:
     task = create(client)
     run = client.post(f"{task['id']}/run/").json()["latest_run"]
-    failed = client.patch(f"{task['id']}/runs/{run['id']}/",
-                          json={"status": "failed", "error_message": "Sandbox timed out"}).json()
+    failed = client.patch(
+        f"{task['id']}/runs/{run['id']}/", json={"status": "failed", "error_message": "Sandbox timed out"}
+    ).json()
     assert (failed["status"], failed["error_message"]) == ("failed", "Sandbox timed out")
     assert failed["completed_at"] is not None
 
@@ -409,13 +526,21 @@ def test_failed_run_records_its_error(client: httpx.Client) -> None:
 
 
 def artifact(i: int = 1, **fields: Any) -> dict[str, Any]:
-    return {"id": f"art-{i}", "name": f"notes-{i}.md", "type": "user_attachment",
-            "storage_path": f"tasks/artifacts/art-{i}", "content_type": "text/markdown", **fields}
+    return {
+        "id": f"art-{i}",
+        "name": f"notes-{i}.md",
+        "type": "user_attachment",
+        "storage_path": f"tasks/artifacts/art-{i}",
+        "content_type": "text/markdown",
+        **fields,
+    }
 
 
 def test_finalize_upload_then_attach_to_the_next_run(client: httpx.Client) -> None:
     task = create(client)
-    resp = client.post(f"{task['id']}/staged_artifacts/finalize_upload/", json={"artifacts": [artifact(1), artifact(2)]})
+    resp = client.post(
+        f"{task['id']}/staged_artifacts/finalize_upload/", json={"artifacts": [artifact(1), artifact(2)]}
+    )
     assert resp.status_code == 200
     finalized = resp.json()["artifacts"]
     assert [a["id"] for a in finalized] == ["art-1", "art-2"]
@@ -423,26 +548,39 @@ def test_finalize_upload_then_attach_to_the_next_run(client: httpx.Client) -> No
     missing = client.post(f"{task['id']}/run/", json={"pending_user_artifact_ids": ["art-1", "art-9"]})
     body = assert_error(missing, 400, "validation_error", "invalid_input", "pending_user_artifact_ids")
     assert body["missing_artifact_ids"] == ["art-9"]
-    run = client.post(f"{task['id']}/run/", json={"pending_user_artifact_ids": ["art-1"]}).json()["latest_run"]
+    run = client.post(f"{task['id']}/run/", json={"pending_user_artifact_ids": ["art-1"]}).json()[
+        "latest_run"
+    ]
     assert [a["id"] for a in run["artifacts"]] == ["art-1"]
     again = client.post(f"{task['id']}/run/", json={"pending_user_artifact_ids": ["art-1"]})
     assert again.status_code == 400  # attached once, then gone from the staging cache
 
 
-@pytest.mark.parametrize(("body", "code", "attr"), [
-    ({}, "required", "artifacts"),
-    ({"artifacts": []}, "invalid_input", "artifacts"),
-    ({"artifacts": {"id": "x"}}, "not_a_list", "artifacts"),
-    ({"artifacts": ["x"]}, "invalid_input", "artifacts__0"),
-    ({"artifacts": [artifact(1), artifact(2, type="movie")]}, "invalid_choice", "artifacts__1__type"),
-    ({"artifacts": [{k: v for k, v in artifact().items() if k != "storage_path"}]}, "required",
-     "artifacts__0__storage_path"),
-    ({"artifacts": [artifact(name="n" * 256)]}, "max_length", "artifacts__0__name"),
-])
+@pytest.mark.parametrize(
+    ("body", "code", "attr"),
+    [
+        ({}, "required", "artifacts"),
+        ({"artifacts": []}, "invalid_input", "artifacts"),
+        ({"artifacts": {"id": "x"}}, "not_a_list", "artifacts"),
+        ({"artifacts": ["x"]}, "invalid_input", "artifacts__0"),
+        ({"artifacts": [artifact(1), artifact(2, type="movie")]}, "invalid_choice", "artifacts__1__type"),
+        (
+            {"artifacts": [{k: v for k, v in artifact().items() if k != "storage_path"}]},
+            "required",
+            "artifacts__0__storage_path",
+        ),
+        ({"artifacts": [artifact(name="n" * 256)]}, "max_length", "artifacts__0__name"),
+    ],
+)
 def test_finalize_upload_validation(client: httpx.Client, body: dict[str, Any], code: str, attr: str) -> None:
     task = create(client)
-    assert_error(client.post(f"{task['id']}/staged_artifacts/finalize_upload/", json=body), 400, "validation_error",
-                 code, attr)
+    assert_error(
+        client.post(f"{task['id']}/staged_artifacts/finalize_upload/", json=body),
+        400,
+        "validation_error",
+        code,
+        attr,
+    )
 
 
 def test_finalize_upload_unknown_task_is_404(client: httpx.Client) -> None:
@@ -470,18 +608,30 @@ def test_presence_errors(client: httpx.Client) -> None:
     url = f"{task['id']}/presence/"
     assert_error(client.post(url, json={"device_id": str(uuid.uuid4())}), 404, "invalid_request", "not_found")
     assert_error(client.post(url, json={"device_id": TEAMMATE_DEVICE}), 404, "invalid_request", "not_found")
-    assert_error(client.request("DELETE", url, json={"device_id": str(uuid.uuid4())}), 404, "invalid_request",
-                 "not_found")
+    assert_error(
+        client.request("DELETE", url, json={"device_id": str(uuid.uuid4())}),
+        404,
+        "invalid_request",
+        "not_found",
+    )
     assert_error(client.post(url, json={}), 400, "validation_error", "required", "device_id")
-    assert_error(client.post(url, json={"device_id": "phone"}), 400, "validation_error", "invalid_input", "device_id")
-    assert_error(client.post(f"{uuid.uuid4()}/presence/", json={"device_id": DEVICE}), 404, "invalid_request",
-                 "not_found")
+    assert_error(
+        client.post(url, json={"device_id": "phone"}), 400, "validation_error", "invalid_input", "device_id"
+    )
+    assert_error(
+        client.post(f"{uuid.uuid4()}/presence/", json={"device_id": DEVICE}),
+        404,
+        "invalid_request",
+        "not_found",
+    )
 
 
 # -- faults, request log, webhooks, state -----------------------------------------------------
 
 
-def test_rate_limit_burst_answers_429_with_retry_after(http: httpx.Client, fake: RunsFake, client: httpx.Client) -> None:
+def test_rate_limit_burst_answers_429_with_retry_after(
+    http: httpx.Client, fake: RunsFake, client: httpx.Client
+) -> None:
     http.post(f"{fake.url}/_fake/faults", json={"rate_limit_burst": 2, "retry_after": 7}).raise_for_status()
     for _ in range(2):
         resp = client.get("")
@@ -562,8 +712,9 @@ def test_standalone_serve_forever(http: httpx.Client) -> None:
         "from connectors import fake_class\n"
         f"fake_class('runs')(token={TOKEN!r}, seed=1).serve_forever({port})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -20,31 +20,107 @@ from connectors.squads.fake import SquadsFake
 TOKEN = "bridge.access:s3cret-value"
 SEED = 11
 ALL_TITLES = {
-    "Migrate CI runners to ARM", "Benchmark ARM build times", "Fix flaky login test",
-    "Rotate database credentials", "Sync roadmap with Growth", "Launch referral programme landing page",
-    "Email onboarding A/B test", "Quarterly pricing review",
+    "Migrate CI runners to ARM",
+    "Benchmark ARM build times",
+    "Fix flaky login test",
+    "Rotate database credentials",
+    "Sync roadmap with Growth",
+    "Launch referral programme landing page",
+    "Email onboarding A/B test",
+    "Quarterly pricing review",
 }
 GROWTH_TITLES = {
-    "Launch referral programme landing page", "Email onboarding A/B test", "Quarterly pricing review"}
+    "Launch referral programme landing page",
+    "Email onboarding A/B test",
+    "Quarterly pricing review",
+}
 DOCUMENTED_TASK_KEYS = {
-    "id", "title", "description", "resource_type", "resource_id", "status_id", "priority_id", "type_id",
-    "phase_id", "assignee_id", "reporter_id", "parent_task_id", "roadmap_item_id", "due_date", "start_date",
-    "estimated_hours", "internal_hours", "is_private", "sort_order", "assignee_name", "assignee_picture",
-    "reporter_name", "created_by_name", "status_label", "status_color", "status_value", "priority_label",
-    "priority_color", "priority_value", "type_label", "type_value", "phase_label", "phase_color",
-    "approved_by_name", "subtask_count", "todo_count", "todo_done_count",
+    "id",
+    "title",
+    "description",
+    "resource_type",
+    "resource_id",
+    "status_id",
+    "priority_id",
+    "type_id",
+    "phase_id",
+    "assignee_id",
+    "reporter_id",
+    "parent_task_id",
+    "roadmap_item_id",
+    "due_date",
+    "start_date",
+    "estimated_hours",
+    "internal_hours",
+    "is_private",
+    "sort_order",
+    "assignee_name",
+    "assignee_picture",
+    "reporter_name",
+    "created_by_name",
+    "status_label",
+    "status_color",
+    "status_value",
+    "priority_label",
+    "priority_color",
+    "priority_value",
+    "type_label",
+    "type_value",
+    "phase_label",
+    "phase_color",
+    "approved_by_name",
+    "subtask_count",
+    "todo_count",
+    "todo_done_count",
 }
 EXTRA_TASK_KEYS = {
-    "created_by", "sprint_id", "reported_by_contact_id", "requirements", "scope", "estimate_compute_hours",
-    "estimate_total_cost", "approved_by_user_id", "approved_at", "delivery_notes", "testing_notes",
-    "created_at", "updated_at",
+    "created_by",
+    "sprint_id",
+    "reported_by_contact_id",
+    "requirements",
+    "scope",
+    "estimate_compute_hours",
+    "estimate_total_cost",
+    "approved_by_user_id",
+    "approved_at",
+    "delivery_notes",
+    "testing_notes",
+    "created_at",
+    "updated_at",
 }
-TODO_KEYS = {"id", "task_id", "title", "is_done", "position", "assignee_id", "assignee_name",
-             "assignee_picture", "due_date"}
-SUBTASK_KEYS = {"id", "title", "assignee_name", "assignee_picture", "status_label", "status_color",
-                "status_value"}
-RESOURCE_KEYS = {"id", "task_id", "type", "url", "title", "description", "icon", "sort_order", "created_by",
-                 "created_by_name", "created_at"}
+TODO_KEYS = {
+    "id",
+    "task_id",
+    "title",
+    "is_done",
+    "position",
+    "assignee_id",
+    "assignee_name",
+    "assignee_picture",
+    "due_date",
+}
+SUBTASK_KEYS = {
+    "id",
+    "title",
+    "assignee_name",
+    "assignee_picture",
+    "status_label",
+    "status_color",
+    "status_value",
+}
+RESOURCE_KEYS = {
+    "id",
+    "task_id",
+    "type",
+    "url",
+    "title",
+    "description",
+    "icon",
+    "sort_order",
+    "created_by",
+    "created_by_name",
+    "created_at",
+}
 ITEM_KEYS = {"id", "list_id", "label", "value", "color", "icon", "is_default", "is_system", "position"}
 # One TLS context for every client: httpx builds a fresh one per client otherwise (~0.1 s each).
 SSL_CONTEXT = ssl.create_default_context()
@@ -56,8 +132,9 @@ def cf_headers(token: str = TOKEN) -> dict[str, str]:
 
 
 def api_client(fake: SquadsFake, token: str = TOKEN) -> httpx.Client:
-    return httpx.Client(base_url=f"{fake.url}/api", headers=cf_headers(token), timeout=5.0,
-                        verify=SSL_CONTEXT)
+    return httpx.Client(
+        base_url=f"{fake.url}/api", headers=cf_headers(token), timeout=5.0, verify=SSL_CONTEXT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +247,9 @@ def test_constructor_validates_token_and_role() -> None:
     assert fake.users[fake.caller_id]["name"] == "Bridge Bot"
 
 
-def test_view_only_permission_cannot_write(fake: SquadsFake, api: httpx.Client,
-                                           client_as: Callable[..., httpx.Client]) -> None:
+def test_view_only_permission_cannot_write(
+    fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]
+) -> None:
     viewer = client_as(fake.add_user("Vic Viewer", role="executive", tasks_permission="view"))
     task_id = ids_by_title(api)["Migrate CI runners to ARM"]
     resource_id = api.get(f"/tasks/{task_id}/resources").json()["resources"][0]["id"]
@@ -194,8 +272,9 @@ def test_view_only_permission_cannot_write(fake: SquadsFake, api: httpx.Client,
     assert len(api.get("/tasks").json()["tasks"]) == 8  # nothing was written
 
 
-def test_no_tasks_permission_blocks_tasks_only(fake: SquadsFake,
-                                               client_as: Callable[..., httpx.Client]) -> None:
+def test_no_tasks_permission_blocks_tasks_only(
+    fake: SquadsFake, client_as: Callable[..., httpx.Client]
+) -> None:
     outsider = client_as(fake.add_user("Nia None", role="executive", tasks_permission="none"))
     assert_error(outsider.get("/tasks"), 403)
     assert_error(outsider.get("/tasks/anything"), 403)
@@ -215,15 +294,18 @@ def test_delete_needs_manage_permission(fake: SquadsFake, client_as: Callable[..
 # -- role scoping ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("role", "expected"), [
-    ("executive", ALL_TITLES),
-    ("head", ALL_TITLES),
-    # Platform's tasks (by assignee, else reporter) plus the Growth task the caller watches
-    ("manager", ALL_TITLES - GROWTH_TITLES | {"Launch referral programme landing page"}),
-    # assigned to the caller, or watched by it
-    ("lead", {"Sync roadmap with Growth", "Launch referral programme landing page"}),
-    ("employee", {"Sync roadmap with Growth", "Launch referral programme landing page"}),
-])
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("executive", ALL_TITLES),
+        ("head", ALL_TITLES),
+        # Platform's tasks (by assignee, else reporter) plus the Growth task the caller watches
+        ("manager", ALL_TITLES - GROWTH_TITLES | {"Launch referral programme landing page"}),
+        # assigned to the caller, or watched by it
+        ("lead", {"Sync roadmap with Growth", "Launch referral programme landing page"}),
+        ("employee", {"Sync roadmap with Growth", "Launch referral programme landing page"}),
+    ],
+)
 def test_role_scopes_what_the_caller_sees(role: str, expected: set[str]) -> None:
     with SquadsFake(token=TOKEN, seed=SEED, role=role) as fake, api_client(fake) as api:
         assert titles(api) == expected
@@ -232,8 +314,9 @@ def test_role_scopes_what_the_caller_sees(role: str, expected: set[str]) -> None
             assert_error(api.get(f"/tasks/{hidden[title]}"), 404, "not found")
 
 
-def test_invisible_task_answers_404_on_every_route(fake: SquadsFake, api: httpx.Client,
-                                                  client_as: Callable[..., httpx.Client]) -> None:
+def test_invisible_task_answers_404_on_every_route(
+    fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]
+) -> None:
     eve = client_as(fake.user_id("Eve Tanaka"))  # Growth employee
     task_id = ids_by_title(api)["Migrate CI runners to ARM"]  # Platform, not hers
     for method, path, body in [
@@ -255,7 +338,8 @@ def test_invisible_task_answers_404_on_every_route(fake: SquadsFake, api: httpx.
 
 
 def test_employee_sees_what_they_created_are_assigned_or_watch(
-        fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]) -> None:
+    fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]
+) -> None:
     zoe_id = fake.add_user("Zoe Lim", squad="Growth", role="employee")
     zoe = client_as(zoe_id)
     assert titles(zoe) == set()
@@ -273,7 +357,8 @@ def test_employee_sees_what_they_created_are_assigned_or_watch(
 
 
 def test_manager_sees_squad_by_assignee_else_reporter(
-        fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]) -> None:
+    fake: SquadsFake, api: httpx.Client, client_as: Callable[..., httpx.Client]
+) -> None:
     dan = client_as(fake.user_id("Dan Weiss"))  # Growth manager
     assert "Quarterly pricing review" in titles(dan)  # unassigned, reported by Farah (Growth)
     task = api.post("/tasks", json={"title": "Unassigned from Platform"}).json()["task"]
@@ -291,8 +376,15 @@ def test_config_list_by_key(api: httpx.Client) -> None:
     (status_list,) = resp.json()["lists"]
     assert set(status_list) == {"id", "key", "name", "items"} and status_list["key"] == "task_status"
     items = status_list["items"]
-    assert [i["value"] for i in items] == ["backlog", "todo", "in_progress", "in_review", "blocked", "done",
-                                           "cancelled"]
+    assert [i["value"] for i in items] == [
+        "backlog",
+        "todo",
+        "in_progress",
+        "in_review",
+        "blocked",
+        "done",
+        "cancelled",
+    ]
     assert all(set(i) == ITEM_KEYS and i["list_id"] == status_list["id"] for i in items)
     assert [i["position"] for i in items] == list(range(7))
     assert [(i["value"], i["label"]) for i in items if i["is_default"] == 1] == [("todo", "To Do")]
@@ -306,11 +398,18 @@ def test_config_lists_all_and_unknown(api: httpx.Client) -> None:
     assert api.get("/config-lists", params={"key": "nope"}).json() == {"lists": []}
 
 
-@pytest.mark.parametrize(("key", "values", "default"), [
-    ("task_status", ["backlog", "todo", "in_progress", "in_review", "blocked", "done", "cancelled"], "todo"),
-    ("task_priority", ["low", "medium", "high", "urgent"], "medium"),
-    ("task_type", ["task", "bug", "feature", "agent_task"], "task"),
-])
+@pytest.mark.parametrize(
+    ("key", "values", "default"),
+    [
+        (
+            "task_status",
+            ["backlog", "todo", "in_progress", "in_review", "blocked", "done", "cancelled"],
+            "todo",
+        ),
+        ("task_priority", ["low", "medium", "high", "urgent"], "medium"),
+        ("task_type", ["task", "bug", "feature", "agent_task"], "task"),
+    ],
+)
 def test_config_list_items(api: httpx.Client, key: str, values: list[str], default: str) -> None:
     items = api.get(f"/config-lists/{key}/items").json()["items"]
     assert [i["value"] for i in items] == values
@@ -355,8 +454,10 @@ def test_list_shape_and_joined_fields(fake: SquadsFake, api: httpx.Client) -> No
     assert tasks["Benchmark ARM build times"]["parent_task_id"] == migrate["id"]
     assert tasks["Quarterly pricing review"]["assignee_id"] is None
     assert tasks["Quarterly pricing review"]["assignee_name"] is None
-    assert tasks["Launch referral programme landing page"]["assignee_picture"] == \
-        "https://avatars.example.com/eve.png"
+    assert (
+        tasks["Launch referral programme landing page"]["assignee_picture"]
+        == "https://avatars.example.com/eve.png"
+    )
     assert all(t["created_at"].endswith("Z") and t["updated_at"] == t["created_at"] for t in tasks.values())
 
 
@@ -387,15 +488,26 @@ def test_filter_by_ids(fake: SquadsFake, api: httpx.Client) -> None:
     ben, dan = fake.user_id("Ben Okafor"), fake.user_id("Dan Weiss")
     assert titles(api, assignee_id=ben) == {"Migrate CI runners to ARM", "Benchmark ARM build times"}
     assert titles(api, assignee_id=f"{ben},{dan}") == {
-        "Migrate CI runners to ARM", "Benchmark ARM build times", "Email onboarding A/B test"}
+        "Migrate CI runners to ARM",
+        "Benchmark ARM build times",
+        "Email onboarding A/B test",
+    }
     status, priority, kind = (item_ids(api, k) for k in ("task_status", "task_priority", "task_type"))
     assert titles(api, status_id=status["todo"]) == {
-        "Benchmark ARM build times", "Fix flaky login test", "Sync roadmap with Growth"}
+        "Benchmark ARM build times",
+        "Fix flaky login test",
+        "Sync roadmap with Growth",
+    }
     assert titles(api, status_id=f"{status['done']},{status['blocked']}") == {
-        "Quarterly pricing review", "Email onboarding A/B test"}
+        "Quarterly pricing review",
+        "Email onboarding A/B test",
+    }
     assert titles(api, priority_id=priority["urgent"]) == {"Fix flaky login test"}
     assert titles(api, type_id=f"{kind['bug']},{kind['feature']}") == {
-        "Fix flaky login test", "Launch referral programme landing page", "Email onboarding A/B test"}
+        "Fix flaky login test",
+        "Launch referral programme landing page",
+        "Email onboarding A/B test",
+    }
     assert titles(api, status_id="todo") == set()  # values are not ids
 
 
@@ -428,8 +540,12 @@ def test_filter_by_parent_and_subtasks(api: httpx.Client) -> None:
 
 def test_filter_by_due(api: httpx.Client) -> None:
     assert titles(api, due="today") == {"Fix flaky login test"}
-    assert titles(api, due="upcoming") == {"Fix flaky login test", "Launch referral programme landing page",
-                                           "Benchmark ARM build times", "Migrate CI runners to ARM"}
+    assert titles(api, due="upcoming") == {
+        "Fix flaky login test",
+        "Launch referral programme landing page",
+        "Benchmark ARM build times",
+        "Migrate CI runners to ARM",
+    }
     # the done pricing review is past due but not overdue
     assert titles(api, due="overdue") == {"Rotate database credentials"}
     assert titles(api, overdue="true") == {"Rotate database credentials"}
@@ -452,13 +568,18 @@ def test_get_task_with_todos_subtasks_watchers(fake: SquadsFake, api: httpx.Clie
     assert set(body) == {"task", "todos", "subtasks", "watchers"}
     assert set(body["task"]) == DOCUMENTED_TASK_KEYS | EXTRA_TASK_KEYS
     assert [(t["title"], t["is_done"], t["position"]) for t in body["todos"]] == [
-        ("Provision runner pool", 1, 0), ("Port the build cache", 0, 1)]
+        ("Provision runner pool", 1, 0),
+        ("Port the build cache", 0, 1),
+    ]
     assert all(set(t) == TODO_KEYS for t in body["todos"])
     assert body["todos"][1]["assignee_name"] == "Ben Okafor"
     (subtask,) = body["subtasks"]
     assert set(subtask) == SUBTASK_KEYS | {"priority_label", "priority_color"}
     assert (subtask["id"], subtask["status_value"], subtask["priority_label"]) == (
-        ids["Benchmark ARM build times"], "todo", "Medium")
+        ids["Benchmark ARM build times"],
+        "todo",
+        "Medium",
+    )
     assert body["watchers"] == []
     watched = api.get(f"/tasks/{ids['Launch referral programme landing page']}").json()
     assert watched["watchers"] == [{"id": fake.caller_id, "name": "Bridge Bot", "picture": None}]
@@ -491,30 +612,45 @@ def test_create_with_defaults(fake: SquadsFake, api: httpx.Client) -> None:
     assert task["id"] in ids_by_title(api).values()
 
 
-def test_create_with_all_fields_and_side_effects(fake: SquadsFake, api: httpx.Client,
-                                                 raw: httpx.Client) -> None:
+def test_create_with_all_fields_and_side_effects(
+    fake: SquadsFake, api: httpx.Client, raw: httpx.Client
+) -> None:
     status, priority, kind = (item_ids(api, k) for k in ("task_status", "task_priority", "task_type"))
     ben = fake.user_id("Ben Okafor")
     parent = ids_by_title(api)["Fix flaky login test"]
     body = {
-        "title": "Agent: triage flakes", "description": "Look at the last 50 runs",
-        "resource_type": "project", "resource_id": "p-7", "type_id": kind["agent_task"],
+        "title": "Agent: triage flakes",
+        "description": "Look at the last 50 runs",
+        "resource_type": "project",
+        "resource_id": "p-7",
+        "type_id": kind["agent_task"],
         "status_id": status["in_progress"],
-        "priority_id": priority["high"], "assignee_id": ben, "parent_task_id": parent,
-        "due_date": "2030-02-28", "start_date": "2030-02-01", "estimated_hours": 3.5, "internal_hours": 1,
-        "is_private": True, "reported_by_contact_id": "contact-1",
+        "priority_id": priority["high"],
+        "assignee_id": ben,
+        "parent_task_id": parent,
+        "due_date": "2030-02-28",
+        "start_date": "2030-02-01",
+        "estimated_hours": 3.5,
+        "internal_hours": 1,
+        "is_private": True,
+        "reported_by_contact_id": "contact-1",
     }
     task = api.post("/tasks", json=body).json()["task"]
     for key, value in body.items():
         assert task[key] == (1 if key == "is_private" else value), key
-    assert (task["type_value"], task["status_value"], task["priority_value"]) == ("agent_task", "in_progress",
-                                                                                 "high")
+    assert (task["type_value"], task["status_value"], task["priority_value"]) == (
+        "agent_task",
+        "in_progress",
+        "high",
+    )
     state = raw.get(f"{fake.url}/_fake/state").json()
     assert task["id"] in state["agent_task_meta"]
     assert {"task_id": task["id"], "event": "created", "user_id": fake.caller_id} in [
-        {k: h[k] for k in ("task_id", "event", "user_id")} for h in state["history"]]
+        {k: h[k] for k in ("task_id", "event", "user_id")} for h in state["history"]
+    ]
     assert [(n["type"], n["user_id"]) for n in state["notifications"] if n["task_id"] == task["id"]] == [
-        ("task_assigned", ben)]
+        ("task_assigned", ben)
+    ]
     assert api.get(f"/tasks/{parent}").json()["task"]["subtask_count"] == 1
 
 
@@ -544,8 +680,9 @@ def test_create_validation_errors(fake: SquadsFake, api: httpx.Client) -> None:
     ]
     for body, word in bad_bodies:
         assert_error(api.post("/tasks", json=body), 400, word)
-    assert_error(api.post("/tasks", content=b"{not json", headers={"Content-Type": "application/json"}), 400,
-                 "json")
+    assert_error(
+        api.post("/tasks", content=b"{not json", headers={"Content-Type": "application/json"}), 400, "json"
+    )
     assert_error(api.post("/tasks", json=["title"]), 400, "object")
     assert len(fake.tasks) == 8
 
@@ -574,11 +711,22 @@ def test_update_fields_history_and_updated_at(fake: SquadsFake, api: httpx.Clien
     status = item_ids(api, "task_status")
     eve, ada = fake.user_id("Eve Tanaka"), fake.user_id("Ada Park")
     changes = {
-        "title": "Fix the flaky login test", "status_id": status["in_review"], "assignee_id": eve,
-        "sprint_id": "sprint-3", "phase_id": "phase-1", "sort_order": 4, "requirements": "green CI",
-        "scope": "tests only", "estimate_compute_hours": 0.5, "estimate_total_cost": 12,
-        "approved_by_user_id": ada, "approved_at": "2030-01-01T00:00:00Z", "delivery_notes": "d",
-        "testing_notes": "t", "reported_by_contact_id": "c-2", "unknown_field": "ignored",
+        "title": "Fix the flaky login test",
+        "status_id": status["in_review"],
+        "assignee_id": eve,
+        "sprint_id": "sprint-3",
+        "phase_id": "phase-1",
+        "sort_order": 4,
+        "requirements": "green CI",
+        "scope": "tests only",
+        "estimate_compute_hours": 0.5,
+        "estimate_total_cost": 12,
+        "approved_by_user_id": ada,
+        "approved_at": "2030-01-01T00:00:00Z",
+        "delivery_notes": "d",
+        "testing_notes": "t",
+        "reported_by_contact_id": "c-2",
+        "unknown_field": "ignored",
     }
     resp = api.put(f"/tasks/{task_id}", json=changes)
     assert resp.status_code == 200 and set(resp.json()) == {"task"}
@@ -588,18 +736,23 @@ def test_update_fields_history_and_updated_at(fake: SquadsFake, api: httpx.Clien
             assert task[key] == value, key
     assert "unknown_field" not in task
     assert (task["status_label"], task["assignee_name"], task["approved_by_name"]) == (
-        "In Review", "Eve Tanaka", "Ada Park")
+        "In Review",
+        "Eve Tanaka",
+        "Ada Park",
+    )
     assert task["updated_at"] > before["updated_at"] and task["created_at"] == before["created_at"]
     state = raw.get(f"{fake.url}/_fake/state").json()
     events = [(h["event"], h.get("old"), h.get("new")) for h in state["history"] if h["task_id"] == task_id]
     assert ("status_changed", before["status_id"], status["in_review"]) in events
     assert ("assigned", before["assignee_id"], eve) in events
-    assert ("task_assigned", eve) in [(n["type"], n["user_id"]) for n in state["notifications"]
-                                      if n["task_id"] == task_id]
+    assert ("task_assigned", eve) in [
+        (n["type"], n["user_id"]) for n in state["notifications"] if n["task_id"] == task_id
+    ]
 
 
-def test_update_clears_with_null_and_sets_agent_meta(fake: SquadsFake, api: httpx.Client,
-                                                     raw: httpx.Client) -> None:
+def test_update_clears_with_null_and_sets_agent_meta(
+    fake: SquadsFake, api: httpx.Client, raw: httpx.Client
+) -> None:
     task_id = ids_by_title(api)["Migrate CI runners to ARM"]
     agent = item_ids(api, "task_type")["agent_task"]
     task = api.put(f"/tasks/{task_id}", json={"assignee_id": None, "due_date": None, "type_id": agent}).json()
@@ -643,16 +796,29 @@ def test_replace_todos(fake: SquadsFake, api: httpx.Client, raw: httpx.Client) -
     task_id = ids_by_title(api)["Migrate CI runners to ARM"]
     first, second = api.get(f"/tasks/{task_id}").json()["todos"]
     eve = fake.user_id("Eve Tanaka")
-    resp = api.put(f"/tasks/{task_id}/todos", json={"todos": [
-        {"title": "Write the rollout plan", "assignee_id": eve, "due_date": "2030-03-01", "position": 1},
-        {"id": second["id"], "title": "Port the build cache (v2)", "is_done": True, "position": 0},
-        {"id": "todo-chosen-by-client", "title": "Keep my id"},
-    ]})
+    resp = api.put(
+        f"/tasks/{task_id}/todos",
+        json={
+            "todos": [
+                {
+                    "title": "Write the rollout plan",
+                    "assignee_id": eve,
+                    "due_date": "2030-03-01",
+                    "position": 1,
+                },
+                {"id": second["id"], "title": "Port the build cache (v2)", "is_done": True, "position": 0},
+                {"id": "todo-chosen-by-client", "title": "Keep my id"},
+            ]
+        },
+    )
     assert resp.status_code == 200 and set(resp.json()) == {"todos"}
     todos = resp.json()["todos"]
     assert all(set(t) == TODO_KEYS and t["task_id"] == task_id for t in todos)
     assert [(t["title"], t["is_done"], t["position"]) for t in todos] == [
-        ("Port the build cache (v2)", 1, 0), ("Write the rollout plan", 0, 1), ("Keep my id", 0, 2)]
+        ("Port the build cache (v2)", 1, 0),
+        ("Write the rollout plan", 0, 1),
+        ("Keep my id", 0, 2),
+    ]
     assert todos[0]["id"] == second["id"] and first["id"] not in {t["id"] for t in todos}
     assert todos[2]["id"] == "todo-chosen-by-client"
     assert (todos[1]["assignee_name"], todos[1]["due_date"]) == ("Eve Tanaka", "2030-03-01")
@@ -694,8 +860,10 @@ def test_subtasks_list_and_create(fake: SquadsFake, api: httpx.Client) -> None:
     (existing,) = api.get(f"/tasks/{parent}/subtasks").json()["subtasks"]
     assert set(existing) == SUBTASK_KEYS and existing["title"] == "Benchmark ARM build times"
     ben = fake.user_id("Ben Okafor")
-    resp = api.post(f"/tasks/{parent}/subtasks",
-                    json={"title": "Write the runbook", "assignee_id": ben, "due_date": "2030-04-01"})
+    resp = api.post(
+        f"/tasks/{parent}/subtasks",
+        json={"title": "Write the runbook", "assignee_id": ben, "due_date": "2030-04-01"},
+    )
     assert resp.status_code == 201
     task = resp.json()["task"]
     assert (task["parent_task_id"], task["assignee_id"], task["due_date"]) == (parent, ben, "2030-04-01")
@@ -734,15 +902,21 @@ def test_resources_list_add_delete(api: httpx.Client) -> None:
     assert set(seeded) == RESOURCE_KEYS
     assert (seeded["icon"], seeded["type"], seeded["created_by_name"]) == ("github", "link", "Ada Park")
     added = []
-    for url, icon in [("https://www.figma.com/file/x", "figma"),
-                      ("https://docs.google.com/document/d/1", "google-docs"),
-                      ("https://team.slack.com/archives/C1", "slack"), ("https://example.org/page", "link")]:
+    for url, icon in [
+        ("https://www.figma.com/file/x", "figma"),
+        ("https://docs.google.com/document/d/1", "google-docs"),
+        ("https://team.slack.com/archives/C1", "slack"),
+        ("https://example.org/page", "link"),
+    ]:
         resp = api.post(f"/tasks/{task_id}/resources", json={"url": url, "title": icon, "description": "d"})
         assert resp.status_code == 201 and set(resp.json()) == {"resource"}
         resource = resp.json()["resource"]
         assert set(resource) == RESOURCE_KEYS
         assert (resource["icon"], resource["task_id"], resource["created_by_name"]) == (
-            icon, task_id, "Bridge Bot")
+            icon,
+            task_id,
+            "Bridge Bot",
+        )
         added.append(resource)
     listed = api.get(f"/tasks/{task_id}/resources").json()["resources"]
     assert [r["id"] for r in listed] == [seeded["id"], *(r["id"] for r in added)]
@@ -750,8 +924,12 @@ def test_resources_list_add_delete(api: httpx.Client) -> None:
     assert api.delete(f"/tasks/{task_id}/resources/{added[0]['id']}").json() == {"ok": True}
     assert_error(api.delete(f"/tasks/{task_id}/resources/{added[0]['id']}"), 404)
     assert len(api.get(f"/tasks/{task_id}/resources").json()["resources"]) == 4
-    for body in ({"title": "no url"}, {"url": "https://a.example"}, {"url": "", "title": "x"},
-                 {"url": "https://a.example", "title": " "}):
+    for body in (
+        {"title": "no url"},
+        {"url": "https://a.example"},
+        {"url": "", "title": "x"},
+        {"url": "https://a.example", "title": " "},
+    ):
         assert_error(api.post(f"/tasks/{task_id}/resources", json=body), 400, "required")
 
 
@@ -773,8 +951,9 @@ def test_resources_reorder(api: httpx.Client) -> None:
 # -- faults, request log, harness -----------------------------------------------------------------
 
 
-def test_rate_limit_burst_answers_429_with_retry_after(fake: SquadsFake, api: httpx.Client,
-                                                       raw: httpx.Client) -> None:
+def test_rate_limit_burst_answers_429_with_retry_after(
+    fake: SquadsFake, api: httpx.Client, raw: httpx.Client
+) -> None:
     fake.faults.retry_after = 7
     fake.faults.rate_limit_burst = 1
     resp = api.get("/tasks")
@@ -849,10 +1028,16 @@ def test_seed_is_deterministic() -> None:
 
 def test_serves_standalone(raw: httpx.Client) -> None:
     port = fakekit.free_port()
-    code = ("from connectors.squads.fake import SquadsFake; "
-            f"SquadsFake(token={TOKEN!r}, seed=1).serve_forever({port})")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "from connectors.squads.fake import SquadsFake; "
+        f"SquadsFake(token={TOKEN!r}, seed=1).serve_forever({port})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

@@ -29,8 +29,18 @@ CAROL = "vt_carol_viewer"
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 # One TLS context for every client: building one per httpx.Client costs ~50 ms each.
 SSL = ssl.create_default_context()
-TASK_KEYS = {"id", "title", "description", "status", "priority", "dueDate", "tags", "assignees", "createdAt",
-             "updatedAt"}
+TASK_KEYS = {
+    "id",
+    "title",
+    "description",
+    "status",
+    "priority",
+    "dueDate",
+    "tags",
+    "assignees",
+    "createdAt",
+    "updatedAt",
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +111,9 @@ def sign(secret: str, body: bytes) -> str:
 # -- auth, errors, routing -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/profile", "/projects", "/projects/1/tasks", "/apitokens", "/projects/1/webhooks"])
+@pytest.mark.parametrize(
+    "path", ["/profile", "/projects", "/projects/1/tasks", "/apitokens", "/projects/1/webhooks"]
+)
 def test_missing_or_wrong_token_is_401(fake: VortaskFake, path: str) -> None:
     for token in (None, "vt_nope"):
         with client(fake, token) as c:
@@ -136,9 +148,14 @@ def test_profile_get_put_delete(fake: VortaskFake, alice: httpx.Client) -> None:
     assert profile["avatarUrl"] is None and profile["createdAt"].endswith("Z")
     assert len(profile["id"]) == 36
 
-    resp = alice.put("/profile", json={"displayName": "Alice Smith", "avatarUrl": "https://example.com/a.jpg"})
+    resp = alice.put(
+        "/profile", json={"displayName": "Alice Smith", "avatarUrl": "https://example.com/a.jpg"}
+    )
     assert resp.status_code == 200
-    assert resp.json()["displayName"] == "Alice Smith" and resp.json()["avatarUrl"] == "https://example.com/a.jpg"
+    assert (
+        resp.json()["displayName"] == "Alice Smith"
+        and resp.json()["avatarUrl"] == "https://example.com/a.jpg"
+    )
     assert_error(alice.put("/profile", json={"displayName": ""}), 400, "DisplayName")
     assert_error(alice.put("/profile", json={"avatarUrl": "not a url"}), 400, "AvatarUrl")
 
@@ -156,7 +173,11 @@ def test_projects_list_get_create_update_delete(fake: VortaskFake, alice: httpx.
     projects = alice.get("/projects").json()
     assert projects == [alice.get("/projects/1").json()]
     assert set(projects[0]) == {"id", "name", "description", "taskCount", "myRole", "createdAt"}
-    assert projects[0]["name"] == "Default" and projects[0]["myRole"] == "Admin" and projects[0]["taskCount"] == 0
+    assert (
+        projects[0]["name"] == "Default"
+        and projects[0]["myRole"] == "Admin"
+        and projects[0]["taskCount"] == 0
+    )
 
     resp = alice.post("/projects", json={"name": "Launch", "description": "Q3 launch"})
     assert resp.status_code == 201
@@ -212,7 +233,9 @@ def test_invite_preview_accept_and_cancel(fake: VortaskFake, alice: httpx.Client
     invitation = resp.json()
     assert invitation["email"] == "dave@example.com" and invitation["role"] == "Viewer"
     assert_error(alice.post("/projects/1/members", json={"email": "dave@example.com"}), 400, "pending")
-    assert_error(alice.post("/projects/1/members", json={"email": "bob@example.com"}), 400, "already a member")
+    assert_error(
+        alice.post("/projects/1/members", json={"email": "bob@example.com"}), 400, "already a member"
+    )
     assert_error(alice.post("/projects/1/members", json={"email": "nope", "role": "Boss"}), 400)
     with client(fake, BOB) as bob:
         assert_error(bob.post("/projects/1/members", json={"email": "x@example.com"}), 403)
@@ -249,8 +272,10 @@ def test_invite_preview_accept_and_cancel(fake: VortaskFake, alice: httpx.Client
     inv3 = alice.post("/projects/1/members", json={"email": "erin@example.com", "role": "Member"}).json()
     assert alice.delete(f"/projects/1/invitations/{inv3['id']}").status_code == 204
     assert_error(alice.delete(f"/projects/1/invitations/{inv3['id']}"), 404)
-    assert_error(plain(fake, "GET", "/api/invitations/preview",
-                           params={"token": fake.invitation_token(inv3["id"])}), 404)
+    assert_error(
+        plain(fake, "GET", "/api/invitations/preview", params={"token": fake.invitation_token(inv3["id"])}),
+        404,
+    )
 
 
 # -- tasks -----------------------------------------------------------------------------------------
@@ -258,8 +283,16 @@ def test_invite_preview_accept_and_cancel(fake: VortaskFake, alice: httpx.Client
 
 def test_create_task_shape_defaults_and_dates(fake: VortaskFake, alice: httpx.Client) -> None:
     bob_id = user_id(fake, "bob@example.com")
-    task = make_task(alice, title="Add dark mode", description="Support system theme", priority="High",
-                     dueDate="2026-04-01", tags=["frontend", "ui"], assigneeIds=[bob_id], status="Closed")
+    task = make_task(
+        alice,
+        title="Add dark mode",
+        description="Support system theme",
+        priority="High",
+        dueDate="2026-04-01",
+        tags=["frontend", "ui"],
+        assigneeIds=[bob_id],
+        status="Closed",
+    )
     assert set(task) == TASK_KEYS
     assert task["status"] == "New"  # a status sent on create is ignored
     assert task["priority"] == "High" and task["tags"] == ["frontend", "ui"]
@@ -280,12 +313,20 @@ def test_create_task_validation(fake: VortaskFake, alice: httpx.Client) -> None:
     assert resp.json()["errors"] == ["Title is required.", "Priority is required."]
     assert resp.json()["message"] == "Validation failed"
     assert_error(alice.post("/projects/1/tasks", json={"title": "x", "priority": "Urgent"}), 400, "Priority")
-    assert_error(alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "dueDate": "soon"}), 400,
-                 "DueDate")
-    assert_error(alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "tags": "a,b"}), 400, "Tags")
+    assert_error(
+        alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "dueDate": "soon"}),
+        400,
+        "DueDate",
+    )
+    assert_error(
+        alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "tags": "a,b"}), 400, "Tags"
+    )
     stranger = "00000000-0000-4000-8000-000000000000"
-    assert_error(alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "assigneeIds": [stranger]}),
-                 400, "not a member")
+    assert_error(
+        alice.post("/projects/1/tasks", json={"title": "x", "priority": "Low", "assigneeIds": [stranger]}),
+        400,
+        "not a member",
+    )
     assert_error(alice.post("/projects/9/tasks", json={"title": "x", "priority": "Low"}), 404)
     with client(fake, CAROL) as carol:
         assert_error(carol.post("/projects/1/tasks", json={"title": "x", "priority": "Low"}), 403, "Member")
@@ -298,10 +339,14 @@ def test_update_task_partial_and_validation(fake: VortaskFake, alice: httpx.Clie
     resp = alice.put(f"/projects/1/tasks/{task['id']}", json={"status": "Active"})
     assert resp.status_code == 200
     updated = resp.json()
-    assert updated["status"] == "Active" and updated["title"] == task["title"] and updated["tags"] == ["backend"]
+    assert (
+        updated["status"] == "Active" and updated["title"] == task["title"] and updated["tags"] == ["backend"]
+    )
     assert updated["dueDate"] == "2026-04-01T00:00:00Z" and updated["updatedAt"] > task["updatedAt"]
 
-    cleared = alice.put(f"/projects/1/tasks/{task['id']}", json={"dueDate": None, "tags": [], "title": "New"}).json()
+    cleared = alice.put(
+        f"/projects/1/tasks/{task['id']}", json={"dueDate": None, "tags": [], "title": "New"}
+    ).json()
     assert cleared["dueDate"] is None and cleared["tags"] == [] and cleared["title"] == "New"
     assert_error(alice.put(f"/projects/1/tasks/{task['id']}", json={"status": "Done"}), 400, "Status")
     assert_error(alice.put(f"/projects/1/tasks/{task['id']}", json={"title": ""}), 400, "Title")
@@ -330,7 +375,9 @@ def test_list_tasks_filters_unpaginated(fake: VortaskFake, alice: httpx.Client) 
     assert alice.get("/projects/1/tasks").json() == []
     bob_id = user_id(fake, "bob@example.com")
     a = make_task(alice, title="A", priority="High", tags=["backend", "auth"], dueDate="2026-03-10")
-    b = make_task(alice, title="B", priority="Low", tags=["frontend"], dueDate="2026-04-10", assigneeIds=[bob_id])
+    b = make_task(
+        alice, title="B", priority="Low", tags=["frontend"], dueDate="2026-04-10", assigneeIds=[bob_id]
+    )
     c = make_task(alice, title="C", priority="High")
     alice.put(f"/projects/1/tasks/{a['id']}", json={"status": "Active"})
     for n in range(30):  # no pagination: everything comes back at once
@@ -409,17 +456,23 @@ def test_token_scopes_give_403(fake: VortaskFake, alice: httpx.Client) -> None:
     with client(fake, created["token"]) as reader:
         assert reader.get("/projects/1/tasks").status_code == 200
         assert reader.get(f"/projects/1/tasks/{task['id']}/history").status_code == 200
-        assert_error(reader.post("/projects/1/tasks", json={"title": "x", "priority": "Low"}), 403, "tasks:write")
+        assert_error(
+            reader.post("/projects/1/tasks", json={"title": "x", "priority": "Low"}), 403, "tasks:write"
+        )
         assert_error(reader.delete(f"/projects/1/tasks/{task['id']}"), 403, "tasks:delete")
         assert_error(reader.get("/projects"), 403, "projects:read")
         assert_error(reader.get("/projects/1/members"), 403, "projects:read")
         assert_error(reader.post("/apitokens", json={"name": "escalate"}), 403)
         assert reader.get("/profile").status_code == 200
     assert_error(alice.post("/apitokens", json={"name": "bad", "scopes": ["admin"]}), 400, "Scopes")
-    fake.add_user("ops@example.com", "Ops", role="Admin", token="vt_ops", scopes=["projects:read", "projects:write"])
+    fake.add_user(
+        "ops@example.com", "Ops", role="Admin", token="vt_ops", scopes=["projects:read", "projects:write"]
+    )
     with client(fake, "vt_ops") as ops:
         assert ops.get("/projects/1/members").status_code == 200
-        assert ops.post("/projects/1/webhooks", json={"callbackUrl": "http://127.0.0.1:1/h"}).status_code == 201
+        assert (
+            ops.post("/projects/1/webhooks", json={"callbackUrl": "http://127.0.0.1:1/h"}).status_code == 201
+        )
         assert_error(ops.get("/projects/1/tasks"), 403, "tasks:read")
 
 
@@ -428,14 +481,27 @@ def test_token_scopes_give_403(fake: VortaskFake, alice: httpx.Client) -> None:
 
 def test_webhook_crud_and_admin_only(fake: VortaskFake, alice: httpx.Client) -> None:
     assert alice.get("/projects/1/webhooks").json() == []
-    resp = alice.post("/projects/1/webhooks", json={"callbackUrl": "https://example.com/hook", "secret": "s3"})
+    resp = alice.post(
+        "/projects/1/webhooks", json={"callbackUrl": "https://example.com/hook", "secret": "s3"}
+    )
     assert resp.status_code == 201
     hook = resp.json()
-    assert hook == {"id": hook["id"], "projectId": 1, "callbackUrl": "https://example.com/hook", "isActive": True,
-                    "createdAt": hook["createdAt"]}
+    assert hook == {
+        "id": hook["id"],
+        "projectId": 1,
+        "callbackUrl": "https://example.com/hook",
+        "isActive": True,
+        "createdAt": hook["createdAt"],
+    }
     assert alice.get("/projects/1/webhooks").json() == [hook]
-    resp = alice.put(f"/projects/1/webhooks/{hook['id']}", json={"isActive": False, "callbackUrl": "https://e.com/2"})
-    assert resp.status_code == 200 and resp.json()["isActive"] is False and resp.json()["callbackUrl"] == "https://e.com/2"
+    resp = alice.put(
+        f"/projects/1/webhooks/{hook['id']}", json={"isActive": False, "callbackUrl": "https://e.com/2"}
+    )
+    assert (
+        resp.status_code == 200
+        and resp.json()["isActive"] is False
+        and resp.json()["callbackUrl"] == "https://e.com/2"
+    )
     assert_error(alice.post("/projects/1/webhooks", json={"callbackUrl": "ftp://x"}), 400, "CallbackUrl")
     assert_error(alice.put(f"/projects/1/webhooks/{hook['id']}", json={"isActive": "no"}), 400, "IsActive")
     with client(fake, BOB) as bob:
@@ -445,8 +511,9 @@ def test_webhook_crud_and_admin_only(fake: VortaskFake, alice: httpx.Client) -> 
     assert_error(alice.delete(f"/projects/1/webhooks/{hook['id']}"), 404)
 
 
-def test_webhooks_signed_payloads_for_every_task_event(fake: VortaskFake, alice: httpx.Client,
-                                                       webhook_receiver: WebhookReceiver) -> None:
+def test_webhooks_signed_payloads_for_every_task_event(
+    fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     secret = "whsec_vortask"
     alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url + "/hook", "secret": secret})
     task = make_task(alice, title="Deploy to production", priority="High", tags=["backend"])
@@ -466,15 +533,22 @@ def test_webhooks_signed_payloads_for_every_task_event(fake: VortaskFake, alice:
     assert updated == {
         "event": "task.updated",
         "projectId": 1,
-        "task": {"id": task["id"], "title": "Deploy to production", "status": "Closed", "priority": "High",
-                 "assignees": [{"email": "alice@example.com"}], "tags": ["backend"],
-                 "updatedAt": updated["task"]["updatedAt"]},  # type: ignore[index]
+        "task": {
+            "id": task["id"],
+            "title": "Deploy to production",
+            "status": "Closed",
+            "priority": "High",
+            "assignees": [{"email": "alice@example.com"}],
+            "tags": ["backend"],
+            "updatedAt": updated["task"]["updatedAt"],
+        },  # type: ignore[index]
     }
     assert updated["task"]["updatedAt"] > task["updatedAt"]  # type: ignore[index]
 
 
 def test_webhook_without_secret_is_unsigned_and_inactive_does_not_fire(
-        fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+    fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     off = alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url + "/off"}).json()
     alice.put(f"/projects/1/webhooks/{off['id']}", json={"isActive": False})
     alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url + "/on"})
@@ -486,8 +560,9 @@ def test_webhook_without_secret_is_unsigned_and_inactive_does_not_fire(
     assert all("x-vortask-signature" not in h.headers for h in hooks)
 
 
-def test_webhook_retried_when_receiver_fails(fake: VortaskFake, alice: httpx.Client,
-                                             webhook_receiver: WebhookReceiver) -> None:
+def test_webhook_retried_when_receiver_fails(
+    fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     fake.webhooks.backoff = 0.05
     webhook_receiver.status = 500
     alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url, "secret": "k"})
@@ -501,7 +576,9 @@ def test_webhook_retried_when_receiver_fails(fake: VortaskFake, alice: httpx.Cli
     assert plain(fake, "GET", "/_fake/webhooks").json()[0]["attempts"] == len(webhook_receiver.received) >= 3
 
 
-def test_drop_webhook_rate_drops(fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver) -> None:
+def test_drop_webhook_rate_drops(
+    fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url})
     plain(fake, "POST", "/_fake/faults", json={"drop_webhook_rate": 1})
     make_task(alice)
@@ -548,8 +625,17 @@ def test_request_log_counts(fake: VortaskFake, alice: httpx.Client) -> None:
 def test_seed_is_deterministic_and_reset_restores() -> None:
     def content(fake: VortaskFake) -> list[tuple[Any, ...]]:
         tasks = fake.snapshot()["projects"][0]["tasks"]
-        return [(t["title"], t["status"], t["priority"], t["dueDate"], t["tags"], [a["email"] for a in t["assignees"]])
-                for t in tasks]
+        return [
+            (
+                t["title"],
+                t["status"],
+                t["priority"],
+                t["dueDate"],
+                t["tags"],
+                [a["email"] for a in t["assignees"]],
+            )
+            for t in tasks
+        ]
 
     first, second = VortaskFake(token=ALICE, seed=7), VortaskFake(token=ALICE, seed=7)
     assert content(first) == content(second) != content(VortaskFake(token=ALICE, seed=8))
@@ -572,7 +658,11 @@ def test_seed_is_deterministic_and_reset_restores() -> None:
 def rpc_messages(resp: httpx.Response) -> list[dict[str, Any]]:
     """JSON-RPC messages of a response: an SSE stream's `data:` lines, or a JSON body."""
     if resp.headers["content-type"].startswith("text/event-stream"):
-        return [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        return [
+            json.loads(line[5:])
+            for line in resp.text.splitlines()
+            if line.startswith("data:") and line[5:].strip()
+        ]
     return [resp.json()]
 
 
@@ -580,12 +670,18 @@ class RawMcp:
     """Minimal hand-written MCP client: what a non-SDK integration would send."""
 
     def __init__(self, fake: VortaskFake, token: str = ALICE) -> None:
-        self.http = httpx.Client(base_url=fake.url, timeout=10, verify=SSL,
-                                 headers={"Authorization": f"Bearer {token}", **MCP_ACCEPT})
+        self.http = httpx.Client(
+            base_url=fake.url,
+            timeout=10,
+            verify=SSL,
+            headers={"Authorization": f"Bearer {token}", **MCP_ACCEPT},
+        )
         self.session: str | None = None
         self.next_id = 0
 
-    def post(self, method: str, params: dict[str, Any] | None = None, *, notify: bool = False) -> httpx.Response:
+    def post(
+        self, method: str, params: dict[str, Any] | None = None, *, notify: bool = False
+    ) -> httpx.Response:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = params
@@ -596,8 +692,14 @@ class RawMcp:
         return self.http.post("/mcp", json=message, headers=headers)
 
     def initialize(self) -> dict[str, Any]:
-        resp = self.post("initialize", {"protocolVersion": "2024-11-05", "capabilities": {},
-                                        "clientInfo": {"name": "contract-test", "version": "1.0"}})
+        resp = self.post(
+            "initialize",
+            {
+                "protocolVersion": "2024-11-05",
+                "capabilities": {},
+                "clientInfo": {"name": "contract-test", "version": "1.0"},
+            },
+        )
         assert resp.status_code == 200, resp.text
         self.session = resp.headers["mcp-session-id"]
         assert self.post("notifications/initialized", notify=True).status_code == 202
@@ -620,9 +722,21 @@ def test_mcp_raw_handshake_tools_and_comments(fake: VortaskFake, alice: httpx.Cl
 
     tools = rpc_messages(mcp.post("tools/list"))[0]["result"]["tools"]
     assert [t["name"] for t in tools] == [
-        "get_context", "list_projects", "list_tasks", "get_task", "get_task_history", "create_task",
-        "bulk_create_tasks", "update_task", "delete_task", "list_members", "create_project", "list_comments",
-        "add_comment", "delete_comment"]
+        "get_context",
+        "list_projects",
+        "list_tasks",
+        "get_task",
+        "get_task_history",
+        "create_task",
+        "bulk_create_tasks",
+        "update_task",
+        "delete_task",
+        "list_members",
+        "create_project",
+        "list_comments",
+        "add_comment",
+        "delete_comment",
+    ]
     schemas = {t["name"]: t["inputSchema"] for t in tools}
     assert schemas["create_task"]["required"] == ["projectId", "title"]
     assert schemas["add_comment"]["required"] == ["taskId", "body"]
@@ -649,8 +763,9 @@ def test_mcp_requires_session_id_and_token(fake: VortaskFake) -> None:
 
     for token in ("vt_wrong", None):
         headers = {**MCP_ACCEPT, **({"Authorization": f"Bearer {token}"} if token else {})}
-        resp = plain(fake, "POST", "/mcp", headers=headers,
-                          json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        resp = plain(
+            fake, "POST", "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        )
         assert_error(resp, 401)
         assert resp.headers["www-authenticate"] == "Bearer"
 
@@ -659,23 +774,32 @@ def test_mcp_requires_session_id_and_token(fake: VortaskFake) -> None:
     bob.session = session
     assert bob.post("tools/list").status_code == 404
     # A post-2024-era protocol header is refused (SDK clients then fall back to initialize).
-    resp = plain(fake, "POST", "/mcp", headers={**MCP_ACCEPT, "Authorization": f"Bearer {ALICE}",
-                                                  "MCP-Protocol-Version": "2026-07-28"},
-                      json={"jsonrpc": "2.0", "id": 1, "method": "server/discover"})
+    resp = plain(
+        fake,
+        "POST",
+        "/mcp",
+        headers={**MCP_ACCEPT, "Authorization": f"Bearer {ALICE}", "MCP-Protocol-Version": "2026-07-28"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "server/discover"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == -32600
     mcp.session = session
     resp = mcp.post("tools/call", {"name": "no_such_tool", "arguments": {}})
     assert rpc_messages(resp)[0]["error"]["code"] == -32602
 
 
-def test_mcp_task_tools_fire_webhooks(fake: VortaskFake, alice: httpx.Client,
-                                      webhook_receiver: WebhookReceiver) -> None:
+def test_mcp_task_tools_fire_webhooks(
+    fake: VortaskFake, alice: httpx.Client, webhook_receiver: WebhookReceiver
+) -> None:
     alice.post("/projects/1/webhooks", json={"callbackUrl": webhook_receiver.url, "secret": "mcp"})
     mcp = RawMcp(fake)
     mcp.initialize()
     created, error = mcp.call("create_task", projectId=1, title="From an agent", dueDate="2026-05-01")
     assert not error and set(created) == TASK_KEYS
-    assert created["priority"] == "Medium" and created["status"] == "New" and created["dueDate"] == "2026-05-01T00:00:00Z"
+    assert (
+        created["priority"] == "Medium"
+        and created["status"] == "New"
+        and created["dueDate"] == "2026-05-01T00:00:00Z"
+    )
     updated, _ = mcp.call("update_task", taskId=created["id"], status="Blocked", tags=["agent"])
     assert updated["status"] == "Blocked" and updated["tags"] == ["agent"]
     assert mcp.call("get_task", taskId=created["id"])[0] == updated
@@ -686,7 +810,10 @@ def test_mcp_task_tools_fire_webhooks(fake: VortaskFake, alice: httpx.Client,
     hooks = webhook_receiver.wait_for(3)
     time.sleep(0.1)
     assert [h.json()["event"] for h in webhook_receiver.received] == [  # type: ignore[index]
-        "task.created", "task.updated", "task.deleted"]
+        "task.created",
+        "task.updated",
+        "task.deleted",
+    ]
     assert all(h.headers["x-vortask-signature"] == sign("mcp", h.body) for h in hooks)
     assert mcp.call("get_task", taskId=created["id"])[0]["message"] == "Not Found"
 
@@ -697,21 +824,32 @@ def test_mcp_other_tools(fake: VortaskFake, alice: httpx.Client) -> None:
     mcp.initialize()
     context, _ = mcp.call("get_context")
     assert context["profile"]["email"] == "alice@example.com"
-    assert context["projects"][0]["id"] == 1 and [t["title"] for t in context["projects"][0]["recentTasks"]] == ["Old"]
+    assert context["projects"][0]["id"] == 1 and [
+        t["title"] for t in context["projects"][0]["recentTasks"]
+    ] == ["Old"]
     project, _ = mcp.call("create_project", name="Agent project")
     assert project["myRole"] == "Admin" and project["taskCount"] == 0
     assert [p["id"] for p in mcp.call("list_projects")[0]] == [1, project["id"]]
-    bulk, error = mcp.call("bulk_create_tasks", projectId=project["id"],
-                           tasks=[{"title": "one"}, {"title": "two", "priority": "High"}])
+    bulk, error = mcp.call(
+        "bulk_create_tasks",
+        projectId=project["id"],
+        tasks=[{"title": "one"}, {"title": "two", "priority": "High"}],
+    )
     assert not error and [t["title"] for t in bulk["created"]] == ["one", "two"]
-    bad, error = mcp.call("bulk_create_tasks", projectId=project["id"], tasks=[{"title": "ok"}, {"title": ""}])
+    bad, error = mcp.call(
+        "bulk_create_tasks", projectId=project["id"], tasks=[{"title": "ok"}, {"title": ""}]
+    )
     assert error and bad["status"] == 400 and "Task 2" in bad["errors"][0]
     assert len(mcp.call("list_tasks", projectId=project["id"])[0]) == 2  # nothing half-created
-    assert [t["title"] for t in mcp.call("list_tasks", projectId=project["id"], priority="High")[0]] == ["two"]
+    assert [t["title"] for t in mcp.call("list_tasks", projectId=project["id"], priority="High")[0]] == [
+        "two"
+    ]
     assert mcp.call("bulk_create_tasks", projectId=1, tasks=[{"title": "x"}] * 101)[1] is True
     alice.post("/projects/1/members", json={"email": "zed@example.com", "role": "Viewer"})
     members, _ = mcp.call("list_members", projectId=1)
-    assert len(members["members"]) == 3 and [i["email"] for i in members["invitations"]] == ["zed@example.com"]
+    assert len(members["members"]) == 3 and [i["email"] for i in members["invitations"]] == [
+        "zed@example.com"
+    ]
     missing, error = mcp.call("list_tasks", projectId=999)
     assert error and missing == {"errors": ["Project 999 not found."], "message": "Not Found", "status": 404}
     assert mcp.call("get_task", taskId="1")[1] is True  # ids are integers
@@ -729,8 +867,10 @@ def test_mcp_roles_and_comment_ownership(fake: VortaskFake, alice: httpx.Client)
     admins_comment, _ = admin.call("add_comment", taskId=task["id"], body="admin")
     bobs_comment, _ = bob.call("add_comment", taskId=task["id"], body="bob")
     assert bob.call("delete_comment", commentId=admins_comment["id"])[0]["status"] == 403
-    assert bob.call("delete_comment", commentId=bobs_comment["id"])[0] == {"deleted": True,
-                                                                          "commentId": bobs_comment["id"]}
+    assert bob.call("delete_comment", commentId=bobs_comment["id"])[0] == {
+        "deleted": True,
+        "commentId": bobs_comment["id"],
+    }
     bobs_again, _ = bob.call("add_comment", taskId=task["id"], body="bob again")
     assert admin.call("delete_comment", commentId=bobs_again["id"])[1] is False  # Admin may delete any
     assert [c["body"] for c in admin.call("list_comments", taskId=task["id"])[0]] == ["admin"]
@@ -747,8 +887,14 @@ def test_mcp_roles_and_comment_ownership(fake: VortaskFake, alice: httpx.Client)
 def test_mcp_json_response_mode() -> None:
     with VortaskFake(token=ALICE, mcp_json_response=True) as fake:
         mcp = RawMcp(fake)
-        resp = mcp.post("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                       "clientInfo": {"name": "t", "version": "1"}})
+        resp = mcp.post(
+            "initialize",
+            {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        )
         assert resp.headers["content-type"].startswith("application/json")
         assert resp.json()["result"]["protocolVersion"] == "2024-11-05"  # pinned whatever is asked
 
@@ -759,8 +905,10 @@ def test_mcp_json_response_mode() -> None:
 async def test_mcp_sdk_client_interoperates(fake: VortaskFake) -> None:
     with client(fake) as alice:
         task = make_task(alice, title="SDK task")
-    async with (httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}) as http,
-                Client(streamable_http_client(fake.url + "/mcp", http_client=http)) as mcp):
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}) as http,
+        Client(streamable_http_client(fake.url + "/mcp", http_client=http)) as mcp,
+    ):
         assert mcp.session.initialize_result is not None
         assert mcp.session.initialize_result.protocol_version == "2024-11-05"
         tools = await mcp.list_tools()
@@ -779,24 +927,42 @@ async def test_mcp_sdk_client_interoperates(fake: VortaskFake) -> None:
 
 def test_serve_forever_standalone() -> None:
     port = free_port()
-    code = ("from connectors.vortask.fake import VortaskFake;"
-            f"VortaskFake(token={ALICE!r}, seed=3).serve_forever({port})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "from connectors.vortask.fake import VortaskFake;"
+        f"VortaskFake(token={ALICE!r}, seed=3).serve_forever({port})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
-                resp = httpx.get(f"http://127.0.0.1:{port}/api/projects/1/tasks", verify=SSL,
-                                 headers={"Authorization": f"Bearer {ALICE}"})
+                resp = httpx.get(
+                    f"http://127.0.0.1:{port}/api/projects/1/tasks",
+                    verify=SSL,
+                    headers={"Authorization": f"Bearer {ALICE}"},
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "standalone fake did not start"
                 time.sleep(0.05)
         assert resp.status_code == 200 and len(resp.json()) >= 5
-        init = httpx.post(f"http://127.0.0.1:{port}/mcp", verify=SSL, headers={"Authorization": f"Bearer {ALICE}", **MCP_ACCEPT},
-                          json={"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                                "params": {"protocolVersion": "2024-11-05", "capabilities": {},
-                                           "clientInfo": {"name": "t", "version": "1"}}})
+        init = httpx.post(
+            f"http://127.0.0.1:{port}/mcp",
+            verify=SSL,
+            headers={"Authorization": f"Bearer {ALICE}", **MCP_ACCEPT},
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            },
+        )
         assert init.status_code == 200 and init.headers["mcp-session-id"]
     finally:
         proc.terminate()

@@ -233,11 +233,20 @@ class _FaultsAndLog:
             return
         fake = self.fake
         faults = fake.faults
-        status_seen: list[int] = []
+        logged: list[bool] = []
+
+        def log(status: int) -> None:
+            # The template is read now, not on arrival: an inner middleware may rewrite the path.
+            if not logged:
+                logged.append(True)
+                fake.requests.add(
+                    LoggedRequest(scope["method"], fake.route_template(scope), scope["path"], status)
+                )
 
         async def send_and_watch(message: Message) -> None:
+            # Logged before the response leaves, so a client that got its answer sees it counted.
             if message["type"] == "http.response.start":
-                status_seen.append(message["status"])
+                log(message["status"])
             await send(message)
 
         if faults.latency > 0:
@@ -255,14 +264,7 @@ class _FaultsAndLog:
             await response(scope, receive, send_and_watch)
         else:
             await self.app(scope, receive, send_and_watch)
-        fake.requests.add(
-            LoggedRequest(
-                scope["method"],
-                fake.route_template(scope),
-                scope["path"],
-                status_seen[0] if status_seen else 0,
-            )
-        )
+        log(0)  # no response was started (the handler failed before answering)
 
 
 def utcnow() -> datetime:

@@ -666,7 +666,7 @@ class _OptionalTrailingSlash:
     """Serves /api paths with or without the trailing slash, as PostHog's router does.
 
     It rewrites the scope in place (not a copy) so that the request log, which reads the same
-    scope after the response, records the one slashed route template for both spellings.
+    scope when the response starts, records the one slashed route template for both spellings.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -94,7 +94,12 @@ class Daemon:
         self.cfg = cfg
         self.options = options or DaemonOptions()
         self.store = Store.open(cfg.store.url, pool_size=cfg.store.pool_size, echo=cfg.store.echo_sql)
-        self.ctx = EngineContext(self.store, build_routes(cfg), build_connectors(cfg, transport=transport))
+        self.ctx = EngineContext(
+            self.store,
+            build_routes(cfg),
+            build_connectors(cfg, transport=transport),
+            replica=self._replica_id(),
+        )
         for name, c in cfg.connectors.items():
             if c.webhook_secret is not None and c.webhook_secret.get_secret_value():
                 self.ctx.webhook_secrets.setdefault(name, []).append(c.webhook_secret.get_secret_value())
@@ -106,6 +111,17 @@ class Daemon:
         self._server: Any = None
         self._held: set[str] = set()
 
+    def _replica_id(self) -> str:
+        """Stable across restarts of the same replica (host and listen port, which only one live
+        process can hold), so a restarted daemon takes back at once the claims and leases its
+        killed predecessor held instead of waiting for them to expire."""
+        explicit = os.environ.get("TASKBRIDGE_REPLICA_ID")
+        if explicit:
+            return explicit
+        if self.options.serve:
+            return f"{socket.gethostname()}:{self.cfg.server.port}"
+        return f"{socket.gethostname()}:pid{os.getpid()}"
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -114,7 +130,10 @@ class Daemon:
         await self.store.migrate()
         await self._load_webhook_secrets()
         if self.options.serve:
-            await self._start_server()
+            await self._start_server()  # binds the port first: proof no live twin holds our id
+            taken_back = await release_claims(self.ctx)
+            if taken_back:
+                log.warning("took back %d operations claimed by this replica before a crash", taken_back)
         if self.cfg.server.public_url:
             await self.register_webhooks()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))

@@ -50,5 +50,5 @@ def setup(level: str, fmt: str, *, secrets: Sequence[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Libraries' own loggers would print request lines; ours say what matters.
-    for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn.access", "mcp"):
+    for noisy in ("httpx", "httpx2", "httpcore", "apscheduler", "uvicorn.access", "mcp", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -305,7 +305,22 @@ class BaseConnector:
         self.name = settings.name
         self.mapping = settings.mapping
         self.people = settings.people
-        self.http = HttpClient(settings, observer=observer)
+        self.http = HttpClient(
+            settings,
+            auth_headers=self.auth_headers(settings),
+            observer=observer,
+            error_message=self.error_message,
+        )
+
+    # platform hooks for the HTTP layer ---------------------------------------------------------
+
+    def auth_headers(self, settings: ConnectorSettings) -> Mapping[str, str] | None:
+        """Headers that authenticate every request; None: `Authorization: Bearer <token>`."""
+        return None
+
+    def error_message(self, response: httpx.Response) -> str:
+        """The platform's message from an error response (may raise a more precise error)."""
+        return default_error_message(response)
 
     # mapping helpers ------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
+
 from bridge.mapping import MappingError
 from bridge.model import Status, Values, normalize_values, parse_timestamp
 from connectors.base import (
@@ -98,6 +100,9 @@ class RunsConnector(BaseConnector):
         archive=True,
     )
 
+    def error_message(self, response: httpx.Response) -> str:
+        return error_message(response)
+
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         # The mapping is checked before BaseConnector opens an HTTP client that a failed
         # construction would leak.
@@ -105,9 +110,6 @@ class RunsConnector(BaseConnector):
         self._check_status_mapping()
         self.start_run_on = self._start_run_on()
         super().__init__(settings, observer=observer)
-        # BaseConnector builds the HttpClient with base.py's default error reader; PostHog's
-        # error body reads better with its own (attr, detail, code).
-        self.http.error_message = error_message
         self.client = RunsClient(self.http)
         base = settings.base_url.rstrip("/")
         self._app_origin = base[: -len("/api")] if base.endswith("/api") else base

@@ -30,7 +30,6 @@ from connectors.base import (
     ConnectorSettings,
     HttpClient,
     Permanent,
-    RequestObserver,
     default_error_message,
 )
 
@@ -57,35 +56,34 @@ def _is_html(response: httpx.Response) -> bool:
     return "text/html" in response.headers.get("content-type", "").lower()
 
 
+def auth_headers(settings: ConnectorSettings) -> dict[str, str]:
+    """A Cloudflare Access service token, in the two headers Access reads."""
+    client_id, secret = credentials(settings)
+    return {"CF-Access-Client-Id": client_id, "CF-Access-Client-Secret": secret}
+
+
+def error_message(response: httpx.Response, connector: str) -> str:
+    """The platform's message; a 403 login page from the Access edge is an auth failure."""
+    if response.status_code == 403 and _is_html(response):
+        # HttpClient maps every 403 to Permanent; this one means the service token was refused
+        # before the request reached Nucleus, so it is raised here as AuthFailed instead.
+        raise AuthFailed(
+            f"{response.request.method} {response.request.url.path}: Cloudflare Access refused the "
+            "service token (403 login page); check client_id and client_secret",
+            status=403,
+            connector=connector,
+        )
+    return default_error_message(response)
+
+
 class SquadsClient:
     """The Nucleus Tasks API, config lists and squads, as documented in squads.txt and NOTES.md."""
 
-    def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
-        client_id, secret = credentials(settings)
-        self.name = settings.name
-        self.http = HttpClient(
-            settings,
-            auth_headers={"CF-Access-Client-Id": client_id, "CF-Access-Client-Secret": secret},
-            observer=observer,
-            error_message=self._error_message,
-        )
+    def __init__(self, http: HttpClient) -> None:
+        self.http = http
+        self.name = http.settings.name
         # httpx does not follow redirects by default; say so, since the auth check relies on it.
         self.http.client.follow_redirects = False
-
-    # -- plumbing -----------------------------------------------------------------------------
-
-    def _error_message(self, response: httpx.Response) -> str:
-        """The platform's message; a 403 login page from the Access edge is an auth failure."""
-        if response.status_code == 403 and _is_html(response):
-            # HttpClient maps every 403 to Permanent; this one means the service token was refused
-            # before the request reached Nucleus, so it is raised here as AuthFailed instead.
-            raise AuthFailed(
-                f"{response.request.method} {response.request.url.path}: Cloudflare Access refused the "
-                "service token (403 login page); check client_id and client_secret",
-                status=403,
-                connector=self.name,
-            )
-        return default_error_message(response)
 
     async def _call(
         self,

@@ -46,6 +46,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
+
 from bridge.mapping import MappingError, UnmappedValue
 from bridge.model import Status, Values, normalize_values, parse_date, parse_timestamp
 from connectors.base import (
@@ -64,6 +66,8 @@ from connectors.base import (
     fields,
 )
 from connectors.squads.client import Json, SquadsClient
+from connectors.squads.client import auth_headers as client_auth_headers
+from connectors.squads.client import error_message as client_error_message
 
 STATUS_LIST = "task_status"
 PRIORITY_LIST = "task_priority"
@@ -138,12 +142,7 @@ class SquadsConnector(BaseConnector):
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         super().__init__(settings, observer=observer)
-        # BaseConnector builds a bearer-token HttpClient; squads authenticates with Cloudflare
-        # Access headers, so the client's own HttpClient replaces it (the unused one is closed
-        # in aclose; it never opened a connection).
-        self._unused_http = self.http
-        self.client = SquadsClient(settings, observer=observer)
-        self.http = self.client.http
+        self.client = SquadsClient(self.http)
         self.items = ConfigItems(self.client, self.name)
         self._squads: set[str] | None = None
 
@@ -373,6 +372,11 @@ class SquadsConnector(BaseConnector):
         rows = await self.client.list_tasks(squad=scope)
         return f"{self.name}: squad {scope!r}: {len(rows)} tasks visible to this service token"
 
+    def auth_headers(self, settings: ConnectorSettings) -> dict[str, str]:
+        return client_auth_headers(settings)
+
+    def error_message(self, response: httpx.Response) -> str:
+        return client_error_message(response, self.settings.name)
+
     async def aclose(self) -> None:
-        await self.client.aclose()
-        await self._unused_http.aclose()
+        await self.http.aclose()

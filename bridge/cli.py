@@ -11,10 +11,16 @@ import hashlib
 import secrets
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bridge import __version__
 from bridge import config as config_mod
 from bridge import mapping as mapping_mod
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bridge.client_cli import ApiClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -131,6 +137,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, seconds=args.seconds, workdir=args.dir)
 
 
+def _api(args: argparse.Namespace) -> tuple[ApiClient, Console]:
+    from rich.console import Console
+
+    from bridge.client_cli import ApiClient
+
+    url = args.url
+    if url is None and args.config:
+        cfg = _load_config(args.config)
+        host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+        url = f"http://{host}:{cfg.server.port}"
+    return ApiClient(url or "http://127.0.0.1:8080", args.token), Console()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bridge import client_cli
+
+    api, console = _api(args)
+    try:
+        return client_cli.status(api, console)
+    except client_cli.CliError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    from bridge import client_cli
+
+    api, console = _api(args)
+    try:
+        if args.action == "list":
+            return client_cli.conflicts_list(api, console, args.state)
+        return client_cli.conflicts_resolve(api, console, args.id, args.choose, args.value)
+    except client_cli.CliError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     bad = [s for s in scopes if s not in ("read", "write", "admin")]
@@ -195,6 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dir", default=None, help="where to write the demo config and store (default: a temp dir)"
     )
+
+    def api_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", metavar="FILE", help="read the API address from this config")
+        p.add_argument(
+            "--url", help="the daemon's address (default: from --config, else http://127.0.0.1:8080)"
+        )
+        p.add_argument("--token", help="an API token (default: $TASKBRIDGE_TOKEN)")
+
+    p = add("status", cmd_status, "connectors' health, lag, outbox and open conflicts (through the API)")
+    api_options(p)
+
+    p = add("conflicts", cmd_conflicts, "list or resolve conflicts held for a person (through the API)")
+    conflict_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    cl = conflict_sub.add_parser("list", help="list conflicts")
+    cl.add_argument("--state", choices=("open", "resolved", "all"), default="open")
+    api_options(cl)
+    cr = conflict_sub.add_parser("resolve", help="settle one: --choose a side or give a --value")
+    cr.add_argument("id", type=int)
+    cr.add_argument("--choose", help='"bridge" or a connector name among the candidates')
+    cr.add_argument("--value", help="a JSON value for the field (a bare word is a string)")
+    api_options(cr)
 
     p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
 from bridge.engine.inbox import receive
@@ -89,18 +90,9 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @app.post("/webhooks/{connector}", include_in_schema=False)
     async def webhook(connector: str, request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            metrics.webhooks_received.labels(_label(ctx, connector), "too_large").inc()
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > limit:
-                metrics.webhooks_received.labels(_label(ctx, connector), "too_large").inc()
-                return JSONResponse({"error": "body too large"}, status_code=413)
+        body = await request.body()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        receipt = await receive(ctx, connector, headers, bytes(body))
+        receipt = await receive(ctx, connector, headers, body)
         payload: dict[str, Any] = {"result": receipt.result}
         if receipt.detail:
             payload["detail"] = receipt.detail
@@ -109,9 +101,52 @@ def create_app(daemon: Daemon) -> FastAPI:
     from bridge.api.routes import router
 
     app.include_router(router)
+    app.add_middleware(BodyLimit, limit=limit)
     return app
 
 
-def _label(ctx: Any, connector: str) -> str:
-    # Bounded label values: an unknown name in the URL must not create a new series.
-    return connector if connector in ctx.connectors else "unknown"
+class BodyLimit:
+    """413 for a request body over `limit` bytes, declared or streamed, before any handler reads it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    path = scope.get("path", "")
+    if path.startswith("/webhooks/"):
+        connector = path.removeprefix("/webhooks/").split("/")[0]
+        daemon = scope["app"].state.daemon if "app" in scope else None
+        known = daemon is not None and connector in daemon.ctx.connectors
+        metrics.webhooks_received.labels(connector if known else "unknown", "too_large").inc()
+    response = JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
+    await response(scope, receive, send)

@@ -9,7 +9,8 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import or_, select
 
 from bridge.engine import api_ops
@@ -24,8 +25,6 @@ from bridge.store.tables import (
     OutboxRow,
     TaskRow,
 )
-
-router = APIRouter(prefix="/api/v1")
 
 
 # FastAPI dependencies that close over the app's configured tokens.
@@ -43,6 +42,29 @@ WRITE = _dep("write")
 ADMIN = _dep("admin")
 
 
+NULLABLE = frozenset({"description", "due_date", "start_date"})
+
+
+class Error(BaseModel):
+    detail: Any
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers an operation gives, besides 401/403/413/422."""
+    return {code: {"model": Error} for code in codes}
+
+
+router = APIRouter(
+    prefix="/api/v1",
+    responses={
+        400: {"model": Error, "description": "a malformed request (e.g. a body that is not JSON)"},
+        401: {"model": Error, "description": "no or unknown bearer token"},
+        403: {"model": Error, "description": "the token lacks the scope"},
+        413: {"model": Error, "description": "request body too large"},
+    },
+)
+
+
 class TaskFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str | None = Field(None, max_length=1000)
@@ -54,6 +76,14 @@ class TaskFields(BaseModel):
     due_date: date | None = None
     start_date: date | None = None
     archived: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_null_for_required_values(self) -> TaskFields:
+        # Leaving a field out means "unchanged"; null is only a value for the fields that can be empty.
+        for name in self.model_fields_set:
+            if getattr(self, name) is None and name not in NULLABLE:
+                raise ValueError(f"{name} cannot be null (leave it out to keep it unchanged)")
+        return self
 
     def values(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump(exclude_unset=True).items()}
@@ -194,7 +224,7 @@ def _cursor_decode(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(400, "bad cursor") from exc
 
 
-@router.get("/tasks", response_model=TaskPage, dependencies=[READ])
+@router.get("/tasks", response_model=TaskPage, dependencies=[READ], responses=errors(400))
 async def list_tasks(
     request: Request,
     route: str | None = None,
@@ -251,7 +281,7 @@ async def list_tasks(
     return TaskPage(tasks=out, next_cursor=next_cursor)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut, dependencies=[READ])
+@router.get("/tasks/{task_id}", response_model=TaskOut, dependencies=[READ], responses=errors(404))
 async def get_task(request: Request, task_id: str) -> TaskOut:
     ctx = _ctx(request)
     async with ctx.store.sessions() as session:
@@ -270,7 +300,7 @@ async def get_task(request: Request, task_id: str) -> TaskOut:
     return _task_out(row, list(links), list(history), platforms)
 
 
-@router.post("/tasks", response_model=TaskOut, status_code=201, dependencies=[WRITE])
+@router.post("/tasks", response_model=TaskOut, status_code=201, dependencies=[WRITE], responses=errors(404))
 async def create_task(request: Request, body: TaskCreate) -> TaskOut:
     values = body.values()
     route = values.pop("route")
@@ -281,7 +311,7 @@ async def create_task(request: Request, body: TaskCreate) -> TaskOut:
     return await get_task(request, task_id)
 
 
-@router.patch("/tasks/{task_id}", response_model=TaskOut, dependencies=[WRITE])
+@router.patch("/tasks/{task_id}", response_model=TaskOut, dependencies=[WRITE], responses=errors(404, 409))
 async def patch_task(request: Request, task_id: str, body: TaskFields) -> TaskOut:
     try:
         await api_ops.patch_task(_ctx(request), task_id, body.values())
@@ -290,7 +320,7 @@ async def patch_task(request: Request, task_id: str, body: TaskFields) -> TaskOu
     return await get_task(request, task_id)
 
 
-@router.delete("/tasks/{task_id}", status_code=204, dependencies=[WRITE])
+@router.delete("/tasks/{task_id}", status_code=204, dependencies=[WRITE], responses=errors(404))
 async def delete_task(request: Request, task_id: str) -> None:
     try:
         await api_ops.delete_task(_ctx(request), task_id)
@@ -298,7 +328,9 @@ async def delete_task(request: Request, task_id: str) -> None:
         raise HTTPException(exc.status, exc.message) from None
 
 
-@router.get("/tasks/{task_id}/comments", response_model=list[CommentOut], dependencies=[READ])
+@router.get(
+    "/tasks/{task_id}/comments", response_model=list[CommentOut], dependencies=[READ], responses=errors(404)
+)
 async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
     ctx = _ctx(request)
     async with ctx.store.sessions() as session:
@@ -330,7 +362,7 @@ async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
     ]
 
 
-@router.post("/tasks/{task_id}/comments", response_model=CommentOut, status_code=201)
+@router.post("/tasks/{task_id}/comments", response_model=CommentOut, status_code=201, responses=errors(404))
 async def add_comment(request: Request, task_id: str, body: CommentIn, principal: Any = WRITE) -> CommentOut:
     ctx = _ctx(request)
     async with ctx.store.transaction() as session:
@@ -375,8 +407,15 @@ async def list_conflicts(
     ]
 
 
-@router.post("/conflicts/{conflict_id}/resolve", response_model=ConflictOut, dependencies=[WRITE])
-async def resolve_conflict(request: Request, conflict_id: int, body: Resolve) -> ConflictOut:
+@router.post(
+    "/conflicts/{conflict_id}/resolve",
+    response_model=ConflictOut,
+    dependencies=[WRITE],
+    responses=errors(400, 404, 409),
+)
+async def resolve_conflict(
+    request: Request, body: Resolve, conflict_id: int = PathParam(ge=1, le=2**63 - 1)
+) -> ConflictOut:
     ctx = _ctx(request)
     try:
         await api_ops.resolve_conflict(ctx, conflict_id, choose=body.choose, value=body.value)
@@ -457,7 +496,7 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN])
+@router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN], responses=errors(404))
 async def trigger_sync(request: Request, name: str) -> dict[str, str]:
     daemon = request.app.state.daemon
     if name not in daemon.cfg.connectors:

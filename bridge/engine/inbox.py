@@ -70,7 +70,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             )
     except IntegrityError:
         metrics.webhooks_received.labels(connector, "duplicate").inc()
-        return Receipt(200, "duplicate")
+        return Receipt(409, "duplicate", "this delivery was received before")
     metrics.webhooks_received.labels(connector, "ok").inc()
     ctx.inbox_ready.set()
     return Receipt(202, "ok")

@@ -25,7 +25,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import Observation, enqueue, observe
 from bridge.model import Status, as_utc, decode_values, encode_values
 from bridge.store.tables import HistoryRow, LinkRow, TaskRow, WatermarkRow
-from connectors.base import ConnectorError, GoneFromView, NotFound, RemoteTask
+from connectors.base import ConnectorError, GoneFromView, NotFound
 
 log = logging.getLogger("taskbridge.poll")
 
@@ -120,7 +120,7 @@ async def _store_watermark(
     if row is None:
         session.add(WatermarkRow(connector=member.connector, scope=member.scope, value=value, updated_at=now))
     else:
-        row.value = value
+        row.value = {**row.value, **value}  # other keys (the comment sweep's place) are kept
         row.updated_at = now
 
 
@@ -258,7 +258,3 @@ async def apply_remote_deletion(
         enqueue(session, task, other, route.on_delete, {}, observed_at=now, now=now)
     ctx.outbox_ready.set()
     return True
-
-
-def remote_task_ids(tasks: Sequence[RemoteTask]) -> set[str]:
-    return {t.remote_id for t in tasks}

@@ -199,3 +199,21 @@ async def test_deletion_is_confirmed_then_archived_elsewhere(harness: Harness, w
     ak = [t for t in tasks_on(world, "agentkanban") if t["title"] == "doomed"]
     assert ak and ak[0]["archived"] is True
     assert "survivor" in titles(world, "impactly")
+
+
+async def test_comment_sweep_covers_every_task_in_turn(harness: Harness, world: World) -> None:
+    from bridge.engine.comments import sweep_comments
+    from bridge.engine.poller import poll_connector
+
+    made = [ops.create(world, "agentkanban", f"sweep {i}") for i in range(5)]
+    await harness.settle()
+    ops.comment(world, "agentkanban", made[-1], "late comment on the last task")
+    route, member = harness.ctx.member("agentkanban", world.scopes["agentkanban"])  # type: ignore[misc]
+    for _ in range(3):  # a budget of 2 tasks a sweep reaches the fifth task on the third sweep
+        await poll_connector(
+            harness.ctx, "agentkanban"
+        )  # stores the watermark; the sweep's place must survive
+        await sweep_comments(harness.ctx, route, member, budget=2, extra=[])
+    await harness.drain()
+    imp = ops.view(world, "impactly")["sweep 4"]["id"]
+    assert sum("late comment" in c for c in ops.comments(world, "impactly", imp)) == 1

@@ -127,6 +127,13 @@ class LogConfig(_Model):
     format: Literal["text", "json"] = "text"
 
 
+class WorkersConfig(_Model):
+    concurrency: int = Field(8, ge=1, le=256)
+    claim_ttl: Duration = 120.0
+    lease_ttl: Duration = 30.0
+    comments_per_poll: int = Field(50, ge=0, le=100_000)
+
+
 class PersonConfig(_Model):
     name: str
     email: str | None = None
@@ -257,6 +264,7 @@ class Config(BaseSettings):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
+    workers: WorkersConfig = WorkersConfig()
     people: dict[str, PersonConfig] = {}
     connectors: dict[str, ConnectorConfig] = {}
     routes: list[RouteConfig] = []

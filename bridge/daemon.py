@@ -84,15 +84,27 @@ def sd_notify(message: str) -> bool:
 class DaemonOptions:
     poll: bool = True
     serve: bool = True
-    lease_ttl: float = 60.0
+    lease_ttl: float = 30.0
     comments_per_poll: int = 50
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+    @classmethod
+    def from_config(cls, cfg: Config, **overrides: Any) -> DaemonOptions:
+        w = cfg.workers
+        worker = WorkerSettings(concurrency=w.concurrency, claim_ttl=w.claim_ttl)
+        values: dict[str, Any] = {
+            "lease_ttl": w.lease_ttl,
+            "comments_per_poll": w.comments_per_poll,
+            "worker": worker,
+        }
+        values.update(overrides)
+        return cls(**values)
 
 
 class Daemon:
     def __init__(self, cfg: Config, *, options: DaemonOptions | None = None, transport: Any = None) -> None:
         self.cfg = cfg
-        self.options = options or DaemonOptions()
+        self.options = options or DaemonOptions.from_config(cfg)
         self.store = Store.open(cfg.store.url, pool_size=cfg.store.pool_size, echo=cfg.store.echo_sql)
         self.ctx = EngineContext(
             self.store,
@@ -215,6 +227,7 @@ class Daemon:
     async def poll_once(self, connector: str) -> None:
         lease = f"poll:{connector}"
         interval = self.cfg.connectors[connector].poll_interval
+        # Held for the TTL, renewed by every poll; a poll interval longer than the TTL stretches it.
         if not await leases.acquire(self.ctx, lease, max(self.options.lease_ttl, interval * 2)):
             self._held.discard(lease)
             return
@@ -248,7 +261,7 @@ class Daemon:
 
     async def _guarded_inbox(self) -> int:
         try:
-            return await process_pending(self.ctx)
+            return await process_pending(self.ctx, claim_ttl=self.options.worker.claim_ttl)
         except Exception:
             log.exception("inbox processing failed")
             await asyncio.sleep(1)

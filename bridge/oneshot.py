@@ -17,7 +17,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 async def sync_once(cfg: Config, *, progress: bool = True) -> int:
-    daemon = Daemon(cfg, options=DaemonOptions(poll=False, serve=False))
+    daemon = Daemon(cfg, options=DaemonOptions.from_config(cfg, poll=False, serve=False))
     ctx = daemon.ctx
     console = Console(stderr=True)
     failures: list[str] = []

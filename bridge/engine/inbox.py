@@ -76,18 +76,29 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
     return Receipt(202, "ok")
 
 
-async def process_pending(ctx: EngineContext, *, limit: int = 50) -> int:
-    """Process recorded deliveries, oldest first. Returns how many were handled."""
+async def process_pending(ctx: EngineContext, *, limit: int = 50, claim_ttl: float = 120.0) -> int:
+    """Claim recorded deliveries, oldest first, and process them. Any replica may run this: a
+    claim (FOR UPDATE SKIP LOCKED on PostgreSQL) keeps two from processing one delivery, and
+    expires, so a crashed replica's deliveries go back to the pool. Returns how many were handled."""
     now = ctx.now()
-    async with ctx.store.sessions() as session:
-        rows = (
-            await session.scalars(
-                select(InboxRow)
-                .where(InboxRow.state == "pending", InboxRow.received_at <= now)
-                .order_by(InboxRow.id)
-                .limit(limit)
+    async with ctx.store.transaction() as session:
+        query = (
+            select(InboxRow)
+            .where(
+                InboxRow.received_at <= now,
+                (InboxRow.state == "pending")
+                | ((InboxRow.state == "claimed") & (InboxRow.claim_expires_at < now)),
             )
-        ).all()
+            .order_by(InboxRow.id)
+            .limit(limit)
+        )
+        if ctx.store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = (await session.scalars(query)).all()
+        for row in rows:
+            row.state = "claimed"
+            row.claimed_by = ctx.replica
+            row.claim_expires_at = now + timedelta(seconds=claim_ttl)
         work = [(r.id, r.connector, r.body, r.attempts) for r in rows]
     for inbox_id, connector, body, attempts in work:
         try:
@@ -114,6 +125,8 @@ async def _mark(
         row.state = state
         row.error = error
         row.attempts += 1
+        row.claimed_by = None
+        row.claim_expires_at = None
         if retry and state == "pending":
             # Wait before the next try by moving its place in time; polling covers it meanwhile.
             row.received_at = ctx.now() + timedelta(seconds=min(300, 2**row.attempts))

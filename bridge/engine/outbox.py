@@ -275,6 +275,7 @@ async def finish(ctx: EngineContext, op_id: int, *, result: str, error: str | No
         op.state = "done" if result == "ok" else "parked"
         op.last_error = error
         op.done_at = ctx.now()
+        op.done_by = ctx.replica
         op.claimed_by = None
         op.claim_expires_at = None
 
@@ -458,6 +459,7 @@ async def _succeed(
             link.state = link_state
         row.state = "done"
         row.done_at = now
+        row.done_by = ctx.replica
         row.claimed_by = None
         row.claim_expires_at = None
         row.last_error = None

@@ -70,13 +70,14 @@ class TaskRow(Base):
     """A canonical task. `data` holds the canonical field values (encoded)."""
 
     __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_listing", "updated_at", "id"),)  # the API's newest-first cursor
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     route: Mapped[str] = mapped_column(String(200), index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     title: Mapped[str] = mapped_column(Text, default="")  # copied out of data for search and sorting
     status: Mapped[str] = mapped_column(String(32), default="todo")
     created_at: Mapped[datetime]
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
 
@@ -147,7 +148,7 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_claimable", "state", "next_attempt_at"),
-        Index("ix_outbox_link_order", "connector", "link_id", "id"),
+        Index("ix_outbox_link_order", "link_id", "id"),  # the claim's "no earlier op of this link" probe
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(26), index=True)
@@ -162,6 +163,7 @@ class OutboxRow(Base):
     next_attempt_at: Mapped[datetime]
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claim_expires_at: Mapped[datetime | None]
+    done_by: Mapped[str | None] = mapped_column(String(200))  # the replica that applied it
     last_error: Mapped[str | None] = mapped_column(Text)
     observed_at: Mapped[datetime]  # when the change that caused it was seen (propagation latency)
     created_at: Mapped[datetime]
@@ -177,7 +179,11 @@ class InboxRow(Base):
     connector: Mapped[str] = mapped_column(String(200))
     delivery_key: Mapped[str] = mapped_column(String(200))  # the platform's delivery id, else body hash
     body: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|done|failed
+    state: Mapped[str] = mapped_column(
+        String(16), default="pending", index=True
+    )  # pending|claimed|done|failed
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claim_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]

@@ -137,3 +137,21 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
 
 def test_redact_url_hides_password() -> None:
     assert redact_url("postgresql+asyncpg://tb:s3cret@db:5432/tb") == "postgresql+asyncpg://tb:***@db:5432/tb"
+
+
+async def test_migrations_go_down_and_up_again(store: Store) -> None:
+    from alembic import command
+    from sqlalchemy.engine import Connection
+
+    from bridge.store import alembic_config
+
+    def downgrade(connection: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "base")
+
+    async with store.engine.begin() as conn:
+        await conn.run_sync(downgrade)
+    assert not await store.schema_is_current()
+    await store.migrate()
+    assert await store.schema_is_current()

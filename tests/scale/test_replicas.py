@@ -1,0 +1,237 @@
+"""Several daemon replicas on one PostgreSQL: one truth, shared work, takeover after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select, text
+
+from bridge.store import Store
+from bridge.store.tables import LeaseRow, OutboxRow
+from connectors.fakekit import free_port
+from tests import ops
+from tests.conftest import drop_pg_database, fresh_pg_database, pg_url_or_skip
+from tests.e2e.conftest import DaemonProcess, wait_until
+from tests.world import World
+
+pytestmark = pytest.mark.postgres
+
+ALL = ("impactly", "vortask", "agentkanban", "runs", "squads")
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    w = World(ALL).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    server = pg_url_or_skip()
+    url, name = asyncio.run(fresh_pg_database(server))
+    yield url
+    asyncio.run(drop_pg_database(server, name))
+
+
+def replicas(world: World, tmp: Path, pg_url: str, n: int, **workers: Any) -> list[DaemonProcess]:
+    """n replicas of one config: one PostgreSQL, each its own port, webhooks to the first (the
+    address a load balancer would have)."""
+    ports = [free_port() for _ in range(n)]
+    base = world.config(tmp, port=ports[0], public=True, poll_interval="1s", store_url=pg_url)
+    cfg = yaml.safe_load(base.read_text())
+    cfg["workers"] = {"lease_ttl": "5s", "claim_ttl": "30s", **workers}
+    out = []
+    for i, port in enumerate(ports):
+        cfg["server"]["listen"] = f"127.0.0.1:{port}"
+        path = tmp / f"replica{i}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        out.append(DaemonProcess(path, port, tmp / f"replica{i}.log"))
+    return out
+
+
+async def _query(url: str, fn: Any) -> Any:
+    store = Store.open(url)
+    try:
+        async with store.sessions() as s:
+            return await fn(s)
+    finally:
+        await store.close()
+
+
+def query(url: str, fn: Any) -> Any:
+    return asyncio.run(_query(url, fn))
+
+
+def creates(world: World, platform: str) -> int:
+    fake = world.fakes[platform]
+    route = {
+        "impactly": "/api/v1/tasks",
+        "vortask": "/api/projects/{project_id}/tasks",
+        "agentkanban": "/api/ext/v1/boards/{board_id}/tasks",
+        "runs": "/api/projects/{project_id}/tasks/",
+        "squads": "/api/tasks",
+    }[platform]
+    return fake.requests.count("POST", route, status=201)
+
+
+def test_three_replicas_share_a_burst_without_duplicate_or_loss(
+    world: World, tmp_path: Path, pg_url: str
+) -> None:
+    group = replicas(world, tmp_path, pg_url, 3)
+    try:
+        group[0].start()  # migrates the schema first
+        for r in group[1:]:
+            r.start()
+        for fake in world.fakes.values():
+            fake.requests.clear()
+        n = 30
+        for i in range(n):
+            ops.create(world, "vortask", f"shared {i}")
+        wanted = {f"shared {i}" for i in range(n)}
+        wait_until(
+            lambda: all(wanted <= set(ops.view(world, p)) for p in ALL),
+            timeout=120,
+            interval=1,
+            what="every task everywhere",
+        )
+        time.sleep(3)  # more polls by whoever owns each connector: still nothing twice
+        for p in ALL:
+            assert len(ops.view(world, p)) == n, p  # view() also fails on a duplicate title
+        for p in ("impactly", "agentkanban", "runs", "squads"):
+            assert creates(world, p) == n, (p, world.fakes[p].requests.by_route())  # zero duplicate writes
+        done_by = query(
+            pg_url,
+            lambda s: s.execute(
+                select(OutboxRow.done_by, func.count())
+                .where(OutboxRow.state == "done")
+                .group_by(OutboxRow.done_by)
+            ),
+        )
+        spread = dict(done_by.all())
+        assert sum(spread.values()) >= 4 * n
+        assert len(spread) >= 2, f"claims did not spread across replicas: {spread}"
+        parked = query(
+            pg_url,
+            lambda s: s.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "parked")
+            ),
+        )
+        assert parked == 0
+    finally:
+        for r in group:
+            r.kill()
+
+
+def test_killing_the_lease_holder_hands_polling_over(world: World, tmp_path: Path, pg_url: str) -> None:
+    group = replicas(world, tmp_path, pg_url, 3)
+    try:
+        for r in group:
+            r.start()
+        ops.create(world, "squads", "before the crash")  # squads has no webhooks: polling only
+        wait_until(lambda: "before the crash" in ops.view(world, "vortask"), timeout=60, what="first sync")
+        holder = query(
+            pg_url, lambda s: s.scalar(select(LeaseRow.holder).where(LeaseRow.name == "poll:squads"))
+        )
+        victim = next(r for r in group if holder.endswith(f":{r.port}"))
+        victim.kill()  # SIGKILL: the lease is not released
+        killed_at = time.monotonic()
+
+        def new_holder() -> str | None:
+            h = query(
+                pg_url, lambda s: s.scalar(select(LeaseRow.holder).where(LeaseRow.name == "poll:squads"))
+            )
+            return h if h and h != holder else None
+
+        taken_by = wait_until(new_holder, timeout=30, interval=0.2, what="another replica taking the lease")
+        takeover = time.monotonic() - killed_at
+        assert takeover <= 5 + 1 + 2.5, f"takeover took {takeover:.1f}s (TTL 5s + poll 1s)"
+        assert not taken_by.endswith(f":{victim.port}")
+        ops.create(world, "squads", "after the crash")
+        wait_until(
+            lambda: all("after the crash" in ops.view(world, p) for p in ALL),
+            timeout=60,
+            what="polling resumed by the new owner",
+        )
+        for p in ALL:
+            ops.view(world, p)  # nothing twice
+        for p in ("impactly", "agentkanban", "runs", "vortask"):
+            assert creates(world, p) == 2, p
+    finally:
+        for r in group:
+            r.kill()
+
+
+def test_hot_queries_can_use_their_indexes(pg_url: str) -> None:
+    """EXPLAIN of the claim and list queries on PostgreSQL: each can run from an index."""
+
+    async def explain() -> dict[str, str]:
+        store = Store.open(pg_url)
+        await store.migrate()
+        plans = {}
+        try:
+            async with store.engine.begin() as conn:
+                # A store that has run a while: 50,000 operations done, a few pending; as many tasks.
+                await conn.execute(
+                    text(
+                        "INSERT INTO outbox (task_id, link_id, route, connector, op, payload, state, attempts, "
+                        "next_attempt_at, observed_at, created_at) SELECT 't' || (g % 5000), g % 5000, 'main', 'c', "
+                        "'update', '{}', CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'done' END, 0, now(), now(), now() "
+                        "FROM generate_series(1, 50000) g"
+                    )
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, route, data, title, status, created_at, updated_at, version) "
+                        "SELECT lpad(g::text, 26, '0'), 'main', '{}', 't', 'todo', now(), now() - g * interval '1 s', 1 "
+                        "FROM generate_series(1, 50000) g"
+                    )
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO links (task_id, route, connector, scope, remote_id, state, base, is_mirror, "
+                        "created_at, updated_at) SELECT lpad(g::text, 26, '0'), 'main', 'c' || (g % 5), 's', "
+                        "'r' || g, 'active', '{}', false, now(), now() FROM generate_series(1, 50000) g"
+                    )
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO inbox (connector, delivery_key, body, state, attempts, received_at) "
+                        "SELECT 'c', 'k' || g, '{}', CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'done' END, 1, now() "
+                        "FROM generate_series(1, 50000) g"
+                    )
+                )
+                await conn.execute(text("ANALYZE"))
+            async with store.engine.connect() as conn:
+                for name, sql in {
+                    "claim": "SELECT id FROM outbox o WHERE o.state = 'pending' AND o.next_attempt_at <= now() "
+                    "AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.link_id = o.link_id AND e.id < o.id "
+                    "AND e.state IN ('pending','claimed')) ORDER BY o.id LIMIT 16 FOR UPDATE SKIP LOCKED",
+                    "link_by_remote": "SELECT * FROM links WHERE connector = 'a' AND remote_id = 'b'",
+                    "pending_update": "SELECT * FROM outbox WHERE link_id = 7 AND op = 'update' AND state = 'pending'",
+                    "api_list": "SELECT * FROM tasks WHERE deleted_at IS NULL ORDER BY updated_at DESC, id DESC LIMIT 50",
+                    "inbox": "SELECT * FROM inbox WHERE state = 'pending' ORDER BY id LIMIT 50",
+                }.items():
+                    rows = await conn.execute(text("EXPLAIN " + sql))
+                    plans[name] = "\n".join(r[0] for r in rows)
+        finally:
+            await store.close()
+        return plans
+
+    plans = asyncio.run(explain())
+    # Unfinished operations are few beside the done ones, so (state, next_attempt_at) serves both
+    # the claim and its "no earlier unfinished op of this link" probe.
+    assert plans["claim"].count("ix_outbox_claimable") == 2, plans["claim"]
+    for name, plan in plans.items():
+        assert "Seq Scan" not in plan, (name, plan)
+    assert "uq_links_connector_remote_id" in plans["link_by_remote"], plans["link_by_remote"]
+    assert "ix_tasks_listing" in plans["api_list"], plans["api_list"]
+    assert (
+        "ix_outbox_link_order" in plans["pending_update"] or "ix_outbox_claimable" in plans["pending_update"]
+    )

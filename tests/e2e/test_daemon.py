@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from connectors.fakekit import free_port
 from tests import ops
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import World
@@ -249,3 +250,18 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
     assert tasks > 10 and len(linked) == 5
     assert all(n == tasks for n in linked), out[-1500:]  # every seeded task on every platform
     assert "Traceback" not in result.stderr
+
+
+def test_sync_once_does_one_full_pass_and_exits(world: World, tmp_path: Path) -> None:
+    for p in ALL:
+        ops.create(world, p, f"once {p}")
+    path = world.config(tmp_path, port=free_port())
+    result = subprocess.run([sys.executable, "-m", "bridge", "sync", "--config", str(path), "--once"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sync done:" in result.stderr and "0 errors" in result.stderr
+    for p in ALL:
+        assert {f"once {q}" for q in ALL} <= set(ops.view(world, p)), p
+    usage = subprocess.run([sys.executable, "-m", "bridge", "sync", "--config", str(path)], capture_output=True,
+                           text=True)
+    assert usage.returncode == 2 and "--once" in usage.stderr

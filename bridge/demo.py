@@ -17,13 +17,12 @@ from typing import Any
 
 from rich.console import Console
 from ruamel.yaml import YAML
-from sqlalchemy import func, select
 
 import connectors
 from bridge import config as config_mod
+from bridge.api.status import summary
 from bridge.daemon import Daemon
 from bridge.logs import setup as setup_logging
-from bridge.store.tables import LinkRow, OutboxRow, TaskRow
 from connectors.fakekit import Fake, free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
@@ -81,23 +80,9 @@ def demo_config(fakes: dict[str, Fake], workdir: Path, port: int, api_token: str
 
 async def _status_line(daemon: Daemon) -> str:
     async with daemon.store.sessions() as session:
-        tasks = await session.scalar(
-            select(func.count()).select_from(TaskRow).where(TaskRow.deleted_at.is_(None))
-        )
-        linked = dict(
-            (
-                await session.execute(
-                    select(LinkRow.connector, func.count())
-                    .where(LinkRow.state == "active")
-                    .group_by(LinkRow.connector)
-                )
-            ).all()
-        )
-        waiting = await session.scalar(
-            select(func.count()).select_from(OutboxRow).where(OutboxRow.state.in_(("pending", "claimed")))
-        )
-    per = ", ".join(f"{name} {linked.get(name, 0)}" for name in daemon.ctx.connectors)
-    return f"{tasks} tasks; linked on {per}; {waiting} writes waiting"
+        s = await summary(session)
+    per = ", ".join(f"{name} {s.linked.get(name, 0)}" for name in daemon.ctx.connectors)
+    return f"{s.tasks} tasks; linked on {per}; {sum(s.waiting.values())} writes waiting"
 
 
 def _banner(console: Console, fakes: dict[str, Fake], cfg_path: Path, port: int, token: str) -> None:

@@ -22,7 +22,6 @@ from bridge.store.tables import (
     ConflictRow,
     HistoryRow,
     LinkRow,
-    OutboxRow,
     TaskRow,
 )
 
@@ -438,39 +437,12 @@ async def resolve_conflict(
 
 @router.get("/connectors", dependencies=[READ])
 async def list_connectors(request: Request) -> list[dict[str, Any]]:
-    from sqlalchemy import func
+    from bridge.api.status import summary
 
     daemon = request.app.state.daemon
     ctx = daemon.ctx
     async with ctx.store.sessions() as session:
-        depth = dict(
-            (
-                await session.execute(
-                    select(OutboxRow.connector, func.count())
-                    .where(OutboxRow.state.in_(("pending", "claimed")))
-                    .group_by(OutboxRow.connector)
-                )
-            ).all()
-        )
-        parked = dict(
-            (
-                await session.execute(
-                    select(OutboxRow.connector, func.count())
-                    .where(OutboxRow.state == "parked")
-                    .group_by(OutboxRow.connector)
-                )
-            ).all()
-        )
-        errors = {}
-        for name in ctx.connectors:
-            last = await session.scalar(
-                select(OutboxRow.last_error)
-                .where(OutboxRow.connector == name, OutboxRow.state == "parked")
-                .order_by(OutboxRow.id.desc())
-                .limit(1)
-            )
-            if last:
-                errors[name] = last
+        s = await summary(session)
     out = []
     now = ctx.now()
     for name, c in daemon.cfg.connectors.items():
@@ -487,9 +459,10 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
                 if last_poll
                 else None,
                 "last_error": state.get("last_error"),
-                "last_parked_error": errors.get(name),
-                "outbox_depth": depth.get(name, 0),
-                "outbox_parked": parked.get(name, 0),
+                "last_parked_error": s.last_parked_error.get(name),
+                "outbox_depth": s.waiting.get(name, 0),
+                "outbox_parked": s.parked.get(name, 0),
+                "linked_tasks": s.linked.get(name, 0),
                 "deletion_guard": state.get("deletion_guard"),
             }
         )

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from bridge import metrics
 from bridge.engine.context import EngineContext
-from bridge.engine.sync import DEFAULTS, apply_changes, create_mirrors, enqueue, queue_updates
-from bridge.model import Values, decode, decode_values, encode, encode_values, new_id, normalize_values
+from bridge.engine.sync import apply_changes, create_mirrors, enqueue, new_task, queue_updates
+from bridge.model import Values, decode, decode_values, encode, normalize_values
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, TaskRow
 
 
@@ -26,26 +26,9 @@ async def create_task(ctx: EngineContext, route_name: str, values: Mapping[str, 
     route = ctx.route(route_name)
     if route is None:
         raise ApiError(404, f"no route {route_name!r}")
-    canonical = {**DEFAULTS, **normalize_values(values)}
     now = ctx.now()
     async with ctx.store.transaction() as session:
-        task = TaskRow(
-            id=new_id(),
-            route=route.name,
-            data=encode_values(canonical),
-            title=canonical["title"],
-            status=str(canonical["status"]),
-            created_at=now,
-            updated_at=now,
-            version=1,
-        )
-        session.add(task)
-        await session.flush()
-        session.add(
-            HistoryRow(
-                task_id=task.id, field="*", old=None, new={"v": "created"}, source="api", via="api", at=now
-            )
-        )
+        task = await new_task(session, route, normalize_values(values), source="api", via="api", now=now)
         await create_mirrors(ctx, session, route, task, exclude=None, observed_at=now)
     metrics.changes_detected.labels("api", "api").inc()
     return task.id

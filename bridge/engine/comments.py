@@ -11,6 +11,7 @@ commit doesn't post it twice.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -97,19 +98,7 @@ async def _record(
                 created_at=now,
             )
         )
-        for target_link in targets:
-            session.add(
-                CommentLinkRow(
-                    comment_id=comment.id,
-                    connector=target_link.connector,
-                    remote_id=None,
-                    state="creating",
-                    created_at=now,
-                )
-            )
-            enqueue(
-                session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id
-            )
+        _fan_out(session, task, comment, targets, now)
         added += 1
     if added and targets:
         ctx.outbox_ready.set()
@@ -126,21 +115,26 @@ async def add_api_comment(
     session.add(comment)
     await session.flush()
     if route is not None:
-        for target_link in await _targets(ctx, session, route, None, task.id):
-            session.add(
-                CommentLinkRow(
-                    comment_id=comment.id,
-                    connector=target_link.connector,
-                    remote_id=None,
-                    state="creating",
-                    created_at=now,
-                )
-            )
-            enqueue(
-                session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id
-            )
+        _fan_out(session, task, comment, await _targets(ctx, session, route, None, task.id), now)
         ctx.outbox_ready.set()
     return comment
+
+
+def _fan_out(
+    session: AsyncSession, task: TaskRow, comment: CommentRow, targets: list[LinkRow], now: datetime
+) -> None:
+    """A `creating` comment link and a `comment` operation for each member the comment goes to."""
+    for target_link in targets:
+        session.add(
+            CommentLinkRow(
+                comment_id=comment.id,
+                connector=target_link.connector,
+                remote_id=None,
+                state="creating",
+                created_at=now,
+            )
+        )
+        enqueue(session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id)
 
 
 async def _targets(

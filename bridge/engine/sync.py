@@ -358,19 +358,9 @@ async def _create_canonical(
     ctx: EngineContext, session: AsyncSession, obs: Observation, values: Values, now: datetime
 ) -> TaskRow:
     route, member, rt = obs.route, obs.member, obs.task
-    canonical = {**DEFAULTS, **values}
-    task = TaskRow(
-        id=new_id(),
-        route=route.name,
-        data=encode_values(canonical),
-        title=canonical["title"],
-        status=str(canonical["status"]),
-        created_at=now,
-        updated_at=rt.updated_at or now,
-        version=1,
+    task = await new_task(
+        session, route, values, source=member.connector, via=obs.via, now=now, updated_at=rt.updated_at
     )
-    session.add(task)
-    await session.flush()
     session.add(
         LinkRow(
             task_id=task.id,
@@ -388,18 +378,37 @@ async def _create_canonical(
             updated_at=now,
         )
     )
-    session.add(
-        HistoryRow(
-            task_id=task.id,
-            field="*",
-            old=None,
-            new={"v": "created"},
-            source=member.connector,
-            via=obs.via,
-            at=now,
-        )
-    )
     await create_mirrors(ctx, session, route, task, exclude=member, observed_at=now)
+    return task
+
+
+async def new_task(
+    session: AsyncSession,
+    route: Route,
+    values: Values,
+    *,
+    source: str,
+    via: str,
+    now: datetime,
+    updated_at: datetime | None = None,
+) -> TaskRow:
+    """A new canonical task (defaults for what `values` leaves out) with its "created" history row."""
+    canonical = {**DEFAULTS, **values}
+    task = TaskRow(
+        id=new_id(),
+        route=route.name,
+        data=encode_values(canonical),
+        title=canonical["title"],
+        status=str(canonical["status"]),
+        created_at=now,
+        updated_at=updated_at or now,
+        version=1,
+    )
+    session.add(task)
+    await session.flush()
+    session.add(
+        HistoryRow(task_id=task.id, field="*", old=None, new={"v": "created"}, source=source, via=via, at=now)
+    )
     return task
 
 

@@ -35,33 +35,12 @@ from connectors.base import (
     Retryable,
 )
 from tests.conftest import WebhookReceiver
+from tests.contract.recording import Recorder
 
 TOKEN = "ak_connector_test_key"
 API = "/api/ext/v1"
 TASK_ROUTE = f"{API}/boards/{{board_id}}/tasks/{{task_id}}"
 LANES_ROUTE = f"{API}/boards/{{board_id}}/lanes"
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """A real loopback transport that also records (method, path, JSON body) of each request."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.sent: list[tuple[str, str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.sent.append((request.method, request.url.path, body))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def calls(self, method: str | None = None, suffix: str = "") -> list[tuple[str, str, Any]]:
-        return [c for c in self.sent if (method is None or c[0] == method) and c[1].endswith(suffix)]
-
-    def clear(self) -> None:
-        self.sent.clear()
 
 
 def make_settings(fake: AgentKanbanFake, **kw: Any) -> ConnectorSettings:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +27,7 @@ from connectors.base import (
 )
 from connectors.impactly.connector import FULL_LISTING_EVERY, SKEW, ImpactlyConnector
 from connectors.impactly.fake import ImpactlyFake
+from tests.contract.recording import Recorder
 
 TOKEN = "imp_connector_test"
 READ_ONLY = "imp_connector_reader"
@@ -71,25 +71,6 @@ def people(fake: ImpactlyFake) -> dict[str, str]:
         "bob": fake.member_id("Bob Okafor"),
         "carmen": fake.member_id("Carmen Diaz"),
     }
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """A real transport that also keeps (method, path, JSON body) of every request sent."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.sent: list[tuple[str, str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.sent.append((request.method, request.url.path, body))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def bodies(self, method: str) -> list[Any]:
-        return [body for m, _, body in self.sent if m == method]
 
 
 Make = Callable[..., ImpactlyConnector]

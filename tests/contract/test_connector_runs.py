@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +27,7 @@ from connectors.base import (
 from connectors.runs.client import RunsClient
 from connectors.runs.connector import RunsConnector
 from connectors.runs.fake import RunsFake
+from tests.contract.recording import Recorder
 
 TOKEN = "phx_connector_main"
 READ_ONLY = "phx_connector_read_only"
@@ -61,25 +61,6 @@ def raw(fake: RunsFake) -> Iterator[httpx.Client]:
 @pytest.fixture(autouse=True)
 def clean(fake: RunsFake, raw: httpx.Client) -> None:
     assert raw.post(f"{fake.url}/_fake/reset").status_code == 200
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """Real HTTP, plus a record of every request's method, path and JSON body."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.sent: list[tuple[str, str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.sent.append((request.method, request.url.path, body))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def writes(self) -> list[tuple[str, str, Any]]:
-        return [s for s in self.sent if s[0] != "GET"]
 
 
 Make = Callable[..., RunsConnector]

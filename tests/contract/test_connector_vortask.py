@@ -33,6 +33,7 @@ from connectors.vortask import fake_mcp
 from connectors.vortask.connector import VortaskConnector, default_mcp_url
 from connectors.vortask.fake import VortaskFake
 from tests.conftest import WebhookReceiver
+from tests.contract.recording import Recorder
 
 ALICE = "vt_alice_0000000000"
 BOB = "vt_bob_member"
@@ -65,25 +66,6 @@ def fake(server: VortaskFake) -> VortaskFake:
 
 def user_id(fake: VortaskFake, email: str) -> str:
     return next(u.id for u in fake.users.values() if u.email == email)
-
-
-class Recorder(httpx.AsyncBaseTransport):
-    """A real loopback transport that also records each REST request's method, path and JSON body."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.sent: list[tuple[str, str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.sent.append((request.method, request.url.path, body))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def bodies(self, method: str) -> list[Any]:
-        return [body for m, _, body in self.sent if m == method]
 
 
 def settings(fake: VortaskFake, token: str = ALICE, **overrides: Any) -> ConnectorSettings:

@@ -225,7 +225,7 @@ class ConnectorSettings:
 
 
 RequestObserver = Callable[[str, str, str, float], None]
-"""(connector, method, status class "2xx"/"4xx"/"error", seconds) -> None; the daemon's metrics."""
+"""(connector, method, status class "2xx"/"4xx"/"429"/"5xx"/"error", seconds) -> None; the metrics."""
 
 
 # -- the protocol ---------------------------------------------------------------------------------
@@ -397,6 +397,14 @@ class RateLimiter:
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
+def status_class(status: int | None) -> str:
+    """The metrics' status class: "2xx".."5xx", "429" on its own (rate limiting is watched apart
+    from other refusals), "error" when there was no HTTP answer."""
+    if status is None:
+        return "error"
+    return "429" if status == 429 else f"{status // 100}xx"
+
+
 def parse_retry_after(value: str | None, default: float = 1.0) -> float:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -544,7 +552,7 @@ class HttpClient:
                 connector=name,
             ) from exc
         status = response.status_code
-        self._observe(method, f"{status // 100}xx", started)
+        self._observe(method, status_class(status), started)
         log.debug("%s %s %s -> %s", name, method, self._path(url), status)
         if status < 400:
             return response

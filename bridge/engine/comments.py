@@ -22,7 +22,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import enqueue
 from bridge.model import new_id
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
-from connectors.base import Connector, RemoteComment
+from connectors.base import Connector, GoneFromView, NotFound, RemoteComment
 
 if TYPE_CHECKING:
     from bridge.engine.outbox import _Op
@@ -44,7 +44,10 @@ async def sync_comments(ctx: EngineContext, route: Route, member: Member, link_i
             return 0
         remote_id, task_id = link.remote_id, link.task_id
     conn = ctx.connectors[member.connector]
-    remote = await conn.list_comments(member.scope, remote_id)
+    try:
+        remote = await conn.list_comments(member.scope, remote_id)
+    except (NotFound, GoneFromView):
+        return 0  # the task is gone or out of view: the poll's deletion checks deal with that
     fresh = [c for c in remote if not c.by_us]
     if not fresh:
         return 0

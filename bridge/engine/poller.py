@@ -105,7 +105,7 @@ async def poll_scope(
             progress(member, 0, advance=len(chunk))
     suspects: set[str] = set(listing.deleted_ids)
     if listing.all_ids is not None:
-        suspects |= await _missing(ctx, member, listing.all_ids)
+        suspects |= await _missing(ctx, member, listing.all_ids, before=fetch_started)
     if suspects:
         await _confirm_deletions(ctx, route, member, sorted(suspects), report)
     if listing.all_ids is not None or listing.deleted_ids:
@@ -124,7 +124,9 @@ async def _store_watermark(
         row.updated_at = now
 
 
-async def _missing(ctx: EngineContext, member: Member, all_ids: frozenset[str]) -> set[str]:
+async def _missing(ctx: EngineContext, member: Member, all_ids: frozenset[str], *, before: datetime) -> set[str]:
+    """Linked tasks absent from a complete listing. A link touched since the listing began (a
+    mirror created meanwhile, say) may postdate it, so it waits for the next poll."""
     async with ctx.store.sessions() as session:
         linked = await session.scalars(
             select(LinkRow.remote_id).where(
@@ -132,6 +134,7 @@ async def _missing(ctx: EngineContext, member: Member, all_ids: frozenset[str]) 
                 LinkRow.scope == member.scope,
                 LinkRow.state == "active",
                 LinkRow.remote_id.is_not(None),
+                LinkRow.updated_at < before,
             )
         )
         return {rid for rid in linked.all() if rid not in all_ids}

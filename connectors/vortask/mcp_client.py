@@ -69,6 +69,7 @@ from connectors.base import (
     RequestObserver,
     Retryable,
     parse_retry_after,
+    status_class,
 )
 
 log = logging.getLogger("taskbridge.connector.vortask.mcp")
@@ -265,7 +266,7 @@ class VortaskMcp:
                 raise Permanent(f"MCP {tool}: the result is not JSON text", connector=name)
             return data
         status = data.get("status") if isinstance(data, dict) else None
-        self._observe(f"{status // 100}xx" if isinstance(status, int) else "error", started)
+        self._observe(status_class(status if isinstance(status, int) else None), started)
         message = self.redact(_error_text(data) if isinstance(data, dict) else (text or "tool error"))
         where = f"MCP {tool}: {message}"
         if not isinstance(status, int):

@@ -217,3 +217,17 @@ async def test_comment_sweep_covers_every_task_in_turn(harness: Harness, world: 
     await harness.drain()
     imp = ops.view(world, "impactly")["sweep 4"]["id"]
     assert sum("late comment" in c for c in ops.comments(world, "impactly", imp)) == 1
+
+
+async def test_a_listing_that_lost_most_tasks_deletes_nothing(harness: Harness, world: World) -> None:
+    made = [ops.create(world, "vortask", f"guarded {i}") for i in range(6)]
+    await harness.settle()
+    with world.client("vortask") as c:
+        for task_id in made[:4]:  # two thirds gone at once: far over max_delete_share (0.2)
+            assert c.delete(f"/projects/{world.scopes['vortask']}/tasks/{task_id}").status_code == 204
+    await harness.poll("vortask")
+    await harness.drain()
+    assert "max_delete_share" in harness.ctx.state["vortask"]["deletion_guard"]
+    for platform in ("impactly", "squads"):
+        shown = ops.view(world, platform)
+        assert all(shown[f"guarded {i}"]["status"] == "todo" for i in range(6)), platform  # nothing closed

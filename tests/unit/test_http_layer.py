@@ -201,3 +201,14 @@ def test_hmac_verification() -> None:
     sig = hmac.new(b"s", b"body", hashlib.sha256).hexdigest()
     assert base.verify_hmac("s", b"body", sig)
     assert not base.verify_hmac("s", b"bodx", sig)
+
+
+def test_status_classes_keep_429_apart() -> None:
+    assert [base.status_class(s) for s in (200, 301, 404, 429, 503, None)] == [
+        "2xx",
+        "3xx",
+        "4xx",
+        "429",
+        "5xx",
+        "error",
+    ]

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.fakekit import free_port
+from tests.e2e.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -183,21 +184,6 @@ def served_names(text: str) -> dict[str, str]:
     return names
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKBRIDGE_", "NOTIFY_", "WATCHDOG_"))}
     env.update(extra)
@@ -327,7 +313,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                 assert proc.proc.poll() is None, f"fake {proc.name} exited:\n{proc.tail()}"
                 return port_open(port)
 
-            wait_until(up, 30, f"fake {proc.name} on port {port}")
+            wait_until(up, timeout=30, what=f"fake {proc.name} on port {port}")
         yield d
     finally:
         for proc in reversed(d.procs):
@@ -371,7 +357,7 @@ def daemon(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dae
         return ok >= set(yaml.safe_load(DEMO_CONFIG.read_text())["connectors"])
 
     try:
-        wait_until(polled_all, 40, "a successful poll of every demo connector")
+        wait_until(polled_all, timeout=40, what="a successful poll of every demo connector")
         yield d
     finally:
         d.proc.stop()
@@ -864,7 +850,7 @@ def prometheus(demo: Demo, daemon: Daemon) -> str:
         assert proc.proc.poll() is None, f"prometheus exited:\n{proc.tail()}"
         return httpx.get(demo.prometheus_url + "/-/ready", timeout=2).status_code == 200
 
-    wait_until(answering, 30, "prometheus to start")
+    wait_until(answering, timeout=30, what="prometheus to start")
     return demo.prometheus_url
 
 
@@ -876,11 +862,17 @@ def query(url: str, promql: str) -> list[Any]:
 
 
 def test_prometheus_scrapes_the_daemon_and_evaluates_everything(prometheus: str) -> None:
-    result = wait_until(lambda: query(prometheus, "taskbridge_polls_total"), 30, "taskbridge_polls_total")
-    assert {s["metric"]["job"] for s in result} == {"taskbridge"}
-    assert {s["metric"]["connector"] for s in result} == set(
-        yaml.safe_load(DEMO_CONFIG.read_text())["connectors"]
+    connectors = set(yaml.safe_load(DEMO_CONFIG.read_text())["connectors"])
+
+    def every_connector_scraped() -> list[Any] | None:
+        # Polls finish one connector at a time: wait for a scrape that has all of them.
+        result = query(prometheus, "taskbridge_polls_total")
+        return result if {s["metric"]["connector"] for s in result} == connectors else None
+
+    result = wait_until(
+        every_connector_scraped, timeout=30, what="taskbridge_polls_total for every connector"
     )
+    assert {s["metric"]["job"] for s in result} == {"taskbridge"}
 
     # Every alert rule loaded and evaluated without an error against the live series.
     def rules_ok() -> list[dict[str, Any]] | None:
@@ -888,7 +880,7 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_everything(prometheus: str)
         rules = [r for g in groups for r in g["rules"]]
         return rules if rules and all(r["health"] == "ok" for r in rules) else None
 
-    rules = wait_until(rules_ok, 15, "every rule to evaluate healthy")
+    rules = wait_until(rules_ok, timeout=15, what="every rule to evaluate healthy")
     assert {r["name"] for r in rules} == {
         r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]
     }
@@ -907,3 +899,27 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_everything(prometheus: str)
             expr = expr.replace(name, value)
         assert "$" not in expr, f"an unknown Grafana variable in {expr}"
         query(prometheus, expr)
+
+
+def test_scaled_profile_balances_over_every_replica() -> None:
+    """The `scaled` profile: the proxy's upstreams are exactly the taskbridge replicas, which share
+    the one PostgreSQL, and Prometheus finds each replica."""
+    raw = yaml.safe_load(COMPOSE.read_text())
+    services = raw["services"]
+    replicas = {name for name in services if name.startswith("taskbridge")}
+    assert replicas == {"taskbridge", "taskbridge-2", "taskbridge-3"}
+    for name in replicas - {"taskbridge"}:
+        assert services[name]["profiles"] == ["scaled"]
+        assert "ports" not in services[name]  # reached through the proxy only
+        assert (
+            services[name]["environment"]["TASKBRIDGE_DB_URL"]
+            == services["taskbridge"]["environment"]["TASKBRIDGE_DB_URL"]
+        )
+    nginx = (DEPLOY / "proxy" / "nginx.conf").read_text()
+    upstreams = set(re.findall(r"^\s*server (taskbridge[\w-]*):8080", nginx, re.M))
+    assert upstreams == replicas
+    prom = yaml.safe_load(PROM_CONFIG.read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "taskbridge")
+    found = {t.split(":")[0] for sc in job["static_configs"] for t in sc["targets"]}
+    found |= {n for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+    assert found == replicas

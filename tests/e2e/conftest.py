@@ -91,7 +91,7 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except (httpx.HTTPError, KeyError, StopIteration, AssertionError) as exc:
+        except (httpx.HTTPError, OSError, KeyError, ValueError, StopIteration, AssertionError) as exc:
             last = exc
         else:
             if last:

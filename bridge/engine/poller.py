@@ -245,6 +245,9 @@ async def apply_remote_deletion(
         for other in others:
             other.state = "unlinked"
             other.updated_at = now
+        # The mirrors live on as unrelated tasks: a deleted canonical task is never relinked
+        # (unlike one that merely left the route's filter).
+        task.deleted_at = now
         return True
     canonical = decode_values(task.data)
     if route.on_delete == "delete":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -350,8 +350,10 @@ async def _is_new(ctx: EngineContext, session: AsyncSession, member: Member, rt:
     started = await first_seen(session, member)
     if started is None:
         return False  # the first poll is the baseline: what it sees existed before us
+    # A task created before the first listing was fetched existed before the route; one created
+    # since is new. (Clock skew between the platform and us blurs the seconds around that line.)
     created = rt.created_at or rt.updated_at
-    return created is None or created >= started - timedelta(seconds=5)
+    return created is None or created >= started
 
 
 async def _create_canonical(

@@ -231,3 +231,104 @@ async def test_a_listing_that_lost_most_tasks_deletes_nothing(harness: Harness, 
     for platform in ("impactly", "squads"):
         shown = ops.view(world, platform)
         assert all(shown[f"guarded {i}"]["status"] == "todo" for i in range(6)), platform  # nothing closed
+
+
+async def _with(world: World, tmp_path: Path, **route: Any) -> Harness:
+    return await make_harness(world, tmp_path, route=route)
+
+
+async def _close(h: Harness) -> None:
+    for conn in h.ctx.connectors.values():
+        await conn.aclose()
+    await h.daemon.store.close()
+
+
+async def test_concurrent_edits_prefer_a_connector(world: World, tmp_path: Path) -> None:
+    h = await _with(world, tmp_path, conflict={"prefer": "impactly"})
+    try:
+        create_on(world, "vortask", "preferred")
+        await h.settle()
+        imp = next(t for t in tasks_on(world, "impactly") if t["title"] == "preferred")
+        sq = next(t for t in tasks_on(world, "squads") if t["title"] == "preferred")
+        ops.edit(world, "impactly", imp["id"], title="preferred: impactly")
+        ops.edit(world, "squads", sq["id"], title="preferred: squads")  # later, but not preferred
+        await h.poll("impactly")
+        await h.poll("squads")
+        await h.settle()
+        for platform in world.platforms:
+            assert "preferred: impactly" in titles(world, platform), platform
+    finally:
+        await _close(h)
+
+
+async def test_on_delete_delete_removes_the_mirrors(world: World, tmp_path: Path) -> None:
+    h = await _with(world, tmp_path, on_delete="delete")
+    try:
+        doomed = create_on(world, "agentkanban", "removed everywhere")
+        for i in range(5):
+            create_on(world, "agentkanban", f"bystander {i}")
+        await h.settle()
+        with world.client("agentkanban") as c:
+            assert c.delete(f"/boards/{world.scopes['agentkanban']}/tasks/{doomed}").status_code == 204
+        await h.settle()
+        for platform in ("impactly", "vortask", "squads"):  # runs soft-deletes: gone from its listing too
+            assert "removed everywhere" not in titles(world, platform), platform
+        assert "removed everywhere" not in titles(world, "runs")
+        assert "bystander 0" in titles(world, "vortask")
+    finally:
+        await _close(h)
+
+
+async def test_on_delete_unlink_leaves_the_mirrors_alone(world: World, tmp_path: Path) -> None:
+    h = await _with(world, tmp_path, on_delete="unlink")
+    try:
+        doomed = create_on(world, "vortask", "let go")
+        for i in range(5):
+            create_on(world, "vortask", f"kept {i}")
+        await h.settle()
+        with world.client("vortask") as c:
+            assert c.delete(f"/projects/{world.scopes['vortask']}/tasks/{doomed}").status_code == 204
+        await h.settle()
+        imp = ops.view(world, "impactly")["let go"]
+        assert imp["status"] == "todo"  # untouched
+        ops.edit(world, "impactly", imp["id"], title="let go, edited")
+        await h.settle()
+        assert "let go, edited" not in titles(world, "squads")  # no longer synced
+    finally:
+        await _close(h)
+
+
+async def test_initial_new_only_leaves_existing_tasks_alone(world: World, tmp_path: Path) -> None:
+    create_on(world, "squads", "existed before")
+    h = await _with(world, tmp_path, initial="new-only")
+    try:
+        await h.settle()
+        assert "existed before" not in titles(world, "vortask")
+        create_on(world, "squads", "came after")
+        await h.settle()
+        for platform in world.platforms:
+            assert "came after" in titles(world, platform), platform
+        assert "existed before" not in titles(world, "impactly")
+    finally:
+        await _close(h)
+
+
+async def test_filter_mirrors_matching_tasks_and_unlinks_leavers(world: World, tmp_path: Path) -> None:
+    h = await _with(world, tmp_path, filter={"status": ["todo", "in_progress", "blocked"]})
+    try:
+        create_on(world, "vortask", "open work")
+        closed = create_on(world, "vortask", "closed work")
+        ops.edit(world, "vortask", closed, status="done")
+        await h.settle()
+        assert "open work" in titles(world, "impactly")
+        assert "closed work" not in titles(world, "impactly")  # never matched the filter
+        vt = ops.view(world, "vortask")["open work"]["id"]
+        ops.edit(world, "vortask", vt, status="done")  # leaves the filter
+        await h.settle()
+        imp = ops.view(world, "impactly")["open work"]
+        assert imp["status"] == "todo"  # unlinked, not closed or deleted elsewhere
+        ops.edit(world, "vortask", vt, title="open work, renamed")
+        await h.settle()
+        assert "open work, renamed" not in titles(world, "impactly")
+    finally:
+        await _close(h)

@@ -358,8 +358,21 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     remote_changes = dict(changes)
     if "description" in changes and op.link.is_mirror:
         remote_changes["description"] = op.route.marker.add(str(changes["description"]), op.task.id)
-    await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
-    await _succeed(ctx, op, written=changes, remote=None)
+    await _mark_inflight(ctx, conn, op, changes)
+    after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
+    # Its time, not its values: a listing fetched before this write must read as older than it.
+    await _succeed(ctx, op, written=changes, remote=None, remote_time=after.updated_at)
+
+
+async def _mark_inflight(ctx: EngineContext, conn: Connector, op: _Op, changes: Values) -> None:
+    """Record what is about to be written, as it will read back, before writing it: the platform
+    may report the change (a webhook, a poll) before `_succeed` commits the new base, and that
+    report is our echo, not someone's edit."""
+    shown = {f: side_roundtrip(conn, f, v) for f, v in changes.items()}
+    async with ctx.store.transaction() as session:
+        link = await session.get(LinkRow, op.link.id)
+        if link is not None:
+            link.inflight = encode_values({f: v for f, v in shown.items() if v is not NO_CLAIM})
 
 
 async def _observe_before_write(ctx: EngineContext, conn: Connector, op: _Op) -> bool:
@@ -427,6 +440,7 @@ async def _succeed(
     written: Values,
     remote: RemoteTask | None,
     link_state: str | None = None,
+    remote_time: datetime | None = None,
 ) -> None:
     """Record a successful write: the link's new base is what was written as it round-trips
     there (for a create, what the platform reported for the rest), then queue whatever still
@@ -454,6 +468,11 @@ async def _succeed(
                 if shown is not NO_CLAIM:
                     base[name] = shown
         link.base = encode_values(base)
+        link.inflight = None
+        if remote_time is not None and (
+            link.remote_updated_at is None or remote_time > link.remote_updated_at
+        ):
+            link.remote_updated_at = remote_time
         link.updated_at = now
         if link_state is not None:
             link.state = link_state

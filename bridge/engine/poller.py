@@ -124,7 +124,9 @@ async def _store_watermark(
         row.updated_at = now
 
 
-async def _missing(ctx: EngineContext, member: Member, all_ids: frozenset[str], *, before: datetime) -> set[str]:
+async def _missing(
+    ctx: EngineContext, member: Member, all_ids: frozenset[str], *, before: datetime
+) -> set[str]:
     """Linked tasks absent from a complete listing. A link touched since the listing began (a
     mirror created meanwhile, say) may postdate it, so it waits for the next poll."""
     async with ctx.store.sessions() as session:

@@ -137,6 +137,9 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if rt.updated_at and link.remote_updated_at and rt.updated_at < link.remote_updated_at:
         return False  # an older report than one already applied (a late webhook delivery)
     base = decode_values(link.base)
+    for name, value in decode_values(link.inflight or {}).items():
+        if values.get(name, NO_CLAIM) == value:
+            base[name] = value  # our own write in flight, seen landing before its commit
     if all(f in base and base[f] == v for f, v in values.items()):
         return False  # nothing moved on this side: the common case, and how echoes die
     canonical = decode_values(task.data)

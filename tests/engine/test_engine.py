@@ -332,3 +332,61 @@ async def test_filter_mirrors_matching_tasks_and_unlinks_leavers(world: World, t
         assert "open work, renamed" not in titles(world, "impactly")
     finally:
         await _close(h)
+
+
+async def test_an_echo_seen_before_its_write_commits_is_not_an_edit(harness: Harness, world: World) -> None:
+    """The platform reports our write (webhook or poll) before the outbox commits the new base,
+    while the source has moved on: the echo must not win as 'the newest edit'."""
+    vt_id = create_on(world, "vortask", "raced")
+    await harness.settle()
+    conn = harness.ctx.connectors["impactly"]
+    real_update = conn.update_task
+    raced: list[bool] = []
+
+    async def update_then_echo(scope: str, remote_id: str, changes: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            ops.edit(world, "vortask", vt_id, title="raced v2")  # the source moves on first...
+            await harness.poll("vortask")
+            result = await real_update(scope, remote_id, changes)  # ...then our older write lands
+            await harness.poll("impactly")  # and is seen before this write commits its base
+            return result
+        return await real_update(scope, remote_id, changes)
+
+    conn.update_task = update_then_echo  # type: ignore[method-assign]
+    ops.edit(world, "vortask", vt_id, title="raced v1")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert raced
+    for platform in world.platforms:
+        assert "raced v2" in titles(world, platform), platform
+
+
+async def test_a_listing_older_than_our_write_does_not_undo_it(harness: Harness, world: World) -> None:
+    vt_id = create_on(world, "vortask", "listed")
+    await harness.settle()
+    conn = harness.ctx.connectors["squads"]
+    real_list = conn.list_tasks
+
+    async def list_then_write(scope: str, watermark: Any) -> Any:
+        listing = await real_list(scope, watermark)  # fetched while the write below is still queued
+        await harness.drain()  # our write of "listed v1" lands and commits
+        return listing
+
+    ops.edit(world, "vortask", vt_id, title="listed v1")
+    await harness.poll("vortask")
+    world.fakes["vortask"].requests.clear()
+    conn.list_tasks = list_then_write  # type: ignore[method-assign]
+    report = await poll_connector_once(harness, "squads")
+    conn.list_tasks = real_list  # type: ignore[method-assign]
+    assert report.changed == 0  # the stale "listed" is older than our write: no change
+    await harness.settle()
+    for platform in world.platforms:
+        assert "listed v1" in titles(world, platform), platform
+    assert writes(world.fakes["vortask"]) == 0
+
+
+async def poll_connector_once(harness: Harness, name: str) -> Any:
+    from bridge.engine.poller import poll_connector
+
+    return await poll_connector(harness.ctx, name)

@@ -1,0 +1,174 @@
+"""backfill: mirror N existing Vortask tasks to the four other platforms (`initial: mirror`), then
+the same creates by a raw httpx program with the daemon's outbox concurrency (8).
+
+The source tasks are put straight into the Vortask fake's state before the daemon starts (its
+own creation path, as a REST POST would). The daemon runs with webhooks registered (as deployed)
+and a 60 s poll interval; its start-up poll of Vortask is what finds the N tasks. Done means:
+each target holds N tasks (counted in-process) and the daemon's outbox is empty.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.bench import seed
+from tests.bench.common import ALL, counts, install_timed_logs, log, wait_for
+from tests.bench.propagation import run_raw
+from tests.world import TOKENS
+
+SOURCE = "vortask"
+TARGETS = ("impactly", "agentkanban", "runs", "squads")
+CONCURRENCY = 8  # bridge.engine.outbox.WorkerSettings.concurrency
+
+
+def _headers() -> dict[str, dict[str, str]]:
+    out = {}
+    for p in ALL:
+        if p == "squads":
+            cid, _, secret = TOKENS[p].partition(":")
+            out[p] = {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
+        else:
+            out[p] = {"Authorization": f"Bearer {TOKENS[p]}"}
+    return out
+
+
+def _raw_creates(world: Any, n: int) -> list[dict[str, Any]]:
+    """The four creates per task, interleaved by task as the daemon's outbox orders them."""
+    base = {p: world.base_url(p) for p in ALL}
+    items = []
+    for i in range(n):
+        title = f"raw backfill {i}"
+        desc = f"synced by taskbridge · RAW{i:023d}"
+        items += [
+            {
+                "platform": "impactly",
+                "method": "POST",
+                "url": f"{base['impactly']}/tasks",
+                "body": {"title": title, "description": desc, "project_id": world.scopes["impactly"]},
+            },
+            {
+                "platform": "agentkanban",
+                "method": "POST",
+                "url": f"{base['agentkanban']}/boards/{world.scopes['agentkanban']}/tasks",
+                "body": {"title": title, "description": desc},
+            },
+            {
+                "platform": "runs",
+                "method": "POST",
+                "url": f"{base['runs']}/projects/{world.scopes['runs']}/tasks/",
+                "body": {"title": title, "description": desc, "title_manually_set": True},
+            },
+            {
+                "platform": "squads",
+                "method": "POST",
+                "url": f"{base['squads']}/tasks",
+                "body": {"title": title, "description": desc},
+            },
+        ]
+    return items
+
+
+def bench_backfill(ctx: Any) -> dict[str, Any]:
+    started = ctx.started()
+    n = 15 if ctx.quick else 10_000  # quick: the CI smoke test's budget (200 take ~40 s alone here)
+    setup = ctx.fresh("backfill")
+    world = setup.world
+    logs = install_timed_logs(world, probes=False)
+    t = time.monotonic()
+    seed.vortask_tasks(world, n, lambda i: f"backfill {i}", lambda i: f"existing task number {i}")
+    seeded_in = time.monotonic() - t
+    log(f"backfill: {n} tasks seeded on vortask in {seeded_in:.1f} s")
+    for lg in logs.values():
+        lg.clear()
+
+    d = setup.daemon("backfill", public=True, poll_interval="60s")
+    t_start = time.monotonic()
+    d.start()
+    t_ready = time.monotonic()
+    last_log = [t_ready]
+    timeout = 300 if ctx.quick else 3600
+
+    def done() -> bool:
+        have = {p: seed.count_tasks(world, p) for p in TARGETS}
+        if time.monotonic() - last_log[0] > 30:
+            last_log[0] = time.monotonic()
+            log(f"backfill: {have} after {time.monotonic() - t_ready:.0f} s")
+        return all(v >= n for v in have.values()) and d.outbox_depth() == 0
+
+    ok = bool(wait_for(done, timeout=timeout, interval=1.0 if not ctx.quick else 0.25))
+    t_done = time.monotonic()
+    final = {p: seed.count_tasks(world, p) for p in TARGETS}
+    creates = []
+    per_fake: dict[str, Any] = {}
+    for p in ALL:
+        entries = logs[p].since(0)
+        per_fake[p] = {
+            **counts([e for _, e in entries]),
+            "by_route": _top_routes([e for _, e in entries]),
+        }
+        creates += [t for t, e in entries if e.method == "POST" and e.status == 201 and p in TARGETS]
+    first_create, last_create = (min(creates), max(creates)) if creates else (t_ready, t_done)
+    parked = d.parked()
+    errors = d.errors_in_log()[:10]
+    d.terminate()
+    daemon_fig = {
+        "completed": ok,
+        "tasks_per_target": final,
+        "duplicates_per_target": {p: max(0, c - n) for p, c in final.items()},
+        "seconds_start_to_done": round(t_done - t_start, 1),
+        "seconds_first_to_last_create": round(last_create - first_create, 1),
+        "tasks_per_s": round(n / (t_done - t_ready), 2),
+        "creates_per_s": round(len(creates) / max(0.001, last_create - first_create), 1),
+        "requests_per_fake": per_fake,
+        "requests_per_task": {p: round(v["total"] / n, 2) for p, v in per_fake.items()},
+        "outbox_parked": parked,
+        "daemon_log_errors": errors,
+    }
+    log(f"backfill: daemon {daemon_fig['tasks_per_s']} tasks/s; now the raw creates")
+
+    for fake in world.fakes.values():
+        fake.faults.drop_webhook_rate = 1.0  # the daemon is gone: don't make the fakes retry deliveries
+    spec = {
+        "mode": "create",
+        "concurrency": CONCURRENCY,
+        "items": _raw_creates(world, n),
+        "headers": _headers(),
+    }
+    raw = run_raw(spec, timeout=timeout)
+    raw_fig = {
+        "seconds": round(raw["seconds"], 1),
+        "creates": raw["done"],
+        "errors": raw["error_count"],
+        "tasks_per_s": round(n / raw["seconds"], 2),
+        "creates_per_s": round(raw["done"] / raw["seconds"], 1),
+    }
+    figures = {
+        "daemon": daemon_fig,
+        "raw": raw_fig,
+        "ratio_raw_over_daemon_tasks_per_s": round(raw_fig["tasks_per_s"] / daemon_fig["tasks_per_s"], 1)
+        if daemon_fig["tasks_per_s"]
+        else None,
+    }
+    params = {
+        "tasks": n,
+        "source": SOURCE,
+        "targets": list(TARGETS),
+        "initial": "mirror",
+        "webhooks": True,
+        "poll_interval_s": 60,
+        "outbox_concurrency": CONCURRENCY,
+        "seeding": "in-process into the Vortask fake's state, before the daemon starts",
+        "seeded_in_s": round(seeded_in, 1),
+        "raw": "one POST per task per target (title + marker description), 8 workers on one queue",
+        "fakes": "in-process (tests.world.World)",
+    }
+    return ctx.emit("backfill", started, params, figures)
+
+
+def _top_routes(entries: list[Any], k: int = 8) -> dict[str, int]:
+    c: dict[str, int] = {}
+    for e in entries:
+        key = f"{e.method} {e.route}"
+        c[key] = c.get(key, 0) + 1
+    return dict(sorted(c.items(), key=lambda kv: -kv[1])[:k])

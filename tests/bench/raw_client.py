@@ -1,0 +1,153 @@
+"""The raw baseline: a minimal httpx program making exactly the HTTP calls the benchmarks compare
+the daemon with, and nothing else (no store, no engine). Runs as its own process, like the daemon.
+
+Reads one JSON spec on stdin and prints one JSON object on stdout.
+
+mode "propagate": at `rate` per second (open loop) for `count` propagations: GET the source task,
+then write the four mirrors (concurrently, as the daemon's outbox workers would). Reports, per
+propagation, its start on CLOCK_MONOTONIC (the same clock as the benchmark process, so the fakes'
+own stamps of the writes can be matched to it) and its client-side duration.
+
+mode "create": `items` creates (method, url, body, platform), run with `concurrency` workers from
+one queue, like the daemon's outbox (WorkerSettings.concurrency = 8). Reports the wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import httpx
+
+
+def _clients(spec: dict[str, Any]) -> dict[str, httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    return {
+        name: httpx.AsyncClient(headers=headers, timeout=30, limits=limits)
+        for name, headers in spec["headers"].items()
+    }
+
+
+async def propagate(spec: dict[str, Any]) -> dict[str, Any]:
+    clients = _clients(spec)
+    rate, items = float(spec["rate"]), spec["items"]
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+
+    async def one(k: int, item: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            src = item["read"]
+            r = await clients[src["platform"]].get(src["url"])
+            r.raise_for_status()
+            writes = [
+                clients[w["platform"]].request(w["method"], w["url"], json=w["body"]) for w in item["writes"]
+            ]
+            for resp in await asyncio.gather(*writes):
+                resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            errors.append(f"{k}: {exc!r}")
+            return
+        results.append({"k": k, "t0": t0, "seconds": time.monotonic() - t0})
+
+    start = time.monotonic() + 0.2
+    tasks = []
+    for k, item in enumerate(items):
+        delay = start + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(k, item)))
+    await asyncio.gather(*tasks)
+    for c in clients.values():
+        await c.aclose()
+    return {"results": results, "errors": errors, "sent_over": time.monotonic() - start}
+
+
+async def create(spec: dict[str, Any]) -> dict[str, Any]:
+    clients = _clients(spec)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for item in spec["items"]:
+        queue.put_nowait(item)
+    errors: list[str] = []
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                r = await clients[item["platform"]].request(item["method"], item["url"], json=item["body"])
+                r.raise_for_status()
+                done += 1
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(int(spec["concurrency"]))))
+    seconds = time.monotonic() - t0
+    for c in clients.values():
+        await c.aclose()
+    return {"seconds": seconds, "done": done, "errors": errors[:20], "error_count": len(errors)}
+
+
+async def load(spec: dict[str, Any]) -> dict[str, Any]:
+    """GET `urls` (round robin) with `concurrency` workers for `seconds` (or `count` requests in
+    all); per request its latency. The unified API benchmark's load generator."""
+    headers = spec.get("headers") or {}
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    urls: list[str] = spec["urls"]
+    latencies: list[float] = []
+    errors: list[str] = []
+    statuses: dict[int, int] = {}
+    stop_at = time.monotonic() + float(spec.get("seconds", 1e9))
+    budget = int(spec.get("count", 10**9))
+    nxt = 0
+    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal nxt
+            while time.monotonic() < stop_at and nxt < budget:
+                url = urls[nxt % len(urls)]
+                nxt += 1
+                t0 = time.monotonic()
+                try:
+                    r = await client.get(url)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code} {url}")
+                        continue
+                    latencies.append(time.monotonic() - t0)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(int(spec["concurrency"]))))
+        seconds = time.monotonic() - t0
+    return {
+        "seconds": seconds,
+        "latencies": latencies,
+        "statuses": statuses,
+        "errors": errors[:10],
+        "error_count": len(errors),
+    }
+
+
+async def loads(spec: dict[str, Any]) -> dict[str, Any]:
+    """Several `load` runs one after the other (one process start for all of them)."""
+    return {"runs": [await load({**spec, **run}) for run in spec["runs"]]}
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.read())
+    run = {"propagate": propagate, "create": create, "load": load, "loads": loads}[spec["mode"]]
+    print(json.dumps(asyncio.run(run(spec))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -391,19 +391,7 @@ async def list_conflicts(
         query = query.where(ConflictRow.state == state)
     async with ctx.store.sessions() as session:
         rows = (await session.scalars(query)).all()
-    return [
-        ConflictOut(
-            id=r.id,
-            task_id=r.task_id,
-            route=r.route,
-            field=r.field,
-            candidates=r.candidates,
-            state=r.state,
-            resolution=r.resolution,
-            created_at=r.created_at,
-        )
-        for r in rows
-    ]
+    return [ConflictOut.model_validate(r, from_attributes=True) for r in rows]
 
 
 @router.post(
@@ -423,16 +411,7 @@ async def resolve_conflict(
     async with ctx.store.sessions() as session:
         r = await session.get(ConflictRow, conflict_id)
     assert r is not None
-    return ConflictOut(
-        id=r.id,
-        task_id=r.task_id,
-        route=r.route,
-        field=r.field,
-        candidates=r.candidates,
-        state=r.state,
-        resolution=r.resolution,
-        created_at=r.created_at,
-    )
+    return ConflictOut.model_validate(r, from_attributes=True)
 
 
 @router.get("/connectors", dependencies=[READ])

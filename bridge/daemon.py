@@ -122,6 +122,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: Any = None
         self._held: set[str] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
 
     def _replica_id(self) -> str:
         """Stable across restarts of the same replica (host and listen port, which only one live
@@ -192,6 +193,14 @@ class Daemon:
         self.ready = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self._jobs:
+            # A poll in progress finishes (its watermark then lands) or is cancelled, before the
+            # store it writes to closes.
+            _, late = await asyncio.wait(set(self._jobs), timeout=20)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
         self.worker.stop()
         for task in self._tasks:
             if task.get_name() != "outbox":
@@ -217,10 +226,20 @@ class Daemon:
 
     def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Callable[[], Awaitable[None]]:
         async def job() -> None:
+            if self.stopping.is_set():
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                self._jobs.add(task)
             try:
                 await fn(*args)
-            except Exception:
+            except asyncio.CancelledError:
+                log.info("job %s stopped by the shutdown", getattr(fn, "__name__", fn))
+            except Exception:  # a job failing must not kill the scheduler
                 log.exception("job %s failed", getattr(fn, "__name__", fn))
+            finally:
+                if task is not None:
+                    self._jobs.discard(task)
 
         return job
 

@@ -1,0 +1,47 @@
+"""The benchmarks' smoke test: `python -m tests.bench all --quick` runs, prints one JSON object
+per benchmark, and the fault drill loses nothing and duplicates nothing.
+
+The quick variants are small (the whole run is meant to take under 90 s on 2 cores); their figures
+are not measurements. The real runs: `python -m tests.bench [NAME]` (README, "Performance").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {"propagation", "raw_limit", "cost", "backfill", "api", "memory", "drill"}
+
+
+def test_quick_benchmarks_run_and_the_drill_is_clean() -> None:
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "all", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,  # a hang guard; the run is designed for well under 90 s
+    )
+    elapsed = time.monotonic() - t0
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    by_name = {r["benchmark"]: r for r in records}
+    assert set(by_name) == EXPECTED, (sorted(by_name), result.stderr[-3000:])
+    for r in records:
+        assert "error" not in r["figures"], (r["benchmark"], r["figures"]["error"], result.stderr[-3000:])
+        assert r["machine"]["cpu_count"] and r["machine"]["python"] and r["started_at"] and r["finished_at"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    drill = by_name["drill"]["figures"]
+    assert drill["changes_lost"] == [0] * len(drill["runs"]), drill["runs"]
+    assert drill["duplicate_tasks"] == [0] * len(drill["runs"]), drill["runs"]
+    assert drill["duplicate_comments"] == [0] * len(drill["runs"]), drill["runs"]
+    assert drill["all_ok"], drill["runs"]
+    assert by_name["cost"]["figures"]["echo_writes"]["zero"], by_name["cost"]["figures"]["echo_writes"]
+    print(f"quick benchmarks took {elapsed:.0f} s")

@@ -79,7 +79,7 @@ def demo_config(fakes: dict[str, Fake], workdir: Path, port: int, api_token: str
 
 
 async def _status_line(daemon: Daemon) -> str:
-    async with daemon.store.sessions() as session:
+    async with daemon.store.read() as session:
         s = await summary(session)
     per = ", ".join(f"{name} {s.linked.get(name, 0)}" for name in daemon.ctx.connectors)
     return f"{s.tasks} tasks; linked on {per}; {sum(s.waiting.values())} writes waiting"

@@ -254,7 +254,7 @@ async def list_tasks(
     query = query.order_by(TaskRow.updated_at.desc(), TaskRow.id.desc())
     out: list[TaskOut] = []
     next_cursor = None
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         # Filters on JSON fields run here; the SQL narrows by the indexed columns first.
         batch = 4 * limit
         offset = 0
@@ -283,7 +283,7 @@ async def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut, dependencies=[READ], responses=errors(404))
 async def get_task(request: Request, task_id: str) -> TaskOut:
     ctx = _ctx(request)
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         row = await session.get(TaskRow, task_id)
         if row is None:
             raise HTTPException(404, "no such task")
@@ -332,7 +332,7 @@ async def delete_task(request: Request, task_id: str) -> None:
 )
 async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
     ctx = _ctx(request)
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         if await session.get(TaskRow, task_id) is None:
             raise HTTPException(404, "no such task")
         rows = (
@@ -389,7 +389,7 @@ async def list_conflicts(
     query = select(ConflictRow).order_by(ConflictRow.id).limit(limit)
     if state != "all":
         query = query.where(ConflictRow.state == state)
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         rows = (await session.scalars(query)).all()
     return [ConflictOut.model_validate(r, from_attributes=True) for r in rows]
 
@@ -408,7 +408,7 @@ async def resolve_conflict(
         await api_ops.resolve_conflict(ctx, conflict_id, choose=body.choose, value=body.value)
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         r = await session.get(ConflictRow, conflict_id)
     assert r is not None
     return ConflictOut.model_validate(r, from_attributes=True)
@@ -420,7 +420,7 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
 
     daemon = request.app.state.daemon
     ctx = daemon.ctx
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         s = await summary(session)
     out = []
     now = ctx.now()

@@ -70,7 +70,7 @@ async def summary(session: AsyncSession) -> Summary:
 
 async def refresh_store_gauges(ctx: EngineContext) -> None:
     now = ctx.now()
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         s = await summary(session)
     for name in ctx.connectors:
         metrics.outbox_depth.labels(name).set(s.waiting.get(name, 0))

@@ -38,7 +38,7 @@ async def sync_comments(ctx: EngineContext, route: Route, member: Member, link_i
     """Read one linked task's comments on `member`; mirror the new ones. Returns how many."""
     if not commenting(ctx, route, member) or not member.reads_any:
         return 0
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         link = await session.get(LinkRow, link_id)
         if link is None or link.state != "active" or link.remote_id is None:
             return 0
@@ -173,7 +173,7 @@ async def mirror_comment(ctx: EngineContext, conn: Connector, op: _Op) -> None:
         raise PermanentOutcome("the comment no longer exists")
     if op.link.remote_id is None:
         raise PermanentOutcome("the task's mirror has no remote id yet")
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         clink = await session.scalar(
             select(CommentLinkRow).where(
                 CommentLinkRow.comment_id == comment.id, CommentLinkRow.connector == op.connector
@@ -212,7 +212,7 @@ async def mirror_comment(ctx: EngineContext, conn: Connector, op: _Op) -> None:
 
 
 async def _unlinked(ctx: EngineContext, connector: str, remote_id: str) -> bool:
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         return (
             await session.scalar(
                 select(CommentLinkRow.id).where(
@@ -230,7 +230,7 @@ async def sweep_comments(
     changed). Bounds the cost of comment polling on big scopes while covering every task in turn."""
     if not commenting(ctx, route, member):
         return 0
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         row = await session.get(WatermarkRow, member.key)
         after = int((row.value if row else {}).get("comments_after", 0))
         ids = list(

@@ -147,7 +147,7 @@ async def _process(ctx: EngineContext, connector: str, body: bytes) -> None:
 async def handle_event(ctx: EngineContext, connector: str, event: WebhookEvent) -> None:
     if not event.scope:
         # Some payloads (e.g. comment events) don't name their scope; the link knows it.
-        async with ctx.store.sessions() as session:
+        async with ctx.store.read() as session:
             link = await link_by_remote(session, connector, event.remote_id)
         if link is None:
             return
@@ -158,7 +158,7 @@ async def handle_event(ctx: EngineContext, connector: str, event: WebhookEvent) 
     route, member = found
     conn = ctx.connectors[connector]
     if event.kind == "comment":
-        async with ctx.store.sessions() as session:
+        async with ctx.store.read() as session:
             link = await link_by_remote(session, connector, event.remote_id)
             link_id = link.id if link is not None else None
         if link_id is not None:

@@ -52,6 +52,6 @@ async def release(ctx: EngineContext, name: str) -> None:
 
 
 async def holder(ctx: EngineContext, name: str) -> str | None:
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         row = await session.get(LeaseRow, name)
         return row.holder if row is not None and row.expires_at > ctx.now() else None

@@ -219,7 +219,7 @@ class _Op:
 
 
 async def execute(ctx: EngineContext, settings: WorkerSettings, op_id: int, rng: random.Random) -> None:
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         row = await session.get(OutboxRow, op_id)
         if row is None or row.state != "claimed" or row.claimed_by != ctx.replica:
             return
@@ -339,7 +339,7 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     if read_first and await _observe_before_write(ctx, conn, op):
         # The side changed since it last agreed with us: that change is merged first (it may
         # win, or hold a conflict), and the write goes out with what is true now.
-        async with ctx.store.sessions() as session:
+        async with ctx.store.read() as session:
             task = await session.get(TaskRow, op.task.id)
             link = await session.get(LinkRow, op.link.id)
         if task is None or link is None or link.state != "active":
@@ -395,7 +395,7 @@ async def _observe_before_write(ctx: EngineContext, conn: Connector, op: _Op) ->
 async def _held(ctx: EngineContext, task_id: str) -> set[str]:
     from bridge.engine.sync import held_fields
 
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         return await held_fields(session, task_id)
 
 
@@ -500,7 +500,7 @@ async def _succeed(
 
 
 async def comment_link_exists(ctx: EngineContext, comment_id: str, connector: str) -> bool:
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         return (
             await session.scalar(
                 select(CommentLinkRow.id).where(

@@ -78,7 +78,7 @@ async def poll_scope(
     ctx: EngineContext, route: Route, member: Member, report: PollReport, *, progress: Any = None
 ) -> None:
     conn = ctx.connectors[member.connector]
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         row = await session.get(WatermarkRow, member.key)
         watermark = dict(row.value) if row is not None else {}
     fetch_started = ctx.now()
@@ -129,7 +129,7 @@ async def _missing(
 ) -> set[str]:
     """Linked tasks absent from a complete listing. A link touched since the listing began (a
     mirror created meanwhile, say) may postdate it, so it waits for the next poll."""
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         linked = await session.scalars(
             select(LinkRow.remote_id).where(
                 LinkRow.connector == member.connector,
@@ -145,7 +145,7 @@ async def _missing(
 async def _confirm_deletions(
     ctx: EngineContext, route: Route, member: Member, suspects: Sequence[str], report: PollReport
 ) -> None:
-    async with ctx.store.sessions() as session:
+    async with ctx.store.read() as session:
         total = (
             await session.scalar(
                 select(func.count())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -133,6 +135,64 @@ async def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await s.close()
+
+
+async def test_sqlite_writers_in_one_process_take_turns_and_readers_never_wait(tmp_path: object) -> None:
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/turns.db")
+    try:
+        await s.migrate()
+        async with s.transaction() as session:
+            session.add(task_row())
+
+        async def bump(i: int) -> None:
+            # read-then-write: fails ("database is locked") or loses updates unless writers queue
+            async with s.transaction() as session:
+                row = await session.get(TaskRow, task_row().id)
+                assert row is not None
+                await asyncio.sleep(0.001 * (i % 3))
+                row.data = {**row.data, "n": row.data.get("n", 0) + 1}
+
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hold_the_write_lock() -> None:
+            async with s.transaction() as session:
+                (await session.get(TaskRow, task_row().id)).title = "held"  # type: ignore[union-attr]
+                await session.flush()
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold_the_write_lock())
+        await holding.wait()
+        async with s.read() as session:  # WAL: the last committed state, at once
+            got = await asyncio.wait_for(session.get(TaskRow, task_row().id), timeout=2)
+            assert got is not None and got.title == "T"
+        release.set()
+        await holder
+        await asyncio.gather(*(bump(i) for i in range(30)))
+        async with s.read() as session:
+            row = await session.get(TaskRow, task_row().id)
+            assert row is not None and row.data["n"] == 30 and row.title == "held"
+    finally:
+        await s.close()
+
+
+def test_overlapping_poll_warnings_from_the_scheduler_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    from bridge import logs
+
+    logs.setup("info", "text")
+    sched = logging.getLogger("apscheduler.scheduler")
+    record = sched.makeRecord(
+        sched.name,
+        logging.WARNING,
+        __file__,
+        1,
+        'Execution of job "poll" skipped: maximum number of running instances reached (1)',
+        (),
+        None,
+    )
+    assert not all(f.filter(record) if hasattr(f, "filter") else f(record) for f in sched.filters)
+    other = sched.makeRecord(sched.name, logging.WARNING, __file__, 1, "Run time of job was missed", (), None)
+    assert all(f.filter(other) if hasattr(f, "filter") else f(other) for f in sched.filters)
 
 
 def test_redact_url_hides_password() -> None:

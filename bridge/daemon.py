@@ -122,6 +122,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: Any = None
         self._held: set[str] = set()
+        self._overrunning: set[str] = set()  # connectors whose last poll outlasted its interval
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
 
     def _replica_id(self) -> str:
@@ -252,7 +253,19 @@ class Daemon:
             return
         self._held.add(lease)
         metrics.leases_held.set(len(self._held))
+        started = time.monotonic()
         report = await poll_connector(self.ctx, connector)
+        took = time.monotonic() - started
+        if took > interval and connector not in self._overrunning:
+            log.warning(
+                "poll %s took %.1f s, longer than its %g s interval: the next starts when one ends",
+                connector,
+                took,
+                interval,
+            )
+            self._overrunning.add(connector)
+        elif took <= interval:
+            self._overrunning.discard(connector)
         for scope in self.ctx.scopes_of(connector):
             found = self.ctx.member(connector, scope)
             if found is None:
@@ -334,7 +347,7 @@ class Daemon:
             self.ctx.webhook_secrets[connector].append(secret)
 
     async def _load_webhook_secrets(self) -> None:
-        async with self.store.sessions() as session:
+        async with self.store.read() as session:
             rows = (await session.scalars(select(MetaRow).where(MetaRow.key.like("webhook_secrets:%")))).all()
         for row in rows:
             connector = row.key.split(":", 1)[1]

@@ -52,3 +52,10 @@ def setup(level: str, fmt: str, *, secrets: Sequence[str] = ()) -> None:
     # Libraries' own loggers would print request lines; ours say what matters.
     for noisy in ("httpx", "httpx2", "httpcore", "apscheduler", "uvicorn.access", "mcp", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A poll longer than its interval makes APScheduler warn once per missed tick (every second
+    # at a 1 s interval); the daemon says it once per overrun instead (Daemon.poll_once).
+    logging.getLogger("apscheduler.scheduler").addFilter(_no_overlap_warnings)
+
+
+def _no_overlap_warnings(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances reached" not in record.getMessage()

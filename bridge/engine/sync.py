@@ -223,7 +223,8 @@ async def queue_updates(
     ctx: EngineContext, session: AsyncSession, route: Route, task: TaskRow, *, observed_at: datetime
 ) -> int:
     """Queue an update for every member whose base differs from the canonical values. An update
-    already waiting (unclaimed) for a link absorbs the new fields instead of adding a second one."""
+    already waiting (unclaimed) for a link absorbs the new fields instead of adding a second one;
+    a link with an update being written (claimed) is left to that write's own re-check."""
     canonical = decode_values(task.data)
     links = (
         await session.scalars(
@@ -231,10 +232,21 @@ async def queue_updates(
         )
     ).all()
     held = await held_fields(session, task.id)
+    # A side whose update is being written now re-checks the whole task when it lands (_succeed),
+    # so a second update queued behind it would only re-read what the first one writes.
+    writing = set(
+        (
+            await session.scalars(
+                select(OutboxRow.link_id).where(
+                    OutboxRow.task_id == task.id, OutboxRow.op == "update", OutboxRow.state == "claimed"
+                )
+            )
+        ).all()
+    )
     queued = 0
     for link in links:
         member = route.member(link.connector, link.scope)
-        if member is None:
+        if member is None or link.id in writing:
             continue
         fields = stale_fields(ctx, route, member, canonical, decode_values(link.base), held)
         if not fields or link.state == "creating":

@@ -390,3 +390,56 @@ async def poll_connector_once(harness: Harness, name: str) -> Any:
     from bridge.engine.poller import poll_connector
 
     return await poll_connector(harness.ctx, name)
+
+
+async def test_one_update_per_side_while_another_sides_write_is_in_flight(
+    harness: Harness, world: World
+) -> None:
+    """Each write's success re-checks the whole task; a side whose own update is still in flight
+    must not get a second one queued behind it (it re-checks when it lands)."""
+    import asyncio
+
+    vt_id = create_on(world, "vortask", "slow side")
+    await harness.settle()
+    others = ("impactly", "runs", "squads")
+    landed: list[str] = []
+    originals: dict[str, Any] = {}
+
+    def counting(name: str) -> Any:
+        async def update(scope: str, remote_id: str, changes: Any) -> Any:
+            result = await originals[name](scope, remote_id, changes)
+            landed.append(name)
+            return result
+
+        return update
+
+    async def slow_update(scope: str, remote_id: str, changes: Any) -> Any:
+        for _ in range(400):  # until the three others have succeeded (or 10 s)
+            if len(landed) >= len(others):
+                break
+            await asyncio.sleep(0.025)
+        return await originals["agentkanban"](scope, remote_id, changes)
+
+    for name in (*others, "agentkanban"):
+        originals[name] = harness.ctx.connectors[name].update_task
+    for name in others:
+        harness.ctx.connectors[name].update_task = counting(name)  # type: ignore[method-assign]
+    harness.ctx.connectors["agentkanban"].update_task = slow_update  # type: ignore[method-assign]
+    async with harness.ctx.store.read() as s:
+        task_id = await s.scalar(select(LinkRow.task_id).where(LinkRow.remote_id == vt_id))
+        before = int(await s.scalar(select(func.count()).select_from(OutboxRow)) or 0)
+    for fake in world.fakes.values():
+        fake.requests.clear()
+    ops.edit(world, "vortask", vt_id, title="slow side v2")
+    await harness.poll("vortask")
+    await harness.drain()
+    assert sorted(landed) == sorted(others)
+    async with harness.ctx.store.read() as s:
+        rows = (await s.scalars(select(OutboxRow).where(OutboxRow.id > before))).all()
+    assert sorted(r.connector for r in rows) == ["agentkanban", "impactly", "runs", "squads"], [
+        (r.connector, r.op, r.state) for r in rows
+    ]
+    assert all(r.task_id == task_id and r.state == "done" for r in rows)
+    assert writes(world.fakes["agentkanban"]) == 1
+    for platform in world.platforms:
+        assert "slow side v2" in titles(world, platform), platform

@@ -44,9 +44,10 @@ def merge(
     policy: str,
     side_is_preferred: bool,
     side_updated_at: datetime | None,
-    canonical_updated_at: datetime | None,
+    canonical_updated_at: Callable[[str], datetime | None],
 ) -> MergeResult:
-    """Decide what an observation of side S changes. `roundtrip(field, value)` is S's."""
+    """Decide what an observation of side S changes. `roundtrip(field, value)` is S's;
+    `canonical_updated_at(field)` is when the canonical value of that field last changed."""
     result = MergeResult()
     for name, value in observed.items():
         if name in base and base[name] == value:
@@ -70,7 +71,7 @@ def merge(
             continue
         if policy == "manual":
             result.conflicts.append(Conflict(name, current, value))
-        elif _side_wins(policy, side_is_preferred, side_updated_at, canonical_updated_at):
+        elif _side_wins(policy, side_is_preferred, side_updated_at, canonical_updated_at(name)):
             result.changes[name] = value
         else:
             result.overruled.add(name)

@@ -27,6 +27,7 @@ from bridge.model import (
     Priority,
     Status,
     Values,
+    as_utc,
     decode_values,
     encode,
     encode_values,
@@ -152,7 +153,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         policy=route.conflict,
         side_is_preferred=route.prefer == member.connector,
         side_updated_at=rt.updated_at,
-        canonical_updated_at=task.updated_at,
+        canonical_updated_at=lambda name: field_time(task, name),
     )
     link.base = encode_values({**base, **values})
     link.remote_updated_at = rt.updated_at
@@ -183,6 +184,14 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
             return True
     await queue_updates(ctx, session, route, task, observed_at=now)
     return changed
+
+
+def field_time(task: TaskRow, name: str) -> datetime | None:
+    """When the canonical `name` last changed: an edit of another field since then doesn't make
+    this one newer (the `newest` policy compares an edit with the value it competes with)."""
+    times = task.field_times or {}
+    stamp = times.get(name) or times.get("*")
+    return as_utc(datetime.fromisoformat(stamp)) if stamp else task.updated_at
 
 
 def apply_changes(
@@ -216,6 +225,10 @@ def apply_changes(
     # The remote's own time orders edits for the `newest` policy; never let it go backwards.
     stamp = remote_time or now
     task.updated_at = max(stamp, task.updated_at) if task.updated_at else stamp
+    times = dict(task.field_times or {})
+    for name in changes:
+        times[name] = stamp.isoformat()
+    task.field_times = times
     task.version = (task.version or 0) + 1
 
 
@@ -420,6 +433,7 @@ async def new_task(
         created_at=now,
         updated_at=updated_at or now,
         version=1,
+        field_times={"*": (updated_at or now).isoformat()},
     )
     session.add(task)
     await session.flush()

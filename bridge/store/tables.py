@@ -80,6 +80,9 @@ class TaskRow(Base):
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # field -> ISO time it last changed (the remote's clock); "*" for fields unchanged since the
+    # create. NULL on tasks made before migration 0004 (updated_at stands in).
+    field_times: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
 
 
 class LinkRow(Base):

@@ -443,3 +443,29 @@ async def test_one_update_per_side_while_another_sides_write_is_in_flight(
     assert writes(world.fakes["agentkanban"]) == 1
     for platform in world.platforms:
         assert "slow side v2" in titles(world, platform), platform
+
+
+async def test_newest_weighs_an_edit_against_its_field_not_the_whole_task(
+    harness: Harness, world: World
+) -> None:
+    """The drill's lost titles: AgentKanban's title edit is observed; Impactly's later title edit
+    is not yet; then a due date changes on Vortask (the task is now 'newer' than both). Impactly's
+    title is still the newest title and must win, everywhere."""
+    import asyncio
+
+    vt_id = create_on(world, "vortask", "fields")
+    await harness.settle()
+    view = {p: ops.view(world, p)["fields"]["id"] for p in ("agentkanban", "impactly")}
+    ops.edit(world, "agentkanban", view["agentkanban"], title="fields from agentkanban")
+    await harness.poll("agentkanban")  # canonical title: AgentKanban's (its update to Impactly waits)
+    await asyncio.sleep(0.05)
+    ops.edit(world, "impactly", view["impactly"], title="fields from impactly")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    await harness.poll("vortask")  # the task's newest change is now this due date
+    await harness.poll("impactly")  # Impactly's title: both moved; it is the newer title
+    await harness.settle()
+    for platform in world.platforms:
+        assert "fields from impactly" in titles(world, platform), platform
+    for platform in ("impactly", "vortask", "squads"):
+        assert ops.view(world, platform)["fields from impactly"]["due_date"] == "2031-03-04", platform

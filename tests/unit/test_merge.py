@@ -29,6 +29,9 @@ def run(observed: dict[str, Any], base: dict[str, Any], canonical: dict[str, Any
         canonical_updated_at=T0 - timedelta(seconds=1),
     )
     args.update(kw)
+    at = args["canonical_updated_at"]
+    if not callable(at):
+        args["canonical_updated_at"] = lambda _name, at=at: at
     return merge(observed, base, canonical, **args)
 
 
@@ -61,7 +64,7 @@ def test_lossy_side_does_not_flap() -> None:
         policy="newest",
         side_is_preferred=False,
         side_updated_at=T0,
-        canonical_updated_at=T0,
+        canonical_updated_at=lambda _: T0,
     )
     assert r.changes == {} and not r.overruled
     # Vortask moves to Medium: canonical (urgent) still reads as its base (high) there, so take it.
@@ -73,9 +76,23 @@ def test_lossy_side_does_not_flap() -> None:
         policy="newest",
         side_is_preferred=False,
         side_updated_at=T0,
-        canonical_updated_at=T0,
+        canonical_updated_at=lambda _: T0,
     )
     assert r.changes == {"priority": Priority.MEDIUM}
+
+
+def test_newest_compares_with_the_time_of_the_field_not_of_the_task() -> None:
+    # Canonical title from 12:00 (its due date changed at 12:05); the side's title edit at 12:01
+    # is the newer title and wins; its edit of the due date at 12:01 is older than 12:05 and loses.
+    times = {"title": T0, "due_date": T0 + timedelta(minutes=5)}
+    r = run(
+        {"title": "side", "due_date": "2030-01-02"},
+        {"title": "base", "due_date": "2030-01-01"},
+        {"title": "canonical", "due_date": "2030-01-03"},
+        side_updated_at=T0 + timedelta(minutes=1),
+        canonical_updated_at=times.get,
+    )
+    assert r.changes == {"title": "side"} and r.overruled == {"due_date"}
 
 
 def test_both_moved_newest_wins() -> None:

@@ -1,4 +1,4 @@
-"""`python -m tests.bench [NAME] [--quick]`: run one benchmark, or all of them (the default).
+"""`python -m tests.bench [NAME ...] [--quick]`: run benchmarks by name, or all of them (the default).
 
 Each benchmark prints ONE JSON object on stdout (figures, parameters, machine facts, start and
 finish times); progress goes to stderr. NAME is one of: propagation, raw_limit, backfill, cost,
@@ -115,16 +115,17 @@ QUICK_GROUPS = (("propagation", "raw_limit", "cost"), ("backfill", "api", "memor
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", nargs="?", default="all", choices=(*NAMES, *EXTRA, "all"))
+    parser.add_argument("name", nargs="*", default=["all"], choices=(*NAMES, *EXTRA, "all"))
     parser.add_argument("--quick", action="store_true", help="small variants (CI smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, stores)")
     parser.add_argument("--drill-runs", type=int, default=None, help="drill repetitions (default 3, quick 1)")
     parser.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: names, comma-separated
     args = parser.parse_args(argv)
     drill_runs = args.drill_runs if args.drill_runs is not None else (1 if args.quick else 3)
-    if args.quick and args.name == "all" and args.group is None:
+    everything = "all" in args.name
+    if args.quick and everything and args.group is None:
         return run_groups(args)
-    names = tuple(args.group.split(",")) if args.group else NAMES if args.name == "all" else (args.name,)
+    names = tuple(args.group.split(",")) if args.group else NAMES if everything else tuple(args.name)
     ctx = Context(args.quick, args.keep, drill_runs)
     ctx.names = names
     benches = registry()

@@ -5,13 +5,15 @@ finish times); progress goes to stderr. NAME is one of: propagation, raw_limit, 
 api, memory, drill, all (those seven, the default), or replicas (by name only). `--quick` runs
 small variants (the CI smoke test runs `all --quick`). `--drill-runs N` repeats the drill N times
 (default 3: the issue's bar is three consecutive clean runs). `--keep` keeps the scratch
-directory (daemon logs, stores, the drill's journal of changes).
+directory (daemon logs, stores, the drill's journal of changes); `--profile` also keeps a py-spy
+flame graph of each daemon process there (pip install '.[bench]').
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -118,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="*", default=["all"], choices=(*NAMES, *EXTRA, "all"))
     parser.add_argument("--quick", action="store_true", help="small variants (CI smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, stores)")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graph of each daemon process (implies --keep)"
+    )
     parser.add_argument("--drill-runs", type=int, default=None, help="drill repetitions (default 3, quick 1)")
     parser.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: names, comma-separated
     args = parser.parse_args(argv)
     drill_runs = args.drill_runs if args.drill_runs is not None else (1 if args.quick else 3)
+    if args.profile:
+        os.environ["TASKBRIDGE_BENCH_PROFILE"] = "1"  # read by BenchDaemon.start
+        args.keep = True
     everything = "all" in args.name
     if args.quick and everything and args.group is None:
         return run_groups(args)

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -241,7 +243,23 @@ def bench_world(platforms: tuple[str, ...] = ALL) -> Iterator[World]:
 
 
 class BenchDaemon(DaemonProcess):
-    """DaemonProcess plus what the benchmarks read: RSS, metrics, the unified API."""
+    """DaemonProcess plus what the benchmarks read: RSS, metrics, the unified API. With
+    TASKBRIDGE_BENCH_PROFILE=1 (`--profile`), py-spy samples each daemon process it starts and
+    writes a flame graph beside its log when the process ends (profile-N.svg)."""
+
+    def start(self, *, wait: bool = True) -> BenchDaemon:
+        super().start(wait=False)
+        if os.environ.get("TASKBRIDGE_BENCH_PROFILE") and self.proc is not None:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            out = self.log.with_name(f"profile-{self.starts - 1}.svg")
+            subprocess.Popen(
+                [spy, "record", "--pid", str(self.proc.pid), "--rate", "100", "--output", str(out)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        if wait:
+            self.wait_ready()
+        return self
 
     def status_kb(self) -> dict[str, int]:
         assert self.proc is not None

@@ -54,7 +54,9 @@ def run_once(n: int, tasks: int, tmp: Path, pg_server: str) -> dict[str, Any]:
     group: list[DaemonProcess] = []
     try:
         ports = [free_port() for _ in range(n)]
-        cfg = yaml.safe_load(world.config(tmp, port=ports[0], public=True, poll_interval="5s", store_url=url).read_text())
+        cfg = yaml.safe_load(
+            world.config(tmp, port=ports[0], public=True, poll_interval="5s", store_url=url).read_text()
+        )
         cfg["log"] = {"level": "warning"}
         for i, port in enumerate(ports):
             cfg["server"]["listen"] = f"127.0.0.1:{port}"

@@ -44,4 +44,11 @@ def test_quick_benchmarks_run_and_the_drill_is_clean() -> None:
     assert drill["duplicate_comments"] == [0] * len(drill["runs"]), drill["runs"]
     assert drill["all_ok"], drill["runs"]
     assert by_name["cost"]["figures"]["echo_writes"]["zero"], by_name["cost"]["figures"]["echo_writes"]
+    # The README's tables are made from this output: every section renders.
+    from tests.bench.report import SECTIONS, render
+
+    markdown = render(by_name)
+    for name in EXPECTED:
+        assert f"### {name}" in markdown and name in SECTIONS
+    assert "failed:" not in markdown
     print(f"quick benchmarks took {elapsed:.0f} s")

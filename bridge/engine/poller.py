@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge import metrics
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import Observation, enqueue, observe
+from bridge.engine.sync import Observation, enqueue, needs_observing, observe
 from bridge.model import Status, as_utc, decode_values, encode_values
 from bridge.store.tables import HistoryRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import ConnectorError, GoneFromView, NotFound
@@ -94,12 +94,17 @@ async def poll_scope(
     for i in range(0, max(len(tasks), 1), CHUNK):
         chunk = tasks[i : i + CHUNK]
         last = i + CHUNK >= len(tasks)
+        report.seen += len(chunk)
+        async with ctx.store.read() as session:
+            moved = await needs_observing(ctx, session, route, member, chunk)
+        watermark_now = last and listing.all_ids is None and not listing.deleted_ids
+        if not moved and not watermark_now:
+            continue
         async with ctx.store.transaction() as session:
-            for rt in chunk:
-                report.seen += 1
+            for rt in moved:
                 if await observe(ctx, session, Observation(route, member, rt, "poll")):
                     report.changed += 1
-            if last and listing.all_ids is None and not listing.deleted_ids:
+            if watermark_now:
                 await _store_watermark(session, member, new_watermark, ctx.now())
         if progress is not None:
             progress(member, 0, advance=len(chunk))

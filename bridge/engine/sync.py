@@ -11,7 +11,7 @@ the same values again is a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,6 +107,54 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
     )
 
 
+def _older_than_applied(rt: RemoteTask, link: LinkRow) -> bool:
+    return bool(rt.updated_at and link.remote_updated_at and rt.updated_at < link.remote_updated_at)
+
+
+def _agreed(values: Values, link: LinkRow) -> Values:
+    """What this side last agreed with us: the link's base, where a write of ours in flight
+    already shows its value (seen landing before its commit), that value."""
+    base = decode_values(link.base)
+    for name, value in decode_values(link.inflight or {}).items():
+        if values.get(name, NO_CLAIM) == value:
+            base[name] = value
+    return base
+
+
+async def needs_observing(
+    ctx: EngineContext, session: AsyncSession, route: Route, member: Member, tasks: Sequence[RemoteTask]
+) -> list[RemoteTask]:
+    """The tasks of a listing that `observe` would act on. The others (an active link showing what
+    it last agreed, or a report older than one applied) it would leave untouched; sorting them out
+    here takes one read of their links instead of a write transaction per task, which a poll of an
+    unchanged scope (most polls) would otherwise spend."""
+    if not member.reads_any or not tasks:
+        return []
+    links = {
+        link.remote_id: link
+        for link in (
+            await session.scalars(
+                select(LinkRow).where(
+                    LinkRow.connector == member.connector,
+                    LinkRow.remote_id.in_([rt.remote_id for rt in tasks]),
+                )
+            )
+        ).all()
+    }
+    out = []
+    for rt in tasks:
+        link = links.get(rt.remote_id)
+        if link is not None and link.state == "active":
+            if _older_than_applied(rt, link):
+                continue
+            values, _ = readable_values(ctx, route, member, rt)
+            base = _agreed(values, link)
+            if all(f in base and base[f] == v for f, v in values.items()):
+                continue
+        out.append(rt)
+    return out
+
+
 async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -> bool:
     """Apply one observation. Returns True when it changed a canonical task."""
     route, member, rt = obs.route, obs.member, obs.task
@@ -135,12 +183,9 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         if not route.matches(values):
             return False
         await _relink(session, task, now)
-    if rt.updated_at and link.remote_updated_at and rt.updated_at < link.remote_updated_at:
+    if _older_than_applied(rt, link):
         return False  # an older report than one already applied (a late webhook delivery)
-    base = decode_values(link.base)
-    for name, value in decode_values(link.inflight or {}).items():
-        if values.get(name, NO_CLAIM) == value:
-            base[name] = value  # our own write in flight, seen landing before its commit
+    base = _agreed(values, link)
     if all(f in base and base[f] == v for f, v in values.items()):
         return False  # nothing moved on this side: the common case, and how echoes die
     canonical = decode_values(task.data)

@@ -469,3 +469,32 @@ async def test_newest_weighs_an_edit_against_its_field_not_the_whole_task(
         assert "fields from impactly" in titles(world, platform), platform
     for platform in ("impactly", "vortask", "squads"):
         assert ops.view(world, platform)["fields from impactly"]["due_date"] == "2031-03-04", platform
+
+
+async def test_a_poll_of_an_unchanged_scope_observes_nothing(
+    harness: Harness, world: World, monkeypatch: Any
+) -> None:
+    """Unchanged tasks are sorted out with one read of their links; only what moved reaches
+    observe() (and its write transaction)."""
+    from bridge.engine import poller
+
+    for i in range(3):
+        create_on(world, "vortask", f"still {i}")
+    await harness.settle()
+    observed: list[tuple[str, str]] = []
+    real = poller.observe
+
+    async def counting(ctx: Any, session: Any, obs: Any) -> bool:
+        observed.append((obs.member.connector, obs.task.values.get("title")))
+        return await real(ctx, session, obs)
+
+    monkeypatch.setattr(poller, "observe", counting)
+    for name in world.platforms:
+        await poll_connector_once(harness, name)
+    assert observed == []
+    ops.edit(world, "runs", ops.view(world, "runs")["still 1"]["id"], title="moved 1")
+    await poll_connector_once(harness, "runs")
+    assert observed == [("runs", "moved 1")]
+    await harness.settle()
+    for platform in world.platforms:
+        assert "moved 1" in titles(world, platform), platform

@@ -457,11 +457,14 @@ class Drill:
                 lambda: self.counts_ok(d), timeout=max(1.0, deadline - time.monotonic()), interval=0.5
             ):
                 break
-            quiesced_at = quiesced_at or time.monotonic()
+            settled_at = time.monotonic()
+            quiesced_at = quiesced_at or settled_at
             previous = result
-            result = self.check()
+            result = self.check()  # minutes at 2,000 changes: every task and comment, read back
             if result["ok"]:
-                converged_at = time.monotonic()
+                converged_at = (
+                    settled_at  # the check proved this state right; its own time isn't the daemon's
+                )
                 break
             # Settled but wrong: stop once three checks in a row, the outbox empty, agree.
             same = same + 1 if previous and previous.get("problems") == result["problems"] else 0

@@ -268,7 +268,7 @@ def drill(rec: dict[str, Any]) -> str:
             r.get("changes_lost"),
             r.get("duplicate_tasks"),
             r.get("duplicate_comments"),
-            r.get("seconds_to_converge"),
+            r.get("seconds_to_quiesce"),
             r.get("outbox_parked"),
         ]
         for i, r in enumerate(rec["figures"]["runs"])
@@ -284,7 +284,7 @@ def drill(rec: dict[str, Any]) -> str:
             "lost",
             "duplicate tasks",
             "duplicate comments",
-            "converged after faults off, s",
+            "settled after faults off, s",
             "parked",
         ],
         rows,

@@ -24,13 +24,15 @@ have happened; the engine's create markers deal with that case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -456,6 +458,22 @@ def default_error_message(response: httpx.Response) -> str:
     return json.dumps(body)[:300]
 
 
+_writes_fail_fast: ContextVar[bool] = ContextVar("writes_fail_fast", default=False)
+
+
+@contextlib.contextmanager
+def writes_fail_fast() -> Iterator[None]:
+    """Within this block a write that is refused (429) or fails retryably raises at once instead
+    of waiting and trying again. The outbox writes over a task it has just read: a write sent
+    late would overwrite whatever was edited there meanwhile, so it fails and the operation
+    reads the task afresh when it is retried. Reads still wait and retry as usual."""
+    token = _writes_fail_fast.set(True)
+    try:
+        yield
+    finally:
+        _writes_fail_fast.reset(token)
+
+
 class HttpClient:
     """httpx.AsyncClient plus what every platform call needs. `auth_headers` are added to each
     request and never logged."""
@@ -504,6 +522,7 @@ class HttpClient:
         """One platform call with retries; returns a 2xx response or raises a ConnectorError."""
         method = method.upper()
         retry_5xx = method in self.IDEMPOTENT if retry is None else retry
+        once_only = method not in ("GET", "HEAD") and _writes_fail_fast.get()
         attempt = 0
         while True:
             attempt += 1
@@ -511,12 +530,16 @@ class HttpClient:
                 return await self._once(method, url, json_body, params, headers)
             except RateLimited as exc:
                 # 429 means the request was not processed, so any method may repeat it.
-                if attempt > self.settings.max_retries or exc.retry_after > self.settings.max_wait:
+                if (
+                    once_only
+                    or attempt > self.settings.max_retries
+                    or exc.retry_after > self.settings.max_wait
+                ):
                     raise
                 await asyncio.sleep(exc.retry_after + self.rng.uniform(0, 0.1))
             except Retryable as exc:
                 surely_unsent = isinstance(exc.__cause__, httpx.ConnectError)
-                if attempt > self.settings.max_retries or not (retry_5xx or surely_unsent):
+                if once_only or attempt > self.settings.max_retries or not (retry_5xx or surely_unsent):
                     raise
                 await asyncio.sleep(self._backoff(attempt))
 

@@ -48,6 +48,7 @@ from connectors.base import (
     RateLimited,
     RemoteTask,
     Retryable,
+    writes_fail_fast,
 )
 
 log = logging.getLogger("taskbridge.outbox")
@@ -336,7 +337,14 @@ async def _create(ctx: EngineContext, conn: Connector, op: _Op) -> None:
 async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> None:
     if op.link.remote_id is None:
         raise PermanentOutcome("the link has no remote id (its create never landed)")
-    if read_first and await _observe_before_write(ctx, conn, op):
+    # Nothing but the read-before-write GET stands between that read and the write: the store's
+    # work (what to write, the in-flight mark) comes first, and a write that cannot go out at
+    # once fails rather than going out late (see writes_fail_fast), since anything edited there
+    # in between would be overwritten.
+    changes = await _planned(ctx, op)
+    if changes:
+        await _mark_inflight(ctx, conn, op, changes)
+    if changes and read_first and await _observe_before_write(ctx, conn, op):
         # The side changed since it last agreed with us: that change is merged first (it may
         # win, or hold a conflict), and the write goes out with what is true now.
         async with ctx.store.read() as session:
@@ -346,22 +354,29 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
             await _succeed(ctx, op, written={}, remote=None)
             return
         op.task, op.link = task, link
-    canonical = decode_values(op.task.data)
-    stale = stale_fields(
-        ctx, op.route, op.member, canonical, decode_values(op.link.base), await _held(ctx, op.task.id)
-    )
-    wanted = [f for f in op.payload.get("fields", stale) if f in stale]
-    changes = _writable_values(ctx, op, canonical, wanted)
+        planned, changes = changes, await _planned(ctx, op)
+        if changes and changes != planned:
+            await _mark_inflight(ctx, conn, op, changes)
     if not changes:
         await _succeed(ctx, op, written={}, remote=None)
         return
     remote_changes = dict(changes)
     if "description" in changes and op.link.is_mirror:
         remote_changes["description"] = op.route.marker.add(str(changes["description"]), op.task.id)
-    await _mark_inflight(ctx, conn, op, changes)
-    after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
+    with writes_fail_fast():
+        after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
     # Its time, not its values: a listing fetched before this write must read as older than it.
     await _succeed(ctx, op, written=changes, remote=None, remote_time=after.updated_at)
+
+
+async def _planned(ctx: EngineContext, op: _Op) -> Values:
+    """The values this update would write now: the fields it was queued for that still differ."""
+    canonical = decode_values(op.task.data)
+    stale = stale_fields(
+        ctx, op.route, op.member, canonical, decode_values(op.link.base), await _held(ctx, op.task.id)
+    )
+    wanted = [f for f in op.payload.get("fields", stale) if f in stale]
+    return _writable_values(ctx, op, canonical, wanted)
 
 
 async def _mark_inflight(ctx: EngineContext, conn: Connector, op: _Op, changes: Values) -> None:

@@ -498,3 +498,32 @@ async def test_a_poll_of_an_unchanged_scope_observes_nothing(
     await harness.settle()
     for platform in world.platforms:
         assert "moved 1" in titles(world, platform), platform
+
+
+async def test_a_write_refused_after_its_read_reads_again_before_writing(
+    harness: Harness, world: World
+) -> None:
+    """An edit lands on Impactly after the outbox read the task there, and the write is then
+    refused (429): the write must not go out late over that edit. It fails, is retried, reads
+    again, and the newer Impactly edit wins everywhere."""
+    vt_id = create_on(world, "vortask", "window")
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")["window"]["id"]
+    conn = harness.ctx.connectors["impactly"]
+    real_update = conn.update_task
+    interfered: list[bool] = []
+
+    async def edit_then_refuse(scope: str, remote_id: str, changes: Any) -> Any:
+        if not interfered:
+            interfered.append(True)
+            ops.edit(world, "impactly", imp_id, title="window from a person")  # after our read
+            world.fakes["impactly"].faults.update({"rate_limit_burst": 1, "retry_after": 0})
+        return await real_update(scope, remote_id, changes)
+
+    conn.update_task = edit_then_refuse  # type: ignore[method-assign]
+    ops.edit(world, "vortask", vt_id, title="window from vortask")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert interfered
+    for platform in world.platforms:
+        assert "window from a person" in titles(world, platform), platform

@@ -100,6 +100,28 @@ async def test_429_waits_for_retry_after_then_succeeds(fake: EchoFake) -> None:
     await http.aclose()
 
 
+async def test_writes_fail_fast_raises_a_write_at_once_but_reads_still_retry(fake: EchoFake) -> None:
+    http = client(fake, max_retries=3)
+    with base.writes_fail_fast():
+        fake.faults.rate_limit_burst = 1
+        fake.faults.retry_after = 1
+        with pytest.raises(base.RateLimited):
+            await http.post("/api/create", {})
+        assert fake.requests.count("POST", "/api/create") == 1  # no second try after the wait
+        fake.faults.error_rate = 1.0
+        with pytest.raises(base.Retryable):
+            await http.request("PUT", "/api/create")
+        assert fake.requests.count("PUT", "/api/create") == 1  # idempotent, yet not repeated here
+        with pytest.raises(base.Retryable):
+            await http.get("/api/ok")
+        assert fake.requests.count("GET", "/api/ok") == 4  # reads retry as usual
+    fake.faults.reset()
+    fake.faults.rate_limit_burst = 1
+    fake.faults.retry_after = 0
+    assert await http.post("/api/create", {}) == {"id": 1}  # outside the block: waits and repeats
+    await http.aclose()
+
+
 async def test_long_retry_after_is_raised_for_the_engine(fake: EchoFake) -> None:
     fake.faults.rate_limit_burst = 1
     fake.faults.retry_after = 120

@@ -285,9 +285,9 @@ class Daemon:
 
     async def _inbox_loop(self) -> None:
         while True:
+            self.ctx.inbox_ready.clear()  # before looking: a delivery that lands meanwhile still wakes us
             handled = await self._guarded_inbox()
             if not handled:
-                self.ctx.inbox_ready.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.inbox_ready.wait(), timeout=2.0)
 

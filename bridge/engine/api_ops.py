@@ -12,6 +12,7 @@ from bridge import metrics
 from bridge.engine.context import EngineContext
 from bridge.engine.sync import apply_changes, create_mirrors, enqueue, new_task, queue_updates
 from bridge.model import Values, decode, decode_values, encode, normalize_values
+from bridge.store import on_commit
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, TaskRow
 
 
@@ -98,7 +99,7 @@ async def delete_task(ctx: EngineContext, task_id: str) -> None:
                 at=now,
             )
         )
-    ctx.outbox_ready.set()
+    on_commit(session, ctx.outbox_ready.set)
 
 
 async def resolve_conflict(

@@ -21,6 +21,7 @@ from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import enqueue
 from bridge.model import new_id
+from bridge.store import on_commit
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import Connector, GoneFromView, NotFound, RemoteComment
 
@@ -104,7 +105,7 @@ async def _record(
         _fan_out(session, task, comment, targets, now)
         added += 1
     if added and targets:
-        ctx.outbox_ready.set()
+        on_commit(session, ctx.outbox_ready.set)
     return added
 
 
@@ -119,7 +120,7 @@ async def add_api_comment(
     await session.flush()
     if route is not None:
         _fan_out(session, task, comment, await _targets(ctx, session, route, None, task.id), now)
-        ctx.outbox_ready.set()
+        on_commit(session, ctx.outbox_ready.set)
     return comment
 
 

@@ -127,6 +127,8 @@ class Worker:
     async def run(self) -> None:
         sem = asyncio.Semaphore(self.settings.concurrency)
         while not self._stopping.is_set():
+            # Cleared before looking, so a wake-up that comes while we look is not lost.
+            self.ctx.outbox_ready.clear()
             free = self.settings.concurrency - len(self._inflight)
             ids = await claim(self.ctx, self.settings, min(free, self.settings.batch)) if free > 0 else []
             for op_id in ids:
@@ -135,7 +137,6 @@ class Worker:
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
             if not ids:
-                self.ctx.outbox_ready.clear()
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:

@@ -24,6 +24,7 @@ from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import Observation, enqueue, needs_observing, observe
 from bridge.model import Status, as_utc, decode_values, encode_values
+from bridge.store import on_commit
 from bridge.store.tables import HistoryRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import ConnectorError, GoneFromView, NotFound
 
@@ -269,5 +270,5 @@ async def apply_remote_deletion(
         if target is None or not target.writes_any:
             continue
         enqueue(session, task, other, route.on_delete, {}, observed_at=now, now=now)
-    ctx.outbox_ready.set()
+    on_commit(session, ctx.outbox_ready.set)
     return True

@@ -34,6 +34,7 @@ from bridge.model import (
     new_id,
     normalize_values,
 )
+from bridge.store import on_commit
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import Connector, RemoteTask
 
@@ -323,7 +324,7 @@ async def queue_updates(
         )
         queued += 1
     if queued:
-        ctx.outbox_ready.set()
+        on_commit(session, ctx.outbox_ready.set)
     return queued
 
 
@@ -521,7 +522,7 @@ async def create_mirrors(
         session.add(link)
         await session.flush()
         enqueue(session, task, link, "create", {}, observed_at=observed_at, now=now)
-    ctx.outbox_ready.set()
+    on_commit(session, ctx.outbox_ready.set)
 
 
 async def _open_conflict(

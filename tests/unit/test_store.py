@@ -176,6 +176,30 @@ async def test_sqlite_writers_in_one_process_take_turns_and_readers_never_wait(t
         await s.close()
 
 
+async def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(store: Store) -> None:
+    from bridge.store import on_commit
+
+    seen: list[str] = []
+
+    async def visible() -> bool:
+        async with store.read() as session:
+            return await session.get(TaskRow, task_row().id) is not None
+
+    async with store.transaction() as s:
+        s.add(task_row())
+        on_commit(s, lambda: seen.append("woken"))
+        await s.flush()
+        assert seen == []  # not before the commit
+    assert seen == ["woken"] and await visible()
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as s:
+            on_commit(s, lambda: seen.append("rolled back"))
+            raise RuntimeError("boom")
+    async with store.transaction() as s:
+        (await s.get(TaskRow, task_row().id)).title = "again"  # type: ignore[union-attr]
+    assert seen == ["woken"]  # the rolled-back callback was dropped, not carried to the next commit
+
+
 def test_overlapping_poll_warnings_from_the_scheduler_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
     from bridge import logs
 

@@ -199,8 +199,14 @@ def api(rec: dict[str, Any]) -> str:
     for backend, b in rec["figures"].items():
         if not isinstance(b, dict):
             continue
-        for op in ("list_first", "list_deep", "get"):
-            for v in b.get(op, {}).values():
+        if b.get("fill_seconds") is not None:
+            rows.append(
+                [backend, f"(store filled with {b.get('tasks', '?')} tasks in {b['fill_seconds']} s)"]
+            )
+        for op, by_concurrency in b.items():
+            if not isinstance(by_concurrency, dict):
+                continue
+            for v in by_concurrency.values():
                 if isinstance(v, dict) and "latency_ms" in v:
                     rows.append(
                         [

@@ -199,10 +199,6 @@ def api(rec: dict[str, Any]) -> str:
     for backend, b in rec["figures"].items():
         if not isinstance(b, dict):
             continue
-        if b.get("fill_seconds") is not None:
-            rows.append(
-                [backend, f"(store filled with {b.get('tasks', '?')} tasks in {b['fill_seconds']} s)"]
-            )
         for op, by_concurrency in b.items():
             if not isinstance(by_concurrency, dict):
                 continue
@@ -219,7 +215,8 @@ def api(rec: dict[str, Any]) -> str:
                             v["errors"],
                         ]
                     )
-    return table(["store", "request", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+    head = f"{rec['params'].get('tasks', '?')} tasks in the store (each with 5 links and 2 history rows):\n\n"
+    return head + table(["store", "request", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
 
 
 def memory(rec: dict[str, Any]) -> str:

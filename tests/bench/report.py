@@ -36,7 +36,7 @@ def _rates(block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def propagation(rec: dict[str, Any]) -> str:
     f = rec["figures"]
     parts = [
-        "Webhooks (edits on Vortask, mirrored to four platforms; time from the edit to the last mirror):"
+        "Webhooks (edits on Vortask, mirrored to four platforms; time from the edit to the last mirror):\n"
     ]
     parts.append(
         table(
@@ -57,7 +57,7 @@ def propagation(rec: dict[str, Any]) -> str:
     if "skipped" not in polling:
         interval = float(polling.get("poll_interval_s", 0))
         parts.append(
-            f'\nPolling alone (webhooks dropped, poll interval {interval:g} s; "minus interval" subtracts it):'
+            f'\nPolling alone (webhooks dropped, poll interval {interval:g} s; "minus interval" subtracts it):\n'
         )
         parts.append(
             table(
@@ -147,7 +147,7 @@ def cost(rec: dict[str, Any]) -> str:
     ]
     idle = measured.get("idle_poll", {})
     if idle:
-        out.append("\nPer idle poll (nothing changed):")
+        out.append("\nPer idle poll (nothing changed):\n")
         out.append(
             table(
                 ["platform", "requests", "writes", "by route"],
@@ -247,14 +247,12 @@ def memory(rec: dict[str, Any]) -> str:
             rows,
         )
     ]
-    extra = {
-        k: v
-        for k, v in f.items()
-        if k.endswith("per_1000_tasks") or k.endswith("extrapolated_100k_canonical")
-    }
-    if extra:
+    if "rss_idle_mb_per_1000_tasks" in f:
         out.append(
-            "\n" + ", ".join(f"{k}: {v}" for k, v in extra.items()) + f" ({f.get('extrapolation_note', '')})"
+            f"\nPer 1,000 canonical tasks: idle +{f['rss_idle_mb_per_1000_tasks']} MB, poll peak "
+            f"+{f.get('peak_during_startup_poll_mb_per_1000_tasks')} MB. Extrapolated linearly to 100,000 "
+            f"canonical tasks (not measured): idle {f.get('rss_idle_mb_extrapolated_100k_canonical')} MB, "
+            f"poll peak {f.get('peak_during_startup_poll_mb_extrapolated_100k_canonical')} MB."
         )
     return "\n".join(out)
 

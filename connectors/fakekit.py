@@ -504,15 +504,16 @@ class Fake:
         self.port = port
         uvicorn.run(self.app(), host=host, port=port, log_level="info", access_log=False)
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the fake's loop and return its result (for in-process test helpers)."""
+    def call(self, fn: Callable[[], Any], *, timeout: float = 10) -> Any:
+        """Run `fn` on the fake's loop and return its result (for in-process test helpers). The
+        loop may be busy serving a big listing: benchmarks wait longer than tests."""
         if self._loop is None:
             return fn()
 
         async def runner() -> Any:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout=timeout)
 
     def __enter__(self) -> Fake:
         return self.start() if self.port is None else self

@@ -158,7 +158,9 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
 
 def bench_backfill(ctx: Any) -> dict[str, Any]:
     started = ctx.started()
-    n = 15 if ctx.quick else 10_000  # quick: the CI smoke test's budget (200 take ~40 s alone here)
+    # quick: the CI smoke test's budget (200 take ~40 s alone here). TASKBRIDGE_BENCH_BACKFILL_TASKS
+    # overrides the size.
+    n = int(os.environ.get("TASKBRIDGE_BENCH_BACKFILL_TASKS") or (15 if ctx.quick else 10_000))
     runs = [run_daemon(ctx, n, "sqlite")]
     if runs[0]["stalled"]:
         log("backfill/sqlite stalled (outbox stuck); measuring on PostgreSQL too")

@@ -183,6 +183,7 @@ def backfill(rec: dict[str, Any]) -> str:
     raw = f["raw"]
     return "\n".join(
         [
+            f"{rec['params'].get('tasks', '?')} existing Vortask tasks mirrored to four platforms:\n",
             table(
                 ["store", "completed", "tasks/s", "creates/s", "seconds", "duplicates", "requests per task"],
                 rows,

@@ -72,14 +72,17 @@ class World:
         fake = self.fakes[platform]
         return fake.url + fake.api_root
 
-    def client(self, platform: str) -> httpx.Client:
-        """An HTTP client speaking to a fake as its own users would (the platform's auth)."""
+    @staticmethod
+    def auth_headers(platform: str) -> dict[str, str]:
+        """The headers a fake's own users authenticate with."""
         if platform == "squads":
             cid, _, secret = TOKENS[platform].partition(":")
-            headers = {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
-        else:
-            headers = {"Authorization": f"Bearer {TOKENS[platform]}"}
-        return httpx.Client(base_url=self.base_url(platform), headers=headers, timeout=30)
+            return {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
+        return {"Authorization": f"Bearer {TOKENS[platform]}"}
+
+    def client(self, platform: str) -> httpx.Client:
+        """An HTTP client speaking to a fake as its own users would (the platform's auth)."""
+        return httpx.Client(base_url=self.base_url(platform), headers=self.auth_headers(platform), timeout=30)
 
     def config(
         self,

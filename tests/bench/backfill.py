@@ -18,7 +18,7 @@ from tests.bench import seed
 from tests.bench.common import ALL, counts, install_timed_logs, log, wait_for
 from tests.bench.propagation import run_raw
 from tests.bench.storefill import Postgres
-from tests.world import TOKENS
+from tests.world import World
 
 SOURCE = "vortask"
 TARGETS = ("impactly", "agentkanban", "runs", "squads")
@@ -26,14 +26,7 @@ CONCURRENCY = 8  # bridge.engine.outbox.WorkerSettings.concurrency
 
 
 def _headers() -> dict[str, dict[str, str]]:
-    out = {}
-    for p in ALL:
-        if p == "squads":
-            cid, _, secret = TOKENS[p].partition(":")
-            out[p] = {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
-        else:
-            out[p] = {"Authorization": f"Bearer {TOKENS[p]}"}
-    return out
+    return {p: World.auth_headers(p) for p in ALL}
 
 
 def _raw_creates(world: Any, n: int) -> list[dict[str, Any]]:

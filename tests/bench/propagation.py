@@ -43,7 +43,7 @@ from tests.bench.common import (
     summary,
     wait_for,
 )
-from tests.world import TOKENS, World
+from tests.world import World
 
 SOURCE = "vortask"
 _EDIT_NO = re.compile(r" e(\d+)$")
@@ -404,14 +404,7 @@ class Rig:
     # -- raw baseline ---------------------------------------------------------------------------
 
     def raw_spec_headers(self) -> dict[str, dict[str, str]]:
-        out = {}
-        for p in ALL:
-            if p == "squads":
-                cid, _, secret = TOKENS[p].partition(":")
-                out[p] = {"CF-Access-Client-Id": cid, "CF-Access-Client-Secret": secret}
-            else:
-                out[p] = {"Authorization": f"Bearer {TOKENS[p]}"}
-        return out
+        return {p: World.auth_headers(p) for p in ALL}
 
     def raw_items(self, count: int, label: str, start_k: int) -> list[dict[str, Any]]:
         w = self.world

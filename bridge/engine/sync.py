@@ -122,6 +122,11 @@ def _agreed(values: Values, link: LinkRow) -> Values:
     return base
 
 
+def _unmoved(values: Values, agreed: Values) -> bool:
+    """The side shows, for every field it reports, what it last agreed with us."""
+    return all(f in agreed and agreed[f] == v for f, v in values.items())
+
+
 async def needs_observing(
     ctx: EngineContext, session: AsyncSession, route: Route, member: Member, tasks: Sequence[RemoteTask]
 ) -> list[RemoteTask]:
@@ -149,8 +154,7 @@ async def needs_observing(
             if _older_than_applied(rt, link):
                 continue
             values, _ = readable_values(ctx, route, member, rt)
-            base = _agreed(values, link)
-            if all(f in base and base[f] == v for f, v in values.items()):
+            if _unmoved(values, _agreed(values, link)):
                 continue
         out.append(rt)
     return out
@@ -187,7 +191,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if _older_than_applied(rt, link):
         return False  # an older report than one already applied (a late webhook delivery)
     base = _agreed(values, link)
-    if all(f in base and base[f] == v for f, v in values.items()):
+    if _unmoved(values, base):
         return False  # nothing moved on this side: the common case, and how echoes die
     canonical = decode_values(task.data)
     conn = ctx.connectors[member.connector]

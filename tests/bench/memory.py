@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bridge.engine.sync import DEFAULTS
 from bridge.model import encode_values, new_id
 from tests.bench import seed
 from tests.bench.common import ALL, RssSampler, install_timed_logs, log, wait_for
@@ -35,18 +36,7 @@ MARKER = "synced by taskbridge · {id}"
 
 
 def _canonical(i: int) -> dict[str, Any]:
-    return {
-        "title": f"mem task {i}",
-        "description": "",
-        "status": "todo",
-        "priority": "none",
-        "assignees": [],
-        "tags": [],
-        "due_date": None,
-        "start_date": None,
-        "parent": None,
-        "archived": False,
-    }
+    return encode_values({**DEFAULTS, "title": f"mem task {i}"})
 
 
 async def _sample_bases(config_path: Any, world: Any, samples: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,28 @@ def writes(fake: Any) -> int:
         for e in fake.requests.entries
         if e.method in ("POST", "PUT", "PATCH", "DELETE") and e.route != "/mcp"
     )
+
+
+def intercept_first_update(
+    conn: Any, around: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+) -> list[bool]:
+    """Send the connector's first update_task through `around(write)` (which decides what happens
+    before and after the real write); later ones go straight through. The list returned holds
+    True once the interception has happened, so a test can assert its race was exercised."""
+    real_update = conn.update_task
+    hit: list[bool] = []
+
+    async def update(scope: str, remote_id: str, changes: Any) -> Any:
+        def write() -> Awaitable[Any]:
+            return real_update(scope, remote_id, changes)
+
+        if hit:
+            return await write()
+        hit.append(True)
+        return await around(write)
+
+    conn.update_task = update
+    return hit
 
 
 async def count(h: Harness, model: Any, *where: Any) -> int:
@@ -339,21 +362,15 @@ async def test_an_echo_seen_before_its_write_commits_is_not_an_edit(harness: Har
     while the source has moved on: the echo must not win as 'the newest edit'."""
     vt_id = create_on(world, "vortask", "raced")
     await harness.settle()
-    conn = harness.ctx.connectors["impactly"]
-    real_update = conn.update_task
-    raced: list[bool] = []
 
-    async def update_then_echo(scope: str, remote_id: str, changes: Any) -> Any:
-        if not raced:
-            raced.append(True)
-            ops.edit(world, "vortask", vt_id, title="raced v2")  # the source moves on first...
-            await harness.poll("vortask")
-            result = await real_update(scope, remote_id, changes)  # ...then our older write lands
-            await harness.poll("impactly")  # and is seen before this write commits its base
-            return result
-        return await real_update(scope, remote_id, changes)
+    async def echo_before_commit(write: Callable[[], Awaitable[Any]]) -> Any:
+        ops.edit(world, "vortask", vt_id, title="raced v2")  # the source moves on first...
+        await harness.poll("vortask")
+        result = await write()  # ...then our older write lands
+        await harness.poll("impactly")  # and is seen before this write commits its base
+        return result
 
-    conn.update_task = update_then_echo  # type: ignore[method-assign]
+    raced = intercept_first_update(harness.ctx.connectors["impactly"], echo_before_commit)
     ops.edit(world, "vortask", vt_id, title="raced v1")
     await harness.poll("vortask")
     await harness.settle()
@@ -509,18 +526,13 @@ async def test_a_write_refused_after_its_read_reads_again_before_writing(
     vt_id = create_on(world, "vortask", "window")
     await harness.settle()
     imp_id = ops.view(world, "impactly")["window"]["id"]
-    conn = harness.ctx.connectors["impactly"]
-    real_update = conn.update_task
-    interfered: list[bool] = []
 
-    async def edit_then_refuse(scope: str, remote_id: str, changes: Any) -> Any:
-        if not interfered:
-            interfered.append(True)
-            ops.edit(world, "impactly", imp_id, title="window from a person")  # after our read
-            world.fakes["impactly"].faults.update({"rate_limit_burst": 1, "retry_after": 0})
-        return await real_update(scope, remote_id, changes)
+    async def edit_then_refuse(write: Callable[[], Awaitable[Any]]) -> Any:
+        ops.edit(world, "impactly", imp_id, title="window from a person")  # after our read
+        world.fakes["impactly"].faults.update({"rate_limit_burst": 1, "retry_after": 0})
+        return await write()
 
-    conn.update_task = edit_then_refuse  # type: ignore[method-assign]
+    interfered = intercept_first_update(harness.ctx.connectors["impactly"], edit_then_refuse)
     ops.edit(world, "vortask", vt_id, title="window from vortask")
     await harness.poll("vortask")
     await harness.settle()

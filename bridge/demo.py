@@ -25,7 +25,9 @@ from bridge.daemon import Daemon
 from bridge.logs import setup as setup_logging
 from connectors.fakekit import Fake, free_port
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+# Shipped in the package (config.example.yaml at the repository root links to it), so an
+# installed taskbridge demo uses the same documented config as a checkout.
+EXAMPLE = Path(__file__).resolve().parent / "config.example.yaml"
 SEED = 7
 WEBHOOK_SECRET = "whsec_demo_" + "0" * 16
 
@@ -33,8 +35,7 @@ WEBHOOK_SECRET = "whsec_demo_" + "0" * 16
 def demo_config(fakes: dict[str, Fake], workdir: Path, port: int, api_token: str) -> Path:
     """The example config with its connectors pointed at the fakes (names and comments kept)."""
     yaml = YAML(typ="rt")
-    text = EXAMPLE.read_text(encoding="utf-8") if EXAMPLE.exists() else "{}"
-    data: Any = yaml.load(text) or {}
+    data: Any = yaml.load(EXAMPLE.read_text(encoding="utf-8")) or {}
     data["store"] = {"url": f"sqlite+aiosqlite:///{workdir}/taskbridge.db"}
     data["server"] = {
         "listen": f"127.0.0.1:{port}",

@@ -615,7 +615,8 @@ def build_context(root: Path) -> list[str]:
 def test_docker_build_context_and_install(tmp_path: Path) -> None:
     """The files .dockerignore lets through are exactly what the Dockerfile copies, no secret or
     store slips in, and a non-editable install built from them (as the image's `pip install .`)
-    carries the migrations and mappings: the store migrates and the demo config checks."""
+    carries the migrations, the mappings and the example config: the store migrates, the demo's
+    config source is there, and the demo config checks."""
     files = build_context(REPO)
     for leaked in (".venv/", ".git/", "tests/", ".hypothesis/", "deploy/"):
         assert not any(f.startswith(leaked) for f in files), f"{leaked} is in the build context"
@@ -657,6 +658,8 @@ def test_docker_build_context_and_install(tmp_path: Path) -> None:
         "    assert await s.schema_is_current()\n"
         "    await s.close()\n"
         "asyncio.run(main())\n"
+        "from bridge.demo import EXAMPLE\n"
+        f"assert EXAMPLE.is_file() and str(EXAMPLE).startswith({str(site)!r}), EXAMPLE\n"
         "from bridge.cli import main as cli\n"
         f"sys.exit(cli(['check', '--config', {str(DEMO_CONFIG)!r}]))\n"
     )

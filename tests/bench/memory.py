@@ -8,9 +8,9 @@ starts as after a restart: every poll finds nothing to change. The daemon polls 
 (poll interval 1 h); a second round is triggered through the API. RSS is read from
 /proc/<pid>/status (VmRSS sampled every 100 ms; VmHWM, the kernel's peak).
 
-Size: the fakes cannot list 100,000 tasks: the squads fake renders each task's subtask_count by
-scanning every task (a listing is O(n^2): 15 s at 10,000 tasks, ~25 min at 100,000) and the runs
-fake filters and sorts the whole project for every page of 100 (~13 min a poll at 100,000). So
+Size: the fakes cannot list 100,000 tasks in reasonable time: the runs fake filters and sorts
+the whole project for every page of 100 (~13 min a poll at 100,000), and until 43cc677 the squads
+fake scanned every task to render each row's subtask_count (15 s a listing at 10,000). So
 the full run measures N = 5,000 and N = 20,000 canonical tasks (20,000 x 5 platforms = 100,000
 linked remote tasks) and reports the per-task slope between them, with a linear extrapolation to
 N = 100,000 canonical tasks, marked as such. TASKBRIDGE_BENCH_MEMORY_TASKS overrides the sizes

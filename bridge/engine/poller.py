@@ -1,8 +1,8 @@
 """Polling: one connector's scopes, observed, with watermarks and careful deletion inference.
 
-A poll reads each scope with the watermark stored for it, observes every task it got (in chunks,
-each its own transaction, since observing is idempotent) and stores the new watermark in the
-last transaction, after the changes before it. A full listing (`all_ids`) lets the poll suspect
+A poll reads each scope with the watermark stored for it, observes every task that changed (in
+small batches, each its own transaction, since observing is idempotent) and stores the new
+watermark in the last transaction, after the changes before it. A full listing (`all_ids`) lets the poll suspect
 linked tasks that vanished; each suspect is confirmed with a GET before anything is deleted, and
 a poll that would delete more than the route's `max_delete_share` stops and raises the alarm.
 """
@@ -30,7 +30,8 @@ from connectors.base import ConnectorError, GoneFromView, NotFound
 
 log = logging.getLogger("taskbridge.poll")
 
-CHUNK = 100
+CHUNK = 100  # listed tasks compared with the store per read
+WRITE_BATCH = 10  # changed tasks observed per write transaction
 
 
 @dataclass
@@ -101,12 +102,16 @@ async def poll_scope(
         watermark_now = last and listing.all_ids is None and not listing.deleted_ids
         if not moved and not watermark_now:
             continue
-        async with ctx.store.transaction() as session:
-            for rt in moved:
-                if await observe(ctx, session, Observation(route, member, rt, "poll")):
-                    report.changed += 1
-            if watermark_now:
-                await _store_watermark(session, member, new_watermark, ctx.now())
+        # Short write transactions: the outbox's writers queue on the same lock, and a first
+        # poll of 10,000 new tasks in 100-task transactions kept them waiting for minutes.
+        batches = [moved[j : j + WRITE_BATCH] for j in range(0, len(moved), WRITE_BATCH)] or [[]]
+        for b, batch in enumerate(batches):
+            async with ctx.store.transaction() as session:
+                for rt in batch:
+                    if await observe(ctx, session, Observation(route, member, rt, "poll")):
+                        report.changed += 1
+                if watermark_now and b == len(batches) - 1:
+                    await _store_watermark(session, member, new_watermark, ctx.now())
         if progress is not None:
             progress(member, 0, advance=len(chunk))
     suspects: set[str] = set(listing.deleted_ids)

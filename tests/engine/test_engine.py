@@ -403,6 +403,36 @@ async def test_a_listing_older_than_our_write_does_not_undo_it(harness: Harness,
     assert writes(world.fakes["vortask"]) == 0
 
 
+async def test_a_big_poll_commits_a_few_tasks_at_a_time(
+    harness: Harness, world: World, monkeypatch: Any
+) -> None:
+    """The outbox's writers queue on the same write lock as a poll's transactions: a first poll
+    of many new tasks must commit them a few at a time (a 10,000-task backfill once mirrored 70
+    tasks in its first two minutes), and still end with every task observed once."""
+    import itertools
+
+    from bridge.engine import poller
+
+    for i in range(25):
+        create_on(world, "vortask", f"batch {i}")
+    sessions: list[Any] = []  # held, so no two sessions share an id()
+    real_observe = poller.observe
+
+    async def recording(ctx: Any, session: Any, observation: Any) -> bool:
+        sessions.append(session)
+        return await real_observe(ctx, session, observation)
+
+    monkeypatch.setattr(poller, "observe", recording)
+    report = await poll_connector_once(harness, "vortask")
+    sizes = [len(list(group)) for _, group in itertools.groupby(sessions, key=id)]
+    assert report.changed == 25 and sum(sizes) == 25
+    assert max(sizes) <= poller.WRITE_BATCH and len(sizes) >= 3, sizes
+    monkeypatch.undo()
+    await harness.settle()
+    for platform in world.platforms:
+        assert sum(t.startswith("batch ") for t in titles(world, platform)) == 25, platform
+
+
 async def poll_connector_once(harness: Harness, name: str) -> Any:
     from bridge.engine.poller import poll_connector
 

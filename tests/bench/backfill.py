@@ -16,17 +16,12 @@ from typing import Any
 
 from tests.bench import seed
 from tests.bench.common import ALL, counts, install_timed_logs, log, wait_for
-from tests.bench.propagation import run_raw
+from tests.bench.propagation import platform_headers, run_raw
 from tests.bench.storefill import Postgres
-from tests.world import World
 
 SOURCE = "vortask"
 TARGETS = ("impactly", "agentkanban", "runs", "squads")
 CONCURRENCY = 8  # bridge.engine.outbox.WorkerSettings.concurrency
-
-
-def _headers() -> dict[str, dict[str, str]]:
-    return {p: World.auth_headers(p) for p in ALL}
 
 
 def _raw_creates(world: Any, n: int) -> list[dict[str, Any]]:
@@ -169,7 +164,7 @@ def bench_backfill(ctx: Any) -> dict[str, Any]:
         "mode": "create",
         "concurrency": CONCURRENCY,
         "items": _raw_creates(world, n),
-        "headers": _headers(),
+        "headers": platform_headers(),
     }
     raw = run_raw(spec, timeout=300 if ctx.quick else 3600)
     raw_fig = {

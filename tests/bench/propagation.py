@@ -403,9 +403,6 @@ class Rig:
 
     # -- raw baseline ---------------------------------------------------------------------------
 
-    def raw_spec_headers(self) -> dict[str, dict[str, str]]:
-        return {p: World.auth_headers(p) for p in ALL}
-
     def raw_items(self, count: int, label: str, start_k: int) -> list[dict[str, Any]]:
         w = self.world
         base = {p: w.base_url(p) for p in ALL}
@@ -464,7 +461,7 @@ class Rig:
             k = self.take_k(count)
             items = self.raw_items(count, f"raw{rate:g}", k)
             starts = self.starts()
-            spec = {"mode": "propagate", "rate": rate, "items": items, "headers": self.raw_spec_headers()}
+            spec = {"mode": "propagate", "rate": rate, "items": items, "headers": platform_headers()}
             log(f"raw: {count} propagations at {rate:g}/s")
             result = run_raw(spec, timeout=60 + count / rate * 3)
             edits = []
@@ -687,6 +684,11 @@ def _hist_diff(before: dict[float, float], after: dict[float, float]) -> dict[st
     for q in (50, 95, 99):
         out[f"p{q}_bucket_le_s"] = next((le for le, cum in diff if total and cum >= total * q / 100), None)
     return out
+
+
+def platform_headers() -> dict[str, dict[str, str]]:
+    """Each platform's auth, as the raw client's spec carries it."""
+    return {p: World.auth_headers(p) for p in ALL}
 
 
 def run_raw(spec: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 A poll reads each scope with the watermark stored for it, observes every task that changed (in
 small batches, each its own transaction, since observing is idempotent) and stores the new
-watermark in the last transaction, after the changes before it. A full listing (`all_ids`) lets the poll suspect
-linked tasks that vanished; each suspect is confirmed with a GET before anything is deleted, and
-a poll that would delete more than the route's `max_delete_share` stops and raises the alarm.
+watermark in the last transaction, after the changes before it. A full listing (`all_ids`) lets
+the poll suspect linked tasks that vanished; each suspect is confirmed with a GET before
+anything is deleted, and a poll that would delete more than the route's `max_delete_share` stops
+and raises the alarm.
 """
 
 from __future__ import annotations

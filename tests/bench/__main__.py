@@ -4,9 +4,11 @@ Each benchmark prints ONE JSON object on stdout (figures, parameters, machine fa
 finish times); progress goes to stderr. NAME is one of: propagation, raw_limit, backfill, cost,
 api, memory, drill, all (those seven, the default), or replicas (by name only). `--quick` runs
 small variants (the CI smoke test runs `all --quick`). `--drill-runs N` repeats the drill N times
-(default 3: the issue's bar is three consecutive clean runs). `--keep` keeps the scratch
-directory (daemon logs, stores, the drill's journal of changes); `--profile` also keeps a py-spy
-flame graph of each daemon process there (pip install '.[bench]').
+(default 3: the issue's bar is three consecutive clean runs). `--rates 20,50` runs propagation
+at just those edit rates. `--keep` keeps the scratch directory (daemon logs, stores, the
+drill's journal of changes); `--profile` also keeps a py-spy profile of each daemon process
+there, with a summary of its hottest frames (pip install '.[bench]'; see
+tests/bench/profile_top.py).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class Context:
     """What one invocation shares between benchmarks: a world of fakes (made on first use),
     a scratch directory, the quick flag, and a cache (e.g. the propagation rig)."""
 
-    def __init__(self, quick: bool, keep: bool, drill_runs: int) -> None:
+    def __init__(self, quick: bool, keep: bool, drill_runs: int, rates: list[float] | None = None) -> None:
         self.quick = quick
+        self.rates = rates  # propagation's edit rates, when `--rates` names them
         self.keep = keep
         self.drill_runs = drill_runs
         self.tmp = Path(tempfile.mkdtemp(prefix="taskbridge-bench-"))
@@ -121,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small variants (CI smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, stores)")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy flame graph of each daemon process (implies --keep)"
+        "--profile", action="store_true", help="py-spy profile of each daemon process (implies --keep)"
     )
     parser.add_argument("--drill-runs", type=int, default=None, help="drill repetitions (default 3, quick 1)")
+    parser.add_argument(
+        "--rates",
+        type=_rates,
+        default=None,
+        help="propagation: only these edit rates per second, comma-separated (e.g. 20,50)",
+    )
     parser.add_argument("--group", default=None, help=argparse.SUPPRESS)  # internal: names, comma-separated
     args = parser.parse_args(argv)
     drill_runs = args.drill_runs if args.drill_runs is not None else (1 if args.quick else 3)
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and everything and args.group is None:
         return run_groups(args)
     names = tuple(args.group.split(",")) if args.group else NAMES if everything else tuple(args.name)
-    ctx = Context(args.quick, args.keep, drill_runs)
+    ctx = Context(args.quick, args.keep, drill_runs, args.rates)
     ctx.names = names
     benches = registry()
     failed = 0
@@ -165,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     log(f"done in {time.monotonic() - t0:.1f} s; {failed} failed")
     return 1 if failed else 0
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive numbers: {text!r}")
+    return rates
 
 
 def run_groups(args: argparse.Namespace) -> int:

@@ -243,23 +243,68 @@ def bench_world(platforms: tuple[str, ...] = ALL) -> Iterator[World]:
 
 
 class BenchDaemon(DaemonProcess):
-    """DaemonProcess plus what the benchmarks read: RSS, metrics, the unified API. With
+    """DaemonProcess plus what the benchmarks read: RSS, CPU, metrics, the unified API. With
     TASKBRIDGE_BENCH_PROFILE=1 (`--profile`), py-spy samples each daemon process it starts and
-    writes a flame graph beside its log when the process ends (profile-N.svg)."""
+    writes its stacks beside its log when the process ends: profile-N.txt, in the collapsed
+    ("folded") format that flame graph tools read, and profile-N.top.txt, the frames that held
+    the CPU most (python -m tests.bench.profile_top)."""
 
     def start(self, *, wait: bool = True) -> BenchDaemon:
         super().start(wait=False)
         if os.environ.get("TASKBRIDGE_BENCH_PROFILE") and self.proc is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            out = self.log.with_name(f"profile-{self.starts - 1}.svg")
-            subprocess.Popen(
-                [spy, "record", "--pid", str(self.proc.pid), "--rate", "100", "--output", str(out)],
+            out = self.log.with_name(f"profile-{self.starts - 1}.txt")
+            self._spy = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(self.proc.pid),
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+            self._profile = out
         if wait:
             self.wait_ready()
         return self
+
+    def terminate(self, timeout: float = 40) -> int:
+        code = super().terminate(timeout)
+        self._finish_profile()
+        return code
+
+    def kill(self) -> None:
+        super().kill()
+        self._finish_profile()
+
+    def _finish_profile(self) -> None:
+        spy, out = getattr(self, "_spy", None), getattr(self, "_profile", None)
+        if spy is None or out is None:
+            return
+        self._spy = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(timeout=30)  # py-spy writes its file once the process it samples is gone
+        if out.exists():
+            from tests.bench.profile_top import summarise
+
+            out.with_suffix(".top.txt").write_text(summarise(out.read_text()))
+
+    def cpu_seconds(self) -> float:
+        """The daemon process's user + system CPU time so far (/proc/PID/stat, clock ticks)."""
+        assert self.proc is not None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        # After the command name: state is field 3, utime 14 and stime 15 (proc(5)), 1-based.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def status_kb(self) -> dict[str, int]:
         assert self.proc is not None

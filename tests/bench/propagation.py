@@ -82,6 +82,7 @@ class Rig:
     setup: Setup
     quick: bool
     pool: int
+    only_rates: list[float] | None = None  # `--rates`: run just these (edits/s)
     logs: dict[str, TimedLog] = field(default_factory=dict)
     ids: dict[str, list[str]] = field(default_factory=dict)  # platform -> remote id per pool index
     index: dict[str, dict[str, int]] = field(default_factory=dict)  # platform -> remote id -> pool index
@@ -310,6 +311,8 @@ class Rig:
 
     def rates(self) -> list[float]:
         # 1/s is below what the daemon sustains here: its unloaded latency. 5, 20, 50/s: the issue's.
+        if self.only_rates:
+            return list(self.only_rates)
         return [5.0] if self.quick else [1.0, 5.0, 20.0, 50.0]
 
     def quiet_s(self) -> float:
@@ -324,11 +327,12 @@ class Rig:
 
     def run_rates(self, d: BenchDaemon, mode: str, poll_interval: float | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        rates = self.rates() if mode == "webhook" else ([5.0] if self.quick else self.rates())
+        rates = self.rates() if mode == "webhook" or not self.quick else [5.0]
         for rate in rates:
             count = int(rate * self.seconds_per_rate())
             k = self.take_k(count)
             before_hist = _hist_snapshot(d)
+            cpu_before = d.cpu_seconds()
             starts = self.starts()
             log(f"{mode}: {count} edits at {rate:g}/s")
             t_begin = time.monotonic()
@@ -339,6 +343,10 @@ class Rig:
                 lambda e=edits, s=starts: self.all_matched(e, s), timeout=self.drain_timeout(), interval=0.5
             )
             drained_after = time.monotonic() - t_sent
+            cpu = d.cpu_seconds() - cpu_before
+            mirror_writes = sum(
+                sum(len(ws) for ws in self.mirror_writes(p, starts[p]).values()) for p in TARGETS
+            )
             self.stamp_edits(edits, starts[SOURCE])
             lat, per, matching = self.latencies(edits, starts)
             entry: dict[str, Any] = {
@@ -351,6 +359,13 @@ class Rig:
                 "latency_ms": summary(lat),
                 "per_target_p50_ms": {p: summary(v)["p50"] for p, v in per.items()},
                 "daemon_histogram": _hist_diff(before_hist, _hist_snapshot(d)),
+                # The daemon's own user+system CPU (from /proc) over the phase, per write to a
+                # mirror (all the daemon's work for the phase, reads and webhooks included).
+                "daemon_cpu_s": round(cpu, 2),
+                "mirror_writes": mirror_writes,
+                "daemon_cpu_ms_per_mirror_write": round(1000 * cpu / mirror_writes, 2)
+                if mirror_writes
+                else None,
             }
             if poll_interval is not None:
                 entry["latency_minus_poll_interval_ms"] = summary([x - poll_interval for x in lat])
@@ -712,7 +727,12 @@ def get_rig(ctx: Any) -> Rig:
     rig = ctx.shared.get("rig")
     if rig is None:
         setup = ctx.setup()
-        rig = Rig(setup=setup, quick=ctx.quick, pool=8 if ctx.quick else POOL)
+        rig = Rig(
+            setup=setup,
+            quick=ctx.quick,
+            pool=8 if ctx.quick else POOL,
+            only_rates=getattr(ctx, "rates", None),
+        )
         rig.prepare()
         ctx.shared["rig"] = rig
     return rig

@@ -15,6 +15,9 @@ endpoints, shapes and rules:
   (`fake.requests.count("POST")`) or over HTTP (`GET /_fake/requests`).
 - `WebhookSender`: delivers signed webhook bodies to registered URLs from the fake's own
   event loop, retrying failed deliveries with backoff; honours the drop switch.
+- `CountTree`, `BlockList`: indexes for the fakes' hot paths (an offset-paginated filtered
+  list; a position-ordered column), so that no page or one-task request costs O(n): the fakes
+  must stay usable at the memory benchmark's 100,000 tasks (tests/contract/test_fake_scale.py).
 
 Control routes under `/_fake/` are neither authenticated, counted, nor subject to faults:
 they are the test harness's, not the platform's.
@@ -34,11 +37,12 @@ import random
 import socket
 import threading
 import time
+from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import uvicorn
@@ -472,7 +476,10 @@ class Fake:
     def start(self, port: int = 0, host: str = "127.0.0.1") -> Fake:
         """Serve on loopback in a background thread; returns once it accepts connections."""
         self.host = host
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that name
+        # their protocol, and with Nagle on, a response written in two parts waited ~40 ms for
+        # the client's delayed ACK, which no real platform's server makes anyone wait.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         self.port = int(sock.getsockname()[1])
@@ -549,3 +556,145 @@ def running(*fakes: Fake) -> Iterator[tuple[Fake, ...]]:
 
 
 AsyncHandler = Callable[..., Awaitable[Response]]
+
+
+# -- indexes for the fakes' hot paths ------------------------------------------------------------
+#
+# A fake must stay usable at the memory benchmark's scale (100,000 tasks): no request may cost
+# O(n) per page (O(n^2) to list everything) or O(n) for one task. These are the two structures
+# the fakes share for that; dicts and sorted lists (bisect) do the rest.
+
+H = TypeVar("H", bound=Hashable)
+
+
+class CountTree:
+    """A growing row of 0/1 flags with prefix counts (a Fenwick tree): `append`, `set`, `total` and
+    `select(k)` (the position of the k-th set flag) are O(log n).
+
+    What an offset-paginated, filtered listing needs: the rows are a scope's items in list order,
+    a flag says "matches the filter", and page `offset..offset+limit` is `select` of each index.
+    """
+
+    def __init__(self, flags: Iterable[bool] = ()) -> None:
+        self._flags = bytearray()
+        self._tree = array("q", [0])  # 1-based; _tree[i] sums the flags in (i - lowbit(i), i]
+        self.total = 0
+        for flag in flags:
+            self.append(flag)
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+    def __getitem__(self, pos: int) -> bool:
+        return bool(self._flags[pos])
+
+    def append(self, flag: bool) -> None:
+        bit = 1 if flag else 0
+        self._flags.append(bit)
+        i = len(self._flags)
+        stop, j, value = i - (i & -i), i - 1, bit
+        while j > stop:  # the nodes below i hold the rest of i's range
+            value += self._tree[j]
+            j -= j & -j
+        self._tree.append(value)
+        self.total += bit
+
+    def set(self, pos: int, flag: bool) -> None:
+        bit = 1 if flag else 0
+        delta = bit - self._flags[pos]
+        if not delta:
+            return
+        self._flags[pos] = bit
+        self.total += delta
+        i, n = pos + 1, len(self._flags)
+        while i <= n:
+            self._tree[i] += delta
+            i += i & -i
+
+    def select(self, k: int) -> int:
+        """The position of the k-th set flag, k counted from 0; needs 0 <= k < total."""
+        if not 0 <= k < self.total:
+            raise IndexError(k)
+        n, pos = len(self._flags), 0
+        step = 1 << (n.bit_length() - 1)
+        while step:
+            nxt = pos + step
+            if nxt <= n and self._tree[nxt] <= k:
+                pos = nxt
+                k -= self._tree[nxt]
+            step >>= 1
+        return pos
+
+
+class BlockList(Generic[H]):
+    """A sequence of distinct hashable items kept in blocks of `block` to `2 * block` items, with an
+    item -> block map: `append`, `insert` at an index, `remove` by value, `in`, `len` and
+    iteration, with no scan of the whole sequence. An insert in the middle walks the blocks
+    (n / block steps) and moves at most a block's items, so every operation is O(sqrt n) at worst
+    with the default block size; list.insert/remove would be O(n) each.
+
+    For a position-ordered column (a kanban lane) where moving one item must not cost the column.
+    """
+
+    def __init__(self, items: Iterable[H] = (), *, block: int = 512) -> None:
+        self._size = block
+        self._blocks: list[list[H]] = []
+        self._home: dict[H, list[H]] = {}
+        for item in items:
+            self.append(item)
+
+    def __len__(self) -> int:
+        return len(self._home)
+
+    def __iter__(self) -> Iterator[H]:
+        for block in self._blocks:
+            yield from block
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._home
+
+    def __repr__(self) -> str:
+        return f"BlockList({list(self)!r})"
+
+    def append(self, item: H) -> None:
+        if item in self._home:
+            raise ValueError(f"{item!r} is already in the list")
+        if not self._blocks or len(self._blocks[-1]) >= self._size:
+            self._blocks.append([])
+        block = self._blocks[-1]
+        block.append(item)
+        self._home[item] = block
+
+    def insert(self, index: int, item: H) -> None:
+        """Insert before position `index` (0-based, as list.insert; past the end appends)."""
+        if index < 0:
+            index = max(0, len(self) + index)
+        if index >= len(self):
+            self.append(item)
+            return
+        if item in self._home:
+            raise ValueError(f"{item!r} is already in the list")
+        for number, block in enumerate(self._blocks):
+            if index <= len(block):
+                block.insert(index, item)
+                self._home[item] = block
+                if len(block) > 2 * self._size:
+                    tail = block[self._size :]
+                    del block[self._size :]
+                    self._blocks.insert(number + 1, tail)
+                    for moved in tail:
+                        self._home[moved] = tail
+                return
+            index -= len(block)
+        raise AssertionError("unreachable: index < len(self)")  # pragma: no cover
+
+    def remove(self, item: H) -> None:
+        block = self._home.pop(item, None)
+        if block is None:
+            raise ValueError(f"{item!r} is not in the list")
+        block.remove(item)
+        if not block:
+            for number, candidate in enumerate(self._blocks):
+                if candidate is block:
+                    del self._blocks[number]
+                    break

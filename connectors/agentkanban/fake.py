@@ -86,9 +86,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -102,6 +104,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from connectors import fakekit
+from connectors.fakekit import BlockList
 
 BASE = "/api/ext/v1"
 DEFAULT_LANES = ("To Do", "Doing", "In Review", "Done")
@@ -211,11 +214,53 @@ class Task:
     archived: bool = False
     comments: list[Comment] = field(default_factory=list)
     todos: list[Todo] = field(default_factory=list)
+    # Turns in list order (capturedAt, insertion), stored by `add_turn` only, which keeps the
+    # turn log (made with the first turn) and lastTurnAt with them.
     turns: list[Turn] = field(default_factory=list)
+    turn_log: TurnLog | None = None
+    last_turn_at: datetime | None = None  # the latest capturedAt
+
+    def add_turn(self, turn: Turn) -> None:
+        log = self.turn_log
+        if log is None:
+            log = self.turn_log = TurnLog()
+        for turns in (self.turns, log.by_source.setdefault(turn.source, [])):
+            if turns and turn.sort_key < turns[-1].sort_key:
+                bisect.insort(turns, turn, key=_turn_order)
+            else:
+                turns.append(turn)
+        log.ids.add((turn.source, turn.source_id))
+        last = log.last.get(turn.source)
+        if last is None or turn.sort_key > last.sort_key:
+            log.last[turn.source] = turn
+        if self.last_turn_at is None or turn.captured_at > self.last_turn_at:
+            self.last_turn_at = turn.captured_at
+
+    def has_turn(self, source: str, source_id: str) -> bool:
+        return self.turn_log is not None and (source, source_id) in self.turn_log.ids
+
+    def source_turns(self, source: str) -> list[Turn]:
+        """The turns of one source, in list order."""
+        return self.turn_log.by_source.get(source, []) if self.turn_log else []
 
     @property
-    def last_turn_at(self) -> datetime | None:
-        return max((t.captured_at for t in self.turns), default=None)
+    def last_turns(self) -> dict[str, Turn]:
+        """Each source's last turn (what its watermark names)."""
+        return self.turn_log.last if self.turn_log else {}
+
+
+@dataclass
+class TurnLog:
+    """What reading a task's turns needs besides the ordered list: the turns per source (each in
+    list order), the (source, sourceId) pairs stored, and each source's last turn."""
+
+    by_source: dict[str, list[Turn]] = field(default_factory=dict)
+    ids: set[tuple[str, str]] = field(default_factory=set)
+    last: dict[str, Turn] = field(default_factory=dict)
+
+
+def _turn_order(turn: Turn) -> tuple[datetime, int]:
+    return turn.sort_key
 
 
 @dataclass
@@ -224,7 +269,9 @@ class Board:
     name: str
     lanes: list[Lane] = field(default_factory=list)  # in position order
     tasks: dict[str, Task] = field(default_factory=dict)
-    lane_tasks: dict[str, list[str]] = field(default_factory=dict)  # lane id -> task ids in order
+    # lane id -> task ids in order (a BlockList: moving a task does not cost the whole lane)
+    lane_tasks: dict[str, BlockList[str]] = field(default_factory=dict)
+    archived_in: dict[str, int] = field(default_factory=dict)  # lane id -> its archived tasks
 
     def lane(self, lane_id: str) -> Lane | None:
         return next((lane for lane in self.lanes if lane.id == lane_id), None)
@@ -316,11 +363,8 @@ def turn_view(turn: Turn) -> dict[str, Any]:
     }
 
 
-def watermarks(turns: Iterable[Turn]) -> dict[str, dict[str, str]]:
-    latest: dict[str, Turn] = {}
-    for turn in turns:
-        if turn.source not in latest or turn.sort_key > latest[turn.source].sort_key:
-            latest[turn.source] = turn
+def watermarks(latest: dict[str, Turn]) -> dict[str, dict[str, str]]:
+    """The watermarks of the sources in `latest` (each source's last turn, `Task.last_turns`)."""
     return {
         source: {"sourceId": t.source_id, "capturedAt": turn_time(t.captured_at)}
         for source, t in sorted(latest.items())
@@ -656,7 +700,7 @@ class AgentKanbanFake(fakekit.Fake):
     def _add_lane(self, board: Board, name: str) -> Lane:
         lane = Lane(id=self._new_id(), name=name)
         board.lanes.append(lane)
-        board.lane_tasks[lane.id] = []
+        board.lane_tasks[lane.id] = BlockList()
         return lane
 
     def _add_task(
@@ -691,6 +735,9 @@ class AgentKanbanFake(fakekit.Fake):
         target = board.lane_tasks[lane.id]
         index = len(target) if position is None else min(position, len(target))
         target.insert(index, task.id)
+        if task.archived:
+            self._count_archived(board, task.lane_id, -1)
+            self._count_archived(board, lane.id, +1)
         task.lane_id = lane.id
         task.updated_at = self.now()
         self._fire("task.updated", board.id, task_detail(task))
@@ -710,18 +757,20 @@ class AgentKanbanFake(fakekit.Fake):
         return todo
 
     @staticmethod
+    def _count_archived(board: Board, lane_id: str, delta: int) -> None:
+        board.archived_in[lane_id] = board.archived_in.get(lane_id, 0) + delta
+
+    @staticmethod
     def _next_todo_order(task: Task) -> int:
         return max((t.order for t in task.todos), default=-1) + 1
 
     def _insert_turns(self, task: Task, turns: list[dict[str, Any]]) -> int:
-        seen = {(t.source, t.source_id) for t in task.turns}
         inserted = 0
         for item in turns:
-            if (item["source"], item["sourceId"]) in seen:
+            if task.has_turn(item["source"], item["sourceId"]):
                 continue
-            seen.add((item["source"], item["sourceId"]))
             self._turn_seq += 1
-            task.turns.append(
+            task.add_turn(
                 Turn(
                     self._new_id(),
                     self._turn_seq,
@@ -908,9 +957,7 @@ class AgentKanbanFake(fakekit.Fake):
                         {
                             "id": lane.id,
                             "name": lane.name,
-                            "taskCount": sum(
-                                1 for t in board.lane_tasks[lane.id] if not board.tasks[t].archived
-                            ),
+                            "taskCount": len(board.lane_tasks[lane.id]) - board.archived_in.get(lane.id, 0),
                         }
                         for lane in board.lanes
                     ],
@@ -963,6 +1010,7 @@ class AgentKanbanFake(fakekit.Fake):
                 raise invalid("Lane still has tasks; move or delete them first")
             board.lanes.remove(lane)
             del board.lane_tasks[lane.id]
+            board.archived_in.pop(lane.id, None)
             return no_content()
 
     def _task_routes(self, app: FastAPI) -> None:
@@ -1032,8 +1080,11 @@ class AgentKanbanFake(fakekit.Fake):
             if not body:
                 raise invalid("No updatable fields given (title, description, priority, tags, archived)")
             changes = {name: updaters[name](value) for name, value in body.items()}
+            was_archived = task.archived
             for name, value in changes.items():
                 setattr(task, name, value)  # the updatable JSON names equal the attribute names
+            if task.archived != was_archived:
+                self._count_archived(board, task.lane_id, 1 if task.archived else -1)
             task.updated_at = self.now()
             self._fire("task.updated", board.id, task_detail(task))
             return data({"id": task.id, **changes})
@@ -1056,6 +1107,8 @@ class AgentKanbanFake(fakekit.Fake):
             _, board, task = self._task(request, board_id, task_id, edit=True)
             del board.tasks[task.id]
             board.lane_tasks[task.lane_id].remove(task.id)
+            if task.archived:
+                self._count_archived(board, task.lane_id, -1)
             self._fire("task.deleted", board.id, task_detail(task))
             return no_content()
 
@@ -1196,7 +1249,7 @@ class AgentKanbanFake(fakekit.Fake):
             parsed = [parse_turn(i, item) for i, item in enumerate(items)]
             inserted = self._insert_turns(task, parsed)
             return JSONResponse(
-                {"data": {"inserted": inserted}, "watermarks": watermarks(task.turns)}, status_code=201
+                {"data": {"inserted": inserted}, "watermarks": watermarks(task.last_turns)}, status_code=201
             )
 
         @app.get(turns_path)
@@ -1209,18 +1262,22 @@ class AgentKanbanFake(fakekit.Fake):
                 limit = 0
             if not 1 <= limit <= MAX_TURN_LIMIT:
                 raise invalid(f"limit must be an integer from 1 to {MAX_TURN_LIMIT}")
-            turns = sorted(task.turns, key=lambda t: t.sort_key)
+            # The turns are kept in list order, per source too: a page is found by bisection.
+            turns, covered = task.turns, task.last_turns
             if "source" in query:
-                turns = [t for t in turns if t.source == query["source"]]
-            covered = list(turns)  # the watermarks describe the filtered sources, not just this page
+                source_ = query["source"]
+                turns = task.source_turns(source_)
+                # the watermarks describe the filtered sources, not just this page
+                covered = {source_: task.last_turns[source_]} if source_ in task.last_turns else {}
+            start = 0
             if "after" in query:
                 after = timestamp(query["after"], "after")
-                turns = [t for t in turns if t.captured_at > after]
+                start = bisect.bisect_right(turns, (after, math.inf), key=_turn_order)
             if "cursor" in query:
                 position = decode_cursor(query["cursor"])
-                turns = [t for t in turns if t.sort_key > position]
-            page = turns[:limit]
-            more = len(turns) > limit
+                start = max(start, bisect.bisect_right(turns, position, key=_turn_order))
+            page = turns[start : start + limit]
+            more = len(turns) - start > limit
             return JSONResponse(
                 {
                     "data": [turn_view(t) for t in page],
@@ -1232,7 +1289,7 @@ class AgentKanbanFake(fakekit.Fake):
         @app.get(f"{turns_path}/watermark")
         async def turn_watermarks(request: Request, board_id: str, task_id: str) -> Response:
             _, _, task = self._task(request, board_id, task_id)
-            return JSONResponse({"watermarks": watermarks(task.turns)})
+            return JSONResponse({"watermarks": watermarks(task.last_turns)})
 
     def _webhook_routes(self, app: FastAPI) -> None:
         hooks_path = f"{BASE}/webhooks"

@@ -112,6 +112,7 @@ but keeps the keys, since they are the harness's credentials; it does not re-see
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import hmac
 import json
@@ -120,7 +121,8 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
@@ -463,14 +465,46 @@ def parse_limit(text: str | None) -> int:
 
 
 def paginate(items: Iterable[Listed], kind: str, params: Mapping[str, str]) -> dict[str, Any]:
-    """One page of `items` in (created_at, id) order after the request's cursor."""
+    """One page of `items` in (created_at, id) order after the request's cursor (sorts them all:
+    for the few projects; the big lists are kept in order and use `paginate_sorted`)."""
+    parse_limit(params.get("limit"))
+    return paginate_sorted(sorted(items, key=sort_key), kind, params)
+
+
+def insert_sorted(items: list[Any], item: Listed) -> None:
+    """Add `item` to a list kept in (created_at, id) order: an append, as the clock only goes on."""
+    if items and sort_key(item) < sort_key(items[-1]):
+        bisect.insort(items, item, key=sort_key)
+    else:
+        items.append(item)
+
+
+def paginate_sorted(
+    items: Sequence[Listed],
+    kind: str,
+    params: Mapping[str, str],
+    keep: Callable[[Any], bool] | None = None,
+    *,
+    start: int = 0,
+) -> dict[str, Any]:
+    """One page of `items`, already in (created_at, id) order, after the request's cursor: the
+    cursor is found by bisection and the page read from there, skipping items that `keep`
+    refuses, so a page costs what it reads rather than the whole list (a walk through every
+    page reads each item about once). Items before `start` are not listed (a `since` bound)."""
     limit = parse_limit(params.get("limit"))
     cursor = params.get("cursor")
-    ordered = sorted(items, key=sort_key)
     if cursor:
-        after = decode_cursor(cursor, kind)
-        ordered = [item for item in ordered if sort_key(item) > after]
-    page, has_more = ordered[:limit], len(ordered) > limit
+        start = max(start, bisect.bisect_right(items, decode_cursor(cursor, kind), key=sort_key))
+    page: list[Listed] = []
+    has_more = False
+    for index in range(start, len(items)):
+        item = items[index]
+        if keep is not None and not keep(item):
+            continue
+        if len(page) == limit:
+            has_more = True
+            break
+        page.append(item)
     return {
         "data": [item.to_json() for item in page],
         "next_cursor": encode_cursor(kind, sort_key(page[-1])) if has_more else None,
@@ -542,6 +576,24 @@ class ImpactlyFake(fakekit.Fake):
         self.activity: list[Activity] = []
         self.subscriptions: dict[str, Subscription] = {}
         self.projects[DEFAULT_PROJECT_ID] = Project(DEFAULT_PROJECT_ID, "Default", None, "public", self.now())
+        # Indexes, so that no page or one-task request scans the workspace:
+        # tasks in list order, all and per project (deleted ones are skipped, then swept out);
+        self._listed: list[Task] = []
+        self._listed_in: dict[str, list[Task]] = {}
+        self._gone = 0  # deleted tasks still in those lists
+        # subtasks by parent (child id -> None, an ordered set), comments by task (list order);
+        self._children: dict[str, dict[str, None]] = {}
+        self._comments_of: dict[str, list[Comment]] = {}
+        # dependencies from either end, in the order they were added (as `dependencies` holds them);
+        self._blockers_of: dict[str, dict[str, None]] = {}
+        self._dependents_of: dict[str, dict[str, None]] = {}
+        # the activity feed in list order (`activity` is in order of recording: the same, as the
+        # clock only goes on), per project and per actor, and each actor's usage counts.
+        self._feed: list[Activity] = []
+        self._activity_in: dict[str, list[Activity]] = {}
+        self._activity_by: dict[str, list[Activity]] = {}
+        self._usage: dict[str, Counter[str]] = {}
+        self._last_action: dict[str, datetime] = {}
 
     # -- in-process helpers (call before start(), or through fake.call(...)) -----------------
 
@@ -624,7 +676,7 @@ class ImpactlyFake(fakekit.Fake):
         }
         created.append(self._create_task(subtask, rng.choice(people)))
         self._update_task(created[-2], {"status": "completed"}, rng.choice(people))
-        self.dependencies[(created[0].id, created[1].id)] = self.now()
+        self._add_dependency(created[0].id, created[1].id, self.now())
         for task, text in [
             (created[0], "First draft is in the shared folder."),
             (created[0], "Numbers from two partners are still missing."),
@@ -784,6 +836,10 @@ class ImpactlyFake(fakekit.Fake):
             updated_at=at,
         )
         self.tasks[task.id] = task
+        insert_sorted(self._listed, task)
+        insert_sorted(self._listed_in.setdefault(task.project_id, []), task)
+        if task.parent_task_id is not None:
+            self._children.setdefault(task.parent_task_id, {})[task.id] = None
         self._record("task.created", actor, at, task)
         return task
 
@@ -794,26 +850,57 @@ class ImpactlyFake(fakekit.Fake):
             if getattr(task, name) != value
         }
         completes = task.status == "active" and fields.get("status") == "completed"
+        old_parent = task.parent_task_id
         for name, value in fields.items():
             setattr(task, name, value)
+        if task.parent_task_id != old_parent:
+            if old_parent is not None:
+                self._children.get(old_parent, {}).pop(task.id, None)
+            if task.parent_task_id is not None:
+                self._children.setdefault(task.parent_task_id, {})[task.id] = None
         task.updated_at = at = self.now()
         self._record("task.completed" if completes else "task.updated", actor, at, task, changes=changes)
         return task
 
     def _delete_task(self, task: Task, actor: Actor) -> None:
-        for child in [t for t in self.tasks.values() if t.parent_task_id == task.id]:
+        children = [self.tasks[child_id] for child_id in self._children.pop(task.id, {})]
+        for child in sorted(children, key=sort_key):  # creation order, as the workspace holds them
             self._delete_task(child, actor)
         del self.tasks[task.id]
-        for comment_id in [c.id for c in self.comments.values() if c.task_id == task.id]:
-            del self.comments[comment_id]
-        for pair in [p for p in self.dependencies if task.id in p]:
-            del self.dependencies[pair]
+        if task.parent_task_id is not None:
+            self._children.get(task.parent_task_id, {}).pop(task.id, None)
+        for comment in self._comments_of.pop(task.id, []):
+            del self.comments[comment.id]
+        for blocker_id in list(self._blockers_of.get(task.id, ())):
+            self._remove_dependency(task.id, blocker_id)
+        for blocked_id in list(self._dependents_of.get(task.id, ())):
+            self._remove_dependency(blocked_id, task.id)
+        self._blockers_of.pop(task.id, None)
+        self._dependents_of.pop(task.id, None)
+        self._forget_listed()
         self._record("task.deleted", actor, self.now(), task)
+
+    def _alive(self, task: Task) -> bool:
+        return self.tasks.get(task.id) is task
+
+    def _forget_listed(self) -> None:
+        """Count one more deleted task in the list indexes; sweep them out once they are half."""
+        self._gone += 1
+        if 2 * self._gone <= len(self._listed):
+            return
+        self._listed = [t for t in self._listed if self._alive(t)]
+        self._listed_in = {
+            pid: kept
+            for pid, tasks in self._listed_in.items()
+            if (kept := [t for t in tasks if self._alive(t)])
+        }
+        self._gone = 0
 
     def _add_comment(self, task: Task, content: str, actor: Actor) -> Comment:
         at = self.now()
         comment = Comment(self._new_id(), task.id, content, actor.id, actor.name, at)
         self.comments[comment.id] = comment
+        insert_sorted(self._comments_of.setdefault(task.id, []), comment)
         self._record("comment.created", actor, at, task, comment=comment)
         return comment
 
@@ -827,19 +914,23 @@ class ImpactlyFake(fakekit.Fake):
         comment: Comment | None = None,
         changes: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        self.activity.append(
-            Activity(
-                id=self._new_id(),
-                type=event,
-                task_id=task.id,
-                comment_id=comment.id if comment else None,
-                project_id=task.project_id,
-                actor_id=actor.id,
-                actor_type=actor.kind,
-                created_at=at,
-                changes=changes,
-            )
+        entry = Activity(
+            id=self._new_id(),
+            type=event,
+            task_id=task.id,
+            comment_id=comment.id if comment else None,
+            project_id=task.project_id,
+            actor_id=actor.id,
+            actor_type=actor.kind,
+            created_at=at,
+            changes=changes,
         )
+        self.activity.append(entry)
+        insert_sorted(self._feed, entry)
+        insert_sorted(self._activity_in.setdefault(entry.project_id, []), entry)
+        insert_sorted(self._activity_by.setdefault(entry.actor_id, []), entry)
+        self._usage.setdefault(actor.id, Counter())[event] += 1
+        self._last_action[actor.id] = at
         data = comment.to_json() if comment else task.to_json()
         for subscription in self.subscriptions.values():
             if subscription.wants(event):
@@ -880,18 +971,31 @@ class ImpactlyFake(fakekit.Fake):
     # -- internals: dependencies ---------------------------------------------------------------
 
     def _blockers(self, task_id: str) -> list[dict[str, Any]]:
-        return [self.tasks[blocker].to_json() for blocked, blocker in self.dependencies if blocked == task_id]
+        return [self.tasks[blocker].to_json() for blocker in self._blockers_of.get(task_id, ())]
 
     def _dependents(self, task_id: str) -> list[dict[str, Any]]:
-        return [self.tasks[blocked].to_json() for blocked, blocker in self.dependencies if blocker == task_id]
+        return [self.tasks[blocked].to_json() for blocked in self._dependents_of.get(task_id, ())]
+
+    def _add_dependency(self, blocked_id: str, blocker_id: str, at: datetime) -> None:
+        self.dependencies[(blocked_id, blocker_id)] = at
+        self._blockers_of.setdefault(blocked_id, {})[blocker_id] = None
+        self._dependents_of.setdefault(blocker_id, {})[blocked_id] = None
+
+    def _remove_dependency(self, blocked_id: str, blocker_id: str) -> bool:
+        """Drop `blocker` blocks `blocked`; False when there was no such dependency."""
+        if self.dependencies.pop((blocked_id, blocker_id), None) is None:
+            return False
+        self._blockers_of[blocked_id].pop(blocker_id, None)
+        self._dependents_of[blocker_id].pop(blocked_id, None)
+        return True
 
     def _is_blocked_by(self, task_id: str, other_id: str) -> bool:
         """Whether `other_id` blocks `task_id`, directly or through a chain."""
         stack, seen = [task_id], set()
         while stack:
             current = stack.pop()
-            for blocked, blocker in self.dependencies:
-                if blocked == current and blocker not in seen:
+            for blocker in self._blockers_of.get(current, ()):
+                if blocker not in seen:
                     if blocker == other_id:
                         return True
                     seen.add(blocker)
@@ -906,7 +1010,7 @@ class ImpactlyFake(fakekit.Fake):
             raise invalid(field, "A task cannot depend on itself")
         if self._is_blocked_by(blocker.id, blocked.id):
             raise invalid(field, "This dependency would create a cycle")
-        self.dependencies[(blocked.id, blocker.id)] = self.now()
+        self._add_dependency(blocked.id, blocker.id, self.now())
         return True
 
     async def _other_task(self, request: Request, field: str) -> Task:
@@ -944,8 +1048,13 @@ class ImpactlyFake(fakekit.Fake):
         async def list_tasks(request: Request) -> Response:
             self._authenticate(request)
             params = request.query_params
-            match = self._task_filter(params)
-            return JSONResponse(paginate((t for t in self.tasks.values() if match(t)), "tasks", params))
+            project_id, match = self._task_filter(params)
+            tasks = self._listed if project_id is None else self._listed_in.get(project_id, [])
+
+            def keep(task: Task) -> bool:
+                return self._alive(task) and (match is None or match(task))
+
+            return JSONResponse(paginate_sorted(tasks, "tasks", params, keep))
 
         @app.post(f"{BASE}/tasks")
         async def create_task(request: Request) -> Response:
@@ -978,12 +1087,13 @@ class ImpactlyFake(fakekit.Fake):
             self._delete_task(self._task(task_id), agent)
             return Response(status_code=204)
 
-    def _task_filter(self, params: Mapping[str, str]) -> Callable[[Task], bool]:
-        """GET /tasks filters, validated up front so a bad one is a 400 even on an empty workspace."""
+    def _task_filter(self, params: Mapping[str, str]) -> tuple[str | None, Callable[[Task], bool] | None]:
+        """GET /tasks filters, validated up front so a bad one is a 400 even on an empty workspace:
+        the project id (answered from the per-project index) and a check of the others, if any."""
         checks: list[Callable[[Task], bool]] = []
+        project_id = None
         if params.get("project_id"):
             project_id = parse_uuid(params["project_id"], "project_id")
-            checks.append(lambda t: t.project_id == project_id)
         if params.get("status"):
             status = parse_enum(params["status"], STATUSES, "status")
             checks.append(lambda t: t.status == status)
@@ -999,7 +1109,9 @@ class ImpactlyFake(fakekit.Fake):
         if params.get("due_date_after"):
             after = parse_date(params["due_date_after"], "due_date_after")
             checks.append(lambda t: t.due_date is not None and t.due_date >= after)
-        return lambda task: all(check(task) for check in checks)
+        if not checks:
+            return project_id, None
+        return project_id, lambda task: all(check(task) for check in checks)
 
     def _dependency_routes(self, app: FastAPI) -> None:
         # Blockers and dependents are the same relation seen from either end.
@@ -1019,7 +1131,7 @@ class ImpactlyFake(fakekit.Fake):
         async def remove_blocker(request: Request, task_id: str, blocker_id: str) -> Response:
             self._authenticate(request, write=True)
             task = self._task(task_id)
-            if self.dependencies.pop((task.id, blocker_id.lower()), None) is None:
+            if not self._remove_dependency(task.id, blocker_id.lower()):
                 raise not_found("Blocker")
             return JSONResponse(self._blockers(task.id))
 
@@ -1039,7 +1151,7 @@ class ImpactlyFake(fakekit.Fake):
         async def remove_dependent(request: Request, task_id: str, dependent_id: str) -> Response:
             self._authenticate(request, write=True)
             task = self._task(task_id)
-            if self.dependencies.pop((dependent_id.lower(), task.id), None) is None:
+            if not self._remove_dependency(dependent_id.lower(), task.id):
                 raise not_found("Dependent")
             return JSONResponse(self._dependents(task.id))
 
@@ -1048,8 +1160,8 @@ class ImpactlyFake(fakekit.Fake):
         async def list_comments(request: Request, task_id: str) -> Response:
             self._authenticate(request)
             task = self._task(task_id)
-            comments = (c for c in self.comments.values() if c.task_id == task.id)
-            return JSONResponse(paginate(comments, "comments", request.query_params))
+            comments = self._comments_of.get(task.id, [])
+            return JSONResponse(paginate_sorted(comments, "comments", request.query_params))
 
         @app.post(f"{BASE}/tasks/{{task_id}}/comments")
         async def add_comment(request: Request, task_id: str) -> Response:
@@ -1077,9 +1189,9 @@ class ImpactlyFake(fakekit.Fake):
         async def list_project_tasks(request: Request, project_id: str) -> Response:
             self._authenticate(request)
             project = self._project(project_id)
-            tasks = (t for t in self.tasks.values() if t.project_id == project.id)
+            tasks = self._listed_in.get(project.id, [])
             # Cursors are interchangeable with GET /tasks: both walk tasks in the same order.
-            return JSONResponse(paginate(tasks, "tasks", request.query_params))
+            return JSONResponse(paginate_sorted(tasks, "tasks", request.query_params, self._alive))
 
     def _agent_routes(self, app: FastAPI) -> None:
         @app.get(f"{BASE}/agents/me")
@@ -1094,18 +1206,25 @@ class ImpactlyFake(fakekit.Fake):
             since = parse_since(params["since"], fakekit.utcnow()) if params.get("since") else None
             project_id = parse_uuid(params["project_id"], "project_id") if params.get("project_id") else None
             agent_id = parse_uuid(params["agent_id"], "agent_id") if params.get("agent_id") else None
-            entries = (
-                e
-                for e in self.activity
-                if (since is None or e.created_at >= since)
-                and (project_id is None or e.project_id == project_id)
-                and (agent_id is None or e.actor_id == agent_id)
-            )
-            return JSONResponse(paginate(entries, "activity", params))
+            # Read the shortest index that answers a filter (the other one is checked per entry);
+            # entries are in time order, so the inclusive `since` is where the list starts.
+            entries = self._feed if project_id is None else self._activity_in.get(project_id, [])
+            if agent_id is not None:
+                by_agent = self._activity_by.get(agent_id, [])
+                if project_id is None or len(by_agent) < len(entries):
+                    entries = by_agent
+            start = 0 if since is None else bisect.bisect_left(entries, since, key=lambda e: e.created_at)
+
+            def keep(entry: Activity) -> bool:
+                return (project_id is None or entry.project_id == project_id) and (
+                    agent_id is None or entry.actor_id == agent_id
+                )
+
+            return JSONResponse(paginate_sorted(entries, "activity", params, keep, start=start))
 
     def _profile(self, agent: Agent) -> dict[str, Any]:
-        mine = [e for e in self.activity if e.actor_id == agent.id]
-        count = {event: sum(1 for e in mine if e.type == event) for event in EVENTS}
+        count = self._usage.get(agent.id, Counter())
+        last_action = self._last_action.get(agent.id)
         return {
             "id": agent.id,
             "name": agent.name,
@@ -1118,7 +1237,7 @@ class ImpactlyFake(fakekit.Fake):
                 "tasks_completed": count["task.completed"],
                 "tasks_deleted": count["task.deleted"],
                 "comments_created": count["comment.created"],
-                "last_action_at": iso(mine[-1].created_at) if mine else None,
+                "last_action_at": iso(last_action),
             },
         }
 
@@ -1170,10 +1289,23 @@ class ImpactlyFake(fakekit.Fake):
             def matches(text: str) -> bool:
                 return all(term in text.lower() for term in terms)
 
-            hits = [t for t in self.tasks.values() if matches(f"{t.title}\n{t.description or ''}")]
-            # Title hits first: what a person searching by name expects.
-            hits.sort(key=lambda t: (not matches(t.title), sort_key(t)))
-            return JSONResponse({"data": [t.to_json() for t in hits[:SEARCH_MAX_RESULTS]]})
+            # Title hits first, each kind in list order: what a person searching by name expects.
+            # A text search reads every task once (it has to), but stops at a full page of title hits.
+            title_hits: list[Task] = []
+            other_hits: list[Task] = []
+            for task in self._listed:
+                if not self._alive(task):
+                    continue
+                if matches(task.title):
+                    title_hits.append(task)
+                    if len(title_hits) == SEARCH_MAX_RESULTS:
+                        break
+                elif len(other_hits) < SEARCH_MAX_RESULTS and matches(
+                    f"{task.title}\n{task.description or ''}"
+                ):
+                    other_hits.append(task)
+            hits = (title_hits + other_hits)[:SEARCH_MAX_RESULTS]
+            return JSONResponse({"data": [t.to_json() for t in hits]})
 
         @app.get(f"{BASE}/health")
         async def health(request: Request) -> Response:

@@ -87,10 +87,12 @@ Assumed (the docs are silent; correct them here when a real account shows otherw
 
 from __future__ import annotations
 
+import bisect
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -100,7 +102,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.fakekit import BadBody, Fake, bearer_token, iso
+from connectors.fakekit import BadBody, CountTree, Fake, bearer_token, iso
 
 TASK_READ = "task:read"
 TASK_WRITE = "task:write"
@@ -108,6 +110,7 @@ DEFAULT_PROJECT_ID = 1
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 PRESENCE_TTL = timedelta(seconds=60)
+LIST_VIEWS_PER_PROJECT = 8  # filters whose matches are kept up to date (least recently listed go)
 
 ORIGIN_PRODUCTS = (
     "onboarding",
@@ -583,10 +586,20 @@ def _with_query(url: str, **params: int | None) -> str:
 
 
 def paginate(request: Request, items: list[Any], render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    return paginate_counted(request, len(items), lambda start, stop: items[start:stop], render)
+
+
+def paginate_counted(
+    request: Request,
+    count: int,
+    fetch: Callable[[int, int], list[Any]],
+    render: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """One page of a list of `count` items, of which `fetch(start, stop)` gives the ones in
+    positions start..stop-1, so a page costs what it holds, not the whole list."""
     params = request.query_params
     limit = _positive_int(params.get("limit"), DEFAULT_LIMIT, strict=True, cutoff=MAX_LIMIT)
     offset = _positive_int(params.get("offset"), 0, strict=False)
-    count = len(items)
     url = str(request.url)
     next_url = None if offset + limit >= count else _with_query(url, limit=limit, offset=offset + limit)
     if offset <= 0:
@@ -595,7 +608,7 @@ def paginate(request: Request, items: list[Any], render: Callable[[Any], dict[st
         previous_url = _with_query(url, limit=limit, offset=None)
     else:
         previous_url = _with_query(url, limit=limit, offset=offset - limit)
-    page = items[offset : offset + limit] if count and offset <= count else []
+    page = fetch(offset, min(offset + limit, count)) if offset < count else []
     return {"count": count, "next": next_url, "previous": previous_url, "results": [render(i) for i in page]}
 
 
@@ -613,6 +626,9 @@ class TaskFilter:
     search: str = ""
     stage: str | None = None
     status: str | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> TaskFilter:
@@ -659,6 +675,11 @@ class TaskFilter:
         return needle in task.title.lower() or needle in task.description.lower()
 
 
+def _list_order(task: Task) -> tuple[datetime, int]:
+    """Where a task sits in its project's list, oldest first (the list itself is newest first)."""
+    return (task.created_at, task.task_number)
+
+
 # -- ASGI helper --------------------------------------------------------------------------------
 
 
@@ -698,6 +719,13 @@ class RunsFake(Fake):
         self.devices: dict[str, int] = {}  # device id -> user id
         self.tasks: dict[str, Task] = {}
         self.presence: dict[tuple[str, str], datetime] = {}  # (task id, device id) -> expires
+        # The list's indexes: each project's tasks oldest first (deleted ones included; they keep
+        # their place) and each task's place there; per project, for the filters listed lately,
+        # which of those tasks match (a CountTree over that order, updated on every change), so
+        # a page costs O(limit log n) instead of filtering and sorting the project.
+        self._order: dict[int, list[Task]] = {}
+        self._place: dict[str, int] = {}
+        self._views: dict[int, OrderedDict[tuple[Any, ...], tuple[TaskFilter, CountTree]]] = {}
         self.user = self.add_user(1, "Alex", "Rivera", "alex@example.com")
         self.teammate = self.add_user(2, "Sam", "Okafor", "sam@example.com")
         self.add_project(DEFAULT_PROJECT_ID, "Default project", team_prefix)
@@ -758,6 +786,9 @@ class RunsFake(Fake):
     def reset_state(self) -> None:
         self.tasks.clear()
         self.presence.clear()
+        self._order.clear()
+        self._place.clear()
+        self._views.clear()
         for project in self.projects.values():
             project.next_number = 1
         if self.seed is not None:
@@ -875,7 +906,57 @@ class RunsFake(Fake):
             # PostHog generates the title with an LLM; the description's first line stands in.
             task.title = task.description.strip().splitlines()[0][:255]
         self.tasks[task.id] = task
+        self._index_new(task)
         return task
+
+    # -- list indexes -----------------------------------------------------------------------------
+
+    def _index_new(self, task: Task) -> None:
+        order = self._order.setdefault(task.project_id, [])
+        if not order or _list_order(order[-1]) < _list_order(task):
+            self._place[task.id] = len(order)
+            order.append(task)
+            for wanted, matches in self._views.get(task.project_id, {}).values():
+                matches.append(self._listed(wanted, task))
+            return
+        # Never happens with the fake's strictly increasing clock; kept correct all the same.
+        bisect.insort(order, task, key=_list_order)
+        self._place.update((t.id, i) for i, t in enumerate(order))
+        self._views.pop(task.project_id, None)
+
+    @staticmethod
+    def _listed(wanted: TaskFilter, task: Task) -> bool:
+        return not task.deleted and wanted.matches(task)
+
+    def _changed(self, task: Task) -> None:
+        """Call after any change to a task or its runs: the kept filters re-check it."""
+        place = self._place[task.id]
+        for wanted, matches in self._views.get(task.project_id, {}).values():
+            matches.set(place, self._listed(wanted, task))
+
+    def _matches(self, project: Project, wanted: TaskFilter) -> CountTree:
+        views = self._views.setdefault(project.id, OrderedDict())
+        key = wanted.key()
+        view = views.get(key)
+        if view is not None:
+            views.move_to_end(key)
+            return view[1]
+        matches = CountTree(self._listed(wanted, t) for t in self._order.get(project.id, ()))
+        views[key] = (wanted, matches)
+        if len(views) > LIST_VIEWS_PER_PROJECT:
+            views.popitem(last=False)
+        return matches
+
+    def _list_page(self, request: Request, project: Project, wanted: TaskFilter) -> dict[str, Any]:
+        """The list's page: the project's matching tasks, newest first (created_at, then number)."""
+        matches = self._matches(project, wanted)
+        order = self._order.get(project.id, [])
+        newest = matches.total - 1
+
+        def fetch(start: int, stop: int) -> list[Task]:
+            return [order[matches.select(newest - i)] for i in range(start, stop)]
+
+        return paginate_counted(request, matches.total, fetch, Task.to_json)
 
     def _new_run(
         self,
@@ -901,6 +982,7 @@ class RunsFake(Fake):
         )
         task.runs.append(run)
         task.updated_at = now
+        self._changed(task)
         return run
 
     def _update_run(self, task: Task, run: Run, values: dict[str, Any]) -> None:
@@ -914,6 +996,7 @@ class RunsFake(Fake):
             run.completed_at = now
         run.updated_at = now
         task.updated_at = now
+        self._changed(task)
 
     def _take_staged(self, task: Task, ids: list[str]) -> list[dict[str, Any]]:
         missing = [i for i in ids if i not in task.staged_artifacts]
@@ -956,13 +1039,7 @@ class RunsFake(Fake):
         async def list_tasks(request: Request, project_id: str) -> Response:
             _, project = self._authorize(request, project_id, TASK_READ)
             wanted = TaskFilter.parse(request.query_params)
-            tasks = [
-                t
-                for t in self.tasks.values()
-                if t.project_id == project.id and not t.deleted and wanted.matches(t)
-            ]
-            tasks.sort(key=lambda t: (t.created_at, t.task_number), reverse=True)
-            return JSONResponse(paginate(request, tasks, Task.to_json))
+            return JSONResponse(self._list_page(request, project, wanted))
 
         @app.post(base)
         async def create_task(request: Request, project_id: str) -> Response:
@@ -984,6 +1061,7 @@ class RunsFake(Fake):
             for name, value in values.items():
                 setattr(task, name, value)
             task.updated_at = self.now()
+            self._changed(task)
             return JSONResponse(task.to_json())
 
         @app.delete(one)
@@ -992,6 +1070,7 @@ class RunsFake(Fake):
             task = self._task(project, task_id)
             task.deleted = True
             task.updated_at = self.now()
+            self._changed(task)
             return Response(status_code=204)
 
         @app.post(one + "run/")
@@ -1142,7 +1221,9 @@ class RunsFake(Fake):
             )
             if outcome is not None:
                 self._seed_runs(task, outcome, self.rng.randint(1, 2))
-        self.tasks[next(reversed(self.tasks))].archived = True  # one archived task, hidden by default
+        last = self.tasks[next(reversed(self.tasks))]
+        last.archived = True  # one archived task, hidden by default
+        self._changed(last)
 
     def _seed_runs(self, task: Task, outcome: str, count: int) -> None:
         for n in range(count):

@@ -29,7 +29,7 @@ from connectors.base import (
     Retryable,
     WebhookEvent,
 )
-from connectors.vortask import fake_mcp
+from connectors.vortask import fake as fake_mcp
 from connectors.vortask.connector import VortaskConnector, default_mcp_url
 from connectors.vortask.fake import VortaskFake
 from tests.conftest import WebhookReceiver

@@ -6,13 +6,55 @@ id); priority is the integer 0..4 through `mapping.priority`; tags and `archived
 AgentKanban tasks have no assignees, dates or parents, so the connector neither reads nor writes
 them.
 
-Lanes: each board's lanes (id <-> name) are cached. A poll re-reads them (one cheap GET), and so
-does every status write (create with a status, update of status): a renamed lane keeps its id,
-so a stale name must never decide where a task goes. Reads between polls use the cache and
-re-read it once when a lane id is not in it (a renamed lane reads by its old name until the next
-poll, which then reports that lane's tasks again, see below). A lane the
-mapping names that the board lacks, or a lane holding a task that the mapping cannot read, is a
-`Permanent` error naming the lane and the board (never a KeyError).
+Lanes: each board's lanes (id <-> name) are cached. They are re-read (one cheap GET) by every
+poll and on a miss, never before a write: when the mapping writes a lane name the cache lacks,
+when a task is in a lane id the cache lacks, and when the platform refuses a write (a 4xx) that
+carried a cached lane id which the re-read lanes no longer hold (a deleted lane: the write is sent
+once more, to the lane that now has the name). A lane the mapping names that the board lacks
+after the re-read, or a lane holding a task that the mapping cannot read, is a `Permanent` error
+naming the lane and the board (never a KeyError); a status write resolves its lane before it
+writes anything.
+The trade-off (issue 14: a status write used to re-read the lanes first, one more request each):
+a renamed lane keeps its id, so between a rename and the next poll the cache still knows the lane
+by its old name. A status write then goes to the lane that *had* the mapped name (after "Done" is
+renamed "Shipped", a task set to done goes to "Shipped"; after two lanes swap names, to the lane
+that now has the other name), and reads read that lane by its old name. The next poll re-reads
+the lanes and reports every task of a renamed lane again (see `lanes` below), that task included,
+by the lane's new name: the outcome is the one of a rename made just after the write, and lasts
+at most one poll interval. A rename that leaves the mapping without its lane surfaces there as the
+`Permanent` error above (as a write would have at once before).
+
+Writes read nothing back (the platform stores what was sent, normalised as assumed below, and the
+answers say the rest): a create is one POST, or POST + PATCH `archived=true` for an archived task
+(create takes no `archived`); an update is one PATCH of the fields other than status, plus a move
+when the status needs one; `archive_task` is one PATCH. With a warm lane cache, that is 1 request
+per create (2 when archived) and 1 or 2 per update (none for a status the task is seen to read
+as already, below).
+- `create_task` returns the task built from what was sent (title and tags as the round trip
+  writes them, description verbatim, priority 0 and no tags when not sent, not archived unless
+  archived), with every field an answer carries on top, the status read from the answered
+  `laneId` through the lane cache. Its values read exactly as a GET would. If the answer carried
+  no `laneId` and none was sent, a GET follows (the status would be unknown).
+- `update_task` (and `archive_task`) returns only the fields written (values as the answer and
+  the round trip give them; status as the task's lane now reads), not the whole task: the other
+  fields are not known without a GET, and the engine reads only `updated_at` from it.
+- `updated_at` and `created_at` are those of the answers, and the documented answers carry
+  neither. A create's `updated_at` is None then (the engine tolerates it: no report of the new
+  task can predate it). An update's is a lower bound instead, when this connector has seen the
+  task's `updatedAt` (a listing, a detail GET such as the engine's read-before-write): one
+  microsecond after the newest it saw. Every write sets a newer `updatedAt` than any before it,
+  so the bound is never later than the write's own: a report fetched before the write (a
+  listing returned after it) reads as older than the write, which is what the engine uses the
+  time for, while the write's echo and every later edit do not. Without a sighting it is None,
+  and such a stale report is compared by its values only.
+- A status write moves the task to the lane the status is written as, unless the lane this
+  connector last saw the task in, less than `LANE_FRESH` (10 s) ago, already reads as the written
+  status (a task in "In Review" that the bridge sets to in_progress stays there). Sightings are a
+  detail GET (the engine's read-before-write GET among them), a listing, and this connector's own
+  create and move answers. An older sighting is not trusted (the task may have moved since, and
+  keeping it would leave it in a lane that no longer reads so); without a fresh one the task is
+  moved, at worst between two lanes that read the same. A move appends the task to the end of
+  the target lane.
 
 Listing (polls stay cheap): the task list is unpaginated and complete, but it lacks `description`,
 which only the task detail carries. So `list_tasks` lists the board once (`includeArchived=true`,
@@ -32,20 +74,23 @@ The watermark is `{"since", "seen", "lanes", "map"}`:
 - `map`: a fingerprint of the status/priority read maps; a changed mapping makes the next poll
   a full one. No watermark (or a changed mapping) means a full listing: every task's detail.
 Descriptions read from details are cached in memory by (task id, updatedAt), so a detail is not
-fetched again for a task that has not changed (lane renames, `find_by_marker`).
+fetched again for a task that has not changed (lane renames, `find_by_marker`). A task this
+connector created is cached with the description it sent, good while a listing shows its
+`updatedAt` equal to its `createdAt` (no write since its creation), so the poll after a create
+reads no detail. An update's answer has no `updatedAt` to key the cache with, so the next poll
+that sees the task changed reads its detail.
 
 Assumed (the docs are silent; the fake in fake.py implements the same):
 - Create accepts `description`, `priority`, `tags` besides the documented title/laneId, and
-  answers only `{id, title, laneId}`; so create is followed by a GET (and by a PATCH
-  `archived=true` when the values ask for an archived task: create takes no `archived`).
-- PATCH answers only the fields sent and the move answers `{id, laneId, position}`: every
-  write is followed by a GET of the detail, which is what the write returns.
+  answers only `{id, title, laneId}` (as documented). A new task's `updatedAt` equals its
+  `createdAt` (the documented list example shows a new task so); every PATCH and move sets a
+  new `updatedAt`, later than any before it.
+- PATCH answers `{id, <each field sent>: <its stored value>}` (the documented example answers
+  the fields sent) and the move answers `{id, laneId, position}`; neither carries `updatedAt`.
 - Titles and tags are trimmed by the platform and duplicate tags dropped; a blank title is
   refused, so a blank canonical title is written as "Untitled" (the round trip says so).
-  Descriptions are stored verbatim; `null` reads as "".
-- A status write moves the task only when its current lane does not already read as the
-  written status (a task in "In Review" that the bridge sets to in_progress stays there); a move
-  appends the task to the end of the target lane.
+  Descriptions are stored verbatim; `null` reads as "". A create without `priority` or `tags`
+  stores 0 and [], and one without `laneId` puts the task in the board's first lane.
 - Comments: `authorSource == "api"` is taken to mean "written through the external API", i.e. by
   this connector (`by_us`). The API cannot tell one key from another, so comments other API
   integrations post (source "api") also count as ours and are not mirrored. Comments are
@@ -74,7 +119,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,6 +148,9 @@ SIGNATURE_HEADER = "X-AgentKanban-Signature"
 DELIVERY_HEADER = "X-AgentKanban-Delivery"
 EVENT_HEADER = "X-AgentKanban-Event"
 SIGNATURE_TOLERANCE = 300  # seconds between the signature's timestamp and now
+# An update's time when its answers carry none: this much after the newest updatedAt seen (a
+# write's updatedAt is later than every earlier one, so this never exceeds it).
+WRITTEN_AFTER = timedelta(microseconds=1)
 UNTITLED = "Untitled"
 EVENT_KINDS = {
     "task.created": "created",
@@ -111,7 +159,8 @@ EVENT_KINDS = {
     "comment.created": "comment",
 }
 
-FIELDS = fields("title", "description", "status", "priority", "tags", "archived")
+FIELD_ORDER = ("title", "description", "status", "priority", "tags", "archived")
+FIELDS = fields(*FIELD_ORDER)
 
 
 @dataclass
@@ -154,6 +203,7 @@ class AgentKanbanConnector(BaseConnector):
 
     UPDATED_MARGIN = timedelta(seconds=5)
     DETAIL_CONCURRENCY = 8
+    LANE_FRESH = 10.0  # seconds a sighting of a task's lane may spare a status write its move
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         super().__init__(settings, observer=observer)
@@ -161,7 +211,15 @@ class AgentKanbanConnector(BaseConnector):
         self._lanes: dict[str, _Lanes] = {}
         # (board, task id) -> (updatedAt as the platform wrote it, description)
         self._descriptions: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+        # (board, task id) -> the description this connector created it with, good while the
+        # task's updatedAt equals its createdAt (promoted to _descriptions when a listing shows so)
+        self._created: dict[tuple[str, str], str | None] = {}
+        # (board, task id) -> (lane id, self.monotonic() when seen there)
+        self._sightings: dict[tuple[str, str], tuple[str, float]] = {}
+        # (board, task id) -> the newest updatedAt seen (a lower bound for the next write's)
+        self._newest: dict[tuple[str, str], datetime] = {}
         self.clock = time.time  # for the webhook timestamp check (tests may replace it)
+        self.monotonic = time.monotonic  # for sightings' age (tests may replace it)
 
     # -- lanes ------------------------------------------------------------------------------------
 
@@ -196,13 +254,20 @@ class AgentKanbanConnector(BaseConnector):
                 connector=self.name,
             ) from None
 
-    async def _lane_for(self, board: str, status: Status, *, fresh: bool = False) -> str:
-        """The id of the lane that `status` is written as on this board. `fresh` re-reads the
-        lanes first (a renamed lane keeps its id, so a cached name could send a task to a lane
-        that now means something else)."""
+    async def _reads_as(self, board: str, lane_id: Any) -> Status | None:
+        """The status a task in this lane reads as; None when the lane is unmapped or gone."""
+        try:
+            return await self._lane_status(board, lane_id)
+        except Permanent:
+            return None
+
+    async def _lane_for(self, board: str, status: Status) -> str:
+        """The id of the lane that `status` is written as on this board, from the cache, which is
+        re-read once when it lacks the lane's name (a renamed lane keeps its id, so until a poll
+        or a miss re-reads them a cached name may name a lane renamed since: see the module doc)."""
         name = self.status_to(status)
-        lanes = await (self._refresh_lanes(board) if fresh else self._board_lanes(board))
-        if name not in lanes.by_name and not fresh:
+        lanes = await self._board_lanes(board)
+        if name not in lanes.by_name:
             lanes = await self._refresh_lanes(board)
         if name not in lanes.by_name:
             known = ", ".join(repr(n) for n in lanes.by_name) or "none"
@@ -212,6 +277,45 @@ class AgentKanbanConnector(BaseConnector):
                 connector=self.name,
             )
         return lanes.by_name[name]
+
+    async def _to_lane(
+        self, board: str, status: Status, lane_id: str, write: Callable[[str], Awaitable[Json]]
+    ) -> tuple[str, Json]:
+        """`write(lane_id)`, and the lane id it was written with. When the platform refuses it and
+        the re-read lanes lack that id (a lane deleted since the cache was read), `status` is
+        resolved again and written once more."""
+        try:
+            return lane_id, await write(lane_id)
+        except Permanent:
+            lanes = await self._refresh_lanes(board)
+            if lane_id in lanes.by_id:
+                raise  # the lane is there: the refusal is about something else
+        lane_id = await self._lane_for(board, status)
+        return lane_id, await write(lane_id)
+
+    # -- sightings of a task's lane -----------------------------------------------------------------
+
+    def _saw(self, board: str, task: Json) -> None:
+        """Note the lane and the updatedAt of a task as the platform just showed them."""
+        if task.get("id") is None:
+            return
+        key = (board, str(task["id"]))
+        if task.get("laneId") is not None:
+            self._sightings[key] = (str(task["laneId"]), self.monotonic())
+        updated = parse_timestamp(task.get("updatedAt"))
+        if updated is not None and (key not in self._newest or updated > self._newest[key]):
+            self._newest[key] = updated
+
+    def _fresh_lane(self, board: str, task_id: str) -> str | None:
+        """The lane this connector saw the task in less than LANE_FRESH seconds ago, if any."""
+        seen = self._sightings.get((board, task_id))
+        if seen is None or self.monotonic() - seen[1] >= self.LANE_FRESH:
+            return None
+        return seen[0]
+
+    def _forget(self, board: str, task_id: str) -> None:
+        for cache in (self._descriptions, self._created, self._sightings, self._newest):
+            cache.pop((board, task_id), None)
 
     # -- platform JSON <-> canonical --------------------------------------------------------------
 
@@ -224,22 +328,32 @@ class AgentKanbanConnector(BaseConnector):
                 connector=self.name,
             ) from None
 
-    async def _remote(self, board: str, task: Json) -> RemoteTask:
-        """A task detail (or a summary with its description added) as a RemoteTask."""
-        values = normalize_values(
-            {
-                "title": task.get("title"),
-                "description": task.get("description"),
-                "status": await self._lane_status(board, task.get("laneId")),
-                "priority": self._priority_in(board, task.get("priority", 0)),
-                "tags": task.get("tags") or [],
-                "archived": bool(task.get("archived")),
-            }
-        )
+    async def _values(self, board: str, task: Json, names: Iterable[str] = FIELD_ORDER) -> Values:
+        """The canonical values of the fields `names` of a task in the platform's JSON."""
+        wanted = set(names)
+        raw: dict[str, Any] = {}
+        for name in FIELD_ORDER:
+            if name not in wanted:
+                continue
+            if name == "status":
+                raw[name] = await self._lane_status(board, task.get("laneId"))
+            elif name == "priority":
+                raw[name] = self._priority_in(board, task.get("priority", 0))
+            elif name == "tags":
+                raw[name] = task.get("tags") or []
+            elif name == "archived":
+                raw[name] = bool(task.get("archived"))
+            else:
+                raw[name] = task.get(name)
+        return normalize_values(raw)
+
+    async def _remote(self, board: str, task: Json, names: Iterable[str] = FIELD_ORDER) -> RemoteTask:
+        """A task detail (or a summary with its description added, or what a write sent and its
+        answers said) as a RemoteTask of the fields `names`."""
         return RemoteTask(
             remote_id=str(task["id"]),
             scope=board,
-            values=values,
+            values=await self._values(board, task, names),
             updated_at=parse_timestamp(task.get("updatedAt")),
             created_at=parse_timestamp(task.get("createdAt")),
         )
@@ -280,10 +394,29 @@ class AgentKanbanConnector(BaseConnector):
         try:
             task = await self.client.get_task(board, task_id)
         except NotFound:
-            self._descriptions.pop((board, task_id), None)
+            self._forget(board, task_id)
             raise
         self._descriptions[(board, task_id)] = (task.get("updatedAt"), task.get("description"))
+        self._created.pop((board, task_id), None)
+        self._saw(board, task)
         return task
+
+    def _known_description(self, board: str, item: Json) -> tuple[bool, str | None]:
+        """(True, description) when the description of the task `item` lists is known without
+        a GET: cached at its current updatedAt, or sent by our create with no write since."""
+        key = (board, str(item["id"]))
+        cached = self._descriptions.get(key)
+        if cached is not None and cached[0] == item.get("updatedAt"):
+            return True, cached[1]
+        if key in self._created:
+            updated = parse_timestamp(item.get("updatedAt"))
+            if updated is not None and updated == parse_timestamp(item.get("createdAt")):
+                description = self._created.pop(key)
+                self._descriptions[key] = (item.get("updatedAt"), description)
+                return True, description
+            if updated is not None:
+                del self._created[key]  # written since its creation: the sent description may be stale
+        return False, None
 
     async def _details(self, board: str, summaries: Sequence[Json]) -> dict[str, Json]:
         """Full views of `summaries` by id: from the description cache when the task has not
@@ -292,9 +425,9 @@ class AgentKanbanConnector(BaseConnector):
         missing: list[str] = []
         for item in summaries:
             task_id = str(item["id"])
-            cached = self._descriptions.get((board, task_id))
-            if cached is not None and cached[0] == item.get("updatedAt"):
-                out[task_id] = {**item, "description": cached[1]}
+            known, description = self._known_description(board, item)
+            if known:
+                out[task_id] = {**item, "description": description}
             else:
                 missing.append(task_id)
         if not missing:
@@ -336,6 +469,8 @@ class AgentKanbanConnector(BaseConnector):
 
         lanes = await self._refresh_lanes(scope)
         items = await self.client.list_tasks(scope, include_archived=True)
+        for item in items:
+            self._saw(scope, item)
 
         renamed = {i for i, name in lanes.by_id.items() if i in lanes_before and lanes_before[i] != name}
         newest: datetime | None = None
@@ -388,53 +523,94 @@ class AgentKanbanConnector(BaseConnector):
         values = normalize_values(self.writable(values))
         body = self._plain_fields(values)
         body["title"] = self._title_out(values.get("title", ""))
-        body.pop("archived", None)  # create takes no `archived`: a PATCH follows
+        archived = bool(body.pop("archived", False))  # create takes no `archived`: a PATCH follows
         if body.get("description") == "":
             del body["description"]  # null and "" read the same
+        # What the platform stores from this body (see the module doc); the answers go on top.
+        task: Json = {"priority": 0, "tags": [], "description": None, **body, "archived": False}
         if "status" in values:
-            body["laneId"] = await self._lane_for(scope, values["status"], fresh=True)
-        created = await self.client.create_task(scope, body)
-        remote_id = str(created["id"])
-        if values.get("archived"):
-            await self.client.update_task(scope, remote_id, {"archived": True})
-        return await self.get_task(scope, remote_id)
+            status = Status(values["status"])
+
+            async def post(lane_id: str) -> Json:
+                return await self.client.create_task(scope, {**body, "laneId": lane_id})
+
+            task["laneId"], created = await self._to_lane(
+                scope, status, await self._lane_for(scope, status), post
+            )
+        else:
+            created = await self.client.create_task(scope, body)
+        task.update(created)
+        remote_id = str(task["id"])
+        final = created
+        if archived:
+            final = await self.client.update_task(scope, remote_id, {"archived": True})
+            task["archived"] = True
+            task.update(final)
+        if task.get("laneId") is None:
+            return await self.get_task(scope, remote_id)  # no lane sent nor answered: status unknown
+        self._saw(scope, task)
+        key = (scope, remote_id)
+        if final.get("updatedAt") is not None:
+            self._descriptions[key] = (final["updatedAt"], task.get("description"))
+        elif not archived:
+            self._created[key] = task.get("description")
+        return await self._remote(scope, task)
 
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
         changes = normalize_values(self.writable(changes))
         body = self._plain_fields(changes)
+        task: Json = {**body, "id": remote_id}
+        status: Status | None = None
         target: str | None = None
         if "status" in changes:
             # Resolve the lane before writing anything, so a mapping gap fails cleanly.
-            wanted = Status(changes["status"])
-            lane_id = await self._lane_for(scope, wanted, fresh=True)
-            current = await self._detail(scope, remote_id)
-            if current.get("laneId") != lane_id:
-                try:
-                    reads_as = await self._lane_status(scope, current.get("laneId"))
-                except Permanent:
-                    reads_as = None  # its lane is unmapped: move it to a mapped one
-                if reads_as != self.mapping.status.roundtrip(wanted):  # type: ignore[union-attr]
-                    target = lane_id
+            status = Status(changes["status"])
+            lane_id = await self._lane_for(scope, status)
+            seen = self._fresh_lane(scope, remote_id)
+            if seen is not None and (
+                seen == lane_id or await self._reads_as(scope, seen) == self.roundtrip_field("status", status)
+            ):
+                task["laneId"] = seen  # it already reads so: it stays where it is
+            else:
+                target = lane_id
         if body:
-            await self.client.update_task(scope, remote_id, body)
-        if target is not None:
-            await self.client.move_task(scope, remote_id, target)
-        return await self.get_task(scope, remote_id)
+            patched = await self.client.update_task(scope, remote_id, body)
+            task.update(patched)
+            self._saw(scope, patched)  # in case the answer carries the lane
+        if status is not None and target is not None:
+
+            async def move(lane_id: str) -> Json:
+                return await self.client.move_task(scope, remote_id, lane_id)
+
+            task["laneId"], moved = await self._to_lane(scope, status, target, move)
+            task.update(moved)
+            self._saw(scope, task)
+        # The answers carry no updatedAt (module doc); every write sets a newer one than any seen.
+        written_at = parse_timestamp(task.get("updatedAt"))
+        seen_at = self._newest.get((scope, remote_id))
+        if written_at is None and seen_at is not None and (body or target is not None):
+            written_at = seen_at + WRITTEN_AFTER
+        return RemoteTask(
+            remote_id=remote_id,
+            scope=scope,
+            values=await self._values(scope, task, changes),
+            updated_at=written_at,
+            created_at=parse_timestamp(task.get("createdAt")),
+        )
 
     async def delete_task(self, scope: str, remote_id: str) -> None:
         await self.client.delete_task(scope, remote_id)
-        self._descriptions.pop((scope, remote_id), None)
+        self._forget(scope, remote_id)
 
     async def archive_task(self, scope: str, remote_id: str) -> RemoteTask:
-        await self.client.update_task(scope, remote_id, {"archived": True})
-        return await self.get_task(scope, remote_id)
+        return await self.update_task(scope, remote_id, {"archived": True})
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         """No search endpoint: the board is listed and the descriptions read, newest task first,
         from the cache where it is current and otherwise a batch of GETs at a time."""
         items = await self.client.list_tasks(scope, include_archived=True)
         items.sort(key=lambda t: str(t.get("createdAt") or ""), reverse=True)
-        cached = await self._details(scope, [i for i in items if self._is_cached(scope, i)])
+        cached = await self._details(scope, [i for i in items if self._known_description(scope, i)[0]])
         for item in items:
             task = cached.get(str(item["id"]))
             if task is not None and marker in (task.get("description") or ""):
@@ -449,10 +625,6 @@ class AgentKanbanConnector(BaseConnector):
                 if task is not None and marker in (task.get("description") or ""):
                     return await self._remote(scope, task)
         return None
-
-    def _is_cached(self, board: str, item: Json) -> bool:
-        cached = self._descriptions.get((board, str(item["id"])))
-        return cached is not None and cached[0] == item.get("updatedAt")
 
     # -- comments -------------------------------------------------------------------------------------
 

@@ -39,7 +39,9 @@ from tests.contract.recording import Recorder
 
 TOKEN = "ak_connector_test_key"
 API = "/api/ext/v1"
-TASK_ROUTE = f"{API}/boards/{{board_id}}/tasks/{{task_id}}"
+TASKS_ROUTE = f"{API}/boards/{{board_id}}/tasks"
+TASK_ROUTE = f"{TASKS_ROUTE}/{{task_id}}"
+MOVE_ROUTE = f"{TASK_ROUTE}/move"
 LANES_ROUTE = f"{API}/boards/{{board_id}}/lanes"
 
 
@@ -84,6 +86,22 @@ async def conn(fake: AgentKanbanFake, rec: Recorder) -> AsyncIterator[AgentKanba
 
 async def lane_ids(conn: AgentKanbanConnector, board: str) -> dict[str, str]:
     return {lane["name"]: lane["id"] for lane in await conn.client.list_lanes(board)}
+
+
+class Served:
+    """The requests the fake served for one board, as (method, route template), from its own log."""
+
+    def __init__(self, fake: AgentKanbanFake, board: str) -> None:
+        self.fake, self.board = fake, board
+        self.mark = len(fake.requests.entries)
+
+    def take(self) -> list[tuple[str, str]]:
+        """Those served since the last take (or since this was made); `self.paths` their paths."""
+        entries = self.fake.requests.entries[self.mark :]
+        self.mark += len(entries)
+        mine = [e for e in entries if f"/boards/{self.board}" in e.path]
+        self.paths = [e.path for e in mine]
+        return [(e.method, e.route) for e in mine]
 
 
 def detail_gets(rec: Recorder, board: str) -> int:
@@ -217,8 +235,10 @@ async def test_changed_mapping_forces_a_full_listing(
 async def test_get_task_and_not_found(conn: AgentKanbanConnector, board: str) -> None:
     created = await conn.create_task(board, {"title": "Get me", "description": "desc", "tags": ["x"]})
     got = await conn.get_task(board, created.remote_id)
-    assert got == created
+    assert (got.remote_id, got.scope, got.values) == (created.remote_id, created.scope, created.values)
     assert got.scope == board and got.created_at is not None and got.updated_at is not None
+    # no GET after the create: its answer ({id, title, laneId}) carries no timestamps
+    assert created.updated_at is None and created.created_at is None
     with pytest.raises(NotFound, match="Task not found"):
         await conn.get_task(board, "01nosuchtask0000000000000")
 
@@ -247,6 +267,7 @@ async def test_roundtrip_property_on_create_and_update(conn: AgentKanbanConnecto
         created = await conn.create_task(board, values)
         expected = conn.roundtrip(values)
         assert {k: v for k, v in created.values.items() if k in caps} == expected, (status, priority)
+        assert (await conn.get_task(board, created.remote_id)).values == created.values
 
         # Update to the "next" combination, with a partial change set each time.
         nxt_status, nxt_priority = combos[(i + 7) % len(combos)]
@@ -256,9 +277,11 @@ async def test_roundtrip_property_on_create_and_update(conn: AgentKanbanConnecto
             else {"title": titles[(i + 1) % len(titles)], "archived": i % 3 != 0, "status": nxt_status}
         )
         updated = await conn.update_task(board, created.remote_id, changes)
-        assert {k: updated.values[k] for k in changes} == conn.roundtrip(changes)
+        assert updated.values == conn.roundtrip(changes)  # the fields written, as they read back
+        got = (await conn.get_task(board, created.remote_id)).values
+        assert {k: got[k] for k in changes} == updated.values
         untouched = {k: v for k, v in expected.items() if k not in changes}
-        assert {k: updated.values[k] for k in untouched} == untouched
+        assert {k: got[k] for k in untouched} == untouched
 
 
 async def test_roundtrip_declares_platform_losses(conn: AgentKanbanConnector) -> None:
@@ -321,13 +344,16 @@ async def test_update_sends_only_the_changed_fields(
     )
     rec.clear()
     after = await conn.update_task(board, task.remote_id, {"title": "After"})
-    assert [(m, body) for m, _, body in rec.sent if m != "GET"] == [("PATCH", {"title": "After"})]
-    assert after.values == {**task.values, "title": "After"}
+    assert [(m, body) for m, _, body in rec.sent] == [("PATCH", {"title": "After"})]  # nothing read back
+    assert after.values == {"title": "After"}  # the fields written, not the whole task
+    assert (await conn.get_task(board, task.remote_id)).values == {**task.values, "title": "After"}
 
-    # A field the connector cannot write is not sent at all.
+    # A field the connector cannot write is not sent at all; nothing is read either.
     rec.clear()
-    await conn.update_task(board, task.remote_id, {"assignees": ["someone"], "due_date": "2026-01-01"})
-    assert [m for m, _, _ in rec.sent] == ["GET"]
+    nothing = await conn.update_task(
+        board, task.remote_id, {"assignees": ["someone"], "due_date": "2026-01-01"}
+    )
+    assert rec.sent == [] and nothing.values == {}
 
     # Status moves the task with the move endpoint, never PATCH laneId.
     lanes = await lane_ids(conn, board)
@@ -335,8 +361,9 @@ async def test_update_sends_only_the_changed_fields(
     moved = await conn.update_task(board, task.remote_id, {"status": "done", "priority": "urgent"})
     assert rec.calls("PATCH") == [("PATCH", f"{API}/boards/{board}/tasks/{task.remote_id}", {"priority": 4})]
     assert [c[2] for c in rec.calls("POST", "/move")] == [{"laneId": lanes["Done"]}]
-    assert moved.values["status"] == Status.DONE and moved.values["priority"] == Priority.URGENT
-    assert moved.values["description"] == "keep me"
+    assert [m for m, _, _ in rec.sent] == ["PATCH", "POST"]
+    assert moved.values == {"status": Status.DONE, "priority": Priority.URGENT}
+    assert (await conn.get_task(board, task.remote_id)).values["description"] == "keep me"
 
 
 async def test_status_write_keeps_a_lane_that_already_reads_so(
@@ -345,17 +372,48 @@ async def test_status_write_keeps_a_lane_that_already_reads_so(
     lanes = await lane_ids(conn, board)
     task = await conn.create_task(board, {"title": "reviewing"})
     await conn.client.move_task(board, task.remote_id, lanes["In Review"])
+    await conn.get_task(board, task.remote_id)  # a fresh sighting, as the engine's read-before-write GET
     rec.clear()
     same = await conn.update_task(board, task.remote_id, {"status": "in_progress"})
-    assert not rec.calls("POST", "/move") and same.values["status"] == Status.IN_PROGRESS
+    assert rec.sent == [] and same.values == {"status": Status.IN_PROGRESS}
     # lossy: blocked is written as To Do
     rec.clear()
     blocked = await conn.update_task(board, task.remote_id, {"status": "blocked"})
     assert [c[2] for c in rec.calls("POST", "/move")] == [{"laneId": lanes["To Do"]}]
     assert blocked.values["status"] == Status.TODO == conn.roundtrip({"status": "blocked"})["status"]
     rec.clear()
-    await conn.update_task(board, task.remote_id, {"status": "blocked"})  # already To Do: no move
+    await conn.update_task(board, task.remote_id, {"status": "blocked"})  # already To Do (its move said so)
     assert not rec.calls("POST", "/move")
+
+
+async def test_only_a_fresh_sighting_spares_a_move(
+    fake: AgentKanbanFake, conn: AgentKanbanConnector, rec: Recorder, board: str
+) -> None:
+    lanes = await lane_ids(conn, board)
+    task = await conn.create_task(board, {"title": "reviewing", "status": "in_progress"})
+    await conn.client.move_task(board, task.remote_id, lanes["In Review"])
+    await conn.get_task(board, task.remote_id)
+    now = time.monotonic()
+    conn.monotonic = lambda: now + conn.LANE_FRESH  # the sighting is too old now
+    rec.clear()
+    moved = await conn.update_task(board, task.remote_id, {"status": "in_progress"})
+    assert [c[2] for c in rec.calls("POST", "/move")] == [{"laneId": lanes["Doing"]}]
+    assert moved.values == {"status": Status.IN_PROGRESS}
+
+    # A connector that never saw the task (a restart, another replica) moves it too.
+    await conn.client.move_task(board, task.remote_id, lanes["In Review"])
+    other_rec = Recorder()
+    other = AgentKanbanConnector(make_settings(fake, transport=other_rec))
+    try:
+        await other.update_task(board, task.remote_id, {"status": "in_progress"})
+        assert [c[2] for c in other_rec.calls("POST", "/move")] == [{"laneId": lanes["Doing"]}]
+        # ... and its move is a sighting: the same write again moves nothing
+        other_rec.clear()
+        await other.update_task(board, task.remote_id, {"status": "in_progress"})
+        assert other_rec.sent == []
+    finally:
+        await other.aclose()
+    assert (await conn.get_task(board, task.remote_id)).values["status"] == Status.IN_PROGRESS
 
 
 async def test_archive_and_delete(conn: AgentKanbanConnector, rec: Recorder, board: str) -> None:
@@ -433,6 +491,160 @@ async def test_todos_through_the_client(conn: AgentKanbanConnector, board: str) 
     ]
 
 
+# -- request budget of writes (issue 14) ----------------------------------------------------------------
+
+
+async def test_write_request_budget(fake: AgentKanbanFake, board: str) -> None:
+    """With a warm lane cache a mirrored create is one request (two when archived) and an update
+    one, plus a move when its status changes lane: nothing is read back, no lane list re-read."""
+    conn = AgentKanbanConnector(make_settings(fake))
+    served = Served(fake, board)
+    try:
+        # A cold cache: the first status write reads the lanes, once.
+        cold = await conn.create_task(board, {"title": "cold", "status": "in_progress"})
+        assert served.take() == [("GET", LANES_ROUTE), ("POST", TASKS_ROUTE)]
+        await conn.list_tasks(board, None)  # a poll: lanes and listing (the creates' details are known)
+        assert served.take() == [("GET", LANES_ROUTE), ("GET", TASKS_ROUTE)]
+
+        a = await conn.create_task(
+            board, {"title": "a", "description": "d", "status": "done", "priority": "high", "tags": ["x"]}
+        )
+        assert served.take() == [("POST", TASKS_ROUTE)]
+        plain = await conn.create_task(board, {"title": "no status"})
+        assert served.take() == [("POST", TASKS_ROUTE)]
+        old = await conn.create_task(board, {"title": "old", "status": "done", "archived": True})
+        assert served.take() == [("POST", TASKS_ROUTE), ("PATCH", TASK_ROUTE)]
+
+        await conn.update_task(board, a.remote_id, {"title": "b", "tags": ["y"]})
+        assert served.take() == [("PATCH", TASK_ROUTE)]
+        await conn.update_task(board, a.remote_id, {"status": "todo"})
+        assert served.take() == [("POST", MOVE_ROUTE)]
+        await conn.update_task(board, a.remote_id, {"status": "in_progress", "priority": "low"})
+        assert served.take() == [("PATCH", TASK_ROUTE), ("POST", MOVE_ROUTE)]
+        await conn.update_task(board, a.remote_id, {"status": "in_progress"})  # its move said it is there
+        assert served.take() == []
+        await conn.archive_task(board, a.remote_id)
+        assert served.take() == [("PATCH", TASK_ROUTE)]
+
+        # A mix of mirrored creates and updates: issue 14's target is <= 1.5 requests each.
+        ops = requests = 0
+        mixed = []
+        for i in range(4):
+            t = await conn.create_task(board, {"title": f"m{i}", "description": f"d{i}", "status": "todo"})
+            await conn.update_task(board, t.remote_id, {"description": f"d{i}, edited"})
+            await conn.update_task(board, t.remote_id, {"status": "done"})
+            await conn.update_task(board, t.remote_id, {"status": "in_progress", "priority": "high"})
+            mixed.append(t.remote_id)
+            ops += 4
+            requests += len(served.take())
+        assert requests / ops == 1.25
+
+        # The next poll reads the detail of the tasks written since their creation only.
+        listing = await conn.list_tasks(board, None)
+        served_now = served.take()
+        read = {
+            path.rsplit("/", 1)[1]
+            for (_, route), path in zip(served_now, served.paths, strict=True)
+            if route == TASK_ROUTE
+        }
+        assert {m for (m, route) in served_now if route == TASK_ROUTE} == {"GET"}
+        assert read == {a.remote_id, old.remote_id, *mixed}
+        everything = {cold.remote_id, a.remote_id, plain.remote_id, old.remote_id, *mixed}
+        assert {t.remote_id for t in listing.tasks} == everything
+    finally:
+        await conn.aclose()
+
+
+# What a created task reads as in the fields it was not given: "Untitled" (a blank title too), no
+# description, priority 0 (none), no tags, the board's first lane ("To Do"), not archived.
+CREATE_DEFAULTS = {
+    "title": "Untitled",
+    "description": "",
+    "priority": Priority.NONE,
+    "tags": frozenset(),
+    "status": Status.TODO,
+    "archived": False,
+}
+
+
+async def test_write_answers_read_as_a_get(conn: AgentKanbanConnector, rec: Recorder, board: str) -> None:
+    """What create and update return (built from what was sent and the answers, no GET) equals
+    what a GET reports afterwards, for the platform's normalisations: trimmed titles and tags,
+    duplicate tags dropped, a blank title as "Untitled", "" and null descriptions, lossy statuses."""
+    await conn.list_tasks(board, None)  # a warm lane cache
+    creates: list[dict[str, Any]] = [
+        {"title": "", "tags": ["a", " a ", "b  "], "description": "", "priority": "none"},
+        {
+            "title": "  padded  ",
+            "description": "  keep  \n spaces ",
+            "status": "blocked",
+            "priority": "urgent",
+        },
+        {"title": "Ünïcode ✓", "tags": [], "status": "cancelled", "priority": "low", "archived": True},
+        {"title": "\t", "description": "marker: tb-1", "status": "in_progress", "tags": ["x", "x", " y"]},
+        {"title": "only a title"},
+        {"title": "done", "status": "done", "priority": "medium", "tags": ["  ", "z"], "description": None},
+        {"title": "t", "status": "todo", "priority": "high", "archived": False, "assignees": ["p"]},
+    ]
+    ids = []
+    for values in creates:
+        rec.clear()
+        created = await conn.create_task(board, values)
+        assert not rec.calls("GET"), values
+        got = await conn.get_task(board, created.remote_id)
+        assert (created.remote_id, created.scope, created.values) == (got.remote_id, got.scope, got.values), (
+            values
+        )
+        assert created.values == {**CREATE_DEFAULTS, **conn.roundtrip(normalize_values(values))}, values
+        ids.append(created.remote_id)
+    updates: list[dict[str, Any]] = [
+        {"title": "   "},
+        {"tags": [" dup", "dup ", "z"]},
+        {"description": ""},
+        {"description": " x \n"},
+        {"priority": "none", "title": " t "},
+        {"status": "blocked", "archived": True},
+        {"archived": False, "status": "cancelled"},
+        {"status": "todo", "tags": [], "priority": "high", "description": "multi\nline"},
+        {"status": "in_progress", "title": "Ü", "tags": ["  ", "q"]},
+        {"status": "done"},
+    ]
+    for i, changes in enumerate(updates):
+        task_id = ids[i % len(ids)]
+        rec.clear()
+        updated = await conn.update_task(board, task_id, changes)
+        assert not rec.calls("GET"), changes
+        got = await conn.get_task(board, task_id)
+        assert updated.values == {k: got.values[k] for k in changes}, changes
+        assert updated.values == conn.roundtrip(normalize_values(changes)), changes
+
+
+async def test_an_update_is_timed_after_every_version_seen_before_it(
+    fake: AgentKanbanFake, conn: AgentKanbanConnector, board: str
+) -> None:
+    """The answers carry no updatedAt; the engine uses an update's time only so that a report
+    fetched before the write reads as older than it. The connector gives a lower bound."""
+    task = await conn.create_task(board, {"title": "t"})
+    assert task.updated_at is None  # nothing to bound it with; no report can predate the task
+    before = await conn.get_task(board, task.remote_id)  # e.g. the engine's read-before-write
+    stale = await conn.list_tasks(board, None)  # a listing fetched before the write...
+    updated = await conn.update_task(board, task.remote_id, {"title": "t2", "status": "done"})
+    after = await conn.get_task(board, task.remote_id)
+    assert before.updated_at is not None and updated.updated_at is not None and after.updated_at is not None
+    assert before.updated_at < updated.updated_at <= after.updated_at
+    [old] = [t for t in stale.tasks if t.remote_id == task.remote_id]
+    assert old.updated_at is not None and old.updated_at < updated.updated_at  # ...reads as older
+    await conn.client.update_task(board, task.remote_id, {"title": "someone else"})
+    later = await conn.get_task(board, task.remote_id)
+    assert later.updated_at is not None and later.updated_at > updated.updated_at  # a later edit does not
+    # A connector that never saw the task has nothing to bound the time with.
+    other = AgentKanbanConnector(make_settings(fake))
+    try:
+        assert (await other.update_task(board, task.remote_id, {"priority": "low"})).updated_at is None
+    finally:
+        await other.aclose()
+
+
 # -- lanes and mapping gaps --------------------------------------------------------------------------------
 
 
@@ -461,6 +673,7 @@ async def test_missing_lane_for_a_write_is_a_clear_permanent_error(
     lanes = await lane_ids(conn, board)
     task = await conn.create_task(board, {"title": "t"})
     await conn.client.update_lane(board, lanes["Done"], name="Finished")
+    await conn.list_tasks(board, None)  # the poll re-reads the lanes (writes do not: see below)
     with pytest.raises(Permanent) as info:
         await conn.update_task(board, task.remote_id, {"status": "done", "title": "not written"})
     assert "no lane named 'Done'" in str(info.value) and board in str(info.value)
@@ -496,16 +709,101 @@ async def test_lane_cache_is_refreshed_once_on_a_miss(
         await conn.aclose()
 
 
-async def test_status_writes_use_fresh_lanes(conn: AgentKanbanConnector, rec: Recorder, board: str) -> None:
+async def test_lane_renames_are_seen_at_the_next_poll(
+    conn: AgentKanbanConnector, rec: Recorder, board: str
+) -> None:
+    """The trade-off the module doc describes: status writes use the cached lanes, which a poll
+    re-reads; a rename in between sends a write to the lane by its old name, and the next poll
+    reports that task by the lane's new name."""
     lanes = await lane_ids(conn, board)
     task = await conn.create_task(board, {"title": "t"})
+    first = await conn.list_tasks(board, None)
     # Swap the names of two lanes behind the connector's back: ids stay, meanings change.
     await conn.client.update_lane(board, lanes["Doing"], name="Done")
     await conn.client.update_lane(board, lanes["Done"], name="Doing")
     rec.clear()
     done = await conn.update_task(board, task.remote_id, {"status": "done"})
+    assert [m for m, _, _ in rec.sent] == ["POST"]  # no lane read before the write
+    assert [c[2] for c in rec.calls("POST", "/move")] == [{"laneId": lanes["Done"]}]  # "Done" when cached
+    assert done.values == {"status": Status.DONE}
+    # The next poll re-reads the lanes and reports the task by its lane's new name.
+    rec.clear()
+    second = await conn.list_tasks(board, first.watermark)
+    assert len(rec.calls("GET", "/lanes")) == 1
+    assert [(t.remote_id, t.values["status"]) for t in second.tasks] == [(task.remote_id, Status.IN_PROGRESS)]
+    # From then on the lane now named "Done" is where done goes.
+    rec.clear()
+    again = await conn.update_task(board, task.remote_id, {"status": "done"})
     assert [c[2] for c in rec.calls("POST", "/move")] == [{"laneId": lanes["Doing"]}]  # now named "Done"
-    assert done.values["status"] == Status.DONE
+    assert again.values == {"status": Status.DONE}
+    assert (await conn.get_task(board, task.remote_id)).values["status"] == Status.DONE
+
+
+async def test_a_lane_renamed_or_added_is_found_by_a_refresh_on_a_miss(
+    fake: AgentKanbanFake, board: str
+) -> None:
+    override = {
+        "status": {
+            "write": {"done": "Shipped", "blocked": "Backlog"},
+            "read": {"Shipped": "done", "Backlog": "blocked"},
+            "lossy": ["cancelled"],
+        }
+    }
+    conn = AgentKanbanConnector(make_settings(fake, override=override))
+    served = Served(fake, board)
+    try:
+        lanes = await lane_ids(conn, board)
+        task = await conn.create_task(board, {"title": "t", "status": "todo"})
+        await conn.list_tasks(board, None)  # a poll: the cache holds the four default lanes
+        # A lane renamed to the name the mapping writes: the cache lacks the name, one re-read finds it.
+        await conn.client.update_lane(board, lanes["Done"], name="Shipped")
+        served.take()
+        done = await conn.update_task(board, task.remote_id, {"status": "done"})
+        assert served.take() == [("GET", LANES_ROUTE), ("POST", MOVE_ROUTE)]
+        assert done.values == {"status": Status.DONE}
+        assert (await conn.client.get_task(board, task.remote_id))["laneId"] == lanes["Done"]
+        assert (await conn.get_task(board, task.remote_id)).values["status"] == Status.DONE
+        served.take()
+        await conn.create_task(board, {"title": "t2", "status": "done"})
+        assert served.take() == [("POST", TASKS_ROUTE)]  # known now
+        # A lane added on the board: the same.
+        backlog = await conn.client.create_lane(board, "Backlog")
+        served.take()
+        blocked = await conn.create_task(board, {"title": "t3", "status": "blocked"})
+        assert served.take() == [("GET", LANES_ROUTE), ("POST", TASKS_ROUTE)]
+        assert blocked.values["status"] == Status.BLOCKED
+        assert (await conn.client.get_task(board, blocked.remote_id))["laneId"] == backlog["id"]
+        assert (await conn.get_task(board, blocked.remote_id)).values == blocked.values
+    finally:
+        await conn.aclose()
+
+
+async def test_a_deleted_lane_is_resolved_again_when_the_write_is_refused(
+    conn: AgentKanbanConnector, rec: Recorder, board: str
+) -> None:
+    lanes = await lane_ids(conn, board)
+    task = await conn.create_task(board, {"title": "t", "status": "todo"})  # caches the lanes
+    # "Done" deleted and made again behind the connector's back: same name, a new id.
+    await conn.http.delete(f"boards/{board}/lanes/{lanes['Done']}")
+    new_done = (await conn.client.create_lane(board, "Done"))["id"]
+    rec.clear()
+    done = await conn.update_task(board, task.remote_id, {"status": "done"})
+    assert [(m, p.rsplit("/", 1)[1], b) for m, p, b in rec.sent] == [
+        ("POST", "move", {"laneId": lanes["Done"]}),  # refused: no such lane
+        ("GET", "lanes", None),
+        ("POST", "move", {"laneId": new_done}),
+    ]
+    assert done.values == {"status": Status.DONE}
+    assert (await conn.client.get_task(board, task.remote_id))["laneId"] == new_done
+    rec.clear()
+    await conn.create_task(board, {"title": "t2", "status": "done"})
+    assert [(m, b["laneId"]) for m, _, b in rec.sent] == [("POST", new_done)]
+    # A refusal that is not about the lane is raised as it is, after the one re-read.
+    await conn.client.delete_task(board, task.remote_id)
+    rec.clear()
+    with pytest.raises(NotFound):
+        await conn.update_task(board, task.remote_id, {"status": "todo"})
+    assert [(m, p.rsplit("/", 1)[1]) for m, p, _ in rec.sent] == [("POST", "move"), ("GET", "lanes")]
 
 
 async def test_check(conn: AgentKanbanConnector, board: str) -> None:

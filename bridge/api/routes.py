@@ -11,18 +11,21 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import or_, select
+from sqlalchemy import exists, or_, select
 
 from bridge.engine import api_ops
 from bridge.engine.comments import add_api_comment
 from bridge.model import Priority, Status, as_utc, decode_values, encode_values
+from bridge.store.search import index_key
 from bridge.store.tables import (
     CommentLinkRow,
     CommentRow,
     ConflictRow,
     HistoryRow,
     LinkRow,
+    TaskAssigneeRow,
     TaskRow,
+    TaskTagRow,
 )
 
 
@@ -237,46 +240,43 @@ async def list_tasks(
     cursor: str | None = None,
 ) -> TaskPage:
     ctx = _ctx(request)
-    query = select(TaskRow).where(TaskRow.deleted_at.is_(None))
+    # Every filter is SQL over an index (bridge/store/search.py): a tag or assignee filter reads
+    # its side table's (value, updated_at, task_id) index in page order, and joins the task.
+    sides: list[tuple[Any, Any, str]] = []
+    if tag:
+        sides.append((TaskTagRow, TaskTagRow.tag, tag))
+    if assignee:
+        sides.append((TaskAssigneeRow, TaskAssigneeRow.assignee, assignee))
+    query = select(TaskRow)
+    order_at: Any = TaskRow.updated_at
+    order_id: Any = TaskRow.id
+    if sides:
+        lead, column, value = sides[0]
+        query = query.select_from(lead).join(TaskRow, TaskRow.id == lead.task_id)
+        query = query.where(column == index_key(value))
+        order_at, order_id = lead.updated_at, lead.task_id  # the task's own, copied
+        for side, column, value in sides[1:]:
+            query = query.where(exists().where(side.task_id == TaskRow.id, column == index_key(value)))
+    query = query.where(TaskRow.deleted_at.is_(None))
     if route:
         query = query.where(TaskRow.route == route)
     if status:
         query = query.where(TaskRow.status == status.value)
+    if priority:
+        query = query.where(TaskRow.priority == priority.value)
     if updated_since:
-        query = query.where(TaskRow.updated_at >= as_utc(updated_since))
+        query = query.where(order_at >= as_utc(updated_since))
     if q:
         query = query.where(TaskRow.title.ilike(f"%{q}%"))
     if cursor:
         stamp, last_id = _cursor_decode(cursor)
-        query = query.where(
-            or_(TaskRow.updated_at < stamp, (TaskRow.updated_at == stamp) & (TaskRow.id < last_id))
-        )
-    query = query.order_by(TaskRow.updated_at.desc(), TaskRow.id.desc())
-    out: list[TaskOut] = []
-    next_cursor = None
+        query = query.where(or_(order_at < stamp, (order_at == stamp) & (order_id < last_id)))
+    query = query.order_by(order_at.desc(), order_id.desc()).limit(limit)
     async with ctx.store.read() as session:
-        # Filters on JSON fields run here; the SQL narrows by the indexed columns first.
-        batch = 4 * limit
-        offset = 0
-        while len(out) < limit:
-            rows = (await session.scalars(query.offset(offset).limit(batch))).all()
-            if not rows:
-                break
-            offset += len(rows)
-            for row in rows:
-                data = row.data
-                if priority and data.get("priority", "none") != priority.value:
-                    continue
-                if assignee and assignee not in data.get("assignees", []):
-                    continue
-                if tag and tag not in data.get("tags", []):
-                    continue
-                out.append(_task_out(row))
-                if len(out) == limit:
-                    next_cursor = _cursor_encode(row.updated_at, row.id)
-                    break
-            if len(rows) < batch:
-                break
+        rows = (await session.scalars(query)).all()
+    out = [_task_out(row) for row in rows]
+    # A full page has a next one (perhaps empty), as before: the cursor is its last task.
+    next_cursor = _cursor_encode(rows[-1].updated_at, rows[-1].id) if len(rows) == limit else None
     return TaskPage(tasks=out, next_cursor=next_cursor)
 
 

@@ -11,6 +11,9 @@ queues on an asyncio lock first, so writers take turns in order instead of sleep
 busy handler (which backs off up to 100 ms a try and dominated the daemon's time under load). A
 read begins DEFERRED and, in WAL mode, never waits for a writer. On PostgreSQL both are plain
 transactions; row locks (FOR UPDATE SKIP LOCKED) do the queueing.
+
+What the API filters tasks on (priority, tags, assignees) is indexed by the store itself on every
+ORM flush (bridge/store/search.py); a Core write of tasks must call its `index_rows` itself.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
+
+from bridge.store import search as search  # registers the flush events that keep the task index true
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

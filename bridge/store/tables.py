@@ -70,12 +70,21 @@ class TaskRow(Base):
     """A canonical task. `data` holds the canonical field values (encoded)."""
 
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_listing", "updated_at", "id"),)  # the API's newest-first cursor
+    __table_args__ = (
+        # The API's newest-first cursor, alone and after an equality filter: each reads a page in
+        # order from its index (migration 0005; bridge/store/search.py has the tag/assignee ones).
+        Index("ix_tasks_listing", "updated_at", "id"),
+        Index("ix_tasks_route_listing", "route", "updated_at", "id"),
+        Index("ix_tasks_status_listing", "status", "updated_at", "id"),
+        Index("ix_tasks_priority_listing", "priority", "updated_at", "id"),
+    )
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    route: Mapped[str] = mapped_column(String(200), index=True)
+    route: Mapped[str] = mapped_column(String(200))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     title: Mapped[str] = mapped_column(Text, default="")  # copied out of data for search and sorting
     status: Mapped[str] = mapped_column(String(32), default="todo")
+    # Copied out of data by the store itself on every flush (bridge/store/search.py), for filtering.
+    priority: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -83,6 +92,27 @@ class TaskRow(Base):
     # field -> ISO time it last changed (the remote's clock); "*" for fields unchanged since the
     # create. NULL on tasks made before migration 0004 (updated_at stands in).
     field_times: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+
+
+class TaskTagRow(Base):
+    """One of a task's tags, for filtering (bridge/store/search.py keeps these true from `data`).
+    `updated_at` is the task's, copied so that "tag = ? newest first" reads one index in order."""
+
+    __tablename__ = "task_tags"
+    __table_args__ = (Index("ix_task_tags_listing", "tag", "updated_at", "task_id"),)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(Text, primary_key=True)
+    updated_at: Mapped[datetime]
+
+
+class TaskAssigneeRow(Base):
+    """One of a task's assignees, for filtering; like TaskTagRow."""
+
+    __tablename__ = "task_assignees"
+    __table_args__ = (Index("ix_task_assignees_listing", "assignee", "updated_at", "task_id"),)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    assignee: Mapped[str] = mapped_column(Text, primary_key=True)
+    updated_at: Mapped[datetime]
 
 
 class LinkRow(Base):

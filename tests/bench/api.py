@@ -10,7 +10,9 @@ Requests:
 - list_first: GET /api/v1/tasks?limit=50 (the newest page)
 - list_deep: GET /api/v1/tasks?limit=50&cursor=... (pages 2..21, cursors walked beforehand)
 - list_status: GET /api/v1/tasks?status=in_progress&limit=50 (an indexed-column filter)
-- list_priority: GET /api/v1/tasks?priority=urgent&limit=50 (a JSON-field filter, done in Python)
+- list_priority: GET /api/v1/tasks?priority=urgent&limit=50 (an indexed-column filter)
+- list_tag: GET /api/v1/tasks?tag=t3&limit=50 (a side-table filter, 1 task in 17)
+- list_tag_none: GET /api/v1/tasks?tag=nonexistent&limit=50 (a filter nothing matches)
 - get: GET /api/v1/tasks/{id} (with links and history), random ids
 """
 
@@ -133,6 +135,8 @@ def bench_api(ctx: Any) -> dict[str, Any]:
                 "list_deep": deep,
                 "list_status": [f"{d.url}/api/v1/tasks?status=in_progress&limit=50"],
                 "list_priority": [f"{d.url}/api/v1/tasks?priority=urgent&limit=50"],
+                "list_tag": [f"{d.url}/api/v1/tasks?tag=t3&limit=50"],
+                "list_tag_none": [f"{d.url}/api/v1/tasks?tag=nonexistent&limit=50"],
                 "get": [f"{d.url}/api/v1/tasks/{i}" for i in sample],
             }
             if ctx.quick:

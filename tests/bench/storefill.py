@@ -20,7 +20,8 @@ from sqlalchemy import insert
 
 from bridge.model import new_id
 from bridge.store import Store
-from bridge.store.tables import HistoryRow, LinkRow, TaskRow, WatermarkRow
+from bridge.store.search import index_rows
+from bridge.store.tables import HistoryRow, LinkRow, TaskAssigneeRow, TaskRow, TaskTagRow, WatermarkRow
 
 CHUNK = 2000
 
@@ -60,10 +61,14 @@ async def fill(
     ids = ids if ids is not None else [new_id() for _ in range(n)]
     try:
         for part in _chunks(n):
-            tasks, link_rows, history = [], [], []
+            tasks, link_rows, history, tags, assignees = [], [], [], [], []
             for i in part:
                 values = data(i)
                 updated = now - timedelta(seconds=(n - i) * 7)  # spread over time, newest last
+                # Core inserts bypass the ORM flush that indexes a task: index it here.
+                found = index_rows(ids[i], values, updated)
+                tags += found.tags
+                assignees += found.assignees
                 tasks.append(
                     {
                         "id": ids[i],
@@ -71,6 +76,7 @@ async def fill(
                         "data": values,
                         "title": values.get("title", ""),
                         "status": values.get("status", "todo"),
+                        "priority": found.priority,
                         "created_at": updated - timedelta(days=1),
                         "updated_at": updated,
                         "deleted_at": None,
@@ -109,6 +115,10 @@ async def fill(
                     )
             async with store.transaction() as session:
                 await session.execute(insert(TaskRow), tasks)
+                if tags:
+                    await session.execute(insert(TaskTagRow), tags)
+                if assignees:
+                    await session.execute(insert(TaskAssigneeRow), assignees)
                 if link_rows:
                     await session.execute(insert(LinkRow), link_rows)
                 if history:

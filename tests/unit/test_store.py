@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
@@ -239,3 +240,185 @@ async def test_migrations_go_down_and_up_again(store: Store) -> None:
     assert not await store.schema_is_current()
     await store.migrate()
     assert await store.schema_is_current()
+
+
+# -- the task filter index (bridge/store/search.py, migration 0005) ----------------------------
+
+
+async def _index_of(store: Store, task_id: str) -> tuple[str, list[tuple[str, datetime]], list[str]]:
+    from bridge.store.tables import TaskAssigneeRow, TaskTagRow
+
+    async with store.read() as s:
+        priority = await s.scalar(select(TaskRow.priority).where(TaskRow.id == task_id))
+        tags = (
+            await s.execute(
+                select(TaskTagRow.tag, TaskTagRow.updated_at)
+                .where(TaskTagRow.task_id == task_id)
+                .order_by(TaskTagRow.tag)
+            )
+        ).all()
+        assignees = (
+            await s.scalars(
+                select(TaskAssigneeRow.assignee)
+                .where(TaskAssigneeRow.task_id == task_id)
+                .order_by(TaskAssigneeRow.assignee)
+            )
+        ).all()
+    return str(priority), [(t, at) for t, at in tags], list(assignees)
+
+
+def test_index_rows_is_what_a_core_writer_inserts() -> None:
+    from bridge.store.search import MAX_KEY, index_rows
+
+    found = index_rows("T", {"priority": "high", "tags": ["b", "a", "b"], "assignees": ["x" * 600]}, NOW)
+    assert found.priority == "high"
+    assert found.tags == [
+        {"task_id": "T", "tag": "a", "updated_at": NOW},
+        {"task_id": "T", "tag": "b", "updated_at": NOW},
+    ]
+    assert found.assignees == [{"task_id": "T", "assignee": "x" * MAX_KEY, "updated_at": NOW}]
+    empty = index_rows("T", {"title": "no index fields"}, NOW)
+    assert (empty.priority, empty.tags, empty.assignees) == ("none", [], [])
+
+
+async def test_the_task_index_follows_every_orm_write_of_a_task(store: Store) -> None:
+    later = NOW + timedelta(minutes=5)
+    row = task_row()
+    row.data = {"title": "T", "priority": "high", "tags": ["a", "b"], "assignees": ["alice"]}
+    async with store.transaction() as s:
+        s.add(row)
+    assert await _index_of(store, row.id) == ("high", [("a", NOW), ("b", NOW)], ["alice"])
+
+    async with store.transaction() as s:  # data and time change together, as the engine writes them
+        got = await s.get(TaskRow, row.id)
+        assert got is not None
+        got.data = {**got.data, "priority": "low", "tags": ["b", "c"], "assignees": []}
+        got.updated_at = later
+    assert await _index_of(store, row.id) == ("low", [("b", later), ("c", later)], [])
+
+    async with store.transaction() as s:  # only the time moves: the copies of it follow
+        got = await s.get(TaskRow, row.id)
+        assert got is not None
+        got.updated_at = later + timedelta(minutes=1)
+        got.title = "renamed"
+    after = later + timedelta(minutes=1)
+    assert await _index_of(store, row.id) == ("low", [("b", after), ("c", after)], [])
+
+    async with store.transaction() as s:  # several flushes in one transaction, each indexed
+        got = await s.get(TaskRow, row.id)
+        assert got is not None
+        got.data = {**got.data, "assignees": ["bob"]}
+        await s.flush()
+        got.data = {**got.data, "assignees": ["bob", "carol"], "priority": "urgent"}
+    assert await _index_of(store, row.id) == ("urgent", [("b", after), ("c", after)], ["bob", "carol"])
+
+    with pytest.raises(RuntimeError):  # a rolled-back write leaves the index as it was
+        async with store.transaction() as s:
+            got = await s.get(TaskRow, row.id)
+            assert got is not None
+            got.data = {**got.data, "tags": []}
+            await s.flush()
+            raise RuntimeError("boom")
+    assert await _index_of(store, row.id) == ("urgent", [("b", after), ("c", after)], ["bob", "carol"])
+
+    async with store.transaction() as s:  # deleting the task leaves no orphans
+        await s.delete(await s.get(TaskRow, row.id))
+    from bridge.store.tables import TaskAssigneeRow, TaskTagRow
+
+    async with store.read() as s:
+        assert await s.scalar(select(func.count()).select_from(TaskTagRow)) == 0
+        assert await s.scalar(select(func.count()).select_from(TaskAssigneeRow)) == 0
+
+
+async def test_migration_0005_backfills_the_index_of_an_existing_store(store: Store) -> None:
+    from alembic import command
+    from sqlalchemy import JSON, DateTime, column, insert, table
+    from sqlalchemy.engine import Connection
+
+    from bridge.store import alembic_config
+    from bridge.store.tables import TaskAssigneeRow, TaskTagRow
+
+    def to(revision: str) -> Any:
+        def run(connection: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            if revision == "head":
+                command.upgrade(cfg, revision)
+            else:
+                command.downgrade(cfg, revision)
+
+        return run
+
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("0004"))
+        names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert "task_tags" not in names
+        columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("tasks")})
+        assert "priority" not in columns
+    # Tasks as a 0004 store holds them (no priority column), more than one backfill chunk of them.
+    tasks_0004 = table(
+        "tasks",
+        column("id"),
+        column("route"),
+        column("data", JSON()),
+        column("title"),
+        column("status"),
+        column("created_at", DateTime(timezone=True)),
+        column("updated_at", DateTime(timezone=True)),
+        column("version"),
+    )
+    stamp = NOW.replace(tzinfo=None) if store.dialect == "sqlite" else NOW
+    n = 1203
+    rows = [
+        {
+            "id": f"T{i:025d}",
+            "route": "main",
+            "data": {
+                "title": f"t{i}",
+                "priority": ("none", "low", "high")[i % 3],
+                "tags": ["all", f"m{i % 7}"],
+                "assignees": ["alice"] if i % 2 else [],
+            },
+            "title": f"t{i}",
+            "status": "todo",
+            "created_at": stamp,
+            "updated_at": stamp,
+            "version": 1,
+        }
+        for i in range(n)
+    ]
+    rows.append({**rows[0], "id": "Z" * 26, "data": {"title": "bare"}})  # nothing to index
+    async with store.engine.begin() as conn:
+        await conn.execute(insert(tasks_0004), rows)
+        await conn.run_sync(to("head"))
+    assert await store.schema_is_current()
+    async with store.read() as s:
+        priorities = dict(
+            (await s.execute(select(TaskRow.priority, func.count()).group_by(TaskRow.priority))).all()
+        )
+        assert priorities == {"none": 401 + 1, "low": 401, "high": 401}
+        assert await s.scalar(select(func.count()).select_from(TaskTagRow)) == 2 * n
+        assert await s.scalar(select(func.count()).where(TaskTagRow.tag == "m3")) == len(range(3, n, 7))
+        assert await s.scalar(select(func.count()).select_from(TaskAssigneeRow)) == n // 2
+    assert await _index_of(store, f"T{7:025d}") == ("low", [("all", NOW), ("m0", NOW)], ["alice"])
+    assert await _index_of(store, "Z" * 26) == ("none", [], [])
+
+
+async def test_a_core_write_of_tasks_indexes_them_with_write_index(store: Store) -> None:
+    from sqlalchemy import insert
+
+    from bridge.store.search import index_rows, write_index
+
+    data = {"title": "T", "priority": "medium", "tags": ["core"], "assignees": ["ann"]}
+    row = {"id": "C" * 26, "route": "main", "data": data, "title": "T", "created_at": NOW, "updated_at": NOW}
+    async with store.transaction() as s:
+        # A Core insert bypasses the unit of work (and so the flush events): nothing is indexed...
+        await s.execute(insert(TaskRow), [{**row, "priority": index_rows(row["id"], data, NOW).priority}])
+    assert await _index_of(store, row["id"]) == ("medium", [], [])
+    async with store.transaction() as s:  # ...until the writer indexes what it wrote
+        await s.run_sync(lambda sync: write_index(sync, [(row["id"], data, NOW)], replace=False))
+    assert await _index_of(store, row["id"]) == ("medium", [("core", NOW)], ["ann"])
+    moved = {**data, "tags": ["core", "more"], "assignees": []}
+    async with store.transaction() as s:
+        await s.run_sync(lambda sync: write_index(sync, [(row["id"], moved, NOW)]))
+    assert await _index_of(store, row["id"]) == ("medium", [("core", NOW), ("more", NOW)], [])

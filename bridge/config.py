@@ -37,6 +37,12 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
+from bridge.defaults import (
+    DEFAULT_CLAIM_TTL,
+    DEFAULT_COMMENTS_PER_POLL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LEASE_TTL,
+)
 from bridge.model import SYNC_FIELDS
 
 KNOWN_PLATFORMS: tuple[str, ...] = ("impactly", "vortask", "agentkanban", "runs", "squads")
@@ -128,10 +134,10 @@ class LogConfig(_Model):
 
 
 class WorkersConfig(_Model):
-    concurrency: int = Field(8, ge=1, le=256)
-    claim_ttl: Duration = 120.0
-    lease_ttl: Duration = 30.0
-    comments_per_poll: int = Field(50, ge=0, le=100_000)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=256)
+    claim_ttl: Duration = DEFAULT_CLAIM_TTL
+    lease_ttl: Duration = DEFAULT_LEASE_TTL
+    comments_per_poll: int = Field(DEFAULT_COMMENTS_PER_POLL, ge=0, le=100_000)
 
 
 class PersonConfig(_Model):

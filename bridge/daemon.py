@@ -26,7 +26,10 @@ from sqlalchemy import select
 import connectors as registry
 from bridge import __version__, metrics
 from bridge import mapping as mapping_mod
+from bridge.api.app import create_app
+from bridge.api.status import refresh_store_gauges
 from bridge.config import Config
+from bridge.defaults import DEFAULT_COMMENTS_PER_POLL, DEFAULT_LEASE_TTL
 from bridge.engine import leases
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
@@ -80,12 +83,12 @@ def sd_notify(message: str) -> bool:
     return False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DaemonOptions:
     poll: bool = True
     serve: bool = True
-    lease_ttl: float = 30.0
-    comments_per_poll: int = 50
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    comments_per_poll: int = DEFAULT_COMMENTS_PER_POLL
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -244,6 +247,9 @@ class Daemon:
 
         return job
 
+    def is_ready(self) -> bool:
+        return self.ready and self.scheduler.running
+
     async def poll_once(self, connector: str) -> None:
         lease = f"poll:{connector}"
         interval = self.cfg.connectors[connector].poll_interval
@@ -300,8 +306,6 @@ class Daemon:
             return 0
 
     async def refresh_gauges(self) -> None:
-        from bridge.api.status import refresh_store_gauges
-
         await refresh_store_gauges(self.ctx)
 
     async def _watchdog(self, every: float) -> None:
@@ -359,8 +363,6 @@ class Daemon:
 
     async def _start_server(self) -> None:
         import uvicorn
-
-        from bridge.api.app import create_app
 
         app = create_app(self)
         config = uvicorn.Config(

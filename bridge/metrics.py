@@ -62,6 +62,13 @@ webhooks_received = Counter(
     ["connector", "result"],
     registry=REGISTRY,
 )
+webhooks_processed = Counter(
+    "taskbridge_webhooks_processed_total",
+    "Webhook deliveries processed, by the state each attempt left them in (done, pending: to be "
+    "retried, failed: set aside).",
+    ["connector", "result"],
+    registry=REGISTRY,
+)
 deletion_guard = Counter(
     "taskbridge_deletion_guard_tripped_total",
     "Polls that would have deleted more than the route's max_delete_share and stopped.",

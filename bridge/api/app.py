@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -12,10 +12,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
+from bridge.api.routes import router
+from bridge.config import Config
+from bridge.engine.context import EngineContext
 from bridge.engine.inbox import receive
 
-if TYPE_CHECKING:
-    from bridge.daemon import Daemon
+
+class Host(Protocol):
+    """What the app needs of the daemon that serves it (the daemon is one; tests may pass another)."""
+
+    cfg: Config
+    ctx: EngineContext
+
+    def is_ready(self) -> bool:
+        """Started, and its scheduler running."""
+        ...
+
+    async def poll_once(self, connector: str) -> None: ...
 
 
 class Principal:
@@ -24,7 +37,7 @@ class Principal:
         self.scopes = scopes
 
 
-def create_app(daemon: Daemon) -> FastAPI:
+def create_app(daemon: Host) -> FastAPI:
     cfg = daemon.cfg
     ctx = daemon.ctx
     app = FastAPI(
@@ -77,7 +90,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 problems.append("store schema is not at the current migration")
         except Exception:
             problems.append("store unreachable")
-        if not daemon.ready or not daemon.scheduler.running:
+        if not daemon.is_ready():
             problems.append("scheduler not running")
         status = 200 if not problems else 503
         return JSONResponse(
@@ -97,8 +110,6 @@ def create_app(daemon: Daemon) -> FastAPI:
         if receipt.detail:
             payload["detail"] = receipt.detail
         return JSONResponse(payload, status_code=receipt.status)
-
-    from bridge.api.routes import router
 
     app.include_router(router)
     app.add_middleware(BodyLimit, limit=limit)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge import metrics
 from bridge.engine.context import EngineContext
 from bridge.model import as_utc
+from bridge.store.states import ConflictState, LinkState, OpState
 from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 
 
@@ -43,20 +44,28 @@ async def summary(session: AsyncSession) -> Summary:
         OutboxRow.connector,
         func.count(),
         func.min(OutboxRow.created_at),
-        where=OutboxRow.state.in_(("pending", "claimed")),
+        where=OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
     ):
         s.waiting[c] = n
         s.oldest_waiting[c] = as_utc(oldest)
     for c, n, last_id in await _grouped(
-        session, OutboxRow.connector, func.count(), func.max(OutboxRow.id), where=OutboxRow.state == "parked"
+        session,
+        OutboxRow.connector,
+        func.count(),
+        func.max(OutboxRow.id),
+        where=OutboxRow.state == OpState.PARKED,
     ):
         s.parked[c] = n
         error = await session.scalar(select(OutboxRow.last_error).where(OutboxRow.id == last_id))
         if error:
             s.last_parked_error[c] = error
-    s.linked = dict(await _grouped(session, LinkRow.connector, func.count(), where=LinkRow.state == "active"))
+    s.linked = dict(
+        await _grouped(session, LinkRow.connector, func.count(), where=LinkRow.state == LinkState.ACTIVE)
+    )
     s.open_conflicts = dict(
-        await _grouped(session, ConflictRow.route, func.count(), where=ConflictRow.state == "open")
+        await _grouped(
+            session, ConflictRow.route, func.count(), where=ConflictRow.state == ConflictState.OPEN
+        )
     )
     for c, updated in await _grouped(
         session,

@@ -13,6 +13,7 @@ from bridge.engine.context import EngineContext
 from bridge.engine.sync import apply_changes, create_mirrors, enqueue, new_task, queue_updates
 from bridge.model import Values, decode, decode_values, encode, normalize_values
 from bridge.store import on_commit
+from bridge.store.states import ConflictState, LinkState, OpKind, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, TaskRow
 
 
@@ -52,12 +53,12 @@ async def patch_task(ctx: EngineContext, task_id: str, values: Mapping[str, Any]
             await session.scalars(
                 select(ConflictRow).where(
                     ConflictRow.task_id == task_id,
-                    ConflictRow.state == "open",
+                    ConflictRow.state == ConflictState.OPEN,
                     ConflictRow.field.in_(list(changes)),
                 )
             )
         ).all():
-            conflict.state = "resolved"
+            conflict.state = advance(conflict.state, ConflictState.RESOLVED)
             conflict.resolution = {
                 "by": "api patch",
                 "value": encode(conflict.field, changes[conflict.field]),
@@ -78,15 +79,17 @@ async def delete_task(ctx: EngineContext, task_id: str) -> None:
         now = ctx.now()
         links = (
             await session.scalars(
-                select(LinkRow).where(LinkRow.task_id == task_id, LinkRow.state.in_(("active", "creating")))
+                select(LinkRow).where(
+                    LinkRow.task_id == task_id, LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
+                )
             )
         ).all()
         policy = route.on_delete if route else "unlink"
         for link in links:
             if policy == "unlink" or route is None:
-                link.state = "unlinked"
+                link.state = advance(link.state, LinkState.UNLINKED)
             else:
-                enqueue(session, task, link, policy, {}, observed_at=now, now=now)
+                enqueue(session, task, link, OpKind(policy), {}, observed_at=now, now=now)
         task.deleted_at = now
         session.add(
             HistoryRow(
@@ -110,7 +113,7 @@ async def resolve_conflict(
         conflict = await session.get(ConflictRow, conflict_id)
         if conflict is None:
             raise ApiError(404, "no such conflict")
-        if conflict.state != "open":
+        if conflict.state != ConflictState.OPEN:
             raise ApiError(409, "this conflict is already resolved")
         if choose is not None:
             if choose not in conflict.candidates:
@@ -129,7 +132,7 @@ async def resolve_conflict(
         if task is None or route is None:
             raise ApiError(409, "the conflict's task or route no longer exists")
         now = ctx.now()
-        conflict.state = "resolved"
+        conflict.state = advance(conflict.state, ConflictState.RESOLVED)
         conflict.resolution = {"choose": choose, "value": encode(conflict.field, chosen)}
         conflict.resolved_at = now
         canonical = decode_values(task.data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,11 +22,9 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import enqueue
 from bridge.model import new_id
 from bridge.store import on_commit
+from bridge.store.states import LinkState, OpKind
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import Connector, GoneFromView, NotFound, RemoteComment
-
-if TYPE_CHECKING:
-    from bridge.engine.outbox import _Op
 
 log = logging.getLogger("taskbridge.comments")
 
@@ -41,7 +39,7 @@ async def sync_comments(ctx: EngineContext, route: Route, member: Member, link_i
         return 0
     async with ctx.store.read() as session:
         link = await session.get(LinkRow, link_id)
-        if link is None or link.state != "active" or link.remote_id is None:
+        if link is None or link.state != LinkState.ACTIVE or link.remote_id is None:
             return 0
         remote_id, task_id = link.remote_id, link.task_id
     conn = ctx.connectors[member.connector]
@@ -98,7 +96,7 @@ async def _record(
                 comment_id=comment.id,
                 connector=member.connector,
                 remote_id=rc.remote_id,
-                state="active",
+                state=LinkState.ACTIVE,
                 created_at=now,
             )
         )
@@ -134,11 +132,13 @@ def _fan_out(
                 comment_id=comment.id,
                 connector=target_link.connector,
                 remote_id=None,
-                state="creating",
+                state=LinkState.CREATING,
                 created_at=now,
             )
         )
-        enqueue(session, task, target_link, "comment", {}, observed_at=now, now=now, comment_id=comment.id)
+        enqueue(
+            session, task, target_link, OpKind.COMMENT, {}, observed_at=now, now=now, comment_id=comment.id
+        )
 
 
 async def _targets(
@@ -146,7 +146,9 @@ async def _targets(
 ) -> list[LinkRow]:
     links = (
         await session.scalars(
-            select(LinkRow).where(LinkRow.task_id == task_id, LinkRow.state.in_(("active", "creating")))
+            select(LinkRow).where(
+                LinkRow.task_id == task_id, LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
+            )
         )
     ).all()
     out = []
@@ -165,51 +167,26 @@ def mirror_text(comment: CommentRow) -> tuple[str, str]:
     return comment.body, author
 
 
-async def mirror_comment(ctx: EngineContext, conn: Connector, op: _Op) -> None:
-    """Post one canonical comment to the op's member (the `comment` outbox operation)."""
-    from bridge.engine.outbox import PermanentOutcome
-
-    comment = op.comment
-    if comment is None:
-        raise PermanentOutcome("the comment no longer exists")
-    if op.link.remote_id is None:
-        raise PermanentOutcome("the task's mirror has no remote id yet")
-    async with ctx.store.read() as session:
-        clink = await session.scalar(
-            select(CommentLinkRow).where(
-                CommentLinkRow.comment_id == comment.id, CommentLinkRow.connector == op.connector
-            )
-        )
-    if clink is not None and clink.remote_id is not None:
-        return  # already posted and linked
+async def mirror_comment(
+    ctx: EngineContext,
+    conn: Connector,
+    member: Member,
+    remote_task_id: str,
+    comment: CommentRow,
+    *,
+    retried: bool,
+) -> str:
+    """Post one canonical comment to a member's copy of its task (the `comment` outbox operation);
+    returns the posted comment's remote id, which the outbox links. A retried post first looks
+    for its text among our comments there that nothing links yet: an earlier attempt may have
+    posted it and died before the link was recorded."""
     body, author = mirror_text(comment)
-    posted: RemoteComment | None = None
-    if op.attempts > 1:
-        for rc in await conn.list_comments(op.member.scope, op.link.remote_id):
-            if rc.by_us and body in rc.body and await _unlinked(ctx, op.connector, rc.remote_id):
-                posted = rc
-                break
-    if posted is None:
-        posted = await conn.add_comment(op.member.scope, op.link.remote_id, body, author)
-    async with ctx.store.transaction() as session:
-        clink = await session.scalar(
-            select(CommentLinkRow).where(
-                CommentLinkRow.comment_id == comment.id, CommentLinkRow.connector == op.connector
-            )
-        )
-        if clink is None:
-            session.add(
-                CommentLinkRow(
-                    comment_id=comment.id,
-                    connector=op.connector,
-                    remote_id=posted.remote_id,
-                    state="active",
-                    created_at=ctx.now(),
-                )
-            )
-        else:
-            clink.remote_id = posted.remote_id
-            clink.state = "active"
+    if retried:
+        for rc in await conn.list_comments(member.scope, remote_task_id):
+            if rc.by_us and body in rc.body and await _unlinked(ctx, member.connector, rc.remote_id):
+                return rc.remote_id
+    posted = await conn.add_comment(member.scope, remote_task_id, body, author)
+    return posted.remote_id
 
 
 async def _unlinked(ctx: EngineContext, connector: str, remote_id: str) -> bool:
@@ -241,7 +218,7 @@ async def sweep_comments(
                     .where(
                         LinkRow.connector == member.connector,
                         LinkRow.scope == member.scope,
-                        LinkRow.state == "active",
+                        LinkRow.state == LinkState.ACTIVE,
                         LinkRow.id > after,
                     )
                     .order_by(LinkRow.id)

@@ -9,26 +9,48 @@ fast. `process_pending()` takes recorded deliveries and, for each task event, GE
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
+from bridge.defaults import (
+    DEFAULT_CLAIM_TTL,
+    DEFAULT_INBOX_BATCH,
+    DEFAULT_INBOX_FETCHES,
+    DEFAULT_INBOX_MAX_ATTEMPTS,
+)
 from bridge.engine.comments import sync_comments
 from bridge.engine.context import EngineContext
-from bridge.engine.poller import apply_remote_deletion, mark_gone_from_view
-from bridge.engine.sync import Observation, link_by_remote, observe
+from bridge.engine.routes import Member, Route
+from bridge.engine.sync import (
+    Observation,
+    apply_remote_deletion,
+    link_by_remote,
+    mark_gone_from_view,
+    observe,
+)
+from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow
-from connectors.base import BadSignature, ConnectorError, GoneFromView, NotFound, Retryable, WebhookEvent
+from connectors.base import (
+    BadSignature,
+    ConnectorError,
+    GoneFromView,
+    NotFound,
+    RemoteTask,
+    Retryable,
+    WebhookEvent,
+)
 
 log = logging.getLogger("taskbridge.inbox")
-
-MAX_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
                     connector=connector,
                     delivery_key=key[:200],
                     body=body.decode("utf-8", "replace"),
-                    state="pending",
+                    state=DeliveryState.PENDING,
                     attempts=0,
                     received_at=ctx.now(),
                 )
@@ -76,18 +98,31 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
     return Receipt(202, "ok")
 
 
-async def process_pending(ctx: EngineContext, *, limit: int = 50, claim_ttl: float = 120.0) -> int:
-    """Claim recorded deliveries, oldest first, and process them. Any replica may run this: a
-    claim (FOR UPDATE SKIP LOCKED on PostgreSQL) keeps two from processing one delivery, and
-    expires, so a crashed replica's deliveries go back to the pool. Returns how many were handled."""
+async def process_pending(
+    ctx: EngineContext,
+    *,
+    limit: int = DEFAULT_INBOX_BATCH,
+    claim_ttl: float = DEFAULT_CLAIM_TTL,
+    fetches: int = DEFAULT_INBOX_FETCHES,
+) -> int:
+    """Claim recorded deliveries, oldest first, and process them as one batch. Any replica may
+    run this: a claim (FOR UPDATE SKIP LOCKED on PostgreSQL) keeps two from processing one
+    delivery, and expires, so a crashed replica's deliveries go back to the pool.
+
+    The batch costs two write transactions however many deliveries it holds: the claim, and one
+    that observes every task fetched and marks every delivery. The tasks are fetched between the
+    two, `fetches` at a time, each task once however many deliveries name it. A delivery whose
+    processing fails (a platform error, or anything unforeseen) is retried with a backoff and set
+    aside as failed after DEFAULT_INBOX_MAX_ATTEMPTS, and holds back none of the others. Returns
+    how many deliveries were handled."""
     now = ctx.now()
     async with ctx.store.transaction() as session:
         query = (
             select(InboxRow)
             .where(
                 InboxRow.received_at <= now,
-                (InboxRow.state == "pending")
-                | ((InboxRow.state == "claimed") & (InboxRow.claim_expires_at < now)),
+                (InboxRow.state == DeliveryState.PENDING)
+                | ((InboxRow.state == DeliveryState.CLAIMED) & (InboxRow.claim_expires_at < now)),
             )
             .order_by(InboxRow.id)
             .limit(limit)
@@ -96,83 +131,168 @@ async def process_pending(ctx: EngineContext, *, limit: int = 50, claim_ttl: flo
             query = query.with_for_update(skip_locked=True)
         rows = (await session.scalars(query)).all()
         for row in rows:
-            row.state = "claimed"
+            row.state = advance(row.state, DeliveryState.CLAIMED)
             row.claimed_by = ctx.replica
             row.claim_expires_at = now + timedelta(seconds=claim_ttl)
-        work = [(r.id, r.connector, r.body, r.attempts) for r in rows]
-    for inbox_id, connector, body, attempts in work:
+        work = [_Delivery(r.id, r.connector, r.body, r.attempts) for r in rows]
+    if not work:
+        return 0
+    for d in work:
         try:
-            await _process(ctx, connector, body.encode())
-        except Retryable as exc:
-            await _mark(
-                ctx, inbox_id, "failed" if attempts + 1 >= MAX_ATTEMPTS else "pending", str(exc), retry=True
-            )
-            continue
+            d.events = _parse(ctx, d.connector, d.body.encode())
         except ConnectorError as exc:
-            await _mark(ctx, inbox_id, "failed", str(exc))
-            continue
-        await _mark(ctx, inbox_id, "done", None)
+            d.error, d.final = str(exc), True
+    await _resolve_scopes(ctx, [d for d in work if d.error is None])
+    await _fetch_all(ctx, work, fetches)
+    try:
+        async with ctx.store.transaction() as session:
+            for d in work:
+                await _apply(ctx, session, d)
+    except Exception:
+        log.exception(
+            "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)
+        )
+        for d in work:
+            try:
+                async with ctx.store.transaction() as session:
+                    await _apply(ctx, session, d)
+            except Exception as exc:
+                log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
+                d.error, d.final, d.results = (
+                    f"internal error ({type(exc).__name__}); see the daemon log",
+                    False,
+                    [],
+                )
+                async with ctx.store.transaction() as session:
+                    await _mark(ctx, session, d)
     return len(work)
 
 
-async def _mark(
-    ctx: EngineContext, inbox_id: int, state: str, error: str | None, *, retry: bool = False
-) -> None:
-    async with ctx.store.transaction() as session:
-        row = await session.get(InboxRow, inbox_id)
-        if row is None:
-            return
-        row.state = state
-        row.error = error
-        row.attempts += 1
-        row.claimed_by = None
-        row.claim_expires_at = None
-        if retry and state == "pending":
-            # Wait before the next try by moving its place in time; polling covers it meanwhile.
-            row.received_at = ctx.now() + timedelta(seconds=min(300, 2**row.attempts))
-        if state in ("done", "failed"):
-            row.processed_at = ctx.now()
+@dataclass
+class _Delivery:
+    id: int
+    connector: str
+    body: str
+    attempts: int
+    events: list[WebhookEvent] = field(default_factory=list)
+    # What each task event found: the task, or NotFound / GoneFromView; in event order.
+    results: list[tuple[WebhookEvent, RemoteTask | ConnectorError]] = field(default_factory=list)
+    error: str | None = None
+    final: bool = False  # the error will not go away by retrying (an unreadable body)
 
 
-async def _process(ctx: EngineContext, connector: str, body: bytes) -> None:
-    conn = ctx.connectors[connector]
+def _parse(ctx: EngineContext, connector: str, body: bytes) -> list[WebhookEvent]:
+    conn = ctx.connectors.get(connector)
+    if conn is None:
+        raise ConnectorError("the connector is no longer configured", connector=connector)
     try:
-        events = conn.parse_webhook({}, body)
+        return conn.parse_webhook({}, body)
     except (BadSignature, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ConnectorError(f"unreadable delivery: {exc}", connector=connector) from None
-    for event in events:
-        await handle_event(ctx, connector, event)
 
 
-async def handle_event(ctx: EngineContext, connector: str, event: WebhookEvent) -> None:
-    if not event.scope:
-        # Some payloads (e.g. comment events) don't name their scope; the link knows it.
-        async with ctx.store.read() as session:
-            link = await link_by_remote(session, connector, event.remote_id)
-        if link is None:
-            return
-        event = WebhookEvent(link.scope, event.remote_id, event.kind, event.delivery_id, event.task)
-    found = ctx.member(connector, event.scope)
-    if found is None:
-        return  # a scope no route syncs
-    route, member = found
-    conn = ctx.connectors[connector]
-    if event.kind == "comment":
-        async with ctx.store.read() as session:
-            link = await link_by_remote(session, connector, event.remote_id)
-            link_id = link.id if link is not None else None
-        if link_id is not None:
-            await sync_comments(ctx, route, member, link_id)
+async def _resolve_scopes(ctx: EngineContext, work: list[_Delivery]) -> None:
+    """Some payloads (e.g. comment events) don't name their scope; the link knows it."""
+    wanted = {(d.connector, e.remote_id) for d in work for e in d.events if not e.scope}
+    if not wanted:
         return
-    try:
-        rt = event.task if event.task is not None else await conn.get_task(event.scope, event.remote_id)
-    except NotFound:
-        async with ctx.store.transaction() as session:
-            await apply_remote_deletion(ctx, session, route, member, event.remote_id)
+    async with ctx.store.read() as session:
+        scopes = {}
+        for connector, remote_id in wanted:
+            link = await link_by_remote(session, connector, remote_id)
+            if link is not None:
+                scopes[(connector, remote_id)] = link.scope
+    for d in work:
+        d.events = [
+            dataclasses.replace(e, scope=scopes[(d.connector, e.remote_id)]) if not e.scope else e
+            for e in d.events
+            if e.scope or (d.connector, e.remote_id) in scopes
+        ]
+
+
+async def _fetch_all(ctx: EngineContext, work: list[_Delivery], fetches: int) -> None:
+    """GET every task the deliveries name (each once), `fetches` at a time; sync the comments
+    of comment events. Deliveries are triggers, not the truth: they can arrive out of order."""
+    gate = asyncio.Semaphore(fetches)
+    found: dict[tuple[str, str, str], asyncio.Task[RemoteTask]] = {}
+
+    async def get(connector: str, event: WebhookEvent) -> RemoteTask:
+        async with gate:
+            return await ctx.connectors[connector].get_task(event.scope, event.remote_id)
+
+    async def one(d: _Delivery) -> None:
+        try:
+            for event in d.events:
+                located = ctx.member(d.connector, event.scope)
+                if located is None:
+                    continue  # a scope no route syncs
+                route, member = located
+                if event.kind == "comment":
+                    async with gate:
+                        await _sync_comments_of(ctx, route, member, event.remote_id)
+                    continue
+                if event.task is not None:
+                    d.results.append((event, event.task))
+                    continue
+                key = (d.connector, event.scope, event.remote_id)
+                if key not in found:
+                    found[key] = asyncio.ensure_future(get(d.connector, event))
+                try:
+                    d.results.append((event, await asyncio.shield(found[key])))
+                except (NotFound, GoneFromView) as exc:
+                    d.results.append((event, exc))
+        except Retryable as exc:
+            d.error = str(exc)
+        except ConnectorError as exc:
+            d.error, d.final = str(exc), True
+        except Exception as exc:
+            log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
+            d.error = f"internal error ({type(exc).__name__}); see the daemon log"
+
+    await asyncio.gather(*(one(d) for d in work if d.error is None))
+
+
+async def _sync_comments_of(ctx: EngineContext, route: Route, member: Member, remote_id: str) -> None:
+    async with ctx.store.read() as session:
+        link = await link_by_remote(session, member.connector, remote_id)
+        link_id = link.id if link is not None else None
+    if link_id is not None:
+        await sync_comments(ctx, route, member, link_id)
+
+
+async def _apply(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:
+    """Observe what one delivery's fetches found, and mark it, in the caller's transaction."""
+    if d.error is None:
+        for event, result in d.results:
+            located = ctx.member(d.connector, event.scope)
+            if located is None:
+                continue
+            route, member = located
+            if isinstance(result, NotFound):
+                await apply_remote_deletion(ctx, session, route, member, event.remote_id)
+            elif isinstance(result, GoneFromView):
+                await mark_gone_from_view(ctx, session, member, event.remote_id)
+            elif isinstance(result, RemoteTask):
+                await observe(ctx, session, Observation(route, member, result, "webhook"))
+    await _mark(ctx, session, d)
+
+
+async def _mark(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:
+    row = await session.get(InboxRow, d.id)
+    if row is None:
         return
-    except GoneFromView:
-        async with ctx.store.transaction() as session:
-            await mark_gone_from_view(ctx, session, member, event.remote_id)
-        return
-    async with ctx.store.transaction() as session:
-        await observe(ctx, session, Observation(route, member, rt, "webhook"))
+    row.attempts += 1
+    row.error = d.error
+    row.claimed_by = None
+    row.claim_expires_at = None
+    if d.error is None:
+        row.state = advance(row.state, DeliveryState.DONE)
+    elif d.final or row.attempts >= DEFAULT_INBOX_MAX_ATTEMPTS:
+        row.state = advance(row.state, DeliveryState.FAILED)
+    else:
+        row.state = advance(row.state, DeliveryState.PENDING)
+        # Wait before the next try by moving its place in time; polling covers it meanwhile.
+        row.received_at = ctx.now() + timedelta(seconds=min(300, 2**row.attempts))
+    metrics.webhooks_processed.labels(d.connector, str(row.state)).inc()
+    if row.state in (DeliveryState.DONE, DeliveryState.FAILED):
+        row.processed_at = ctx.now()

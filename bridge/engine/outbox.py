@@ -5,13 +5,24 @@ Delivery promise: every queued operation is applied at least once, and its effec
 - operations on one link are applied in `id` order, one at a time: only the oldest unfinished
   operation of a link can be claimed (enforced by the claim query, on PostgreSQL with
   `FOR UPDATE SKIP LOCKED` so replicas never claim the same row);
-- updates compute what to write when they run, from the canonical values and the link's base,
-  so a repeat after a crash writes nothing or the same values again (idempotent);
+- updates compute what to write from the canonical values and the link's base, so a repeat after
+  a crash writes nothing or the same values again (idempotent);
 - creates, the one non-idempotent write, carry the route's marker, and a repeated create first
-  looks for its marker on the platform;
+  looks for its marker on the platform; a repeated comment first looks for its text among ours;
 - a retryable failure (5xx, timeout) backs off exponentially with jitter; 429 waits for its
   Retry-After; a permanent failure (4xx) parks the operation with the platform's message, visible
-  in the API and metrics, and never spins.
+  in the API and metrics, and never spins; so does an unforeseen error once it has used up the
+  attempts a retryable one gets.
+
+How the store is used, and why that keeps the promise. One transaction claims a batch of
+operations, loads everything they need (tasks, links, comments, open conflicts) and, for each
+update, records the write about to go out on its link (`inflight`, so that the platform reporting
+it before we record it is known for our echo). Then each operation talks to its platform with no
+store work in between. What each one ended with (written, retry later, parked) is recorded by a
+group commit: finished operations queue for the committer, which applies every outcome waiting
+in one transaction (a new base, the operation closed, whatever the task still needs queued). A
+crash after a write but before its commit loses only the record of it: the claim expires, and the
+repeat is a no-op by the rules above.
 """
 
 from __future__ import annotations
@@ -19,25 +30,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bridge import metrics
+from bridge.defaults import (
+    DEFAULT_BACKOFF,
+    DEFAULT_CLAIM_BATCH,
+    DEFAULT_CLAIM_TTL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_IDLE_WAIT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_UNEXPECTED_ERROR_DELAY,
+)
+from bridge.engine import core
+from bridge.engine.comments import mirror_comment
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
-    DEFAULTS,
-    NO_CLAIM,
-    queue_updates,
-    readable_values,
-    side_roundtrip,
-    stale_fields,
+    Observation,
+    apply_remote_deletion,
+    held_fields,
+    held_fields_many,
+    observe,
+    queue_updates_many,
 )
-from bridge.model import Status, Values, decode_values, encode_values
+from bridge.model import Status, Values, as_utc, decode_values, encode_values
+from bridge.store.states import LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
     AuthFailed,
@@ -54,15 +80,15 @@ from connectors.base import (
 log = logging.getLogger("taskbridge.outbox")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
-    concurrency: int = 8  # operations in flight at once in this process
-    claim_ttl: float = 120.0  # seconds a claim holds before another worker may take the operation
-    batch: int = 16  # operations claimed per query
-    idle_wait: float = 1.0  # longest sleep when there is nothing to do
-    backoff: float = 1.0  # first retry delay; doubles per attempt, capped at max_backoff
-    max_backoff: float = 300.0
-    max_attempts: int = 25  # retryable failures before the operation is parked
+    concurrency: int = DEFAULT_CONCURRENCY  # operations in flight at once in this process
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds a claim holds before another worker may take it
+    batch: int = DEFAULT_CLAIM_BATCH  # operations claimed per query
+    idle_wait: float = DEFAULT_IDLE_WAIT  # longest sleep when there is nothing to do
+    backoff: float = DEFAULT_BACKOFF  # first retry delay; doubles per attempt, capped at max_backoff
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # failed attempts before the operation is parked
     read_before_write: bool = True  # GET a task before updating it, so a fresh remote edit isn't lost
 
 
@@ -70,27 +96,109 @@ class PermanentOutcome(Exception):
     """An operation that cannot succeed as queued (e.g. its link vanished)."""
 
 
-async def claim(ctx: EngineContext, settings: WorkerSettings, limit: int) -> list[int]:
-    """Claim up to `limit` runnable operations for this replica; returns their ids."""
+@dataclass
+class _Op:
+    """An operation with everything it needs, loaded in its claim's transaction."""
+
+    id: int
+    op: OpKind
+    attempts: int
+    payload: dict[str, Any]
+    connector: str
+    observed_at: datetime
+    route: Route
+    member: Member
+    task: TaskRow
+    link: LinkRow
+    comment: CommentRow | None = None
+    comment_remote_id: str | None = None  # the comment's mirror there, when already posted
+    planned: Values = field(default_factory=dict)  # an update's changes, marked in flight
+
+
+@dataclass
+class _Orphan:
+    """A claimed operation whose task, link, route or connector no longer exists."""
+
+    id: int
+    op: str
+    connector: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How one attempt at an operation ended, to be recorded by the committer.
+
+    `state` DONE records a success: `written` (None: the link is left as it is) moves the link's
+    base, `remote` is what a create's platform answered. PENDING gives the operation back for a
+    retry after `delay` seconds; PARKED sets it aside with `error` for a person."""
+
+    state: OpState
+    result: str  # the writes metric's label: ok | retry | rate_limited | parked
+    error: str | None = None
+    delay: float = 0.0
+    written: Values | None = None
+    remote: RemoteTask | None = None
+    link_state: LinkState | None = None
+    remote_time: datetime | None = None
+    comment_remote_id: str | None = None
+    remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
+
+
+def _done(
+    written: Values | None = None,
+    *,
+    remote: RemoteTask | None = None,
+    link_state: LinkState | None = None,
+    remote_time: datetime | None = None,
+    comment_remote_id: str | None = None,
+) -> Outcome:
+    return Outcome(
+        state=OpState.DONE,
+        result="ok",
+        written=written if written is not None else {},
+        remote=remote,
+        link_state=link_state,
+        remote_time=remote_time,
+        comment_remote_id=comment_remote_id,
+    )
+
+
+def _parked(error: str, *, remote_deleted: bool = False) -> Outcome:
+    return Outcome(state=OpState.PARKED, result="parked", error=error, remote_deleted=remote_deleted)
+
+
+def _retry(settings: WorkerSettings, attempts: int, error: str, rng: random.Random) -> Outcome:
+    if attempts >= settings.max_attempts:
+        return _parked(f"gave up after {attempts} attempts: {error}")
+    delay = min(settings.max_backoff, settings.backoff * 2 ** (attempts - 1))
+    return Outcome(state=OpState.PENDING, result="retry", error=error, delay=rng.uniform(delay / 2, delay))
+
+
+# -- claiming ------------------------------------------------------------------------------------
+
+
+async def claim(ctx: EngineContext, settings: WorkerSettings, limit: int) -> list[_Op | _Orphan]:
+    """Claim up to `limit` runnable operations for this replica, with what they need loaded and
+    each update's write marked in flight, in one transaction."""
     now = ctx.now()
     async with ctx.store.transaction() as session:
         # Claims of crashed workers return to the pool.
         await session.execute(
             update(OutboxRow)
-            .where(OutboxRow.state == "claimed", OutboxRow.claim_expires_at < now)
-            .values(state="pending", claimed_by=None, claim_expires_at=None)
+            .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claim_expires_at < now)
+            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
         )
         earlier = aliased(OutboxRow)
         query = (
             select(OutboxRow.id)
             .where(
-                OutboxRow.state == "pending",
+                OutboxRow.state == OpState.PENDING,
                 OutboxRow.next_attempt_at <= now,
                 ~exists().where(
                     and_(
                         earlier.link_id == OutboxRow.link_id,
                         earlier.id < OutboxRow.id,
-                        earlier.state.in_(("pending", "claimed")),
+                        earlier.state.in_((OpState.PENDING, OpState.CLAIMED)),
                     )
                 ),
             )
@@ -100,18 +208,89 @@ async def claim(ctx: EngineContext, settings: WorkerSettings, limit: int) -> lis
         if ctx.store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=OutboxRow)
         ids = list((await session.scalars(query)).all())
-        if ids:
-            await session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id.in_(ids))
-                .values(
-                    state="claimed",
-                    claimed_by=ctx.replica,
-                    claim_expires_at=now + timedelta(seconds=settings.claim_ttl),
-                    attempts=OutboxRow.attempts + 1,
-                )
+        if not ids:
+            return []
+        await session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(ids))
+            .values(
+                state=OpState.CLAIMED,
+                claimed_by=ctx.replica,
+                claim_expires_at=now + timedelta(seconds=settings.claim_ttl),
+                attempts=OutboxRow.attempts + 1,
             )
-        return ids
+            .execution_options(synchronize_session=False)
+        )
+        return await _load(ctx, session, ids)
+
+
+async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> list[_Op | _Orphan]:
+    rows = (
+        await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id))
+    ).all()
+    task_ids = {r.task_id for r in rows}
+    link_ids = {r.link_id for r in rows if r.link_id is not None}
+    comment_ids = {r.comment_id for r in rows if r.comment_id}
+    tasks = {t.id: t for t in (await session.scalars(select(TaskRow).where(TaskRow.id.in_(task_ids)))).all()}
+    links = {x.id: x for x in (await session.scalars(select(LinkRow).where(LinkRow.id.in_(link_ids)))).all()}
+    comments: dict[str, CommentRow] = {}
+    posted: dict[tuple[str, str], str] = {}
+    if comment_ids:
+        comments = {
+            c.id: c
+            for c in (await session.scalars(select(CommentRow).where(CommentRow.id.in_(comment_ids)))).all()
+        }
+        for clink in (
+            await session.scalars(select(CommentLinkRow).where(CommentLinkRow.comment_id.in_(comment_ids)))
+        ).all():
+            if clink.remote_id is not None:
+                posted[(clink.comment_id, clink.connector)] = clink.remote_id
+    held = await held_fields_many(session, list(task_ids))
+    out: list[_Op | _Orphan] = []
+    for row in rows:
+        task = tasks.get(row.task_id)
+        link = links.get(row.link_id) if row.link_id is not None else None
+        route = ctx.route(row.route)
+        member = route.member(row.connector, link.scope) if route and link else None
+        conn = ctx.connectors.get(row.connector)
+        if task is None or link is None or route is None or member is None or conn is None:
+            out.append(_Orphan(row.id, row.op, row.connector))
+            continue
+        op = _Op(
+            id=row.id,
+            op=OpKind(row.op),
+            attempts=row.attempts,
+            payload=dict(row.payload),
+            connector=row.connector,
+            observed_at=row.observed_at,
+            route=route,
+            member=member,
+            task=task,
+            link=link,
+            comment=comments.get(row.comment_id) if row.comment_id else None,
+            comment_remote_id=posted.get((row.comment_id, row.connector)) if row.comment_id else None,
+        )
+        if op.op == OpKind.UPDATE and link.remote_id is not None:
+            op.planned = _plan(conn, op, held.get(task.id, set()))
+            if op.planned:
+                link.inflight = encode_values(core.inflight_claims(conn, op.planned))
+        out.append(op)
+    return out
+
+
+def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
+    return core.plan_update(
+        conn,
+        op.route,
+        op.member,
+        decode_values(op.task.data),
+        decode_values(op.link.base),
+        held,
+        op.payload.get("fields"),
+    )
+
+
+# -- the worker ----------------------------------------------------------------------------------
 
 
 class Worker:
@@ -120,6 +299,7 @@ class Worker:
     def __init__(self, ctx: EngineContext, settings: WorkerSettings | None = None) -> None:
         self.ctx = ctx
         self.settings = settings or WorkerSettings()
+        self.committer = Committer(ctx)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
@@ -130,28 +310,53 @@ class Worker:
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
             free = self.settings.concurrency - len(self._inflight)
-            ids = await claim(self.ctx, self.settings, min(free, self.settings.batch)) if free > 0 else []
-            for op_id in ids:
+            ops = await self._claim(min(free, self.settings.batch)) if free > 0 else []
+            for op in ops:
                 await sem.acquire()
-                task = asyncio.create_task(self._run_one(op_id, sem))
+                task = asyncio.create_task(self._run_one(op, sem))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
-            if not ids:
+            if not ops:
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:
                     pass
         await self.drain_inflight()
 
-    async def _run_one(self, op_id: int, sem: asyncio.Semaphore) -> None:
+    async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         try:
-            await execute(self.ctx, self.settings, op_id, self._rng)
+            return await claim(self.ctx, self.settings, limit)
         except Exception:
-            log.exception("outbox operation %s failed unexpectedly", op_id)
-            await release(self.ctx, op_id, error="internal error; see the daemon log", delay=30.0)
+            # The store failing must not end the worker: the next round tries again.
+            log.exception("claiming outbox operations failed")
+            await asyncio.sleep(self.settings.idle_wait)
+            return []
+
+    async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore | None) -> None:
+        try:
+            if isinstance(op, _Orphan):
+                outcome = _parked("its task, link, route or connector no longer exists")
+            else:
+                outcome = await self._attempt(op)
+            await self.committer.submit(op, outcome)
         finally:
-            sem.release()
+            if sem is not None:
+                sem.release()
             self.ctx.outbox_ready.set()  # the next operation of this link may be runnable now
+
+    async def _attempt(self, op: _Op) -> Outcome:
+        try:
+            return await execute(self.ctx, self.settings, op, self._rng)
+        except Exception as exc:
+            log.exception("outbox %s %s on %s failed unexpectedly", op.op, op.task.id, op.connector)
+            if op.attempts >= self.settings.max_attempts:
+                return _parked(f"gave up after {op.attempts} attempts: internal error ({type(exc).__name__})")
+            return Outcome(
+                state=OpState.PENDING,
+                result="retry",
+                error="internal error; see the daemon log",
+                delay=DEFAULT_UNEXPECTED_ERROR_DELAY,
+            )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -169,27 +374,16 @@ class Worker:
         done = 0
         sem = asyncio.Semaphore(self.settings.concurrency)
         for _ in range(max_rounds):
-            ids = await claim(self.ctx, self.settings, self.settings.batch)
-            if not ids:
+            ops = await claim(self.ctx, self.settings, self.settings.batch)
+            if not ops:
                 break
             tasks = []
-            for op_id in ids:
+            for op in ops:
                 await sem.acquire()
-                tasks.append(asyncio.create_task(self._run_one(op_id, sem)))
+                tasks.append(asyncio.create_task(self._run_one(op, sem)))
             await asyncio.gather(*tasks)
-            done += len(ids)
+            done += len(ops)
         return done
-
-
-async def release(ctx: EngineContext, op_id: int, *, error: str, delay: float) -> None:
-    async with ctx.store.transaction() as session:
-        op = await session.get(OutboxRow, op_id)
-        if op is not None and op.state == "claimed" and op.claimed_by == ctx.replica:
-            op.state = "pending"
-            op.claimed_by = None
-            op.claim_expires_at = None
-            op.last_error = error
-            op.next_attempt_at = ctx.now() + timedelta(seconds=delay)
 
 
 async def release_claims(ctx: EngineContext) -> int:
@@ -197,322 +391,361 @@ async def release_claims(ctx: EngineContext) -> int:
     async with ctx.store.transaction() as session:
         result = await session.execute(
             update(OutboxRow)
-            .where(OutboxRow.state == "claimed", OutboxRow.claimed_by == ctx.replica)
-            .values(state="pending", claimed_by=None, claim_expires_at=None)
+            .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica)
+            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-@dataclass
-class _Op:
-    """What an operation needs, read in one short transaction before any platform call."""
-
-    id: int
-    op: str
-    attempts: int
-    payload: dict[str, Any]
-    connector: str
-    observed_at: datetime
-    route: Route
-    member: Member
-    task: TaskRow
-    link: LinkRow
-    comment: CommentRow | None
+# -- one attempt ---------------------------------------------------------------------------------
 
 
-async def execute(ctx: EngineContext, settings: WorkerSettings, op_id: int, rng: random.Random) -> None:
-    async with ctx.store.read() as session:
-        row = await session.get(OutboxRow, op_id)
-        if row is None or row.state != "claimed" or row.claimed_by != ctx.replica:
-            return
-        task = await session.get(TaskRow, row.task_id)
-        link = await session.get(LinkRow, row.link_id) if row.link_id is not None else None
-        comment = await session.get(CommentRow, row.comment_id) if row.comment_id else None
-        route = ctx.route(row.route)
-        member = route.member(row.connector, link.scope) if route and link else None
-        info = (row.id, row.op, row.attempts, dict(row.payload), row.connector, row.observed_at)
-    if task is None or link is None or route is None or member is None or row.connector not in ctx.connectors:
-        await finish(ctx, op_id, result="parked", error="its task, link, route or connector no longer exists")
-        return
-    op = _Op(*info, route=route, member=member, task=task, link=link, comment=comment)
+async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: random.Random) -> Outcome:
+    """Attempt one claimed operation against its platform; how it ended, for the committer."""
     conn = ctx.connectors[op.connector]
     try:
-        await _dispatch(ctx, conn, op, read_first=settings.read_before_write)
+        return await _dispatch(ctx, conn, op, read_first=settings.read_before_write)
     except RateLimited as exc:
-        metrics.writes.labels(op.connector, op.op, "rate_limited").inc()
-        await release(ctx, op.id, error=str(exc), delay=exc.retry_after)
+        return Outcome(state=OpState.PENDING, result="rate_limited", error=str(exc), delay=exc.retry_after)
     except Retryable as exc:
-        if op.attempts >= settings.max_attempts:
-            metrics.writes.labels(op.connector, op.op, "parked").inc()
-            await finish(ctx, op.id, result="parked", error=f"gave up after {op.attempts} attempts: {exc}")
-            return
-        metrics.writes.labels(op.connector, op.op, "retry").inc()
-        delay = min(settings.max_backoff, settings.backoff * 2 ** (op.attempts - 1))
-        await release(ctx, op.id, error=str(exc), delay=rng.uniform(delay / 2, delay))
+        return _retry(settings, op.attempts, str(exc), rng)
     except NotFound as exc:
-        if op.op in ("delete", "archive"):
-            await finish(ctx, op.id, result="ok")  # already gone: the intent holds
-            return
-        metrics.writes.labels(op.connector, op.op, "parked").inc()
-        await finish(ctx, op.id, result="parked", error=str(exc))
-        from bridge.engine.poller import apply_remote_deletion
-
-        if op.link.remote_id and op.op != "create":
-            async with ctx.store.transaction() as session:
-                await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
+        if op.op in (OpKind.DELETE, OpKind.ARCHIVE):
+            return _done(None)  # already gone: the intent holds
+        return _parked(str(exc), remote_deleted=op.op != OpKind.CREATE and op.link.remote_id is not None)
     except (Permanent, AuthFailed, PermanentOutcome) as exc:
-        metrics.writes.labels(op.connector, op.op, "parked").inc()
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
-        await finish(ctx, op.id, result="parked", error=str(exc))
+        return _parked(str(exc))
     except ConnectorError as exc:
-        metrics.writes.labels(op.connector, op.op, "parked").inc()
-        await finish(ctx, op.id, result="parked", error=str(exc))
+        return _parked(str(exc))
 
 
-async def finish(ctx: EngineContext, op_id: int, *, result: str, error: str | None = None) -> None:
-    async with ctx.store.transaction() as session:
-        op = await session.get(OutboxRow, op_id)
-        if op is None:
-            return
-        op.state = "done" if result == "ok" else "parked"
-        op.last_error = error
-        op.done_at = ctx.now()
-        op.done_by = ctx.replica
-        op.claimed_by = None
-        op.claim_expires_at = None
+async def _dispatch(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> Outcome:
+    if op.op == OpKind.CREATE:
+        return await _create(conn, op)
+    if op.op == OpKind.UPDATE:
+        return await _update(ctx, conn, op, read_first=read_first)
+    if op.op == OpKind.DELETE:
+        return await _delete(conn, op)
+    if op.op == OpKind.ARCHIVE:
+        return await _archive(conn, op)
+    if op.op == OpKind.COMMENT:
+        return await _comment(ctx, conn, op)
+    raise PermanentOutcome(f"unknown operation {op.op!r}")
 
 
-async def _dispatch(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> None:
-    if op.op == "create":
-        await _create(ctx, conn, op)
-    elif op.op == "update":
-        await _update(ctx, conn, op, read_first=read_first)
-    elif op.op == "delete":
-        await _delete(ctx, conn, op)
-    elif op.op == "archive":
-        await _archive(ctx, conn, op)
-    elif op.op == "comment":
-        await _comment(ctx, conn, op)
-    else:
-        raise PermanentOutcome(f"unknown operation {op.op!r}")
-
-
-def _writable_values(
-    ctx: EngineContext, op: _Op, canonical: Values, names: list[str] | None = None
-) -> Values:
-    conn = ctx.connectors[op.connector]
-    fields = names if names is not None else list(op.route.fields)
-    out = {
-        f: canonical.get(f, DEFAULTS[f])
-        for f in fields
-        if f in op.route.fields and op.member.writes(f) and f in conn.capabilities.writable
-    }
-    return out
-
-
-async def _create(ctx: EngineContext, conn: Connector, op: _Op) -> None:
+async def _create(conn: Connector, op: _Op) -> Outcome:
     if op.link.remote_id is not None:
         # An observation already found the mirror (by its marker): only reconcile.
-        await _succeed(ctx, op, written={}, remote=None)
-        return
+        return _done({})
     marker = op.route.marker.line(op.task.id)
     found: RemoteTask | None = None
     if op.attempts > 1:
         # An earlier attempt may have created it and died before recording the id.
         found = await conn.find_by_marker(op.member.scope, marker)
     canonical = decode_values(op.task.data)
-    values = _writable_values(ctx, op, canonical)
-    if found is None:
-        remote_values = dict(values)
-        if "description" in conn.capabilities.writable:
-            remote_values["description"] = op.route.marker.add(
-                str(canonical.get("description", "")), op.task.id
-            )
-        found = await conn.create_task(op.member.scope, remote_values)
-        written = values  # the base keeps descriptions without the marker, as they read back
-    else:
-        written = {}
-    await _succeed(ctx, op, written=written, remote=found)
+    values = core.writable_values(conn, op.route, op.member, canonical, op.route.fields)
+    if found is not None:
+        return _done({}, remote=found)
+    remote_values = dict(values)
+    if "description" in conn.capabilities.writable:
+        remote_values["description"] = op.route.marker.add(str(canonical.get("description", "")), op.task.id)
+    created = await conn.create_task(op.member.scope, remote_values)
+    # The base keeps descriptions without the marker, as they read back.
+    return _done(values, remote=created)
 
 
-async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> None:
+async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> Outcome:
     if op.link.remote_id is None:
         raise PermanentOutcome("the link has no remote id (its create never landed)")
-    # Nothing but the read-before-write GET stands between that read and the write: the store's
-    # work (what to write, the in-flight mark) comes first, and a write that cannot go out at
+    # Nothing but the read-before-write GET stands between that read and the write: what to
+    # write and its in-flight mark were settled with the claim, and a write that cannot go out at
     # once fails rather than going out late (see writes_fail_fast), since anything edited there
     # in between would be overwritten.
-    changes = await _planned(ctx, op)
-    if changes:
-        await _mark_inflight(ctx, conn, op, changes)
-    if changes and read_first and await _observe_before_write(ctx, conn, op):
-        # The side changed since it last agreed with us: that change is merged first (it may
-        # win, or hold a conflict), and the write goes out with what is true now.
-        async with ctx.store.read() as session:
-            task = await session.get(TaskRow, op.task.id)
-            link = await session.get(LinkRow, op.link.id)
-        if task is None or link is None or link.state != "active":
-            await _succeed(ctx, op, written={}, remote=None)
-            return
-        op.task, op.link = task, link
-        planned, changes = changes, await _planned(ctx, op)
-        if changes and changes != planned:
-            await _mark_inflight(ctx, conn, op, changes)
+    changes = op.planned
+    if changes and read_first:
+        current = await conn.get_task(op.member.scope, op.link.remote_id)
+        if core.moved_since_base(conn, op.route, op.member, current, decode_values(op.link.base)):
+            # The side changed since it last agreed with us: that change is merged first (it may
+            # win, or hold a conflict), and the write goes out with what is true now.
+            changes = await _after_remote_edit(ctx, conn, op, current)
+            if changes is None:
+                return _done({})
     if not changes:
-        await _succeed(ctx, op, written={}, remote=None)
-        return
+        return _done({})
     remote_changes = dict(changes)
     if "description" in changes and op.link.is_mirror:
         remote_changes["description"] = op.route.marker.add(str(changes["description"]), op.task.id)
     with writes_fail_fast():
         after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
     # Its time, not its values: a listing fetched before this write must read as older than it.
-    await _succeed(ctx, op, written=changes, remote=None, remote_time=after.updated_at)
+    return _done(changes, remote_time=after.updated_at)
 
 
-async def _planned(ctx: EngineContext, op: _Op) -> Values:
-    """The values this update would write now: the fields it was queued for that still differ."""
-    canonical = decode_values(op.task.data)
-    stale = stale_fields(
-        ctx, op.route, op.member, canonical, decode_values(op.link.base), await _held(ctx, op.task.id)
-    )
-    wanted = [f for f in op.payload.get("fields", stale) if f in stale]
-    return _writable_values(ctx, op, canonical, wanted)
-
-
-async def _mark_inflight(ctx: EngineContext, conn: Connector, op: _Op, changes: Values) -> None:
-    """Record what is about to be written, as it will read back, before writing it: the platform
-    may report the change (a webhook, a poll) before `_succeed` commits the new base, and that
-    report is our echo, not someone's edit."""
-    shown = {f: side_roundtrip(conn, f, v) for f, v in changes.items()}
-    async with ctx.store.transaction() as session:
-        link = await session.get(LinkRow, op.link.id)
-        if link is not None:
-            link.inflight = encode_values({f: v for f, v in shown.items() if v is not NO_CLAIM})
-
-
-async def _observe_before_write(ctx: EngineContext, conn: Connector, op: _Op) -> bool:
-    """GET the remote task and observe it when it moved since its base: without this, a write
-    would overwrite an edit made there since the last poll (a lost update). Returns True when
-    the side had moved."""
-    from bridge.engine.sync import Observation, observe
-
-    assert op.link.remote_id is not None
-    current = await conn.get_task(op.member.scope, op.link.remote_id)
-    seen, _ = readable_values(ctx, op.route, op.member, current)
-    base = decode_values(op.link.base)
-    if all(base.get(f) == v for f, v in seen.items()):
-        return False
+async def _after_remote_edit(
+    ctx: EngineContext, conn: Connector, op: _Op, current: RemoteTask
+) -> Values | None:
+    """Merge a remote edit the read before a write found, then plan the write again. None: the
+    link is no longer active (the edit unlinked it), so nothing is written."""
     async with ctx.store.transaction() as session:
         await observe(ctx, session, Observation(op.route, op.member, current, "poll"))
-    return True
-
-
-async def _held(ctx: EngineContext, task_id: str) -> set[str]:
-    from bridge.engine.sync import held_fields
-
     async with ctx.store.read() as session:
-        return await held_fields(session, task_id)
+        task = await session.get(TaskRow, op.task.id)
+        link = await session.get(LinkRow, op.link.id)
+        held = await held_fields(session, op.task.id)
+    if task is None or link is None or link.state != LinkState.ACTIVE:
+        return None
+    op.task, op.link = task, link
+    planned, changes = op.planned, _plan(conn, op, held)
+    if changes and changes != planned:
+        async with ctx.store.transaction() as session:
+            row = await session.get(LinkRow, op.link.id)
+            if row is not None:
+                row.inflight = encode_values(core.inflight_claims(conn, changes))
+    return changes
 
 
-async def _delete(ctx: EngineContext, conn: Connector, op: _Op) -> None:
+async def _delete(conn: Connector, op: _Op) -> Outcome:
     if op.link.remote_id is None:
-        await _succeed(ctx, op, written={}, remote=None)
-        return
+        return _done({})
     if conn.capabilities.delete:
         await conn.delete_task(op.member.scope, op.link.remote_id)
-        await _succeed(ctx, op, written={}, remote=None, link_state="gone")
-    else:
-        await _archive(ctx, conn, op)
+        return _done({}, link_state=LinkState.GONE)
+    return await _archive(conn, op)
 
 
-async def _archive(ctx: EngineContext, conn: Connector, op: _Op) -> None:
+async def _archive(conn: Connector, op: _Op) -> Outcome:
     """Archive where the platform can; else close (status cancelled, as the mapping writes it)."""
     if op.link.remote_id is None:
-        await _succeed(ctx, op, written={}, remote=None)
-        return
+        return _done({})
+    written: Values = {}
     if conn.capabilities.archive:
         await conn.archive_task(op.member.scope, op.link.remote_id)
-        written: Values = {"archived": True}
-    else:
-        written = {}
+        written["archived"] = True
     if "status" in conn.capabilities.writable:
         await conn.update_task(op.member.scope, op.link.remote_id, {"status": Status.CANCELLED})
         written["status"] = Status.CANCELLED
-    await _succeed(ctx, op, written=written, remote=None, link_state="gone")
+    return _done(written, link_state=LinkState.GONE)
 
 
-async def _comment(ctx: EngineContext, conn: Connector, op: _Op) -> None:
-    from bridge.engine.comments import mirror_comment
+async def _comment(ctx: EngineContext, conn: Connector, op: _Op) -> Outcome:
+    if op.comment is None:
+        raise PermanentOutcome("the comment no longer exists")
+    if op.link.remote_id is None:
+        raise PermanentOutcome("the task's mirror has no remote id yet")
+    if op.comment_remote_id is not None:
+        return _done({})  # already posted and linked
+    remote_id = await mirror_comment(
+        ctx, conn, op.member, op.link.remote_id, op.comment, retried=op.attempts > 1
+    )
+    return _done({}, comment_remote_id=remote_id)
 
-    await mirror_comment(ctx, conn, op)
-    await _succeed(ctx, op, written={}, remote=None)
+
+# -- recording outcomes --------------------------------------------------------------------------
 
 
-async def _succeed(
-    ctx: EngineContext,
-    op: _Op,
-    *,
-    written: Values,
-    remote: RemoteTask | None,
-    link_state: str | None = None,
-    remote_time: datetime | None = None,
-) -> None:
-    """Record a successful write: the link's new base is what was written as it round-trips
-    there (for a create, what the platform reported for the rest), then queue whatever still
-    differs, and close the operation."""
-    conn = ctx.connectors[op.connector]
-    now = ctx.now()
-    async with ctx.store.transaction() as session:
-        link = await session.get(LinkRow, op.link.id)
-        task = await session.get(TaskRow, op.task.id)
-        row = await session.get(OutboxRow, op.id)
-        if link is None or task is None or row is None:
+@dataclass
+class _Pending:
+    op: _Op | _Orphan
+    outcome: Outcome
+    done: asyncio.Future[None]
+
+
+class Committer:
+    """Records outcomes by group commit: the first caller with nothing committing commits what
+    every caller queued meanwhile, in one transaction. A batch that fails is retried one outcome
+    per transaction, so one bad outcome holds nothing else back."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+        self._queue: list[_Pending] = []
+        self._turn = asyncio.Lock()
+
+    async def submit(self, op: _Op | _Orphan, outcome: Outcome) -> None:
+        item = _Pending(op, outcome, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        async with self._turn:
+            if not item.done.done():
+                batch, self._queue = self._queue, []
+                try:
+                    await self._commit(batch)
+                finally:
+                    # Cancelled (a shutdown) mid-commit: nobody else will take these, and their
+                    # claims expire as after a crash, so no caller may wait for them forever.
+                    for p in batch:
+                        if not p.done.done():
+                            p.done.set_result(None)
+        await item.done
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._apply([(p.op, p.outcome) for p in batch])
+        except Exception:
+            if len(batch) == 1:
+                log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)
+                batch[0].done.set_result(None)  # its claim expires and the operation runs again
+                return
+            for p in batch:
+                await self._commit([p])
             return
-        base = decode_values(link.base)
-        if remote is not None:
-            reported, _ = readable_values(ctx, op.route, op.member, remote)
-            base = {**base, **reported}
-            if link.remote_id is None:
-                link.remote_id = remote.remote_id
-                link.remote_url = remote.url
-                link.remote_updated_at = remote.updated_at
-            link.state = "active"
-        for name, value in written.items():
-            if name in op.route.fields and name in conn.capabilities.fields:
-                shown = side_roundtrip(conn, name, value)
-                if shown is not NO_CLAIM:
-                    base[name] = shown
-        link.base = encode_values(base)
-        link.inflight = None
-        if remote_time is not None and (
-            link.remote_updated_at is None or remote_time > link.remote_updated_at
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(None)
+
+    async def _apply(self, batch: list[tuple[_Op | _Orphan, Outcome]]) -> None:
+        propagated: list[_Op] = []
+        async with self.ctx.store.transaction() as session:
+            propagated = await apply_outcomes(self.ctx, session, batch)
+        for op, outcome in batch:
+            metrics.writes.labels(op.connector, str(op.op), outcome.result).inc()
+        now = self.ctx.now()
+        for op in propagated:
+            metrics.propagation.labels(op.route.name).observe(
+                max(0.0, (now - op.observed_at).total_seconds())
+            )
+
+
+async def apply_outcomes(
+    ctx: EngineContext, session: AsyncSession, batch: Sequence[tuple[_Op | _Orphan, Outcome]]
+) -> list[_Op]:
+    """Record a batch of outcomes in the caller's transaction. Returns the successful operations
+    whose change is now written everywhere (nothing of it left queued): their propagation ended."""
+    now = ctx.now()
+    ids = [op.id for op, _ in batch]
+    rows = {r.id: r for r in (await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)))).all()}
+    ops = [op for op, _ in batch if isinstance(op, _Op)]
+    links = {
+        x.id: x
+        for x in (
+            await session.scalars(select(LinkRow).where(LinkRow.id.in_({op.link.id for op in ops})))
+        ).all()
+    }
+    tasks = {
+        t.id: t
+        for t in (
+            await session.scalars(select(TaskRow).where(TaskRow.id.in_({op.task.id for op in ops})))
+        ).all()
+    }
+    requeue: list[tuple[Route, TaskRow, datetime]] = []
+    succeeded: list[_Op] = []
+    for op, outcome in batch:
+        row = rows.get(op.id)
+        if row is None:
+            continue
+        if row.state in (OpState.DONE, OpState.PARKED) or (
+            row.state == OpState.CLAIMED and row.claimed_by != ctx.replica
         ):
-            link.remote_updated_at = remote_time
-        link.updated_at = now
-        if link_state is not None:
-            link.state = link_state
-        row.state = "done"
-        row.done_at = now
-        row.done_by = ctx.replica
-        row.claimed_by = None
-        row.claim_expires_at = None
-        row.last_error = None
-        await session.flush()
-        if link.state == "active":
-            await queue_updates(ctx, session, op.route, task, observed_at=op.observed_at)
-        waiting = await session.scalar(
-            select(func.count())
-            .select_from(OutboxRow)
-            .where(
-                OutboxRow.task_id == op.task.id,
-                OutboxRow.observed_at == op.observed_at,
-                OutboxRow.state.in_(("pending", "claimed")),
+            # Our claim expired and another worker took the operation (a write slower than
+            # claim_ttl): its record is that worker's to make. A write of ours that landed still
+            # moved the platform, which the link records below.
+            if outcome.state != OpState.DONE or not isinstance(op, _Op):
+                continue
+        elif outcome.state == OpState.PENDING:
+            if row.state == OpState.CLAIMED:
+                row.state = advance(row.state, OpState.PENDING)
+                row.claimed_by = None
+                row.claim_expires_at = None
+                row.last_error = outcome.error
+                row.next_attempt_at = now + timedelta(seconds=outcome.delay)
+            continue
+        else:
+            row.state = advance(row.state, outcome.state)
+            row.last_error = outcome.error
+            row.done_at = now
+            row.done_by = ctx.replica
+            row.claimed_by = None
+            row.claim_expires_at = None
+        if not isinstance(op, _Op):
+            continue
+        if outcome.remote_deleted and op.link.remote_id:
+            await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
+        if outcome.state != OpState.DONE:
+            continue
+        link, task = links.get(op.link.id), tasks.get(op.task.id)
+        if link is None or task is None:
+            continue
+        if outcome.comment_remote_id is not None and op.comment is not None:
+            await _link_comment(session, op, outcome.comment_remote_id, now)
+        if outcome.written is not None:
+            _record_write(ctx, op, link, outcome, now)
+        succeeded.append(op)
+        if link.state == LinkState.ACTIVE:
+            requeue.append((op.route, task, op.observed_at))
+    if not succeeded:
+        return []
+    await session.flush()
+    await queue_updates_many(ctx, session, requeue)
+    await session.flush()
+    # The propagation of a change ends with the last of its writes: none of the same task and
+    # observation left unfinished.
+    keys = {(op.task.id, op.observed_at) for op in succeeded}
+    unfinished = set(
+        (
+            await session.execute(
+                select(OutboxRow.task_id, OutboxRow.observed_at)
+                .where(
+                    OutboxRow.task_id.in_({k[0] for k in keys}),
+                    OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
+                )
+                .group_by(OutboxRow.task_id, OutboxRow.observed_at)
+            )
+        ).all()
+    )
+    unfinished = {(task_id, as_utc(observed_at)) for task_id, observed_at in unfinished}
+    out: list[_Op] = []
+    for op in succeeded:
+        key = (op.task.id, as_utc(op.observed_at))
+        if key not in unfinished:
+            unfinished.add(key)  # one observation per change, however many of its writes were here
+            out.append(op)
+    return out
+
+
+def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime) -> None:
+    """A write landed: the link's new base is what was written as it reads back there (for a
+    create, what the platform reported for the rest)."""
+    conn = ctx.connectors[op.connector]
+    assert outcome.written is not None
+    base = core.base_after_write(
+        conn, op.route, op.member, decode_values(link.base), outcome.written, outcome.remote
+    )
+    if outcome.remote is not None:
+        if link.remote_id is None:
+            link.remote_id = outcome.remote.remote_id
+            link.remote_url = outcome.remote.url
+            link.remote_updated_at = outcome.remote.updated_at
+        link.state = advance(link.state, LinkState.ACTIVE)
+    link.base = encode_values(base)
+    link.inflight = None
+    if outcome.remote_time is not None and (
+        link.remote_updated_at is None or outcome.remote_time > link.remote_updated_at
+    ):
+        link.remote_updated_at = outcome.remote_time
+    link.updated_at = now
+    if outcome.link_state is not None:
+        link.state = advance(link.state, outcome.link_state)
+
+
+async def _link_comment(session: AsyncSession, op: _Op, remote_id: str, now: datetime) -> None:
+    assert op.comment is not None
+    clink = await session.scalar(
+        select(CommentLinkRow).where(
+            CommentLinkRow.comment_id == op.comment.id, CommentLinkRow.connector == op.connector
+        )
+    )
+    if clink is None:
+        session.add(
+            CommentLinkRow(
+                comment_id=op.comment.id,
+                connector=op.connector,
+                remote_id=remote_id,
+                state=LinkState.ACTIVE,
+                created_at=now,
             )
         )
-    metrics.writes.labels(op.connector, op.op, "ok").inc()
-    if not waiting:
-        metrics.propagation.labels(op.route.name).observe(max(0.0, (now - op.observed_at).total_seconds()))
+    else:
+        clink.remote_id = remote_id
+        clink.state = advance(clink.state, LinkState.ACTIVE)
 
 
 async def comment_link_exists(ctx: EngineContext, comment_id: str, connector: str) -> bool:
@@ -522,7 +755,7 @@ async def comment_link_exists(ctx: EngineContext, comment_id: str, connector: st
                 select(CommentLinkRow.id).where(
                     CommentLinkRow.comment_id == comment_id,
                     CommentLinkRow.connector == connector,
-                    CommentLinkRow.state == "active",
+                    CommentLinkRow.state == LinkState.ACTIVE,
                 )
             )
         ) is not None

@@ -23,10 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge import metrics
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import Observation, enqueue, needs_observing, observe
-from bridge.model import Status, as_utc, decode_values, encode_values
-from bridge.store import on_commit
-from bridge.store.tables import HistoryRow, LinkRow, TaskRow, WatermarkRow
+from bridge.engine.sync import (
+    Observation,
+    apply_remote_deletion,
+    mark_gone_from_view,
+    needs_observing,
+    observe,
+)
+from bridge.store.states import LinkState
+from bridge.store.tables import LinkRow, WatermarkRow
 from connectors.base import ConnectorError, GoneFromView, NotFound
 
 log = logging.getLogger("taskbridge.poll")
@@ -43,13 +48,6 @@ class PollReport:
     deleted: int = 0
     errors: list[str] = field(default_factory=list)
     guard_tripped: list[str] = field(default_factory=list)
-
-
-async def first_seen(session: AsyncSession, member: Member) -> datetime | None:
-    row = await session.get(WatermarkRow, (member.connector, member.scope))
-    if row is None or "first_poll" not in row.value:
-        return None
-    return as_utc(datetime.fromisoformat(row.value["first_poll"]))
 
 
 async def poll_connector(ctx: EngineContext, connector: str, *, progress: Any = None) -> PollReport:
@@ -146,7 +144,7 @@ async def _missing(
             select(LinkRow.remote_id).where(
                 LinkRow.connector == member.connector,
                 LinkRow.scope == member.scope,
-                LinkRow.state == "active",
+                LinkRow.state == LinkState.ACTIVE,
                 LinkRow.remote_id.is_not(None),
                 LinkRow.updated_at < before,
             )
@@ -165,7 +163,7 @@ async def _confirm_deletions(
                 .where(
                     LinkRow.connector == member.connector,
                     LinkRow.scope == member.scope,
-                    LinkRow.state == "active",
+                    LinkRow.state == LinkState.ACTIVE,
                 )
             )
             or 0
@@ -197,84 +195,3 @@ async def _confirm_deletions(
         async with ctx.store.transaction() as session:
             if await observe(ctx, session, Observation(route, member, rt, "poll")):
                 report.changed += 1
-
-
-async def mark_gone_from_view(
-    ctx: EngineContext, session: AsyncSession, member: Member, remote_id: str
-) -> None:
-    """The credential can no longer see the task: stop syncing that one copy, delete nothing."""
-    from bridge.engine.sync import link_by_remote
-
-    link = await link_by_remote(session, member.connector, remote_id)
-    if link is None or link.state != "active":
-        return
-    link.state = "gone"
-    link.updated_at = ctx.now()
-    session.add(
-        HistoryRow(
-            task_id=link.task_id,
-            field="*",
-            old=None,
-            new={"v": "gone from view"},
-            source=member.connector,
-            via="poll",
-            at=ctx.now(),
-        )
-    )
-    log.info("%s: task %s left the credential's view; unlinked, not deleted", member.connector, remote_id)
-
-
-async def apply_remote_deletion(
-    ctx: EngineContext, session: AsyncSession, route: Route, member: Member, remote_id: str
-) -> bool:
-    """A deletion confirmed by the platform (a GET answered 404): apply the route's policy."""
-    from bridge.engine.sync import link_by_remote
-
-    link = await link_by_remote(session, member.connector, remote_id)
-    if link is None or link.state not in ("active", "creating"):
-        return False
-    now = ctx.now()
-    link.state = "gone"
-    link.updated_at = now
-    task = await session.get(TaskRow, link.task_id)
-    if task is None:
-        return False
-    session.add(
-        HistoryRow(
-            task_id=task.id,
-            field="*",
-            old=None,
-            new={"v": f"deleted on {member.connector}"},
-            source=member.connector,
-            via="poll",
-            at=now,
-        )
-    )
-    others = (
-        await session.scalars(
-            select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state.in_(("active", "creating")))
-        )
-    ).all()
-    if route.on_delete == "unlink":
-        for other in others:
-            other.state = "unlinked"
-            other.updated_at = now
-        # The mirrors live on as unrelated tasks: a deleted canonical task is never relinked
-        # (unlike one that merely left the route's filter).
-        task.deleted_at = now
-        return True
-    canonical = decode_values(task.data)
-    if route.on_delete == "delete":
-        task.deleted_at = now
-    else:
-        canonical = {**canonical, "archived": True, "status": Status.CANCELLED}
-        task.data = encode_values(canonical)
-        task.status = str(Status.CANCELLED)
-    task.updated_at = now
-    for other in others:
-        target = route.member(other.connector, other.scope)
-        if target is None or not target.writes_any:
-            continue
-        enqueue(session, task, other, route.on_delete, {}, observed_at=now, now=now)
-    on_commit(session, ctx.outbox_ready.set)
-    return True

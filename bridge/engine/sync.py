@@ -11,7 +11,7 @@ the same values again is a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,40 +20,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
+from bridge.engine import core
 from bridge.engine.context import EngineContext
+from bridge.engine.core import DEFAULTS
 from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
-from bridge.model import (
-    Priority,
-    Status,
-    Values,
-    as_utc,
-    decode_values,
-    encode,
-    encode_values,
-    new_id,
-    normalize_values,
-)
+from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit
-from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow
-from connectors.base import Connector, RemoteTask
+from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
+from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
+from connectors.base import RemoteTask
 
 log = logging.getLogger("taskbridge.sync")
-
-DEFAULTS: Values = normalize_values(
-    {
-        "title": "",
-        "description": "",
-        "status": Status.TODO,
-        "priority": Priority.NONE,
-        "assignees": [],
-        "tags": [],
-        "due_date": None,
-        "start_date": None,
-        "parent": None,
-        "archived": False,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -66,65 +44,14 @@ class Observation:
     via: str
 
 
-def readable_values(
-    ctx: EngineContext, route: Route, member: Member, rt: RemoteTask
-) -> tuple[Values, str | None]:
-    """The canonical values side `member` reports for the route's fields, with the marker line
-    stripped from the description; and the bridge task id the marker named, if any."""
-    conn = ctx.connectors[member.connector]
-    values = {
-        f: v
-        for f, v in rt.values.items()
-        if f in route.fields and member.reads(f) and f in conn.capabilities.fields
-    }
-    marker_id = None
-    if "description" in rt.values:
-        text, marker_id = route.marker.extract(rt.values["description"] or "")
-        if "description" in values:
-            values["description"] = text
-    return values, marker_id
-
-
-class _NoClaim:
-    """A connector's roundtrip() left a field out: writing that value has no effect it can
-    predict (e.g. a read-only status that only some values act on). Equal to nothing."""
-
-    def __repr__(self) -> str:
-        return "NO_CLAIM"
-
-
-NO_CLAIM: Any = _NoClaim()
-
-
-def side_roundtrip(conn: Connector, name: str, value: Any) -> Any:
-    if name not in conn.capabilities.fields:
-        return value
-    return conn.roundtrip({name: value}).get(name, NO_CLAIM)
-
-
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:
     return await session.scalar(
         select(LinkRow).where(LinkRow.connector == connector, LinkRow.remote_id == remote_id)
     )
 
 
-def _older_than_applied(rt: RemoteTask, link: LinkRow) -> bool:
-    return bool(rt.updated_at and link.remote_updated_at and rt.updated_at < link.remote_updated_at)
-
-
 def _agreed(values: Values, link: LinkRow) -> Values:
-    """What this side last agreed with us: the link's base, where a write of ours in flight
-    already shows its value (seen landing before its commit), that value."""
-    base = decode_values(link.base)
-    for name, value in decode_values(link.inflight or {}).items():
-        if values.get(name, NO_CLAIM) == value:
-            base[name] = value
-    return base
-
-
-def _unmoved(values: Values, agreed: Values) -> bool:
-    """The side shows, for every field it reports, what it last agreed with us."""
-    return all(f in agreed and agreed[f] == v for f, v in values.items())
+    return core.agreed(values, decode_values(link.base), decode_values(link.inflight or {}))
 
 
 async def needs_observing(
@@ -136,6 +63,7 @@ async def needs_observing(
     unchanged scope (most polls) would otherwise spend."""
     if not member.reads_any or not tasks:
         return []
+    conn = ctx.connectors[member.connector]
     links = {
         link.remote_id: link
         for link in (
@@ -150,11 +78,11 @@ async def needs_observing(
     out = []
     for rt in tasks:
         link = links.get(rt.remote_id)
-        if link is not None and link.state == "active":
-            if _older_than_applied(rt, link):
+        if link is not None and link.state == LinkState.ACTIVE:
+            if core.older_than_applied(rt.updated_at, link.remote_updated_at):
                 continue
-            values, _ = readable_values(ctx, route, member, rt)
-            if _unmoved(values, _agreed(values, link)):
+            values, _ = core.readable_values(conn, route, member, rt)
+            if core.unmoved(values, _agreed(values, link)):
                 continue
         out.append(rt)
     return out
@@ -165,7 +93,8 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     route, member, rt = obs.route, obs.member, obs.task
     if not member.reads_any:
         return False
-    values, marker_id = readable_values(ctx, route, member, rt)
+    conn = ctx.connectors[member.connector]
+    values, marker_id = core.readable_values(conn, route, member, rt)
     link = await link_by_remote(session, member.connector, rt.remote_id)
     now = ctx.now()
     if link is None:
@@ -178,28 +107,27 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         await _create_canonical(ctx, session, obs, values, now)
         metrics.changes_detected.labels(member.connector, obs.via).inc()
         return True
-    if link.state == "creating":
+    if link.state == LinkState.CREATING:
         # The create is still in flight on this link, but the platform already shows the task.
-        link.state = "active"
+        link.state = advance(link.state, LinkState.ACTIVE)
     task = await session.get(TaskRow, link.task_id)
     if task is None or task.deleted_at is not None:
         return False
-    if link.state in ("unlinked", "gone"):
+    if link.state in (LinkState.UNLINKED, LinkState.GONE):
         if not route.matches(values):
             return False
         await _relink(session, task, now)
-    if _older_than_applied(rt, link):
+    if core.older_than_applied(rt.updated_at, link.remote_updated_at):
         return False  # an older report than one already applied (a late webhook delivery)
     base = _agreed(values, link)
-    if _unmoved(values, base):
+    if core.unmoved(values, base):
         return False  # nothing moved on this side: the common case, and how echoes die
     canonical = decode_values(task.data)
-    conn = ctx.connectors[member.connector]
     result = merge(
         values,
         base,
         canonical,
-        roundtrip=lambda name, value: side_roundtrip(conn, name, value),
+        roundtrip=lambda name, value: core.side_roundtrip(conn, name, value),
         policy=route.conflict,
         side_is_preferred=route.prefer == member.connector,
         side_updated_at=rt.updated_at,
@@ -285,87 +213,106 @@ def apply_changes(
 async def queue_updates(
     ctx: EngineContext, session: AsyncSession, route: Route, task: TaskRow, *, observed_at: datetime
 ) -> int:
-    """Queue an update for every member whose base differs from the canonical values. An update
-    already waiting (unclaimed) for a link absorbs the new fields instead of adding a second one;
-    a link with an update being written (claimed) is left to that write's own re-check."""
-    canonical = decode_values(task.data)
-    links = (
+    """Queue an update for every member whose base differs from the canonical values (see
+    `queue_updates_many`)."""
+    return await queue_updates_many(ctx, session, [(route, task, observed_at)])
+
+
+async def queue_updates_many(
+    ctx: EngineContext, session: AsyncSession, items: Sequence[tuple[Route, TaskRow, datetime]]
+) -> int:
+    """For each (route, task, observed_at): queue an update for every member whose base differs
+    from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
+    fields instead of adding a second one; a link with an update being written (claimed) is left
+    to that write's own re-check. Four reads however many tasks: the outbox records a batch of
+    finished writes in one transaction, and each may leave its task needing more."""
+    if not items:
+        return 0
+    task_ids = list({task.id for _, task, _ in items})
+    links_of: dict[str, list[LinkRow]] = {}
+    for link in (
         await session.scalars(
-            select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state.in_(("active", "creating")))
+            select(LinkRow).where(
+                LinkRow.task_id.in_(task_ids), LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
+            )
         )
-    ).all()
-    held = await held_fields(session, task.id)
+    ).all():
+        links_of.setdefault(link.task_id, []).append(link)
+    held = await held_fields_many(session, task_ids)
     # A side whose update is being written now re-checks the whole task when it lands (_succeed),
     # so a second update queued behind it would only re-read what the first one writes.
-    writing = set(
-        (
-            await session.scalars(
-                select(OutboxRow.link_id).where(
-                    OutboxRow.task_id == task.id, OutboxRow.op == "update", OutboxRow.state == "claimed"
-                )
-            )
-        ).all()
-    )
-    queued = 0
-    for link in links:
-        member = route.member(link.connector, link.scope)
-        if member is None or link.id in writing:
-            continue
-        fields = stale_fields(ctx, route, member, canonical, decode_values(link.base), held)
-        if not fields or link.state == "creating":
-            continue  # a create in flight writes everything once it lands
-        waiting = await session.scalar(
+    open_updates = (
+        await session.scalars(
             select(OutboxRow).where(
-                OutboxRow.link_id == link.id, OutboxRow.op == "update", OutboxRow.state == "pending"
+                OutboxRow.task_id.in_(task_ids),
+                OutboxRow.op == OpKind.UPDATE,
+                OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
             )
         )
-        if waiting is not None:
-            waiting.payload = {"fields": sorted(set(waiting.payload.get("fields", [])) | set(fields))}
-            waiting.observed_at = min(waiting.observed_at, observed_at)
+    ).all()
+    writing = {row.link_id for row in open_updates if row.state == OpState.CLAIMED}
+    waiting = {row.link_id: row for row in open_updates if row.state == OpState.PENDING}
+    queued = 0
+    done: set[str] = set()
+    for route, task, observed_at in items:
+        if task.id in done:
             continue
-        enqueue(
-            session, task, link, "update", {"fields": sorted(fields)}, observed_at=observed_at, now=ctx.now()
-        )
-        queued += 1
+        done.add(task.id)
+        canonical = decode_values(task.data)
+        for link in links_of.get(task.id, []):
+            member = route.member(link.connector, link.scope)
+            if member is None or link.id in writing or link.state == LinkState.CREATING:
+                continue  # a create in flight writes everything once it lands
+            conn = ctx.connectors[member.connector]
+            fields = core.stale_fields(
+                conn, route, member, canonical, decode_values(link.base), held.get(task.id, ())
+            )
+            if not fields:
+                continue
+            row = waiting.get(link.id)
+            if row is not None:
+                row.payload = {"fields": sorted(set(row.payload.get("fields", [])) | set(fields))}
+                row.observed_at = min(row.observed_at, observed_at)
+                continue
+            waiting[link.id] = enqueue(
+                session,
+                task,
+                link,
+                OpKind.UPDATE,
+                {"fields": sorted(fields)},
+                observed_at=observed_at,
+                now=ctx.now(),
+            )
+            queued += 1
     if queued:
         on_commit(session, ctx.outbox_ready.set)
     return queued
 
 
-def stale_fields(
-    ctx: EngineContext,
-    route: Route,
-    member: Member,
-    canonical: Values,
-    base: Values,
-    held: Iterable[str] = (),
-) -> list[str]:
-    """The route fields this member writes whose base differs from what the canonical value would
-    read back as there."""
-    conn = ctx.connectors[member.connector]
-    out = []
-    held = set(held)
-    for name in route.fields:
-        if name in held or not member.writes(name) or name not in conn.capabilities.writable:
-            continue
-        shown = side_roundtrip(conn, name, canonical.get(name, DEFAULTS[name]))
-        if shown is not NO_CLAIM and shown != base.get(name):
-            out.append(name)
-    return out
-
-
 async def held_fields(session: AsyncSession, task_id: str) -> set[str]:
-    rows = await session.scalars(
-        select(ConflictRow.field).where(ConflictRow.task_id == task_id, ConflictRow.state == "open")
+    return (await held_fields_many(session, [task_id])).get(task_id, set())
+
+
+async def held_fields_many(session: AsyncSession, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    """The fields of each task that an open conflict holds (written only once it is resolved)."""
+    out: dict[str, set[str]] = {}
+    if not task_ids:
+        return out
+    rows = await session.execute(
+        select(ConflictRow.task_id, ConflictRow.field).where(
+            ConflictRow.task_id.in_(list(task_ids)), ConflictRow.state == ConflictState.OPEN
+        )
     )
-    return set(rows.all())
+    for task_id, name in rows.all():
+        out.setdefault(task_id, set()).add(name)
+    return out
 
 
 def enqueue(
     session: AsyncSession,
     task: TaskRow,
     link: LinkRow,
-    op: str,
+    op: OpKind,
     payload: dict[str, Any],
     *,
     observed_at: datetime,
@@ -380,7 +327,7 @@ def enqueue(
         connector=link.connector,
         op=op,
         payload=payload,
-        state="pending",
+        state=OpState.PENDING,
         attempts=0,
         next_attempt_at=now,
         observed_at=observed_at,
@@ -412,7 +359,7 @@ async def _adopt_mirror(
         )
         return True
     link.remote_id = rt.remote_id
-    link.state = "active"
+    link.state = advance(link.state, LinkState.ACTIVE)
     link.base = encode_values(values)
     link.remote_updated_at = rt.updated_at
     link.remote_url = rt.url
@@ -423,8 +370,6 @@ async def _adopt_mirror(
 
 async def _is_new(ctx: EngineContext, session: AsyncSession, member: Member, rt: RemoteTask) -> bool:
     """Under `initial: new-only`, whether a task appeared after the member's first poll."""
-    from bridge.engine.poller import first_seen
-
     started = await first_seen(session, member)
     if started is None:
         return False  # the first poll is the baseline: what it sees existed before us
@@ -448,7 +393,7 @@ async def _create_canonical(
             connector=member.connector,
             scope=member.scope,
             remote_id=rt.remote_id,
-            state="active",
+            state=LinkState.ACTIVE,
             base=encode_values(values),
             remote_updated_at=rt.updated_at,
             content_hash=rt.content_hash,
@@ -517,7 +462,7 @@ async def create_mirrors(
             connector=other.connector,
             scope=other.scope,
             remote_id=None,
-            state="creating",
+            state=LinkState.CREATING,
             base={},
             is_mirror=True,
             created_at=now,
@@ -525,7 +470,7 @@ async def create_mirrors(
         )
         session.add(link)
         await session.flush()
-        enqueue(session, task, link, "create", {}, observed_at=observed_at, now=now)
+        enqueue(session, task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now)
     on_commit(session, ctx.outbox_ready.set)
 
 
@@ -541,7 +486,7 @@ async def _open_conflict(
 ) -> None:
     existing = await session.scalar(
         select(ConflictRow).where(
-            ConflictRow.task_id == task.id, ConflictRow.field == name, ConflictRow.state == "open"
+            ConflictRow.task_id == task.id, ConflictRow.field == name, ConflictRow.state == ConflictState.OPEN
         )
     )
     candidates = {"bridge": encode(name, canonical), member.connector: encode(name, remote)}
@@ -550,7 +495,12 @@ async def _open_conflict(
         return
     session.add(
         ConflictRow(
-            task_id=task.id, route=route.name, field=name, candidates=candidates, state="open", created_at=now
+            task_id=task.id,
+            route=route.name,
+            field=name,
+            candidates=candidates,
+            state=ConflictState.OPEN,
+            created_at=now,
         )
     )
 
@@ -558,20 +508,20 @@ async def _open_conflict(
 async def _relink(session: AsyncSession, task: TaskRow, now: datetime) -> None:
     """A task back in the route's filter: its earlier links (kept on unlink) come back to life."""
     links = await session.scalars(
-        select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state == "unlinked")
+        select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state == LinkState.UNLINKED)
     )
     for link in links:
-        link.state = "active" if link.remote_id else "creating"
+        link.state = advance(link.state, LinkState.ACTIVE if link.remote_id else LinkState.CREATING)
         link.updated_at = now
 
 
 async def unlink_task(session: AsyncSession, task: TaskRow, now: datetime, *, reason: str) -> None:
     """Stop syncing a task without touching any platform (filter change, `on_delete: unlink`)."""
     links = await session.scalars(
-        select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state == "active")
+        select(LinkRow).where(LinkRow.task_id == task.id, LinkRow.state == LinkState.ACTIVE)
     )
     for link in links:
-        link.state = "unlinked"
+        link.state = advance(link.state, LinkState.UNLINKED)
         link.updated_at = now
     session.add(
         HistoryRow(
@@ -584,3 +534,90 @@ async def unlink_task(session: AsyncSession, task: TaskRow, now: datetime, *, re
             at=now,
         )
     )
+
+
+async def first_seen(session: AsyncSession, member: Member) -> datetime | None:
+    """When the member's first poll began (its watermark keeps it), or None before that."""
+    row = await session.get(WatermarkRow, (member.connector, member.scope))
+    if row is None or "first_poll" not in row.value:
+        return None
+    return as_utc(datetime.fromisoformat(row.value["first_poll"]))
+
+
+async def mark_gone_from_view(
+    ctx: EngineContext, session: AsyncSession, member: Member, remote_id: str
+) -> None:
+    """The credential can no longer see the task: stop syncing that one copy, delete nothing."""
+    link = await link_by_remote(session, member.connector, remote_id)
+    if link is None or link.state != LinkState.ACTIVE:
+        return
+    link.state = advance(link.state, LinkState.GONE)
+    link.updated_at = ctx.now()
+    session.add(
+        HistoryRow(
+            task_id=link.task_id,
+            field="*",
+            old=None,
+            new={"v": "gone from view"},
+            source=member.connector,
+            via="poll",
+            at=ctx.now(),
+        )
+    )
+    log.info("%s: task %s left the credential's view; unlinked, not deleted", member.connector, remote_id)
+
+
+async def apply_remote_deletion(
+    ctx: EngineContext, session: AsyncSession, route: Route, member: Member, remote_id: str
+) -> bool:
+    """A deletion confirmed by the platform (a GET answered 404): apply the route's policy."""
+    link = await link_by_remote(session, member.connector, remote_id)
+    if link is None or link.state not in (LinkState.ACTIVE, LinkState.CREATING):
+        return False
+    now = ctx.now()
+    link.state = advance(link.state, LinkState.GONE)
+    link.updated_at = now
+    task = await session.get(TaskRow, link.task_id)
+    if task is None:
+        return False
+    session.add(
+        HistoryRow(
+            task_id=task.id,
+            field="*",
+            old=None,
+            new={"v": f"deleted on {member.connector}"},
+            source=member.connector,
+            via="poll",
+            at=now,
+        )
+    )
+    others = (
+        await session.scalars(
+            select(LinkRow).where(
+                LinkRow.task_id == task.id, LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
+            )
+        )
+    ).all()
+    if route.on_delete == "unlink":
+        for other in others:
+            other.state = advance(other.state, LinkState.UNLINKED)
+            other.updated_at = now
+        # The mirrors live on as unrelated tasks: a deleted canonical task is never relinked
+        # (unlike one that merely left the route's filter).
+        task.deleted_at = now
+        return True
+    canonical = decode_values(task.data)
+    if route.on_delete == "delete":
+        task.deleted_at = now
+    else:
+        canonical = {**canonical, "archived": True, "status": Status.CANCELLED}
+        task.data = encode_values(canonical)
+        task.status = str(Status.CANCELLED)
+    task.updated_at = now
+    for other in others:
+        target = route.member(other.connector, other.scope)
+        if target is None or not target.writes_any:
+            continue
+        enqueue(session, task, other, OpKind(route.on_delete), {}, observed_at=now, now=now)
+    on_commit(session, ctx.outbox_ready.set)
+    return True

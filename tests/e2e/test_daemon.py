@@ -256,12 +256,17 @@ def test_sync_once_does_one_full_pass_and_exits(world: World, tmp_path: Path) ->
     for p in ALL:
         ops.create(world, p, f"once {p}")
     path = world.config(tmp_path, port=free_port())
-    result = subprocess.run([sys.executable, "-m", "bridge", "sync", "--config", str(path), "--once"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "sync", "--config", str(path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sync done:" in result.stderr and "0 errors" in result.stderr
     for p in ALL:
         assert {f"once {q}" for q in ALL} <= set(ops.view(world, p)), p
-    usage = subprocess.run([sys.executable, "-m", "bridge", "sync", "--config", str(path)], capture_output=True,
-                           text=True)
+    usage = subprocess.run(
+        [sys.executable, "-m", "bridge", "sync", "--config", str(path)], capture_output=True, text=True
+    )
     assert usage.returncode == 2 and "--once" in usage.stderr

@@ -1,0 +1,24 @@
+"""Every tunable default of the engine, named once. The config schema (`bridge.config`), the
+worker's settings and the daemon's options all read them from here, so a default changed here
+is changed everywhere and documented in `config.example.yaml` beside its key."""
+
+from __future__ import annotations
+
+# workers: (config keys)
+DEFAULT_CONCURRENCY = 8  # outbox operations in flight at once in one process
+DEFAULT_CLAIM_TTL = 120.0  # seconds a claim holds before another worker may take the work
+DEFAULT_LEASE_TTL = 30.0  # seconds a connector's poll lease holds without a renewal
+DEFAULT_COMMENTS_PER_POLL = 50  # linked tasks whose comments one poll reads, round-robin
+
+# The outbox worker (not in the config: they shape how it works, not what it may do).
+DEFAULT_CLAIM_BATCH = 16  # operations claimed per query
+DEFAULT_IDLE_WAIT = 1.0  # longest sleep when there is nothing to do
+DEFAULT_BACKOFF = 1.0  # first retry delay; doubles per attempt, capped at DEFAULT_MAX_BACKOFF
+DEFAULT_MAX_BACKOFF = 300.0
+DEFAULT_MAX_ATTEMPTS = 25  # retryable failures before an operation is parked
+DEFAULT_UNEXPECTED_ERROR_DELAY = 30.0  # a write that failed in a way nobody foresaw waits this long
+
+# The inbox (webhook deliveries).
+DEFAULT_INBOX_BATCH = 50  # deliveries claimed and processed together
+DEFAULT_INBOX_MAX_ATTEMPTS = 10  # failed processing attempts before a delivery is set aside
+DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once

@@ -1,0 +1,179 @@
+"""The sync decisions, as plain functions over loaded state: no session, no clock, no I/O.
+
+Everything here takes values already read (a task's canonical values, a link's base and write in
+flight, the fields held by open conflicts, what a side reports) and returns what should change:
+which fields a side reads, whether a report moved since the side last agreed with us, which
+fields a side needs written, what a write will read back as there, the base a link has after a
+write. `sync` (observations in), `outbox` (writes out) and `poller` do the I/O around these and
+apply the results in their transactions; tests/unit/test_core.py drives them by tables.
+
+A connector enters only through its `capabilities` and `roundtrip()` (what a canonical value
+reads back as there): both are pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from bridge.engine.routes import Member, Route
+from bridge.model import Priority, Status, Values, normalize_values
+from connectors.base import Connector, RemoteTask
+
+DEFAULTS: Values = normalize_values(
+    {
+        "title": "",
+        "description": "",
+        "status": Status.TODO,
+        "priority": Priority.NONE,
+        "assignees": [],
+        "tags": [],
+        "due_date": None,
+        "start_date": None,
+        "parent": None,
+        "archived": False,
+    }
+)
+
+
+class _NoClaim:
+    """A connector's roundtrip() left a field out: writing that value has no effect it can
+    predict (e.g. a read-only status that only some values act on). Equal to nothing."""
+
+    def __repr__(self) -> str:
+        return "NO_CLAIM"
+
+
+NO_CLAIM: Any = _NoClaim()
+
+
+def side_roundtrip(conn: Connector, name: str, value: Any) -> Any:
+    """What `value` reads back as on `conn` once written there (NO_CLAIM: unpredictable)."""
+    if name not in conn.capabilities.fields:
+        return value
+    return conn.roundtrip({name: value}).get(name, NO_CLAIM)
+
+
+def readable_values(
+    conn: Connector, route: Route, member: Member, rt: RemoteTask
+) -> tuple[Values, str | None]:
+    """The canonical values side `member` reports for the route's fields, with the marker line
+    stripped from the description; and the bridge task id the marker named, if any."""
+    values = {
+        f: v
+        for f, v in rt.values.items()
+        if f in route.fields and member.reads(f) and f in conn.capabilities.fields
+    }
+    marker_id = None
+    if "description" in rt.values:
+        text, marker_id = route.marker.extract(rt.values["description"] or "")
+        if "description" in values:
+            values["description"] = text
+    return values, marker_id
+
+
+def older_than_applied(reported_at: datetime | None, applied_at: datetime | None) -> bool:
+    """A report older than one already applied (a late webhook delivery, a stale listing)."""
+    return bool(reported_at and applied_at and reported_at < applied_at)
+
+
+def agreed(values: Values, base: Values, inflight: Values) -> Values:
+    """What a side last agreed with us: the link's base, except where a write of ours in flight
+    already shows its value (seen landing before its commit), that value."""
+    out = dict(base)
+    for name, value in inflight.items():
+        if values.get(name, NO_CLAIM) == value:
+            out[name] = value
+    return out
+
+
+def unmoved(values: Values, agreed_values: Values) -> bool:
+    """The side shows, for every field it reports, what it last agreed with us."""
+    return all(f in agreed_values and agreed_values[f] == v for f, v in values.items())
+
+
+def stale_fields(
+    conn: Connector,
+    route: Route,
+    member: Member,
+    canonical: Values,
+    base: Values,
+    held: Iterable[str] = (),
+) -> list[str]:
+    """The route fields this member writes whose base differs from what the canonical value would
+    read back as there. Fields an open conflict holds wait for its resolution."""
+    out = []
+    held = set(held)
+    for name in route.fields:
+        if name in held or not member.writes(name) or name not in conn.capabilities.writable:
+            continue
+        shown = side_roundtrip(conn, name, canonical.get(name, DEFAULTS[name]))
+        if shown is not NO_CLAIM and shown != base.get(name):
+            out.append(name)
+    return out
+
+
+def writable_values(
+    conn: Connector, route: Route, member: Member, canonical: Values, names: Iterable[str]
+) -> Values:
+    """The canonical values of `names` that this member may write (defaults for unset fields)."""
+    return {
+        f: canonical.get(f, DEFAULTS[f])
+        for f in names
+        if f in route.fields and member.writes(f) and f in conn.capabilities.writable
+    }
+
+
+def plan_update(
+    conn: Connector,
+    route: Route,
+    member: Member,
+    canonical: Values,
+    base: Values,
+    held: Iterable[str],
+    queued_fields: Sequence[str] | None,
+) -> Values:
+    """What an update operation writes now: of the fields it was queued for (all, when it names
+    none), those that still differ there. Empty: nothing to write (a repeat, or someone else's
+    write got there first)."""
+    stale = stale_fields(conn, route, member, canonical, base, held)
+    wanted = [f for f in (queued_fields if queued_fields is not None else stale) if f in stale]
+    return writable_values(conn, route, member, canonical, wanted)
+
+
+def inflight_claims(conn: Connector, changes: Values) -> Values:
+    """A write about to go out, as it will read back there: recorded on the link before the write
+    so that a report of it arriving before our commit is recognised as our echo."""
+    shown = {f: side_roundtrip(conn, f, v) for f, v in changes.items()}
+    return {f: v for f, v in shown.items() if v is not NO_CLAIM}
+
+
+def base_after_write(
+    conn: Connector,
+    route: Route,
+    member: Member,
+    base: Values,
+    written: Mapping[str, Any],
+    reported: RemoteTask | None,
+) -> Values:
+    """A link's base once a write landed: what the platform reported (a create's answer) for the
+    fields it reports, and what was written, as it reads back there, for the rest."""
+    out = dict(base)
+    if reported is not None:
+        out.update(readable_values(conn, route, member, reported)[0])
+    for name, value in written.items():
+        if name in route.fields and name in conn.capabilities.fields:
+            shown = side_roundtrip(conn, name, value)
+            if shown is not NO_CLAIM:
+                out[name] = shown
+    return out
+
+
+def moved_since_base(
+    conn: Connector, route: Route, member: Member, current: RemoteTask, base: Values
+) -> bool:
+    """The read before a write: whether the side changed since it last agreed with us (then
+    its change is merged first, and the write goes out with what is true after that)."""
+    seen, _ = readable_values(conn, route, member, current)
+    return not all(base.get(f) == v for f, v in seen.items())

@@ -1,0 +1,438 @@
+"""The sync core's decisions (bridge.engine.core) and the states' legal moves, by tables.
+
+These used to need five fakes and a database to exercise (a write racing an edit, an echo
+arriving before our commit, a lossy priority). Here each is a row: loaded state in, decision out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.engine import core
+from bridge.engine.core import NO_CLAIM
+from bridge.engine.routes import Marker, Member, Route
+from bridge.model import Priority, Status, Values, normalize_values
+from bridge.store.states import (
+    TRANSITIONS,
+    DeliveryState,
+    IllegalTransition,
+    LinkState,
+    OpState,
+    advance,
+    allowed,
+)
+from connectors.base import Capabilities, RemoteTask
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+ALL = ("title", "description", "status", "priority", "tags", "assignees", "due_date")
+
+
+@dataclass
+class FakeConn:
+    """Just what the core uses of a connector: capabilities and a pure roundtrip."""
+
+    fields: frozenset[str] = frozenset(ALL)
+    writable: frozenset[str] = frozenset(ALL)
+    lossy: dict[str, dict[Any, Any]] = field(default_factory=dict)  # field -> {canonical: as read back}
+    unpredictable: frozenset[str] = frozenset()  # fields roundtrip() leaves out
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(fields=self.fields, writable=self.writable)
+
+    def roundtrip(self, values: Values) -> Values:
+        out = {}
+        for name, value in values.items():
+            if name not in self.fields or name in self.unpredictable:
+                continue
+            lossy = self.lossy.get(name, {})
+            out[name] = lossy.get(value, value) if lossy else value
+        return out
+
+
+def route(fields: tuple[str, ...] = ALL) -> Route:
+    return Route(
+        name="r",
+        members=(Member("a", "s1"), Member("b", "s2")),
+        fields=fields,
+        conflict="newest",
+        prefer=None,
+        on_delete="archive",
+        initial="mirror",
+        filter=None,
+        comments=True,
+        max_delete_share=0.5,
+        marker=Marker("synced by taskbridge · {id}"),
+    )
+
+
+A = Member("a", "s1")
+PULL_ONLY = Member("a", "s1", direction="pull")
+NO_TITLE_WRITES = Member("a", "s1", field_directions={"title": "pull"})
+VORTASK_LIKE = FakeConn(lossy={"priority": {Priority.URGENT: Priority.HIGH}})
+
+
+# -- what an update writes ------------------------------------------------------------------------
+
+PLAN_CASES = [
+    # (why, conn, member, canonical, base, held, queued fields, expected write)
+    ("nothing differs: a repeat writes nothing", FakeConn(), A, {"title": "x"}, {"title": "x"}, (), None, {}),
+    (
+        "a changed title is written",
+        FakeConn(),
+        A,
+        {"title": "y"},
+        {"title": "x"},
+        (),
+        ["title"],
+        {"title": "y"},
+    ),
+    (
+        "only the fields it was queued for",
+        FakeConn(),
+        A,
+        {"title": "y", "description": "d2"},
+        {"title": "x", "description": "d1"},
+        (),
+        ["title"],
+        {"title": "y"},
+    ),
+    (
+        "no queued list: every stale field",
+        FakeConn(),
+        A,
+        {"title": "y", "description": "d2"},
+        {"title": "x", "description": "d1"},
+        (),
+        None,
+        {"title": "y", "description": "d2"},
+    ),
+    (
+        "a field held by a conflict waits",
+        FakeConn(),
+        A,
+        {"title": "y"},
+        {"title": "x"},
+        ("title",),
+        ["title"],
+        {},
+    ),
+    (
+        "a pull-only member takes no writes",
+        FakeConn(),
+        PULL_ONLY,
+        {"title": "y"},
+        {"title": "x"},
+        (),
+        None,
+        {},
+    ),
+    (
+        "a field pulled only is not written",
+        FakeConn(),
+        NO_TITLE_WRITES,
+        {"title": "y"},
+        {"title": "x"},
+        (),
+        None,
+        {},
+    ),
+    (
+        "a field the platform cannot write is not written",
+        FakeConn(writable=frozenset({"description"})),
+        A,
+        {"title": "y"},
+        {"title": "x"},
+        (),
+        None,
+        {},
+    ),
+    (
+        "lossy: urgent already reads as high there, so nothing to write",
+        VORTASK_LIKE,
+        A,
+        {"priority": Priority.URGENT},
+        {"priority": Priority.HIGH},
+        (),
+        None,
+        {},
+    ),
+    (
+        "lossy: urgent over low is written (as urgent; it reads back high)",
+        VORTASK_LIKE,
+        A,
+        {"priority": Priority.URGENT},
+        {"priority": Priority.LOW},
+        (),
+        None,
+        {"priority": Priority.URGENT},
+    ),
+    (
+        "unpredictable round trip: nothing claimed, nothing written",
+        FakeConn(unpredictable=frozenset({"status"})),
+        A,
+        {"status": Status.DONE},
+        {"status": Status.TODO},
+        (),
+        None,
+        {},
+    ),
+    (
+        "an unset canonical field is written as its default",
+        FakeConn(),
+        A,
+        {},
+        {"tags": ["a"]},
+        (),
+        ["tags"],
+        {"tags": []},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn", "member", "canonical", "base", "held", "queued", "expected"),
+    [c[1:] for c in PLAN_CASES],
+    ids=[c[0] for c in PLAN_CASES],
+)
+def test_plan_update(
+    conn: FakeConn,
+    member: Member,
+    canonical: Values,
+    base: Values,
+    held: tuple[str, ...],
+    queued: list[str] | None,
+    expected: Values,
+) -> None:
+    fields = tuple(sorted({*canonical, *base, *(queued or ())}))
+    canonical, base, expected = (
+        normalize_values(canonical),
+        normalize_values(base),
+        normalize_values(expected),
+    )
+    planned = core.plan_update(conn, route(fields), member, canonical, base, held, queued)  # type: ignore[arg-type]
+    assert planned == expected
+
+
+# -- echoes and stale reports ---------------------------------------------------------------------
+
+AGREED_CASES = [
+    # (why, reported, base, inflight, unmoved?)
+    ("the side shows its base: nothing moved", {"title": "x"}, {"title": "x"}, {}, True),
+    ("the side shows something else: it moved", {"title": "y"}, {"title": "x"}, {}, False),
+    (
+        "our write in flight landing before its commit is our echo",
+        {"title": "y"},
+        {"title": "x"},
+        {"title": "y"},
+        True,
+    ),
+    (
+        "an in-flight value the side does not show changes nothing",
+        {"title": "z"},
+        {"title": "x"},
+        {"title": "y"},
+        False,
+    ),
+    ("a field the base never had: moved", {"title": "x", "tags": ["a"]}, {"title": "x"}, {}, False),
+    (
+        "the side reports fewer fields than the base: unmoved",
+        {"title": "x"},
+        {"title": "x", "tags": []},
+        {},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("reported", "base", "inflight", "expected"),
+    [c[1:] for c in AGREED_CASES],
+    ids=[c[0] for c in AGREED_CASES],
+)
+def test_unmoved_against_what_was_agreed(
+    reported: Values, base: Values, inflight: Values, expected: bool
+) -> None:
+    assert core.unmoved(reported, core.agreed(reported, base, inflight)) is expected
+
+
+@pytest.mark.parametrize(
+    ("reported", "applied", "older"),
+    [
+        (T0, T0 + timedelta(seconds=1), True),
+        (T0 + timedelta(seconds=1), T0, False),
+        (T0, T0, False),
+        (None, T0, False),
+        (T0, None, False),
+    ],
+)
+def test_older_than_applied(reported: datetime | None, applied: datetime | None, older: bool) -> None:
+    assert core.older_than_applied(reported, applied) is older
+
+
+# -- what a link's base becomes ------------------------------------------------------------------
+
+
+def rt(values: Values, remote_id: str = "r1") -> RemoteTask:
+    return RemoteTask(remote_id=remote_id, scope="s1", values=values, updated_at=T0)
+
+
+BASE_CASES = [
+    # (why, conn, base, written, reported, expected)
+    (
+        "an update moves the written fields",
+        FakeConn(),
+        {"title": "x", "tags": []},
+        {"title": "y"},
+        None,
+        {"title": "y", "tags": []},
+    ),
+    (
+        "a lossy value is recorded as it reads back",
+        VORTASK_LIKE,
+        {},
+        {"priority": Priority.URGENT},
+        None,
+        {"priority": Priority.HIGH},
+    ),
+    (
+        "a create takes what the platform reported, marker stripped",
+        FakeConn(),
+        {},
+        {"title": "t"},
+        rt({"title": "t", "description": "body\n\nsynced by taskbridge · 01HZZZZZZZZZZZZZZZZZZZZZZZ"}),
+        {"title": "t", "description": "body"},
+    ),
+    (
+        "an unpredictable field keeps its old base",
+        FakeConn(unpredictable=frozenset({"status"})),
+        {"status": Status.TODO},
+        {"status": Status.DONE},
+        None,
+        {"status": Status.TODO},
+    ),
+    (
+        "a field outside the platform is not recorded",
+        FakeConn(fields=frozenset({"title"})),
+        {},
+        {"tags": ["a"]},
+        None,
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn", "base", "written", "reported", "expected"),
+    [c[1:] for c in BASE_CASES],
+    ids=[c[0] for c in BASE_CASES],
+)
+def test_base_after_write(
+    conn: FakeConn, base: Values, written: Values, reported: RemoteTask | None, expected: Values
+) -> None:
+    assert core.base_after_write(conn, route(), A, base, written, reported) == expected  # type: ignore[arg-type]
+
+
+def test_inflight_claims_leave_out_what_cannot_be_predicted() -> None:
+    conn = FakeConn(unpredictable=frozenset({"status"}), lossy={"priority": {Priority.URGENT: Priority.HIGH}})
+    claims = core.inflight_claims(conn, {"status": Status.DONE, "priority": Priority.URGENT, "title": "t"})  # type: ignore[arg-type]
+    assert claims == {"priority": Priority.HIGH, "title": "t"}
+
+
+def test_moved_since_base_is_the_read_before_write() -> None:
+    conn = FakeConn()
+    assert not core.moved_since_base(conn, route(), A, rt({"title": "x"}), {"title": "x"})  # type: ignore[arg-type]
+    assert core.moved_since_base(conn, route(), A, rt({"title": "edited there"}), {"title": "x"})  # type: ignore[arg-type]
+
+
+def test_readable_values_keep_to_the_route_and_the_member() -> None:
+    conn = FakeConn()
+    values, marker = core.readable_values(
+        conn,  # type: ignore[arg-type]
+        route(fields=("title", "description")),
+        NO_TITLE_WRITES,
+        rt(
+            {
+                "title": "t",
+                "tags": ["x"],
+                "description": "d\n\nsynced by taskbridge · 01HZZZZZZZZZZZZZZZZZZZZZZZ",
+            }
+        ),
+    )
+    assert values == {"title": "t", "description": "d"}
+    assert marker == "01HZZZZZZZZZZZZZZZZZZZZZZZ"
+
+
+def test_no_claim_equals_nothing() -> None:
+    assert NO_CLAIM != NO_CLAIM or NO_CLAIM is NO_CLAIM  # identity only
+    assert NO_CLAIM != "x" and NO_CLAIM != None  # noqa: E711
+
+
+# The property behind echo suppression: once a write's base is recorded, planning again writes
+# nothing (the repeat after a crash is a no-op), whatever the values and losses.
+VALUES = st.fixed_dictionaries(
+    {},
+    optional={
+        "title": st.text(max_size=5),
+        "priority": st.sampled_from(list(Priority)),
+        "tags": st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True),
+    },
+)
+
+
+@given(canonical=VALUES, base=VALUES)
+def test_a_recorded_write_is_never_planned_again(canonical: Values, base: Values) -> None:
+    canonical, base = normalize_values(canonical), normalize_values(base)
+    conn = VORTASK_LIKE
+    r = route(fields=("title", "priority", "tags"))
+    write = core.plan_update(conn, r, A, canonical, base, (), None)  # type: ignore[arg-type]
+    after = core.base_after_write(conn, r, A, base, write, None)  # type: ignore[arg-type]
+    assert core.plan_update(conn, r, A, canonical, after, (), None) == {}  # type: ignore[arg-type]
+
+
+# -- states ---------------------------------------------------------------------------------------
+
+MOVES = [
+    (LinkState.CREATING, LinkState.ACTIVE, True),
+    (LinkState.ACTIVE, LinkState.GONE, True),
+    (LinkState.ACTIVE, LinkState.CREATING, False),
+    (LinkState.UNLINKED, LinkState.ACTIVE, True),
+    (OpState.PENDING, OpState.CLAIMED, True),
+    (OpState.CLAIMED, OpState.DONE, True),
+    (OpState.DONE, OpState.PENDING, False),
+    (OpState.DONE, OpState.PARKED, False),
+    (OpState.PARKED, OpState.PENDING, True),
+    (OpState.PARKED, OpState.DONE, False),
+    (DeliveryState.FAILED, DeliveryState.DONE, False),
+    (DeliveryState.CLAIMED, DeliveryState.FAILED, True),
+]
+
+
+@pytest.mark.parametrize(("current", "new", "legal"), MOVES)
+def test_state_moves(current: Any, new: Any, legal: bool) -> None:
+    assert allowed(str(current), new) is legal
+    if legal:
+        assert advance(str(current), new) is new
+    else:
+        with pytest.raises(IllegalTransition):
+            advance(str(current), new)
+
+
+def test_a_repeat_and_a_new_row_are_always_legal() -> None:
+    for kind, table in TRANSITIONS.items():
+        for state in table:
+            assert advance(str(state), state) is state
+        for state in kind:
+            assert advance(None, state) is state
+        assert set(table) == set(kind)  # every state has its row
+
+
+def test_an_unknown_stored_value_is_refused() -> None:
+    with pytest.raises(IllegalTransition):
+        advance("sleeping", OpState.DONE)

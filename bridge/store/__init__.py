@@ -11,8 +11,8 @@ queues on an asyncio lock first, so writers take turns in order instead of sleep
 busy handler (which backs off up to 100 ms a try and dominated the daemon's time under load). A
 read begins DEFERRED and, in WAL mode, never waits for a writer. On PostgreSQL both are plain
 transactions; row locks (FOR UPDATE SKIP LOCKED) do the queueing. A `sqlite+aiosqlite` URL
-runs on the dialect in `_sqlite.py`: aiosqlite, with one trip to its thread per statement
-instead of four.
+runs on the dialect in `_sqlite.py`: aiosqlite opens the connections, and the statements run on
+the event loop's thread (a hand-off to aiosqlite's thread cost a hundred times the statement).
 
 What the API filters tasks on (priority, tags, assignees) is indexed by the store itself on every
 ORM flush (bridge/store/search.py); a Core write of tasks must call its `index_rows` itself.
@@ -21,6 +21,7 @@ ORM flush (bridge/store/search.py); a Core write of tasks must call its `index_r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from bridge.store import _sqlite
 from bridge.store import search as search  # registers the flush events that keep the task index true
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
 
 
 def alembic_config(url: str | None = None) -> AlembicConfig:
@@ -75,12 +77,15 @@ class Store:
         target: str | URL = url
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.get_driver_name() == "aiosqlite":
-            target = parsed.set(drivername=f"sqlite+{_sqlite.DRIVER}")  # one thread trip a statement
+            target = parsed.set(drivername=f"sqlite+{_sqlite.DRIVER}")  # statements in-loop
         if url.startswith("sqlite"):
-            # One writer at a time is SQLite's rule; a busy timeout makes writers queue, not fail.
-            kwargs["connect_args"] = {"timeout": 30}
-            # Sessions always end their transactions (commit or rollback); a second rollback on
-            # the way back to the pool is one more trip to aiosqlite's thread for nothing.
+            # One writer at a time is SQLite's rule. In this process writers take turns on
+            # `_write_turn` before they begin; the busy timeout covers another process writing
+            # the same file (not a supported setup: replicas share PostgreSQL), and is short
+            # because statements run on the event loop's thread (see _sqlite.py).
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+            # Sessions always end their transactions (commit or rollback): no second rollback on
+            # the way back to the pool.
             kwargs["pool_reset_on_return"] = None
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -106,26 +111,31 @@ class Store:
 
     async def migrate(self) -> None:
         """Upgrade the schema to head (idempotent)."""
-        async with self.engine.begin() as conn:
+        async with self._turn(), self.engine.begin() as conn:
             await conn.run_sync(_upgrade)
 
     async def schema_is_current(self) -> bool:
-        async with self.engine.connect() as conn:
+        async with self._reader().connect() as conn:
             return bool(await conn.run_sync(_is_current))
 
     async def ping(self) -> bool:
-        async with self.engine.connect() as conn:
+        async with self._reader().connect() as conn:
             await conn.execute(text("SELECT 1"))
         return True
+
+    def _reader(self) -> AsyncEngine:
+        # On SQLite a connection outside `transaction()` must not BEGIN IMMEDIATE: it would take
+        # the write lock without waiting for its turn (and statements run on the loop's thread,
+        # so a writer waiting for it would wait with the loop stopped).
+        return self.engine.execution_options(taskbridge_read=True) if self._write_turn else self.engine
+
+    def _turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
+        return self._write_turn if self._write_turn is not None else contextlib.nullcontext()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in one write transaction: committed on success, rolled back on error."""
-        if self._write_turn is None:
-            async with self.sessions() as session, session.begin():
-                yield session
-            return
-        async with self._write_turn, self.sessions() as session, session.begin():
+        async with self._turn(), self.sessions() as session, session.begin():
             yield session
 
     def read(self) -> AsyncSession:
@@ -162,7 +172,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
     cursor.close()
 
 

@@ -1,18 +1,25 @@
-"""SQLAlchemy's aiosqlite dialect, with one trip to aiosqlite's thread per statement.
+"""SQLAlchemy's aiosqlite dialect, with SQLite's statements run on the event loop's thread.
 
 aiosqlite runs each SQLite connection on a thread of its own and hands it every call through a
 queue; SQLAlchemy's adapter makes four such calls per statement (open a cursor, execute, fetch,
-close). Each hand-off wakes a thread and the event loop and passes the GIL twice: measured here,
-a one-row SELECT costs about 320 us of CPU that way against 3 us in sqlite3 itself, and the
-daemon's profile under load was dominated by it. This adapter's cursor sends one function per
-statement, which opens, executes, fetches and closes the sqlite3 cursor on that thread, and keeps
-what it returned (rows, description, row count, last row id).
+close). Each hand-off wakes a thread and the event loop and passes the GIL back and forth:
+measured here, a one-row SELECT cost about 320 us of CPU that way against 3 us in sqlite3
+itself, and under load 41% of the daemon's profile was aiosqlite's thread. With one hand-off per
+statement (this module's first form) it was still 32%.
 
-Everything else (connections, transactions, the pool, errors) is SQLAlchemy's aiosqlite dialect
-unchanged, but for a commit or rollback with no transaction open, which makes no trip at all;
-`Store.open` uses this dialect for `sqlite+aiosqlite` URLs. It relies on two details of
-aiosqlite that SQLAlchemy's own adapter relies on too: `Connection._execute(fn, *args)` runs `fn`
-on the connection's thread, and `Connection._conn` is the sqlite3 connection.
+So this dialect lets aiosqlite open and close connections (on its thread, as usual) and runs
+each statement, commit and rollback directly on the sqlite3 connection, on the event loop's
+thread: the store's statements take microseconds (indexed lookups on a local file), far less
+than one hand-off. What this relies on, and why it holds:
+- one thread uses a connection at a time: only the event loop's thread runs statements, and a
+  statement runs to its end without yielding (there is no await inside one);
+- nothing waits long on a lock with the loop blocked: in this process writers queue on the
+  store's asyncio lock before BEGIN IMMEDIATE, and in WAL mode readers never wait for a writer
+  (another process writing the same file is the one case that waits, up to the busy timeout);
+- `Connection._connection` is aiosqlite's sqlite3 connection, opened with
+  check_same_thread=False (SQLAlchemy's own adapter relies on the same attribute).
+Everything else (the pool, transactions, errors) is SQLAlchemy's aiosqlite dialect unchanged;
+`Store.open` uses this dialect for `sqlite+aiosqlite` URLs.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ def _run(
         cursor.close()
 
 
-class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+class InlineCursor(AsyncAdapt_aiosqlite_cursor):
     __slots__ = ("_description", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: Any) -> None:
@@ -94,9 +101,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
-        async with self._adapt_connection._execute_mutex:
-            conn = self._connection
-            result = await conn._execute(_run, conn._conn, operation, parameters, many)
+        # No await between start and end: no other statement can interleave on this connection.
+        result = _run(self._connection._conn, operation, parameters, many)
         self._description, rows, self._rowcount, self._lastrowid = result
         self._rows = collections.deque(rows)
 
@@ -113,41 +119,41 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         return None
 
 
-class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+class InlineConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
-    _cursor_cls = OneTripCursor
+    _cursor_cls = InlineCursor
 
-    def _idle(self) -> bool:
-        """No transaction open: nothing for a commit or rollback to do, so no trip is made.
-        (`in_transaction` only reads SQLite's autocommit flag; the connection is opened with
-        check_same_thread=False so that this thread may read it.)"""
+    def _end(self, commit: bool) -> None:
         conn = self._connection._connection
-        return conn is None or not conn.in_transaction
+        if conn is None or not conn.in_transaction:
+            return  # nothing open: nothing to end
+        try:
+            conn.commit() if commit else conn.rollback()
+        except Exception as error:
+            self._handle_exception(error)
 
     def rollback(self) -> None:
-        if not self._idle():
-            super().rollback()
+        self._end(commit=False)
 
     def commit(self) -> None:
-        if not self._idle():
-            super().commit()
+        self._end(commit=True)
 
 
-class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
-        kw["check_same_thread"] = False  # see OneTripConnection._idle
+class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    def connect(self, *arg: Any, **kw: Any) -> InlineConnection:
+        kw["check_same_thread"] = False  # statements run on the loop's thread (see the docstring)
         connection = self.aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy's adapter does: never hold up exit
-        return OneTripConnection(self, await_(connection))
+        return InlineConnection(self, await_(connection))
 
 
-class OneTripDialect(SQLiteDialect_aiosqlite):
+class InlineDialect(SQLiteDialect_aiosqlite):
     driver = DRIVER
     supports_statement_cache = True
 
     @classmethod
-    def import_dbapi(cls) -> OneTripDBAPI:  # type: ignore[override]
-        return OneTripDBAPI(__import__("aiosqlite"), __import__("sqlite3"))
+    def import_dbapi(cls) -> InlineDBAPI:  # type: ignore[override]
+        return InlineDBAPI(__import__("aiosqlite"), __import__("sqlite3"))
 
 
-registry.register(f"sqlite.{DRIVER}", __name__, "OneTripDialect")
+registry.register(f"sqlite.{DRIVER}", __name__, "InlineDialect")

@@ -310,7 +310,10 @@ class Worker:
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
             free = self.settings.concurrency - len(self._inflight)
-            ops = await self._claim(min(free, self.settings.batch)) if free > 0 else []
+            # A claim is a write transaction: while work is in flight, claim when half the
+            # slots are free rather than one operation per finished one.
+            refill = free >= max(1, self.settings.concurrency // 2) or not self._inflight
+            ops = await self._claim(min(free, self.settings.batch)) if free > 0 and refill else []
             for op in ops:
                 await sem.acquire()
                 task = asyncio.create_task(self._run_one(op, sem))

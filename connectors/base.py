@@ -162,7 +162,7 @@ class WebhookEvent:
     scope: str
     remote_id: str
     kind: str  # created | updated | deleted | comment
-    delivery_id: str | None = None
+    delivery_id: str | None = None  # the platform's signed event id (in the body), if it has one
     task: RemoteTask | None = None  # when the payload carries the whole task
 
 
@@ -237,6 +237,10 @@ RequestObserver = Callable[[str, str, str, float], None]
 class Connector(Protocol):
     name: str
     capabilities: Capabilities
+    webhook_headers: tuple[str, ...]
+    """The headers `parse_webhook` reads besides the body (an event type sent only in a header):
+    the inbox records these with a delivery and passes them back to `parse_webhook` when it
+    processes it, and keeps no other. Never a signature or a credential (those are dropped)."""
 
     async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing: ...
 
@@ -275,7 +279,10 @@ class Connector(Protocol):
         ...
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
-        """The task events in a verified delivery; BadSignature for a body that isn't one."""
+        """The task events in a verified delivery; BadSignature for a body that isn't one. When
+        processed later, `headers` holds only the `webhook_headers`. An event's `delivery_id` must
+        come from what the signature covers (the body's signed event id), never from an unsigned
+        header: the inbox deduplicates on it (on the body's hash when there is none)."""
         ...
 
     def roundtrip(self, values: Values) -> Values:
@@ -301,6 +308,7 @@ class BaseConnector:
     """
 
     capabilities: Capabilities
+    webhook_headers: tuple[str, ...] = ()  # see Connector.webhook_headers
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         self.settings = settings
@@ -639,9 +647,42 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
 # -- helpers for connectors ----------------------------------------------------------------------
 
 
+WEBHOOK_TOLERANCE = 300  # seconds a webhook's timestamp may be from now (Stripe's default)
+
+# Header names that carry a signature or a credential: never recorded with a delivery, whatever a
+# connector declares in `webhook_headers`.
+_SECRET_HEADER = re.compile(r"signature|authorization|cookie|secret|token|api-key|password", re.I)
+
+
 def verify_hmac(secret: str, message: bytes, signature: str) -> bool:
-    """Constant-time comparison of a hex HMAC-SHA256 signature."""
+    """Constant-time comparison of a hex HMAC-SHA256 signature, as bytes.
+
+    A header may carry any character (the server decodes headers as latin-1), and
+    `hmac.compare_digest` raises TypeError for a str with a non-ASCII character, so both sides are
+    compared as bytes: a signature that isn't ASCII hex simply does not match."""
     import hmac
 
-    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip().lower())
+    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest().encode("ascii")
+    given = signature.strip().encode("utf-8", "replace").lower()  # bytes.lower(): ASCII only
+    return hmac.compare_digest(expected, given)
+
+
+def verify_timestamp(
+    value: str, now: float, *, what: str = "timestamp", tolerance: float = WEBHOOK_TOLERANCE
+) -> int:
+    """A webhook's timestamp (unix seconds, plain ASCII digits), or BadSignature when it is not one
+    or lies more than `tolerance` seconds from `now` (either way: a clock ahead is as suspect)."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        raise BadSignature(f"{what} {value!r} is not an integer of unix seconds")
+    age = now - int(text)
+    if abs(age) > tolerance:
+        raise BadSignature(f"stale {what}: {age:.0f} s from now (tolerance {tolerance:.0f} s)")
+    return int(text)
+
+
+def recordable_headers(headers: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """The headers of a delivery to record with it: those `names` lists (a connector's
+    `webhook_headers`), lowercased, less any that carries a signature or a credential."""
+    wanted = {n.lower() for n in names if not _SECRET_HEADER.search(n)}
+    return {k.lower(): v for k, v in headers.items() if k.lower() in wanted}

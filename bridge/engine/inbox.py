@@ -1,10 +1,13 @@
 """Webhook deliveries: recorded fast, deduplicated, processed from the inbox.
 
 `receive()` (called by the HTTP endpoint) verifies the signature, parses the body, and records
-the delivery under its delivery id (or the body's hash) in the inbox; a second delivery with the
-same key is a duplicate. Nothing else happens before the answer, so the platform gets its 2xx
-fast. `process_pending()` takes recorded deliveries and, for each task event, GETs the task
-(deliveries can arrive out of order, so the payload is a trigger, not the truth) and observes it.
+the delivery under its signed event id (or the body's hash) in the inbox, with the few non-secret
+headers its connector's `parse_webhook` reads (`webhook_headers`); a second delivery with the same
+key is a duplicate, whatever unsigned headers it arrives with. Every refusal is a 4xx counted in
+`taskbridge_webhooks_received_total` by result. Nothing else happens before the answer, so the
+platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
+headers recorded with it and, for each task event, GETs the task (deliveries can arrive out of
+order, so the payload is a trigger, not the truth) and observes it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -48,6 +50,7 @@ from connectors.base import (
     RemoteTask,
     Retryable,
     WebhookEvent,
+    recordable_headers,
 )
 
 log = logging.getLogger("taskbridge.inbox")
@@ -69,22 +72,30 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
         conn.verify_webhook(headers, body, ctx.webhook_secrets.get(connector, []))
     except BadSignature as exc:
         metrics.webhooks_received.labels(connector, "bad_signature").inc()
-        log.warning("webhook for %s refused: %s", connector, exc)
-        return Receipt(401, "bad_signature", str(exc))
+        log.warning("webhook for %s refused: %s", connector, _text(str(exc)))
+        return Receipt(401, "bad_signature", _text(str(exc)))
+    except Exception:
+        # A verifier must refuse what a stranger sends, never crash on it: unauthenticated all the same.
+        metrics.webhooks_received.labels(connector, "bad_signature").inc()
+        log.exception("webhook for %s refused: its signature could not be checked", connector)
+        return Receipt(401, "bad_signature", "the signature could not be checked")
     try:
         events = conn.parse_webhook(headers, body)
-    except (BadSignature, ValueError, KeyError, TypeError) as exc:
+        key = _delivery_key(events, body)
+    except Exception as exc:  # a signed body that is too deep, not UTF-8, not the platform's shape
         metrics.webhooks_received.labels(connector, "malformed").inc()
-        return Receipt(400, "malformed", f"not a delivery this connector understands: {exc}")
-    delivery = next((e.delivery_id for e in events if e.delivery_id), None)
-    key = delivery or "sha256:" + hashlib.sha256(body).hexdigest()
+        detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
+        log.warning("webhook for %s refused: %s", connector, detail)
+        return Receipt(400, "malformed", detail)
+    kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
     try:
         async with ctx.store.transaction() as session:
             session.add(
                 InboxRow(
                     connector=connector,
-                    delivery_key=key[:200],
+                    delivery_key=key,
                     body=body.decode("utf-8", "replace"),
+                    headers=kept or None,
                     state=DeliveryState.PENDING,
                     attempts=0,
                     received_at=ctx.now(),
@@ -96,6 +107,26 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
     metrics.webhooks_received.labels(connector, "ok").inc()
     ctx.inbox_ready.set()
     return Receipt(202, "ok")
+
+
+def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:
+    """What a delivery is deduplicated on: its signed event id (connectors take `delivery_id` only
+    from what the signature covers), else the hash of the raw body. Raises UnicodeEncodeError for
+    an event whose ids are not text the store can hold (a lone surrogate from a JSON escape)."""
+    for event in events:
+        for value in (event.scope, event.remote_id, event.delivery_id or ""):
+            value.encode()
+    delivery = next((e.delivery_id for e in events if e.delivery_id), None)
+    if delivery is None:
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+    if len(delivery) > 190 or not delivery.isprintable():
+        return "id-sha256:" + hashlib.sha256(delivery.encode()).hexdigest()
+    return delivery
+
+
+def _text(detail: str) -> str:
+    """`detail` as text any answer or log line can carry (no lone surrogates), at most 500 chars."""
+    return detail.encode("utf-8", "backslashreplace").decode()[:500]
 
 
 async def process_pending(
@@ -134,12 +165,12 @@ async def process_pending(
             row.state = advance(row.state, DeliveryState.CLAIMED)
             row.claimed_by = ctx.replica
             row.claim_expires_at = now + timedelta(seconds=claim_ttl)
-        work = [_Delivery(r.id, r.connector, r.body, r.attempts) for r in rows]
+        work = [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
     if not work:
         return 0
     for d in work:
         try:
-            d.events = _parse(ctx, d.connector, d.body.encode())
+            d.events = _parse(ctx, d.connector, d.body.encode(), d.headers)
         except ConnectorError as exc:
             d.error, d.final = str(exc), True
     await _resolve_scopes(ctx, [d for d in work if d.error is None])
@@ -174,6 +205,7 @@ class _Delivery:
     connector: str
     body: str
     attempts: int
+    headers: dict[str, str]  # what the connector's webhook_headers kept of the delivery's
     events: list[WebhookEvent] = field(default_factory=list)
     # What each task event found: the task, or NotFound / GoneFromView; in event order.
     results: list[tuple[WebhookEvent, RemoteTask | ConnectorError]] = field(default_factory=list)
@@ -181,13 +213,14 @@ class _Delivery:
     final: bool = False  # the error will not go away by retrying (an unreadable body)
 
 
-def _parse(ctx: EngineContext, connector: str, body: bytes) -> list[WebhookEvent]:
+def _parse(ctx: EngineContext, connector: str, body: bytes, headers: dict[str, str]) -> list[WebhookEvent]:
+    """The delivery's events, parsed as it arrived: with the headers recorded for its connector."""
     conn = ctx.connectors.get(connector)
     if conn is None:
         raise ConnectorError("the connector is no longer configured", connector=connector)
     try:
-        return conn.parse_webhook({}, body)
-    except (BadSignature, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        return conn.parse_webhook(headers, body)
+    except (BadSignature, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConnectorError(f"unreadable delivery: {exc}", connector=connector) from None
 
 

@@ -215,6 +215,9 @@ class InboxRow(Base):
     connector: Mapped[str] = mapped_column(String(200))
     delivery_key: Mapped[str] = mapped_column(String(200))  # the platform's delivery id, else body hash
     body: Mapped[str] = mapped_column(Text)
+    # The non-secret headers the connector's parse_webhook reads (its webhook_headers), lowercased;
+    # NULL when it reads none. Never a signature or a credential.
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(
         String(16), default="pending", index=True
     )  # pending|claimed|done|failed

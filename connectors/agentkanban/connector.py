@@ -104,8 +104,10 @@ Assumed (the docs are silent; the fake in fake.py implements the same):
   configured `secret` argument is not used (the platform accepts none).
 - Signature: `X-AgentKanban-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>"
   keyed with the whole "whsec_..." string>` (NOTES: Stripe-like); several v1 entries are
-  accepted; a timestamp more than 300 s from now is refused. Delivery id:
-  `X-AgentKanban-Delivery`, else the body's `id`.
+  accepted (compared as bytes); a timestamp more than 300 s from now is refused. Delivery id: the
+  body's `id`, which the signature covers (`X-AgentKanban-Delivery` is not signed, so it is not
+  used: a captured delivery re-sent with a new one inside the 300 s is still a duplicate). The
+  event type is the body's `event`, else `X-AgentKanban-Event` (`webhook_headers`).
 - Webhook bodies are `{id, event, createdAt, boardId, data}`; data is the task for task.* events
   and the comment plus `taskId` for comment.created. The shape of data is not published, so
   events are triggers only (`task=None`): the engine GETs the task.
@@ -128,6 +130,7 @@ from bridge.mapping import UnmappedValue
 from bridge.model import Status, Values, normalize_values, parse_timestamp
 from connectors.agentkanban.client import TASK_EVENTS, AgentKanbanClient, Json
 from connectors.base import (
+    WEBHOOK_TOLERANCE,
     BadSignature,
     BaseConnector,
     Capabilities,
@@ -142,12 +145,12 @@ from connectors.base import (
     WebhookEvent,
     fields,
     verify_hmac,
+    verify_timestamp,
 )
 
 SIGNATURE_HEADER = "X-AgentKanban-Signature"
-DELIVERY_HEADER = "X-AgentKanban-Delivery"
 EVENT_HEADER = "X-AgentKanban-Event"
-SIGNATURE_TOLERANCE = 300  # seconds between the signature's timestamp and now
+SIGNATURE_TOLERANCE = WEBHOOK_TOLERANCE  # seconds between the signature's timestamp and now
 # An update's time when its answers carry none: this much after the newest updatedAt seen (a
 # write's updatedAt is later than every earlier one, so this never exceeds it).
 WRITTEN_AFTER = timedelta(microseconds=1)
@@ -189,6 +192,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 class AgentKanbanConnector(BaseConnector):
+    webhook_headers = (EVENT_HEADER,)
     capabilities = Capabilities(
         fields=FIELDS,
         writable=FIELDS,
@@ -681,15 +685,9 @@ class AgentKanbanConnector(BaseConnector):
                 signatures.append(value.strip())
         if timestamp is None or not signatures:
             raise BadSignature(f"{SIGNATURE_HEADER} lacks t= or v1=")
-        try:
-            sent_at = int(timestamp)
-        except ValueError:
-            raise BadSignature(f"{SIGNATURE_HEADER} timestamp {timestamp!r} is not an integer") from None
-        age = self.clock() - sent_at
-        if abs(age) > SIGNATURE_TOLERANCE:
-            raise BadSignature(
-                f"stale signature: timestamp is {age:.0f} s from now (tolerance {SIGNATURE_TOLERANCE} s)"
-            )
+        verify_timestamp(
+            timestamp, self.clock(), what=f"{SIGNATURE_HEADER} timestamp", tolerance=SIGNATURE_TOLERANCE
+        )
         usable = [s for s in secrets if s]
         if not usable:
             raise BadSignature("no webhook secret to verify with")
@@ -715,7 +713,7 @@ class AgentKanbanConnector(BaseConnector):
         remote_id = data.get("taskId") if kind == "comment" else data.get("id")
         if not remote_id:
             raise BadSignature(f"{event} delivery without a task id")
-        delivery = _header(headers, DELIVERY_HEADER) or payload.get("id")
+        delivery = payload.get("id")  # signed with the body; X-AgentKanban-Delivery is not
         return [
             WebhookEvent(
                 scope=str(board),

@@ -33,10 +33,14 @@ Listing (watermark `{"since": ISO time, "polls": n}`):
 
 Webhooks: one workspace-wide subscription per URL (listed first; an existing one with the same URL
 is kept), events ["*"]. `X-Impactly-Signature: sha256=<hex HMAC-SHA256(raw body)>` is checked in
-constant time against each given secret. `X-Impactly-Timestamp` is NOT part of the signed message,
-so anyone holding a captured delivery can rewrite it; checking it would add no protection and would
-reject a platform's late retries, so it is not checked (replays are caught by the delivery id,
-`X-Impactly-Delivery`, which the engine deduplicates).
+constant time (as bytes) against each given secret. Replays are caught by the body's `id`, which the
+signature covers: it is the event's `delivery_id`, which the engine deduplicates on
+(`X-Impactly-Delivery` is not signed, so it is never used for that). `X-Impactly-Timestamp` is
+NOT part of the signed message (the fake's docstring: only the raw body is signed), so it proves
+nothing on its own; it is still checked when present (unix seconds, at most 300 s from now, as
+Stripe does), which refuses a captured delivery re-sent with its headers as they were. The event
+type is read from the body's `event`, else from `X-Impactly-Event` (`webhook_headers`, so the
+inbox keeps it for processing).
 
 Comments: an agent's comment shows the agent as author, so the mirrored author's name goes into the
 content as a prefix: "**Alice via Vortask:** text". Comments written with this key (`author_id` ==
@@ -61,6 +65,9 @@ Assumed (the docs are silent):
   scope "" (the engine finds the task by connector + remote id).
 - Task webhooks carry the whole task, so their WebhookEvent has `task` set (with `updated_at`, for
   the engine to discard an out-of-order older delivery); task.deleted carries `task=None`.
+- Impactly's retries resend a delivery's original `X-Impactly-Timestamp` (as the fake's do, within
+  seconds); a retry more than 300 s after the first try would be refused (401), and polling then
+  brings the change instead.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,6 +97,7 @@ from connectors.base import (
     WebhookEvent,
     fields,
     verify_hmac,
+    verify_timestamp,
 )
 from connectors.impactly.client import ImpactlyClient, Json
 
@@ -101,7 +110,9 @@ FETCH_CONCURRENCY = 8
 WEBHOOK_EVENTS = ["*"]
 
 SIGNATURE_HEADER = "x-impactly-signature"
-DELIVERY_HEADER = "x-impactly-delivery"
+TIMESTAMP_HEADER = "x-impactly-timestamp"
+EVENT_HEADER = "x-impactly-event"
+_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 _PREFIX = re.compile(r"\*\*(?P<author>[^\n]+?):\*\* (?P<body>.*)\Z", re.S)
 
@@ -137,6 +148,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 class ImpactlyConnector(BaseConnector):
+    webhook_headers = (EVENT_HEADER,)
     capabilities = Capabilities(
         fields=fields("title", "description", "status", "priority", "assignees", "due_date"),
         writable=fields("title", "description", "status", "priority", "assignees", "due_date"),
@@ -152,6 +164,7 @@ class ImpactlyConnector(BaseConnector):
         super().__init__(settings, observer=observer)
         self.client = ImpactlyClient(self.http)
         self._agent_id: str | None = None
+        self.clock = time.time  # for the webhook timestamp check (tests may replace it)
 
     # -- canonical <-> Impactly ---------------------------------------------------------------
 
@@ -382,7 +395,7 @@ class ImpactlyConnector(BaseConnector):
         if not header:
             raise BadSignature("missing X-Impactly-Signature header")
         scheme, _, signature = header.strip().partition("=")
-        if scheme.lower() != "sha256" or not signature:
+        if scheme.lower() != "sha256" or not _HEX.fullmatch(signature.strip()):
             raise BadSignature("X-Impactly-Signature is not 'sha256=<hex>'")
         usable = [s for s in secrets if s]
         if not usable:
@@ -391,6 +404,9 @@ class ImpactlyConnector(BaseConnector):
         matches = [verify_hmac(secret, body, signature) for secret in usable]
         if not any(matches):
             raise BadSignature("X-Impactly-Signature does not match the body")
+        timestamp = _header(headers, TIMESTAMP_HEADER)
+        if timestamp is not None:
+            verify_timestamp(timestamp, self.clock(), what="X-Impactly-Timestamp")
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[WebhookEvent]:
         try:
@@ -399,10 +415,10 @@ class ImpactlyConnector(BaseConnector):
             raise BadSignature(f"webhook body is not JSON: {exc}") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
             raise BadSignature("webhook body has no 'data' object")
-        event = str(payload.get("event") or _header(headers, "x-impactly-event") or "")
+        event = str(payload.get("event") or _header(headers, EVENT_HEADER) or "")
         data: Json = payload["data"]
-        delivery_id = _header(headers, DELIVERY_HEADER) or payload.get("id")
-        delivery_id = str(delivery_id) if delivery_id else None
+        # The body's id, which the signature covers (X-Impactly-Delivery is not signed).
+        delivery_id = str(payload["id"]) if payload.get("id") else None
         if event == "comment.created":
             task_id = data.get("task_id")
             if not task_id:

@@ -33,6 +33,7 @@ from connectors.base import (
     Permanent,
     RateLimited,
     Retryable,
+    recordable_headers,
 )
 from tests.conftest import WebhookReceiver
 from tests.contract.recording import Recorder
@@ -901,6 +902,48 @@ async def test_webhook_deliveries_verify_and_parse(
     conn.verify_webhook(
         {"X-AgentKanban-Signature": f"t={ts},v1={sign(secret, ts, genuine.body)}"}, genuine.body, [secret]
     )
+
+
+def test_a_hostile_signature_header_is_refused_never_a_crash(fake: AgentKanbanFake) -> None:
+    conn = AgentKanbanConnector(make_settings(fake))
+    secret, body = "whsec_test", b'{"id":"d1","event":"task.updated","boardId":"b1","data":{"id":"t1"}}'
+    now = 1_800_000_000
+    conn.clock = lambda: now
+    ts = str(now)
+    conn.verify_webhook({"X-AgentKanban-Signature": f"t={ts},v1={sign(secret, ts, body)}"}, body, [secret])
+    # Headers arrive decoded as latin-1: compare_digest on a non-ASCII str raised TypeError (a 500).
+    for header in (
+        f"t={ts},v1=\xe9",
+        f"t={ts},v1=" + "\xe9" * 64,
+        f"t={ts},v1=\ud800",
+        f"t={ts},v1=\xe9,v1={sign(secret, ts, body).upper()}x",
+    ):
+        with pytest.raises(BadSignature, match="does not match"):
+            conn.verify_webhook({"X-AgentKanban-Signature": header}, body, [secret])
+    # A timestamp that is not plain unix seconds is refused before anything is computed.
+    for stamp in ("\xe9", "\u0661" * 10, "\xb9\xb2", "1_800_000_000", " ", "1.8e9"):
+        with pytest.raises(BadSignature, match="timestamp"):
+            conn.verify_webhook(
+                {"X-AgentKanban-Signature": f"t={stamp},v1={sign(secret, stamp, body)}"}, body, [secret]
+            )
+
+
+def test_the_delivery_id_is_the_signed_body_id_and_the_event_may_be_a_header(fake: AgentKanbanFake) -> None:
+    conn = AgentKanbanConnector(make_settings(fake))
+    body = json.dumps({"id": "dlv1", "event": "task.updated", "boardId": "b1", "data": {"id": "t1"}}).encode()
+    # X-AgentKanban-Delivery is outside the signed "<t>.<body>": a replay could change it at will.
+    (event,) = conn.parse_webhook({"X-AgentKanban-Delivery": "forged"}, body)
+    assert event.delivery_id == "dlv1"
+    headers = {
+        "x-agentkanban-event": "task.deleted",
+        "x-agentkanban-signature": "t=1,v1=00",
+        "x-agentkanban-delivery": "forged",
+    }
+    bare = json.dumps({"id": "dlv2", "boardId": "b1", "data": {"id": "t1"}}).encode()
+    kept = recordable_headers(headers, conn.webhook_headers)
+    assert kept == {"x-agentkanban-event": "task.deleted"}
+    (event,) = conn.parse_webhook(kept, bare)
+    assert (event.kind, event.remote_id, event.delivery_id) == ("deleted", "t1", "dlv2")
 
 
 def test_parse_webhook_shapes(fake: AgentKanbanFake) -> None:

@@ -24,9 +24,10 @@ from connectors.base import (
     Permanent,
     RateLimited,
     Retryable,
+    recordable_headers,
 )
 from connectors.impactly.connector import FULL_LISTING_EVERY, SKEW, ImpactlyConnector
-from connectors.impactly.fake import ImpactlyFake
+from connectors.impactly.fake import ImpactlyFake, sign
 from tests.contract.recording import Recorder
 
 TOKEN = "imp_connector_test"
@@ -635,6 +636,76 @@ def test_parse_webhook_rejects_malformed_and_skips_unknown(conn: ImpactlyConnect
         {}, b'{"id": "d1", "event": "task.updated", "data": {"id": "t1", "status": "?"}}'
     )
     assert event.kind == "updated" and event.task is None and event.delivery_id == "d1"
+
+
+def test_a_hostile_signature_is_refused_never_a_crash(conn: ImpactlyConnector) -> None:
+    body = b'{"id": "d1", "event": "task.updated", "data": {"id": "t1"}}'
+    conn.verify_webhook({"x-impactly-signature": sign("s3cret", body)}, body, ["s3cret"])
+    # Headers arrive decoded as latin-1, so any character can be in one (compare_digest on a
+    # non-ASCII str raised TypeError: an unauthenticated 500).
+    for bad in (
+        "sha256=\xe9\xe9",
+        "sha256=" + "\xe9" * 64,
+        "sha256=" + "\u0661" * 64,
+        "sha256=\ud800",
+        "sha256=",
+    ):
+        with pytest.raises(BadSignature, match="sha256"):
+            conn.verify_webhook({"x-impactly-signature": bad}, body, ["s3cret"])
+    # The shared helper compares bytes, whatever it is given.
+    from connectors.base import verify_hmac
+
+    assert not verify_hmac("s3cret", body, "\xe9" * 64) and not verify_hmac("s3cret", body, "\ud800")
+    assert verify_hmac("s3cret", body, sign("s3cret", body).removeprefix("sha256=").upper())
+
+
+def test_the_timestamp_header_is_checked_when_present(conn: ImpactlyConnector) -> None:
+    body = b'{"id": "d1", "event": "task.updated", "data": {"id": "t1"}}'
+    signed = {"x-impactly-signature": sign("s3cret", body)}
+    now = 1_800_000_000
+    conn.clock = lambda: now
+    conn.verify_webhook(signed, body, ["s3cret"])  # absent: nothing to check
+    for fresh in (now, now - 300, now + 300):
+        conn.verify_webhook({**signed, "X-Impactly-Timestamp": str(fresh)}, body, ["s3cret"])
+    for stale in (now - 301, now + 301, 0):
+        with pytest.raises(BadSignature, match="stale X-Impactly-Timestamp"):
+            conn.verify_webhook({**signed, "x-impactly-timestamp": str(stale)}, body, ["s3cret"])
+    for bad in ("soon", "", "1.8e9", "-5", "\xb9\xb2", "\u0661" * 10, str(now) + "0" * 20):
+        with pytest.raises(BadSignature, match="X-Impactly-Timestamp"):
+            conn.verify_webhook({**signed, "x-impactly-timestamp": bad}, body, ["s3cret"])
+    # A bad signature is refused as such, whatever the timestamp.
+    with pytest.raises(BadSignature, match="does not match"):
+        conn.verify_webhook({**signed, "x-impactly-timestamp": str(now)}, body + b" ", ["s3cret"])
+
+
+def test_the_delivery_id_is_the_signed_body_id_and_the_event_may_be_a_header(conn: ImpactlyConnector) -> None:
+    body = b'{"id": "d1", "event": "task.updated", "data": {"id": "t1"}}'
+    # X-Impactly-Delivery is not signed: a replay could change it at will.
+    [event] = conn.parse_webhook({"x-impactly-delivery": "forged"}, body)
+    assert event.delivery_id == "d1"
+    [event] = conn.parse_webhook(
+        {"x-impactly-delivery": "forged"}, b'{"data": {"id": "t1"}, "event": "task.created"}'
+    )
+    assert event.delivery_id is None  # the inbox then keys on the body's hash
+    # The event type only in a header: parsed from it, and it is a header the inbox keeps.
+    headers = {
+        "X-Impactly-Event": "task.deleted",
+        "X-Impactly-Signature": "sha256=00",
+        "X-Impactly-Delivery": "x",
+    }
+    [event] = conn.parse_webhook(headers, b'{"id": "d2", "data": {"id": "t1"}}')
+    assert (event.kind, event.remote_id, event.delivery_id) == ("deleted", "t1", "d2")
+    kept = recordable_headers(headers, conn.webhook_headers)
+    assert kept == {"x-impactly-event": "task.deleted"}
+    assert conn.parse_webhook(kept, b'{"id": "d2", "data": {"id": "t1"}}')[0].kind == "deleted"
+    assert conn.parse_webhook({}, b'{"id": "d2", "data": {"id": "t1"}}') == []  # what processing saw
+    # A signature or a credential is never kept, even if a connector were to declare it.
+    assert (
+        recordable_headers(
+            {**headers, "Authorization": "Bearer x"}, ["x-impactly-signature", "authorization"]
+        )
+        == {}
+    )
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -422,3 +422,75 @@ async def test_a_core_write_of_tasks_indexes_them_with_write_index(store: Store)
     async with store.transaction() as s:
         await s.run_sync(lambda sync: write_index(sync, [(row["id"], moved, NOW)]))
     assert await _index_of(store, row["id"]) == ("medium", [("core", NOW), ("more", NOW)], [])
+
+
+# -- the inbox keeps the headers a delivery is parsed with (migration 0006) --------------------
+
+
+async def test_migration_0006_adds_inbox_headers_and_keeps_every_delivery(store: Store) -> None:
+    from alembic import command
+    from sqlalchemy import column, insert, table
+    from sqlalchemy.engine import Connection
+
+    from bridge.store import alembic_config
+    from bridge.store.tables import InboxRow
+
+    def to(revision: str, up: bool) -> Any:
+        def run(connection: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            (command.upgrade if up else command.downgrade)(cfg, revision)
+
+        return run
+
+    def inbox_columns(c: Any) -> set[str]:
+        return {col["name"] for col in inspect(c).get_columns("inbox")}
+
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("0005", up=False))
+        assert "headers" not in await conn.run_sync(inbox_columns)
+        stamp = NOW.replace(tzinfo=None) if store.dialect == "sqlite" else NOW
+        inbox_0005 = table(
+            "inbox",
+            *(column(n) for n in ("connector", "delivery_key", "body", "state", "attempts", "received_at")),
+        )
+        await conn.execute(
+            insert(inbox_0005),
+            [
+                {
+                    "connector": "imp",
+                    "delivery_key": "old",
+                    "body": "{}",
+                    "state": "pending",
+                    "attempts": 0,
+                    "received_at": stamp,
+                }
+            ],
+        )
+        await conn.run_sync(to("head", up=True))
+        assert {"headers", "body", "delivery_key"} <= await conn.run_sync(inbox_columns)
+    assert await store.schema_is_current()
+
+    async with store.transaction() as s:
+        s.add(
+            InboxRow(
+                connector="imp",
+                delivery_key="new",
+                body="{}",
+                headers={"x-impactly-event": "task.created"},
+                state="pending",
+                attempts=0,
+                received_at=NOW,
+            )
+        )
+    async with store.read() as s:
+        got = {r.delivery_key: r.headers for r in (await s.scalars(select(InboxRow))).all()}
+    assert got == {"old": None, "new": {"x-impactly-event": "task.created"}}
+
+    async with store.engine.begin() as conn:  # and back down, keeping the deliveries
+        await conn.run_sync(to("0005", up=False))
+        assert "headers" not in await conn.run_sync(inbox_columns)
+        keys = (
+            (await conn.execute(text("SELECT delivery_key FROM inbox ORDER BY delivery_key"))).scalars().all()
+        )
+        assert keys == ["new", "old"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -89,6 +90,21 @@ def _parse_rate(value: Any) -> float | None:
 Rate = Annotated[float | None, BeforeValidator(_parse_rate)]
 
 
+def http_url(value: str) -> str:
+    """An absolute http(s) URL with a host (`https://tasks.example.com/api`), without a trailing slash."""
+    problem = f"{value!r} is not an absolute http(s) URL with a host (e.g. https://host.example.com)"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(problem)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(problem)
+    return value.rstrip("/")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -110,6 +126,12 @@ class ServerConfig(_Model):
     public_url: str | None = None
     tokens: list[ApiToken] = []
     max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        # Empty means unset, so `${PUBLIC_URL:-}` in the file can leave webhooks off.
+        return http_url(value) if value else None
 
     @field_validator("listen")
     @classmethod
@@ -183,9 +205,7 @@ class ConnectorConfig(_Model):
     @field_validator("base_url", "mcp_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.rstrip("/") if value else value
+        return http_url(value) if value is not None else None
 
     @model_validator(mode="after")
     def _credentials(self) -> ConnectorConfig:

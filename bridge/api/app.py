@@ -7,6 +7,8 @@ import hmac
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,6 +79,15 @@ def create_app(daemon: Host) -> FastAPI:
     app.state.authenticate = authenticate
     app.state.daemon = daemon
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_failed(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's 422 echoes the input; an input JSON cannot carry (a lone surrogate, a value
+        # nested past the recursion limit) must not turn the 422 into a 500.
+        try:
+            return await request_validation_exception_handler(request, exc)
+        except (ValueError, TypeError, RecursionError):
+            return JSONResponse({"detail": _plain_errors(exc.errors())}, status_code=422)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -116,8 +127,28 @@ def create_app(daemon: Host) -> FastAPI:
     return app
 
 
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _plain_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without their inputs, every string renderable as UTF-8."""
+    return [
+        {
+            "type": _printable(str(err.get("type", ""))),
+            "loc": [part if isinstance(part, int) else _printable(str(part)) for part in err.get("loc", ())],
+            "msg": _printable(str(err.get("msg", ""))),
+        }
+        for err in errors
+    ]
+
+
 class BodyLimit:
-    """413 for a request body over `limit` bytes, declared or streamed, before any handler reads it."""
+    """413 for a request body over `limit` bytes, declared or streamed, before any handler runs.
+
+    The body is read here, up to the limit, and handed to the app whole: a chunked body declares
+    no length, and an error raised from inside a handler's read would be the handler's to answer
+    (FastAPI answers a failed body read 400)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -131,25 +162,30 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await _too_large(scope, receive, send, self.limit)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counting() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before its body arrived: nobody to answer
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await _too_large(scope, receive, send, self.limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole: Message | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
-        try:
-            await self.app(scope, counting, send)
-        except _TooLarge:
-            await _too_large(scope, receive, send, self.limit)
+        async def replay() -> Message:
+            nonlocal whole
+            if whole is not None:
+                message, whole = whole, None
+                return message
+            return await receive()  # after the body: the disconnect, when it comes
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:

@@ -1,21 +1,33 @@
 """`/api/v1`: tasks, comments, conflicts, connectors. Reads need `read`, changes `write`, triggering
-syncs `admin`; `admin` implies the others."""
+syncs `admin`; `admin` implies the others. A change answers what it wrote read back only to a token
+that may read it; a write-only token gets the id it wrote (`Ack`) and nothing else.
+
+Every route is a `GuardedRoute`: a JSON body is parsed strictly (UTF-8, no lone surrogate, no NUL,
+no NaN, at most `MAX_JSON_DEPTH` deep) so nothing the store or the response cannot hold gets past
+parsing, a NUL in the path or query is refused, and a ValueError, OverflowError or RecursionError
+raised before the endpoint runs (parsing and validating the request) answers 400. Once the endpoint
+runs, an exception is a server bug and stays a 500."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import math
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import exists, or_, select
 
 from bridge.engine import api_ops
 from bridge.engine.comments import add_api_comment
-from bridge.model import Priority, Status, as_utc, decode_values, encode_values
+from bridge.model import Priority, Status, as_utc, decode, decode_values, encode_values
 from bridge.store.search import index_key
 from bridge.store.tables import (
     CommentLinkRow,
@@ -44,6 +56,123 @@ WRITE = _dep("write")
 ADMIN = _dep("admin")
 
 
+def _can_read(principal: Any) -> bool:
+    return bool({"read", "admin"} & principal.scopes)
+
+
+# -- parsing that cannot fail the server ------------------------------------------------------------
+
+MAX_JSON_DEPTH = 32  # the deepest body the API takes is 3 levels; this is far past any honest one
+
+
+def _string_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "a string holds a NUL character (\\u0000), which cannot be stored"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode"
+    return None
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why a parsed JSON value cannot be taken (too deep, a string no store holds, NaN), or None."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            problem = _string_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "NaN and Infinity are not JSON numbers"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(item, dict):
+                for key in item:
+                    problem = _string_problem(key)
+                    if problem:
+                        return problem
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, or json.JSONDecodeError saying what is wrong with it (FastAPI answers
+    that 422 `json_invalid`, with the reason in `ctx.error`)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise json.JSONDecodeError("the body is not UTF-8", "", exc.start) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError(f"nested deeper than {MAX_JSON_DEPTH} levels", "", 0) from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise json.JSONDecodeError(str(exc), "", 0) from None
+    problem = _json_problem(value)
+    if problem:
+        raise json.JSONDecodeError(problem, "", 0)
+    return value
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+# Set per request by GuardedRoute; the endpoint marks it when it starts.
+_endpoint_running: ContextVar[list[bool] | None] = ContextVar("endpoint_running", default=None)
+
+
+def _marking(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)
+    async def marked(*args: Any, **kwargs: Any) -> Any:
+        running = _endpoint_running.get()
+        if running is not None:
+            running[0] = True
+        return await endpoint(*args, **kwargs)
+
+    return marked
+
+
+class GuardedRoute(APIRoute):
+    """An APIRoute whose request parsing answers 4xx for anything a client can send (see the top)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, _marking(endpoint), **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            if "\x00" in request.scope["path"] or any(
+                "\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()
+            ):
+                raise HTTPException(400, "a NUL character (%00) in the path or query")
+            running = [False]
+            token = _endpoint_running.set(running)
+            try:
+                return await handler(_StrictJsonRequest(request.scope, request.receive))
+            except (ValueError, OverflowError, RecursionError) as exc:
+                if running[0]:
+                    raise  # the endpoint's own failure: a server bug, a 500
+                raise HTTPException(400, f"the request could not be parsed ({type(exc).__name__})") from exc
+            finally:
+                _endpoint_running.reset(token)
+
+        return guarded
+
+
 NULLABLE = frozenset({"description", "due_date", "start_date"})
 
 
@@ -58,6 +187,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 router = APIRouter(
     prefix="/api/v1",
+    route_class=GuardedRoute,
     responses={
         400: {"model": Error, "description": "a malformed request (e.g. a body that is not JSON)"},
         401: {"model": Error, "description": "no or unknown bearer token"},
@@ -154,6 +284,18 @@ class ConflictOut(BaseModel):
     created_at: datetime
 
 
+class Ack(BaseModel):
+    """A change's answer to a token without the `read` scope: the id written, nothing read back."""
+
+    id: str
+
+
+class ConflictAck(BaseModel):
+    """A resolution's answer to a token without the `read` scope."""
+
+    id: int
+
+
 class Resolve(BaseModel):
     model_config = ConfigDict(extra="forbid")
     choose: str | None = Field(None, description='"bridge" or a connector name among the candidates')
@@ -220,10 +362,22 @@ def _cursor_encode(updated: datetime, task_id: str) -> str:
 
 def _cursor_decode(cursor: str) -> tuple[datetime, str]:
     try:
-        stamp, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return as_utc(datetime.fromisoformat(stamp)), str(task_id)
-    except (ValueError, TypeError) as exc:
+        stamp, task_id = parse_json(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(stamp, str) or not isinstance(task_id, str):
+            raise TypeError("a cursor is [timestamp, task id]")
+        return as_utc(datetime.fromisoformat(stamp)), task_id
+    except (ValueError, TypeError, OverflowError) as exc:
         raise HTTPException(400, "bad cursor") from exc
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return as_utc(value)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 @router.get("/tasks", response_model=TaskPage, dependencies=[READ], responses=errors(400))
@@ -235,7 +389,7 @@ async def list_tasks(
     assignee: str | None = None,
     tag: str | None = None,
     q: str | None = Query(None, max_length=200, description="text search in title and description"),
-    updated_since: datetime | None = None,
+    updated_since: UtcDateTime | None = None,
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = None,
 ) -> TaskPage:
@@ -265,7 +419,7 @@ async def list_tasks(
     if priority:
         query = query.where(TaskRow.priority == priority.value)
     if updated_since:
-        query = query.where(order_at >= as_utc(updated_since))
+        query = query.where(order_at >= updated_since)
     if q:
         query = query.where(TaskRow.title.ilike(f"%{q}%"))
     if cursor:
@@ -299,23 +453,40 @@ async def get_task(request: Request, task_id: str) -> TaskOut:
     return _task_out(row, list(links), list(history), platforms)
 
 
-@router.post("/tasks", response_model=TaskOut, status_code=201, dependencies=[WRITE], responses=errors(404))
-async def create_task(request: Request, body: TaskCreate) -> TaskOut:
+@router.post(
+    "/tasks",
+    response_model=TaskOut | Ack,
+    status_code=201,
+    responses=errors(404),
+    description="Answers the task created, or only its id (`Ack`) to a token without `read`.",
+)
+async def create_task(request: Request, body: TaskCreate, principal: Any = WRITE) -> TaskOut | Ack:
     values = body.values()
     route = values.pop("route")
     try:
         task_id = await api_ops.create_task(_ctx(request), route, values)
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
+    if not _can_read(principal):
+        return Ack(id=task_id)
     return await get_task(request, task_id)
 
 
-@router.patch("/tasks/{task_id}", response_model=TaskOut, dependencies=[WRITE], responses=errors(404, 409))
-async def patch_task(request: Request, task_id: str, body: TaskFields) -> TaskOut:
+@router.patch(
+    "/tasks/{task_id}",
+    response_model=TaskOut | Ack,
+    responses=errors(404, 409),
+    description="Answers the task as patched, or only its id (`Ack`) to a token without `read`.",
+)
+async def patch_task(
+    request: Request, task_id: str, body: TaskFields, principal: Any = WRITE
+) -> TaskOut | Ack:
     try:
         await api_ops.patch_task(_ctx(request), task_id, body.values())
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
+    if not _can_read(principal):
+        return Ack(id=task_id)
     return await get_task(request, task_id)
 
 
@@ -361,14 +532,24 @@ async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
     ]
 
 
-@router.post("/tasks/{task_id}/comments", response_model=CommentOut, status_code=201, responses=errors(404))
-async def add_comment(request: Request, task_id: str, body: CommentIn, principal: Any = WRITE) -> CommentOut:
+@router.post(
+    "/tasks/{task_id}/comments",
+    response_model=CommentOut | Ack,
+    status_code=201,
+    responses=errors(404),
+    description="Answers the comment added, or only its id (`Ack`) to a token without `read`.",
+)
+async def add_comment(
+    request: Request, task_id: str, body: CommentIn, principal: Any = WRITE
+) -> CommentOut | Ack:
     ctx = _ctx(request)
     async with ctx.store.transaction() as session:
         task = await session.get(TaskRow, task_id)
         if task is None or task.deleted_at is not None:
             raise HTTPException(404, "no such task")
         comment = await add_api_comment(ctx, session, task, body.body, body.author or principal.name)
+    if not _can_read(principal):
+        return Ack(id=comment.id)
     return CommentOut(
         id=comment.id,
         body=comment.body,
@@ -396,22 +577,45 @@ async def list_conflicts(
 
 @router.post(
     "/conflicts/{conflict_id}/resolve",
-    response_model=ConflictOut,
-    dependencies=[WRITE],
+    response_model=ConflictOut | ConflictAck,
     responses=errors(400, 404, 409),
+    description="Answers the conflict resolved, or only its id (`ConflictAck`) to a token without `read`.",
 )
 async def resolve_conflict(
-    request: Request, body: Resolve, conflict_id: int = PathParam(ge=1, le=2**63 - 1)
-) -> ConflictOut:
+    request: Request,
+    body: Resolve,
+    conflict_id: int = PathParam(ge=1, le=2**63 - 1),
+    principal: Any = WRITE,
+) -> ConflictOut | ConflictAck:
     ctx = _ctx(request)
     try:
+        if body.choose is None and body.value is not None:
+            await _check_value(ctx, conflict_id, body.value)
         await api_ops.resolve_conflict(ctx, conflict_id, choose=body.choose, value=body.value)
     except api_ops.ApiError as exc:
+        if exc.status == 400 and not _can_read(principal):
+            # The reason names the conflict's field and candidates: what only a reader may see.
+            raise HTTPException(400, "not a choice or value this conflict takes") from None
         raise HTTPException(exc.status, exc.message) from None
+    if not _can_read(principal):
+        return ConflictAck(id=conflict_id)
     async with ctx.store.read() as session:
         r = await session.get(ConflictRow, conflict_id)
     assert r is not None
     return ConflictOut.model_validate(r, from_attributes=True)
+
+
+async def _check_value(ctx: Any, conflict_id: int, value: Any) -> None:
+    """400 for a value of the wrong kind for the conflict's field (a number for tags, say), which
+    the engine's decoding would take for a server error."""
+    async with ctx.store.read() as session:
+        conflict = await session.get(ConflictRow, conflict_id)
+    if conflict is None:
+        return  # the engine answers 404
+    try:
+        decode(conflict.field, value)
+    except (ValueError, TypeError):
+        raise api_ops.ApiError(400, f"{conflict.field}: not a value this field takes") from None
 
 
 @router.get("/connectors", dependencies=[READ])

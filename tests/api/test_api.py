@@ -22,6 +22,7 @@ from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import TOKENS, WEBHOOK_SECRET, World
 
 READ, WRITE, ADMIN = "tb_read_token_0123456789", "tb_write_token_0123456789", "tb_admin_token_0123456789"
+SCRIBE = "tb_scribe_token_0123456789"  # write without read
 ALL = ("impactly", "vortask", "agentkanban", "runs", "squads")
 
 
@@ -44,6 +45,7 @@ def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         token_entry("reader", READ, ["read"]),
         token_entry("writer", WRITE, ["read", "write"]),
         token_entry("ops", ADMIN, ["admin"]),
+        token_entry("scribe", SCRIBE, ["write"]),
     ]
     path = world.config(tmp, port=port, public=True, poll_interval="1s", server_tokens=tokens)
     d = DaemonProcess(path, port, tmp / "daemon.log").start()
@@ -53,6 +55,7 @@ def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 
 def api(d: DaemonProcess, method: str, path: str, token: str | None = READ, **kw: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers.update(kw.pop("headers", {}))
     return httpx.request(method, d.url + path, headers=headers, timeout=30, **kw)
 
 
@@ -86,6 +89,20 @@ def test_read_tokens_cannot_write(daemon: DaemonProcess, method: str, path: str,
     r = api(daemon, method, path, READ, json=body)
     assert r.status_code == 403
     assert "lacks the 'write' scope" in r.json()["detail"]
+
+
+def test_a_write_only_token_gets_nothing_a_read_token_would(daemon: DaemonProcess) -> None:
+    task = make(daemon, "written, not read")
+    path = f"/api/v1/tasks/{task['id']}"
+    assert api(daemon, "GET", path, SCRIBE).status_code == 403
+    patched = api(daemon, "PATCH", path, SCRIBE, json={})
+    assert patched.status_code == 200 and patched.json() == {"id": task["id"]}
+    created = api(daemon, "POST", "/api/v1/tasks", SCRIBE, json={"route": "main", "title": "blind"})
+    assert created.status_code == 201 and set(created.json()) == {"id"}
+    commented = api(daemon, "POST", path + "/comments", SCRIBE, json={"body": "blind"})
+    assert commented.status_code == 201 and set(commented.json()) == {"id"}
+    assert api(daemon, "GET", f"/api/v1/tasks/{created.json()['id']}").json()["title"] == "blind"
+    assert api(daemon, "PATCH", path, WRITE, json={}).json()["title"] == "written, not read"
 
 
 def test_only_admin_triggers_a_sync(daemon: DaemonProcess) -> None:
@@ -208,6 +225,50 @@ def test_malformed_json_body_is_422_not_500(daemon: DaemonProcess) -> None:
 def test_oversized_bodies_are_refused(daemon: DaemonProcess) -> None:
     big = {"route": "main", "title": "x", "description": "a" * 2_000_000}
     assert api(daemon, "POST", "/api/v1/tasks", WRITE, json=big).status_code == 413
+
+
+def test_a_chunked_body_over_the_bound_is_a_413(daemon: DaemonProcess) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"route":"main","title":"x","description":"'
+        for _ in range(20):  # 1.25 MB, over the 1 MB bound, with no Content-Length
+            yield b"a" * 65536
+        yield b'"}'
+
+    r = api(
+        daemon, "POST", "/api/v1/tasks", WRITE, content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413, r.text
+    assert "larger than" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/api/v1/tasks?updated_since=9999-12-31T23:59:59-23:59", None, 422),
+        (
+            "GET",
+            "/api/v1/tasks?cursor=" + "WyI5OTk5LTEyLTMxVDIzOjU5OjU5LTIzOjU5IiwgIngiXQ==",  # that stamp
+            None,
+            400,
+        ),
+        ("POST", "/api/v1/tasks", b"[" * 5000 + b"]" * 5000, 422),
+        (
+            "POST",
+            "/api/v1/tasks",
+            b'{"route":"main","title":"x","tags":' + b"[" * 5000 + b"]" * 5000 + b"}",
+            422,
+        ),
+        ("POST", "/api/v1/tasks", b'{"route":"main","title":"x","colour":"\\ud800"}', 422),
+        ("POST", "/api/v1/tasks", b'{"route":"main","title":"\\ud800"}', 422),
+        ("GET", "/api/v1/tasks?tag=%00", None, 400),
+    ],
+)
+def test_inputs_that_were_500s_get_a_4xx_that_renders(
+    daemon: DaemonProcess, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    r = api(daemon, method, path, ADMIN, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text[:500]
+    assert r.json()["detail"]
 
 
 # -- comments and conflicts --------------------------------------------------------------------------
@@ -426,16 +487,18 @@ def test_cli_status_and_conflicts_use_the_api(daemon: DaemonProcess) -> None:
     assert denied.returncode == 1 and "HTTP 403" in denied.stderr and "Traceback" not in denied.stderr
 
 
+@pytest.mark.parametrize("token", [ADMIN, SCRIBE], ids=["admin", "write-only"])
 def test_schemathesis_finds_no_server_error_or_schema_violation(
-    daemon: DaemonProcess, tmp_path: Path
+    daemon: DaemonProcess, tmp_path: Path, token: str
 ) -> None:
+    # As the write-only token, every write answers its documented acknowledgement (`Ack`).
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
             "run",
             daemon.url + "/openapi.json",
             "--header",
-            f"Authorization: Bearer {ADMIN}",
+            f"Authorization: Bearer {token}",
             "--checks",
             "not_a_server_error,response_schema_conformance,status_code_conformance",
             "--phases",
@@ -458,7 +521,13 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(
 
 
 def test_no_secret_appears_in_responses_or_logs(daemon: DaemonProcess, world: World) -> None:
-    secrets = [s for t in TOKENS.values() for s in t.split(":")] + [WEBHOOK_SECRET, READ, WRITE, ADMIN]
+    secrets = [s for t in TOKENS.values() for s in t.split(":")] + [
+        WEBHOOK_SECRET,
+        READ,
+        WRITE,
+        ADMIN,
+        SCRIBE,
+    ]
     seen = (
         "".join(
             api(daemon, "GET", path, ADMIN).text

@@ -232,3 +232,42 @@ def test_a_scope_belongs_to_one_route(tmp_path: Path) -> None:
     assert (
         message == f"{tmp_path}/cfg.yaml:20: routes[1].members[0]: imp:p1 is already a member of route 'main'"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "file:///etc/passwd", "ftp://host/x", "http://", "http://:80", "http://h:99999", "//h/x"],
+)
+def test_public_url_must_be_an_absolute_http_url(tmp_path: Path, url: str) -> None:
+    message = error_of(tmp_path, GOOD + f"server:\n  public_url: {url}\n")
+    assert message == (
+        f"{tmp_path}/cfg.yaml:19: server.public_url: {url!r} is not an absolute http(s) URL with a host "
+        "(e.g. https://host.example.com)"
+    )
+
+
+@pytest.mark.parametrize("url", ["not a url", "file:///etc/passwd", "https://", "http://exa mple.com/api"])
+def test_base_url_must_be_an_absolute_http_url(tmp_path: Path, url: str) -> None:
+    message = error_of(tmp_path, GOOD.replace("base_url: http://127.0.0.1:9/api\n", f"base_url: {url}\n"))
+    assert message == (
+        f"{tmp_path}/cfg.yaml:11: connectors.vt.base_url: {url!r} is not an absolute http(s) URL with a host "
+        "(e.g. https://host.example.com)"
+    )
+
+
+def test_good_urls_load_and_an_empty_public_url_is_unset(tmp_path: Path) -> None:
+    text = GOOD + "server:\n  public_url: https://bridge.example.com/\n"
+    cfg = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"})
+    assert cfg.server.public_url == "https://bridge.example.com"
+    assert cfg.connectors["vt"].base_url == "http://127.0.0.1:9/api"
+    text = GOOD + "server:\n  public_url: ${PUBLIC_URL:-}\n"
+    assert config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"}).server.public_url is None
+
+
+def test_cli_check_names_the_bad_public_url(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "server:\n  public_url: file:///etc/passwd\n")
+    result = run_cli("check", "--config", str(path), env={"IMP_TOKEN": "x"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        f"{path}:19: server.public_url: 'file:///etc/passwd' is not an absolute http(s) URL" in result.stderr
+    )

@@ -174,6 +174,36 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    """`taskbridge outbox ...` and `taskbridge inbox ...`: parked writes and failed deliveries."""
+    from bridge import client_cli
+
+    api, console = _api(args)
+    try:
+        if args.action == "list":
+            return client_cli.deadletters_list(
+                api,
+                console,
+                args.command,
+                state=args.state,
+                connector=args.connector,
+                limit=args.limit,
+                cursor=args.cursor,
+                as_json=args.json,
+            )
+        if args.action == "retry":
+            return client_cli.deadletters_retry(
+                api, console, args.command, args.ids, every=args.all, connector=args.connector
+            )
+        return client_cli.deadletters_drop(api, console, args.command, args.ids)
+    except client_cli.UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except client_cli.CliError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     bad = [s for s in scopes if s not in ("read", "write", "admin")]
@@ -259,6 +289,38 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--choose", help='"bridge" or a connector name among the candidates')
     cr.add_argument("--value", help="a JSON value for the field (a bare word is a string)")
     api_options(cr)
+
+    def positive(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"not an id: {text!r}")
+        return value
+
+    for kind, nouns, failed, states in (
+        ("outbox", "operations", "parked", ("parked", "pending", "claimed", "done", "all")),
+        ("inbox", "deliveries", "failed", ("failed", "pending", "claimed", "done", "all")),
+    ):
+        what = "writes to platforms" if kind == "outbox" else "webhook deliveries"
+        p = add(kind, cmd_deadletters, f"list, retry or drop {failed} {what} (through the API; admin scope)")
+        dl_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+        dl = dl_sub.add_parser("list", help=f"list {what}, newest first (default: the {failed} ones)")
+        dl.add_argument("--state", choices=states, default=failed)
+        dl.add_argument("--connector", metavar="C", help="only this connector's")
+        dl.add_argument("--limit", type=positive, default=100, help="at most this many (default 100)")
+        dl.add_argument("--cursor", type=positive, default=None, help="the next page after a listing's last")
+        dl.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+        api_options(dl)
+        dr = dl_sub.add_parser("retry", help=f"{failed} {nouns} by id (or --all) back to pending, due now")
+        dr.add_argument("ids", nargs="*", type=positive, metavar="ID")
+        dr.add_argument("--all", action="store_true", help=f"every {failed} one")
+        dr.add_argument("--connector", metavar="C", help="with --all: only this connector's")
+        api_options(dr)
+        dd = dl_sub.add_parser("drop", help=f"{failed} {nouns} by id deleted: never to run")
+        dd.add_argument("ids", nargs="+", type=positive, metavar="ID")
+        api_options(dd)
 
     p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)

@@ -1,10 +1,13 @@
-"""`taskbridge status` and `taskbridge conflicts list|resolve`: the unified API, from a terminal."""
+"""`taskbridge status`, `taskbridge conflicts list|resolve` and `taskbridge outbox|inbox
+list|retry|drop`: the unified API, from a terminal."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from rich.console import Console
@@ -36,12 +39,24 @@ class ApiClient:
                 detail = r.json().get("detail", r.text)
             except ValueError:
                 detail = r.text
-            raise CliError(f"{method} {path}: HTTP {r.status_code}: {detail}")
+            raise CliError(
+                f"{method} {path}: HTTP {r.status_code}: {detail}", status=r.status_code, detail=detail
+            )
         return r.json() if r.content else None
 
 
 class CliError(Exception):
-    pass
+    """The command failed; the message says why. `status` is the API's HTTP status when it
+    answered (None when it could not be reached), `detail` what it said."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class UsageError(CliError):
+    """The command was given arguments that do not fit together (exit 2)."""
 
 
 def status(api: ApiClient, console: Console) -> int:
@@ -90,6 +105,9 @@ def conflicts_resolve(
         raise CliError("give exactly one of --choose SIDE or --value JSON")
     body: dict[str, Any] = {"choose": choose} if choose is not None else {"value": _json_value(value or "")}
     result = api.call("POST", f"/api/v1/conflicts/{conflict_id}/resolve", body)
+    if "field" not in result:  # a token without the read scope is told only that it worked
+        console.print(f"conflict {conflict_id} resolved")
+        return EXIT_OK
     console.print(
         f"conflict {conflict_id} resolved: {result['field']} = {json.dumps(result['resolution'].get('value'))}"
     )
@@ -101,3 +119,124 @@ def _json_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text  # a bare word is a string
+
+
+# -- dead letters: `taskbridge outbox ...` and `taskbridge inbox ...` --------------------------------
+
+# What each kind of dead letter is called, its API path and its listing's key; its table's columns
+# (short ones kept whole, the long text last so it wraps) and each row's cells.
+_KINDS: dict[str, dict[str, Any]] = {
+    "outbox": {
+        "noun": "operation",
+        "nouns": "operations",
+        "path": "/api/v1/outbox",
+        "items": "operations",
+        "columns": ("id", "connector", "op", "tries", "task", "last error"),
+        "row": lambda o: (
+            str(o["id"]),
+            o["connector"],
+            o["op"],
+            str(o["attempts"]),
+            o.get("title") or o["task_id"],
+            (o.get("last_error") or "")[:200],
+        ),
+    },
+    "inbox": {
+        "noun": "delivery",
+        "nouns": "deliveries",
+        "path": "/api/v1/inbox",
+        "items": "deliveries",
+        "columns": ("id", "connector", "tries", "received", "error"),
+        "row": lambda d: (
+            str(d["id"]),
+            d["connector"],
+            str(d["attempts"]),
+            d["received_at"][:19].replace("T", " "),
+            (d.get("error") or "")[:200],
+        ),
+    },
+}
+
+
+def deadletters_list(
+    api: ApiClient,
+    console: Console,
+    kind: str,
+    *,
+    state: str,
+    connector: str | None,
+    limit: int,
+    cursor: int | None,
+    as_json: bool,
+) -> int:
+    k = _KINDS[kind]
+    query: dict[str, Any] = {"state": state, "limit": limit}
+    if connector:
+        query["connector"] = connector
+    if cursor is not None:
+        query["cursor"] = cursor
+    page = api.call("GET", f"{k['path']}?{urlencode(query)}")
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return EXIT_OK
+    rows = page[k["items"]]
+    table = Table(title=f"{kind}: {state} {k['nouns']}" + (f" of {connector}" if connector else ""))
+    columns = k["columns"] if state != "all" else (*k["columns"][:2], "state", *k["columns"][2:])
+    for i, col in enumerate(columns):
+        long_text = i >= len(columns) - 2 and col not in ("tries", "received", "state")
+        table.add_column(col, no_wrap=not long_text, overflow="fold" if long_text else "ellipsis")
+    for item in rows:
+        cells = k["row"](item)
+        table.add_row(*(cells if state != "all" else (*cells[:2], item["state"], *cells[2:])))
+    console.print(table)
+    more = f"; the next page: --cursor {page['next_cursor']}" if page.get("next_cursor") else ""
+    console.print(f"{len(rows)} {k['nouns'] if len(rows) != 1 else k['noun']}{more}")
+    return EXIT_OK
+
+
+def deadletters_retry(
+    api: ApiClient, console: Console, kind: str, ids: list[int], *, every: bool, connector: str | None
+) -> int:
+    k = _KINDS[kind]
+    if every == bool(ids):
+        raise UsageError(f"give the ids of the {k['nouns']} to retry, or --all (not both)")
+    if connector and not every:
+        raise UsageError("--connector goes with --all")
+    if every:
+        report = api.call("POST", f"{k['path']}/retry", {"connector": connector})
+        for r in report["results"]:
+            if not r["ok"]:
+                _say_failed(k["noun"], r["id"], r["error"])
+        where = f" of {connector}" if connector else ""
+        state = "parked" if kind == "outbox" else "failed"
+        console.print(f"{report['done']} {state} {k['nouns']}{where} retried")
+        return EXIT_FAILED if report["failed"] else EXIT_OK
+    return _each(api, console, k, ids, "POST", "/retry", "retried")
+
+
+def deadletters_drop(api: ApiClient, console: Console, kind: str, ids: list[int]) -> int:
+    k = _KINDS[kind]
+    return _each(api, console, k, ids, "DELETE", "", "dropped")
+
+
+def _each(
+    api: ApiClient, console: Console, k: dict[str, Any], ids: list[int], method: str, suffix: str, done: str
+) -> int:
+    """The action on each id in turn, each reported; 1 when any of them was refused. An API that
+    cannot be reached (or refuses the token) stops the command at once."""
+    failed = 0
+    for item_id in dict.fromkeys(ids):
+        try:
+            result = api.call(method, f"{k['path']}/{item_id}{suffix}")
+        except CliError as exc:
+            if exc.status not in (404, 409):
+                raise
+            failed += 1
+            _say_failed(k["noun"], item_id, exc.detail)
+            continue
+        console.print(f"{k['noun']} {item_id} ({result.get('connector') or '?'}) {done}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _say_failed(noun: str, item_id: int, why: Any) -> None:
+    print(f"{noun} {item_id}: {why}", file=sys.stderr)

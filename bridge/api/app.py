@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
+from bridge.api import deadletters
 from bridge.api.routes import router
 from bridge.config import Config
 from bridge.engine.context import EngineContext
@@ -123,6 +124,7 @@ def create_app(daemon: Host) -> FastAPI:
         return JSONResponse(payload, status_code=receipt.status)
 
     app.include_router(router)
+    app.include_router(deadletters.router)
     app.add_middleware(BodyLimit, limit=limit)
     return app
 

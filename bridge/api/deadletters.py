@@ -1,0 +1,211 @@
+"""`/api/v1/outbox` and `/api/v1/inbox`: dead letters (parked writes, failed webhook deliveries)
+listed, retried and dropped by a person. Every endpoint needs the `admin` scope; what each action
+does is `bridge.engine.deadletters`'s docstring. An unknown id answers 404, a row in the wrong
+state for the action (retrying an operation that is not parked) 409; the bulk retries answer a
+result per row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.api.routes import ADMIN, Error, GuardedRoute, _ctx, errors
+from bridge.engine import deadletters
+from bridge.store.states import DeliveryState, OpState
+
+router = APIRouter(
+    prefix="/api/v1",
+    route_class=GuardedRoute,
+    tags=["dead letters"],
+    responses={
+        401: {"model": Error, "description": "no or unknown bearer token"},
+        403: {"model": Error, "description": "the token lacks the scope"},
+        413: {"model": Error, "description": "request body too large"},
+    },
+)
+
+
+# A parameter's FieldInfo must not be shared between endpoints (FastAPI records the name of the
+# first parameter it serves on it), so each endpoint gets its own.
+def _id() -> Any:
+    return PathParam(ge=1, le=2**63 - 1)
+
+
+def _limit() -> Any:
+    return Query(100, ge=1, le=deadletters.MAX_PAGE, description="at most this many, newest first")
+
+
+def _cursor() -> Any:
+    return Query(None, ge=1, le=2**63 - 1, description="the next_cursor of the page before")
+
+
+class OperationOut(BaseModel):
+    id: int
+    task_id: str
+    title: str | None
+    route: str
+    connector: str
+    op: str
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime
+    done_at: datetime | None
+
+
+class OperationPage(BaseModel):
+    operations: list[OperationOut]
+    next_cursor: int | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    connector: str
+    delivery_key: str
+    state: str
+    attempts: int
+    error: str | None
+    received_at: datetime
+    processed_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    deliveries: list[DeliveryOut]
+    next_cursor: int | None
+
+
+class ResultOut(BaseModel):
+    id: int
+    ok: bool
+    state: str | None = Field(description="the row's state afterwards; null once dropped")
+    connector: str | None
+    error: str | None
+    reason: Literal["unknown", "wrong_state"] | None
+
+
+class Report(BaseModel):
+    done: int = Field(description="how many rows the action applied to")
+    failed: int
+    results: list[ResultOut]
+
+
+class RetryAll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    connector: str | None = Field(None, description="only this connector's (default: every one)")
+
+
+def _out(result: deadletters.Result) -> ResultOut:
+    return ResultOut.model_validate(result, from_attributes=True)
+
+
+def _one(results: list[deadletters.Result]) -> ResultOut:
+    """The single result of an action on one id, or its refusal as an HTTP error."""
+    (result,) = results
+    if result.reason == "unknown":
+        raise HTTPException(404, result.error)
+    if not result.ok:
+        raise HTTPException(409, result.error)
+    return _out(result)
+
+
+def _report(results: list[deadletters.Result]) -> Report:
+    done = sum(1 for r in results if r.ok)
+    return Report(done=done, failed=len(results) - done, results=[_out(r) for r in results])
+
+
+def _who(principal: Any) -> str:
+    return str(getattr(principal, "name", None) or "api")
+
+
+def _known_connector(request: Request, connector: str | None) -> None:
+    if connector and connector not in _ctx(request).connectors:
+        raise HTTPException(404, f"no connector {connector!r} is configured")
+
+
+# -- outbox ------------------------------------------------------------------------------------------
+
+
+@router.get("/outbox", response_model=OperationPage, dependencies=[ADMIN])
+async def list_outbox(
+    request: Request,
+    state: Literal["pending", "claimed", "done", "parked", "all"] = "parked",
+    connector: str | None = None,
+    limit: int = _limit(),
+    cursor: int | None = _cursor(),
+) -> OperationPage:
+    page = await deadletters.list_operations(
+        _ctx(request),
+        state=None if state == "all" else OpState(state),
+        connector=connector,
+        limit=limit,
+        cursor=cursor,
+    )
+    return OperationPage(
+        operations=[OperationOut.model_validate(i, from_attributes=True) for i in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.post("/outbox/retry", response_model=Report, responses=errors(404))
+async def retry_outbox(request: Request, body: RetryAll | None = None, principal: Any = ADMIN) -> Report:
+    connector = body.connector if body else None
+    _known_connector(request, connector)
+    results = await deadletters.retry_parked(_ctx(request), who=_who(principal), connector=connector)
+    return _report(results)
+
+
+@router.post("/outbox/{op_id}/retry", response_model=ResultOut, responses=errors(404, 409))
+async def retry_operation(request: Request, op_id: int = _id(), principal: Any = ADMIN) -> ResultOut:
+    return _one(await deadletters.retry_operations(_ctx(request), [op_id], who=_who(principal)))
+
+
+@router.delete("/outbox/{op_id}", response_model=ResultOut, responses=errors(404, 409))
+async def drop_operation(request: Request, op_id: int = _id(), principal: Any = ADMIN) -> ResultOut:
+    return _one(await deadletters.drop_operations(_ctx(request), [op_id], who=_who(principal)))
+
+
+# -- inbox -------------------------------------------------------------------------------------------
+
+
+@router.get("/inbox", response_model=DeliveryPage, dependencies=[ADMIN])
+async def list_inbox(
+    request: Request,
+    state: Literal["pending", "claimed", "done", "failed", "all"] = "failed",
+    connector: str | None = None,
+    limit: int = _limit(),
+    cursor: int | None = _cursor(),
+) -> DeliveryPage:
+    page = await deadletters.list_deliveries(
+        _ctx(request),
+        state=None if state == "all" else DeliveryState(state),
+        connector=connector,
+        limit=limit,
+        cursor=cursor,
+    )
+    return DeliveryPage(
+        deliveries=[DeliveryOut.model_validate(i, from_attributes=True) for i in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.post("/inbox/retry", response_model=Report, responses=errors(404))
+async def retry_inbox(request: Request, body: RetryAll | None = None, principal: Any = ADMIN) -> Report:
+    connector = body.connector if body else None
+    _known_connector(request, connector)
+    results = await deadletters.retry_failed(_ctx(request), who=_who(principal), connector=connector)
+    return _report(results)
+
+
+@router.post("/inbox/{delivery_id}/retry", response_model=ResultOut, responses=errors(404, 409))
+async def retry_delivery(request: Request, delivery_id: int = _id(), principal: Any = ADMIN) -> ResultOut:
+    return _one(await deadletters.retry_deliveries(_ctx(request), [delivery_id], who=_who(principal)))
+
+
+@router.delete("/inbox/{delivery_id}", response_model=ResultOut, responses=errors(404, 409))
+async def drop_delivery(request: Request, delivery_id: int = _id(), principal: Any = ADMIN) -> ResultOut:
+    return _one(await deadletters.drop_deliveries(_ctx(request), [delivery_id], who=_who(principal)))

@@ -34,8 +34,9 @@ Nothing here knows a platform.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -165,129 +166,6 @@ async def list_operations(
     return Page(items, items[-1].id if len(items) == limit else None)
 
 
-def _op_history(row: OutboxRow, action: str, who: str, now: datetime) -> HistoryRow:
-    return HistoryRow(
-        task_id=row.task_id,
-        field="*",
-        old={"v": f"{row.op} #{row.id} parked: {row.last_error or 'no error recorded'}"},
-        new={"v": f"write to {row.connector} {action} by {who}"},
-        source=who,
-        via="outbox",
-        at=now,
-    )
-
-
-def _not_parked(row: OutboxRow, action: str) -> Result:
-    return Result(
-        row.id,
-        False,
-        row.state,
-        row.connector,
-        f"operation {row.id} is {row.state}, not parked: only a parked operation can be {action}",
-        "wrong_state",
-    )
-
-
-def _unknown_op(op_id: int) -> Result:
-    return Result(op_id, False, None, None, f"no outbox operation {op_id}", "unknown")
-
-
-def _retry_op(session: AsyncSession, row: OutboxRow, who: str, now: datetime) -> Result:
-    if row.state != OpState.PARKED:
-        return _not_parked(row, "retried")
-    session.add(_op_history(row, "retried", who, now))  # before the row changes: it names the error
-    row.state = advance(row.state, OpState.PENDING)
-    row.attempts = 0
-    row.next_attempt_at = now
-    row.claimed_by = None
-    row.claim_expires_at = None
-    row.done_at = None
-    row.done_by = None
-    # last_error stays until the operation runs again: what it failed with last time.
-    log.info("outbox %s %s #%d on %s retried by %s", row.op, row.task_id, row.id, row.connector, who)
-    return Result(row.id, True, str(row.state), row.connector)
-
-
-async def retry_operations(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
-    """Parked operations by id back to pending, runnable now; a result per id, in their order."""
-    wanted = _unique(ids)
-    if not wanted:
-        return []
-    now = ctx.now()
-    async with ctx.store.transaction() as session:
-        found = {
-            r.id: r
-            for r in (
-                await session.scalars(_locked(ctx, select(OutboxRow).where(OutboxRow.id.in_(wanted))))
-            ).all()
-        }
-        results = [_retry_op(session, found[i], who, now) if i in found else _unknown_op(i) for i in wanted]
-        if any(r.ok for r in results):
-            on_commit(session, ctx.outbox_ready.set)
-    return results
-
-
-async def retry_parked(ctx: EngineContext, *, who: str, connector: str | None = None) -> list[Result]:
-    """Every parked operation (of `connector`, when given) back to pending, oldest first, in
-    transactions of RETRY_ALL_CHUNK operations."""
-    results: list[Result] = []
-    after = 0
-    while True:
-        now = ctx.now()
-        async with ctx.store.transaction() as session:
-            query = select(OutboxRow).where(OutboxRow.state == OpState.PARKED, OutboxRow.id > after)
-            if connector:
-                query = query.where(OutboxRow.connector == connector)
-            rows = (
-                await session.scalars(_locked(ctx, query.order_by(OutboxRow.id).limit(RETRY_ALL_CHUNK)))
-            ).all()
-            for row in rows:
-                results.append(_retry_op(session, row, who, now))
-            if rows:
-                after = rows[-1].id
-                on_commit(session, ctx.outbox_ready.set)
-        if len(rows) < RETRY_ALL_CHUNK:
-            return results
-
-
-async def drop_operations(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
-    """Parked operations by id deleted (so that they never run), each noted in its task's
-    history; a result per id, in their order."""
-    wanted = _unique(ids)
-    if not wanted:
-        return []
-    now = ctx.now()
-    results: list[Result] = []
-    async with ctx.store.transaction() as session:
-        found = {
-            r.id: r
-            for r in (
-                await session.scalars(_locked(ctx, select(OutboxRow).where(OutboxRow.id.in_(wanted))))
-            ).all()
-        }
-        for op_id in wanted:
-            row = found.get(op_id)
-            if row is None:
-                results.append(_unknown_op(op_id))
-                continue
-            if row.state != OpState.PARKED:
-                results.append(_not_parked(row, "dropped"))
-                continue
-            session.add(_op_history(row, "dropped", who, now))
-            await session.delete(row)
-            log.warning(
-                "outbox %s %s #%d on %s dropped by %s (it was parked: %s)",
-                row.op,
-                row.task_id,
-                row.id,
-                row.connector,
-                who,
-                row.last_error,
-            )
-            results.append(Result(op_id, True, None, row.connector))
-    return results
-
-
 # -- webhook deliveries -----------------------------------------------------------------------------
 
 
@@ -327,24 +205,45 @@ async def list_deliveries(
     return Page(items, items[-1].id if len(items) == limit else None)
 
 
-def _not_failed(row: InboxRow, action: str) -> Result:
-    return Result(
-        row.id,
-        False,
-        row.state,
-        row.connector,
-        f"delivery {row.id} is {row.state}, not failed: only a failed delivery can be {action}",
-        "wrong_state",
+def _op_history(row: OutboxRow, action: str, who: str, now: datetime) -> HistoryRow:
+    return HistoryRow(
+        task_id=row.task_id,
+        field="*",
+        old={"v": f"{row.op} #{row.id} parked: {row.last_error or 'no error recorded'}"},
+        new={"v": f"write to {row.connector} {action} by {who}"},
+        source=who,
+        via="outbox",
+        at=now,
     )
 
 
-def _unknown_delivery(delivery_id: int) -> Result:
-    return Result(delivery_id, False, None, None, f"no webhook delivery {delivery_id}", "unknown")
+def _retry_op(session: AsyncSession, row: OutboxRow, who: str, now: datetime) -> None:
+    session.add(_op_history(row, "retried", who, now))  # before the row changes: it names the error
+    row.state = advance(row.state, OpState.PENDING)
+    row.attempts = 0
+    row.next_attempt_at = now
+    row.claimed_by = None
+    row.claim_expires_at = None
+    row.done_at = None
+    row.done_by = None
+    # last_error stays until the operation runs again: what it failed with last time.
+    log.info("outbox %s %s #%d on %s retried by %s", row.op, row.task_id, row.id, row.connector, who)
 
 
-def _retry_delivery(row: InboxRow, who: str, now: datetime) -> Result:
-    if row.state != DeliveryState.FAILED:
-        return _not_failed(row, "retried")
+def _drop_op(session: AsyncSession, row: OutboxRow, who: str, now: datetime) -> None:
+    session.add(_op_history(row, "dropped", who, now))
+    log.warning(
+        "outbox %s %s #%d on %s dropped by %s (it was parked: %s)",
+        row.op,
+        row.task_id,
+        row.id,
+        row.connector,
+        who,
+        row.last_error,
+    )
+
+
+def _retry_delivery(session: AsyncSession, row: InboxRow, who: str, now: datetime) -> None:
     row.state = advance(row.state, DeliveryState.PENDING)
     row.attempts = 0
     row.received_at = now  # due now: the inbox takes deliveries received up to now
@@ -354,76 +253,147 @@ def _retry_delivery(row: InboxRow, who: str, now: datetime) -> Result:
     log.info(
         "webhook delivery #%d of %s retried by %s (it failed: %s)", row.id, row.connector, who, row.error
     )
-    return Result(row.id, True, str(row.state), row.connector)
 
 
-async def _deliveries(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> dict[int, InboxRow]:
-    query = _locked(ctx, select(InboxRow).where(InboxRow.id.in_(ids)))
-    return {r.id: r for r in (await session.scalars(query)).all()}
+def _drop_delivery(session: AsyncSession, row: InboxRow, who: str, now: datetime) -> None:
+    log.warning(
+        "webhook delivery #%d of %s (%s) dropped by %s (it failed: %s)",
+        row.id,
+        row.connector,
+        row.delivery_key,
+        who,
+        row.error,
+    )
 
 
-async def retry_deliveries(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
-    """Failed deliveries by id back to pending, due now; a result per id, in their order."""
+Act = Callable[[AsyncSession, Any, str, datetime], None]
+
+
+@dataclass(frozen=True)
+class _Letters:
+    """One kind of dead letter: its table, the state a person must act on, how to name a row,
+    what retrying and dropping do besides the state change, and which worker to wake."""
+
+    table: type[OutboxRow] | type[InboxRow]
+    waiting: OpState | DeliveryState  # the state retry and drop act on
+    noun: str  # "outbox operation"
+    waiting_word: str  # "parked"
+    retry: Act
+    drop: Act
+    wake: Callable[[EngineContext], asyncio.Event]
+
+
+OPERATIONS = _Letters(
+    OutboxRow, OpState.PARKED, "outbox operation", "parked", _retry_op, _drop_op, lambda ctx: ctx.outbox_ready
+)
+DELIVERIES = _Letters(
+    InboxRow,
+    DeliveryState.FAILED,
+    "webhook delivery",
+    "failed",
+    _retry_delivery,
+    _drop_delivery,
+    lambda ctx: ctx.inbox_ready,
+)
+
+
+def _refused(kind: _Letters, row_id: int, row: Any, action: str) -> Result:
+    if row is None:
+        return Result(row_id, False, None, None, f"no {kind.noun} {row_id}", "unknown")
+    short, waiting = kind.noun.split()[-1], kind.waiting_word
+    return Result(
+        row.id,
+        False,
+        row.state,
+        row.connector,
+        f"{short} {row.id} is {row.state}, not {waiting}: only a {waiting} {short} can be {action}",
+        "wrong_state",
+    )
+
+
+async def _act(
+    ctx: EngineContext, kind: _Letters, ids: Iterable[int], *, who: str, retry: bool
+) -> list[Result]:
+    """Retry or drop rows of `kind` by id, in one transaction; a result per id, in their order.
+    A dropped row is deleted: nothing can claim it any more."""
     wanted = _unique(ids)
     if not wanted:
         return []
     now = ctx.now()
+    action = "retried" if retry else "dropped"
+    table = kind.table
+    results: list[Result] = []
     async with ctx.store.transaction() as session:
-        found = await _deliveries(ctx, session, wanted)
-        results = [
-            _retry_delivery(found[i], who, now) if i in found else _unknown_delivery(i) for i in wanted
-        ]
-        if any(r.ok for r in results):
-            on_commit(session, ctx.inbox_ready.set)
+        query = _locked(ctx, select(table).where(table.id.in_(wanted)))
+        found = {r.id: r for r in (await session.scalars(query)).all()}
+        for row_id in wanted:
+            row = found.get(row_id)
+            if row is None or row.state != kind.waiting:
+                results.append(_refused(kind, row_id, row, action))
+                continue
+            if retry:
+                kind.retry(session, row, who, now)
+                results.append(Result(row.id, True, str(row.state), row.connector))
+            else:
+                kind.drop(session, row, who, now)
+                await session.delete(row)
+                results.append(Result(row.id, True, None, row.connector))
+        if retry and any(r.ok for r in results):
+            on_commit(session, kind.wake(ctx).set)
     return results
 
 
-async def retry_failed(ctx: EngineContext, *, who: str, connector: str | None = None) -> list[Result]:
-    """Every failed delivery (of `connector`, when given) back to pending, oldest first."""
+async def _retry_all(ctx: EngineContext, kind: _Letters, *, who: str, connector: str | None) -> list[Result]:
+    """Every row of `kind` waiting for a person (of `connector`, when given) back to pending,
+    oldest first, in transactions of RETRY_ALL_CHUNK rows."""
+    table = kind.table
     results: list[Result] = []
     after = 0
     while True:
         now = ctx.now()
         async with ctx.store.transaction() as session:
-            query = select(InboxRow).where(InboxRow.state == DeliveryState.FAILED, InboxRow.id > after)
+            query = select(table).where(table.state == kind.waiting, table.id > after)
             if connector:
-                query = query.where(InboxRow.connector == connector)
+                query = query.where(table.connector == connector)
             rows = (
-                await session.scalars(_locked(ctx, query.order_by(InboxRow.id).limit(RETRY_ALL_CHUNK)))
+                await session.scalars(_locked(ctx, query.order_by(table.id).limit(RETRY_ALL_CHUNK)))
             ).all()
             for row in rows:
-                results.append(_retry_delivery(row, who, now))
+                kind.retry(session, row, who, now)
+                results.append(Result(row.id, True, str(row.state), row.connector))
             if rows:
                 after = rows[-1].id
-                on_commit(session, ctx.inbox_ready.set)
+                on_commit(session, kind.wake(ctx).set)
         if len(rows) < RETRY_ALL_CHUNK:
             return results
 
 
+async def retry_operations(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
+    """Parked operations by id back to pending, runnable now; a result per id, in their order."""
+    return await _act(ctx, OPERATIONS, ids, who=who, retry=True)
+
+
+async def retry_parked(ctx: EngineContext, *, who: str, connector: str | None = None) -> list[Result]:
+    """Every parked operation (of `connector`, when given) back to pending, oldest first."""
+    return await _retry_all(ctx, OPERATIONS, who=who, connector=connector)
+
+
+async def drop_operations(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
+    """Parked operations by id deleted (so that they never run), each noted in its task's
+    history; a result per id, in their order."""
+    return await _act(ctx, OPERATIONS, ids, who=who, retry=False)
+
+
+async def retry_deliveries(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
+    """Failed deliveries by id back to pending, due now; a result per id, in their order."""
+    return await _act(ctx, DELIVERIES, ids, who=who, retry=True)
+
+
+async def retry_failed(ctx: EngineContext, *, who: str, connector: str | None = None) -> list[Result]:
+    """Every failed delivery (of `connector`, when given) back to pending, oldest first."""
+    return await _retry_all(ctx, DELIVERIES, who=who, connector=connector)
+
+
 async def drop_deliveries(ctx: EngineContext, ids: Iterable[int], *, who: str) -> list[Result]:
     """Failed deliveries by id deleted, so that they are never processed; a result per id."""
-    wanted = _unique(ids)
-    if not wanted:
-        return []
-    results: list[Result] = []
-    async with ctx.store.transaction() as session:
-        found = await _deliveries(ctx, session, wanted)
-        for delivery_id in wanted:
-            row = found.get(delivery_id)
-            if row is None:
-                results.append(_unknown_delivery(delivery_id))
-                continue
-            if row.state != DeliveryState.FAILED:
-                results.append(_not_failed(row, "dropped"))
-                continue
-            await session.delete(row)
-            log.warning(
-                "webhook delivery #%d of %s (%s) dropped by %s (it failed: %s)",
-                row.id,
-                row.connector,
-                row.delivery_key,
-                who,
-                row.error,
-            )
-            results.append(Result(delivery_id, True, None, row.connector))
-    return results
+    return await _act(ctx, DELIVERIES, ids, who=who, retry=False)

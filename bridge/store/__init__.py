@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Store:
         if parsed.get_backend_name() == "sqlite" and parsed.get_driver_name() == "aiosqlite":
             target = parsed.set(drivername=f"sqlite+{_sqlite.DRIVER}")  # statements in-loop
         if url.startswith("sqlite"):
+            _create_private(parsed.database)
             # One writer at a time is SQLite's rule. In this process writers take turns on
             # `_write_turn` before they begin; the busy timeout covers another process writing
             # the same file (not a supported setup: replicas share PostgreSQL), and is short
@@ -144,6 +146,19 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _create_private(database: str | None) -> None:
+    """Create a new SQLite store file readable by its owner only (0600): it holds the webhook
+    secrets that platforms issue. SQLite gives the -wal and -shm files it makes beside it the
+    same mode. An existing file keeps the mode it has (the operator's to choose)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists() or not path.parent.is_dir():
+        return  # a missing directory is reported by the connect, with its path
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def on_commit(session: AsyncSession, callback: Callable[[], None]) -> None:

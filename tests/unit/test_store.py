@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -494,3 +497,30 @@ async def test_migration_0006_adds_inbox_headers_and_keeps_every_delivery(store:
             (await conn.execute(text("SELECT delivery_key FROM inbox ORDER BY delivery_key"))).scalars().all()
         )
         assert keys == ["new", "old"]
+
+
+async def test_a_new_sqlite_store_and_its_wal_files_are_private(tmp_path: Path) -> None:
+    """The store holds platform-issued webhook secrets: owner-only, whatever the umask."""
+    previous = os.umask(0o022)
+    try:
+        store = Store.open(f"sqlite+aiosqlite:///{tmp_path / 'private.db'}")
+        await store.migrate()
+        async with store.transaction() as session:
+            await session.execute(text("SELECT 1"))
+        names = sorted(n for n in os.listdir(tmp_path) if n.startswith("private.db"))
+        assert set(names) >= {"private.db", "private.db-wal", "private.db-shm"}
+        for name in names:
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+        await store.close()
+    finally:
+        os.umask(previous)
+
+
+async def test_an_existing_store_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    path.touch(mode=0o640)
+    path.chmod(0o640)
+    store = Store.open(f"sqlite+aiosqlite:///{path}")
+    await store.migrate()
+    await store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

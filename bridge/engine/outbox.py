@@ -145,7 +145,7 @@ class Outcome:
 
 
 def _done(
-    written: Values | None = None,
+    written: Values | None,
     *,
     remote: RemoteTask | None = None,
     link_state: LinkState | None = None,
@@ -155,7 +155,7 @@ def _done(
     return Outcome(
         state=OpState.DONE,
         result="ok",
-        written=written if written is not None else {},
+        written=written,
         remote=remote,
         link_state=link_state,
         remote_time=remote_time,
@@ -662,15 +662,14 @@ async def apply_outcomes(
             continue
         if outcome.remote_deleted and op.link.remote_id:
             await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
-        if outcome.state != OpState.DONE:
-            continue
+        if outcome.state != OpState.DONE or outcome.written is None:
+            continue  # nothing was written (e.g. a delete of what was gone): the link stays as it is
         link, task = links.get(op.link.id), tasks.get(op.task.id)
         if link is None or task is None:
             continue
         if outcome.comment_remote_id is not None and op.comment is not None:
             await _link_comment(session, op, outcome.comment_remote_id, now)
-        if outcome.written is not None:
-            _record_write(ctx, op, link, outcome, now)
+        _record_write(ctx, op, link, outcome, now)
         succeeded.append(op)
         if link.state == LinkState.ACTIVE:
             requeue.append((op.route, task, op.observed_at))
@@ -708,7 +707,7 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
     """A write landed: the link's new base is what was written as it reads back there (for a
     create, what the platform reported for the rest)."""
     conn = ctx.connectors[op.connector]
-    assert outcome.written is not None
+    assert outcome.written is not None  # apply_outcomes records only outcomes that wrote
     base = core.base_after_write(
         conn, op.route, op.member, decode_values(link.base), outcome.written, outcome.remote
     )
@@ -749,16 +748,3 @@ async def _link_comment(session: AsyncSession, op: _Op, remote_id: str, now: dat
     else:
         clink.remote_id = remote_id
         clink.state = advance(clink.state, LinkState.ACTIVE)
-
-
-async def comment_link_exists(ctx: EngineContext, comment_id: str, connector: str) -> bool:
-    async with ctx.store.read() as session:
-        return (
-            await session.scalar(
-                select(CommentLinkRow.id).where(
-                    CommentLinkRow.comment_id == comment_id,
-                    CommentLinkRow.connector == connector,
-                    CommentLinkRow.state == LinkState.ACTIVE,
-                )
-            )
-        ) is not None

@@ -122,6 +122,24 @@ def _locked(ctx: EngineContext, query: Select[Any]) -> Select[Any]:
     return query.with_for_update() if ctx.store.dialect == "postgresql" else query
 
 
+def _newest_first(
+    query: Select[Any],
+    table: type[OutboxRow] | type[InboxRow],
+    state: str | None,
+    connector: str | None,
+    cursor: int | None,
+    limit: int,
+) -> Select[Any]:
+    """A listing's filters and page: in `state` (None: any), of `connector`, after `cursor`."""
+    if state is not None:
+        query = query.where(table.state == state)
+    if connector:
+        query = query.where(table.connector == connector)
+    if cursor is not None:
+        query = query.where(table.id < cursor)
+    return query.order_by(table.id.desc()).limit(limit)
+
+
 # -- outbox operations -------------------------------------------------------------------------------
 
 
@@ -137,13 +155,7 @@ async def list_operations(
     MAX_PAGE); `cursor` continues after the page whose `next_cursor` it is."""
     limit = _limit(limit)
     query = select(OutboxRow, TaskRow.title).outerjoin(TaskRow, TaskRow.id == OutboxRow.task_id)
-    if state is not None:
-        query = query.where(OutboxRow.state == state)
-    if connector:
-        query = query.where(OutboxRow.connector == connector)
-    if cursor is not None:
-        query = query.where(OutboxRow.id < cursor)
-    query = query.order_by(OutboxRow.id.desc()).limit(limit)
+    query = _newest_first(query, OutboxRow, state, connector, cursor, limit)
     async with ctx.store.read() as session:
         rows = (await session.execute(query)).all()
     items = [
@@ -179,14 +191,7 @@ async def list_deliveries(
 ) -> Page:
     """Webhook deliveries in `state` (None: any), newest first; paged like `list_operations`."""
     limit = _limit(limit)
-    query = select(InboxRow)
-    if state is not None:
-        query = query.where(InboxRow.state == state)
-    if connector:
-        query = query.where(InboxRow.connector == connector)
-    if cursor is not None:
-        query = query.where(InboxRow.id < cursor)
-    query = query.order_by(InboxRow.id.desc()).limit(limit)
+    query = _newest_first(select(InboxRow), InboxRow, state, connector, cursor, limit)
     async with ctx.store.read() as session:
         rows = (await session.scalars(query)).all()
     items = [

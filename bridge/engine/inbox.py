@@ -41,7 +41,7 @@ from bridge.engine.sync import (
     observe,
 )
 from bridge.store.states import DeliveryState, advance
-from bridge.store.tables import InboxRow
+from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
     BadSignature,
     ConnectorError,
@@ -229,12 +229,16 @@ async def _resolve_scopes(ctx: EngineContext, work: list[_Delivery]) -> None:
     wanted = {(d.connector, e.remote_id) for d in work for e in d.events if not e.scope}
     if not wanted:
         return
+    scopes: dict[tuple[str, str], str] = {}
     async with ctx.store.read() as session:
-        scopes = {}
-        for connector, remote_id in wanted:
-            link = await link_by_remote(session, connector, remote_id)
-            if link is not None:
-                scopes[(connector, remote_id)] = link.scope
+        for connector in {c for c, _ in wanted}:  # one read per connector, not per event
+            rows = await session.execute(
+                select(LinkRow.remote_id, LinkRow.scope).where(
+                    LinkRow.connector == connector,
+                    LinkRow.remote_id.in_([r for c, r in wanted if c == connector]),
+                )
+            )
+            scopes.update({(connector, remote_id): scope for remote_id, scope in rows.all()})
     for d in work:
         d.events = [
             dataclasses.replace(e, scope=scopes[(d.connector, e.remote_id)]) if not e.scope else e

@@ -55,8 +55,6 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
 
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and errors."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -71,6 +69,8 @@ class Store:
     reads: async_sessionmaker[AsyncSession] | None = None
     # SQLite only: writers in this process take turns here (see the module docstring).
     _write_turn: asyncio.Lock | None = field(default=None, repr=False)
+    # SQLite only: the engine whose transactions begin DEFERRED (reads; see `_reader`).
+    _read_engine: AsyncEngine | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 5, echo: bool = False) -> Store:
@@ -105,6 +105,7 @@ class Store:
             url,
             reads=async_sessionmaker(reader, expire_on_commit=False),
             _write_turn=asyncio.Lock(),
+            _read_engine=reader,
         )
 
     @property
@@ -129,7 +130,7 @@ class Store:
         # On SQLite a connection outside `transaction()` must not BEGIN IMMEDIATE: it would take
         # the write lock without waiting for its turn (and statements run on the loop's thread,
         # so a writer waiting for it would wait with the loop stopped).
-        return self.engine.execution_options(taskbridge_read=True) if self._write_turn else self.engine
+        return self._read_engine or self.engine
 
     def _turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
         return self._write_turn if self._write_turn is not None else contextlib.nullcontext()

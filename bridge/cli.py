@@ -107,12 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from bridge.daemon import Daemon
+    from bridge.engine.recovery import RecoveryFailed
 
     cfg = _load_config(args.config)
     _setup_logging(cfg)
     try:
         asyncio.run(Daemon(cfg).run())
-    except OSError as exc:
+    except (OSError, RecoveryFailed) as exc:
         _err(f"taskbridge could not start: {exc}")
         return EXIT_FAILED
     return EXIT_OK
@@ -202,6 +203,33 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     except client_cli.CliError as exc:
         _err(str(exc))
         return EXIT_FAILED
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """`taskbridge store export|import`: the store's state as JSON Lines (bridge/store/portable.py)."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bridge.store import portable, redact_url
+
+    cfg = _load_config(args.config)
+    url = cfg.store.url
+    try:
+        if args.action == "export":
+            counts = asyncio.run(portable.export_store(url, sys.stdout, _err))
+            _err(f"exported {portable.describe(counts)} from {redact_url(url)}")
+        else:
+            with portable.open_source(args.file) as source:
+                counts = asyncio.run(portable.import_store(url, source))
+            _err(f"imported {portable.describe(counts)} into {redact_url(url)}")
+    except portable.PortableError as exc:
+        _err(f"store {args.action}: {exc}")
+        return EXIT_USAGE
+    except (SQLAlchemyError, OSError) as exc:
+        _err(f"store {args.action} failed: {' '.join(str(exc).split())}")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_token_new(args: argparse.Namespace) -> int:
@@ -321,6 +349,29 @@ def build_parser() -> argparse.ArgumentParser:
         dd = dl_sub.add_parser("drop", help=f"{failed} {nouns} by id deleted: never to run")
         dd.add_argument("ids", nargs="+", type=positive, metavar="ID")
         api_options(dd)
+
+    p = add("store", cmd_store, "copy the store's state to a file and into a new store (to move hosts)")
+    store_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    se = store_sub.add_parser(
+        "export",
+        help="the state to stdout as JSON Lines (no secrets; pending writes are not carried)",
+        description="Write the store's tasks, links, comments, comment links, watermarks and open "
+        "conflicts to stdout as JSON Lines; a summary and warnings go to stderr. No secrets, no "
+        "history. Pending writes (the outbox) are NOT carried: stop the daemon once its outbox "
+        "drained (`taskbridge status`), then export; export warns, with the count, when some are "
+        "still waiting.",
+    )
+    se.add_argument("--config", "-c", required=True, metavar="FILE")
+    si = store_sub.add_parser(
+        "import",
+        help="load an export into a new, empty store",
+        description="Load a `taskbridge store export` file into the config's store, which must hold "
+        "no tasks, links or watermarks yet (it is created and migrated first). All of it or "
+        "nothing: a bad line is named and nothing is imported. Then start the daemon on the new "
+        "store: nothing is created again on the platforms.",
+    )
+    si.add_argument("--config", "-c", required=True, metavar="FILE")
+    si.add_argument("file", metavar="EXPORT", help="the export file (- for stdin)")
 
     p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)

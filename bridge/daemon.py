@@ -29,15 +29,16 @@ from bridge import mapping as mapping_mod
 from bridge.api.app import create_app
 from bridge.api.status import refresh_store_gauges
 from bridge.config import Config
-from bridge.defaults import DEFAULT_COMMENTS_PER_POLL, DEFAULT_LEASE_TTL
+from bridge.defaults import DEFAULT_COMMENTS_PER_POLL, DEFAULT_LEASE_TTL, DEFAULT_STORE_CHECK_INTERVAL
 from bridge.engine import leases
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import process_pending
 from bridge.engine.outbox import Worker, WorkerSettings, release_claims
 from bridge.engine.poller import poll_connector
+from bridge.engine.recovery import recover_if_new
 from bridge.engine.routes import build_routes
-from bridge.store import Store, redact_url
+from bridge.store import Store, StoreLost, redact_url
 from bridge.store.tables import MetaRow
 from connectors.base import Connector, ConnectorError, ConnectorSettings, PeopleMap
 
@@ -89,6 +90,7 @@ class DaemonOptions:
     serve: bool = True
     lease_ttl: float = DEFAULT_LEASE_TTL
     comments_per_poll: int = DEFAULT_COMMENTS_PER_POLL
+    store_check_interval: float = DEFAULT_STORE_CHECK_INTERVAL
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -127,6 +129,7 @@ class Daemon:
         self._held: set[str] = set()
         self._overrunning: set[str] = set()  # connectors whose last poll outlasted its interval
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
+        self._generated: set[str] = set()  # connectors whose platform-made webhook secret the store holds
 
     def _replica_id(self) -> str:
         """Stable across restarts of the same replica (host and listen port, which only one live
@@ -146,6 +149,9 @@ class Daemon:
         metrics.build_info.info({"version": __version__})
         await self.store.migrate()
         await self._load_webhook_secrets()
+        adopted = await recover_if_new(self.ctx)
+        if adopted:
+            log.warning("the store was new: %d tasks already in sync were re-adopted by marker", adopted)
         if self.options.serve:
             await self._start_server()  # binds the port first: proof no live twin holds our id
             taken_back = await release_claims(self.ctx)
@@ -167,6 +173,14 @@ class Daemon:
                     next_run_time=_now_naive(),
                 )
         self.scheduler.add_job(
+            self._guarded(self.check_store),
+            "interval",
+            seconds=self.options.store_check_interval,
+            id="store-check",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
             self._guarded(self.refresh_gauges),
             "interval",
             seconds=15,
@@ -187,7 +201,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._abandon()
+            raise
         await self.stopping.wait()
         await self.stop()
 
@@ -211,11 +229,12 @@ class Daemon:
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout=35)
-        released = await release_claims(self.ctx)
-        if released:
-            log.info("released %d claimed operations for other workers", released)
-        for name in list(self._held):
-            await leases.release(self.ctx, name)
+        if self.store.lost is None:  # a lost store takes no more writes; claims and leases expire
+            released = await release_claims(self.ctx)
+            if released:
+                log.info("released %d claimed operations for other workers", released)
+            for name in list(self._held):
+                await leases.release(self.ctx, name)
         if self._server is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
@@ -225,6 +244,20 @@ class Daemon:
                 await conn.aclose()
         await self.store.close()
         log.info("taskbridge stopped")
+
+    async def _abandon(self) -> None:
+        """Close what a start that failed half-way opened."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.worker.stop()
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.should_exit = True
+        for conn in self.ctx.connectors.values():
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+        await self.store.close()
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -239,6 +272,8 @@ class Daemon:
                 await fn(*args)
             except asyncio.CancelledError:
                 log.info("job %s stopped by the shutdown", getattr(fn, "__name__", fn))
+            except StoreLost:
+                return  # said once, by check_store
             except Exception:  # a job failing must not kill the scheduler
                 log.exception("job %s failed", getattr(fn, "__name__", fn))
             finally:
@@ -248,7 +283,23 @@ class Daemon:
         return job
 
     def is_ready(self) -> bool:
-        return self.ready and self.scheduler.running
+        return self.ready and self.scheduler.running and self.store.lost is None
+
+    async def check_store(self) -> None:
+        """Stop working the moment the store is no longer the one opened (deleted, replaced):
+        every write from then on would go where no restart finds it."""
+        if self.store.lost is not None:
+            return
+        lost = await self.store.check()
+        if lost is None:
+            return
+        log.error("%s", lost)
+        metrics.store_lost.set(1)
+        sd_notify(f"STATUS=store lost: {lost}")
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("poll:"):
+                job.pause()
+        self.worker.stop()
 
     async def poll_once(self, connector: str) -> None:
         lease = f"poll:{connector}"
@@ -300,6 +351,9 @@ class Daemon:
     async def _guarded_inbox(self) -> int:
         try:
             return await process_pending(self.ctx, claim_ttl=self.options.worker.claim_ttl)
+        except StoreLost:
+            await asyncio.sleep(self.options.store_check_interval)
+            return 0
         except Exception:
             log.exception("inbox processing failed")
             await asyncio.sleep(1)
@@ -326,13 +380,17 @@ class Daemon:
             secret = c.webhook_secret.get_secret_value() if c.webhook_secret else None
             for scope in self.ctx.scopes_of(name):
                 try:
-                    generated = await conn.register_webhook(scope, f"{base}/webhooks/{name}", secret or None)
+                    generated = await conn.register_webhook(
+                        scope, f"{base}/webhooks/{name}", secret or None, rotate=name not in self._generated
+                    )
                 except ConnectorError as exc:
                     log.error(
                         "could not register webhooks of %s/%s: %s (polling continues)", name, scope, exc
                     )
                     continue
                 if generated:
+                    if name not in self._generated:
+                        log.warning("%s: webhooks registered anew, their secret kept in the store", name)
                     await self._store_webhook_secret(name, generated)
                 log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
 
@@ -346,6 +404,7 @@ class Daemon:
                 session.add(MetaRow(key=f"webhook_secrets:{connector}", value={"secrets": secrets}))
             else:
                 row.value = {"secrets": secrets}
+        self._generated.add(connector)
         self.ctx.webhook_secrets.setdefault(connector, [])
         if secret not in self.ctx.webhook_secrets[connector]:
             self.ctx.webhook_secrets[connector].append(secret)
@@ -355,6 +414,8 @@ class Daemon:
             rows = (await session.scalars(select(MetaRow).where(MetaRow.key.like("webhook_secrets:%")))).all()
         for row in rows:
             connector = row.key.split(":", 1)[1]
+            if row.value.get("secrets"):
+                self._generated.add(connector)
             for secret in row.value.get("secrets", []):
                 if secret not in self.ctx.webhook_secrets.setdefault(connector, []):
                     self.ctx.webhook_secrets[connector].append(secret)

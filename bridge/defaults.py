@@ -22,3 +22,6 @@ DEFAULT_UNEXPECTED_ERROR_DELAY = 30.0  # a write that failed in a way nobody for
 DEFAULT_INBOX_BATCH = 50  # deliveries claimed and processed together
 DEFAULT_INBOX_MAX_ATTEMPTS = 10  # failed processing attempts before a delivery is set aside
 DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once
+
+# The daemon.
+DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened

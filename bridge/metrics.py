@@ -114,6 +114,11 @@ connector_up = Gauge(
     ["connector"],
     registry=REGISTRY,
 )
+store_lost = Gauge(
+    "taskbridge_store_lost",
+    "1 once the store this process opened was deleted or replaced under it (writes stopped).",
+    registry=REGISTRY,
+)
 leases_held = Gauge("taskbridge_leases_held", "Poll leases this replica holds.", registry=REGISTRY)
 build_info = Info("taskbridge_build", "The running version.", registry=REGISTRY)
 

@@ -11,6 +11,7 @@ from bridge.config import Config
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.engine.comments import sweep_comments
 from bridge.engine.poller import poll_connector
+from bridge.engine.recovery import RecoveryFailed, recover_if_new
 from connectors.base import ConnectorError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -22,6 +23,16 @@ async def sync_once(cfg: Config, *, progress: bool = True) -> int:
     console = Console(stderr=True)
     failures: list[str] = []
     await daemon.store.migrate()
+    try:
+        adopted = await recover_if_new(ctx)
+    except RecoveryFailed as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        for conn in ctx.connectors.values():
+            await conn.aclose()
+        await daemon.store.close()
+        return EXIT_FAILED
+    if adopted:
+        console.print(f"the store was new: {adopted} tasks already in sync were re-adopted by marker")
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

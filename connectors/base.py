@@ -266,11 +266,15 @@ class Connector(Protocol):
 
     async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment: ...
 
-    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+    async def register_webhook(
+        self, scope: str, url: str, secret: str | None, *, rotate: bool = False
+    ) -> str | None:
         """Make sure the platform posts this scope's events to `url` (idempotent: an existing
         registration of the same URL is kept). `secret` is the configured webhook_secret, for
         platforms that take one. Returns a secret the platform generated (shown only at
-        creation), which the engine stores and passes back to `verify_webhook`."""
+        creation), which the engine stores and passes back to `verify_webhook`. `rotate` says
+        the store holds no generated secret (a lost store): a platform that generates them then
+        replaces an existing registration, so that its deliveries can be verified again."""
         ...
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ from bridge.api.routes import router
 from bridge.config import Config
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import receive
+from bridge.store import StoreLost
 
 
 class Host(Protocol):
@@ -32,6 +33,10 @@ class Host(Protocol):
         ...
 
     async def poll_once(self, connector: str) -> None: ...
+
+    async def check_store(self) -> None:
+        """Find out whether the store is still the one opened, and stop work if not."""
+        ...
 
 
 class Principal:
@@ -89,6 +94,11 @@ def create_app(daemon: Host) -> FastAPI:
         except (ValueError, TypeError, RecursionError):
             return JSONResponse({"detail": _plain_errors(exc.errors())}, status_code=422)
 
+    @app.exception_handler(StoreLost)
+    async def store_lost(request: Request, exc: StoreLost) -> Response:
+        # Nothing can be recorded: a platform retries a webhook answered 503, a client its call.
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "60"})
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -97,6 +107,9 @@ def create_app(daemon: Host) -> FastAPI:
     async def readyz() -> Response:
         problems = []
         try:
+            await daemon.check_store()
+            if ctx.store.lost is not None:
+                problems.append(ctx.store.lost)
             await ctx.store.ping()
             if not await ctx.store.schema_is_current():
                 problems.append("store schema is not at the current migration")

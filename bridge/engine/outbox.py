@@ -538,8 +538,12 @@ async def _comment(ctx: EngineContext, conn: Connector, op: _Op) -> Outcome:
         raise PermanentOutcome("the task's mirror has no remote id yet")
     if op.comment_remote_id is not None:
         return _done({})  # already posted and linked
+    # A comment older than this store may have been mirrored by the store before it (one lost and
+    # re-adopted): look for it as for a retry.
+    born = ctx.store.identity.created_at if ctx.store.identity else None
+    older = born is not None and as_utc(op.comment.created_at) < born
     remote_id = await mirror_comment(
-        ctx, conn, op.member, op.link.remote_id, op.comment, retried=op.attempts > 1
+        ctx, conn, op.member, op.link.remote_id, op.comment, retried=op.attempts > 1 or older
     )
     return _done({}, comment_remote_id=remote_id)
 

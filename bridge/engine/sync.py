@@ -416,11 +416,13 @@ async def new_task(
     via: str,
     now: datetime,
     updated_at: datetime | None = None,
+    task_id: str | None = None,
 ) -> TaskRow:
-    """A new canonical task (defaults for what `values` leaves out) with its "created" history row."""
+    """A new canonical task (defaults for what `values` leaves out) with its "created" history row.
+    `task_id` is given only to take back a task under the id its mirrors' markers name."""
     canonical = {**DEFAULTS, **values}
     task = TaskRow(
-        id=new_id(),
+        id=task_id or new_id(),
         route=route.name,
         data=encode_values(canonical),
         title=canonical["title"],
@@ -444,15 +446,19 @@ async def create_mirrors(
     route: Route,
     task: TaskRow,
     *,
-    exclude: Member | None,
+    exclude: Member | None = None,
+    only: Sequence[Member] | None = None,
     observed_at: datetime,
 ) -> None:
-    """A link in state `creating` and a create operation for every member that takes writes.
-    The link exists before the create runs, so an observation of the new remote task (a
-    webhook racing the create's commit) finds it through the marker."""
+    """A link in state `creating` and a create operation for every member that takes writes
+    (but `exclude`; or only those in `only`). The link exists before the create runs, so an
+    observation of the new remote task (a webhook racing the create's commit) finds it through
+    the marker."""
     now = ctx.now()
     for other in route.members:
         if exclude is not None and other.key == exclude.key:
+            continue
+        if only is not None and other.key not in {m.key for m in only}:
             continue
         if not other.writes_any:
             continue

@@ -14,6 +14,13 @@ transactions; row locks (FOR UPDATE SKIP LOCKED) do the queueing. A `sqlite+aios
 runs on the dialect in `_sqlite.py`: aiosqlite opens the connections, and the statements run on
 the event loop's thread (a hand-off to aiosqlite's thread cost a hundred times the statement).
 
+Every store carries an identity (a `meta` row written once, when the store is new). A daemon
+remembers the identity it opened, and on SQLite the file's inode too; `check()` compares them,
+so a store deleted or replaced under a running daemon is noticed: `transaction()` then raises
+`StoreLost` (writes stop instead of going into a file nobody will read again) and readiness says
+why. The identity's `created_at` also tells the engine which remote work may predate this store
+(mirrors made by a store that was lost).
+
 What the API filters tasks on (priority, tags, assignees) is indexed by the store itself on every
 ORM flush (bridge/store/search.py); a Core write of tasks must call its `index_rows` itself.
 """
@@ -26,6 +33,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +46,24 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
+from bridge.model import new_id, utcnow
 from bridge.store import _sqlite
 from bridge.store import search as search  # registers the flush events that keep the task index true
+from bridge.store.tables import MetaRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
+IDENTITY_KEY = "store"  # the meta row that names this store
+
+
+class StoreLost(Exception):
+    """The store this process opened was deleted or replaced under it: nothing more is written."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: str
+    created_at: datetime
 
 
 def alembic_config(url: str | None = None) -> AlembicConfig:
@@ -71,6 +92,9 @@ class Store:
     _write_turn: asyncio.Lock | None = field(default=None, repr=False)
     # SQLite only: the engine whose transactions begin DEFERRED (reads; see `_reader`).
     _read_engine: AsyncEngine | None = field(default=None, repr=False)
+    identity: Identity | None = None  # set by `migrate()`
+    lost: str | None = None  # why, once `check()` found the store deleted or replaced
+    _file: tuple[int, int] | None = field(default=None, repr=False)  # SQLite: (device, inode)
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 5, echo: bool = False) -> Store:
@@ -113,9 +137,55 @@ class Store:
         return self.engine.dialect.name
 
     async def migrate(self) -> None:
-        """Upgrade the schema to head (idempotent)."""
+        """Upgrade the schema to head (idempotent), and learn (or give) the store its identity."""
         async with self._turn(), self.engine.begin() as conn:
             await conn.run_sync(_upgrade)
+        self._file = self._file_id()
+        async with self.transaction() as session:
+            row = await session.get(MetaRow, IDENTITY_KEY)
+            if row is None:
+                row = MetaRow(key=IDENTITY_KEY, value={"id": new_id(), "created_at": utcnow().isoformat()})
+                session.add(row)
+            self.identity = Identity(row.value["id"], datetime.fromisoformat(row.value["created_at"]))
+
+    async def check(self) -> str | None:
+        """Why this store is no longer the one opened (deleted, replaced), or None. Once lost,
+        always lost: the process must be restarted onto the store it should use."""
+        if self.lost is not None or self.identity is None:
+            return self.lost
+        path = self._path()
+        if path is not None and self._file is not None:
+            current = self._file_id()
+            if current is None:
+                return self._lose(f"the store file {path} was deleted")
+            if current != self._file:
+                return self._lose(f"the store file {path} was replaced")
+        async with self.read() as session:
+            row = await session.get(MetaRow, IDENTITY_KEY)
+        if row is None or row.value.get("id") != self.identity.id:
+            return self._lose("the store was replaced (its identity changed)")
+        return None
+
+    def _lose(self, reason: str) -> str:
+        self.lost = f"{reason}: writes stopped; restart the daemon (it re-adopts mirrors by marker)"
+        return self.lost
+
+    def _path(self) -> Path | None:
+        url = make_url(self.url)
+        database = url.database
+        if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return None
+        return None if database.startswith("file:") else Path(database)
+
+    def _file_id(self) -> tuple[int, int] | None:
+        path = self._path()
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     async def schema_is_current(self) -> bool:
         async with self._reader().connect() as conn:
@@ -138,6 +208,8 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in one write transaction: committed on success, rolled back on error."""
+        if self.lost is not None:
+            raise StoreLost(self.lost)
         async with self._turn(), self.sessions() as session, session.begin():
             yield session
 

@@ -653,10 +653,16 @@ class AgentKanbanConnector(BaseConnector):
 
     # -- webhooks ---------------------------------------------------------------------------------------
 
-    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+    async def register_webhook(
+        self, scope: str, url: str, secret: str | None, *, rotate: bool = False
+    ) -> str | None:
         for hook in await self.client.list_webhooks():
             if hook.get("url") != url:
                 continue
+            if rotate:
+                # Its secret was shown once, to a store that is gone: no delivery would verify.
+                await self.client.delete_webhook(str(hook["id"]))
+                break
             events = list(hook.get("events") or [])
             lacking = "*" not in events and not set(TASK_EVENTS) <= set(events)
             if lacking or hook.get("active") is False:

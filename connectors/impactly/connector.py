@@ -382,7 +382,9 @@ class ImpactlyConnector(BaseConnector):
 
     # -- webhooks -----------------------------------------------------------------------------
 
-    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+    async def register_webhook(
+        self, scope: str, url: str, secret: str | None, *, rotate: bool = False
+    ) -> str | None:
         # Subscriptions are workspace-wide: one per URL serves every project (scope).
         for hook in await self.client.list_webhooks():
             if hook.get("url") == url:

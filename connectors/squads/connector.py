@@ -344,7 +344,9 @@ class SquadsConnector(BaseConnector):
     async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment:
         raise Permanent("squads has no comments", connector=self.name)
 
-    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+    async def register_webhook(
+        self, scope: str, url: str, secret: str | None, *, rotate: bool = False
+    ) -> str | None:
         return None  # Nucleus has no webhooks: polling only
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str]) -> None:

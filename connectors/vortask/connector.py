@@ -194,7 +194,9 @@ class VortaskConnector(BaseConnector):
 
     # -- webhooks -------------------------------------------------------------------------------
 
-    async def register_webhook(self, scope: str, url: str, secret: str | None) -> str | None:
+    async def register_webhook(
+        self, scope: str, url: str, secret: str | None, *, rotate: bool = False
+    ) -> str | None:
         secret = secret or self.settings.webhook_secret
         if not secret:
             raise Permanent(

@@ -850,6 +850,24 @@ async def test_register_webhook_is_idempotent(
     assert set(hooks[0]["events"]) >= {"task.created", "task.updated", "task.deleted", "comment.created"}
 
 
+async def test_a_registration_whose_secret_was_lost_is_replaced_when_asked(
+    hooked: tuple[AgentKanbanFake, AgentKanbanConnector], webhook_receiver: WebhookReceiver
+) -> None:
+    fake, conn = hooked
+    board = fake.create_board("hooks")
+    url = webhook_receiver.url + "/hook"
+    lost = await conn.register_webhook(board, url, None)
+    rotated = await conn.register_webhook(board, url, None, rotate=True)
+    assert rotated is not None and rotated != lost
+    hooks = await conn.client.list_webhooks()
+    assert len(hooks) == 1  # replaced, not added to
+    await conn.create_task(board, {"title": "signed anew"})
+    [hook] = webhook_receiver.wait_for(1)
+    conn.verify_webhook(hook.headers, hook.body, [rotated])
+    with pytest.raises(BadSignature):
+        conn.verify_webhook(hook.headers, hook.body, [lost or ""])
+
+
 async def test_webhook_deliveries_verify_and_parse(
     hooked: tuple[AgentKanbanFake, AgentKanbanConnector], webhook_receiver: WebhookReceiver
 ) -> None:

@@ -56,10 +56,10 @@ class FakeConn:
         return out
 
 
-def route(fields: tuple[str, ...] = ALL) -> Route:
+def route(fields: tuple[str, ...] = ALL, members: tuple[Member, ...] = ()) -> Route:
     return Route(
         name="r",
-        members=(Member("a", "s1"), Member("b", "s2")),
+        members=members or (Member("a", "s1"), Member("b", "s2")),
         fields=fields,
         conflict="newest",
         prefer=None,

@@ -67,7 +67,10 @@ class Retryable(ConnectorError):
 
 
 class RateLimited(Retryable):
-    def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
+    """A 429. `retry_after` is the platform's Retry-After in seconds, or None when it sent none
+    (then the caller backs off exponentially, and the outbox parks after its attempts)."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
 
@@ -419,10 +422,10 @@ def status_class(status: int | None) -> str:
     return "429" if status == 429 else f"{status // 100}xx"
 
 
-def parse_retry_after(value: str | None, default: float = 1.0) -> float:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None without a usable one."""
     if not value:
-        return default
+        return None
     try:
         return max(0.0, float(value))
     except ValueError:
@@ -432,7 +435,29 @@ def parse_retry_after(value: str | None, default: float = 1.0) -> float:
             when = parsedate_to_datetime(value)
             return max(0.0, when.timestamp() - time.time())
         except (TypeError, ValueError):
-            return default
+            return None
+
+
+def backoff_delay(settings: ConnectorSettings, rng: random.Random, attempt: int) -> float:
+    """The wait before retry number `attempt` (1, 2, ...): doubling, with "equal jitter" so that
+    many callers failing together do not retry together."""
+    base = settings.backoff * 2 ** (attempt - 1)
+    return rng.uniform(base / 2, base)
+
+
+def rate_limit_wait(
+    settings: ConnectorSettings, rng: random.Random, exc: RateLimited, attempt: int
+) -> float | None:
+    """How long to wait out a 429 inside a request before trying again, or None to raise it: the
+    retries are spent, or the Retry-After is longer than `max_wait` (the engine's to schedule).
+    Without a Retry-After the wait backs off as for any failure."""
+    if attempt > settings.max_retries:
+        return None
+    if exc.retry_after is None:
+        return backoff_delay(settings, rng, attempt)
+    if exc.retry_after > settings.max_wait:
+        return None
+    return exc.retry_after + rng.uniform(0, 0.1)
 
 
 class Redactor:
@@ -542,13 +567,10 @@ class HttpClient:
                 return await self._once(method, url, json_body, params, headers)
             except RateLimited as exc:
                 # 429 means the request was not processed, so any method may repeat it.
-                if (
-                    once_only
-                    or attempt > self.settings.max_retries
-                    or exc.retry_after > self.settings.max_wait
-                ):
+                wait = rate_limit_wait(self.settings, self.rng, exc, attempt)
+                if once_only or wait is None:
                     raise
-                await asyncio.sleep(exc.retry_after + self.rng.uniform(0, 0.1))
+                await asyncio.sleep(wait)
             except Retryable as exc:
                 surely_unsent = isinstance(exc.__cause__, httpx.ConnectError)
                 if once_only or attempt > self.settings.max_retries or not (retry_5xx or surely_unsent):
@@ -556,8 +578,7 @@ class HttpClient:
                 await asyncio.sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
-        base = self.settings.backoff * 2 ** (attempt - 1)
-        return self.rng.uniform(base / 2, base)  # "equal jitter": spreads retries of many callers
+        return backoff_delay(self.settings, self.rng, attempt)
 
     async def _once(
         self,

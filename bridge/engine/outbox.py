@@ -59,6 +59,7 @@ from bridge.engine.sync import (
     apply_remote_deletion,
     held_fields,
     held_fields_many,
+    mark_gone_from_view,
     observe,
     queue_updates_many,
 )
@@ -69,6 +70,7 @@ from connectors.base import (
     AuthFailed,
     Connector,
     ConnectorError,
+    GoneFromView,
     NotFound,
     Permanent,
     RateLimited,
@@ -142,6 +144,7 @@ class Outcome:
     remote_time: datetime | None = None
     comment_remote_id: str | None = None
     remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
+    gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
 
 
 def _done(
@@ -407,20 +410,45 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
     """Attempt one claimed operation against its platform; how it ended, for the committer."""
     conn = ctx.connectors[op.connector]
     try:
-        return await _dispatch(ctx, conn, op, read_first=settings.read_before_write)
+        try:
+            return await _dispatch(ctx, conn, op, read_first=settings.read_before_write)
+        except NotFound as exc:
+            return await _confirm_gone(conn, op, exc)
     except RateLimited as exc:
+        if exc.retry_after is None:  # no Retry-After (a usage limit): back off, park after the cap
+            return _retry(settings, op.attempts, str(exc), rng)
         return Outcome(state=OpState.PENDING, result="rate_limited", error=str(exc), delay=exc.retry_after)
     except Retryable as exc:
         return _retry(settings, op.attempts, str(exc), rng)
-    except NotFound as exc:
-        if op.op in (OpKind.DELETE, OpKind.ARCHIVE):
-            return _done(None)  # already gone: the intent holds
-        return _parked(str(exc), remote_deleted=op.op != OpKind.CREATE and op.link.remote_id is not None)
     except (Permanent, AuthFailed, PermanentOutcome) as exc:
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
         return _parked(str(exc))
     except ConnectorError as exc:
         return _parked(str(exc))
+
+
+async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:
+    """A 404 on a write is a deletion only when a GET and a complete listing agree. Some
+    platforms answer a write 404 for a task that exists but the credential may not change
+    (PostHog does, for a teammate's task); taking that for a deletion would archive a live
+    task everywhere else."""
+    remote_id = op.link.remote_id
+    if op.op == OpKind.CREATE or remote_id is None:
+        return _parked(str(exc))
+    try:
+        await conn.get_task(op.member.scope, remote_id)
+    except GoneFromView:
+        return Outcome(state=OpState.DONE, result="ok", error=str(exc), gone_from_view=True)
+    except NotFound:
+        pass
+    else:
+        return _parked(f"{exc}, yet the task is there: the credential may not change it")
+    listing = await conn.list_tasks(op.member.scope, None)
+    if listing.all_ids is None or remote_id in listing.all_ids:
+        return _parked(f"{exc}, yet the scope's listing still shows the task (or could not be read whole)")
+    if op.op in (OpKind.DELETE, OpKind.ARCHIVE):
+        return _done(None)  # already gone: the intent holds
+    return _parked(str(exc), remote_deleted=True)
 
 
 async def _dispatch(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> Outcome:
@@ -666,6 +694,8 @@ async def apply_outcomes(
             continue
         if outcome.remote_deleted and op.link.remote_id:
             await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
+        if outcome.gone_from_view and op.link.remote_id:
+            await mark_gone_from_view(ctx, session, op.member, op.link.remote_id)
         if outcome.state != OpState.DONE or outcome.written is None:
             continue  # nothing was written (e.g. a delete of what was gone): the link stays as it is
         link, task = links.get(op.link.id), tasks.get(op.task.id)

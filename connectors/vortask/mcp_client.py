@@ -68,7 +68,9 @@ from connectors.base import (
     Redactor,
     RequestObserver,
     Retryable,
+    backoff_delay,
     parse_retry_after,
+    rate_limit_wait,
     status_class,
 )
 
@@ -186,9 +188,10 @@ class VortaskMcp:
                     raise exc.error from None
                 await asyncio.sleep(self._backoff(attempt))
             except RateLimited as exc:
-                if attempt > self.settings.max_retries or exc.retry_after > self.settings.max_wait:
+                wait = rate_limit_wait(self.settings, self.rng, exc, attempt)
+                if wait is None:
                     raise
-                await asyncio.sleep(exc.retry_after + self.rng.uniform(0, 0.1))
+                await asyncio.sleep(wait)
             except Retryable:
                 if not idempotent or attempt > self.settings.max_retries:
                     raise
@@ -446,8 +449,7 @@ class VortaskMcp:
     # -- helpers ------------------------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        base = self.settings.backoff * 2 ** (attempt - 1)
-        return self.rng.uniform(base / 2, base)
+        return backoff_delay(self.settings, self.rng, attempt)
 
     def _text(self, exc: BaseException | None) -> str:
         if exc is None:

@@ -203,8 +203,8 @@ async def test_rate_limiter_spaces_requests() -> None:
 
 def test_retry_after_parsing() -> None:
     assert base.parse_retry_after("12") == 12
-    assert base.parse_retry_after(None) == 1.0
-    assert base.parse_retry_after("garbage") == 1.0
+    assert base.parse_retry_after(None) is None
+    assert base.parse_retry_after("garbage") is None
 
 
 def test_people_map_keeps_unknown_users_on_their_platform() -> None:

@@ -14,7 +14,7 @@ reads back as there): both are pure.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bridge.engine.routes import Member, Route
@@ -71,6 +71,20 @@ def readable_values(
         if "description" in values:
             values["description"] = text
     return values, marker_id
+
+
+REUSE_TOLERANCE = timedelta(seconds=1)  # creation times a platform reports may be rounded
+
+
+def same_remote_task(
+    link_task_id: str, known_created: datetime | None, marker_id: str | None, created: datetime | None
+) -> bool:
+    """Whether a task reported under a linked remote id is still the task the link points at. A
+    platform that reuses ids (a restored project, a reset) reports another task under it: one
+    carrying the marker of another bridge task, or made at another time than the one we knew."""
+    if marker_id is not None and marker_id != link_task_id:
+        return False
+    return not (known_created and created and abs(created - known_created) > REUSE_TOLERANCE)
 
 
 def older_than_applied(reported_at: datetime | None, applied_at: datetime | None) -> bool:

@@ -59,9 +59,11 @@ from bridge.engine.sync import (
     apply_remote_deletion,
     held_fields,
     held_fields_many,
+    link_by_remote,
     mark_gone_from_view,
     observe,
     queue_updates_many,
+    release_reused,
 )
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store.states import LinkState, OpKind, OpState, advance
@@ -703,6 +705,10 @@ async def apply_outcomes(
             continue
         if outcome.comment_remote_id is not None and op.comment is not None:
             await _link_comment(session, op, outcome.comment_remote_id, now)
+        if outcome.remote is not None and link.remote_id is None:
+            held = await link_by_remote(session, op.connector, outcome.remote.remote_id)
+            if held is not None and held.id != link.id:
+                await release_reused(ctx, session, held, op.connector)  # the platform made it anew
         _record_write(ctx, op, link, outcome, now)
         succeeded.append(op)
         if link.state == LinkState.ACTIVE:
@@ -750,6 +756,7 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
             link.remote_id = outcome.remote.remote_id
             link.remote_url = outcome.remote.url
             link.remote_updated_at = outcome.remote.updated_at
+            link.remote_created_at = outcome.remote.created_at
         link.state = advance(link.state, LinkState.ACTIVE)
     link.base = encode_values(base)
     link.inflight = None

@@ -259,6 +259,7 @@ async def _apply(ctx: EngineContext, route: Route, result: Plan) -> None:
                         state=LinkState.ACTIVE,
                         base=encode_values(c.values),
                         remote_updated_at=c.task.updated_at,
+                        remote_created_at=c.task.created_at,
                         content_hash=c.task.content_hash,
                         remote_url=c.task.url,
                         is_mirror=mirror,

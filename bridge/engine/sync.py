@@ -97,6 +97,13 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     values, marker_id = core.readable_values(conn, route, member, rt)
     link = await link_by_remote(session, member.connector, rt.remote_id)
     now = ctx.now()
+    if link is not None and not core.same_remote_task(
+        link.task_id, link.remote_created_at, marker_id, rt.created_at
+    ):
+        await release_reused(ctx, session, link, member.connector)
+        link = None
+    if link is not None and link.remote_created_at is None:
+        link.remote_created_at = rt.created_at  # links made before the column learn it here
     if link is None:
         if marker_id is not None and await _adopt_mirror(session, member, rt, marker_id, values, now):
             return False
@@ -337,6 +344,34 @@ def enqueue(
     return row
 
 
+async def release_reused(ctx: EngineContext, session: AsyncSession, link: LinkRow, source: str) -> None:
+    """The platform now uses this link's remote id for another task: the task the link pointed at
+    is gone from there (not deleted: nothing says so), and the id is free for the new one."""
+    log.warning(
+        "%s: id %s now names another task; the link of %s to it is closed (nothing renamed or deleted)",
+        link.connector,
+        link.remote_id,
+        link.task_id,
+    )
+    if link.state != LinkState.GONE:
+        link.state = advance(link.state, LinkState.GONE)
+    session.add(
+        HistoryRow(
+            task_id=link.task_id,
+            field="*",
+            old={"v": link.remote_id},
+            new={"v": "remote id reused for another task"},
+            source=source,
+            via="sync",
+            at=ctx.now(),
+        )
+    )
+    link.remote_id = None
+    link.inflight = None
+    link.updated_at = ctx.now()
+    await session.flush()  # the id is free before anything links it again
+
+
 async def _adopt_mirror(
     session: AsyncSession, member: Member, rt: RemoteTask, marker_id: str, values: Values, now: datetime
 ) -> bool:
@@ -362,6 +397,7 @@ async def _adopt_mirror(
     link.state = advance(link.state, LinkState.ACTIVE)
     link.base = encode_values(values)
     link.remote_updated_at = rt.updated_at
+    link.remote_created_at = rt.created_at
     link.remote_url = rt.url
     link.content_hash = rt.content_hash
     link.updated_at = now
@@ -396,6 +432,7 @@ async def _create_canonical(
             state=LinkState.ACTIVE,
             base=encode_values(values),
             remote_updated_at=rt.updated_at,
+            remote_created_at=rt.created_at,
             content_hash=rt.content_hash,
             remote_url=rt.url,
             is_mirror=False,

@@ -133,6 +133,9 @@ class LinkRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")  # creating|active|gone|unlinked
     base: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     remote_updated_at: Mapped[datetime | None]
+    # When the platform made the task (as it says): a task under the same id made at another time
+    # is another task (the platform reused the id), not an edit of this one.
+    remote_created_at: Mapped[datetime | None]
     content_hash: Mapped[str | None] = mapped_column(String(64))
     remote_url: Mapped[str | None] = mapped_column(Text)
     is_mirror: Mapped[bool] = mapped_column(Boolean, default=False)  # created by us: carries the marker

@@ -436,3 +436,21 @@ def test_a_repeat_and_a_new_row_are_always_legal() -> None:
 def test_an_unknown_stored_value_is_refused() -> None:
     with pytest.raises(IllegalTransition):
         advance("sleeping", OpState.DONE)
+
+
+@pytest.mark.parametrize(
+    ("marker", "known", "created", "same", "why"),
+    [
+        (None, None, None, True, "nothing to tell them apart by"),
+        (None, T0, T0, True, "the same creation time"),
+        (None, T0, T0 + timedelta(milliseconds=900), True, "within the rounding a platform may do"),
+        (None, T0, T0 + timedelta(seconds=5), False, "made at another time: the id was reused"),
+        (None, None, T0, True, "a link made before the column: it learns the time"),
+        ("01JF0000000000000000000000", T0, T0, True, "our own marker"),
+        ("01JF0000000000000000000001", T0, T0, False, "the marker of another bridge task"),
+    ],
+)
+def test_same_remote_task(
+    marker: str | None, known: datetime | None, created: datetime | None, same: bool, why: str
+) -> None:
+    assert core.same_remote_task("01JF0000000000000000000000", known, marker, created) is same, why

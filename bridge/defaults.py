@@ -17,6 +17,7 @@ DEFAULT_BACKOFF = 1.0  # first retry delay; doubles per attempt, capped at DEFAU
 DEFAULT_MAX_BACKOFF = 300.0
 DEFAULT_MAX_ATTEMPTS = 25  # retryable failures before an operation is parked
 DEFAULT_UNEXPECTED_ERROR_DELAY = 30.0  # a write that failed in a way nobody foresaw waits this long
+DEFAULT_MAX_UNEXPECTED = 3  # such failures before the operation is parked
 
 # The inbox (webhook deliveries).
 DEFAULT_INBOX_BATCH = 50  # deliveries claimed and processed together

@@ -173,6 +173,9 @@ async def process_pending(
             d.events = _parse(ctx, d.connector, d.body.encode(), d.headers)
         except ConnectorError as exc:
             d.error, d.final = str(exc), True
+        except Exception as exc:  # a connector's bug: this delivery is retried, the others go on
+            log.exception("webhook delivery %s of %s could not be parsed", d.id, d.connector)
+            d.error = f"internal error ({type(exc).__name__}); see the daemon log"
     await _resolve_scopes(ctx, [d for d in work if d.error is None])
     await _fetch_all(ctx, work, fetches)
     try:

@@ -47,6 +47,7 @@ from bridge.defaults import (
     DEFAULT_CONCURRENCY,
     DEFAULT_IDLE_WAIT,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_UNEXPECTED,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_UNEXPECTED_ERROR_DELAY,
 )
@@ -93,6 +94,10 @@ class WorkerSettings:
     backoff: float = DEFAULT_BACKOFF  # first retry delay; doubles per attempt, capped at max_backoff
     max_backoff: float = DEFAULT_MAX_BACKOFF
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # failed attempts before the operation is parked
+    # A failure nobody foresaw (a bug, not the platform): retried slowly and parked soon, since
+    # it will most likely fail the same way, and later writes of its task absorb into it.
+    unexpected_delay: float = DEFAULT_UNEXPECTED_ERROR_DELAY
+    max_unexpected: int = DEFAULT_MAX_UNEXPECTED
     read_before_write: bool = True  # GET a task before updating it, so a fresh remote edit isn't lost
 
 
@@ -357,13 +362,13 @@ class Worker:
             return await execute(self.ctx, self.settings, op, self._rng)
         except Exception as exc:
             log.exception("outbox %s %s on %s failed unexpectedly", op.op, op.task.id, op.connector)
-            if op.attempts >= self.settings.max_attempts:
+            if op.attempts >= self.settings.max_unexpected:
                 return _parked(f"gave up after {op.attempts} attempts: internal error ({type(exc).__name__})")
             return Outcome(
                 state=OpState.PENDING,
                 result="retry",
                 error="internal error; see the daemon log",
-                delay=DEFAULT_UNEXPECTED_ERROR_DELAY,
+                delay=self.settings.unexpected_delay,
             )
 
     def stop(self) -> None:

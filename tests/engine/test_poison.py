@@ -1,0 +1,97 @@
+"""Poison: an operation or a webhook delivery that fails in a way nobody foresaw (a bug) is set
+aside after a few attempts, where a person can see it, and holds nothing else back (issue 15)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from bridge.defaults import DEFAULT_INBOX_MAX_ATTEMPTS, DEFAULT_MAX_UNEXPECTED
+from bridge.engine.inbox import process_pending
+from bridge.store.states import DeliveryState, OpState
+from bridge.store.tables import InboxRow, OutboxRow
+from connectors.base import WebhookEvent
+from tests import ops
+from tests.engine.conftest import Harness
+from tests.engine.test_engine import create_on, titles
+from tests.world import World
+
+
+async def test_a_poison_operation_is_parked_after_a_few_attempts_and_holds_nothing_back(
+    harness: Harness, world: World
+) -> None:
+    poison = create_on(world, "squads", "poison")
+    healthy = create_on(world, "squads", "healthy")
+    await harness.settle()
+    vortask = harness.ctx.connectors["vortask"]
+    target = ops.view(world, "vortask")["poison"]["id"]
+    real_update = vortask.update_task
+
+    async def update_task(scope: str, remote_id: str, changes: Any) -> Any:
+        if remote_id == target:
+            raise KeyError("a bug in the connector")
+        return await real_update(scope, remote_id, changes)
+
+    vortask.update_task = update_task  # type: ignore[method-assign]
+    worker = harness.daemon.worker
+    worker.settings = dataclasses.replace(worker.settings, unexpected_delay=0.0)
+    ops.edit(world, "squads", poison, title="poison, edited")
+    ops.edit(world, "squads", healthy, title="healthy, edited")
+    await harness.poll("squads")
+    for _ in range(DEFAULT_MAX_UNEXPECTED + 2):
+        await harness.drain()
+    assert "healthy, edited" in titles(world, "vortask")  # not held back by its neighbour
+    assert "poison, edited" in titles(world, "impactly")  # the same change elsewhere went through
+    async with harness.ctx.store.read() as s:
+        parked = (await s.scalars(select(OutboxRow).where(OutboxRow.state == OpState.PARKED))).all()
+    assert [(r.connector, r.attempts) for r in parked] == [("vortask", DEFAULT_MAX_UNEXPECTED)]
+    assert "internal error (KeyError)" in (parked[0].last_error or "")
+
+
+async def test_a_poison_delivery_is_set_aside_and_its_batch_goes_through(
+    harness: Harness, world: World
+) -> None:
+    made = [create_on(world, "vortask", f"delivered {i}") for i in range(3)]
+    await harness.settle()
+    for i, task_id in enumerate(made):
+        ops.edit(world, "vortask", task_id, title=f"delivered {i}, edited")
+    scope = world.scopes["vortask"]
+    conn = harness.ctx.connectors["vortask"]
+
+    def parse_webhook(headers: Any, body: bytes) -> Sequence[WebhookEvent]:
+        text = body.decode()
+        if text == "poison":
+            raise RuntimeError("a bug in the connector's parser")  # not a body it cannot read
+        return [WebhookEvent(scope, text, "updated")]
+
+    conn.parse_webhook = parse_webhook  # type: ignore[method-assign]
+    async with harness.ctx.store.transaction() as s:
+        for key, body in [("p", "poison"), *((f"k{i}", task_id) for i, task_id in enumerate(made))]:
+            s.add(
+                InboxRow(
+                    connector="vortask",
+                    delivery_key=key,
+                    body=body,
+                    state=DeliveryState.PENDING,
+                    attempts=0,
+                    received_at=harness.ctx.now() - timedelta(seconds=1),
+                )
+            )
+    await process_pending(harness.ctx)  # one batch: the poison and three good deliveries
+    await harness.drain()
+    for i in range(3):
+        assert f"delivered {i}, edited" in titles(world, "impactly")
+    for _ in range(DEFAULT_INBOX_MAX_ATTEMPTS):
+        async with harness.ctx.store.transaction() as s:  # its backoff, skipped
+            await s.execute(update(InboxRow).values(received_at=harness.ctx.now() - timedelta(seconds=1)))
+        await process_pending(harness.ctx)
+    async with harness.ctx.store.read() as s:
+        rows = {r.delivery_key: r for r in (await s.scalars(select(InboxRow))).all()}
+    assert rows["p"].state == DeliveryState.FAILED
+    assert rows["p"].attempts == DEFAULT_INBOX_MAX_ATTEMPTS
+    assert "internal error (RuntimeError)" in (rows["p"].error or "")
+    assert all(rows[f"k{i}"].state == DeliveryState.DONE and rows[f"k{i}"].attempts == 1 for i in range(3))

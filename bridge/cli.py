@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
 from bridge import config as config_mod
@@ -254,7 +254,12 @@ def cmd_fake(args: argparse.Namespace) -> int:
     except KeyError as exc:
         _err(str(exc.args[0]))
         return EXIT_USAGE
-    options = {"role": args.role} if args.role and args.platform == "squads" else {}
+    options: dict[str, Any] = {"role": args.role} if args.role and args.platform == "squads" else {}
+    if args.user:
+        if args.platform != "runs":
+            _err("--user is for the runs fake (PostHog's per-user visibility)")
+            return EXIT_USAGE
+        options["users"] = args.user
     fake = cls(token=args.token, seed=args.seed, **options)
     print(f"{args.platform} fake on http://{args.host}:{args.port} (token {'set' if args.token else 'none'})")
     fake.serve_forever(args.port, args.host)
@@ -389,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="test-token", help="the credential it accepts (squads: ID:SECRET)")
     p.add_argument("--seed", type=int, default=None, help="seed demo data with this random seed")
     p.add_argument("--role", default=None, help="squads only: the caller's role (default executive)")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:KEY",
+        help="runs only: another user and the personal API key it calls with (repeatable); "
+        "a task created with a key is that user's, and each key sees what PostHog would show it",
+    )
     return parser
 
 

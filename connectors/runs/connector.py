@@ -29,6 +29,26 @@ pages; duplicates are dropped by id, and a walk that may have skipped one is not
 Platform losses, in `roundtrip`: text is trimmed of surrounding whitespace (DRF CharField), and
 a title is cut to 255 characters (then trimmed again, as the platform would).
 
+What the key sees: PostHog scopes tasks to the key's user, not to the project (visibility.py in
+PostHog's source; the fake's docstring has the rules). The listing holds only the tasks that user
+may see: its own, those with no creator, those of team-visible origins, those in channels it can
+see. Writes (PATCH, DELETE, `run/`) reach only the tasks it controls, a narrower set: a
+teammate's `experiments` task is listed and read, but not written.
+PostHog answers 404 alike for a deleted task, a task outside the key's view, and (on a write) a
+visible task the key may not control. So:
+- a 404 on a task's GET raises `GoneFromView`, never `NotFound`: the engine unlinks the task
+  rather than believing it deleted and archiving or deleting its mirrors. The price: a task
+  really deleted in PostHog is unlinked too, its mirrors kept. Removal that does propagate is
+  archiving (`archived` is mapped and lists ask for `archived=all`, so it is seen as a change);
+- a 404 on a write (PATCH, DELETE, `run/`) raises `NotFound`; it may mean "deleted" or "not
+  yours to change", and it is the engine's to confirm with a GET and a complete listing before
+  it believes a deletion;
+- either way, a 404 is first checked against the project (below): a wrong scope is Permanent.
+The usage limit: `POST {id}/run/` over the team's PostHog Desktop limit answers 429
+`usage_limit_exceeded` with a `reset_at` and no Retry-After; it raises `UsageLimitExceeded`
+(connectors/runs/client.py), a `RateLimited` with `retry_after=None` and the `reset_at`, at once
+(no inline wait or resend: the limit lasts hours or weeks).
+
 Not here: priority, assignees (`created_by` is the task's creator, the API key's user, not an
 assignee, so it is not mapped to `assignees`), tags, dates, parent, comments, webhooks (polling
 only: `register_webhook` returns None without a call, `verify_webhook` raises BadSignature,
@@ -39,9 +59,10 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
   leaving the project; `internal` is left out (PostHog's own internal tasks stay hidden).
 - Pagination follows our own offsets (offset += page length) until `next` is null, rather than
   the absolute `next` URL, which names the host as the server sees it.
-- A 404 on a task is a deletion only when the project itself still answers: the connector then
-  lists one task of the project; if that 404s too, the scope is wrong (Permanent, not NotFound),
-  so a mistyped project id never reads as "every task was deleted".
+- A 404 on a task is the task's (GoneFromView on a read, NotFound on a write) only when the
+  project itself still answers: the connector then lists one task of the project; if that 404s
+  too, the scope is wrong (Permanent), so a mistyped project id never reads as "every task was
+  deleted".
 - A blank title on create is filled by PostHog (the fake: the description's first line); that
   title then shows up as a remote edit. A non-blank title is sent with `title_manually_set:
   true`, as PostHog's UI does when a person types one, so PostHog does not rename it.
@@ -57,8 +78,8 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
@@ -69,6 +90,7 @@ from connectors.base import (
     BaseConnector,
     Capabilities,
     ConnectorSettings,
+    GoneFromView,
     Listing,
     NotFound,
     Permanent,
@@ -81,6 +103,8 @@ from connectors.base import (
 from connectors.runs.client import RunsClient, error_message
 
 log = logging.getLogger("taskbridge.connector.runs")
+
+T = TypeVar("T")
 
 RUN_STATUSES = ("not_started", "queued", "in_progress", "completed", "failed", "cancelled")
 ACTIVE_RUN = frozenset({"queued", "in_progress"})  # a run already going: don't start another
@@ -213,15 +237,38 @@ class RunsConnector(BaseConnector):
             connector=self.name,
         )
 
-    async def _task_missing(self, scope: str, remote_id: str, exc: NotFound) -> Permanent:
-        """A task's 404, confirmed as the task's (NotFound) only if the project still answers."""
+    async def _task_missing(self, scope: str, remote_id: str, exc: NotFound, *, read: bool) -> Permanent:
+        """A task's 404, as the task's only if the project still answers: GoneFromView on a read
+        (deleted or out of the key's view: PostHog does not say which), NotFound on a write."""
         try:
             await self.client.list_page(scope, limit=1)
         except NotFound as project_exc:
             return self._project_missing(scope, project_exc)
+        if read:
+            return GoneFromView(
+                f"task {remote_id} is not in this key's view of project {scope}: deleted, or no "
+                f"longer visible to the key's user ({exc.message})",
+                status=404,
+                connector=self.name,
+            )
         return NotFound(
-            f"task {remote_id} not found in project {scope} ({exc.message})", status=404, connector=self.name
+            f"task {remote_id} not found in project {scope}, or not one this key's user may change "
+            f"({exc.message})",
+            status=404,
+            connector=self.name,
         )
+
+    async def _read(self, scope: str, remote_id: str) -> dict[str, Any]:
+        try:
+            return await self.client.get_task(scope, remote_id)
+        except NotFound as exc:
+            raise await self._task_missing(scope, remote_id, exc, read=True) from None
+
+    async def _write(self, scope: str, remote_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except NotFound as exc:
+            raise await self._task_missing(scope, remote_id, exc, read=False) from None
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -244,11 +291,7 @@ class RunsConnector(BaseConnector):
         return Listing(tasks=tasks, all_ids=all_ids, watermark={})
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
-        try:
-            data = await self.client.get_task(scope, remote_id)
-        except NotFound as exc:
-            raise await self._task_missing(scope, remote_id, exc) from None
-        return self._remote(scope, data)
+        return self._remote(scope, await self._read(scope, remote_id))
 
     async def create_task(self, scope: str, values: Values) -> RemoteTask:
         values = normalize_values(values)
@@ -264,17 +307,16 @@ class RunsConnector(BaseConnector):
         changes = normalize_values(changes)
         body = self._body(changes)
         data: dict[str, Any] | None = None
-        try:
-            if body:
-                data = await self.client.update_task(scope, remote_id, body)
-            if self._starts_run(changes):
-                if data is None:
-                    data = await self.client.get_task(scope, remote_id)
-                data = await self._start_run_if_idle(scope, remote_id, data)
-            if data is None:  # nothing this platform writes: report the task as it is
-                data = await self.client.get_task(scope, remote_id)
-        except NotFound as exc:
-            raise await self._task_missing(scope, remote_id, exc) from None
+        if body:
+            data = await self._write(
+                scope, remote_id, lambda: self.client.update_task(scope, remote_id, body)
+            )
+        if self._starts_run(changes):
+            if data is None:
+                data = await self._read(scope, remote_id)
+            data = await self._start_run_if_idle(scope, remote_id, data)
+        if data is None:  # nothing this platform writes: report the task as it is
+            data = await self._read(scope, remote_id)
         return self._remote(scope, data)
 
     async def _start_run_if_idle(self, scope: str, remote_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -282,19 +324,17 @@ class RunsConnector(BaseConnector):
         if isinstance(latest, Mapping) and latest.get("status") in ACTIVE_RUN:
             return data
         log.info("%s: starting a run of task %s in project %s", self.name, remote_id, scope)
-        return await self.client.start_run(scope, remote_id, {"mode": "background"})
+        return await self._write(
+            scope, remote_id, lambda: self.client.start_run(scope, remote_id, {"mode": "background"})
+        )
 
     async def delete_task(self, scope: str, remote_id: str) -> None:
-        try:
-            await self.client.delete_task(scope, remote_id)
-        except NotFound as exc:
-            raise await self._task_missing(scope, remote_id, exc) from None
+        await self._write(scope, remote_id, lambda: self.client.delete_task(scope, remote_id))
 
     async def archive_task(self, scope: str, remote_id: str) -> RemoteTask:
-        try:
-            data = await self.client.update_task(scope, remote_id, {"archived": True})
-        except NotFound as exc:
-            raise await self._task_missing(scope, remote_id, exc) from None
+        data = await self._write(
+            scope, remote_id, lambda: self.client.update_task(scope, remote_id, {"archived": True})
+        )
         return self._remote(scope, data)
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:

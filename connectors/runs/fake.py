@@ -20,6 +20,31 @@ started with `POST {id}/run/`. Served endpoints (all under /api/projects/{projec
 Errors use PostHog's drf-exceptions-hog body `{"type", "code", "detail", "attr"}`: the code is
 DRF's own error code, except that DRF's generic `invalid` reads `invalid_input`.
 
+From PostHog's own source (products/tasks: `visibility.py`, the facade's update_task,
+soft_delete_task and run_task, `code_usage_gate`), where the vendor page says nothing or differs:
+- Tasks are per user (the key's user), not per project. A task without a channel is visible
+  when that user created it, when it has no creator (`created_by` null), or when its
+  `origin_product` is team-visible (signal_report, signals_scout, onboarding, hogdesk,
+  workflow) or team-readable (experiments). A task in a channel is visible when its channel is:
+  a public channel to everyone, a personal one to its creator only, a deleted one to no one.
+  Origin `business_knowledge` is never visible here. An invisible task is absent from the list
+  (and its `count`) and answers 404 `not_found` on GET and on every endpoint under it
+  (runs, presence, staged artifacts), the same 404 as a deleted or unknown task.
+- Control (PATCH, DELETE, `POST {id}/run/`) is narrower: without a channel, the creator, no
+  creator, or a team-visible origin (not `experiments`); in a channel, only its creator, and only
+  while the channel is visible. A visible task the user does not control answers 404, not 403,
+  to those three (a teammate's `experiments` task: GET 200, PATCH 404). The runs endpoints
+  (`runs/`, `runs/{id}`) need only visibility here; the source was not checked for them.
+- `POST {id}/run/` when the team is over its PostHog Desktop usage limit answers 429 with
+  `{"type": "rate_limited", "code": "usage_limit_exceeded", "error": "...", "is_pro": false,
+  "limit_type": "burst"|"sustained", "reset_at": "<ISO time>"}` (limit_type and reset_at left out
+  when unknown), no `detail`/`attr`, and no Retry-After header: it is not DRF throttling. It is
+  checked after the task (404) and the body (400), before the run is made.
+- PATCH ignores `origin_product` (validated, then dropped), so no PATCH moves a task in or out of
+  anyone's view.
+- Origins `workflow`, `experiments` and `business_knowledge` are accepted on create besides the
+  ones the fake had. The task's channel is not in its JSON (the vendor page does not list it).
+
 Assumed (the docs are silent; correct them here when a real account shows otherwise):
 - Trailing slash optional on every path and method, as PostHog's router declares
   (`trailing_slash = r"/?"`). Requests without it are rewritten to the slashed form before
@@ -29,6 +54,17 @@ Assumed (the docs are silent; correct them here when a real account shows otherw
   Missing scope -> 403 `authentication_error`/`permission_denied`, detail
   "API key missing required scope 'task:write'". A `task:write` key may also read, as PostHog
   grants `:read` to `:write` keys; `*` grants everything.
+- Users: the fake starts with Alex (id 1, the constructor key's user) and Sam (id 2, a
+  teammate); `users=["NAME:KEY", ...]` (the `--user` option) or `add_user_key(name, key)` give a
+  user (Alex or Sam by first name, else a new one) a key of their own, with task:read and
+  task:write on project 1. A task created with a key is created_by that key's user.
+- Channels: none exist until `add_channel(name, owner=..., personal=...)`; tasks are made without
+  one (the legacy rules above) and are filed into one only by `set_task(id, channel=...)`, which
+  also sets `origin_product`, `created_by` (None: no creator), `internal` and `archived` as
+  PostHog's own products would. `delete_channel` hides its tasks from everyone.
+- Usage limit: `exceed_usage_limit(reset_at=..., limit_type=...)` / `clear_usage_limit()`, or
+  over HTTP `POST /_fake/usage_limit {"exceeded": true|false, ...}`; `reset_at` defaults to the
+  start of next month. `/_fake/reset` clears it, as it turns the fault switches off.
 - Projects: the fake starts with project 1 (team prefix "ABC", so slugs read ABC-1, ABC-2...).
   `@current` names project 1. Unknown or non-numeric project -> 404 "Project not found.".
   The constructor key is scoped to project 1; a known project outside a key's scope -> 403.
@@ -81,20 +117,24 @@ Assumed (the docs are silent; correct them here when a real account shows otherw
   "Endpoint not found.". 429 carries Retry-After and a `throttled_error` body whose detail is
   DRF's ("Expected available in 1 second." / "in N seconds."); 500/504 a `server_error` body.
 - No webhooks: PostHog Tasks has none, so consumers poll.
-- `POST /_fake/reset` clears data (tasks, runs, presence, staged artifacts, numbering) and
-  re-seeds the demo data when a seed was given; keys, projects and devices are kept.
+- `POST /_fake/reset` clears data (tasks, runs, presence, staged artifacts, numbering, the usage
+  limit) and re-seeds the demo data when a seed was given; users, keys, projects, channels and
+  devices are kept. The seeded tasks are all visible to and driven by the constructor key (Sam's
+  have team-visible origins).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import json
 import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from fastapi import FastAPI, Request
@@ -102,7 +142,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from connectors.fakekit import BadBody, CountTree, Fake, bearer_token, iso
+from connectors.fakekit import CONTROL_PREFIX, BadBody, CountTree, Fake, bearer_token, iso, utcnow
+
+T = TypeVar("T")
 
 TASK_READ = "task:read"
 TASK_WRITE = "task:write"
@@ -126,7 +168,15 @@ ORIGIN_PRODUCTS = (
     "signals_scout",
     "support_reply",
     "hogdesk",
+    "workflow",
+    "experiments",
+    "business_knowledge",
 )
+# Who sees and drives a task without a channel, besides its creator (PostHog's visibility.py).
+TEAM_VISIBLE_ORIGINS = frozenset({"signal_report", "signals_scout", "onboarding", "hogdesk", "workflow"})
+TEAM_READABLE_ORIGINS = TEAM_VISIBLE_ORIGINS | {"experiments"}  # seen by the team, driven by its creator
+PRODUCT_PRIVATE_ORIGINS = frozenset({"business_knowledge"})  # read only through their own product
+USAGE_LIMIT_TYPES = ("burst", "sustained")  # daily, monthly
 RUN_STATUSES = ("not_started", "queued", "in_progress", "completed", "failed", "cancelled")
 ARTIFACT_TYPES = (
     "plan",
@@ -175,6 +225,22 @@ _FALSE = {
     0,
 }  # 0 == False
 _RELATIONSHIP = re.compile(r"^[a-z0-9_-]+$")
+# What `set_task` may change directly: what PostHog's own products set and the API does not.
+ADMIN_TASK_FIELDS = frozenset({"channel", "origin_product", "created_by", "internal", "archived"})
+
+
+def parse_user_spec(spec: str) -> tuple[str, str]:
+    """ "NAME:KEY" (the `--user` option) -> (name, key); split at the first ':'."""
+    name, sep, key = spec.partition(":")
+    if not sep or not name.strip() or not key.strip():
+        raise ValueError(f"a user is NAME:KEY, not {spec!r}")
+    return name.strip(), key.strip()
+
+
+def _next_month(now: datetime) -> datetime:
+    """The start of the month after `now`: when a sustained (monthly) usage limit resets."""
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
 
 
 # -- model ----------------------------------------------------------------------------------
@@ -212,6 +278,54 @@ class ApiKey:
         if scope.endswith(":read"):  # a write scope implies the matching read scope
             granted.add(scope.removesuffix(":read") + ":write")
         return bool(granted & self.scopes)
+
+
+@dataclass
+class Channel:
+    """A feed tasks are filed in: a public one is the team's, a personal one its creator's alone."""
+
+    id: str
+    name: str
+    channel_type: str
+    created_by: User
+    deleted: bool = False
+
+    def visible_to(self, user: User) -> bool:
+        if self.deleted:
+            return False
+        return self.channel_type == "public" or self.created_by.id == user.id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "channel_type": self.channel_type,
+            "created_by": self.created_by.id,
+            "deleted": self.deleted,
+        }
+
+
+@dataclass
+class UsageLimit:
+    """The team is over its PostHog Desktop usage limit: `POST {id}/run/` answers 429."""
+
+    reset_at: datetime | None
+    limit_type: str | None = "sustained"
+    is_pro: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        # PostHog leaves out the bucket and reset fields it does not know rather than sending null.
+        body: dict[str, Any] = {
+            "type": "rate_limited",
+            "code": "usage_limit_exceeded",
+            "error": "You've reached your PostHog Desktop usage limit.",
+            "is_pro": self.is_pro,
+        }
+        if self.limit_type is not None:
+            body["limit_type"] = self.limit_type
+        if self.reset_at is not None:
+            body["reset_at"] = iso(self.reset_at)
+        return body
 
 
 @dataclass
@@ -262,7 +376,7 @@ class Task:
     project_id: int
     task_number: int
     slug: str
-    created_by: User
+    created_by: User | None  # None: made by the system (no creator), which every user may see
     created_at: datetime
     updated_at: datetime
     title: str = ""
@@ -278,6 +392,7 @@ class Task:
     internal: bool = False
     archived: bool = False
     ci_prompt: str | None = None
+    channel: Channel | None = None  # not in the task's JSON: the vendor page does not list it
     deleted: bool = False
     runs: list[Run] = field(default_factory=list)  # in creation order; the last is the latest
     staged_artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -285,6 +400,29 @@ class Task:
     @property
     def latest_run(self) -> Run | None:
         return self.runs[-1] if self.runs else None
+
+    def _created_by(self, user: User) -> bool:
+        return self.created_by is not None and self.created_by.id == user.id
+
+    def visible_to(self, user: User) -> bool:
+        """PostHog's task_visibility_q: the channel decides when there is one."""
+        if self.origin_product in PRODUCT_PRIVATE_ORIGINS:
+            return False
+        if self.channel is not None:
+            return self.channel.visible_to(user)
+        return (
+            self.created_by is None or self._created_by(user) or self.origin_product in TEAM_READABLE_ORIGINS
+        )
+
+    def controlled_by(self, user: User) -> bool:
+        """PostHog's task_control_q (PATCH, DELETE, run/): narrower than visibility."""
+        if self.origin_product in PRODUCT_PRIVATE_ORIGINS:
+            return False
+        if self.channel is not None:
+            return self.channel.visible_to(user) and self._created_by(user)
+        return (
+            self.created_by is None or self._created_by(user) or self.origin_product in TEAM_VISIBLE_ORIGINS
+        )
 
     def to_json(self) -> dict[str, Any]:
         latest = self.latest_run
@@ -307,7 +445,7 @@ class Task:
             "latest_run": latest.to_json() if latest else None,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
-            "created_by": self.created_by.basic(),
+            "created_by": self.created_by.basic() if self.created_by else None,
         }
 
 
@@ -654,7 +792,8 @@ class TaskFilter:
         checks = (
             self.archived == "all" or task.archived == (self.archived == "true"),
             task.internal == bool(self.internal),  # omitted: internal tasks stay hidden
-            self.created_by is None or task.created_by.id == self.created_by,
+            self.created_by is None
+            or (task.created_by is not None and task.created_by.id == self.created_by),
             self.organization is None or owner == self.organization.lower(),
             self.origin_product is None or task.origin_product == self.origin_product,
             self.repository is None or self._repository_matches(repo, name),
@@ -711,12 +850,23 @@ class RunsFake(Fake):
     def scope(self) -> str:
         return str(DEFAULT_PROJECT_ID)
 
-    def __init__(self, *, token: str, seed: int | None = None, team_prefix: str = "ABC") -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        seed: int | None = None,
+        team_prefix: str = "ABC",
+        users: Iterable[str] = (),
+    ) -> None:
+        """`users`: more users, each "NAME:KEY" (the `--user` option of `taskbridge fake runs`);
+        `token` stays the key of the default user (Alex)."""
         super().__init__(token=token, seed=seed)
         self.users: dict[int, User] = {}
         self.keys: dict[str, ApiKey] = {}
         self.projects: dict[int, Project] = {}
         self.devices: dict[str, int] = {}  # device id -> user id
+        self.channels: dict[str, Channel] = {}
+        self.usage_limit: UsageLimit | None = None  # set: the team is over its limit
         self.tasks: dict[str, Task] = {}
         self.presence: dict[tuple[str, str], datetime] = {}  # (task id, device id) -> expires
         # The list's indexes: each project's tasks oldest first (deleted ones included; they keep
@@ -725,11 +875,14 @@ class RunsFake(Fake):
         # a page costs O(limit log n) instead of filtering and sorting the project.
         self._order: dict[int, list[Task]] = {}
         self._place: dict[str, int] = {}
-        self._views: dict[int, OrderedDict[tuple[Any, ...], tuple[TaskFilter, CountTree]]] = {}
+        # Visibility is per user, so a kept filter is kept per viewer: keyed (user id, filter).
+        self._views: dict[int, OrderedDict[tuple[Any, ...], tuple[TaskFilter, User, CountTree]]] = {}
         self.user = self.add_user(1, "Alex", "Rivera", "alex@example.com")
         self.teammate = self.add_user(2, "Sam", "Okafor", "sam@example.com")
         self.add_project(DEFAULT_PROJECT_ID, "Default project", team_prefix)
         self.add_key(token, scopes=(TASK_READ, TASK_WRITE))
+        for spec in users:
+            self.add_user_key(*parse_user_spec(spec))
         self.reset_state()
 
     # -- in-process helpers (before start(), or through fake.call) ----------------------------
@@ -759,6 +912,94 @@ class RunsFake(Fake):
         self.keys[token] = key
         return key
 
+    def add_user_key(
+        self,
+        name: str,
+        token: str,
+        *,
+        scopes: Iterable[str] = (TASK_READ, TASK_WRITE),
+        projects: Iterable[int] | None = (DEFAULT_PROJECT_ID,),
+    ) -> ApiKey:
+        """A personal API key of the user whose first name is `name` (case-insensitive), made if
+        no user has it; tasks created with the key are that user's (`created_by`)."""
+        name = name.strip()
+        if not name:
+            raise ValueError("a user needs a name")
+
+        def add() -> ApiKey:
+            user = next((u for u in self.users.values() if u.first_name.lower() == name.lower()), None)
+            if user is None:
+                email = f"{name.lower().replace(' ', '.')}@example.com"
+                user = self.add_user(max(self.users, default=0) + 1, name, "", email)
+            return self.add_key(token, scopes, user=user, projects=projects)
+
+        return self._on_loop(add)
+
+    def add_channel(self, name: str, *, owner: User | None = None, personal: bool = False) -> Channel:
+        """A channel made by `owner` (the default user): public (the team's), or `personal`,
+        which only its owner sees. Channels are kept by `/_fake/reset`, as projects are."""
+        creator = owner or self.user
+
+        def add() -> Channel:
+            channel = Channel(self._uuid(), name, "personal" if personal else "public", creator)
+            self.channels[channel.id] = channel
+            return channel
+
+        return self._on_loop(add)
+
+    def delete_channel(self, channel: Channel) -> None:
+        """A deleted channel hides its tasks from everyone (PostHog's Channel.visible_to_q)."""
+
+        def delete() -> None:
+            channel.deleted = True
+            self._views.clear()  # every kept filter may have lost tasks: rebuilt on the next list
+
+        self._on_loop(delete)
+
+    def set_task(self, task_id: str, **values: Any) -> Task:
+        """Set what the API cannot (or PostHog's own products do): `channel` (a Channel or None),
+        `origin_product`, `created_by` (a User or None: no creator), `internal`, `archived`."""
+        unknown = set(values) - ADMIN_TASK_FIELDS
+        if unknown:
+            raise ValueError(f"set_task cannot set {sorted(unknown)}; only {sorted(ADMIN_TASK_FIELDS)}")
+        if "origin_product" in values and values["origin_product"] not in ORIGIN_PRODUCTS:
+            raise ValueError(f"unknown origin_product {values['origin_product']!r}")
+
+        def update() -> Task:
+            task = self.tasks[task_id]
+            for name, value in values.items():
+                setattr(task, name, value)
+            task.updated_at = self.now()
+            self._changed(task)
+            return task
+
+        return self._on_loop(update)
+
+    def exceed_usage_limit(
+        self, *, reset_at: datetime | None = None, limit_type: str | None = "sustained", is_pro: bool = False
+    ) -> None:
+        """Put the team over its usage limit: `POST {id}/run/` answers 429 until `clear_usage_limit`
+        (or `/_fake/reset`). `reset_at` defaults to the start of next month (the sustained bucket)."""
+        if limit_type is not None and limit_type not in USAGE_LIMIT_TYPES:
+            raise ValueError(f"limit_type must be one of {USAGE_LIMIT_TYPES} or None")
+
+        if reset_at is not None and reset_at.tzinfo is None:
+            reset_at = reset_at.replace(tzinfo=UTC)  # PostHog's times are UTC
+        # One attribute set, atomic for the handlers, so callable from any thread.
+        self.usage_limit = UsageLimit(reset_at or _next_month(utcnow()), limit_type, is_pro)
+
+    def clear_usage_limit(self) -> None:
+        self.usage_limit = None
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """`fn` on the fake's loop (state belongs to it while serving); inline when not serving
+        or when already there (inside `fake.call`, where waiting for the loop would deadlock)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        return fn() if running is not None and running is self._loop else cast(T, self.call(fn))
+
     def add_device(self, device_id: str, user: User | None = None) -> None:
         """Register a push-token device (its UUID) for a user, for the presence endpoints."""
         self.devices[str(uuid.UUID(device_id))] = (user or self.user).id
@@ -786,6 +1027,7 @@ class RunsFake(Fake):
     def reset_state(self) -> None:
         self.tasks.clear()
         self.presence.clear()
+        self.usage_limit = None  # like the fault switches, which /_fake/reset turns off
         self._order.clear()
         self._place.clear()
         self._views.clear()
@@ -813,10 +1055,13 @@ class RunsFake(Fake):
                 for k in self.keys.values()
             ],
             "devices": dict(self.devices),
+            "channels": [c.to_json() for c in self.channels.values()],
+            "usage_limit": self.usage_limit.to_json() if self.usage_limit else None,
             "tasks": [
                 {
                     **t.to_json(),
                     "project_id": t.project_id,
+                    "channel": t.channel.id if t.channel else None,
                     "deleted": t.deleted,
                     "signal_report_task_relationship": t.signal_report_task_relationship,
                     "runs": [r.to_json() for r in t.runs],
@@ -861,9 +1106,14 @@ class RunsFake(Fake):
             raise ApiError(403, "permission_denied", f"API key missing required scope '{scope}'")
         return key, project
 
-    def _task(self, project: Project, task_id: str) -> Task:
+    def _task(self, project: Project, task_id: str, user: User, *, control: bool = False) -> Task:
+        """The task as `user` may reach it: 404 alike when it does not exist, is deleted, is out of
+        the user's view, or (`control`: PATCH, DELETE, run/) is one the user may not drive, as
+        PostHog filters its queryset by those rules rather than answering 403."""
         task = self.tasks.get(task_id.lower())
-        if task is None or task.deleted or task.project_id != project.id:
+        if task is None or task.deleted or task.project_id != project.id or not task.visible_to(user):
+            raise not_found()
+        if control and not task.controlled_by(user):
             raise not_found()
         return task
 
@@ -916,8 +1166,8 @@ class RunsFake(Fake):
         if not order or _list_order(order[-1]) < _list_order(task):
             self._place[task.id] = len(order)
             order.append(task)
-            for wanted, matches in self._views.get(task.project_id, {}).values():
-                matches.append(self._listed(wanted, task))
+            for wanted, viewer, matches in self._views.get(task.project_id, {}).values():
+                matches.append(self._listed(wanted, viewer, task))
             return
         # Never happens with the fake's strictly increasing clock; kept correct all the same.
         bisect.insort(order, task, key=_list_order)
@@ -925,31 +1175,34 @@ class RunsFake(Fake):
         self._views.pop(task.project_id, None)
 
     @staticmethod
-    def _listed(wanted: TaskFilter, task: Task) -> bool:
-        return not task.deleted and wanted.matches(task)
+    def _listed(wanted: TaskFilter, viewer: User, task: Task) -> bool:
+        return not task.deleted and task.visible_to(viewer) and wanted.matches(task)
 
     def _changed(self, task: Task) -> None:
         """Call after any change to a task or its runs: the kept filters re-check it."""
         place = self._place[task.id]
-        for wanted, matches in self._views.get(task.project_id, {}).values():
-            matches.set(place, self._listed(wanted, task))
+        for wanted, viewer, matches in self._views.get(task.project_id, {}).values():
+            matches.set(place, self._listed(wanted, viewer, task))
 
-    def _matches(self, project: Project, wanted: TaskFilter) -> CountTree:
+    def _matches(self, project: Project, wanted: TaskFilter, viewer: User) -> CountTree:
         views = self._views.setdefault(project.id, OrderedDict())
-        key = wanted.key()
+        key = (viewer.id, *wanted.key())
         view = views.get(key)
         if view is not None:
             views.move_to_end(key)
-            return view[1]
-        matches = CountTree(self._listed(wanted, t) for t in self._order.get(project.id, ()))
-        views[key] = (wanted, matches)
+            return view[2]
+        matches = CountTree(self._listed(wanted, viewer, t) for t in self._order.get(project.id, ()))
+        views[key] = (wanted, viewer, matches)
         if len(views) > LIST_VIEWS_PER_PROJECT:
             views.popitem(last=False)
         return matches
 
-    def _list_page(self, request: Request, project: Project, wanted: TaskFilter) -> dict[str, Any]:
-        """The list's page: the project's matching tasks, newest first (created_at, then number)."""
-        matches = self._matches(project, wanted)
+    def _list_page(
+        self, request: Request, project: Project, wanted: TaskFilter, viewer: User
+    ) -> dict[str, Any]:
+        """The list's page: the project's matching tasks the viewer may see, newest first
+        (created_at, then number)."""
+        matches = self._matches(project, wanted, viewer)
         order = self._order.get(project.id, [])
         newest = matches.total - 1
 
@@ -1032,14 +1285,15 @@ class RunsFake(Fake):
     def routes(self, app: FastAPI) -> None:
         app.add_middleware(_OptionalTrailingSlash)
         self._error_handlers(app)
+        self._usage_limit_switch(app)
         base = "/api/projects/{project_id}/tasks/"
         one = base + "{task_id}/"
 
         @app.get(base)
         async def list_tasks(request: Request, project_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_READ)
+            key, project = self._authorize(request, project_id, TASK_READ)
             wanted = TaskFilter.parse(request.query_params)
-            return JSONResponse(self._list_page(request, project, wanted))
+            return JSONResponse(self._list_page(request, project, wanted, key.user))
 
         @app.post(base)
         async def create_task(request: Request, project_id: str) -> Response:
@@ -1050,14 +1304,16 @@ class RunsFake(Fake):
 
         @app.get(one)
         async def retrieve_task(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_READ)
-            return JSONResponse(self._task(project, task_id).to_json())
+            key, project = self._authorize(request, project_id, TASK_READ)
+            return JSONResponse(self._task(project, task_id, key.user).to_json())
 
         @app.patch(one)
         async def update_task(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user, control=True)
             values = validate(await self._body(request), TASK_FIELDS)
+            # PostHog's update_task drops it: no PATCH moves a task in or out of anyone's view.
+            values.pop("origin_product", None)
             for name, value in values.items():
                 setattr(task, name, value)
             task.updated_at = self.now()
@@ -1066,8 +1322,8 @@ class RunsFake(Fake):
 
         @app.delete(one)
         async def delete_task(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user, control=True)
             task.deleted = True
             task.updated_at = self.now()
             self._changed(task)
@@ -1075,21 +1331,25 @@ class RunsFake(Fake):
 
         @app.post(one + "run/")
         async def start_run(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
-            self._start_run(task, validate(await self._body(request), RUN_START_FIELDS))
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user, control=True)
+            values = validate(await self._body(request), RUN_START_FIELDS)
+            if self.usage_limit is not None:
+                # PostHog answers this itself (no throttle class): no Retry-After, a reset time instead.
+                return JSONResponse(self.usage_limit.to_json(), status_code=429)
+            self._start_run(task, values)
             return JSONResponse(task.to_json())
 
         @app.get(one + "runs/")
         async def list_runs(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_READ)
-            runs = list(reversed(self._task(project, task_id).runs))
+            key, project = self._authorize(request, project_id, TASK_READ)
+            runs = list(reversed(self._task(project, task_id, key.user).runs))
             return JSONResponse(paginate(request, runs, Run.to_json))
 
         @app.post(one + "runs/")
         async def create_run(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user)
             values = validate(await self._body(request), RUN_CREATE_FIELDS)
             environment = values.pop("environment", "cloud")
             branch = values.pop("branch", None)
@@ -1100,13 +1360,13 @@ class RunsFake(Fake):
 
         @app.get(one + "runs/{run_id}/")
         async def retrieve_run(request: Request, project_id: str, task_id: str, run_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_READ)
-            return JSONResponse(self._run(self._task(project, task_id), run_id).to_json())
+            key, project = self._authorize(request, project_id, TASK_READ)
+            return JSONResponse(self._run(self._task(project, task_id, key.user), run_id).to_json())
 
         @app.patch(one + "runs/{run_id}/")
         async def update_run(request: Request, project_id: str, task_id: str, run_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user)
             run = self._run(task, run_id)
             self._update_run(task, run, validate(await self._body(request), RUN_UPDATE_FIELDS))
             return JSONResponse(run.to_json())
@@ -1114,7 +1374,7 @@ class RunsFake(Fake):
         @app.post(one + "presence/")
         async def presence_beacon(request: Request, project_id: str, task_id: str) -> Response:
             key, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            task = self._task(project, task_id, key.user)
             device_id = self._presence_device(key, await self._body(request))
             self.presence[(task.id, device_id)] = self.now() + PRESENCE_TTL
             return Response(status_code=204)
@@ -1122,21 +1382,52 @@ class RunsFake(Fake):
         @app.delete(one + "presence/")
         async def presence_leave(request: Request, project_id: str, task_id: str) -> Response:
             key, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            task = self._task(project, task_id, key.user)
             device_id = self._presence_device(key, await self._body(request))
             self.presence.pop((task.id, device_id), None)
             return Response(status_code=204)
 
         @app.post(one + "staged_artifacts/finalize_upload/")
         async def finalize_upload(request: Request, project_id: str, task_id: str) -> Response:
-            _, project = self._authorize(request, project_id, TASK_WRITE)
-            task = self._task(project, task_id)
+            key, project = self._authorize(request, project_id, TASK_WRITE)
+            task = self._task(project, task_id, key.user)
             artifacts = _artifacts(await self._body(request))
             uploaded_at = iso(self.now())
             finalized = [{**a, "uploaded_at": uploaded_at} for a in artifacts]
             for artifact in finalized:
                 task.staged_artifacts[artifact["id"]] = artifact
             return JSONResponse({"artifacts": finalized})
+
+    def _usage_limit_switch(self, app: FastAPI) -> None:
+        """`/_fake/usage_limit`: the usage limit as a switch over HTTP, like `/_fake/faults`, for a
+        fake run as its own process. POST `{"exceeded": true, "reset_at"?, "limit_type"?}` or
+        `{"exceeded": false}`; both answer the current body (null when under the limit)."""
+
+        def current() -> JSONResponse:
+            return JSONResponse({"usage_limit": self.usage_limit.to_json() if self.usage_limit else None})
+
+        @app.get(f"{CONTROL_PREFIX}/usage_limit")
+        async def _get_usage_limit() -> Response:
+            return current()
+
+        @app.post(f"{CONTROL_PREFIX}/usage_limit")
+        async def _set_usage_limit(request: Request) -> Response:
+            try:
+                body = json.loads(await request.body() or b"{}")
+                if not isinstance(body, dict) or not isinstance(body.get("exceeded"), bool):
+                    raise ValueError('send {"exceeded": true|false, "reset_at"?, "limit_type"?}')
+                if body["exceeded"]:
+                    reset_at = body.get("reset_at")
+                    self.exceed_usage_limit(
+                        reset_at=datetime.fromisoformat(reset_at) if reset_at else None,
+                        limit_type=body.get("limit_type", "sustained"),
+                        is_pro=bool(body.get("is_pro", False)),
+                    )
+                else:
+                    self.clear_usage_limit()
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return current()
 
     def _error_handlers(self, app: FastAPI) -> None:
         @app.exception_handler(ApiError)
@@ -1179,9 +1470,11 @@ class RunsFake(Fake):
                 "in_progress",
             ),
             (
+                # Sam's (the teammate's) tasks have team-visible origins, so the default key sees
+                # and drives every seeded task, as before tasks were scoped per user.
                 "Summarise onboarding drop-off sessions",
                 "Watch the sessions that abandon step 3 of onboarding and list the common causes.",
-                "session_summaries",
+                "onboarding",
                 "acme/web-app",
                 "failed",
             ),
@@ -1202,7 +1495,7 @@ class RunsFake(Fake):
             (
                 "Tidy Terraform state for staging",
                 "Remove the orphaned buckets from the staging state.",
-                "user_created",
+                "workflow",
                 "acme/infra",
                 None,
             ),

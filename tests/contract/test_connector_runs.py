@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,18 +20,22 @@ from connectors.base import (
     BadSignature,
     Connector,
     ConnectorSettings,
+    GoneFromView,
     NotFound,
     PeopleMap,
     Permanent,
+    RateLimited,
     Retryable,
+    writes_fail_fast,
 )
-from connectors.runs.client import RunsClient
+from connectors.runs.client import RunsClient, UsageLimitExceeded
 from connectors.runs.connector import RunsConnector
 from connectors.runs.fake import RunsFake
 from tests.contract.recording import Recorder
 
 TOKEN = "phx_connector_main"
 READ_ONLY = "phx_connector_read_only"
+TEAMMATE = "phx_connector_teammate"  # Sam's key: a person on the same team, not the bridge
 SCOPE = "1"
 LIST = "/api/projects/{project_id}/tasks/"
 ONE = "/api/projects/{project_id}/tasks/{task_id}/"
@@ -42,7 +47,7 @@ RUN = "/api/projects/{project_id}/tasks/{task_id}/run/"
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[RunsFake]:
-    fake = RunsFake(token=TOKEN)
+    fake = RunsFake(token=TOKEN, users=[f"Sam:{TEAMMATE}"])
     fake.add_key(READ_ONLY, scopes=["task:read"])
     fake.start()
     yield fake
@@ -98,6 +103,17 @@ async def make(fake: RunsFake) -> AsyncIterator[Make]:
 @pytest_asyncio.fixture
 async def conn(make: Make) -> RunsConnector:
     return make()
+
+
+@pytest.fixture(scope="module")
+def teammate(fake: RunsFake) -> Iterator[httpx.Client]:
+    """Sam's client of project 1's tasks: what Sam makes is Sam's (created_by)."""
+    with httpx.Client(
+        base_url=f"{fake.url}/api/projects/1/tasks/",
+        headers={"Authorization": f"Bearer {TEAMMATE}"},
+        timeout=10,
+    ) as c:
+        yield c
 
 
 def seed(raw: httpx.Client, n: int, **fields: Any) -> list[str]:
@@ -236,16 +252,17 @@ async def test_status_is_the_latest_runs_status(conn: RunsConnector, raw: httpx.
         assert (await conn.get_task(SCOPE, task_id)).values["status"] == canonical, run_status
 
 
-async def test_get_unknown_task_is_not_found(conn: RunsConnector) -> None:
-    with pytest.raises(NotFound) as info:
+async def test_get_unknown_task_is_gone_from_view_not_a_deletion(conn: RunsConnector) -> None:
+    # PostHog's 404 does not tell a deleted task from one the key may no longer see.
+    with pytest.raises(GoneFromView) as info:
         await conn.get_task(SCOPE, str(uuid.uuid4()))
-    assert info.value.status == 404
+    assert info.value.status == 404 and not isinstance(info.value, NotFound)
 
 
 async def test_unknown_project_is_permanent_not_a_deletion(conn: RunsConnector) -> None:
     with pytest.raises(Permanent) as info:
         await conn.get_task("999", str(uuid.uuid4()))
-    assert not isinstance(info.value, NotFound)
+    assert not isinstance(info.value, NotFound | GoneFromView)
     assert "Project not found." in str(info.value)
     for attempt in (conn.list_tasks("999", None), conn.create_task("999", {"title": "x"}), conn.check("999")):
         with pytest.raises(Permanent) as info:
@@ -399,12 +416,14 @@ async def test_delete_is_soft_and_then_not_found(
     fake.requests.clear()
     await conn.delete_task(SCOPE, task_id)
     assert fake.requests.count("DELETE", ONE, status=204) == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(GoneFromView):  # a read's 404: deleted or out of view, PostHog won't say
         await conn.get_task(SCOPE, task_id)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound):  # a write's 404: for the engine to confirm
         await conn.delete_task(SCOPE, task_id)
     with pytest.raises(NotFound):
         await conn.update_task(SCOPE, task_id, {"title": "x"})
+    with pytest.raises(NotFound):
+        await conn.archive_task(SCOPE, task_id)
     assert (await conn.list_tasks(SCOPE, None)).all_ids == frozenset()
 
 
@@ -418,6 +437,95 @@ async def test_archive_patches_archived_and_stays_listed(
     assert fake.requests.by_route() == {f"PATCH {ONE}": 1}
     listing = await conn.list_tasks(SCOPE, None)
     assert listing.all_ids == {task_id} and listing.tasks[0].values["archived"] is True
+
+
+# -- what the key's user sees and controls (PostHog's visibility rules) --------------------------------
+
+
+async def test_a_teammates_private_task_is_out_of_view(
+    conn: RunsConnector, raw: httpx.Client, teammate: httpx.Client, fake: RunsFake
+) -> None:
+    (mine,) = seed(raw, 1)
+    (theirs,) = seed(teammate, 1, title="Sam's own")
+    listing = await conn.list_tasks(SCOPE, None)
+    assert listing.all_ids == {mine}  # a complete listing of what the key sees
+    with pytest.raises(GoneFromView) as info:
+        await conn.get_task(SCOPE, theirs)
+    assert not isinstance(info.value, NotFound)
+    assert call(teammate, "GET", f"{theirs}/").status_code == 200  # it exists all the same
+
+
+async def test_a_task_filed_out_of_view_is_gone_from_view_not_deleted(
+    conn: RunsConnector, raw: httpx.Client, fake: RunsFake
+) -> None:
+    (task_id,) = seed(raw, 1)
+    assert (await conn.list_tasks(SCOPE, None)).all_ids == {task_id}
+    fake.set_task(task_id, channel=fake.add_channel("sam's", owner=fake.teammate, personal=True))
+    assert (await conn.list_tasks(SCOPE, None)).all_ids == frozenset()
+    with pytest.raises(GoneFromView):
+        await conn.get_task(SCOPE, task_id)
+
+
+async def test_a_teammates_experiments_task_is_read_but_not_written(
+    conn: RunsConnector, teammate: httpx.Client, fake: RunsFake
+) -> None:
+    (task_id,) = seed(teammate, 1, origin_product="experiments")
+    listing = await conn.list_tasks(SCOPE, None)
+    assert listing.all_ids == {task_id}
+    task = await conn.get_task(SCOPE, task_id)
+    assert task.values["title"] == "Task 0"
+    fake.requests.clear()
+    with pytest.raises(NotFound) as info:
+        await conn.update_task(SCOPE, task_id, {"title": "Renamed by the bridge"})
+    assert info.value.status == 404 and "may change" in str(info.value)
+    with pytest.raises(NotFound):
+        await conn.update_task(SCOPE, task_id, {"status": Status.IN_PROGRESS})  # GET 200, then run/ 404
+    with pytest.raises(NotFound):
+        await conn.archive_task(SCOPE, task_id)
+    with pytest.raises(NotFound):
+        await conn.delete_task(SCOPE, task_id)
+    assert (
+        fake.requests.count("GET", ONE, status=200) == 1 and fake.requests.count("POST", RUN, status=404) == 1
+    )
+    after = call(teammate, "GET", f"{task_id}/").json()
+    assert (after["title"], after["archived"], after["latest_run"]) == ("Task 0", False, None)
+    assert (await conn.get_task(SCOPE, task_id)).values == task.values  # still in view
+
+
+async def test_usage_limit_run_is_rate_limited_without_retry_after(
+    conn: RunsConnector, raw: httpx.Client, fake: RunsFake
+) -> None:
+    (task_id,) = seed(raw, 1)
+    reset_at = datetime(2031, 2, 1, tzinfo=UTC)
+    fake.exceed_usage_limit(reset_at=reset_at)
+    fake.requests.clear()
+    started = time.monotonic()
+    with pytest.raises(RateLimited) as info:
+        await conn.update_task(SCOPE, task_id, {"status": Status.IN_PROGRESS})
+    assert time.monotonic() - started < 1.0  # no inline wait
+    exc = info.value
+    assert isinstance(exc, UsageLimitExceeded) and exc.retry_after is None and exc.reset_at == reset_at
+    assert exc.status == 429 and "usage limit" in str(exc) and "usage_limit_exceeded" in str(exc)
+    assert fake.requests.count("POST", RUN, status=429) == 1  # not resent
+    with writes_fail_fast(), pytest.raises(UsageLimitExceeded):
+        await conn.update_task(SCOPE, task_id, {"status": Status.IN_PROGRESS})
+    # Everything else still works; the task has no run.
+    assert (await conn.update_task(SCOPE, task_id, {"title": "Edited"})).values["status"] == Status.TODO
+    fake.clear_usage_limit()
+    assert (await conn.update_task(SCOPE, task_id, {"status": Status.IN_PROGRESS})).values[
+        "status"
+    ] == Status.IN_PROGRESS
+
+
+async def test_usage_limit_on_create_raises_after_the_task_is_made(
+    make: Make, raw: httpx.Client, fake: RunsFake
+) -> None:
+    fake.exceed_usage_limit(reset_at=None)
+    conn = make()
+    with pytest.raises(UsageLimitExceeded):
+        await conn.create_task(SCOPE, {"title": "Start me", "status": Status.IN_PROGRESS})
+    (task,) = call(raw, "GET", "").json()["results"]  # made, without a run: a retried create finds it
+    assert (task["title"], task["latest_run"]) == ("Start me", None)
 
 
 # -- round trip -------------------------------------------------------------------------------------

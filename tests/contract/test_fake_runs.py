@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import httpx
 import pytest
 
 from connectors.fakekit import free_port
-from connectors.runs.fake import RunsFake
+from connectors.runs.fake import Channel, RunsFake, User
 
 TOKEN = "phx_contract_main"
+SAM = "phx_contract_sam"  # the teammate's own key (users=, as `--user Sam:KEY`)
+KIM = "phx_contract_kim"  # a third user, made from the name
 READ_ONLY = "phx_contract_read_only"
 WRITE_ONLY = "phx_contract_write_only"
 NO_TASK_SCOPE = "phx_contract_insights_only"
@@ -32,7 +35,7 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[RunsFake]:
-    fake = RunsFake(token=TOKEN)
+    fake = RunsFake(token=TOKEN, users=[f"Sam:{SAM}", f"Kim:{KIM}"])
     fake.add_key(READ_ONLY, scopes=["task:read"])
     fake.add_key(WRITE_ONLY, scopes=["task:write"])
     fake.add_key(NO_TASK_SCOPE, scopes=["insight:read"])
@@ -40,6 +43,11 @@ def fake() -> Iterator[RunsFake]:
     fake.add_key(EVERY_PROJECT, scopes=["*"], projects=None)
     fake.add_device(DEVICE)
     fake.add_device(TEAMMATE_DEVICE, user=fake.teammate)
+    # Channels are kept across /_fake/reset, like projects.
+    fake.add_channel("general")
+    fake.add_channel("me", personal=True)
+    fake.add_channel("sam's", owner=fake.teammate, personal=True)
+    fake.delete_channel(fake.add_channel("closed"))
     fake.start()
     yield fake
     fake.stop()
@@ -56,6 +64,13 @@ def http() -> Iterator[httpx.Client]:
 def client(fake: RunsFake) -> Iterator[httpx.Client]:
     """The main key's client, based at project 1's tasks."""
     with httpx.Client(base_url=f"{fake.url}/api/projects/1/tasks/", headers=bearer(TOKEN), timeout=10) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def sam(fake: RunsFake) -> Iterator[httpx.Client]:
+    """The teammate's client, based at project 1's tasks."""
+    with httpx.Client(base_url=f"{fake.url}/api/projects/1/tasks/", headers=bearer(SAM), timeout=10) as c:
         yield c
 
 
@@ -83,6 +98,10 @@ def assert_error(
 def slugs(resp: httpx.Response) -> list[str]:
     assert resp.status_code == 200, resp.text
     return [t["slug"] for t in resp.json()["results"]]
+
+
+def channel(fake: RunsFake, name: str) -> Channel:
+    return next(c for c in fake.channels.values() if c.name == name)
 
 
 # -- tasks: create, retrieve, update, delete ------------------------------------------------
@@ -407,6 +426,240 @@ def test_status_matches_the_latest_run_and_stage_any_run(client: httpx.Client) -
     assert_error(
         client.get("", params={"status": "done"}), 400, "validation_error", "invalid_choice", "status"
     )
+
+
+# -- visibility and control (PostHog's visibility.py): per user, 404 alike -------------------
+
+CREATORS = {"me": "Alex", "teammate": "Sam", "nobody": None}
+# (creator, origin_product, channel or None, visible to Alex, controlled by Alex)
+VISIBILITY: dict[str, tuple[str, str, str | None, bool, bool]] = {
+    "own task": ("me", "user_created", None, True, True),
+    "teammate's task": ("teammate", "user_created", None, False, False),
+    "no creator": ("nobody", "user_created", None, True, True),
+    "teammate's signal_report": ("teammate", "signal_report", None, True, True),
+    "teammate's signals_scout": ("teammate", "signals_scout", None, True, True),
+    "teammate's onboarding": ("teammate", "onboarding", None, True, True),
+    "teammate's hogdesk": ("teammate", "hogdesk", None, True, True),
+    "teammate's workflow": ("teammate", "workflow", None, True, True),
+    "teammate's experiments": ("teammate", "experiments", None, True, False),
+    "own experiments": ("me", "experiments", None, True, True),
+    "teammate's error_tracking": ("teammate", "error_tracking", None, False, False),
+    "own business_knowledge": ("me", "business_knowledge", None, False, False),
+    "no-creator business_knowledge": ("nobody", "business_knowledge", None, False, False),
+    "own task, public channel": ("me", "user_created", "general", True, True),
+    "teammate's task, public channel": ("teammate", "user_created", "general", True, False),
+    "no creator, public channel": ("nobody", "user_created", "general", True, False),
+    "business_knowledge, public channel": ("me", "business_knowledge", "general", False, False),
+    "own task, own personal channel": ("me", "user_created", "me", True, True),
+    "teammate's task, their personal channel": ("teammate", "user_created", "sam's", False, False),
+    "team-visible origin, their personal channel": ("teammate", "signal_report", "sam's", False, False),
+    "own task, their personal channel": ("me", "user_created", "sam's", False, False),
+    "own task, deleted channel": ("me", "user_created", "closed", False, False),
+}
+
+
+def make_task(fake: RunsFake, creator: str, origin: str, channel_name: str | None) -> dict[str, Any]:
+    """A task made through the API by its creator's key, then filed as PostHog's products would."""
+    token = SAM if creator == "teammate" else TOKEN
+    with httpx.Client(base_url=f"{fake.url}/api/projects/1/tasks/", headers=bearer(token)) as c:
+        task = create(c, title=f"{creator} {origin}", origin_product=origin)
+    admin: dict[str, Any] = {}
+    if CREATORS[creator] is None:
+        admin["created_by"] = None
+    if channel_name is not None:
+        admin["channel"] = channel(fake, channel_name)
+    if admin:
+        fake.set_task(task["id"], **admin)
+    return task
+
+
+@pytest.mark.parametrize("case", list(VISIBILITY))
+def test_visibility_and_control_per_user(
+    http: httpx.Client, fake: RunsFake, client: httpx.Client, case: str
+) -> None:
+    creator, origin, channel_name, visible, controlled = VISIBILITY[case]
+    task = make_task(fake, creator, origin, channel_name)
+    listed = client.get("", params={"archived": "all"}).json()
+    assert ([t["id"] for t in listed["results"]] == [task["id"]]) is visible
+    assert listed["count"] == (1 if visible else 0)
+    for path in (f"{task['id']}/", f"{task['id']}/runs/"):
+        resp = client.get(path)
+        if visible:
+            assert resp.status_code == 200, (path, resp.text)
+        else:
+            assert_error(resp, 404, "invalid_request", "not_found")
+    # Writes: 404 (never 403) on a task the key's user does not control, whether it sees it or not.
+    writes = [("PATCH", f"{task['id']}/", {"title": "Changed"}), ("POST", f"{task['id']}/run/", {})]
+    for method, path, body in writes:
+        resp = client.request(method, path, json=body)
+        if controlled:
+            assert resp.status_code == 200, (method, resp.text)
+        else:
+            assert_error(resp, 404, "invalid_request", "not_found")
+    if visible and not controlled:
+        unchanged = client.get(f"{task['id']}/").json()
+        assert (unchanged["title"], unchanged["latest_run"]) == (task["title"], None)
+    resp = client.delete(f"{task['id']}/")
+    if controlled:
+        assert resp.status_code == 204
+    else:
+        assert_error(resp, 404, "invalid_request", "not_found")
+    (row,) = http.get(f"{fake.url}/_fake/state").json()["tasks"]
+    assert row["deleted"] is controlled
+
+
+def test_the_creator_sees_and_drives_its_experiments_task(
+    fake: RunsFake, client: httpx.Client, sam: httpx.Client
+) -> None:
+    task = create(sam, title="Try a new checkout", origin_product="experiments")
+    assert task["created_by"]["id"] == fake.teammate.id
+    assert client.get(f"{task['id']}/").status_code == 200  # team-readable
+    assert_error(client.patch(f"{task['id']}/", json={"title": "x"}), 404, "invalid_request", "not_found")
+    assert sam.patch(f"{task['id']}/", json={"title": "Mine"}).json()["title"] == "Mine"
+    assert sam.post(f"{task['id']}/run/", json={}).json()["latest_run"]["status"] == "queued"
+    assert sam.delete(f"{task['id']}/").status_code == 204
+
+
+def test_other_users_tasks_presence_and_artifacts_are_404_too(
+    fake: RunsFake, client: httpx.Client, sam: httpx.Client
+) -> None:
+    task = create(sam, title="Sam's own")
+    for method, path, body in [
+        ("POST", f"{task['id']}/runs/", {}),
+        ("POST", f"{task['id']}/presence/", {"device_id": DEVICE}),
+        ("POST", f"{task['id']}/staged_artifacts/finalize_upload/", {"artifacts": []}),
+    ]:
+        assert_error(client.request(method, path, json=body), 404, "invalid_request", "not_found")
+    run = sam.post(f"{task['id']}/runs/", json={}).json()
+    assert_error(client.get(f"{task['id']}/runs/{run['id']}/"), 404, "invalid_request", "not_found")
+
+
+def test_users_given_to_the_constructor_own_what_they_create(
+    fake: RunsFake, client: httpx.Client, sam: httpx.Client
+) -> None:
+    kim = fake.keys[KIM].user
+    assert (kim.id, kim.first_name, kim.email) == (3, "Kim", "kim@example.com")
+    assert fake.keys[SAM].user is fake.teammate  # an existing user, found by first name
+    with httpx.Client(base_url=client.base_url, headers=bearer(KIM)) as kims:
+        by_kim = create(kims, title="Kim's")
+        assert by_kim["created_by"]["id"] == 3
+        assert slugs(kims.get("")) == ["ABC-1"]
+    by_sam = create(sam, title="Sam's")
+    assert by_sam["created_by"]["id"] == fake.teammate.id
+    assert create(client, title="Alex's")["created_by"]["id"] == fake.user.id
+    assert slugs(client.get("")) == ["ABC-3"]
+    assert slugs(sam.get("")) == ["ABC-2"]
+    assert slugs(client.get("", params={"created_by": 2})) == []  # a filter never widens the view
+
+
+def test_listings_are_kept_per_viewer(fake: RunsFake, client: httpx.Client, sam: httpx.Client) -> None:
+    first = create(sam, title="Private 1")
+    assert client.get("").json()["count"] == 0
+    assert sam.get("").json()["count"] == 1
+    create(sam, title="Private 2")  # lands in both viewers' kept filters
+    assert (client.get("").json()["count"], sam.get("").json()["count"]) == (0, 2)
+    fake.set_task(first["id"], channel=channel(fake, "general"))  # filed where the team sees it
+    assert [t["id"] for t in client.get("").json()["results"]] == [first["id"]]
+    fake.set_task(first["id"], channel=channel(fake, "sam's"))
+    assert client.get("").json()["count"] == 0
+    assert sam.get("").json()["count"] == 2
+
+
+def test_patch_ignores_origin_product(client: httpx.Client) -> None:
+    task = create(client)
+    resp = client.patch(f"{task['id']}/", json={"origin_product": "business_knowledge", "title": "Kept"})
+    assert resp.status_code == 200 and resp.json()["origin_product"] == "user_created"
+    assert client.get(f"{task['id']}/").json()["title"] == "Kept"  # still visible
+    assert_error(
+        client.patch(f"{task['id']}/", json={"origin_product": "nonsense"}),
+        400,
+        "validation_error",
+        "invalid_choice",
+        "origin_product",
+    )
+
+
+def test_channels_and_creators_show_in_the_state(http: httpx.Client, fake: RunsFake) -> None:
+    task = make_task(fake, "nobody", "user_created", "general")
+    state = http.get(f"{fake.url}/_fake/state").json()
+    (row,) = state["tasks"]
+    assert (row["id"], row["created_by"], row["channel"]) == (task["id"], None, channel(fake, "general").id)
+    assert {(c["name"], c["channel_type"], c["deleted"]) for c in state["channels"]} == {
+        ("general", "public", False),
+        ("me", "personal", False),
+        ("sam's", "personal", False),
+        ("closed", "public", True),
+    }
+    with pytest.raises(ValueError, match="cannot set"):
+        fake.set_task(task["id"], title="not an admin field")
+
+
+def test_user_specs_are_name_colon_key() -> None:
+    with pytest.raises(ValueError, match="NAME:KEY"):
+        RunsFake(token=TOKEN, users=["no-colon"])
+    with pytest.raises(ValueError, match="NAME:KEY"):
+        RunsFake(token=TOKEN, users=[":phx_key"])
+    fake = RunsFake(token=TOKEN, users=["Dana Lee:phx_dana:with:colons"])
+    key = fake.keys["phx_dana:with:colons"]
+    assert isinstance(key.user, User) and key.user.email == "dana.lee@example.com"
+
+
+# -- the usage limit (code_usage_gate) -------------------------------------------------------------
+
+
+def test_usage_limit_answers_429_without_retry_after(
+    http: httpx.Client, fake: RunsFake, client: httpx.Client
+) -> None:
+    task = create(client)
+    fake.exceed_usage_limit(reset_at=datetime(2031, 2, 1, tzinfo=UTC), limit_type="burst")
+    resp = client.post(f"{task['id']}/run/", json={"mode": "background"})
+    assert resp.status_code == 429
+    assert "retry-after" not in resp.headers
+    assert resp.json() == {
+        "type": "rate_limited",
+        "code": "usage_limit_exceeded",
+        "error": "You've reached your PostHog Desktop usage limit.",
+        "is_pro": False,
+        "limit_type": "burst",
+        "reset_at": "2031-02-01T00:00:00.000Z",
+    }
+    assert client.get(f"{task['id']}/").json()["latest_run"] is None  # no run was made
+    # Only starting a run is gated; the task (404) and the body (400) are checked first.
+    assert client.patch(f"{task['id']}/", json={"title": "still editable"}).status_code == 200
+    assert client.post(f"{task['id']}/runs/", json={}).status_code == 201
+    assert_error(client.post(f"{uuid.uuid4()}/run/", json={}), 404, "invalid_request", "not_found")
+    assert_error(
+        client.post(f"{task['id']}/run/", json={"mode": "sideways"}),
+        400,
+        "validation_error",
+        "invalid_choice",
+        "mode",
+    )
+    fake.clear_usage_limit()
+    assert client.post(f"{task['id']}/run/", json={}).status_code == 200
+
+
+def test_usage_limit_switch_over_http_and_reset(
+    http: httpx.Client, fake: RunsFake, client: httpx.Client
+) -> None:
+    task = create(client)
+    switch = f"{fake.url}/_fake/usage_limit"
+    on = http.post(switch, json={"exceeded": True}).json()["usage_limit"]
+    assert on["limit_type"] == "sustained"
+    reset_at = datetime.fromisoformat(on["reset_at"])
+    assert reset_at > datetime.now(UTC) and (reset_at.day, reset_at.hour) == (1, 0)  # next month
+    assert client.post(f"{task['id']}/run/").status_code == 429
+    assert http.get(switch).json()["usage_limit"] == on
+    assert http.post(switch, json={"exceeded": False}).json() == {"usage_limit": None}
+    assert client.post(f"{task['id']}/run/").status_code == 200
+    http.post(switch, json={"exceeded": True, "reset_at": "2031-01-01T00:00:00Z", "limit_type": None})
+    body = client.post(f"{task['id']}/run/").json()
+    assert body["reset_at"] == "2031-01-01T00:00:00.000Z" and "limit_type" not in body
+    assert http.post(f"{fake.url}/_fake/reset").status_code == 200  # turned off, as the faults are
+    assert http.get(switch).json() == {"usage_limit": None}
+    assert http.post(switch, json={"exceeded": "yes"}).status_code == 400
+    assert http.post(switch, json={"exceeded": True, "limit_type": "hourly"}).status_code == 400
+    assert http.get(switch).json() == {"usage_limit": None}
 
 
 # -- runs -----------------------------------------------------------------------------------

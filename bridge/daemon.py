@@ -129,6 +129,8 @@ class Daemon:
         self._held: set[str] = set()
         self._overrunning: set[str] = set()  # connectors whose last poll outlasted its interval
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
+        self._triggered: set[str] = set()  # connectors with a triggered poll waiting to start
+        self._poll_locks: dict[str, asyncio.Lock] = {}
         self._generated: set[str] = set()  # connectors whose platform-made webhook secret the store holds
 
     def _replica_id(self) -> str:
@@ -301,7 +303,35 @@ class Daemon:
                 job.pause()
         self.worker.stop()
 
+    async def trigger_poll(self, connector: str) -> str:
+        """A poll asked for by a person (`POST /connectors/X/sync`). Triggers coalesce: while one
+        waits to start, more add nothing, so a burst costs at most the poll running now and one
+        after it. Only the replica holding the connector's poll lease polls it: NotLeaseOwner
+        names the one that does."""
+        holder = await leases.holder(self.ctx, f"poll:{connector}")
+        if holder is not None and holder != self.ctx.replica:
+            raise leases.NotLeaseOwner(f"poll:{connector}", holder)
+        if connector in self._triggered:
+            return "coalesced"
+        self._triggered.add(connector)
+        task = asyncio.get_running_loop().create_task(self._guarded(self._triggered_poll, connector)())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return "started"
+
+    async def _triggered_poll(self, connector: str) -> None:
+        async with self._poll_lock(connector):
+            self._triggered.discard(connector)  # from here, a trigger asks for the poll after this
+            await self._poll(connector)
+
+    def _poll_lock(self, connector: str) -> asyncio.Lock:
+        return self._poll_locks.setdefault(connector, asyncio.Lock())
+
     async def poll_once(self, connector: str) -> None:
+        async with self._poll_lock(connector):  # a scheduled poll and a triggered one take turns
+            await self._poll(connector)
+
+    async def _poll(self, connector: str) -> None:
         lease = f"poll:{connector}"
         interval = self.cfg.connectors[connector].poll_interval
         # Held for the TTL, renewed by every poll; a poll interval longer than the TTL stretches it.

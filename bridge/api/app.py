@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from typing import Any, Protocol
@@ -32,7 +33,10 @@ class Host(Protocol):
         """Started, and its scheduler running."""
         ...
 
-    async def poll_once(self, connector: str) -> None: ...
+    async def trigger_poll(self, connector: str) -> str:
+        """Start (or coalesce into) a poll of `connector`: "started" or "coalesced". Raises
+        leases.NotLeaseOwner when another replica polls it."""
+        ...
 
     async def check_store(self) -> None:
         """Find out whether the store is still the one opened, and stop work if not."""
@@ -43,6 +47,15 @@ class Principal:
     def __init__(self, name: str, scopes: frozenset[str]) -> None:
         self.name = name
         self.scopes = scopes
+
+
+READY_WRITE_TIMEOUT = 5.0  # seconds readiness waits for its probe write (a busy writer may hold the lock)
+
+
+def _first_line(exc: BaseException) -> str:
+    # A driver's error text carries the statement and parameters after its first line.
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def create_app(daemon: Host) -> FastAPI:
@@ -115,6 +128,13 @@ def create_app(daemon: Host) -> FastAPI:
                 problems.append("store schema is not at the current migration")
         except Exception:
             problems.append("store unreachable")
+        if not problems:
+            try:
+                await asyncio.wait_for(ctx.store.probe_write(ctx.replica), READY_WRITE_TIMEOUT)
+            except TimeoutError:
+                problems.append(f"store took no write within {READY_WRITE_TIMEOUT:g} s")
+            except Exception as exc:  # full, read-only, permissions: the store's own words
+                problems.append(f"store refuses writes: {_first_line(exc)}")
         if not daemon.is_ready():
             problems.append("scheduler not running")
         status = 200 if not problems else 503

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import exists, or_, select
 
-from bridge.engine import api_ops
+from bridge.engine import api_ops, health, leases
 from bridge.engine.comments import add_api_comment
 from bridge.model import Priority, Status, as_utc, decode, decode_values, encode_values
 from bridge.store.search import index_key
@@ -626,38 +626,41 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
     ctx = daemon.ctx
     async with ctx.store.read() as session:
         s = await summary(session)
+        known = await health.load(session)  # the store's: every replica answers the same
     out = []
     now = ctx.now()
     for name, c in daemon.cfg.connectors.items():
-        state = ctx.state.get(name, {})
-        last_poll = state.get("last_poll")
+        h = known.get(name) or health.Health(name)
         out.append(
             {
                 "name": name,
                 "platform": c.platform,
                 "scopes": ctx.scopes_of(name),
-                "healthy": state.get("last_result") == "ok",
-                "last_poll": last_poll,
-                "lag_seconds": (now - datetime.fromisoformat(last_poll)).total_seconds()
-                if last_poll
-                else None,
-                "last_error": state.get("last_error"),
+                "healthy": h.healthy,
+                "last_poll": h.last_poll.isoformat() if h.last_poll else None,
+                "lag_seconds": (now - h.last_poll).total_seconds() if h.last_poll else None,
+                "last_error": h.last_error,
                 "last_parked_error": s.last_parked_error.get(name),
                 "outbox_depth": s.waiting.get(name, 0),
                 "outbox_parked": s.parked.get(name, 0),
                 "linked_tasks": s.linked.get(name, 0),
-                "deletion_guard": state.get("deletion_guard"),
+                "deletion_guard": h.deletion_guard,
             }
         )
     return out
 
 
-@router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN], responses=errors(404))
+@router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN], responses=errors(404, 409))
 async def trigger_sync(request: Request, name: str) -> dict[str, str]:
+    """Poll the connector now. Triggers coalesce (a burst costs at most two listings); on a replica
+    that does not hold the connector's poll lease, 409 names the one that does."""
     daemon = request.app.state.daemon
     if name not in daemon.cfg.connectors:
         raise HTTPException(404, "no such connector")
-    import asyncio
-
-    asyncio.get_running_loop().create_task(daemon.poll_once(name))
-    return {"status": "started"}
+    try:
+        status = await daemon.trigger_poll(name)
+    except leases.NotLeaseOwner as exc:
+        raise HTTPException(
+            409, f"connector {name} is polled by replica {exc.holder}; trigger it there"
+        ) from None
+    return {"status": status}

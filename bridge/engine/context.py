@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from bridge.engine.routes import Member, Route
 from bridge.model import utcnow
@@ -27,7 +26,9 @@ class EngineContext:
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     webhook_secrets: dict[str, list[str]] = field(default_factory=dict)  # connector -> secrets
-    state: dict[str, Any] = field(default_factory=dict)  # per-connector health for the API
+    # connector -> (its last write error or None, when recorded): what this replica last told
+    # the store of its write health (bridge/engine/health.py), so unchanged health costs nothing.
+    write_health: dict[str, tuple[str | None, datetime]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._members: dict[tuple[str, str], tuple[Route, Member]] = {}

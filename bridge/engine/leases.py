@@ -16,6 +16,15 @@ from bridge.engine.context import EngineContext
 from bridge.store.tables import LeaseRow
 
 
+class NotLeaseOwner(Exception):
+    """Another replica holds the lease, so the work is that replica's to do."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"{name} is held by replica {holder}: ask that replica")
+        self.name = name
+        self.holder = holder
+
+
 async def acquire(ctx: EngineContext, name: str, ttl: float) -> bool:
     """Take or renew the lease `name` for this replica; False while another live replica holds it."""
     now = ctx.now()

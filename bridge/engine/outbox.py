@@ -31,7 +31,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,11 +47,11 @@ from bridge.defaults import (
     DEFAULT_CONCURRENCY,
     DEFAULT_IDLE_WAIT,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_UNEXPECTED,
     DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_UNEXPECTED,
     DEFAULT_UNEXPECTED_ERROR_DELAY,
 )
-from bridge.engine import core
+from bridge.engine import core, health
 from bridge.engine.comments import mirror_comment
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
@@ -152,6 +152,7 @@ class Outcome:
     comment_remote_id: str | None = None
     remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
     gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
+    connector_error: str | None = None  # a failure of the connector, not of this task (its health)
 
 
 def _done(
@@ -423,11 +424,14 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
             return await _confirm_gone(conn, op, exc)
     except RateLimited as exc:
         if exc.retry_after is None:  # no Retry-After (a usage limit): back off, park after the cap
-            return _retry(settings, op.attempts, str(exc), rng)
+            return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
         return Outcome(state=OpState.PENDING, result="rate_limited", error=str(exc), delay=exc.retry_after)
     except Retryable as exc:
-        return _retry(settings, op.attempts, str(exc), rng)
-    except (Permanent, AuthFailed, PermanentOutcome) as exc:
+        return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
+    except AuthFailed as exc:
+        log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
+        return replace(_parked(str(exc)), connector_error=str(exc))
+    except (Permanent, PermanentOutcome) as exc:
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
         return _parked(str(exc))
     except ConnectorError as exc:
@@ -647,6 +651,20 @@ class Committer:
             )
 
 
+def _write_health(batch: Sequence[tuple[_Op | _Orphan, Outcome]]) -> dict[str, str | None]:
+    """Each connector's write health in a batch: its own error if any write failed for one, else
+    None if a write landed. Outcomes that say nothing of the connector are left out."""
+    out: dict[str, str | None] = {}
+    for op, outcome in batch:
+        if not isinstance(op, _Op):
+            continue
+        if outcome.connector_error is not None:
+            out[op.connector] = outcome.connector_error
+        elif outcome.state == OpState.DONE:
+            out.setdefault(op.connector, None)
+    return out
+
+
 async def apply_outcomes(
     ctx: EngineContext, session: AsyncSession, batch: Sequence[tuple[_Op | _Orphan, Outcome]]
 ) -> list[_Op]:
@@ -670,6 +688,7 @@ async def apply_outcomes(
     }
     requeue: list[tuple[Route, TaskRow, datetime]] = []
     succeeded: list[_Op] = []
+    await health.record_writes(ctx, session, _write_health(batch))
     for op, outcome in batch:
         row = rows.get(op.id)
         if row is None:

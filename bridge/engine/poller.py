@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
+from bridge.engine import health
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
@@ -30,6 +31,7 @@ from bridge.engine.sync import (
     needs_observing,
     observe,
 )
+from bridge.store import StoreLost
 from bridge.store.states import LinkState
 from bridge.store.tables import LinkRow, WatermarkRow
 from connectors.base import ConnectorError, GoneFromView, NotFound
@@ -62,16 +64,24 @@ async def poll_connector(ctx: EngineContext, connector: str, *, progress: Any = 
             await poll_scope(ctx, route, member, report, progress=progress)
         except ConnectorError as exc:
             report.errors.append(str(exc))
-            log.warning("poll %s/%s failed: %s", connector, scope, exc)
+            log.debug("poll %s/%s failed: %s", connector, scope, exc)  # health logs the change
+        except StoreLost:
+            raise
+        except Exception as exc:  # a bug: the connector is not healthy for it, and the others go on
+            log.exception("poll %s/%s failed unexpectedly", connector, scope)
+            report.errors.append(
+                f"{connector}/{scope}: internal error ({type(exc).__name__}); see the daemon log"
+            )
     result = "error" if report.errors else "ok"
     metrics.polls.labels(connector, result).inc()
     metrics.poll_duration.labels(connector).observe(time.perf_counter() - started)
     metrics.connector_up.labels(connector).set(0 if report.errors else 1)
-    state = ctx.state.setdefault(connector, {})
-    state["last_poll"] = ctx.now().isoformat()
-    state["last_result"] = result
-    if report.errors:
-        state["last_error"] = report.errors[-1]
+    await health.record_poll(
+        ctx,
+        connector,
+        report.errors[-1] if report.errors else None,
+        report.guard_tripped[-1] if report.guard_tripped else None,
+    )
     return report
 
 
@@ -177,7 +187,6 @@ async def _confirm_deletions(
         )
         log.error(message)
         report.guard_tripped.append(message)
-        ctx.state.setdefault(member.connector, {})["deletion_guard"] = message
         return
     conn = ctx.connectors[member.connector]
     for remote_id in suspects:

@@ -54,6 +54,7 @@ from bridge.store.tables import MetaRow
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
 IDENTITY_KEY = "store"  # the meta row that names this store
+PROBE_KEY = "probe"  # the meta row readiness writes to prove the store takes writes
 
 
 class StoreLost(Exception):
@@ -165,6 +166,17 @@ class Store:
         if row is None or row.value.get("id") != self.identity.id:
             return self._lose("the store was replaced (its identity changed)")
         return None
+
+    async def probe_write(self, replica: str) -> None:
+        """Write a row and commit it: readiness must fail when the store is full or read-only,
+        which a read never notices. Raises what the store raised."""
+        async with self.transaction() as session:
+            row = await session.get(MetaRow, PROBE_KEY)
+            value = {"at": utcnow().isoformat(), "by": replica}
+            if row is None:
+                session.add(MetaRow(key=PROBE_KEY, value=value))
+            else:
+                row.value = value
 
     def _lose(self, reason: str) -> str:
         self.lost = f"{reason}: writes stopped; restart the daemon (it re-adopts mirrors by marker)"

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from bridge.engine import health
 from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow
 from tests import ops
 from tests.engine.conftest import Harness, make_harness
@@ -250,7 +251,9 @@ async def test_a_listing_that_lost_most_tasks_deletes_nothing(harness: Harness, 
             assert c.delete(f"/projects/{world.scopes['vortask']}/tasks/{task_id}").status_code == 204
     await harness.poll("vortask")
     await harness.drain()
-    assert "max_delete_share" in harness.ctx.state["vortask"]["deletion_guard"]
+    async with harness.ctx.store.read() as s:
+        guard = (await health.load(s))["vortask"].deletion_guard
+    assert guard is not None and "max_delete_share" in guard
     for platform in ("impactly", "squads"):
         shown = ops.view(world, platform)
         assert all(shown[f"guarded {i}"]["status"] == "todo" for i in range(6)), platform  # nothing closed

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from sqlalchemy import func, select, text
@@ -40,11 +43,19 @@ def pg_url() -> Iterator[str]:
     asyncio.run(drop_pg_database(server, name))
 
 
-def replicas(world: World, tmp: Path, pg_url: str, n: int, **workers: Any) -> list[DaemonProcess]:
+ADMIN = "tb_admin_replicas"
+
+
+def replicas(
+    world: World, tmp: Path, pg_url: str, n: int, *, poll_interval: str = "1s", **workers: Any
+) -> list[DaemonProcess]:
     """n replicas of one config: one PostgreSQL, each its own port, webhooks to the first (the
     address a load balancer would have)."""
     ports = [free_port() for _ in range(n)]
-    base = world.config(tmp, port=ports[0], public=True, poll_interval="1s", store_url=pg_url)
+    tokens = [{"name": "ops", "sha256": hashlib.sha256(ADMIN.encode()).hexdigest(), "scopes": ["admin"]}]
+    base = world.config(
+        tmp, port=ports[0], public=True, poll_interval=poll_interval, store_url=pg_url, server_tokens=tokens
+    )
     cfg = yaml.safe_load(base.read_text())
     cfg["workers"] = {"lease_ttl": "5s", "claim_ttl": "30s", **workers}
     out = []
@@ -235,3 +246,73 @@ def test_hot_queries_can_use_their_indexes(pg_url: str) -> None:
     assert (
         "ix_outbox_link_order" in plans["pending_update"] or "ix_outbox_claimable" in plans["pending_update"]
     )
+
+
+def health(d: DaemonProcess) -> dict[str, tuple[bool, str | None, str | None]]:
+    r = d.get("/api/v1/connectors", ADMIN)
+    r.raise_for_status()
+    return {c["name"]: (c["healthy"], c["last_poll"], c["last_error"]) for c in r.json()}
+
+
+def test_every_replica_reports_the_same_connector_health(world: World, tmp_path: Path, pg_url: str) -> None:
+    group = replicas(world, tmp_path, pg_url, 2)
+    try:
+        for r in group:
+            r.start()
+
+        def same(want_squads_healthy: bool) -> Any:
+            a, b = (health(r) for r in group)
+            squads_ok = a["squads"][0] == want_squads_healthy
+            others_ok = all(a[p][0] for p in ALL if p != "squads")
+            return a == b and squads_ok and others_ok and a
+
+        wait_until(lambda: same(True), timeout=30, what="both replicas: every connector healthy")
+        world.fakes["squads"].faults.error_rate = 1.0  # every request 500
+        failing = wait_until(lambda: same(False), timeout=30, what="both replicas: squads failing")
+        assert "500" in (failing["squads"][2] or "")
+        world.fakes["squads"].faults.reset()
+        recovered = wait_until(lambda: same(True), timeout=30, what="both replicas: squads recovered")
+        assert recovered["squads"][2] is None  # a recovered connector clears its error
+        log = "".join(r.log.read_text() for r in group)
+        assert log.count("connector squads is failing") == 1  # said once, by the lease holder
+        assert log.count("connector squads recovered") == 1
+    finally:
+        for r in group:
+            r.kill()
+
+
+def test_sync_triggers_coalesce_and_go_to_the_lease_owner(world: World, tmp_path: Path, pg_url: str) -> None:
+    group = replicas(world, tmp_path, pg_url, 2, poll_interval="1h")  # only the first poll, then ours
+    try:
+        for r in group:
+            r.start()
+        wait_until(lambda: all(health(r)["squads"][1] for r in group), timeout=30, what="the first poll")
+        holder = query(
+            pg_url, lambda s: s.scalar(select(LeaseRow.holder).where(LeaseRow.name == "poll:squads"))
+        )
+        owner = next(r for r in group if holder.endswith(f":{r.port}"))
+        other = next(r for r in group if r is not owner)
+        r = httpx.post(
+            other.url + "/api/v1/connectors/squads/sync", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert r.status_code == 409 and holder in r.json()["detail"]
+
+        fake = world.fakes["squads"]
+        listings_before = fake.requests.count("GET", "/api/tasks")
+
+        def trigger(_: int) -> str:
+            answer = httpx.post(
+                owner.url + "/api/v1/connectors/squads/sync", headers={"Authorization": f"Bearer {ADMIN}"}
+            )
+            assert answer.status_code == 202, answer.text
+            return str(answer.json()["status"])
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(trigger, range(20)))
+        assert answers.count("started") <= 2 and set(answers) <= {"started", "coalesced"}
+        time.sleep(3)  # the polls those triggers started run to their end
+        listed = fake.requests.count("GET", "/api/tasks") - listings_before
+        assert 1 <= listed <= 2, f"20 triggers made {listed} listings"
+    finally:
+        for r in group:
+            r.kill()

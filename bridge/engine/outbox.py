@@ -2,6 +2,8 @@
 
 Delivery promise: every queued operation is applied at least once, and its effect at most once:
 - a claim expires (`claim_ttl`), so work held by a crashed worker or replica returns to the pool;
+  a live worker renews the claims of writes still in flight every third of it, so a slow write
+  is never taken by another worker and sent twice;
 - operations on one link are applied in `id` order, one at a time: only the oldest unfinished
   operation of a link can be claimed (enforced by the claim query, on PostgreSQL with
   `FOR UPDATE SKIP LOCKED` so replicas never claim the same row);
@@ -9,10 +11,11 @@ Delivery promise: every queued operation is applied at least once, and its effec
   a crash writes nothing or the same values again (idempotent);
 - creates, the one non-idempotent write, carry the route's marker, and a repeated create first
   looks for its marker on the platform; a repeated comment first looks for its text among ours;
-- a retryable failure (5xx, timeout) backs off exponentially with jitter; 429 waits for its
-  Retry-After; a permanent failure (4xx) parks the operation with the platform's message, visible
-  in the API and metrics, and never spins; so does an unforeseen error once it has used up the
-  attempts a retryable one gets.
+- a retryable failure (5xx, timeout, a 429 without Retry-After) backs off exponentially with
+  jitter and parks after `max_attempts`; a 429 with Retry-After waits for it; a permanent failure
+  (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
+  spins; an unforeseen error parks after `max_unexpected` attempts. A 404 on a write is a
+  deletion only when a GET and a complete listing agree.
 
 How the store is used, and why that keeps the promise. One transaction claims a batch of
 operations, loads everything they need (tasks, links, comments, open conflicts) and, for each
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -67,6 +71,7 @@ from bridge.engine.sync import (
     release_reused,
 )
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
+from bridge.store import StoreLost
 from bridge.store.states import LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -313,10 +318,41 @@ class Worker:
         self.committer = Committer(ctx)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         self._rng = random.Random()
 
     async def run(self) -> None:
         sem = asyncio.Semaphore(self.settings.concurrency)
+        renewer = asyncio.create_task(self._renew_claims(), name="outbox-claims")
+        try:
+            await self._loop(sem)
+        finally:
+            renewer.cancel()
+        await self.drain_inflight()
+
+    async def _renew_claims(self) -> None:
+        """Extend the claims of writes still in flight, so a slow write is never taken by another
+        worker (its claim expired) and sent a second time. One statement for all of them, every
+        third of claim_ttl."""
+        every = self.settings.claim_ttl / 3
+        while True:
+            await asyncio.sleep(every)
+            due = [i for i, at in self._claimed.items() if time.monotonic() - at >= every]
+            if not due:
+                continue
+            try:
+                await renew_claims(self.ctx, due, self.settings.claim_ttl)
+            except StoreLost:
+                return
+            except Exception:  # the store failing: the next round tries again, claims permitting
+                log.exception("renewing %d outbox claims failed", len(due))
+                continue
+            now = time.monotonic()
+            for i in due:
+                if i in self._claimed:
+                    self._claimed[i] = now
+
+    async def _loop(self, sem: asyncio.Semaphore) -> None:
         while not self._stopping.is_set():
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
@@ -325,17 +361,19 @@ class Worker:
             # slots are free rather than one operation per finished one.
             refill = free >= max(1, self.settings.concurrency // 2) or not self._inflight
             ops = await self._claim(min(free, self.settings.batch)) if free > 0 and refill else []
+            claimed_at = time.monotonic()
             for op in ops:
                 await sem.acquire()
+                self._claimed[op.id] = claimed_at
                 task = asyncio.create_task(self._run_one(op, sem))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
             if not ops:
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:
                     pass
-        await self.drain_inflight()
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         try:
@@ -398,6 +436,20 @@ class Worker:
             await asyncio.gather(*tasks)
             done += len(ops)
         return done
+
+
+async def renew_claims(ctx: EngineContext, ids: Sequence[int], ttl: float) -> int:
+    """Extend this replica's claims on `ids` by `ttl` from now; returns how many it still held."""
+    async with ctx.store.transaction() as session:
+        result = await session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
+            )
+            .values(claim_expires_at=ctx.now() + timedelta(seconds=ttl))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def release_claims(ctx: EngineContext) -> int:

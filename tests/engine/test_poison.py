@@ -3,6 +3,7 @@ aside after a few attempts, where a person can see it, and holds nothing else ba
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from datetime import timedelta
@@ -12,6 +13,7 @@ from sqlalchemy import select, update
 
 from bridge.defaults import DEFAULT_INBOX_MAX_ATTEMPTS, DEFAULT_MAX_UNEXPECTED
 from bridge.engine.inbox import process_pending
+from bridge.engine.outbox import Worker
 from bridge.store.states import DeliveryState, OpState
 from bridge.store.tables import InboxRow, OutboxRow
 from connectors.base import WebhookEvent
@@ -95,3 +97,35 @@ async def test_a_poison_delivery_is_set_aside_and_its_batch_goes_through(
     assert rows["p"].attempts == DEFAULT_INBOX_MAX_ATTEMPTS
     assert "internal error (RuntimeError)" in (rows["p"].error or "")
     assert all(rows[f"k{i}"].state == DeliveryState.DONE and rows[f"k{i}"].attempts == 1 for i in range(3))
+
+
+async def test_a_write_slower_than_its_claim_is_renewed_not_sent_twice(
+    harness: Harness, world: World
+) -> None:
+    task_id = create_on(world, "squads", "slow")
+    await harness.settle()
+    vortask = harness.ctx.connectors["vortask"]
+    real_update = vortask.update_task
+    sent: list[str] = []
+
+    async def slow_update(scope: str, remote_id: str, changes: Any) -> Any:
+        sent.append(remote_id)
+        await asyncio.sleep(2.5)  # far past the 0.6 s claim
+        return await real_update(scope, remote_id, changes)
+
+    vortask.update_task = slow_update  # type: ignore[method-assign]
+    worker = Worker(
+        harness.ctx, dataclasses.replace(harness.daemon.worker.settings, claim_ttl=0.6, idle_wait=0.05)
+    )
+    running = asyncio.create_task(worker.run())
+    ops.edit(world, "squads", task_id, title="slow, edited")
+    await harness.poll("squads")
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if "slow, edited" in titles(world, "vortask"):
+            break
+    await asyncio.sleep(1.0)  # any second attempt would have started by now
+    worker.stop()
+    await running
+    assert "slow, edited" in titles(world, "vortask")
+    assert len(sent) == 1, f"the write went out {len(sent)} times"

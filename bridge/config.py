@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -43,8 +43,15 @@ from bridge.defaults import (
     DEFAULT_COMMENTS_PER_POLL,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TTL,
+    DEFAULT_RETAIN_CONFLICTS_RESOLVED,
+    DEFAULT_RETAIN_HISTORY,
+    DEFAULT_RETAIN_INBOX_DONE,
+    DEFAULT_RETAIN_INBOX_FAILED,
+    DEFAULT_RETAIN_OUTBOX_DONE,
+    DEFAULT_RETAIN_OUTBOX_PARKED,
 )
 from bridge.model import SYNC_FIELDS
+from connectors.base import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_DEADLINE
 
 KNOWN_PLATFORMS: tuple[str, ...] = ("impactly", "vortask", "agentkanban", "runs", "squads")
 Direction = Literal["both", "pull", "push"]
@@ -109,10 +116,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _parse_retention(value: Any) -> float | None:
+    """Seconds a finished row is kept, from a duration (`3d`, `12h`); null keeps it forever.
+    0 is refused rather than read either way (forever, or at once): null says forever."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
+        return None  # the strings: an environment variable (TASKBRIDGE_STORE__RETENTION__*) has no null
+    match = None if isinstance(value, bool) else _DURATION.match(str(value))
+    if match and float(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a retention: use null to keep forever, or a duration like 3d")
+    return parse_duration(value)
+
+
+Retention = Annotated[float | None, BeforeValidator(_parse_retention)]
+
+
+class RetentionConfig(_Model):
+    """How long the store keeps finished rows (bridge/engine/retention.py deletes the rest)."""
+
+    inbox_done: Retention = DEFAULT_RETAIN_INBOX_DONE
+    inbox_failed: Retention = DEFAULT_RETAIN_INBOX_FAILED
+    outbox_done: Retention = DEFAULT_RETAIN_OUTBOX_DONE
+    outbox_parked: Retention = DEFAULT_RETAIN_OUTBOX_PARKED
+    history: Retention = DEFAULT_RETAIN_HISTORY
+    conflicts_resolved: Retention = DEFAULT_RETAIN_CONFLICTS_RESOLVED
+
+
 class StoreConfig(_Model):
     url: str = "sqlite+aiosqlite:///taskbridge.db"
     pool_size: int = Field(5, ge=1, le=200)
     echo_sql: bool = False
+    retention: RetentionConfig = RetentionConfig()
 
 
 class ApiToken(_Model):
@@ -190,10 +223,16 @@ class ConnectorConfig(_Model):
     mcp_url: str | None = None
     poll_interval: Duration = 60.0
     timeout: Duration = 15.0
+    deadline: Duration = DEFAULT_REQUEST_DEADLINE
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     rate_limit: Rate = None
     max_retries: int = Field(4, ge=0, le=20)
     mapping: MappingOverride | None = None
     webhooks: bool = True
+
+    # Bounds of one request: below them nothing real gets through, above them they bound nothing.
+    DEADLINE_RANGE: ClassVar[tuple[float, float]] = (1.0, 3600.0)
+    RESPONSE_BYTES_RANGE: ClassVar[tuple[int, int]] = (64 * 1024, 1024**3)
 
     @field_validator("platform")
     @classmethod
@@ -206,6 +245,31 @@ class ConnectorConfig(_Model):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return http_url(value) if value is not None else None
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: float) -> float:
+        low, high = cls.DEADLINE_RANGE
+        if not low <= value <= high:
+            raise ValueError(
+                f"{value:g}s is out of range: a whole request (connect, headers, body) gets "
+                f"{low:g}s to {high / 3600:g}h"
+            )
+        return value
+
+    @field_validator("max_response_bytes", mode="before")
+    @classmethod
+    def _max_response_bytes(cls, value: Any) -> int:
+        low, high = cls.RESPONSE_BYTES_RANGE
+        # A whole number of bytes: an int, or digits (an environment variable is text).
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(
+                f"{value!r} is not a number of bytes from {low} ({low >> 10} KiB) to {high} "
+                f"({high >> 30} GiB); the default is {DEFAULT_MAX_RESPONSE_BYTES}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _credentials(self) -> ConnectorConfig:

@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -29,8 +30,15 @@ from bridge import mapping as mapping_mod
 from bridge.api.app import create_app
 from bridge.api.status import refresh_store_gauges
 from bridge.config import Config
-from bridge.defaults import DEFAULT_COMMENTS_PER_POLL, DEFAULT_LEASE_TTL, DEFAULT_STORE_CHECK_INTERVAL
-from bridge.engine import leases
+from bridge.defaults import (
+    DEFAULT_COMMENTS_PER_POLL,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_PRUNE_FIRST_DELAY,
+    DEFAULT_PRUNE_INTERVAL,
+    DEFAULT_PRUNE_LEASE_TTL,
+    DEFAULT_STORE_CHECK_INTERVAL,
+)
+from bridge.engine import leases, retention
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import process_pending
@@ -62,6 +70,8 @@ def build_connectors(cfg: Config, *, transport: Any = None) -> dict[str, Connect
             webhook_secret=c.webhook_secret.get_secret_value() if c.webhook_secret else None,
             mcp_url=c.mcp_url,
             timeout=c.timeout,
+            deadline=c.deadline,
+            max_response_bytes=c.max_response_bytes,
             rate_limit=c.rate_limit,
             max_retries=c.max_retries,
             transport=transport,
@@ -190,6 +200,15 @@ class Daemon:
             max_instances=1,
             coalesce=True,
             next_run_time=_now_naive(),
+        )
+        self.scheduler.add_job(
+            self._guarded(self.prune_once),
+            "interval",
+            seconds=DEFAULT_PRUNE_INTERVAL,
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now_naive() + timedelta(seconds=DEFAULT_PRUNE_FIRST_DELAY),
         )
         self.scheduler.start()
         self.ready = True
@@ -392,6 +411,17 @@ class Daemon:
     async def refresh_gauges(self) -> None:
         await refresh_store_gauges(self.ctx)
 
+    async def prune_once(self) -> None:
+        """Delete what store.retention no longer keeps (bridge/engine/retention.py), on one
+        replica at a time: another that finds the lease held skips this round."""
+        if not await leases.acquire(self.ctx, retention.LEASE, DEFAULT_PRUNE_LEASE_TTL):
+            return
+        try:
+            await retention.prune(self.store, self.cfg.store.retention, self.ctx.now())
+        finally:
+            if self.store.lost is None:
+                await leases.release(self.ctx, retention.LEASE)
+
     async def _watchdog(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
@@ -408,6 +438,15 @@ class Daemon:
             if not (c.webhooks and conn.capabilities.webhooks):
                 continue
             secret = c.webhook_secret.get_secret_value() if c.webhook_secret else None
+            if not secret and getattr(conn, "webhook_secret_required", False):
+                # Polling is the fallback; nothing is wrong, but the operator may want webhooks.
+                log.warning(
+                    "%s: webhooks off (polling only): the platform signs deliveries only with a "
+                    "secret; set connectors.%s.webhook_secret to receive them, or webhooks: false",
+                    name,
+                    name,
+                )
+                continue
             for scope in self.ctx.scopes_of(name):
                 try:
                     generated = await conn.register_webhook(
@@ -461,6 +500,7 @@ class Daemon:
             host=self.cfg.server.host,
             port=self.cfg.server.port,
             log_level="warning",
+            log_config=None,  # its records go through bridge.logs (JSON when configured), not its own handler
             access_log=False,
             lifespan="off",
         )

@@ -26,3 +26,20 @@ DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once
 
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
+
+# Retention (store.retention): how long finished rows stay before the daemon deletes them, in
+# seconds; None keeps them forever. Only finished rows ever go: a pending or claimed delivery or
+# operation, and an open conflict, stay whatever their age.
+DAY = 86400.0
+DEFAULT_RETAIN_INBOX_DONE = 3 * DAY  # processed webhook deliveries (their whole bodies)
+DEFAULT_RETAIN_INBOX_FAILED = 30 * DAY  # failed deliveries, for a person to look at (polling caught up)
+DEFAULT_RETAIN_OUTBOX_DONE = 14 * DAY  # writes that landed
+DEFAULT_RETAIN_OUTBOX_PARKED = None  # parked writes wait for a person's retry or drop: kept
+DEFAULT_RETAIN_HISTORY = 90 * DAY  # the audit trail of applied changes
+DEFAULT_RETAIN_CONFLICTS_RESOLVED = 90 * DAY  # resolved conflicts (open ones are never deleted)
+
+# The retention job (not in the config).
+DEFAULT_PRUNE_INTERVAL = 600.0  # seconds between runs
+DEFAULT_PRUNE_FIRST_DELAY = 60.0  # seconds after start-up before the first run
+DEFAULT_PRUNE_BATCH = 5000  # rows deleted per transaction (SQLite's write lock is held that long)
+DEFAULT_PRUNE_LEASE_TTL = 600.0  # seconds one replica's run holds the "retention" lease at most

@@ -127,3 +127,21 @@ def observe_request(connector: str, method: str, status_class: str, seconds: flo
     """The connectors' RequestObserver."""
     remote_requests.labels(connector, method, status_class).inc()
     remote_request_duration.labels(connector).observe(seconds)
+
+
+# Retention (bridge/engine/retention.py): what store.retention deleted.
+PRUNED_TABLES = ("inbox", "outbox", "history", "conflicts")
+pruned_rows = Counter(
+    "taskbridge_pruned_rows_total",
+    "Rows deleted by retention (store.retention), by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+for _table in PRUNED_TABLES:
+    pruned_rows.labels(_table)  # at 0 from the start, so rate() and increase() see the first run
+prune_duration = Histogram(
+    "taskbridge_prune_duration_seconds",
+    "Duration of one retention run (every table, batch after batch).",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
+    registry=REGISTRY,
+)

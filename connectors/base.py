@@ -1,6 +1,6 @@
 """What every connector shares: the protocol the engine drives, the errors it decides on, and the
-HTTP layer (auth, timeouts, retries with jittered backoff, 429 handling, a rate limit, request
-metrics, redacted logging).
+HTTP layer (auth, timeouts, a deadline and a size bound per request, retries with jittered
+backoff, 429 handling, a rate limit, request metrics, redacted logging).
 
 The engine sees a connector only through `Connector` below. A connector turns one platform's
 tasks into canonical `Values` (through its `PlatformMapping` and `PeopleMap`) and back.
@@ -9,16 +9,28 @@ Errors mirror what the caller must decide:
 
     ConnectorError
     ├── Retryable        5xx, timeouts, connection errors: try again later with backoff
-    │   └── RateLimited  429: try again after `retry_after` seconds
+    │   ├── RateLimited  429: try again after `retry_after` seconds
+    │   └── DeadlineExceeded  no whole answer within the connector's `deadline`
     ├── AuthFailed       401: the credential is wrong or revoked; retrying won't help
     └── Permanent        other 4xx (400/403/404/409/422): park the operation and show the message
         ├── NotFound     404: for a task, confirmed gone
-        └── GoneFromView the task left the credential's view (role scoping): not a deletion
+        ├── GoneFromView the task left the credential's view (role scoping): not a deletion
+        └── ResponseTooLarge  an answer over the connector's `max_response_bytes`
 
 Delivery promise of the HTTP layer: idempotent requests (GET/PUT/PATCH/DELETE) are retried up to
 `max_retries` times on retryable failures; a POST is retried only when it surely did not reach
 the platform (connection refused) or was refused with 429, because a create that timed out may
 have happened; the engine's create markers deal with that case.
+
+Bounds of one request: httpx's `timeout` bounds each phase alone (connecting, each wait for the
+next bytes), so a platform trickling its answer a byte at a time never trips it. `deadline` bounds
+the whole exchange (connect, headers and every byte of the body); a request still running then is
+cancelled and raises DeadlineExceeded, which is not retried inside the call (a platform that slow
+would hold the caller for `deadline` once per retry): the next poll or outbox attempt tries again.
+The body is streamed and counted, never read whole first: an answer whose Content-Length exceeds
+`max_response_bytes`, or whose bytes pass it, is refused unread or cut off there (ResponseTooLarge),
+so one answer never holds more than that in memory. An error answer (4xx/5xx) that big keeps its
+status's error, with the body dropped.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -89,6 +101,49 @@ class NotFound(Permanent):
 
 class GoneFromView(Permanent):
     """The task exists or may exist, but this credential can no longer see it."""
+
+
+class DeadlineExceeded(Retryable):
+    """A request that did not complete (connect, headers and the whole body) within the
+    connector's `deadline`, and was cancelled. Retryable: the platform may be quick again at the
+    next poll or outbox attempt. But not retried inside the call (see the module's docstring)."""
+
+    def __init__(self, what: str, deadline: float, *, connector: str | None = None) -> None:
+        super().__init__(
+            f"{what}: no complete answer within the {deadline:g} s deadline; cancelled", connector=connector
+        )
+        self.deadline = deadline
+
+
+class ResponseTooLarge(Permanent):
+    """An answer larger than the connector's `max_response_bytes`: refused unread when its
+    Content-Length says so, else cut off as soon as the bytes received pass the bound.
+
+    Permanent, not Retryable: an answer's size is the platform's data (a scope grown past the
+    bound) or its fault, not a passing state. Asked again, it answers the same, and each retry
+    would download the bound again. So a write is parked, for a person to raise
+    `max_response_bytes` or look at the platform (a retried update is idempotent, a retried
+    create looks for its marker first), and a poll reports the error until the bound or the data
+    changes."""
+
+    def __init__(
+        self, what: str, limit: int, *, declared: int | None = None, connector: str | None = None
+    ) -> None:
+        bound = f"the {_size(limit)} max_response_bytes"
+        if declared is not None:
+            detail = f"its Content-Length is {declared:,} bytes, over {bound}; refused unread"
+        else:
+            detail = f"it passed {bound}; stopped reading it there"
+        super().__init__(f"{what}: the answer is too large: {detail}", connector=connector)
+        self.limit = limit
+        self.declared = declared
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n:,} bytes"
 
 
 class BadSignature(Exception):
@@ -203,6 +258,20 @@ class PeopleMap:
         return sorted(r for r in (self.to_remote(k) for k in keys) if r is not None)
 
 
+# The longest one request may take, connect to last byte of the body (`deadline`). `timeout`
+# (15 s) bounds each phase alone, so a platform trickling its answer never trips it. Four
+# timeouts: room for a platform to build a big listing before its headers (up to one `timeout`)
+# and to send DEFAULT_MAX_RESPONSE_BYTES at ~1 MB/s, while a stuck request ends within a minute
+# (a 1 byte/s answer held a poll for 90 s before there was a deadline).
+DEFAULT_REQUEST_DEADLINE = 60.0
+# The largest answer read, in bytes after decoding (`max_response_bytes`). Impactly and PostHog
+# page at most 100 tasks (a few KB each: under 2 MB a page), but AgentKanban's board listing,
+# Vortask's project listing and Nucleus's /api/tasks are not paginated: one answer holds a whole
+# board or squad, 10,000 tasks at ~3 KB is 30 MB. 32 MiB covers that; a 150 MB answer (which
+# took the daemon from 139 to 581 MB) is refused.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ConnectorSettings:
     """Everything a connector is built from (the daemon fills it from the config)."""
@@ -217,7 +286,9 @@ class ConnectorSettings:
     client_secret: str | None = None
     webhook_secret: str | None = None
     mcp_url: str | None = None
-    timeout: float = 15.0
+    timeout: float = 15.0  # each phase of a request: connect, each read, write
+    deadline: float = DEFAULT_REQUEST_DEADLINE  # a whole request: connect, headers, whole body
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     rate_limit: float | None = None  # requests per second
     max_retries: int = 4
     backoff: float = 0.5  # first retry delay in seconds; doubles, with jitter
@@ -478,6 +549,31 @@ class Redactor:
 ErrorMessage = Callable[[httpx.Response], str]
 
 
+async def bounded_body(
+    chunks: AsyncIterable[bytes],
+    limit: int,
+    content_length: str | None,
+    *,
+    what: str,
+    connector: str | None = None,
+) -> AsyncIterator[bytes]:
+    """The chunks of an answer's body while their total stays within `limit` bytes. Raises
+    ResponseTooLarge before reading any when `content_length` (the header) already exceeds it,
+    else as soon as the bytes received pass it; the caller then closes the response unread."""
+    try:
+        declared = int(content_length) if content_length is not None else None
+    except ValueError:
+        declared = None  # not a length: httpx refuses the body itself
+    if declared is not None and declared > limit:
+        raise ResponseTooLarge(what, limit, declared=declared, connector=connector)
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise ResponseTooLarge(what, limit, connector=connector)
+        yield chunk
+
+
 def default_error_message(response: httpx.Response) -> str:
     """The platform's message from a JSON error body, whatever its shape; else the status text."""
     try:
@@ -571,6 +667,8 @@ class HttpClient:
                 if once_only or wait is None:
                     raise
                 await asyncio.sleep(wait)
+            except DeadlineExceeded:
+                raise  # not retried here: see the module's docstring
             except Retryable as exc:
                 surely_unsent = isinstance(exc.__cause__, httpx.ConnectError)
                 if once_only or attempt > self.settings.max_retries or not (retry_5xx or surely_unsent):
@@ -592,25 +690,44 @@ class HttpClient:
             await self.limiter.acquire()
         started = time.perf_counter()
         name = self.settings.name
+        what = f"{method} {self._path(url)}"
+        request = self.client.build_request(
+            method, url, json=json_body, params=_clean_params(params), headers=headers
+        )
+        deadline = asyncio.timeout(self.settings.deadline)
         try:
-            response = await self.client.request(
-                method, url, json=json_body, params=_clean_params(params), headers=headers
-            )
+            async with deadline:
+                response = await self.client.send(request, stream=True)
+                try:
+                    too_large = await self._read(response, what)
+                finally:
+                    await response.aclose()
         except httpx.TimeoutException as exc:
             self._observe(method, "error", started)
-            log.warning("%s %s %s: timeout", name, method, self._path(url))
+            log.debug("%s %s %s: timeout", name, method, self._path(url))
             raise Retryable(f"{method} {self._path(url)} timed out", connector=name) from exc
         except httpx.TransportError as exc:
             self._observe(method, "error", started)
-            log.warning("%s %s %s: %s", name, method, self._path(url), type(exc).__name__)
+            log.debug("%s %s %s: %s", name, method, self._path(url), type(exc).__name__)
             raise Retryable(
                 f"{method} {self._path(url)} failed: {self.redact(str(exc)) or type(exc).__name__}",
                 connector=name,
             ) from exc
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            self._observe(method, "error", started)
+            log.debug(
+                "%s %s: no complete answer within the %g s deadline", name, what, self.settings.deadline
+            )
+            raise DeadlineExceeded(what, self.settings.deadline, connector=name) from exc
         status = response.status_code
         self._observe(method, status_class(status), started)
         log.debug("%s %s %s -> %s", name, method, self._path(url), status)
         if status < 400:
+            if too_large is not None:
+                log.warning("%s %s", name, too_large.message)
+                raise too_large
             return response
         message = self.redact(self.error_message(response))
         where = f"{method} {self._path(url)}: {message}"
@@ -624,6 +741,27 @@ class HttpClient:
         if status == 404:
             raise NotFound(where, status=status, connector=name)
         raise Permanent(where, status=status, connector=name)
+
+    async def _read(self, response: httpx.Response, what: str) -> ResponseTooLarge | None:
+        """Read the body into `response` as `Response.aread()` does, but never more than
+        `max_response_bytes` of it. Over that, the rest stays unread (closing the response closes
+        the connection), the body is left empty, and the refusal is returned: a 2xx raises it, an
+        error status keeps its own error."""
+        chunks: list[bytes] = []
+        refused = None
+        try:
+            async for chunk in bounded_body(
+                response.aiter_bytes(),
+                self.settings.max_response_bytes,
+                response.headers.get("content-length"),
+                what=what,
+                connector=self.settings.name,
+            ):
+                chunks.append(chunk)
+        except ResponseTooLarge as exc:
+            chunks, refused = [], exc
+        response._content = b"".join(chunks)  # exactly what aread() stores; .content/.json() read it
+        return refused
 
     def _path(self, url: str) -> str:
         # Paths only: a query string could hold something sensitive.

@@ -188,6 +188,7 @@ class OutboxRow(Base):
     __table_args__ = (
         Index("ix_outbox_claimable", "state", "next_attempt_at"),
         Index("ix_outbox_link_order", "link_id", "id"),  # the claim's "no earlier op of this link" probe
+        Index("ix_outbox_state_done_at", "state", "done_at"),  # retention (migration 0008)
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(26), index=True)
@@ -213,7 +214,11 @@ class InboxRow(Base):
     """A webhook delivery, recorded before it is answered and processed after."""
 
     __tablename__ = "inbox"
-    __table_args__ = (UniqueConstraint("connector", "delivery_key"),)
+    __table_args__ = (
+        UniqueConstraint("connector", "delivery_key"),
+        # The claim's state lookups, and retention's finished deliveries by age (migration 0008).
+        Index("ix_inbox_state_processed_at", "state", "processed_at"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     connector: Mapped[str] = mapped_column(String(200))
     delivery_key: Mapped[str] = mapped_column(String(200))  # the platform's delivery id, else body hash
@@ -221,9 +226,7 @@ class InboxRow(Base):
     # The non-secret headers the connector's parse_webhook reads (its webhook_headers), lowercased;
     # NULL when it reads none. Never a signature or a credential.
     headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(
-        String(16), default="pending", index=True
-    )  # pending|claimed|done|failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|claimed|done|failed
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     claim_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -234,12 +237,14 @@ class InboxRow(Base):
 
 class ConflictRow(Base):
     __tablename__ = "conflicts"
+    # Open conflicts by state, and retention's resolved ones by age (migration 0008).
+    __table_args__ = (Index("ix_conflicts_state_resolved_at", "state", "resolved_at"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     route: Mapped[str] = mapped_column(String(200))
     field: Mapped[str] = mapped_column(String(32))
     candidates: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"bridge": v, "<connector>": v, ...}
-    state: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open|resolved
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open|resolved
     resolution: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
@@ -249,6 +254,7 @@ class HistoryRow(Base):
     """An audit row for every applied change: what, from where, when."""
 
     __tablename__ = "history"
+    __table_args__ = (Index("ix_history_at", "at"),)  # retention deletes by age (migration 0008)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(String(26), index=True)
     field: Mapped[str] = mapped_column(String(32))

@@ -30,6 +30,13 @@ keeps one MCP session open and reuses it for every tool call:
   into the task sending the request). Timeouts (`settings.timeout` per request), connection
   errors and a closed connection are Retryable. Other JSON-RPC errors (unknown tool, invalid
   params) are Permanent.
+- Bounds, as for REST (connectors/base.py): a tool call with no answer within `deadline` is
+  cancelled and raises DeadlineExceeded, and the session is dropped with it (at 2024-11-05 the
+  SDK does not abort the POST still reading a trickled answer; ending the session does); the
+  handshake waits at most the shorter of `deadline` and twice `timeout`. Every POST's answer is
+  read through `bounded_body` (by the response hook): past `max_response_bytes` (or a
+  Content-Length over it) it is cut off and the call raises ResponseTooLarge. The bound counts the
+  bytes as sent, so the client asks for them uncompressed (`Accept-Encoding: identity`).
 - Retries keep HttpClient's delivery promise: a 429 is waited out (Retry-After, up to
   `max_wait`) for any tool, since the request was not processed; other retryable failures are
   retried with backoff only for read-only tools, or when no session could be opened (the tool
@@ -45,7 +52,7 @@ import contextvars
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +68,17 @@ from connectors.base import (
     AuthFailed,
     ConnectorError,
     ConnectorSettings,
+    DeadlineExceeded,
     NotFound,
     Permanent,
     RateLimited,
     RateLimiter,
     Redactor,
     RequestObserver,
+    ResponseTooLarge,
     Retryable,
     backoff_delay,
+    bounded_body,
     parse_retry_after,
     rate_limit_wait,
     status_class,
@@ -97,8 +107,10 @@ READ_ONLY_TOOLS = frozenset(
 class _HttpSeen:
     """The last HTTP error the MCP endpoint answered while one call (or the handshake) ran."""
 
+    what: str = "MCP"  # what the call is, for a refusal's message: "MCP list_comments"
     status: int | None = None
     retry_after: str | None = None
+    too_large: ResponseTooLarge | None = None  # the answer passed `max_response_bytes`
 
 
 _seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar(
@@ -120,6 +132,34 @@ class _NotSent(Exception):
     def __init__(self, error: ConnectorError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class _BoundedStream(httpx2.AsyncByteStream):
+    """A POST answer's body through `bounded_body`. A refusal is recorded for the call and
+    raised as an httpx2.StreamError, which the SDK turns into a JSON-RPC error of that call (the
+    call then raises the recorded ResponseTooLarge) instead of a failure of the whole transport."""
+
+    def __init__(
+        self, inner: Any, seen: _HttpSeen, limit: int, content_length: str | None, name: str
+    ) -> None:
+        self.inner = inner
+        self.seen = seen
+        self.limit = limit
+        self.content_length = content_length
+        self.name = name
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in bounded_body(
+                self.inner, self.limit, self.content_length, what=self.seen.what, connector=self.name
+            ):
+                yield chunk
+        except ResponseTooLarge as exc:
+            self.seen.too_large = exc
+            raise httpx2.StreamError(str(exc)) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @dataclass
@@ -184,7 +224,11 @@ class VortaskMcp:
                 reopened = True
                 log.info("%s: MCP session lost (%s); reopening it", self.settings.name, lost)
             except _NotSent as exc:
-                if attempt > self.settings.max_retries or not isinstance(exc.error, Retryable):
+                if (
+                    attempt > self.settings.max_retries
+                    or not isinstance(exc.error, Retryable)
+                    or isinstance(exc.error, DeadlineExceeded)
+                ):
                     raise exc.error from None
                 await asyncio.sleep(self._backoff(attempt))
             except RateLimited as exc:
@@ -192,6 +236,8 @@ class VortaskMcp:
                 if wait is None:
                     raise
                 await asyncio.sleep(wait)
+            except DeadlineExceeded:
+                raise  # not retried here, as in HttpClient
             except Retryable:
                 if not idempotent or attempt > self.settings.max_retries:
                     raise
@@ -207,7 +253,7 @@ class VortaskMcp:
         conn = await self._connection()
         if self.limiter is not None:
             await self.limiter.acquire()
-        seen = _HttpSeen()
+        seen = _HttpSeen(what=f"MCP {tool}")
         started = asyncio.get_running_loop().time()
         token = _seen.set(seen)
         try:
@@ -218,10 +264,19 @@ class VortaskMcp:
         finally:
             _seen.reset(token)
         try:
-            done, _ = await asyncio.wait({call, conn.owner}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {call, conn.owner}, timeout=self.settings.deadline, return_when=asyncio.FIRST_COMPLETED
+            )
         except BaseException:
             call.cancel()
             raise
+        if not done:
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            self._observe("error", started)
+            await self._drop()  # ends the POST still reading its answer
+            raise DeadlineExceeded(f"MCP {tool}", self.settings.deadline, connector=self.settings.name)
         if call not in done:
             call.cancel()
             with contextlib.suppress(BaseException):
@@ -301,6 +356,8 @@ class VortaskMcp:
             return Retryable(
                 f"MCP {what}: the MCP endpoint answered HTTP {status}", status=status, connector=name
             )
+        if seen.too_large is not None:
+            return seen.too_large
         code = exc.error.code
         text = self._text(exc)
         where = f"MCP {what}: {text}"
@@ -348,12 +405,16 @@ class VortaskMcp:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[_Connection] = loop.create_future()
         stop = asyncio.Event()
-        handshake_seen = _HttpSeen()
+        handshake_seen = _HttpSeen(what="MCP initialize")
         started = loop.time()
         owner = loop.create_task(self._serve(ready, stop, handshake_seen), name=f"{self.settings.name}-mcp")
+        bound = min(self.settings.timeout * 2, self.settings.deadline)
         try:
-            conn = await asyncio.wait_for(asyncio.shield(ready), timeout=self.settings.timeout * 2)
+            conn = await asyncio.wait_for(asyncio.shield(ready), timeout=bound)
         except BaseException as exc:
+            past_deadline = (
+                isinstance(exc, TimeoutError) and not ready.done() and bound == self.settings.deadline
+            )
             stop.set()
             owner.cancel()
             with contextlib.suppress(BaseException):
@@ -361,6 +422,9 @@ class VortaskMcp:
             self._observe("error", started)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            if past_deadline:
+                what = f"MCP initialize at {self.url}"
+                raise _NotSent(DeadlineExceeded(what, bound, connector=self.settings.name)) from None
             raise _NotSent(self._open_error(exc, handshake_seen)) from None
         self._observe("2xx", started)
         return conn
@@ -386,15 +450,26 @@ class VortaskMcp:
         async def on_response(response: httpx2.Response) -> None:
             if holder and response.headers.get("mcp-session-id"):
                 holder[0].session_id = response.headers["mcp-session-id"]
-            if response.status_code >= 400:
-                target = _seen.get()
-                if target is not None:
-                    target.status = response.status_code
-                    target.retry_after = response.headers.get("retry-after")
+            target = _seen.get()
+            if target is not None and response.request.method == "POST":
+                response.stream = _BoundedStream(
+                    response.stream,
+                    target,
+                    self.settings.max_response_bytes,
+                    response.headers.get("content-length"),
+                    self.settings.name,
+                )
+            if response.status_code >= 400 and target is not None:
+                target.status = response.status_code
+                target.retry_after = response.headers.get("retry-after")
 
         timeout = self.settings.timeout
         http = httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {self.settings.token}", "User-Agent": "taskbridge"},
+            headers={
+                "Authorization": f"Bearer {self.settings.token}",
+                "User-Agent": "taskbridge",
+                "Accept-Encoding": "identity",  # the size bound counts bytes as sent
+            },
             timeout=httpx2.Timeout(timeout, read=max(timeout, SSE_READ_TIMEOUT)),
             event_hooks={"response": [on_response]},
         )

@@ -271,3 +271,127 @@ def test_cli_check_names_the_bad_public_url(tmp_path: Path) -> None:
     assert (
         f"{path}:19: server.public_url: 'file:///etc/passwd' is not an absolute http(s) URL" in result.stderr
     )
+
+
+# -- store.retention ---------------------------------------------------------------------------
+
+RETENTION = GOOD.replace(
+    "  url: sqlite+aiosqlite:///t.db\n",
+    "  url: sqlite+aiosqlite:///t.db\n  retention:\n    inbox_done: 12h\n    history: null\n",
+)
+
+
+def test_retention_defaults_and_overrides(tmp_path: Path) -> None:
+    from bridge import defaults
+
+    kept = config.load(write(tmp_path, GOOD), env={"IMP_TOKEN": "x"}).store.retention
+    assert kept.inbox_done == defaults.DEFAULT_RETAIN_INBOX_DONE == 3 * 86400
+    assert kept.inbox_failed == defaults.DEFAULT_RETAIN_INBOX_FAILED == 30 * 86400
+    assert kept.outbox_done == defaults.DEFAULT_RETAIN_OUTBOX_DONE == 14 * 86400
+    assert kept.outbox_parked is defaults.DEFAULT_RETAIN_OUTBOX_PARKED is None  # kept for a person
+    assert kept.history == kept.conflicts_resolved == 90 * 86400
+    cfg = config.load(write(tmp_path, RETENTION), env={"IMP_TOKEN": "x"})
+    assert cfg.store.retention.inbox_done == 12 * 3600
+    assert cfg.store.retention.history is None  # null: forever
+    assert cfg.store.retention.outbox_done == 14 * 86400  # the keys not given keep their defaults
+    # The environment has no null: the word stands for it.
+    env = {
+        "IMP_TOKEN": "x",
+        "TASKBRIDGE_STORE__RETENTION__HISTORY": "7d",
+        "TASKBRIDGE_STORE__RETENTION__OUTBOX_DONE": "null",
+    }
+    cfg = config.load(write(tmp_path, RETENTION), env=env)
+    assert (cfg.store.retention.history, cfg.store.retention.outbox_done) == (7 * 86400, None)
+    assert cfg.store.retention.inbox_done == 12 * 3600
+
+
+def test_the_example_documents_every_retention_key_at_its_default() -> None:
+    from bridge.config import RetentionConfig
+
+    example = config.load(EXAMPLE, env=EXAMPLE_ENV).store.retention
+    assert example == RetentionConfig()
+    text = EXAMPLE.read_text()
+    for key in RetentionConfig.model_fields:
+        assert f"\n    {key}: " in text, f"config.example.yaml does not document store.retention.{key}"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("history: 3x", "store.retention.history: '3x' is not a duration (use 30s, 5m, 1h)"),
+        ("history: -1", "store.retention.history: -1 must be a positive duration"),
+        (
+            "inbox_failed: 0",
+            "store.retention.inbox_failed: 0 is not a retention: use null to keep forever, "
+            "or a duration like 3d",
+        ),
+        (
+            "outbox_done: 0s",
+            "store.retention.outbox_done: '0s' is not a retention: use null to keep forever, "
+            "or a duration like 3d",
+        ),
+        ("tasks: 30d", "store.retention.tasks: unknown key"),
+    ],
+)
+def test_a_bad_retention_names_its_key_and_line(tmp_path: Path, line: str, message: str) -> None:
+    text = RETENTION.replace("    history: null\n", f"    {line}\n")
+    assert error_of(tmp_path, text) == f"{tmp_path}/cfg.yaml:5: {message}"
+
+
+def test_cli_check_names_a_bad_retention(tmp_path: Path) -> None:
+    path = write(tmp_path, RETENTION.replace("inbox_done: 12h", "inbox_done: soon"))
+    result = run_cli("check", "--config", str(path), env={"IMP_TOKEN": "x"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}:4: store.retention.inbox_done: 'soon' is not a duration" in result.stderr
+
+
+# -- per-connector request bounds: deadline, max_response_bytes (issue 16) ------------------------
+
+
+def test_request_bounds_default_and_load(tmp_path: Path) -> None:
+    from connectors.base import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_DEADLINE
+
+    cfg = config.load(write(tmp_path, GOOD), env={"IMP_TOKEN": "x"})
+    assert cfg.connectors["vt"].deadline == DEFAULT_REQUEST_DEADLINE == 60.0
+    assert cfg.connectors["vt"].max_response_bytes == DEFAULT_MAX_RESPONSE_BYTES == 32 * 1024 * 1024
+    text = GOOD.replace(
+        "    poll_interval: 30s\n",
+        "    poll_interval: 30s\n    deadline: 90s\n    max_response_bytes: 1048576\n",
+    )
+    imp = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"}).connectors["imp"]
+    assert (imp.deadline, imp.max_response_bytes) == (90.0, 1048576)
+    env = {"IMP_TOKEN": "x", "TASKBRIDGE_CONNECTORS__VT__MAX_RESPONSE_BYTES": "2097152"}
+    cfg = config.load(write(tmp_path, GOOD), env=env)
+    assert cfg.connectors["vt"].max_response_bytes == 2097152  # digits from the environment
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("deadline", "0", "0 must be a positive duration"),
+        ("deadline", "500ms", "0.5s is out of range: a whole request (connect, headers, body) gets 1s to 1h"),
+        ("deadline", "2h", "7200s is out of range: a whole request (connect, headers, body) gets 1s to 1h"),
+        ("deadline", "soon", "'soon' is not a duration (use 30s, 5m, 1h)"),
+        ("max_response_bytes", "0", "0 is not a number of bytes from 65536 (64 KiB) to 1073741824 (1 GiB)"),
+        ("max_response_bytes", "-5", "-5 is not a number of bytes from 65536"),
+        ("max_response_bytes", "2147483648", "2147483648 is not a number of bytes from 65536"),
+        ("max_response_bytes", "32MiB", "'32MiB' is not a number of bytes from 65536"),
+        ("max_response_bytes", "true", "True is not a number of bytes from 65536"),
+        ("max_response_bytes", "1.5e7", "15000000.0 is not a number of bytes from 65536"),
+    ],
+)
+def test_request_bounds_refuse_nonsense(tmp_path: Path, key: str, value: str, message: str) -> None:
+    text = GOOD.replace("    poll_interval: 30s\n", f"    poll_interval: 30s\n    {key}: {value}\n")
+    assert error_of(tmp_path, text).startswith(f"{tmp_path}/cfg.yaml:9: connectors.imp.{key}: {message}")
+
+
+def test_the_example_documents_the_request_bounds_at_their_defaults() -> None:
+    from connectors.base import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_DEADLINE
+
+    imp = config.load(EXAMPLE, env=EXAMPLE_ENV).connectors["impactly"]
+    assert (imp.deadline, imp.max_response_bytes) == (DEFAULT_REQUEST_DEADLINE, DEFAULT_MAX_RESPONSE_BYTES)
+    text = EXAMPLE.read_text()
+    assert (
+        "\n    deadline: 60s\n" in text
+        and f"\n    max_response_bytes: {DEFAULT_MAX_RESPONSE_BYTES}\n" in text
+    )

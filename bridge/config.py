@@ -37,6 +37,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bridge.defaults import (
     DEFAULT_CLAIM_TTL,
@@ -439,12 +441,19 @@ class Config(BaseSettings):
         return self
 
     def connector_secrets(self) -> list[str]:
-        """Every secret in the config, for tests and log redaction."""
+        """Every secret in the config (the connectors' credentials and the store URL's password),
+        for redaction from logs and from the error texts the API shows."""
         out: list[str] = []
         for c in self.connectors.values():
             for s in (c.token, c.client_secret, c.webhook_secret):
                 if s is not None and s.get_secret_value():
                     out.append(s.get_secret_value())
+        try:
+            password = make_url(self.store.url).password
+        except ArgumentError:
+            password = None
+        if password:
+            out.append(str(password))
         return out
 
 

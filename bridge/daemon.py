@@ -75,6 +75,7 @@ def build_connectors(cfg: Config, *, transport: Any = None) -> dict[str, Connect
             rate_limit=c.rate_limit,
             max_retries=c.max_retries,
             transport=transport,
+            other_secrets=tuple(cfg.connector_secrets()),
         )
         out[name] = registry.connector_class(c.platform)(settings, observer=metrics.observe_request)
     return out

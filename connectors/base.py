@@ -294,10 +294,14 @@ class ConnectorSettings:
     backoff: float = 0.5  # first retry delay in seconds; doubles, with jitter
     max_wait: float = 30.0  # longest Retry-After honoured inline; longer ones raise RateLimited
     transport: httpx.AsyncBaseTransport | None = None  # the seam for tests
+    # Every other secret of the config: a platform's error text (which reaches logs, the API and
+    # the store) must not carry another connector's token either.
+    other_secrets: tuple[str, ...] = ()
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.token, self.client_secret, self.webhook_secret) if s]
+        own = [s for s in (self.token, self.client_secret, self.webhook_secret) if s]
+        return own + [s for s in self.other_secrets if s and s not in own]
 
 
 RequestObserver = Callable[[str, str, str, float], None]

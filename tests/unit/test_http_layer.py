@@ -57,9 +57,7 @@ def client(fake: EchoFake, **kw: object) -> base.HttpClient:
         base_url=fake.url,
         mapping=mapping.PlatformMapping("echo"),
         people=base.PeopleMap("echo1"),
-        token=TOKEN,
-        backoff=0.01,
-        **kw,  # type: ignore[arg-type]
+        **{"token": TOKEN, "backoff": 0.01, **kw},  # type: ignore[arg-type]
     )
     return base.HttpClient(settings)
 
@@ -234,3 +232,13 @@ def test_status_classes_keep_429_apart() -> None:
         "5xx",
         "error",
     ]
+
+
+async def test_an_error_text_is_redacted_of_every_configured_secret(fake: EchoFake) -> None:
+    """A platform's error text reaches logs, the store and the API: it must not carry another
+    connector's secret either (issue 16). Here the echoed token is not this connector's own."""
+    http = client(fake, token="this-connectors-own", other_secrets=(TOKEN, "a-third-one"))
+    with pytest.raises(base.Permanent) as info:
+        await http.get("/api/status/422")
+    assert TOKEN not in str(info.value) and "nope ***" in str(info.value)
+    await http.aclose()

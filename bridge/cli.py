@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     _setup_logging(cfg)
     try:
-        asyncio.run(Daemon(cfg).run())
+        asyncio.run(Daemon(cfg, config_path=args.config).run())
     except (OSError, RecoveryFailed) as exc:
         _err(f"taskbridge could not start: {exc}")
         return EXIT_FAILED

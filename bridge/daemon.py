@@ -29,7 +29,8 @@ from bridge import __version__, metrics
 from bridge import mapping as mapping_mod
 from bridge.api.app import create_app
 from bridge.api.status import refresh_store_gauges
-from bridge.config import Config
+from bridge.config import Config, ConfigError
+from bridge.config import load as load_config
 from bridge.defaults import (
     DEFAULT_COMMENTS_PER_POLL,
     DEFAULT_LEASE_TTL,
@@ -46,6 +47,7 @@ from bridge.engine.outbox import Worker, WorkerSettings, release_claims
 from bridge.engine.poller import poll_connector
 from bridge.engine.recovery import recover_if_new
 from bridge.engine.routes import build_routes
+from bridge.logs import setup as setup_logging
 from bridge.store import Store, StoreLost, redact_url
 from bridge.store.tables import MetaRow
 from connectors.base import Connector, ConnectorError, ConnectorSettings, PeopleMap
@@ -118,8 +120,16 @@ class DaemonOptions:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, *, options: DaemonOptions | None = None, transport: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        options: DaemonOptions | None = None,
+        transport: Any = None,
+        config_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # what SIGHUP reads again
         self.options = options or DaemonOptions.from_config(cfg)
         self.store = Store.open(cfg.store.url, pool_size=cfg.store.pool_size, echo=cfg.store.echo_sql)
         self.ctx = EngineContext(
@@ -128,9 +138,7 @@ class Daemon:
             build_connectors(cfg, transport=transport),
             replica=self._replica_id(),
         )
-        for name, c in cfg.connectors.items():
-            if c.webhook_secret is not None and c.webhook_secret.get_secret_value():
-                self.ctx.webhook_secrets.setdefault(name, []).append(c.webhook_secret.get_secret_value())
+        self.ctx.webhook_secrets = self._configured_secrets(cfg)
         self.worker = Worker(self.ctx, self.options.worker)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.stopping = asyncio.Event()
@@ -174,17 +182,7 @@ class Daemon:
             await self.register_webhooks()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
-        if self.options.poll:
-            for name, c in self.cfg.connectors.items():
-                self.scheduler.add_job(
-                    self._guarded(self.poll_once, name),
-                    "interval",
-                    seconds=c.poll_interval,
-                    id=f"poll:{name}",
-                    max_instances=1,
-                    coalesce=True,
-                    next_run_time=_now_naive(),
-                )
+        self._schedule_polls()
         self.scheduler.add_job(
             self._guarded(self.check_store),
             "interval",
@@ -219,10 +217,99 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._watchdog(int(watchdog) / 2e6), name="watchdog"))
         log.info("taskbridge ready: %d connectors, %d routes", len(self.ctx.connectors), len(self.ctx.routes))
 
+    def _schedule_polls(self) -> None:
+        if not self.options.poll:
+            return
+        for name, c in self.cfg.connectors.items():
+            self.scheduler.add_job(
+                self._guarded(self.poll_once, name),
+                "interval",
+                seconds=c.poll_interval,
+                id=f"poll:{name}",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=_now_naive(),
+                replace_existing=True,
+            )
+
+    async def reload(self) -> bool:
+        """Read the config file again and apply it without dropping work: API tokens, routes,
+        connectors (their credentials, mappings, intervals) and the log level. A config that does
+        not load, or changes what only a restart can (the store, the listen address), is refused
+        and logged; the running one stays. Returns whether the new one was applied."""
+        if self.config_path is None:
+            log.warning("reload asked, but the daemon was not started from a config file")
+            return False
+        sd_notify("RELOADING=1")
+        try:
+            try:
+                cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, the running config stays:\n%s", exc)
+                return False
+            fixed = [
+                key
+                for key, old, new in (
+                    ("store.url", self.cfg.store.url, cfg.store.url),
+                    ("server.listen", self.cfg.server.listen, cfg.server.listen),
+                    ("server.public_url", self.cfg.server.public_url, cfg.server.public_url),
+                )
+                if old != new
+            ]
+            if fixed:
+                log.error(
+                    "reload refused: %s change only with a restart; the running config stays",
+                    ", ".join(fixed),
+                )
+                return False
+            old_connectors = dict(self.ctx.connectors)
+            self.cfg = cfg
+            self.ctx.reconfigure(build_routes(cfg), build_connectors(cfg))
+            self.ctx.webhook_secrets = self._configured_secrets(cfg)
+            await self._load_webhook_secrets()
+            for job in self.scheduler.get_jobs():
+                if job.id.startswith("poll:") and job.id[5:] not in cfg.connectors:
+                    job.remove()
+            self._schedule_polls()
+            setup_logging(cfg.log.level, cfg.log.format, secrets=cfg.connector_secrets())
+            if cfg.server.public_url:
+                await self.register_webhooks()
+            # Writes in flight keep the connectors they started with; close those afterwards.
+            closing = asyncio.get_running_loop().create_task(self._close_later(old_connectors.values()))
+            self._tasks.append(closing)
+            log.info(
+                "config reloaded: %d connectors, %d routes, %d API tokens",
+                len(cfg.connectors),
+                len(cfg.routes),
+                len(cfg.server.tokens),
+            )
+            return True
+        finally:
+            sd_notify("READY=1")
+
+    async def _close_later(self, connectors: Any) -> None:
+        await asyncio.sleep(self.options.worker.claim_ttl)
+        for conn in connectors:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+
+    @staticmethod
+    def _configured_secrets(cfg: Config) -> dict[str, list[str]]:
+        return {
+            name: [c.webhook_secret.get_secret_value()]
+            for name, c in cfg.connectors.items()
+            if c.webhook_secret is not None and c.webhook_secret.get_secret_value()
+        }
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(self.reload)())
+        self._tasks.append(task)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         try:
             await self.start()
         except BaseException:

@@ -5,21 +5,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
-from bridge.api import deadletters
+from bridge.api import deadletters, docs
 from bridge.api.routes import router
 from bridge.config import Config
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import receive
+from bridge.logs import log_context
 from bridge.store import StoreLost
 
 
@@ -49,6 +52,20 @@ class Principal:
         self.scopes = scopes
 
 
+# The bearer scheme as OpenAPI declares it (components.securitySchemes.bearer, and `security` on every
+# /api/v1 operation): what gives /docs its Authorize button. It never refuses (auto_error off);
+# `authenticate` below decides, through each route's scope check.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    auto_error=False,
+    description=(
+        "A token from `server.tokens` (the config holds its SHA-256), sent as "
+        "`Authorization: Bearer <token>`. Its scopes decide what it may call: `read`, `write` "
+        "(a change), `admin` (dead letters, a sync trigger; implies the others). No or an unknown "
+        "token answers 401, a token without the scope 403."
+    ),
+)
+
 READY_WRITE_TIMEOUT = 5.0  # seconds readiness waits for its probe write (a busy writer may hold the lock)
 
 
@@ -64,12 +81,24 @@ def create_app(daemon: Host) -> FastAPI:
     app = FastAPI(
         title="taskbridge",
         version=__version__,
-        description="The unified API over every synced platform.",
-        docs_url="/docs",
+        description=(
+            "The unified API over every synced platform: tasks, comments, conflicts, connectors and "
+            "dead letters. Every /api/v1 call takes a bearer token from `server.tokens` (Authorize)."
+        ),
+        docs_url=None,  # docs.install serves /docs from the package, with no CDN
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
-    tokens = [(t.name, bytes.fromhex(t.sha256), frozenset(t.scopes)) for t in cfg.server.tokens]
     limit = cfg.server.max_body_bytes
+    known: dict[str, Any] = {}  # the tokens of the config in force (a reload swaps daemon.cfg)
+
+    def tokens() -> list[tuple[str, bytes, frozenset[str]]]:
+        if known.get("cfg") is not daemon.cfg:
+            known["cfg"] = daemon.cfg
+            known["tokens"] = [
+                (t.name, bytes.fromhex(t.sha256), frozenset(t.scopes)) for t in daemon.cfg.server.tokens
+            ]
+        return list(known["tokens"])
 
     def authenticate(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -78,7 +107,7 @@ def create_app(daemon: Host) -> FastAPI:
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         digest = hashlib.sha256(token.strip().encode()).digest()
         found = None
-        for name, expected, scopes in tokens:
+        for name, expected, scopes in tokens():
             # Compare against every token, in constant time, so timing says nothing.
             if hmac.compare_digest(digest, expected):
                 found = Principal(name, scopes)
@@ -156,9 +185,12 @@ def create_app(daemon: Host) -> FastAPI:
             payload["detail"] = receipt.detail
         return JSONResponse(payload, status_code=receipt.status)
 
-    app.include_router(router)
-    app.include_router(deadletters.router)
+    bearer = [Security(BEARER)]  # declares the scheme on every /api/v1 operation; refuses nothing
+    app.include_router(router, dependencies=bearer)
+    app.include_router(deadletters.router, dependencies=bearer)
+    docs.install(app, app.openapi_url or "/openapi.json")
     app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(RequestId)  # outermost: every answer carries it, a 413 too
     return app
 
 
@@ -176,6 +208,30 @@ def _plain_errors(errors: Any) -> list[dict[str, Any]]:
         }
         for err in errors
     ]
+
+
+class RequestId:
+    """A new id for each HTTP request: its log lines carry it (`request_id`), and its answer
+    says it in `X-Request-Id`, so a caller can quote it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with log_context(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyLimit:

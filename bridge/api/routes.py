@@ -177,7 +177,10 @@ NULLABLE = frozenset({"description", "due_date", "start_date"})
 
 
 class Error(BaseModel):
-    detail: Any
+    """An error answer (FastAPI's shape): `detail` says what was wrong, as text, or for a 422 as a
+    list of the request's problems."""
+
+    detail: Any = Field(examples=["no such task"])
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -198,15 +201,31 @@ router = APIRouter(
 
 
 class TaskFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    title: str | None = Field(None, max_length=1000)
-    description: str | None = Field(None, max_length=100_000)
+    """A change to a task: only the fields given change, a field left out stays as it is. Null is
+    taken only by `description`, `due_date` and `start_date` (it empties them); unknown fields are
+    refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"status": "in_progress", "tags": ["docs"]}]}
+    )
+    title: str | None = Field(None, max_length=1000, examples=["Write the release notes"])
+    description: str | None = Field(None, max_length=100_000, description="null empties it")
     status: Status | None = None
     priority: Priority | None = None
-    assignees: list[str] | None = None
-    tags: list[str] | None = None
-    due_date: date | None = None
-    start_date: date | None = None
+    assignees: list[str] | None = Field(
+        None,
+        description="a set: it replaces the task's whole set (order and repeats are ignored)",
+        examples=[["ada"]],
+    )
+    tags: list[str] | None = Field(
+        None,
+        description="a set: it replaces the task's whole set (order and repeats are ignored)",
+        examples=[["docs"]],
+    )
+    due_date: date | None = Field(
+        None, description="a calendar date; null clears it", examples=["2026-06-30"]
+    )
+    start_date: date | None = Field(None, description="a calendar date; null clears it")
     archived: bool | None = None
 
     @model_validator(mode="after")
@@ -222,72 +241,114 @@ class TaskFields(BaseModel):
 
 
 class TaskCreate(TaskFields):
-    route: str
-    title: str = Field(min_length=1, max_length=1000)
+    """A new task in a route: `route` and `title` are needed, any other field is optional."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "route": "main",
+                    "title": "Write the release notes",
+                    "priority": "high",
+                    "tags": ["docs"],
+                    "due_date": "2026-06-30",
+                }
+            ]
+        }
+    )
+    route: str = Field(description="the name of a route in the config; its members each get a copy")
+    title: str = Field(min_length=1, max_length=1000, examples=["Write the release notes"])
 
 
 class LinkOut(BaseModel):
-    connector: str
-    platform: str
-    scope: str
-    remote_id: str | None
-    state: str
-    remote_url: str | None
+    """The task's copy on one member of its route."""
+
+    connector: str = Field(description="the connector's name in the config")
+    platform: str = Field(description="the connector's platform")
+    scope: str = Field(description="where on the platform the copy lives (a project, a board...)")
+    remote_id: str | None = Field(description="the copy's id on the platform; null until it is created")
+    state: str = Field(description="creating, active, gone or unlinked")
+    remote_url: str | None = Field(description="the copy's web page, when the platform gives one")
 
 
 class TaskOut(BaseModel):
-    id: str
+    """A task as the bridge holds it (its canonical values)."""
+
+    id: str = Field(
+        description="the bridge's id for the task (a ULID)", examples=["01JD3XK2Q4W6Y8Z0A2C4E6G8J0"]
+    )
     route: str
     title: str
     description: str
-    status: str
-    priority: str
-    assignees: list[str]
-    tags: list[str]
-    due_date: str | None
-    start_date: str | None
+    status: str = Field(description="todo, in_progress, blocked, done or cancelled")
+    priority: str = Field(description="none, low, medium, high or urgent")
+    assignees: list[str] = Field(description="sorted")
+    tags: list[str] = Field(description="sorted")
+    due_date: str | None = Field(description="YYYY-MM-DD", examples=["2026-06-30"])
+    start_date: str | None = Field(description="YYYY-MM-DD")
     archived: bool
     created_at: datetime
     updated_at: datetime
-    links: list[LinkOut] | None = None
-    history: list[dict[str, Any]] | None = None
+    links: list[LinkOut] | None = Field(None, description="its copies, one per member; null in a listing")
+    history: list[dict[str, Any]] | None = Field(
+        None,
+        description=(
+            "every applied change, oldest first; null in a listing. Each: `field`, `old`, `new`, "
+            "`source` (a connector's name, or api), `via` (poll, webhook, api, conflict...), `at`"
+        ),
+    )
 
 
 class TaskPage(BaseModel):
+    """A page of tasks, most recently updated first."""
+
     tasks: list[TaskOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="pass it as `cursor` for the next page; null when this page was not full"
+    )
 
 
 class CommentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    body: str = Field(min_length=1, max_length=50_000)
-    author: str | None = Field(None, max_length=200)
+    body: str = Field(min_length=1, max_length=50_000, examples=["Released in 1.4."])
+    author: str | None = Field(
+        None, max_length=200, description="the author shown; default: the token's name"
+    )
 
 
 class CommentOut(BaseModel):
     id: str
     body: str
     author: str
-    origin: str | None
+    origin: str | None = Field(
+        description="the connector it was first seen on; null when written through the API"
+    )
     created_at: datetime
-    links: dict[str, str | None]
+    links: dict[str, str | None] = Field(
+        description="connector name -> the comment's id there (null until it is posted)"
+    )
 
 
 class ConflictOut(BaseModel):
+    """A field two sides changed differently, held for a person (a route with `conflict: manual`)."""
+
     id: int
     task_id: str
     route: str
-    field: str
-    candidates: dict[str, Any]
-    state: str
-    resolution: dict[str, Any] | None
+    field: str = Field(examples=["title"])
+    candidates: dict[str, Any] = Field(
+        description='the values on offer: "bridge" (the bridge\'s) and each connector that differed',
+        examples=[{"bridge": "Write the notes", "vortask": "Write the release notes"}],
+    )
+    state: str = Field(description="open or resolved")
+    resolution: dict[str, Any] | None = Field(description="how it was settled; null while open")
     created_at: datetime
 
 
 class Ack(BaseModel):
     """A change's answer to a token without the `read` scope: the id written, nothing read back."""
 
-    id: str
+    id: str = Field(examples=["01JD3XK2Q4W6Y8Z0A2C4E6G8J0"])
 
 
 class ConflictAck(BaseModel):
@@ -297,7 +358,9 @@ class ConflictAck(BaseModel):
 
 
 class Resolve(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """How to settle a conflict: `choose` a candidate, or give a `value` of the field."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"choose": "bridge"}]})
     choose: str | None = Field(None, description='"bridge" or a connector name among the candidates')
     value: Any = Field(None, description="a value of the field, instead of a candidate")
 
@@ -383,16 +446,29 @@ UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 @router.get("/tasks", response_model=TaskPage, dependencies=[READ], responses=errors(400))
 async def list_tasks(
     request: Request,
-    route: str | None = None,
+    route: str | None = Query(None, description="only this route's tasks"),
     status: Status | None = None,
     priority: Priority | None = None,
-    assignee: str | None = None,
-    tag: str | None = None,
-    q: str | None = Query(None, max_length=200, description="text search in title and description"),
-    updated_since: UtcDateTime | None = None,
-    limit: int = Query(50, ge=1, le=500),
-    cursor: str | None = None,
+    assignee: str | None = Query(None, description="only tasks with this assignee"),
+    tag: str | None = Query(None, description="only tasks with this tag"),
+    q: str | None = Query(
+        None,
+        max_length=200,
+        description=(
+            "only tasks whose title contains this, ignoring case (of ASCII letters only on SQLite); "
+            "`%` and `_` are wildcards"
+        ),
+    ),
+    updated_since: Annotated[
+        UtcDateTime | None,
+        Query(description="only tasks updated at or after this time (ISO 8601, with its offset)"),
+    ] = None,
+    limit: int = Query(50, ge=1, le=500, description="at most this many tasks"),
+    cursor: str | None = Query(None, description="the `next_cursor` of the page before"),
 ) -> TaskPage:
+    """The tasks the bridge holds, across routes, most recently updated first, deleted ones left
+    out. Filters combine (all must hold); a full page carries a `next_cursor` for the next one.
+    Tasks come without their links and history (get one task for those). Needs `read`."""
     ctx = _ctx(request)
     # Every filter is SQL over an index (bridge/store/search.py): a tag or assignee filter reads
     # its side table's (value, updated_at, task_id) index in page order, and joins the task.
@@ -436,6 +512,9 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, dependencies=[READ], responses=errors(404))
 async def get_task(request: Request, task_id: str) -> TaskOut:
+    """One task, with its copies on each member (`links`) and the history of every change applied
+    to it (`history`), oldest first. A deleted task is still found here, its last history entry
+    saying so. Needs `read`."""
     ctx = _ctx(request)
     async with ctx.store.read() as session:
         row = await session.get(TaskRow, task_id)
@@ -458,13 +537,15 @@ async def get_task(request: Request, task_id: str) -> TaskOut:
     response_model=TaskOut | Ack,
     status_code=201,
     responses=errors(404),
-    description="Answers the task created, or only its id (`Ack`) to a token without `read`.",
 )
 async def create_task(request: Request, body: TaskCreate, principal: Any = WRITE) -> TaskOut | Ack:
+    """Create a task in a route (404 for an unknown route); the bridge then creates its copy on
+    every member of the route. Answers the task created, or only its id (`Ack`) to a token
+    without `read`. Needs `write`."""
     values = body.values()
     route = values.pop("route")
     try:
-        task_id = await api_ops.create_task(_ctx(request), route, values)
+        task_id = await api_ops.create_task(_ctx(request), route, values, actor=principal.name)
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
     if not _can_read(principal):
@@ -476,13 +557,16 @@ async def create_task(request: Request, body: TaskCreate, principal: Any = WRITE
     "/tasks/{task_id}",
     response_model=TaskOut | Ack,
     responses=errors(404, 409),
-    description="Answers the task as patched, or only its id (`Ack`) to a token without `read`.",
 )
 async def patch_task(
     request: Request, task_id: str, body: TaskFields, principal: Any = WRITE
 ) -> TaskOut | Ack:
+    """Change some of a task's fields; the change goes out to its copies like any other, and
+    settles any open conflict on a field it sets. 404 for an unknown or deleted task, 409 when
+    its route is no longer configured. Answers the task as patched, or only its id (`Ack`) to a
+    token without `read`. Needs `write`."""
     try:
-        await api_ops.patch_task(_ctx(request), task_id, body.values())
+        await api_ops.patch_task(_ctx(request), task_id, body.values(), actor=principal.name)
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
     if not _can_read(principal):
@@ -490,10 +574,13 @@ async def patch_task(
     return await get_task(request, task_id)
 
 
-@router.delete("/tasks/{task_id}", status_code=204, dependencies=[WRITE], responses=errors(404))
-async def delete_task(request: Request, task_id: str) -> None:
+@router.delete("/tasks/{task_id}", status_code=204, responses=errors(404))
+async def delete_task(request: Request, task_id: str, principal: Any = WRITE) -> None:
+    """Delete a task: its route's `on_delete` policy says what happens to its copies (archived,
+    deleted, or only unlinked), and its history records the deletion. 404 for an unknown task or
+    one already deleted. Needs `write`."""
     try:
-        await api_ops.delete_task(_ctx(request), task_id)
+        await api_ops.delete_task(_ctx(request), task_id, actor=principal.name)
     except api_ops.ApiError as exc:
         raise HTTPException(exc.status, exc.message) from None
 
@@ -502,6 +589,8 @@ async def delete_task(request: Request, task_id: str) -> None:
     "/tasks/{task_id}/comments", response_model=list[CommentOut], dependencies=[READ], responses=errors(404)
 )
 async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
+    """A task's comments, oldest first, wherever each was written, with the comment's id on each
+    platform it was mirrored to. 404 for an unknown task. Needs `read`."""
     ctx = _ctx(request)
     async with ctx.store.read() as session:
         if await session.get(TaskRow, task_id) is None:
@@ -537,11 +626,13 @@ async def list_comments(request: Request, task_id: str) -> list[CommentOut]:
     response_model=CommentOut | Ack,
     status_code=201,
     responses=errors(404),
-    description="Answers the comment added, or only its id (`Ack`) to a token without `read`.",
 )
 async def add_comment(
     request: Request, task_id: str, body: CommentIn, principal: Any = WRITE
 ) -> CommentOut | Ack:
+    """Add a comment to a task; it is posted to every member of the route that takes comments.
+    The author defaults to the token's name. 404 for an unknown or deleted task. Answers the
+    comment added, or only its id (`Ack`) to a token without `read`. Needs `write`."""
     ctx = _ctx(request)
     async with ctx.store.transaction() as session:
         task = await session.get(TaskRow, task_id)
@@ -564,8 +655,10 @@ async def add_comment(
 async def list_conflicts(
     request: Request,
     state: Literal["open", "resolved", "all"] = "open",
-    limit: int = Query(100, ge=1, le=1000),
+    limit: int = Query(100, ge=1, le=1000, description="at most this many"),
 ) -> list[ConflictOut]:
+    """Conflicts, oldest first (open ones by default): a field that two sides changed differently
+    on a route whose policy holds such changes for a person. Needs `read`."""
     ctx = _ctx(request)
     query = select(ConflictRow).order_by(ConflictRow.id).limit(limit)
     if state != "all":
@@ -579,7 +672,6 @@ async def list_conflicts(
     "/conflicts/{conflict_id}/resolve",
     response_model=ConflictOut | ConflictAck,
     responses=errors(400, 404, 409),
-    description="Answers the conflict resolved, or only its id (`ConflictAck`) to a token without `read`.",
 )
 async def resolve_conflict(
     request: Request,
@@ -587,11 +679,18 @@ async def resolve_conflict(
     conflict_id: int = PathParam(ge=1, le=2**63 - 1),
     principal: Any = WRITE,
 ) -> ConflictOut | ConflictAck:
+    """Settle an open conflict by choosing one of its candidates (`choose`) or giving a value of
+    the field (`value`); the task takes that value and it goes out to every copy. 400 for a
+    choice or value the conflict does not take, 404 for an unknown conflict, 409 for one already
+    resolved or whose task or route is gone. Answers the conflict resolved, or only its id
+    (`ConflictAck`) to a token without `read`. Needs `write`."""
     ctx = _ctx(request)
     try:
         if body.choose is None and body.value is not None:
             await _check_value(ctx, conflict_id, body.value)
-        await api_ops.resolve_conflict(ctx, conflict_id, choose=body.choose, value=body.value)
+        await api_ops.resolve_conflict(
+            ctx, conflict_id, choose=body.choose, value=body.value, actor=principal.name
+        )
     except api_ops.ApiError as exc:
         if exc.status == 400 and not _can_read(principal):
             # The reason names the conflict's field and candidates: what only a reader may see.
@@ -620,6 +719,11 @@ async def _check_value(ctx: Any, conflict_id: int, value: Any) -> None:
 
 @router.get("/connectors", dependencies=[READ])
 async def list_connectors(request: Request) -> list[dict[str, Any]]:
+    """Every configured connector: `name`, `platform`, `scopes`, `healthy` (its last poll
+    succeeded and its writes are not failing for a reason of its own), `last_poll`,
+    `lag_seconds` (since that poll), `last_error`, `last_parked_error`, `outbox_depth` (writes
+    waiting), `outbox_parked`, `linked_tasks` and `deletion_guard` (why the last poll refused to
+    delete, if it did). Every replica answers the same. Needs `read`."""
     from bridge.api.status import summary
 
     daemon = request.app.state.daemon
@@ -653,7 +757,8 @@ async def list_connectors(request: Request) -> list[dict[str, Any]]:
 @router.post("/connectors/{name}/sync", status_code=202, dependencies=[ADMIN], responses=errors(404, 409))
 async def trigger_sync(request: Request, name: str) -> dict[str, str]:
     """Poll the connector now. Triggers coalesce (a burst costs at most two listings); on a replica
-    that does not hold the connector's poll lease, 409 names the one that does."""
+    that does not hold the connector's poll lease, 409 names the one that does. Answers `status`:
+    "started" or "coalesced". 404 for an unknown connector. Needs `admin`."""
     daemon = request.app.state.daemon
     if name not in daemon.cfg.connectors:
         raise HTTPException(404, "no such connector")

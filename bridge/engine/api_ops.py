@@ -1,5 +1,5 @@
 """Changes made through the unified API: the same path as any other observation (history, fan-out
-through the outbox), with "api" as their source."""
+through the outbox), with "api:<token name>" as their source, so history says who made them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ from bridge.store.states import ConflictState, LinkState, OpKind, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, TaskRow
 
 
+def source(actor: str | None) -> str:
+    """History's source for a change made with the API token named `actor`."""
+    return f"api:{actor}" if actor else "api"
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -24,19 +29,25 @@ class ApiError(Exception):
         self.message = message
 
 
-async def create_task(ctx: EngineContext, route_name: str, values: Mapping[str, Any]) -> str:
+async def create_task(
+    ctx: EngineContext, route_name: str, values: Mapping[str, Any], *, actor: str | None = None
+) -> str:
     route = ctx.route(route_name)
     if route is None:
         raise ApiError(404, f"no route {route_name!r}")
     now = ctx.now()
     async with ctx.store.transaction() as session:
-        task = await new_task(session, route, normalize_values(values), source="api", via="api", now=now)
+        task = await new_task(
+            session, route, normalize_values(values), source=source(actor), via="api", now=now
+        )
         await create_mirrors(ctx, session, route, task, exclude=None, observed_at=now)
     metrics.changes_detected.labels("api", "api").inc()
     return task.id
 
 
-async def patch_task(ctx: EngineContext, task_id: str, values: Mapping[str, Any]) -> None:
+async def patch_task(
+    ctx: EngineContext, task_id: str, values: Mapping[str, Any], *, actor: str | None = None
+) -> None:
     changes = normalize_values(values)
     async with ctx.store.transaction() as session:
         task = await session.get(TaskRow, task_id)
@@ -60,17 +71,17 @@ async def patch_task(ctx: EngineContext, task_id: str, values: Mapping[str, Any]
         ).all():
             conflict.state = advance(conflict.state, ConflictState.RESOLVED)
             conflict.resolution = {
-                "by": "api patch",
+                "by": f"{source(actor)} patch",
                 "value": encode(conflict.field, changes[conflict.field]),
             }
             conflict.resolved_at = now
         if real:
-            apply_changes(session, task, canonical, real, source="api", via="api", now=now)
+            apply_changes(session, task, canonical, real, source=source(actor), via="api", now=now)
             metrics.changes_detected.labels("api", "api").inc()
         await queue_updates(ctx, session, route, task, observed_at=now)
 
 
-async def delete_task(ctx: EngineContext, task_id: str) -> None:
+async def delete_task(ctx: EngineContext, task_id: str, *, actor: str | None = None) -> None:
     async with ctx.store.transaction() as session:
         task = await session.get(TaskRow, task_id)
         if task is None or task.deleted_at is not None:
@@ -97,7 +108,7 @@ async def delete_task(ctx: EngineContext, task_id: str) -> None:
                 field="*",
                 old=None,
                 new={"v": f"deleted through the API ({policy})"},
-                source="api",
+                source=source(actor),
                 via="api",
                 at=now,
             )
@@ -106,7 +117,7 @@ async def delete_task(ctx: EngineContext, task_id: str) -> None:
 
 
 async def resolve_conflict(
-    ctx: EngineContext, conflict_id: int, *, choose: str | None, value: Any = None
+    ctx: EngineContext, conflict_id: int, *, choose: str | None, value: Any = None, actor: str | None = None
 ) -> Values:
     """Settle a held conflict: `choose` a candidate ("bridge" or a connector name), or give a value."""
     async with ctx.store.transaction() as session:
@@ -133,12 +144,18 @@ async def resolve_conflict(
             raise ApiError(409, "the conflict's task or route no longer exists")
         now = ctx.now()
         conflict.state = advance(conflict.state, ConflictState.RESOLVED)
-        conflict.resolution = {"choose": choose, "value": encode(conflict.field, chosen)}
+        conflict.resolution = {"choose": choose, "value": encode(conflict.field, chosen), "by": source(actor)}
         conflict.resolved_at = now
         canonical = decode_values(task.data)
         if canonical.get(conflict.field) != chosen:
             apply_changes(
-                session, task, canonical, {conflict.field: chosen}, source="api", via="conflict", now=now
+                session,
+                task,
+                canonical,
+                {conflict.field: chosen},
+                source=source(actor),
+                via="conflict",
+                now=now,
             )
         await session.flush()
         await queue_updates(ctx, session, route, task, observed_at=now)

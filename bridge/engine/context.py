@@ -29,14 +29,25 @@ class EngineContext:
     # connector -> (its last write error or None, when recorded): what this replica last told
     # the store of its write health (bridge/engine/health.py), so unchanged health costs nothing.
     write_health: dict[str, tuple[str | None, datetime]] = field(default_factory=dict)
+    write_failures: dict[str, int] = field(default_factory=dict)  # connector -> failed writes in a row
 
     def __post_init__(self) -> None:
+        self._index()
+
+    def _index(self) -> None:
         self._members: dict[tuple[str, str], tuple[Route, Member]] = {}
         self._routes: dict[str, Route] = {}
         for route in self.routes:
             self._routes[route.name] = route
             for member in route.members:
                 self._members[member.key] = (route, member)
+
+    def reconfigure(self, routes: list[Route], connectors: Mapping[str, Connector]) -> None:
+        """New routes and connectors (a reloaded config). Work in flight keeps the objects it
+        holds; what starts next uses these."""
+        self.routes = routes
+        self.connectors = connectors
+        self._index()
 
     def member(self, connector: str, scope: str) -> tuple[Route, Member] | None:
         return self._members.get((connector, scope))

@@ -5,9 +5,11 @@ of its own (the credential refused, the platform down or rate limiting us into t
 task's refused write (a 4xx about that task) is that task's problem, parked in the outbox where a
 person sees it, and says nothing about the connector.
 
-Recorded: every poll's outcome (by the replica holding the connector's poll lease), and a write
-outcome when it changes the connector's write health or the record is older than
-`WRITE_REFRESH` (so another replica's stale record is overwritten by one that writes fine). A
+Recorded: every poll's outcome (by the replica holding the connector's poll lease; a poll has
+retried its requests already), and a write outcome when it changes the connector's write health
+or the record is older than `WRITE_REFRESH` (so another replica's stale record is overwritten by
+one that writes fine). Writes fail fast and the outbox retries them, so one failure among
+successes is no news: only `WRITE_FAILURES_UNHEALTHY` in a row turn the connector unhealthy. A
 recovered connector clears its error. A connector that starts failing is logged once, and once
 again when it recovers, not at every poll.
 """
@@ -30,6 +32,7 @@ log = logging.getLogger("taskbridge.health")
 
 PREFIX = "health:"
 WRITE_REFRESH = timedelta(seconds=30)
+WRITE_FAILURES_UNHEALTHY = 3  # failed writes in a row (none landing between) that make it unhealthy
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,30 @@ async def record_poll(ctx: EngineContext, connector: str, error: str | None, gua
     _say(before, after)
 
 
-async def record_writes(ctx: EngineContext, session: AsyncSession, results: Mapping[str, str | None]) -> None:
-    """Write outcomes (connector -> its own error, or None for a write that landed), in the
-    committer's transaction. Touches the store only where the health changes or has gone stale."""
+@dataclass(frozen=True)
+class WriteResult:
+    """What a batch of writes says of one connector: its own error (None: a write landed), and
+    whether that error is certain at once (a refused credential) or may pass (a 5xx, a timeout)."""
+
+    error: str | None
+    certain: bool = False
+
+
+async def record_writes(
+    ctx: EngineContext, session: AsyncSession, outcomes: Mapping[str, WriteResult]
+) -> None:
+    """Write outcomes per connector, in the committer's transaction. Touches the store only where
+    the health changes or has gone stale."""
     now = ctx.now()
     known = ctx.write_health
+    results: dict[str, str | None] = {}
+    for connector, result in outcomes.items():
+        # One failed write in many is the outbox's to retry, not the connector failing: its
+        # health turns only after WRITE_FAILURES_UNHEALTHY failures in a row, with no success.
+        streak = ctx.write_failures.get(connector, 0) + 1 if result.error is not None else 0
+        ctx.write_failures[connector] = streak
+        if result.error is None or result.certain or streak >= WRITE_FAILURES_UNHEALTHY:
+            results[connector] = result.error
     stale = [
         c
         for c, error in results.items()

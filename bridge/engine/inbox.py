@@ -40,6 +40,7 @@ from bridge.engine.sync import (
     mark_gone_from_view,
     observe,
 )
+from bridge.logs import log_context
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -64,49 +65,50 @@ class Receipt:
 
 
 async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], body: bytes) -> Receipt:
-    conn = ctx.connectors.get(connector)
-    if conn is None or not conn.capabilities.webhooks:
-        metrics.webhooks_received.labels("unknown", "unknown_connector").inc()
-        return Receipt(404, "unknown_connector", "no such connector takes webhooks")
-    try:
-        conn.verify_webhook(headers, body, ctx.webhook_secrets.get(connector, []))
-    except BadSignature as exc:
-        metrics.webhooks_received.labels(connector, "bad_signature").inc()
-        log.warning("webhook for %s refused: %s", connector, _text(str(exc)))
-        return Receipt(401, "bad_signature", _text(str(exc)))
-    except Exception:
-        # A verifier must refuse what a stranger sends, never crash on it: unauthenticated all the same.
-        metrics.webhooks_received.labels(connector, "bad_signature").inc()
-        log.exception("webhook for %s refused: its signature could not be checked", connector)
-        return Receipt(401, "bad_signature", "the signature could not be checked")
-    try:
-        events = conn.parse_webhook(headers, body)
-        key = _delivery_key(events, body)
-    except Exception as exc:  # a signed body that is too deep, not UTF-8, not the platform's shape
-        metrics.webhooks_received.labels(connector, "malformed").inc()
-        detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
-        log.warning("webhook for %s refused: %s", connector, detail)
-        return Receipt(400, "malformed", detail)
-    kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
-    try:
-        async with ctx.store.transaction() as session:
-            session.add(
-                InboxRow(
-                    connector=connector,
-                    delivery_key=key,
-                    body=body.decode("utf-8", "replace"),
-                    headers=kept or None,
-                    state=DeliveryState.PENDING,
-                    attempts=0,
-                    received_at=ctx.now(),
+    with log_context(connector=connector if connector in ctx.connectors else None):
+        conn = ctx.connectors.get(connector)
+        if conn is None or not conn.capabilities.webhooks:
+            metrics.webhooks_received.labels("unknown", "unknown_connector").inc()
+            return Receipt(404, "unknown_connector", "no such connector takes webhooks")
+        try:
+            conn.verify_webhook(headers, body, ctx.webhook_secrets.get(connector, []))
+        except BadSignature as exc:
+            metrics.webhooks_received.labels(connector, "bad_signature").inc()
+            log.warning("webhook for %s refused: %s", connector, _text(str(exc)))
+            return Receipt(401, "bad_signature", _text(str(exc)))
+        except Exception:
+            # A verifier must refuse what a stranger sends, never crash on it: unauthenticated all the same.
+            metrics.webhooks_received.labels(connector, "bad_signature").inc()
+            log.exception("webhook for %s refused: its signature could not be checked", connector)
+            return Receipt(401, "bad_signature", "the signature could not be checked")
+        try:
+            events = conn.parse_webhook(headers, body)
+            key = _delivery_key(events, body)
+        except Exception as exc:  # a signed body that is too deep, not UTF-8, not the platform's shape
+            metrics.webhooks_received.labels(connector, "malformed").inc()
+            detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
+            log.warning("webhook for %s refused: %s", connector, detail)
+            return Receipt(400, "malformed", detail)
+        kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
+        try:
+            async with ctx.store.transaction() as session:
+                session.add(
+                    InboxRow(
+                        connector=connector,
+                        delivery_key=key,
+                        body=body.decode("utf-8", "replace"),
+                        headers=kept or None,
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        received_at=ctx.now(),
+                    )
                 )
-            )
-    except IntegrityError:
-        metrics.webhooks_received.labels(connector, "duplicate").inc()
-        return Receipt(409, "duplicate", "this delivery was received before")
-    metrics.webhooks_received.labels(connector, "ok").inc()
-    ctx.inbox_ready.set()
-    return Receipt(202, "ok")
+        except IntegrityError:
+            metrics.webhooks_received.labels(connector, "duplicate").inc()
+            return Receipt(409, "duplicate", "this delivery was received before")
+        metrics.webhooks_received.labels(connector, "ok").inc()
+        ctx.inbox_ready.set()
+        return Receipt(202, "ok")
 
 
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:
@@ -169,13 +171,14 @@ async def process_pending(
     if not work:
         return 0
     for d in work:
-        try:
-            d.events = _parse(ctx, d.connector, d.body.encode(), d.headers)
-        except ConnectorError as exc:
-            d.error, d.final = str(exc), True
-        except Exception as exc:  # a connector's bug: this delivery is retried, the others go on
-            log.exception("webhook delivery %s of %s could not be parsed", d.id, d.connector)
-            d.error = f"internal error ({type(exc).__name__}); see the daemon log"
+        with log_context(**_log_fields(d)):
+            try:
+                d.events = _parse(ctx, d.connector, d.body.encode(), d.headers)
+            except ConnectorError as exc:
+                d.error, d.final = str(exc), True
+            except Exception as exc:  # a connector's bug: this delivery is retried, the others go on
+                log.exception("webhook delivery %s of %s could not be parsed", d.id, d.connector)
+                d.error = f"internal error ({type(exc).__name__}); see the daemon log"
     await _resolve_scopes(ctx, [d for d in work if d.error is None])
     await _fetch_all(ctx, work, fetches)
     try:
@@ -191,7 +194,8 @@ async def process_pending(
                 async with ctx.store.transaction() as session:
                     await _apply(ctx, session, d)
             except Exception as exc:
-                log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
+                with log_context(**_log_fields(d)):
+                    log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
                 d.error, d.final, d.results = (
                     f"internal error ({type(exc).__name__}); see the daemon log",
                     False,
@@ -200,6 +204,11 @@ async def process_pending(
                 async with ctx.store.transaction() as session:
                     await _mark(ctx, session, d)
     return len(work)
+
+
+def _log_fields(d: _Delivery) -> dict[str, str]:
+    """What a delivery's log lines carry: its connector and id (as request_id)."""
+    return {"connector": d.connector, "request_id": f"delivery-{d.id}"}
 
 
 @dataclass
@@ -261,33 +270,34 @@ async def _fetch_all(ctx: EngineContext, work: list[_Delivery], fetches: int) ->
             return await ctx.connectors[connector].get_task(event.scope, event.remote_id)
 
     async def one(d: _Delivery) -> None:
-        try:
-            for event in d.events:
-                located = ctx.member(d.connector, event.scope)
-                if located is None:
-                    continue  # a scope no route syncs
-                route, member = located
-                if event.kind == "comment":
-                    async with gate:
-                        await _sync_comments_of(ctx, route, member, event.remote_id)
-                    continue
-                if event.task is not None:
-                    d.results.append((event, event.task))
-                    continue
-                key = (d.connector, event.scope, event.remote_id)
-                if key not in found:
-                    found[key] = asyncio.ensure_future(get(d.connector, event))
-                try:
-                    d.results.append((event, await asyncio.shield(found[key])))
-                except (NotFound, GoneFromView) as exc:
-                    d.results.append((event, exc))
-        except Retryable as exc:
-            d.error = str(exc)
-        except ConnectorError as exc:
-            d.error, d.final = str(exc), True
-        except Exception as exc:
-            log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
-            d.error = f"internal error ({type(exc).__name__}); see the daemon log"
+        with log_context(**_log_fields(d)):
+            try:
+                for event in d.events:
+                    located = ctx.member(d.connector, event.scope)
+                    if located is None:
+                        continue  # a scope no route syncs
+                    route, member = located
+                    if event.kind == "comment":
+                        async with gate:
+                            await _sync_comments_of(ctx, route, member, event.remote_id)
+                        continue
+                    if event.task is not None:
+                        d.results.append((event, event.task))
+                        continue
+                    key = (d.connector, event.scope, event.remote_id)
+                    if key not in found:
+                        found[key] = asyncio.ensure_future(get(d.connector, event))
+                    try:
+                        d.results.append((event, await asyncio.shield(found[key])))
+                    except (NotFound, GoneFromView) as exc:
+                        d.results.append((event, exc))
+            except Retryable as exc:
+                d.error = str(exc)
+            except ConnectorError as exc:
+                d.error, d.final = str(exc), True
+            except Exception as exc:
+                log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
+                d.error = f"internal error ({type(exc).__name__}); see the daemon log"
 
     await asyncio.gather(*(one(d) for d in work if d.error is None))
 
@@ -302,19 +312,20 @@ async def _sync_comments_of(ctx: EngineContext, route: Route, member: Member, re
 
 async def _apply(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:
     """Observe what one delivery's fetches found, and mark it, in the caller's transaction."""
-    if d.error is None:
-        for event, result in d.results:
-            located = ctx.member(d.connector, event.scope)
-            if located is None:
-                continue
-            route, member = located
-            if isinstance(result, NotFound):
-                await apply_remote_deletion(ctx, session, route, member, event.remote_id)
-            elif isinstance(result, GoneFromView):
-                await mark_gone_from_view(ctx, session, member, event.remote_id)
-            elif isinstance(result, RemoteTask):
-                await observe(ctx, session, Observation(route, member, result, "webhook"))
-    await _mark(ctx, session, d)
+    with log_context(**_log_fields(d)):
+        if d.error is None:
+            for event, result in d.results:
+                located = ctx.member(d.connector, event.scope)
+                if located is None:
+                    continue
+                route, member = located
+                if isinstance(result, NotFound):
+                    await apply_remote_deletion(ctx, session, route, member, event.remote_id)
+                elif isinstance(result, GoneFromView):
+                    await mark_gone_from_view(ctx, session, member, event.remote_id)
+                elif isinstance(result, RemoteTask):
+                    await observe(ctx, session, Observation(route, member, result, "webhook"))
+        await _mark(ctx, session, d)
 
 
 async def _mark(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:

@@ -70,6 +70,7 @@ from bridge.engine.sync import (
     queue_updates_many,
     release_reused,
 )
+from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import StoreLost
 from bridge.store.states import LinkState, OpKind, OpState, advance
@@ -88,6 +89,8 @@ from connectors.base import (
 )
 
 log = logging.getLogger("taskbridge.outbox")
+
+WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +161,7 @@ class Outcome:
     remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
     gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
     connector_error: str | None = None  # a failure of the connector, not of this task (its health)
+    connector_error_certain: bool = False  # true at once (a refused credential), not maybe passing
 
 
 def _done(
@@ -386,10 +390,11 @@ class Worker:
 
     async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore | None) -> None:
         try:
-            if isinstance(op, _Orphan):
-                outcome = _parked("its task, link, route or connector no longer exists")
-            else:
-                outcome = await self._attempt(op)
+            with log_context(**_log_fields(op)):
+                if isinstance(op, _Orphan):
+                    outcome = _parked("its task, link, route or connector no longer exists")
+                else:
+                    outcome = await self._attempt(op)
             await self.committer.submit(op, outcome)
         finally:
             if sem is not None:
@@ -482,7 +487,7 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
         return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
     except AuthFailed as exc:
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
-        return replace(_parked(str(exc)), connector_error=str(exc))
+        return replace(_parked(str(exc)), connector_error=str(exc), connector_error_certain=True)
     except (Permanent, PermanentOutcome) as exc:
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
         return _parked(str(exc))
@@ -658,6 +663,8 @@ class Committer:
         self.ctx = ctx
         self._queue: list[_Pending] = []
         self._turn = asyncio.Lock()
+        # (task, observed_at) -> the connectors its change was written to so far (for the log)
+        self._written: dict[tuple[str, datetime], list[str]] = {}
 
     async def submit(self, op: _Op | _Orphan, outcome: Outcome) -> None:
         item = _Pending(op, outcome, asyncio.get_running_loop().create_future())
@@ -680,7 +687,8 @@ class Committer:
             await self._apply([(p.op, p.outcome) for p in batch])
         except Exception:
             if len(batch) == 1:
-                log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)
+                with log_context(**_log_fields(batch[0].op)):
+                    log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)
                 batch[0].done.set_result(None)  # its claim expires and the operation runs again
                 return
             for p in batch:
@@ -696,24 +704,57 @@ class Committer:
             propagated = await apply_outcomes(self.ctx, session, batch)
         for op, outcome in batch:
             metrics.writes.labels(op.connector, str(op.op), outcome.result).inc()
+            if isinstance(op, _Op) and outcome.state == OpState.DONE and _wrote(outcome):
+                self._written.setdefault((op.task.id, as_utc(op.observed_at)), []).append(op.connector)
         now = self.ctx.now()
         for op in propagated:
-            metrics.propagation.labels(op.route.name).observe(
-                max(0.0, (now - op.observed_at).total_seconds())
-            )
+            seconds = max(0.0, (now - op.observed_at).total_seconds())
+            metrics.propagation.labels(op.route.name).observe(seconds)
+            targets = sorted(set(self._written.pop((op.task.id, as_utc(op.observed_at)), [])))
+            with log_context(route=op.route.name, task=op.task.id):
+                log.log(
+                    logging.INFO if targets else logging.DEBUG,  # a change every side already had
+                    "task %s %r propagated to %s in %.3f s",
+                    op.task.id,
+                    _short(op.task.title or ""),
+                    ", ".join(targets) or "no side (nothing left to write)",
+                    seconds,
+                )
+        while len(self._written) > WRITTEN_KEPT:  # changes that never finished (parked writes)
+            del self._written[next(iter(self._written))]
 
 
-def _write_health(batch: Sequence[tuple[_Op | _Orphan, Outcome]]) -> dict[str, str | None]:
+def _log_fields(op: _Op | _Orphan) -> dict[str, str | None]:
+    """What an operation's log lines carry: its connector, task and `kind:id`."""
+    return {
+        "connector": op.connector,
+        "task": op.task.id if isinstance(op, _Op) else None,
+        "op": f"{op.op}:{op.id}",
+    }
+
+
+def _wrote(outcome: Outcome) -> bool:
+    """Whether a finished operation changed its platform (not one that found nothing to write)."""
+    return bool(outcome.written) or any(
+        x is not None for x in (outcome.remote, outcome.comment_remote_id, outcome.link_state)
+    )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _write_health(batch: Sequence[tuple[_Op | _Orphan, Outcome]]) -> dict[str, health.WriteResult]:
     """Each connector's write health in a batch: its own error if any write failed for one, else
-    None if a write landed. Outcomes that say nothing of the connector are left out."""
-    out: dict[str, str | None] = {}
+    a landed write. Outcomes that say nothing of the connector are left out."""
+    out: dict[str, health.WriteResult] = {}
     for op, outcome in batch:
         if not isinstance(op, _Op):
             continue
         if outcome.connector_error is not None:
-            out[op.connector] = outcome.connector_error
+            out[op.connector] = health.WriteResult(outcome.connector_error, outcome.connector_error_certain)
         elif outcome.state == OpState.DONE:
-            out.setdefault(op.connector, None)
+            out.setdefault(op.connector, health.WriteResult(None))
     return out
 
 
@@ -742,53 +783,54 @@ async def apply_outcomes(
     succeeded: list[_Op] = []
     await health.record_writes(ctx, session, _write_health(batch))
     for op, outcome in batch:
-        row = rows.get(op.id)
-        if row is None:
-            continue
-        if row.state in (OpState.DONE, OpState.PARKED) or (
-            row.state == OpState.CLAIMED and row.claimed_by != ctx.replica
-        ):
-            # Our claim expired and another worker took the operation (a write slower than
-            # claim_ttl): its record is that worker's to make. A write of ours that landed still
-            # moved the platform, which the link records below.
-            if outcome.state != OpState.DONE or not isinstance(op, _Op):
+        with log_context(**_log_fields(op)):
+            row = rows.get(op.id)
+            if row is None:
                 continue
-        elif outcome.state == OpState.PENDING:
-            if row.state == OpState.CLAIMED:
-                row.state = advance(row.state, OpState.PENDING)
+            if row.state in (OpState.DONE, OpState.PARKED) or (
+                row.state == OpState.CLAIMED and row.claimed_by != ctx.replica
+            ):
+                # Our claim expired and another worker took the operation (a write slower than
+                # claim_ttl): its record is that worker's to make. A write of ours that landed still
+                # moved the platform, which the link records below.
+                if outcome.state != OpState.DONE or not isinstance(op, _Op):
+                    continue
+            elif outcome.state == OpState.PENDING:
+                if row.state == OpState.CLAIMED:
+                    row.state = advance(row.state, OpState.PENDING)
+                    row.claimed_by = None
+                    row.claim_expires_at = None
+                    row.last_error = outcome.error
+                    row.next_attempt_at = now + timedelta(seconds=outcome.delay)
+                continue
+            else:
+                row.state = advance(row.state, outcome.state)
+                row.last_error = outcome.error
+                row.done_at = now
+                row.done_by = ctx.replica
                 row.claimed_by = None
                 row.claim_expires_at = None
-                row.last_error = outcome.error
-                row.next_attempt_at = now + timedelta(seconds=outcome.delay)
-            continue
-        else:
-            row.state = advance(row.state, outcome.state)
-            row.last_error = outcome.error
-            row.done_at = now
-            row.done_by = ctx.replica
-            row.claimed_by = None
-            row.claim_expires_at = None
-        if not isinstance(op, _Op):
-            continue
-        if outcome.remote_deleted and op.link.remote_id:
-            await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
-        if outcome.gone_from_view and op.link.remote_id:
-            await mark_gone_from_view(ctx, session, op.member, op.link.remote_id)
-        if outcome.state != OpState.DONE or outcome.written is None:
-            continue  # nothing was written (e.g. a delete of what was gone): the link stays as it is
-        link, task = links.get(op.link.id), tasks.get(op.task.id)
-        if link is None or task is None:
-            continue
-        if outcome.comment_remote_id is not None and op.comment is not None:
-            await _link_comment(session, op, outcome.comment_remote_id, now)
-        if outcome.remote is not None and link.remote_id is None:
-            held = await link_by_remote(session, op.connector, outcome.remote.remote_id)
-            if held is not None and held.id != link.id:
-                await release_reused(ctx, session, held, op.connector)  # the platform made it anew
-        _record_write(ctx, op, link, outcome, now)
-        succeeded.append(op)
-        if link.state == LinkState.ACTIVE:
-            requeue.append((op.route, task, op.observed_at))
+            if not isinstance(op, _Op):
+                continue
+            if outcome.remote_deleted and op.link.remote_id:
+                await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
+            if outcome.gone_from_view and op.link.remote_id:
+                await mark_gone_from_view(ctx, session, op.member, op.link.remote_id)
+            if outcome.state != OpState.DONE or outcome.written is None:
+                continue  # nothing was written (e.g. a delete of what was gone): the link stays as it is
+            link, task = links.get(op.link.id), tasks.get(op.task.id)
+            if link is None or task is None:
+                continue
+            if outcome.comment_remote_id is not None and op.comment is not None:
+                await _link_comment(session, op, outcome.comment_remote_id, now)
+            if outcome.remote is not None and link.remote_id is None:
+                held = await link_by_remote(session, op.connector, outcome.remote.remote_id)
+                if held is not None and held.id != link.id:
+                    await release_reused(ctx, session, held, op.connector)  # the platform made it anew
+            _record_write(ctx, op, link, outcome, now)
+            succeeded.append(op)
+            if link.state == LinkState.ACTIVE:
+                requeue.append((op.route, task, op.observed_at))
     if not succeeded:
         return []
     await session.flush()

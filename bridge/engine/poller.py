@@ -31,6 +31,7 @@ from bridge.engine.sync import (
     needs_observing,
     observe,
 )
+from bridge.logs import log_context
 from bridge.store import StoreLost
 from bridge.store.states import LinkState
 from bridge.store.tables import LinkRow, WatermarkRow
@@ -54,35 +55,37 @@ class PollReport:
 
 async def poll_connector(ctx: EngineContext, connector: str, *, progress: Any = None) -> PollReport:
     """Poll every scope of one connector. Errors of one scope don't stop the others."""
-    report = PollReport(connector)
-    started = time.perf_counter()
-    for scope in ctx.scopes_of(connector):
-        found = ctx.member(connector, scope)
-        assert found is not None
-        route, member = found
-        try:
-            await poll_scope(ctx, route, member, report, progress=progress)
-        except ConnectorError as exc:
-            report.errors.append(str(exc))
-            log.debug("poll %s/%s failed: %s", connector, scope, exc)  # health logs the change
-        except StoreLost:
-            raise
-        except Exception as exc:  # a bug: the connector is not healthy for it, and the others go on
-            log.exception("poll %s/%s failed unexpectedly", connector, scope)
-            report.errors.append(
-                f"{connector}/{scope}: internal error ({type(exc).__name__}); see the daemon log"
-            )
-    result = "error" if report.errors else "ok"
-    metrics.polls.labels(connector, result).inc()
-    metrics.poll_duration.labels(connector).observe(time.perf_counter() - started)
-    metrics.connector_up.labels(connector).set(0 if report.errors else 1)
-    await health.record_poll(
-        ctx,
-        connector,
-        report.errors[-1] if report.errors else None,
-        report.guard_tripped[-1] if report.guard_tripped else None,
-    )
-    return report
+    with log_context(connector=connector):
+        report = PollReport(connector)
+        started = time.perf_counter()
+        for scope in ctx.scopes_of(connector):
+            found = ctx.member(connector, scope)
+            assert found is not None
+            route, member = found
+            with log_context(route=route.name):
+                try:
+                    await poll_scope(ctx, route, member, report, progress=progress)
+                except ConnectorError as exc:
+                    report.errors.append(str(exc))
+                    log.debug("poll %s/%s failed: %s", connector, scope, exc)  # health logs the change
+                except StoreLost:
+                    raise
+                except Exception as exc:  # a bug: the connector is not healthy for it, and the others go on
+                    log.exception("poll %s/%s failed unexpectedly", connector, scope)
+                    report.errors.append(
+                        f"{connector}/{scope}: internal error ({type(exc).__name__}); see the daemon log"
+                    )
+        result = "error" if report.errors else "ok"
+        metrics.polls.labels(connector, result).inc()
+        metrics.poll_duration.labels(connector).observe(time.perf_counter() - started)
+        metrics.connector_up.labels(connector).set(0 if report.errors else 1)
+        await health.record_poll(
+            ctx,
+            connector,
+            report.errors[-1] if report.errors else None,
+            report.guard_tripped[-1] if report.guard_tripped else None,
+        )
+        return report
 
 
 async def poll_scope(

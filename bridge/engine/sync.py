@@ -546,6 +546,18 @@ async def _open_conflict(
             created_at=now,
         )
     )
+    task_id, title, sides = task.id, (task.title or "")[:80], " vs ".join(candidates)
+    on_commit(
+        session,
+        lambda: log.info(
+            "conflict opened on task %s %r, field %s: %s",
+            task_id,
+            title,
+            name,
+            sides,
+            extra={"task": task_id, "route": route.name, "connector": member.connector},
+        ),
+    )
 
 
 async def _relink(session: AsyncSession, task: TaskRow, now: datetime) -> None:

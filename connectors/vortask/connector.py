@@ -109,6 +109,9 @@ class VortaskConnector(BaseConnector):
         delete=True,
         archive=False,
     )
+    # Vortask signs deliveries only when a secret is set: without one configured, the daemon
+    # leaves this connector's webhooks off (polling only) and says so once at start.
+    webhook_secret_required = True
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         super().__init__(settings, observer=observer)

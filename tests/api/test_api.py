@@ -127,7 +127,9 @@ def test_create_in_a_route_fans_out_and_get_shows_links_and_history(
 
     full = wait_until(linked, what="a link on every platform")
     assert {lk["platform"] for lk in full["links"]} == set(ALL)
-    assert full["history"][0]["new"] == "created" and full["history"][0]["source"] == "api"
+    assert (
+        full["history"][0]["new"] == "created" and full["history"][0]["source"] == "api:writer"
+    )  # who made it
     vt = ops.view(world, "vortask")["api made"]
     assert (vt["priority"], vt["due_date"], vt["tags"]) == ("high", "2026-12-24", {"api"})
 

@@ -14,7 +14,7 @@ import base64
 import functools
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
@@ -329,20 +329,68 @@ class CommentOut(BaseModel):
     )
 
 
+class SideOut(BaseModel):
+    """One value on offer in a conflict: which connector holds it, on which platform, since when."""
+
+    side: str = Field(
+        description='a connector name (what `choose` takes), or "bridge" for a value '
+        "no platform holds (one set through the API)",
+        examples=["vortask"],
+    )
+    platform: str | None = Field(
+        description="the connector's platform; null for bridge", examples=["vortask"]
+    )
+    value: Any = Field(examples=["Write the release notes"])
+    at: datetime | None = Field(description="when that side last changed the task (its platform's time)")
+
+
 class ConflictOut(BaseModel):
     """A field two sides changed differently, held for a person (a route with `conflict: manual`)."""
 
     id: int
     task_id: str
+    title: str | None = Field(None, description="the task's title as the bridge holds it", examples=["Notes"])
     route: str
     field: str = Field(examples=["title"])
     candidates: dict[str, Any] = Field(
-        description='the values on offer: "bridge" (the bridge\'s) and each connector that differed',
-        examples=[{"bridge": "Write the notes", "vortask": "Write the release notes"}],
+        description="the values on offer, by side: each connector whose value differs (and "
+        '"bridge" for a value that came from no platform)',
+        examples=[{"impactly": "Write the notes", "vortask": "Write the release notes"}],
     )
+    sides: list[SideOut] = Field(default=[], description="the same candidates with platform and time")
     state: str = Field(description="open or resolved")
     resolution: dict[str, Any] | None = Field(description="how it was settled; null while open")
     created_at: datetime
+
+
+async def _conflicts_out(request: Request, session: Any, rows: Sequence[ConflictRow]) -> list[ConflictOut]:
+    """Conflicts with their task's title and each side's platform and time: two reads in all."""
+    platforms = {name: c.platform for name, c in request.app.state.daemon.cfg.connectors.items()}
+    task_ids = {r.task_id for r in rows}
+    tasks = {t.id: t for t in (await session.scalars(select(TaskRow).where(TaskRow.id.in_(task_ids)))).all()}
+    links = {
+        (link.task_id, link.connector): link
+        for link in (await session.scalars(select(LinkRow).where(LinkRow.task_id.in_(task_ids)))).all()
+    }
+    out = []
+    for r in rows:
+        task = tasks.get(r.task_id)
+        sides = []
+        for side, value in r.candidates.items():
+            link = links.get((r.task_id, side))
+            if link is not None:
+                at = link.remote_updated_at
+            elif task is not None:
+                stamp = (task.field_times or {}).get(r.field) or (task.field_times or {}).get("*")
+                at = as_utc(datetime.fromisoformat(stamp)) if stamp else task.updated_at
+            else:
+                at = None
+            sides.append(SideOut(side=side, platform=platforms.get(side), value=value, at=at))
+        item = ConflictOut.model_validate(r, from_attributes=True)
+        item.title = task.title if task is not None else None
+        item.sides = sides
+        out.append(item)
+    return out
 
 
 class Ack(BaseModel):
@@ -665,7 +713,7 @@ async def list_conflicts(
         query = query.where(ConflictRow.state == state)
     async with ctx.store.read() as session:
         rows = (await session.scalars(query)).all()
-    return [ConflictOut.model_validate(r, from_attributes=True) for r in rows]
+        return await _conflicts_out(request, session, rows)
 
 
 @router.post(
@@ -700,8 +748,8 @@ async def resolve_conflict(
         return ConflictAck(id=conflict_id)
     async with ctx.store.read() as session:
         r = await session.get(ConflictRow, conflict_id)
-    assert r is not None
-    return ConflictOut.model_validate(r, from_attributes=True)
+        assert r is not None
+        return (await _conflicts_out(request, session, [r]))[0]
 
 
 async def _check_value(ctx: Any, conflict_id: int, value: Any) -> None:

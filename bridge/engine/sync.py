@@ -532,7 +532,18 @@ async def _open_conflict(
             ConflictRow.task_id == task.id, ConflictRow.field == name, ConflictRow.state == ConflictState.OPEN
         )
     )
-    candidates = {"bridge": encode(name, canonical), member.connector: encode(name, remote)}
+    # The bridge's value came from somewhere: name the platform whose change it was, so a person
+    # choosing sees two platforms, not "bridge" (which stays for values of no platform: the API's).
+    origin = await session.scalar(
+        select(HistoryRow.source)
+        .where(HistoryRow.task_id == task.id, HistoryRow.field == name)
+        .order_by(HistoryRow.id.desc())
+        .limit(1)
+    )
+    ours = (
+        origin if origin in {m.connector for m in route.members} and origin != member.connector else "bridge"
+    )
+    candidates = {ours: encode(name, canonical), member.connector: encode(name, remote)}
     if existing is not None:
         existing.candidates = {**existing.candidates, **candidates}
         return

@@ -319,6 +319,11 @@ def test_conflicts_list_and_resolve(daemon: DaemonProcess) -> None:
     subprocess.run([sys.executable, "-c", code, store_url, task["id"]], check=True)
     open_ = api(daemon, "GET", "/api/v1/conflicts").json()
     conflict = next(c for c in open_ if c["task_id"] == task["id"])
+    assert conflict["title"] == "contested"  # a person sees which task
+    sides = {x["side"]: x for x in conflict["sides"]}
+    assert sides["squads"]["platform"] == "squads" and sides["squads"]["value"] == "contested (squads)"
+    assert sides["squads"]["at"] is not None  # when squads last changed it (its link's time)
+    assert sides["bridge"]["platform"] is None and sides["bridge"]["at"] is not None
     assert (
         api(
             daemon, "POST", f"/api/v1/conflicts/{conflict['id']}/resolve", WRITE, json={"choose": "nobody"}

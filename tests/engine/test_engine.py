@@ -170,7 +170,10 @@ async def test_concurrent_edits_manual_holds_a_conflict(world: World, tmp_path: 
         async with h.ctx.store.sessions() as s:
             conflict = await s.scalar(select(ConflictRow))
         assert conflict is not None and conflict.field == "title"
-        assert conflict.candidates == {"bridge": "held: impactly", "squads": "held: squads"}
+        assert conflict.candidates == {
+            "impactly": "held: impactly",
+            "squads": "held: squads",
+        }  # named by origin
         from bridge.engine.api_ops import resolve_conflict
 
         await resolve_conflict(h.ctx, conflict.id, choose="squads")

@@ -224,6 +224,31 @@ class WebhookEvent:
     task: RemoteTask | None = None  # when the payload carries the whole task
 
 
+@dataclass(frozen=True)
+class ScopeInfo:
+    """One scope a credential reaches (a project, a board, a squad), as `list_scopes` reports it.
+
+    `id` is what a route member's `scope` takes; `name` is the platform's display name; `url` its
+    web page where the platform documents one; `extra` a few facts worth showing beside it (the
+    credential's role or permission there, a task count), as plain strings."""
+
+    id: str
+    name: str
+    url: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class PersonInfo:
+    """One person a credential can see, as `list_people` reports it: `remote_id` is the id the
+    `people:` block takes for this connector (the one tasks name as assignee); `name` and `email`
+    as the platform shows them, None where it shows none."""
+
+    remote_id: str
+    name: str | None = None
+    email: str | None = None
+
+
 def content_hash(values: Mapping[str, Any]) -> str:
     encoded = json.dumps(encode_values(values), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
@@ -376,6 +401,16 @@ class Connector(Protocol):
         """Authenticate and read one page of the scope; a one-line summary."""
         ...
 
+    async def list_scopes(self) -> list[ScopeInfo]:
+        """The scopes this credential reaches, as the platform lists them; [] for a platform that
+        lists none (the connector's docstring says so, and what it does instead)."""
+        ...
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        """The people this credential can see (in `scope` when given, else wherever it reaches):
+        members or users where the platform lists them, else those its tasks name. Each once."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -452,6 +487,20 @@ class BaseConnector:
     def writable(self, changes: Values) -> Values:
         """The subset of `changes` this connector writes."""
         return {k: v for k, v in changes.items() if k in self.capabilities.writable}
+
+    @staticmethod
+    def distinct_people(people: Iterable[PersonInfo]) -> list[PersonInfo]:
+        """Each remote id once (its first name and email seen, blanks as None), sorted by name
+        then id: what `list_people` returns when it gathers people from several places."""
+        found: dict[str, PersonInfo] = {}
+        for p in people:
+            name, email = (p.name or "").strip() or None, (p.email or "").strip() or None
+            had = found.get(p.remote_id)
+            if had is None:
+                found[p.remote_id] = PersonInfo(p.remote_id, name, email)
+            elif (had.name is None and name) or (had.email is None and email):
+                found[p.remote_id] = PersonInfo(p.remote_id, had.name or name, had.email or email)
+        return sorted(found.values(), key=lambda p: ((p.name or "").casefold(), p.remote_id))
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -80,6 +80,12 @@ connector created is cached with the description it sent, good while a listing s
 reads no detail. An update's answer has no `updatedAt` to key the cache with, so the next poll
 that sees the task changed reads its detail.
 
+Discovery (`taskbridge scopes` / `people`): list_scopes is GET /boards (every board the key may
+see; `extra` holds its `permission`, read or edit). AgentKanban has no people to list: tasks
+carry no assignees and the API documents no users endpoint (a comment's `authorName` is free
+text, not an account), so list_people returns [] without a request. No web URL is documented
+for a board, so `url` is None.
+
 Assumed (the docs are silent; the fake in fake.py implements the same):
 - Create accepts `description`, `priority`, `tags` besides the documented title/laneId, and
   answers only `{id, title, laneId}` (as documented). A new task's `updatedAt` equals its
@@ -139,9 +145,11 @@ from connectors.base import (
     Listing,
     NotFound,
     Permanent,
+    PersonInfo,
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    ScopeInfo,
     WebhookEvent,
     fields,
     verify_hmac,
@@ -757,3 +765,20 @@ class AgentKanbanConnector(BaseConnector):
             )
         note = f"; unmapped empty lanes: {sorted(set(unread.values()))}" if unread else ""
         return f"board {board.get('name')!r} ({scope}): {len(lanes.by_id)} lanes, {len(items)} tasks{note}"
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def list_scopes(self) -> list[ScopeInfo]:
+        return [
+            ScopeInfo(
+                id=str(b["id"]),
+                name=str(b.get("name") or ""),
+                extra={"permission": str(b["permission"])} if b.get("permission") else {},
+            )
+            for b in await self.client.list_boards()
+            if b.get("id")
+        ]
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        """None to list: AgentKanban has no assignees and no users endpoint (module docstring)."""
+        return []

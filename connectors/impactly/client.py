@@ -138,6 +138,10 @@ class ImpactlyClient:
 
     # -- projects, agents, activity -------------------------------------------------------------
 
+    async def list_projects(self) -> list[Json]:
+        """GET /projects, every page (the workspace's projects: every key sees them all)."""
+        return await self.collect("/projects")
+
     async def get_project(self, project_id: str) -> Json:
         return await self.http.get(f"/projects/{project_id}")
 

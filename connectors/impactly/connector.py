@@ -50,6 +50,19 @@ Deletion: DELETE /tasks/{id} (not on the scraped page; the fake serves it; it ca
 A 404 there raises NotFound (the engine may treat that as already done). No archive: archive_task
 raises Permanent and `capabilities.archive` is false, so the engine closes instead.
 
+Discovery (`taskbridge scopes` / `people`):
+- list_scopes: GET /projects, every page: id, name, visibility and color (every key sees every
+  project). No web URL is documented, so `url` is None.
+- list_people: Impactly documents no endpoint listing the workspace's members (nor their emails),
+  so people are gathered from what the API shows of them, and never carry an email:
+  the `assignee_id` of every task (of the scope's project, else of the workspace: GET
+  /projects/{id}/tasks or GET /tasks, every page), and the people (`actor_type: "user"`; agents are
+  left out) acting in GET /activity over the last PEOPLE_ACTIVITY_WINDOW (90 days; of the scope's
+  project when given). A name comes from the person's own comments: for each person the feed
+  shows commenting (`comment.created`), one GET /tasks/{id}/comments of that task reads their
+  `author_name`. Someone only ever assigned, or who has not commented within the window, is
+  reported by id with no name.
+
 Assumed (the docs are silent):
 - Paths, envelopes, the activity entry shape, the webhook payload and headers are those listed in
   connectors/impactly/fake.py's docstring.
@@ -91,9 +104,11 @@ from connectors.base import (
     Listing,
     NotFound,
     Permanent,
+    PersonInfo,
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    ScopeInfo,
     WebhookEvent,
     fields,
     verify_hmac,
@@ -108,6 +123,8 @@ FULL_LISTING_EVERY = 10
 INCREMENTAL_MAX = 100  # more changed tasks than this: a full listing is cheaper
 FETCH_CONCURRENCY = 8
 WEBHOOK_EVENTS = ["*"]
+
+PEOPLE_ACTIVITY_WINDOW = "90d"  # the feed's relative `since`: how far back list_people looks
 
 SIGNATURE_HEADER = "x-impactly-signature"
 TIMESTAMP_HEADER = "x-impactly-timestamp"
@@ -468,3 +485,45 @@ class ImpactlyConnector(BaseConnector):
             f"impactly: agent {me.get('name')!r} ({', '.join(me.get('permissions') or [])}), "
             f"project {project.get('name')!r}: {len(tasks)}{more} tasks on the first page"
         )
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def list_scopes(self) -> list[ScopeInfo]:
+        return [
+            ScopeInfo(
+                id=str(p["id"]),
+                name=str(p.get("name") or ""),
+                extra={k: str(p[k]) for k in ("visibility", "color") if p.get(k) is not None},
+            )
+            for p in await self.client.list_projects()
+            if p.get("id") is not None
+        ]
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        """Assignees and people acting in the activity feed; names from their comments, no email
+        (see the module's docstring: Impactly lists no members)."""
+        if scope:
+            tasks = await self.client.list_project_tasks(scope)
+        else:
+            tasks = await self.client.list_tasks()
+        feed = await self.client.activity(since=PEOPLE_ACTIVITY_WINDOW, project_id=scope or None)
+        ids = {str(t["assignee_id"]) for t in tasks if t.get("assignee_id")}
+        commented_on: dict[str, str] = {}  # person id -> a task they commented on
+        for entry in feed:
+            if entry.get("actor_type") != "user" or not entry.get("actor_id"):
+                continue
+            person = str(entry["actor_id"])
+            ids.add(person)
+            if entry.get("type") == "comment.created" and entry.get("task_id"):
+                commented_on.setdefault(person, str(entry["task_id"]))
+        names: dict[str, str] = {}
+        for task_id in dict.fromkeys(commented_on.values()):
+            try:
+                comments = await self.client.list_comments(task_id)
+            except NotFound:
+                continue  # deleted since: that person's name is simply not read
+            for comment in comments:
+                author = str(comment.get("author_id") or "")
+                if author in ids and comment.get("author_name"):
+                    names.setdefault(author, str(comment["author_name"]))
+        return self.distinct_people(PersonInfo(i, names.get(i)) for i in ids)

@@ -54,6 +54,15 @@ assignee, so it is not mapped to `assignees`), tags, dates, parent, comments, we
 only: `register_webhook` returns None without a call, `verify_webhook` raises BadSignature,
 `parse_webhook` returns [], `list_comments` returns [], `add_comment` raises Permanent).
 
+Discovery (`taskbridge scopes` / `people`): the vendor's page documents only the Tasks
+endpoints, under a project id the caller must already know; it lists no projects and no users.
+So `list_scopes` returns [] without a request (`taskbridge scopes` then checks the scopes the
+config names instead), and `list_people(scope)` returns the users the scope's tasks show as
+`created_by` ({id, first_name, last_name, email}: the task list's `created_by` filter takes that
+integer id), every page with `archived=all`; without a scope, [] (no project to read). Only
+creators of tasks the key can see are found, and the connector maps no assignees, so these ids
+do nothing in `people:` today.
+
 Assumed (the docs are silent; correct here when a real account shows otherwise):
 - Lists ask for `archived=all`, so archiving is seen as a change of `archived`, not as the task
   leaving the project; `internal` is left out (PostHog's own internal tasks stay hidden).
@@ -94,9 +103,11 @@ from connectors.base import (
     Listing,
     NotFound,
     Permanent,
+    PersonInfo,
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    ScopeInfo,
     WebhookEvent,
     fields,
 )
@@ -375,3 +386,25 @@ class RunsConnector(BaseConnector):
         except NotFound as exc:
             raise self._project_missing(scope, exc) from None
         return f"{self.name}: project {scope}: {body.get('count', '?')} tasks, read access ok"
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def list_scopes(self) -> list[ScopeInfo]:
+        """[]: PostHog's Tasks API lists no projects (see the module's docstring)."""
+        return []
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        """The creators of the scope's tasks the key can see; [] without a scope."""
+        if not scope:
+            return []
+        try:
+            pages = await self.client.list_all(scope, archived="all")
+        except NotFound as exc:
+            raise self._project_missing(scope, exc) from None
+        people = []
+        for task in pages.tasks:
+            user = task.get("created_by")
+            if isinstance(user, dict) and user.get("id") is not None:
+                name = " ".join(str(user.get(k) or "").strip() for k in ("first_name", "last_name")).strip()
+                people.append(PersonInfo(str(user["id"]), name or None, user.get("email")))
+        return self.distinct_people(people)

@@ -21,6 +21,14 @@ Not synced: tags (none on the platform), parent (the client has the subtask call
 does not map the hierarchy), archived (no archive). Todos (checklist items) are exposed as
 `list_todos` / `replace_todos`; comments and webhooks do not exist.
 
+Discovery (`taskbridge scopes` / `people`): list_scopes is GET /api/squads (NOTES.md); a squad's
+scope id is its NAME (what the `squad` filter takes), its uuid is kept in `extra`. Nucleus
+documents no users endpoint, so list_people gathers the people the visible tasks name: GET
+/api/tasks (`squad=<scope>` when given; one unpaginated request) -> `assignee_id`/`assignee_name`,
+`reporter_id`/`reporter_name`, `created_by`/`created_by_name`. No emails (the API shows none),
+and only people on tasks the service token may see (role scoping) are found: a member with no
+task, or with tasks out of the token's view, is missing.
+
 Assumed (the docs are silent; correct here when a real account shows otherwise):
 - Every task row (list, GET /:id, POST and PUT answers) carries `updated_at` / `created_at`
   (ISO 8601 UTC), used for RemoteTask.updated_at / created_at; the docs only imply the columns.
@@ -59,9 +67,11 @@ from connectors.base import (
     Listing,
     NotFound,
     Permanent,
+    PersonInfo,
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    ScopeInfo,
     WebhookEvent,
     fields,
 )
@@ -74,6 +84,12 @@ PRIORITY_LIST = "task_priority"
 SECTION_LIST = {"status": STATUS_LIST, "priority": PRIORITY_LIST}
 
 FIELDS = fields("title", "description", "status", "priority", "assignees", "due_date", "start_date")
+# The (user id, name) column pairs of a task row: whom list_people can find.
+PEOPLE_COLUMNS = (
+    ("assignee_id", "assignee_name"),
+    ("reporter_id", "reporter_name"),
+    ("created_by", "created_by_name"),
+)
 
 
 class UnmappedItem(Permanent, MappingError):
@@ -373,6 +389,33 @@ class SquadsConnector(BaseConnector):
         await self._known_squad(scope, refresh=True)
         rows = await self.client.list_tasks(squad=scope)
         return f"{self.name}: squad {scope!r}: {len(rows)} tasks visible to this service token"
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def list_scopes(self) -> list[ScopeInfo]:
+        squads = await self.client.list_squads()
+        self._squads = {str(s.get("name")) for s in squads}
+        return [
+            ScopeInfo(
+                id=str(s["name"]),
+                name=str(s["name"]),
+                extra={"squad_id": str(s["id"])} if s.get("id") else {},
+            )
+            for s in squads
+            if s.get("name")
+        ]
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        """The assignees, reporters and creators of the tasks the token sees (no emails)."""
+        if scope:
+            await self._known_squad(scope)
+        rows = await self.client.list_tasks(squad=scope or None)
+        return self.distinct_people(
+            PersonInfo(str(row[id_key]), row.get(name_key))
+            for row in rows
+            for id_key, name_key in PEOPLE_COLUMNS
+            if row.get(id_key)
+        )
 
     def auth_headers(self, settings: ConnectorSettings) -> dict[str, str]:
         return client_auth_headers(settings)

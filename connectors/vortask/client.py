@@ -57,8 +57,16 @@ class VortaskClient:
     async def get_profile(self) -> Json:
         return _object(await self.http.get("/profile"), "GET /profile")
 
+    async def list_projects(self) -> list[Json]:
+        """GET /projects: every project the token's user is a member of (unpaginated)."""
+        return _array(await self.http.get("/projects"), "GET /projects")
+
     async def get_project(self, project_id: int) -> Json:
         return _object(await self.http.get(f"/projects/{project_id}"), "GET /projects/:id")
+
+    async def list_members(self, project_id: int) -> list[Json]:
+        """GET /projects/:id/members: `[{id, userId, email, displayName, role, joinedAt}]`."""
+        return _array(await self.http.get(f"/projects/{project_id}/members"), "GET /projects/:id/members")
 
     # -- tasks --------------------------------------------------------------------------------
 

@@ -48,6 +48,13 @@ mirrored comment is posted as "<author>: <body>" (the engine's author string, e.
 Impactly: text"); it is read back verbatim. `by_us` is true for comments whose `authorId` is
 the token's user (GET /profile, once, cached).
 
+Discovery (`taskbridge scopes` / `people`): list_scopes is GET /projects (the projects the
+token's user is a member of; `extra` holds its role there and the task count). list_people is
+GET /projects/:id/members of the scope, or of every listed project (each user once): `userId`
+(the id `assigneeIds` takes), `displayName`, `email`. Both need the `projects:read` token scope
+(403 otherwise). Pending invitations are not people yet (no user id to assign), so they are left
+out. No web URL is documented for a project, so `url` is None.
+
 Assumed (the docs are silent; the fake, connectors/vortask/fake.py, follows the same list):
 - The REST error body's `errors` hold the details; a 404 on a task path is the task gone (or
   the project invisible to the token); other people's projects answer 404, not 403.
@@ -76,9 +83,11 @@ from connectors.base import (
     ConnectorSettings,
     Listing,
     Permanent,
+    PersonInfo,
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    ScopeInfo,
     WebhookEvent,
     fields,
     verify_hmac,
@@ -148,6 +157,36 @@ class VortaskConnector(BaseConnector):
             f"vortask project {project.get('id')} {project.get('name')!r}: {len(tasks)} tasks; "
             f"as {profile.get('displayName')} ({project.get('myRole')}); MCP session open at {self.mcp.url}"
         )
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    async def list_scopes(self) -> list[ScopeInfo]:
+        return [
+            ScopeInfo(
+                id=str(p["id"]),
+                name=str(p.get("name") or ""),
+                extra={
+                    k: str(p[v])
+                    for k, v in (("role", "myRole"), ("tasks", "taskCount"))
+                    if p.get(v) is not None
+                },
+            )
+            for p in await self.client.list_projects()
+            if p.get("id") is not None
+        ]
+
+    async def list_people(self, scope: str | None = None) -> list[PersonInfo]:
+        if scope:
+            projects = [_project(scope)]
+        else:
+            projects = [int(p["id"]) for p in await self.client.list_projects() if p.get("id") is not None]
+        people = [
+            PersonInfo(str(m["userId"]), m.get("displayName"), m.get("email"))
+            for project in projects
+            for m in await self.client.list_members(project)
+            if m.get("userId")
+        ]
+        return self.distinct_people(people)
 
     # -- writing --------------------------------------------------------------------------------
 

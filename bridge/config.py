@@ -324,7 +324,7 @@ class RouteConfig(_Model):
     fields: list[str] = DEFAULT_FIELDS
     conflict: Literal["newest", "manual"] | PreferPolicy = "newest"
     on_delete: Literal["archive", "delete", "unlink"] = "archive"
-    initial: Literal["mirror", "new-only"] = "mirror"
+    initial: Literal["mirror", "new-only", "match", "match-only"] = "mirror"
     filter: RouteFilter | None = None
     comments: bool = True
     max_delete_share: float = Field(0.2, ge=0, le=1)

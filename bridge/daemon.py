@@ -43,9 +43,9 @@ from bridge.engine import leases, retention
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import process_pending
+from bridge.engine.matching import adopt_existing
 from bridge.engine.outbox import Worker, WorkerSettings, release_claims
 from bridge.engine.poller import poll_connector
-from bridge.engine.recovery import recover_if_new
 from bridge.engine.routes import build_routes
 from bridge.logs import setup as setup_logging
 from bridge.store import Store, StoreLost, redact_url
@@ -170,9 +170,9 @@ class Daemon:
         metrics.build_info.info({"version": __version__})
         await self.store.migrate()
         await self._load_webhook_secrets()
-        adopted = await recover_if_new(self.ctx)
+        adopted = await adopt_existing(self.ctx)
         if adopted:
-            log.warning("the store was new: %d tasks already in sync were re-adopted by marker", adopted)
+            log.info("%d tasks that existed on the platforms were linked before the first poll", adopted)
         if self.options.serve:
             await self._start_server()  # binds the port first: proof no live twin holds our id
             taken_back = await release_claims(self.ctx)

@@ -11,7 +11,8 @@ from bridge.config import Config
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.engine.comments import sweep_comments
 from bridge.engine.poller import poll_connector
-from bridge.engine.recovery import RecoveryFailed, recover_if_new
+from bridge.engine.matching import adopt_existing
+from bridge.engine.recovery import RecoveryFailed
 from connectors.base import ConnectorError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -24,7 +25,7 @@ async def sync_once(cfg: Config, *, progress: bool = True) -> int:
     failures: list[str] = []
     await daemon.store.migrate()
     try:
-        adopted = await recover_if_new(ctx)
+        adopted = await adopt_existing(ctx)
     except RecoveryFailed as exc:
         console.print(f"[red]error:[/red] {exc}")
         for conn in ctx.connectors.values():
@@ -32,7 +33,7 @@ async def sync_once(cfg: Config, *, progress: bool = True) -> int:
         await daemon.store.close()
         return EXIT_FAILED
     if adopted:
-        console.print(f"the store was new: {adopted} tasks already in sync were re-adopted by marker")
+        console.print(f"{adopted} tasks that existed on the platforms were linked before the first poll")
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

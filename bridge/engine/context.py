@@ -30,6 +30,9 @@ class EngineContext:
     # the store of its write health (bridge/engine/health.py), so unchanged health costs nothing.
     write_health: dict[str, tuple[str | None, datetime]] = field(default_factory=dict)
     write_failures: dict[str, int] = field(default_factory=dict)  # connector -> failed writes in a row
+    # (connector, remote id) of tasks matching left unlinked as ambiguous (two of one title on a
+    # member): never taken for new tasks, which would copy them again (bridge/engine/matching.py).
+    held_apart: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._index()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -158,71 +158,91 @@ async def store_is_new(ctx: EngineContext) -> bool:
 async def recover_if_new(ctx: EngineContext, *, wait: float = 1.0) -> int:
     """At start: re-adopt when the store holds no link. One replica does it (a lease); another
     starting meanwhile waits until it is done rather than polling a half-adopted store."""
-    while await store_is_new(ctx):
+    return await under_lease(ctx, store_is_new, readopt, wait=wait)
+
+
+async def under_lease(
+    ctx: EngineContext,
+    needed: Callable[[EngineContext], Awaitable[bool]],
+    work: Callable[[EngineContext], Awaitable[int]],
+    *,
+    wait: float = 1.0,
+) -> int:
+    """Do `work` once across replicas while `needed` holds: one replica under the recovery lease,
+    the others waiting until it no longer holds (so none polls a half-adopted store)."""
+    while await needed(ctx):
         if await leases.acquire(ctx, RECOVERY_LEASE, DEFAULT_RECOVERY_TTL):
             try:
-                if not await store_is_new(ctx):
-                    return 0
-                return await readopt(ctx)
+                return await work(ctx) if await needed(ctx) else 0
             finally:
                 await leases.release(ctx, RECOVERY_LEASE)
-        log.info("another replica is re-adopting tasks into the new store; waiting")
+        log.info("another replica is adopting existing tasks into the store; waiting")
         await asyncio.sleep(wait)
     return 0
 
 
+async def list_route(ctx: EngineContext, route: Route, *, why: str) -> list[Copy]:
+    """Every member's tasks, listed completely. RecoveryFailed (saying `why` it was listing) when
+    one cannot be: a partial picture would duplicate what it missed."""
+    copies: list[Copy] = []
+    for member in route.members:
+        if not member.reads_any:
+            continue
+        conn = ctx.connectors[member.connector]
+        try:
+            listing = await conn.list_tasks(member.scope, None)
+        except ConnectorError as exc:
+            raise RecoveryFailed(
+                f"{member.connector}/{member.scope} could not be listed {why} ({exc}); starting now "
+                "could duplicate them. Fix the connector and start again, or restore the store "
+                "with `taskbridge store import`."
+            ) from exc
+        if listing.all_ids is None:
+            log.warning(
+                "%s/%s: the listing was not complete; tasks it did not show are left to the polls",
+                member.connector,
+                member.scope,
+            )
+        for rt in listing.tasks:
+            values, marker = core.readable_values(conn, route, member, rt)
+            copies.append(Copy(member, rt, values, marker))
+    return copies
+
+
 async def readopt(ctx: EngineContext) -> int:
-    """List every member of every route and re-adopt what carries our markers. Returns how many
-    bridge tasks were re-adopted. RecoveryFailed when a member cannot be listed."""
+    """Re-adopt, route by route, what carries our markers. Returns how many bridge tasks were
+    re-adopted. RecoveryFailed when a member cannot be listed."""
     adopted = 0
     for route in ctx.routes:
-        copies: list[Copy] = []
-        for member in route.members:
-            if not member.reads_any:
-                continue
-            conn = ctx.connectors[member.connector]
-            try:
-                listing = await conn.list_tasks(member.scope, None)
-            except ConnectorError as exc:
-                raise RecoveryFailed(
-                    f"{member.connector}/{member.scope} could not be listed to re-adopt the tasks it "
-                    f"holds ({exc}); starting now could duplicate them. Fix the connector and start "
-                    "again, or restore the store with `taskbridge store import`."
-                ) from exc
-            if listing.all_ids is None:
-                log.warning(
-                    "%s/%s: the listing was not complete; tasks it did not show are not re-adopted",
-                    member.connector,
-                    member.scope,
-                )
-            for rt in listing.tasks:
-                values, marker = core.readable_values(conn, route, member, rt)
-                copies.append(Copy(member, rt, values, marker))
-        result = plan(route, copies)
-        if result.adoptions:
-            await _apply(ctx, route, result)
-        adopted += len(result.adoptions)
-        for c in result.extra:
-            log.warning(
-                "%s: task %s carries the marker of %s, already re-adopted from another task there; left alone",
-                c.member.connector,
-                c.task.remote_id,
-                c.marker,
-            )
-        if result.no_origin:
-            log.warning(
-                "route %s: %d re-adopted tasks have no origin that could be told apart by title "
-                "(their mirrors are linked; the origin, if it exists, will show as a new task)",
-                route.name,
-                len(result.no_origin),
-            )
-        if result.adoptions:
-            log.warning(
-                "route %s: re-adopted %d tasks already in sync (the store was new; markers found)",
-                route.name,
-                len(result.adoptions),
-            )
+        adopted += await readopt_route(ctx, route, await list_route(ctx, route, why="to re-adopt its tasks"))
     return adopted
+
+
+async def readopt_route(ctx: EngineContext, route: Route, copies: Sequence[Copy]) -> int:
+    result = plan(route, copies)
+    if result.adoptions:
+        await _apply(ctx, route, result)
+    for c in result.extra:
+        log.warning(
+            "%s: task %s carries the marker of %s, already re-adopted from another task there; left alone",
+            c.member.connector,
+            c.task.remote_id,
+            c.marker,
+        )
+    if result.no_origin:
+        log.warning(
+            "route %s: %d re-adopted tasks have no origin that could be told apart by title "
+            "(their mirrors are linked; the origin, if it exists, will show as a new task)",
+            route.name,
+            len(result.no_origin),
+        )
+    if result.adoptions:
+        log.warning(
+            "route %s: re-adopted %d tasks already in sync (the store was new; markers found)",
+            route.name,
+            len(result.adoptions),
+        )
+    return len(result.adoptions)
 
 
 async def _apply(ctx: EngineContext, route: Route, result: Plan) -> None:

@@ -107,9 +107,11 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if link is None:
         if marker_id is not None and await _adopt_mirror(session, member, rt, marker_id, values, now):
             return False
+        if (member.connector, rt.remote_id) in ctx.held_apart:
+            return False  # ambiguous at matching: a person links it (or it stays alone)
         if rt.deleted or not route.matches(values):
             return False
-        if route.initial == "new-only" and not await _is_new(ctx, session, member, rt):
+        if route.initial in ("new-only", "match-only") and not await _is_new(ctx, session, member, rt):
             return False
         await _create_canonical(ctx, session, obs, values, now)
         metrics.changes_detected.labels(member.connector, obs.via).inc()
@@ -405,7 +407,8 @@ async def _adopt_mirror(
 
 
 async def _is_new(ctx: EngineContext, session: AsyncSession, member: Member, rt: RemoteTask) -> bool:
-    """Under `initial: new-only`, whether a task appeared after the member's first poll."""
+    """Under `initial: new-only` (or `match-only`), whether a task appeared after the member's
+    first poll."""
     started = await first_seen(session, member)
     if started is None:
         return False  # the first poll is the baseline: what it sees existed before us

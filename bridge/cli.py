@@ -119,6 +119,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from bridge.engine.recovery import RecoveryFailed
+    from bridge.planning import make_plan, render
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg, quiet=True)
+    try:
+        plan = asyncio.run(make_plan(cfg, routes=args.route))
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except RecoveryFailed as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
+    return EXIT_FAILED if plan.errors else EXIT_OK
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -289,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run the daemon (polls, webhooks, outbox, API) until SIGTERM")
     p.add_argument("--config", "-c", required=True, metavar="FILE")
+
+    p = add(
+        "plan",
+        cmd_plan,
+        "what the next sync would do (links, creates, updates, archives, comments), per member; "
+        "it only reads the platforms and the store",
+    )
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="the daemon's config file")
+    p.add_argument(
+        "--route", action="append", default=[], metavar="NAME", help="only this route (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="the plan as JSON")
 
     p = add("sync", cmd_sync, "one full sync pass with a progress bar, then exit")
     p.add_argument("--config", "-c", required=True, metavar="FILE")

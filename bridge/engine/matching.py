@@ -17,7 +17,8 @@ takes the newest value of each field (the route's `newest` rule; under `manual` 
 same, since nothing was ever agreed to conflict with) and queues writes only where a copy differs.
 
 Tasks matched nowhere follow the route: `initial: match` mirrors them at the first poll, as
-`mirror` would; `match-only` leaves them alone, as `new-only` would.
+`mirror` would, and a linked task gets a mirror on each member that lacks it; `match-only`
+leaves both alone, as `new-only` would.
 
 `plan()` decides from listings alone (pure, tested by tables); `match_route()` lists and applies.
 """
@@ -36,11 +37,11 @@ from sqlalchemy import select
 from bridge.engine.context import EngineContext
 from bridge.engine.recovery import Copy, list_route, readopt_route, store_is_new, under_lease
 from bridge.engine.recovery import plan as plan_markers
-from bridge.engine.routes import Route
-from bridge.engine.sync import new_task, queue_updates_many
+from bridge.engine.routes import Member, Route
+from bridge.engine.sync import create_mirrors, new_task, queue_updates_many
 from bridge.model import Values, encode_values, new_id
 from bridge.store.states import LinkState
-from bridge.store.tables import LinkRow, MetaRow
+from bridge.store.tables import HistoryRow, LinkRow, MetaRow
 
 log = logging.getLogger("taskbridge.matching")
 
@@ -200,6 +201,18 @@ async def match_route(ctx: EngineContext, route: Route, copies: Sequence[Copy] |
     return result
 
 
+def _missing(route: Route, m: Match) -> list[Member]:
+    """The members a linked task still lacks, to mirror it to: under `match` (not `match-only`,
+    which leaves the existing alone), and for a group found by marker only when its origin is in
+    it (else the missing copy may be the origin matching could not tell apart)."""
+    if route.initial != "match":
+        return []
+    if m.task_id is not None and all(c.marker is not None for c in m.copies):
+        return []
+    held = {c.member.key for c in m.copies}
+    return [member for member in route.members if member.key not in held and member.writes_any]
+
+
 async def _linked_remote_ids(ctx: EngineContext, route: Route) -> set[tuple[str, str]]:
     async with ctx.store.read() as session:
         rows = (
@@ -228,6 +241,17 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
                 updated_at=newest,
                 task_id=m.task_id or new_id(),
             )
+            session.add(
+                HistoryRow(
+                    task_id=task.id,
+                    field="*",
+                    old=None,
+                    new={"v": f"linked across {len(m.copies)} members (confidence {m.confidence:g})"},
+                    source="match",
+                    via="match",
+                    at=now,
+                )
+            )
             for c in m.copies:
                 session.add(
                     LinkRow(
@@ -247,6 +271,9 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
                         updated_at=now,
                     )
                 )
+            missing = _missing(route, m)
+            if missing:
+                await create_mirrors(ctx, session, route, task, only=missing, observed_at=now)
             queued.append((route, task, now))
         if result.ambiguous:
             key = HELD_APART + route.name

@@ -29,11 +29,12 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _load_config(path: str) -> config_mod.Config:
+def _load_config(path: str, *, syncing: bool = False, store: bool = False) -> config_mod.Config:
     """The validated config, with each connector's mapping loaded too (mapping errors are config
-    errors: they name the connector's `mapping` key)."""
+    errors: they name the connector's `mapping` key). `syncing` (check, sync) also refuses a
+    config with nothing to sync, `store` (run, sync, store) a SQLite store in a missing directory."""
     cfg = config_mod.load(path)
-    problems = []
+    problems = cfg.preflight(syncing=syncing, store=store)
     for name, conn in cfg.connectors.items():
         override = conn.mapping.model_dump(exclude_none=True) if conn.mapping else None
         try:
@@ -51,7 +52,11 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, syncing=True)
+    # A store's directory may exist only where the daemon runs (systemd's StateDirectory=, a
+    # container's volume): said here, refused by `run` and `sync`.
+    for problem in cfg.preflight(syncing=False, store=True):
+        _err(f"warning: {problem.render(args.config)} (`run` and `sync` refuse to start without it)")
     members = sum(len(r.members) for r in cfg.routes)
     print(
         f"{args.config}: OK ({len(cfg.connectors)} connectors, {len(cfg.routes)} routes, "
@@ -65,7 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _check_connections(cfg: config_mod.Config) -> int:
-    """Authenticate to each connector and read one page of each scope it syncs."""
+    """Authenticate to each connector and read one page of each scope it syncs; for a scope not
+    found, list the scopes the connector does reach."""
+    from bridge import discover
     from bridge.daemon import build_connectors
     from connectors.base import ConnectorError
 
@@ -81,10 +88,31 @@ async def _check_connections(cfg: config_mod.Config) -> int:
                 except ConnectorError as exc:
                     failed += 1
                     print(f"  {name} ({cfg.connectors[name].platform}) {scope}: FAILED, {exc}")
+                    for line in await discover.scope_hint(conn, scope, exc):
+                        print(f"    {line}")
     finally:
         for conn in conns.values():
             await conn.aclose()
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_scopes(args: argparse.Namespace) -> int:
+    """`taskbridge scopes`: the scopes each connector's credential reaches (bridge/discover.py)."""
+    from bridge import discover
+
+    cfg = _load_config(args.config)
+    if args.connector is not None and args.connector not in cfg.connectors:
+        _err(f"no connector {args.connector!r} in {args.config}; connectors: {', '.join(cfg.connectors)}")
+        return EXIT_USAGE
+    return discover.run_scopes(cfg, args.connector, as_json=args.json, out=sys.stdout, err=sys.stderr)
+
+
+def cmd_people(args: argparse.Namespace) -> int:
+    """`taskbridge people`: a `people:` block proposed from each platform's people (bridge/discover.py)."""
+    from bridge import discover
+
+    cfg = _load_config(args.config)
+    return discover.run_people(cfg, as_json=args.json, out=sys.stdout, err=sys.stderr)
 
 
 def _store_kind(url: str) -> str:
@@ -103,18 +131,49 @@ def _setup_logging(cfg: config_mod.Config, *, quiet: bool = False) -> None:
     setup(cfg.log.level if not quiet else "warning", cfg.log.format, secrets=cfg.connector_secrets())
 
 
+def _start_failure(exc: BaseException, cfg: config_mod.Config) -> str:
+    """One line for what stopped the daemon (or a sync) from starting."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bridge.store import redact_url
+
+    if isinstance(exc, SQLAlchemyError):
+        why = getattr(exc, "orig", None) or str(exc).split("\n")[0]
+        return f"the store {redact_url(cfg.store.url)}: {' '.join(str(why).split())}"
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"  # the SQLite store's file, made before connecting
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and cfg.store.url.startswith("postgresql"):
+        # The port was checked and a platform's failures are ConnectorErrors: this is the store's
+        # connection (refused, an unknown host, a timeout).
+        return f"the store {redact_url(cfg.store.url)}: {why}"
+    return why
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bridge.daemon import Daemon
     from bridge.engine.recovery import RecoveryFailed
+    from bridge.store import StoreLost
 
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, store=True)
+    busy = config_mod.listen_problem(cfg.server.host, cfg.server.port)
+    if busy:
+        _err(f"taskbridge could not start: {busy}")
+        return EXIT_FAILED
     _setup_logging(cfg)
     try:
         asyncio.run(Daemon(cfg, config_path=args.config).run())
-    except (OSError, RecoveryFailed) as exc:
-        _err(f"taskbridge could not start: {exc}")
+    except (OSError, RecoveryFailed, SQLAlchemyError, StoreLost, RuntimeError) as exc:
+        _err(f"taskbridge could not start: {_start_failure(exc, cfg)}")
+        return EXIT_FAILED
+    except SystemExit as exc:  # uvicorn's, when the port was taken after the check above
+        if not exc.code:
+            raise
+        _err(f"taskbridge could not start: cannot listen on {cfg.server.listen}")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -126,7 +185,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bridge.engine.recovery import RecoveryFailed
     from bridge.planning import make_plan, render
 
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, syncing=True, store=True)
     _setup_logging(cfg, quiet=True)
     try:
         plan = asyncio.run(make_plan(cfg, routes=args.route))
@@ -148,9 +207,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not args.once:
         _err("sync runs one pass: use --once (the daemon is `taskbridge run`)")
         return EXIT_USAGE
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, syncing=True, store=True)
     _setup_logging(cfg, quiet=True)
-    return asyncio.run(sync_once(cfg, progress=not args.no_progress))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bridge.store import StoreLost
+
+    try:
+        return asyncio.run(sync_once(cfg, progress=not args.no_progress))
+    except (OSError, SQLAlchemyError, StoreLost) as exc:
+        _err(f"sync could not run: {_start_failure(exc, cfg)}")
+        return EXIT_FAILED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -162,14 +229,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> tuple[ApiClient, Console]:
     from rich.console import Console
 
-    from bridge.client_cli import ApiClient
+    from bridge.client_cli import ApiClient, daemon_urls
 
-    url = args.url
-    if url is None and args.config:
-        cfg = _load_config(args.config)
-        host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
-        url = f"http://{host}:{cfg.server.port}"
-    return ApiClient(url or "http://127.0.0.1:8080", args.token), Console()
+    urls = [args.url] if args.url else []
+    if not urls and args.config:
+        # The address only (server.listen, then server.public_url): tokens are in the config as
+        # hashes, so the token is --token or $TASKBRIDGE_TOKEN.
+        urls = daemon_urls(config_mod.load_server(args.config))
+    return ApiClient(urls or ["http://127.0.0.1:8080"], args.token), Console()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -178,6 +245,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     api, console = _api(args)
     try:
         return client_cli.status(api, console)
+    except client_cli.UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     except client_cli.CliError as exc:
         _err(str(exc))
         return EXIT_FAILED
@@ -191,6 +261,9 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
         if args.action == "list":
             return client_cli.conflicts_list(api, console, args.state)
         return client_cli.conflicts_resolve(api, console, args.id, args.choose, args.value)
+    except client_cli.UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     except client_cli.CliError as exc:
         _err(str(exc))
         return EXIT_FAILED
@@ -234,7 +307,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
     from bridge.store import portable, redact_url
 
-    cfg = _load_config(args.config)
+    cfg = _load_config(args.config, store=True)
     url = cfg.store.url
     try:
         if args.action == "export":
@@ -288,9 +361,17 @@ def cmd_fake(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent / "config.example.yaml"
     parser = argparse.ArgumentParser(
         prog="taskbridge",
-        description="Two-way sync of tasks across platforms. See README.md.",
+        description="Two-way sync of tasks across platforms (Impactly, Vortask, AgentKanban, PostHog "
+        "Tasks, Nucleus), with a unified API. `taskbridge COMMAND --help` describes a command. The "
+        "operator's guide (commands, configuration, running in production) is the README of the "
+        "project's source, also the long description in this package's metadata; every config key is "
+        f"documented in the example config installed with it: {example}. Exit codes: 0 success, 1 "
+        "the work failed (a platform, the store, a port in use), 2 bad configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"taskbridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -308,7 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect", action="store_true", help="also authenticate to each connector and read a page"
     )
 
+    p = add("scopes", cmd_scopes, "list the scopes (projects, boards, squads) each credential reaches")
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="the config file")
+    p.add_argument("connector", nargs="?", metavar="CONNECTOR", help="only this connector")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    p = add("people", cmd_people, "propose a `people:` block: the platforms' people matched by email, name")
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="the config file")
+    p.add_argument("--json", action="store_true", help="JSON (block, unmatched, ambiguous) instead of YAML")
+
     p = add("run", cmd_run, "run the daemon (polls, webhooks, outbox, API) until SIGTERM")
+    p.epilog = (
+        "A config error exits 2 (as `check` would report it); a store that cannot be opened or "
+        "written, or a listen address already in use, exits 1 with one line."
+    )
     p.add_argument("--config", "-c", required=True, metavar="FILE")
 
     p = add(
@@ -336,11 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def api_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", metavar="FILE", help="read the API address from this config")
+        p.add_argument(
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="the daemon's config: its address is read from server.listen (then server.public_url); "
+            "not the token, which the config holds only as a hash",
+        )
         p.add_argument(
             "--url", help="the daemon's address (default: from --config, else http://127.0.0.1:8080)"
         )
-        p.add_argument("--token", help="an API token (default: $TASKBRIDGE_TOKEN)")
+        p.add_argument(
+            "--token", help="an API token (default: $TASKBRIDGE_TOKEN; `taskbridge token new` mints one)"
+        )
 
     p = add("status", cmd_status, "connectors' health, lag, outbox and open conflicts (through the API)")
     api_options(p)
@@ -348,10 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("conflicts", cmd_conflicts, "list or resolve conflicts held for a person (through the API)")
     conflict_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     cl = conflict_sub.add_parser("list", help="list conflicts")
-    cl.add_argument("--state", choices=("open", "resolved", "all"), default="open")
+    cl.add_argument(
+        "--state", choices=("open", "resolved", "all"), default="open", help="which ones (default: open)"
+    )
     api_options(cl)
     cr = conflict_sub.add_parser("resolve", help="settle one: --choose a side or give a --value")
-    cr.add_argument("id", type=int)
+    cr.add_argument("id", type=int, help="the conflict's id (from `conflicts list`)")
     cr.add_argument("--choose", help='"bridge" or a connector name among the candidates')
     cr.add_argument("--value", help="a JSON value for the field (a bare word is a string)")
     api_options(cr)
@@ -373,19 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(kind, cmd_deadletters, f"list, retry or drop {failed} {what} (through the API; admin scope)")
         dl_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
         dl = dl_sub.add_parser("list", help=f"list {what}, newest first (default: the {failed} ones)")
-        dl.add_argument("--state", choices=states, default=failed)
+        dl.add_argument("--state", choices=states, default=failed, help=f"which ones (default: {failed})")
         dl.add_argument("--connector", metavar="C", help="only this connector's")
         dl.add_argument("--limit", type=positive, default=100, help="at most this many (default 100)")
         dl.add_argument("--cursor", type=positive, default=None, help="the next page after a listing's last")
         dl.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
         api_options(dl)
         dr = dl_sub.add_parser("retry", help=f"{failed} {nouns} by id (or --all) back to pending, due now")
-        dr.add_argument("ids", nargs="*", type=positive, metavar="ID")
+        dr.add_argument("ids", nargs="*", type=positive, metavar="ID", help=f"the {nouns}' ids")
         dr.add_argument("--all", action="store_true", help=f"every {failed} one")
         dr.add_argument("--connector", metavar="C", help="with --all: only this connector's")
         api_options(dr)
         dd = dl_sub.add_parser("drop", help=f"{failed} {nouns} by id deleted: never to run")
-        dd.add_argument("ids", nargs="+", type=positive, metavar="ID")
+        dd.add_argument("ids", nargs="+", type=positive, metavar="ID", help=f"the {nouns}' ids")
         api_options(dd)
 
     p = add("store", cmd_store, "copy the store's state to a file and into a new store (to move hosts)")
@@ -414,16 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("token", lambda a: (p.print_help(), EXIT_USAGE)[1], "manage API tokens")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     tn = token_sub.add_parser("new", help="mint a token; prints it once and the config line to paste")
-    tn.add_argument("name")
+    tn.add_argument("name", help="who or what uses it (shown in the config and the logs)")
     tn.add_argument("--scopes", default="read", help="comma-separated: read,write,admin (default: read)")
     tn.set_defaults(func=cmd_token_new)
 
     import connectors
 
     p = add("fake", cmd_fake, "run one platform's fake server in the foreground")
-    p.add_argument("platform", choices=connectors.PLATFORMS)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("platform", choices=connectors.PLATFORMS, help="which platform's fake")
+    p.add_argument("--port", type=int, required=True, help="the port it listens on")
+    p.add_argument("--host", default="127.0.0.1", help="the address it listens on (default 127.0.0.1)")
     p.add_argument("--token", default="test-token", help="the credential it accepts (squads: ID:SECRET)")
     p.add_argument("--seed", type=int, default=None, help="seed demo data with this random seed")
     p.add_argument("--role", default=None, help="squads only: the caller's role (default executive)")
@@ -435,7 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs only: another user and the personal API key it calls with (repeatable); "
         "a task created with a key is that user's, and each key sees what PostHog would show it",
     )
+    _default_help(parser, "config", "the config file (YAML; `taskbridge check` validates it)")
     return parser
+
+
+def _default_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """`text` as the help of every `dest` option, in every subcommand, that has none of its own."""
+    for action in parser._actions:
+        if action.dest == dest and action.help is None:
+            action.help = text
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _default_help(sub, dest, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,34 +6,66 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from bridge.config import ServerConfig
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def daemon_urls(server: ServerConfig) -> list[str]:
+    """Where a config's daemon answers: its `server.listen` (a wildcard address read as this
+    machine's loopback), then its `server.public_url` if it has one."""
+    host = server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    urls = [f"http://[{host}]:{server.port}" if ":" in host else f"http://{host}:{server.port}"]
+    if server.public_url and server.public_url not in urls:
+        urls.append(server.public_url)
+    return urls
+
+
 class ApiClient:
-    def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
+    """The API at `url`, or the first of several addresses that answers (`--config`: the listen
+    address, then the public URL)."""
+
+    def __init__(self, url: str | Sequence[str], token: str | None) -> None:
+        self.urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        self.url = self.urls[0]
         self.token = token or os.environ.get("TASKBRIDGE_TOKEN")
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         if not self.token:
-            raise CliError("no API token: pass --token or set TASKBRIDGE_TOKEN (see `taskbridge token new`)")
-        try:
-            r = httpx.request(
-                method,
-                self.url + path,
-                json=body,
-                timeout=30,
-                headers={"Authorization": f"Bearer {self.token}"},
+            raise UsageError(
+                "no API token: pass --token or set TASKBRIDGE_TOKEN (the config holds only tokens' "
+                "hashes; `taskbridge token new` mints one)"
             )
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the daemon at {self.url}: {type(exc).__name__}") from None
+        r: httpx.Response | None = None
+        for i, url in enumerate(self.urls):
+            try:
+                r = httpx.request(
+                    method,
+                    url + path,
+                    json=body,
+                    timeout=30,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if i < len(self.urls) - 1:
+                    continue  # nothing listens there: the next address
+                where = " or ".join(self.urls)
+                raise CliError(f"cannot reach the daemon at {where}: {type(exc).__name__}") from None
+            except httpx.HTTPError as exc:
+                raise CliError(f"cannot reach the daemon at {url}: {type(exc).__name__}") from None
+            self.url, self.urls = url, [url]  # the address that answered, from now on
+            break
+        assert r is not None
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)
@@ -102,7 +134,7 @@ def conflicts_resolve(
     api: ApiClient, console: Console, conflict_id: int, choose: str | None, value: str | None
 ) -> int:
     if (choose is None) == (value is None):
-        raise CliError("give exactly one of --choose SIDE or --value JSON")
+        raise UsageError("give exactly one of --choose SIDE or --value JSON")
     body: dict[str, Any] = {"choose": choose} if choose is not None else {"value": _json_value(value or "")}
     result = api.call("POST", f"/api/v1/conflicts/{conflict_id}/resolve", body)
     if "field" not in result:  # a token without the read scope is told only that it worked

@@ -7,18 +7,31 @@ naming the file, the key path and the line of each problem, e.g.
 
 Precedence, highest first: `TASKBRIDGE_*` environment variables (nested keys joined by `__`,
 e.g. `TASKBRIDGE_STORE__URL`), then the file. `${VAR}` and `${VAR:-default}` are replaced in
-every string of the file before validation, so secrets never need to sit in the file.
+every string of the file before validation, so secrets never need to sit in the file. A
+`TASKBRIDGE_*` variable that names no key is refused (with the nearest key's variable), except
+the project's own switches in `NOT_OVERRIDES`; a bad value from one names the variable:
+
+    TASKBRIDGE_SERVER__LISTEN (environment variable): server.listen: 'x' is not HOST:PORT
+
+`Config.preflight()` adds what keeps a valid config from running here (nothing to sync, a SQLite
+store in a directory that does not exist); the CLI's `check`, `run` and `sync` apply it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import errno
 import os
 import re
+import socket
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -29,10 +42,11 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
@@ -55,6 +69,8 @@ from bridge.defaults import (
 from bridge.model import SYNC_FIELDS
 from connectors.base import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_DEADLINE
 
+ENV_PREFIX = "TASKBRIDGE_"  # of the variables that override keys (TASKBRIDGE_SERVER__LISTEN)
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "config.example.yaml"  # installed with the package
 KNOWN_PLATFORMS: tuple[str, ...] = ("impactly", "vortask", "agentkanban", "runs", "squads")
 Direction = Literal["both", "pull", "push"]
 
@@ -143,11 +159,102 @@ class RetentionConfig(_Model):
     conflicts_resolved: Retention = DEFAULT_RETAIN_CONFLICTS_RESOLVED
 
 
+# The store's URL schemes: each is read as the async driver the project ships (SQLAlchemy's
+# asyncio engine takes no other), so `sqlite:///x.db` and `postgres://...` work as written.
+STORE_SCHEMES: dict[str, str] = {
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+pg8000": "postgresql+asyncpg",
+}
+SUPPORTED_STORES = (
+    "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE "
+    "(sqlite://, postgresql:// and postgres:// are read as these)"
+)
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for messages (also when it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def store_url(value: str) -> str:
+    """The store URL with the project's async driver (`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`,
+    `postgres://...` -> `postgresql+asyncpg://...`); other schemes are refused."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    target = STORE_SCHEMES.get(scheme.lower()) if sep else None
+    if not text:
+        raise ValueError(f"empty: use {SUPPORTED_STORES}")
+    if target is None:
+        raise ValueError(f"{_redact(text)!r} is not a supported store URL; use {SUPPORTED_STORES}")
+    url = f"{target}://{rest}"
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"{_redact(text)!r} is not a valid URL; use {SUPPORTED_STORES}") from None
+    if target == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        # libpq's name for it (in URLs written for psycopg); asyncpg takes the same values as `ssl`.
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        url = parsed.set(query=query).render_as_string(hide_password=False)
+    return url
+
+
+def _sqlite_directory_problem(url: str) -> str | None:
+    """Why a SQLite store cannot be created where the URL puts it (its directory does not exist,
+    or the path is a directory), or None. A directory this user may not look into (another
+    user's state directory) is not judged: opening it will say."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    path = Path(database)
+    directory = os.path.abspath(path.parent)
+    relative = (
+        ""
+        if path.is_absolute()
+        else (
+            f" (the path in sqlite+aiosqlite:///{database} is relative to the working directory; "
+            "four slashes, sqlite+aiosqlite:////PATH, make it absolute)"
+        )
+    )
+    try:
+        mode = os.stat(directory).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"the directory {directory} does not exist: create it, or put the store elsewhere{relative}"
+    except OSError:
+        return None
+    if not stat.S_ISDIR(mode):
+        return f"{directory} is not a directory{relative}"
+    if path.is_dir():
+        return f"{os.path.abspath(path)} is a directory, not a SQLite file"
+    return None
+
+
 class StoreConfig(_Model):
     url: str = "sqlite+aiosqlite:///taskbridge.db"
     pool_size: int = Field(5, ge=1, le=200)
     echo_sql: bool = False
     retention: RetentionConfig = RetentionConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return store_url(value)
 
 
 class ApiToken(_Model):
@@ -183,6 +290,29 @@ class ServerConfig(_Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why nothing could listen on host:port on this machine now (the address is in use, or not
+    this machine's), or None. Bound and released at once, as uvicorn binds it (SO_REUSEADDR), so
+    `run` and `demo` say so before they migrate, poll or print anything."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {address}: not an address of this machine ({exc.strerror})"
+    for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio's server binds it: IPv6 only
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"cannot listen on {address}: the address is already in use (by another program)"
+            return f"cannot listen on {address}: {exc.strerror or exc}"
+    return None
 
 
 class LogConfig(_Model):
@@ -248,6 +378,19 @@ class ConnectorConfig(_Model):
     def _http_url(cls, value: str | None) -> str | None:
         return http_url(value) if value is not None else None
 
+    @field_validator("token", "client_id", "client_secret")
+    @classmethod
+    def _credential_not_empty(cls, value: SecretStr | str | None, info: ValidationInfo) -> Any:
+        # Empty is most often a `${VAR}` set to nothing: refused where the platform needs it, rather
+        # than sent as an empty credential and answered 401 at the first poll.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        platform = info.data.get("platform")
+        needed = (info.field_name == "token") == (platform != "squads")
+        if text is not None and not text.strip() and platform and needed:
+            what = "a token" if info.field_name == "token" else "client_id and client_secret"
+            raise ValueError(f"empty: {platform} needs {what}")
+        return value
+
     @field_validator("deadline")
     @classmethod
     def _deadline(cls, value: float) -> float:
@@ -294,6 +437,23 @@ class MemberConfig(_Model):
     @field_validator("scope", mode="before")
     @classmethod
     def _scope_text(cls, value: Any) -> str:
+        # One container's id (a project, board or squad): `{id: 1}` or `[1, 2]` is a mistake that
+        # str() would turn into a scope nobody has.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("empty: give the id of a project, board or squad on the platform")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            kind = (
+                "a mapping"
+                if isinstance(value, dict)
+                else "a list"
+                if isinstance(value, list)
+                else "true or false"
+                if isinstance(value, bool)
+                else f"a {type(value).__name__}"
+            )
+            raise ValueError(
+                f"must be a string or a number (the id of a project, board or squad), not {kind}: {value!r}"
+            )
         return str(value)
 
     @field_validator("fields")
@@ -350,7 +510,7 @@ class Config(BaseSettings):
     """The whole file. Keys are documented in config.example.yaml."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TASKBRIDGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     store: StoreConfig = StoreConfig()
@@ -363,10 +523,32 @@ class Config(BaseSettings):
 
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _filename: str = PrivateAttr(default="")
+    _overrides: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
 
     def problem(self, path: tuple[str | int, ...], message: str) -> Problem:
-        """A problem found after loading (e.g. in a mapping), located at its key's line."""
-        return Problem(path, _line_for(path, self._lines), message)
+        """A problem found after loading (e.g. in a mapping), located at its key's line, or at the
+        `TASKBRIDGE_*` variable that set it."""
+        return _locate(path, message, self._lines, self._overrides)
+
+    def preflight(self, *, syncing: bool = True, store: bool = True) -> list[Problem]:
+        """What keeps this valid config from running on this machine: nothing to sync (`syncing`:
+        no connectors and no routes), or (`store`) a SQLite store whose directory does not exist.
+        A store that exists but takes no writes is found by opening it."""
+        problems: list[Problem] = []
+        if syncing and not self.connectors and not self.routes:
+            problems.append(
+                Problem(
+                    (),
+                    None,
+                    "nothing to sync: a config needs `connectors:` (each a name with platform, "
+                    "base_url and token) and `routes:` (each a name and two or more members, "
+                    f"{{connector: NAME, scope: ID}}); {EXAMPLE_CONFIG} documents every key",
+                )
+            )
+        directory = _sqlite_directory_problem(self.store.url) if store else None
+        if directory:
+            problems.append(self.problem(("store", "url"), directory))
+        return problems
 
     def error(self, problems: list[Problem]) -> ConfigError:
         return ConfigError(self._filename, problems)
@@ -468,8 +650,12 @@ class Problem:
     path: tuple[str | int, ...]
     line: int | None
     message: str
+    env: str | None = None  # the TASKBRIDGE_* variable the bad value came from (not the file)
 
     def render(self, filename: str) -> str:
+        if self.env:
+            key = format_path(self.path)
+            return f"{self.env} (environment variable): {key + ': ' if key else ''}{self.message}"
         where = f"{filename}:{self.line}" if self.line else filename
         key = format_path(self.path) or "(top level)"
         return f"{where}: {key}: {self.message}"
@@ -530,11 +716,14 @@ def _interpolate(
     path: tuple[str | int, ...],
     env: Mapping[str, str],
     problems: list[tuple[tuple[str | int, ...], str]],
+    empties: dict[tuple[str | int, ...], str] | None = None,
 ) -> Any:
+    """`${VAR}` and `${VAR:-default}` replaced in every string; a string that a variable made
+    empty is noted in `empties` (its path -> the variable), for the message if it is refused."""
     if isinstance(node, dict):
-        return {k: _interpolate(v, (*path, k), env, problems) for k, v in node.items()}
+        return {k: _interpolate(v, (*path, k), env, problems, empties) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, (*path, i), env, problems) for i, v in enumerate(node)]
+        return [_interpolate(v, (*path, i), env, problems, empties) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def replace(match: re.Match[str]) -> str:
@@ -546,7 +735,11 @@ def _interpolate(
             problems.append((path, f"environment variable {name} is not set (referenced as ${{{name}}})"))
             return ""
 
-        return _VAR.sub(replace, node)
+        result = _VAR.sub(replace, node)
+        names = _VAR.findall(node)
+        if empties is not None and names and not result.strip():
+            empties[path] = names[0][0]
+        return result
     return node
 
 
@@ -569,12 +762,10 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(out)
 
 
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, interpolate and validate a config file; raise ConfigError naming file, key and line."""
-    filename = str(path)
-    env = os.environ if env is None else env
+def _read(filename: str) -> tuple[dict[str, Any], dict[tuple[str | int, ...], int], set[str]]:
+    """The file as plain data, the line of every key, and the variables it references as ${VAR}."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(filename).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(filename, [Problem((), None, f"cannot read the file: {exc.strerror}")]) from None
     yaml = YAML(typ="rt")
@@ -595,45 +786,255 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         raise ConfigError(filename, [Problem((), 1, "the file must be a mapping of top-level keys")])
     lines: dict[tuple[str | int, ...], int] = {}
     data = _to_plain(tree, (), lines)
+    return data, lines, {m.group(1) for m in _VAR.finditer(text)}
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError naming file, key and line
+    (or the TASKBRIDGE_* variable a bad value came from)."""
+    filename = str(path)
+    env = os.environ if env is None else env
+    data, lines, referenced = _read(filename)
+    cfg = _load_data(Config, filename, data, lines, referenced, env)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def load_server(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Only the file's `server` section (with its `TASKBRIDGE_SERVER__*` overrides), for the
+    commands that talk to a running daemon: they need its address, not the platforms' secrets,
+    which the operator's shell may not hold."""
+    filename = str(path)
+    env = os.environ if env is None else env
+    data, lines, referenced = _read(filename)
+    section = {"server": data["server"]} if "server" in data else {}
+    server_env = {k: v for k, v in env.items() if k.upper().startswith(f"{ENV_PREFIX}SERVER")}
+    loaded = _load_data(_ServerOnly, filename, section, lines, referenced, server_env)
+    assert isinstance(loaded, _ServerOnly)
+    return loaded.server
+
+
+def _load_data(
+    cls: type[BaseSettings],
+    filename: str,
+    data: dict[str, Any],
+    lines: dict[tuple[str | int, ...], int],
+    referenced: set[str],
+    env: Mapping[str, str],
+) -> BaseSettings:
     var_problems: list[tuple[tuple[str | int, ...], str]] = []
-    data = _interpolate(data, (), env, var_problems)
-    if var_problems:
-        raise ConfigError(filename, [Problem(p, _line_for(p, lines), m) for p, m in var_problems])
+    empties: dict[tuple[str | int, ...], str] = {}
+    data = _interpolate(data, (), env, var_problems, empties)
+    overrides, problems = _env_overrides(env, data, referenced, cls)
+    problems[:0] = [Problem(p, _line_for(p, lines), m) for p, m in var_problems]
+    if problems:
+        raise ConfigError(filename, problems)
     try:
-        cfg = _validate(data, env)
-        cfg._lines = lines
-        cfg._filename = filename
-        return cfg
+        loaded = _validate(cls, data, env)
     except CrossReferenceError as exc:
-        raise ConfigError(filename, [Problem(p, _line_for(p, lines), m) for p, m in exc.problems]) from None
+        problems = [_locate(p, m, lines, overrides) for p, m in exc.problems]
     except ValidationError as exc:
-        raise ConfigError(filename, list(_problems(exc, lines))) from None
+        problems = list(_problems(exc, lines, overrides))
+    except SettingsError as exc:
+        problems = [_settings_problem(exc, overrides)]
+    else:
+        if isinstance(loaded, Config):
+            loaded._lines = lines
+            loaded._filename = filename
+            loaded._overrides = overrides
+        return loaded
+    for i, p in enumerate(problems):
+        if p.env is None and p.path in empties:
+            problems[i] = dataclasses.replace(
+                p, message=f"{p.message} (${{{empties[p.path]}}} is set but empty)"
+            )
+    raise ConfigError(filename, problems)
 
 
-def _validate(data: dict[str, Any], env: Mapping[str, str]) -> Config:
+def _validate(cls: type[BaseSettings], data: dict[str, Any], env: Mapping[str, str]) -> BaseSettings:
     if env is os.environ:
-        return Config(**data)
+        return cls(**data)
     # An explicit environment (tests) must not read the process's TASKBRIDGE_* variables.
     saved = {k: v for k, v in os.environ.items() if k.startswith("TASKBRIDGE_")}
     try:
         for k in saved:
             del os.environ[k]
         os.environ.update({k: v for k, v in env.items() if k.startswith("TASKBRIDGE_")})
-        return Config(**data)
+        return cls(**data)
     finally:
         for k in [k for k in os.environ if k.startswith("TASKBRIDGE_")]:
             del os.environ[k]
         os.environ.update(saved)
 
 
-def _problems(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int]) -> Iterator[Problem]:
+class _ServerOnly(BaseSettings):
+    """The `server` section alone (see `load_server`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+# -- TASKBRIDGE_* overrides ----------------------------------------------------------------------
+
+# TASKBRIDGE_* variables the project reads that are not overrides of config keys: the one place
+# that lists them (each is also named where it is read).
+NOT_OVERRIDES: frozenset[str] = frozenset(
+    {
+        "TASKBRIDGE_TOKEN",  # the API token of `status`, `conflicts`, `outbox`, `inbox` (client_cli.py)
+        "TASKBRIDGE_REPLICA_ID",  # a replica's name in claims and leases (daemon.py)
+        "TASKBRIDGE_DB_URL",  # config.example.yaml's store.url reads it as ${TASKBRIDGE_DB_URL}
+        "TASKBRIDGE_LOG_LIBRARIES",  # the libraries' log level (logs.py)
+        "TASKBRIDGE_REQUIRE_PG",  # the tests: fail rather than skip without PostgreSQL
+        "TASKBRIDGE_IMAGE",  # deploy/compose.yaml's own (the image, the published ports)
+        "TASKBRIDGE_PORT",
+        "TASKBRIDGE_PROXY_PORT",
+    }
+)
+NOT_OVERRIDE_PREFIXES: tuple[str, ...] = ("TASKBRIDGE_TEST_", "TASKBRIDGE_BENCH_")  # tests, benchmarks
+
+
+def _env_overrides(
+    env: Mapping[str, str], data: dict[str, Any], referenced: set[str], root: type[BaseModel]
+) -> tuple[dict[tuple[str, ...], str], list[Problem]]:
+    """The TASKBRIDGE_* variables that override a key (their key paths, lower case as
+    pydantic-settings reads them -> the variable), and a problem for each that names no key. A
+    variable the file references as ${VAR} is the file's, not an override."""
+    overrides: dict[tuple[str, ...], str] = {}
+    problems: list[Problem] = []
+    known: list[str] | None = None
+    for name in sorted(env):
+        upper = name.upper()
+        if (
+            not upper.startswith(ENV_PREFIX)
+            or upper in NOT_OVERRIDES
+            or upper.startswith(NOT_OVERRIDE_PREFIXES)
+            or name in referenced
+        ):
+            continue
+        parts = tuple(upper[len(ENV_PREFIX) :].lower().split("__"))
+        if all(parts) and _is_key(root, parts, data):
+            overrides[parts] = name
+            continue
+        if known is None:
+            known = ["__".join(p).upper() for p in _key_paths(root, data)]
+        # Compared without the prefix every name shares (it would make any two names look alike).
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], known, n=1)
+        hint = (
+            f"; did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else f" (an override is {ENV_PREFIX} and a key's path joined by __, e.g. TASKBRIDGE_SERVER__LISTEN)"
+        )
+        problems.append(Problem((), None, f"no config key {'.'.join(parts)}{hint}", env=name))
+    return overrides, problems
+
+
+def _optional_of(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _is_key(annotation: Any, parts: tuple[str, ...], node: Any) -> bool:
+    """Whether `parts` is a key path in the schema (a dict's entries: those of the file)."""
+    if not parts:
+        return True
+    annotation = _optional_of(annotation)
+    if annotation is Any:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(parts[0])
+        sub = node.get(parts[0]) if isinstance(node, dict) else None
+        return field is not None and _is_key(field.annotation, parts[1:], sub)
+    if get_origin(annotation) is dict:
+        entries = {str(k).lower(): v for k, v in node.items()} if isinstance(node, dict) else {}
+        if len(parts) > 1 and parts[0] not in entries:
+            return False  # a key of an entry the file does not have (a misspelt connector's name)
+        return _is_key(get_args(annotation)[1], parts[1:], entries.get(parts[0]))
+    return False  # a value (or a list, set whole as JSON) has no keys under it
+
+
+def _key_paths(annotation: Any, node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key path of the schema, with the file's entries for its dicts (for suggestions)."""
+    annotation = _optional_of(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            yield (*prefix, name)
+            sub = node.get(name) if isinstance(node, dict) else None
+            yield from _key_paths(field.annotation, sub, (*prefix, name))
+    elif get_origin(annotation) is dict and isinstance(node, dict):
+        for key, value in node.items():
+            yield (*prefix, str(key))
+            yield from _key_paths(get_args(annotation)[1], value, (*prefix, str(key)))
+
+
+def _override_for(
+    path: tuple[str | int, ...],
+    lines: Mapping[tuple[str | int, ...], int],
+    overrides: Mapping[tuple[str, ...], str],
+) -> str | None:
+    """The variable a value at `path` came from: one whose key path covers it, or reaches deeper
+    along it than the file does."""
+    keys = tuple(str(p).lower() for p in path)
+    in_file = max(n for n in range(len(path) + 1) if n == 0 or path[:n] in lines)
+    best: tuple[int, str] | None = None
+    for parts, name in overrides.items():
+        common = 0
+        while common < min(len(parts), len(keys)) and parts[common] == keys[common]:
+            common += 1
+        if common and (common == len(parts) or common > in_file) and (best is None or common > best[0]):
+            best = (common, name)
+    return best[1] if best else None
+
+
+def _locate(
+    path: tuple[str | int, ...],
+    message: str,
+    lines: Mapping[tuple[str | int, ...], int],
+    overrides: Mapping[tuple[str, ...], str],
+) -> Problem:
+    env = _override_for(path, lines, overrides)
+    return Problem(path, None if env else _line_for(path, lines), message, env=env)
+
+
+def _settings_problem(exc: SettingsError, overrides: Mapping[tuple[str, ...], str]) -> Problem:
+    """pydantic-settings could not parse a variable's value (a section or list is JSON there)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    names = [name for parts, name in overrides.items() if parts[0] == field]
+    message = "not valid JSON (a section or a list set from the environment is written as JSON)"
+    return Problem(
+        (field,) if field else (), None, message if names else str(exc), env=names[0] if names else None
+    )
+
+
+def _problems(
+    exc: ValidationError,
+    lines: Mapping[tuple[str | int, ...], int],
+    overrides: Mapping[tuple[str, ...], str] | None = None,
+) -> Iterator[Problem]:
     seen: set[tuple[tuple[str | int, ...], str]] = set()
     for err in exc.errors(include_url=False):
         loc = _clean_loc(tuple(err["loc"]))
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, CrossReferenceError):
             for p, m in ctx_error.problems:
-                yield Problem(p, _line_for(p, lines), m)
+                yield _locate(p, m, lines, overrides or {})
             continue
         message = str(ctx_error) if ctx_error is not None else err["msg"]
         message = message.removeprefix("Value error, ")
@@ -645,4 +1046,4 @@ def _problems(exc: ValidationError, lines: Mapping[tuple[str | int, ...], int]) 
         if key in seen:
             continue
         seen.add(key)
-        yield Problem(loc, _line_for(loc, lines), message)
+        yield _locate(loc, message, lines, overrides or {})

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import secrets
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -112,6 +113,10 @@ def _banner(console: Console, fakes: dict[str, Fake], cfg_path: Path, port: int,
 
 
 def run_demo(*, port: int = 8080, seconds: float | None = None, workdir: str | None = None) -> int:
+    busy = config_mod.listen_problem("127.0.0.1", port)  # before the banner tells anyone to open it
+    if busy:
+        print(f"demo could not start: {busy}; choose another port with --port N", file=sys.stderr)
+        return 1
     console = Console()
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="taskbridge-demo-"))
     base.mkdir(parents=True, exist_ok=True)

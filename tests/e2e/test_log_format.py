@@ -105,4 +105,6 @@ def test_every_line_is_json_with_fields_and_the_changes_are_told(world: World, d
     assert {"vortask", "agentkanban", "runs", "squads"} <= set(re.findall(r"[a-z]+", renamed["message"]))
     (conflict,) = said(d, "taskbridge.sync", "conflict opened", "conflicted: ")
     assert conflict["task"] == renamed["task"] and "field title" in conflict["message"]
-    assert conflict["connector"] in ("impactly", "squads") and "bridge vs" in conflict["message"]
+    assert (
+        conflict["connector"] in ("impactly", "squads") and " vs " in conflict["message"]
+    )  # the sides, by platform

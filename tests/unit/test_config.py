@@ -395,3 +395,259 @@ def test_the_example_documents_the_request_bounds_at_their_defaults() -> None:
         "\n    deadline: 60s\n" in text
         and f"\n    max_response_bytes: {DEFAULT_MAX_RESPONSE_BYTES}\n" in text
     )
+
+
+# -- the operator's mistakes (issue 17) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "mapped"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        (
+            "sqlite:////var/lib/taskbridge/taskbridge.db",
+            "sqlite+aiosqlite:////var/lib/taskbridge/taskbridge.db",
+        ),
+        ("sqlite+pysqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql://u:p%40ss@db/bridge", "postgresql+asyncpg://u:p%40ss@db/bridge"),
+        ("postgres://u:pw@db:5433/bridge", "postgresql+asyncpg://u:pw@db:5433/bridge"),
+        ("postgresql+psycopg2://u@db/bridge", "postgresql+asyncpg://u@db/bridge"),
+        ("postgresql+asyncpg://u@db/bridge", "postgresql+asyncpg://u@db/bridge"),
+        ("postgres://u:pw@db/bridge?sslmode=require", "postgresql+asyncpg://u:pw@db/bridge?ssl=require"),
+    ],
+)
+def test_store_urls_get_the_shipped_async_driver(url: str, mapped: str) -> None:
+    assert config.store_url(url) == mapped
+
+
+def test_every_user_of_the_config_sees_the_mapped_store_url(tmp_path: Path) -> None:
+    text = GOOD.replace("sqlite+aiosqlite:///t.db", "postgres://bridge:s3cret@db/bridge")
+    cfg = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"})
+    assert cfg.store.url == "postgresql+asyncpg://bridge:s3cret@db/bridge"
+    assert "s3cret" in cfg.connector_secrets()  # still redacted from logs
+    env = {"IMP_TOKEN": "x", "TASKBRIDGE_STORE__URL": "sqlite:///other.db"}
+    assert config.load(write(tmp_path, GOOD), env=env).store.url == "sqlite+aiosqlite:///other.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mysql://x", "'mysql://x'"),
+        ("garbage", "'garbage'"),
+        ("mysql://root:s3cret@db/x", "'mysql://root:***@db/x'"),
+        ("http://u:s3cret@h/x", "'http://u:***@h/x'"),
+    ],
+)
+def test_unsupported_store_urls_are_refused_without_their_password(
+    tmp_path: Path, url: str, shown: str
+) -> None:
+    message = error_of(tmp_path, GOOD.replace("sqlite+aiosqlite:///t.db", url))
+    assert message == (
+        f"{tmp_path}/cfg.yaml:2: store.url: {shown} is not a supported store URL; use "
+        "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE "
+        "(sqlite://, postgresql:// and postgres:// are read as these)"
+    )
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    ("scope", "message"),
+    [
+        ("{id: 1}", "not a mapping: {'id': 1}"),
+        ("[1, 2]", "not a list: [1, 2]"),
+        ("true", "not true or false: True"),
+    ],
+)
+def test_a_scope_is_a_string_or_a_number(tmp_path: Path, scope: str, message: str) -> None:
+    text = GOOD.replace("{connector: vt, scope: 1}", f"{{connector: vt, scope: {scope}}}")
+    assert error_of(tmp_path, text) == (
+        f"{tmp_path}/cfg.yaml:17: routes[0].members[1].scope: must be a string or a number "
+        f"(the id of a project, board or squad), {message}"
+    )
+    for empty in ("''", "null"):
+        text = GOOD.replace("{connector: vt, scope: 1}", f"{{connector: vt, scope: {empty}}}")
+        assert error_of(tmp_path, text).endswith(
+            "scope: empty: give the id of a project, board or squad on the platform"
+        )
+    cfg = config.load(write(tmp_path, GOOD.replace("scope: 1}", "scope: 2.5}")), env={"IMP_TOKEN": "x"})
+    assert cfg.routes[0].members[1].scope == "2.5"
+
+
+def test_an_empty_credential_is_refused_where_the_platform_needs_it(tmp_path: Path) -> None:
+    assert error_of(tmp_path, GOOD.replace("token: vt_plain", 'token: " "')) == (
+        f"{tmp_path}/cfg.yaml:12: connectors.vt.token: empty: vortask needs a token"
+    )
+    # Through ${VAR}: the message names the variable that was empty.
+    assert error_of(tmp_path, GOOD, env={"IMP_TOKEN": ""}) == (
+        f"{tmp_path}/cfg.yaml:7: connectors.imp.token: empty: impactly needs a token "
+        "(${IMP_TOKEN} is set but empty)"
+    )
+    squads = GOOD.replace("platform: vortask", "platform: squads").replace(
+        "    token: vt_plain\n", "    client_id: ${CF_ID}\n    client_secret: ${CF_SECRET}\n    token: ''\n"
+    )
+    assert error_of(tmp_path, squads, env={"IMP_TOKEN": "x", "CF_ID": "id", "CF_SECRET": ""}) == (
+        f"{tmp_path}/cfg.yaml:13: connectors.vt.client_secret: empty: squads needs client_id and "
+        "client_secret (${CF_SECRET} is set but empty)"
+    )  # and its unused token may be empty
+    # An empty webhook secret (`${VT_HOOKS:-}`) still means none is configured, as before.
+    text = GOOD.replace("token: vt_plain", "token: vt_plain\n    webhook_secret: ${VT_HOOKS:-}")
+    cfg = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"})
+    assert cfg.connectors["vt"].webhook_secret is not None
+    assert cfg.connectors["vt"].webhook_secret.get_secret_value() == ""
+
+
+def test_unknown_taskbridge_variables_are_refused_with_the_nearest_key(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+
+    def message(name: str) -> str:
+        with pytest.raises(config.ConfigError) as info:
+            config.load(path, env={"IMP_TOKEN": "x", name: "1"})
+        return str(info.value)
+
+    assert message("TASKBRIDGE_SERVR__LISTEN") == (
+        "TASKBRIDGE_SERVR__LISTEN (environment variable): no config key servr.listen; "
+        "did you mean TASKBRIDGE_SERVER__LISTEN?"
+    )
+    assert message("TASKBRIDGE_STORE_URL").endswith("did you mean TASKBRIDGE_STORE__URL?")
+    assert message("TASKBRIDGE_LOG__LEVL").endswith("did you mean TASKBRIDGE_LOG__LEVEL?")
+    assert message("TASKBRIDGE_CONNECTORS__VT__TOKN").endswith(
+        "did you mean TASKBRIDGE_CONNECTORS__VT__TOKEN?"
+    )
+    # A key of a connector the file does not have is no key either (it would make a connector).
+    assert message("TASKBRIDGE_CONNECTORS__VTT__TOKEN").endswith(
+        "did you mean TASKBRIDGE_CONNECTORS__VT__TOKEN?"
+    )
+    assert message("TASKBRIDGE_NONSENSE") == (
+        "TASKBRIDGE_NONSENSE (environment variable): no config key nonsense (an override is "
+        "TASKBRIDGE_ and a key's path joined by __, e.g. TASKBRIDGE_SERVER__LISTEN)"
+    )
+
+
+def test_the_projects_own_variables_are_not_overrides(tmp_path: Path) -> None:
+    own = {name: "x" for name in config.NOT_OVERRIDES} | {
+        "TASKBRIDGE_TEST_PG_URL": "postgresql://x",
+        "TASKBRIDGE_TEST_PG_STOP": "1",
+        "TASKBRIDGE_BENCH_PROFILE": "1",
+        "TASKBRIDGE_DB_URL": "sqlite:///from-env.db",
+        "IMP_TOKEN": "x",
+    }
+    assert {
+        "TASKBRIDGE_TOKEN",
+        "TASKBRIDGE_REPLICA_ID",
+        "TASKBRIDGE_DB_URL",
+        "TASKBRIDGE_LOG_LIBRARIES",
+    } <= set(config.NOT_OVERRIDES)
+    text = GOOD.replace("sqlite+aiosqlite:///t.db", "${TASKBRIDGE_DB_URL}")
+    assert config.load(write(tmp_path, text), env=own).store.url == "sqlite+aiosqlite:///from-env.db"
+    # Every TASKBRIDGE_ name the code reads is a key, or listed as not an override.
+    root = Path(__file__).resolve().parents[2]
+    import re
+
+    read = set()
+    for source in [
+        *(root / "bridge").rglob("*.py"),
+        *(root / "connectors").rglob("*.py"),
+        root / "config.example.yaml",
+    ]:
+        read |= set(re.findall(r"\bTASKBRIDGE_[A-Z0-9_]*[A-Z0-9]\b", source.read_text()))
+    for name in read:
+        if name.startswith(config.NOT_OVERRIDE_PREFIXES) or name in config.NOT_OVERRIDES:
+            continue
+        parts = tuple(name.removeprefix("TASKBRIDGE_").lower().split("__"))
+        assert config._is_key(config.Config, parts, {}), f"{name}: neither a key nor in NOT_OVERRIDES"
+
+
+def test_a_bad_override_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "server:\n  listen: 127.0.0.1:8080\n")
+
+    def message(**env: str) -> str:
+        with pytest.raises(config.ConfigError) as info:
+            config.load(path, env={"IMP_TOKEN": "x", **env})
+        return str(info.value)
+
+    assert message(TASKBRIDGE_SERVER__LISTEN="everywhere") == (
+        "TASKBRIDGE_SERVER__LISTEN (environment variable): server.listen: 'everywhere' is not HOST:PORT"
+    )
+    assert message(TASKBRIDGE_CONNECTORS__IMP__POLL_INTERVAL="soon") == (
+        "TASKBRIDGE_CONNECTORS__IMP__POLL_INTERVAL (environment variable): connectors.imp.poll_interval: "
+        "'soon' is not a duration (use 30s, 5m, 1h)"
+    )
+    assert message(TASKBRIDGE_CONNECTORS__VT__TOKEN="") == (
+        "TASKBRIDGE_CONNECTORS__VT__TOKEN (environment variable): connectors.vt.token: empty: vortask needs a token"
+    )
+    assert message(TASKBRIDGE_SERVER="{not json") == (
+        "TASKBRIDGE_SERVER (environment variable): server: not valid JSON (a section or a list set "
+        "from the environment is written as JSON)"
+    )
+    assert message(TASKBRIDGE_SERVER='{"listen": "nowhere"}') == (
+        "TASKBRIDGE_SERVER (environment variable): server.listen: 'nowhere' is not HOST:PORT"
+    )
+    # The file's own mistakes keep their lines beside them.
+    both = message(TASKBRIDGE_LOG__LEVEL="loud", IMP_TOKEN="")
+    assert f"{tmp_path}/cfg.yaml:7: connectors.imp.token: empty" in both
+    assert "TASKBRIDGE_LOG__LEVEL (environment variable): log.level: " in both
+
+
+def test_preflight_nothing_to_sync_and_the_store_directory(tmp_path: Path) -> None:
+    empty = config.load(write(tmp_path, "# nothing yet\n"), env={})
+    [problem] = empty.preflight()
+    assert problem.render("cfg.yaml").startswith(
+        "cfg.yaml: (top level): nothing to sync: a config needs `connectors:`"
+    )
+    assert empty.preflight(syncing=False) == []  # `store export|import` needs only a store
+    no_routes = GOOD.split("routes:")[0]  # connectors alone: a daemon may run so (nothing routed yet)
+    assert config.load(write(tmp_path, no_routes), env={"IMP_TOKEN": "x"}).preflight(store=False) == []
+
+    missing = GOOD.replace("sqlite+aiosqlite:///t.db", f"sqlite:///{tmp_path}/no/such/dir/t.db")
+    [problem] = config.load(write(tmp_path, missing), env={"IMP_TOKEN": "x"}).preflight()
+    assert problem.render("cfg.yaml") == (
+        f"cfg.yaml:2: store.url: the directory {tmp_path}/no/such/dir does not exist: create it, "
+        "or put the store elsewhere"
+    )
+    (tmp_path / "file").write_text("")
+    under_a_file = GOOD.replace("sqlite+aiosqlite:///t.db", f"sqlite:///{tmp_path}/file/t.db")
+    [problem] = config.load(write(tmp_path, under_a_file), env={"IMP_TOKEN": "x"}).preflight()
+    assert problem.message == f"{tmp_path}/file is not a directory"
+    a_directory = GOOD.replace("sqlite+aiosqlite:///t.db", f"sqlite:///{tmp_path}")
+    [problem] = config.load(write(tmp_path, a_directory), env={"IMP_TOKEN": "x"}).preflight()
+    assert problem.message == f"{tmp_path} is a directory, not a SQLite file"
+    fine = GOOD.replace("sqlite+aiosqlite:///t.db", f"sqlite:///{tmp_path}/t.db")
+    assert config.load(write(tmp_path, fine), env={"IMP_TOKEN": "x"}).preflight() == []
+    postgres = GOOD.replace("sqlite+aiosqlite:///t.db", "postgresql://u@nowhere/db")
+    assert config.load(write(tmp_path, postgres), env={"IMP_TOKEN": "x"}).preflight() == []
+
+
+def test_load_server_reads_only_the_server_section(tmp_path: Path) -> None:
+    text = GOOD + "server:\n  listen: 0.0.0.0:9090\n  public_url: https://bridge.example.com/\n"
+    path = write(tmp_path, text)
+    server = config.load_server(path, env={})  # IMP_TOKEN unset: the connectors are not read
+    assert (server.host, server.port, server.public_url) == ("0.0.0.0", 9090, "https://bridge.example.com")
+    env = {"TASKBRIDGE_SERVER__LISTEN": "127.0.0.1:7070", "TASKBRIDGE_STORE__URL": "mysql://ignored"}
+    assert config.load_server(path, env=env).listen == "127.0.0.1:7070"
+    with pytest.raises(config.ConfigError) as info:
+        config.load_server(write(tmp_path, GOOD + "server:\n  listen: nowhere\n"), env={})
+    assert str(info.value) == f"{tmp_path}/cfg.yaml:19: server.listen: 'nowhere' is not HOST:PORT"
+    assert config.load_server(write(tmp_path, "# empty\n"), env={}).listen == "127.0.0.1:8080"
+
+    from bridge.client_cli import daemon_urls
+
+    assert daemon_urls(server) == ["http://127.0.0.1:9090", "https://bridge.example.com"]
+    assert daemon_urls(config.ServerConfig(listen="[::]:8080")) == ["http://[::1]:8080"]
+    assert daemon_urls(config.ServerConfig(listen="10.0.0.5:80")) == ["http://10.0.0.5:80"]
+
+
+def test_listen_problem_names_an_address_in_use() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.listen()
+        assert config.listen_problem("127.0.0.1", port) == (
+            f"cannot listen on 127.0.0.1:{port}: the address is already in use (by another program)"
+        )
+    assert config.listen_problem("127.0.0.1", port) is None
+    assert config.listen_problem("no-such-host.invalid", 8080).startswith(
+        "cannot listen on no-such-host.invalid:8080: not an address of this machine"
+    )

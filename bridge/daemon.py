@@ -590,7 +590,7 @@ class Daemon:
             log_level="warning",
             log_config=None,  # its records go through bridge.logs (JSON when configured), not its own handler
             access_log=False,
-            lifespan="off",
+            lifespan="on",  # the app's lifespan runs /mcp's session manager (bridge/api/mcp.py)
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

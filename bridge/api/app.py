@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, metrics
-from bridge.api import deadletters, docs
+from bridge.api import deadletters, docs, mcp
 from bridge.api.routes import router
 from bridge.config import Config
 from bridge.engine.context import EngineContext
@@ -78,6 +78,7 @@ def _first_line(exc: BaseException) -> str:
 def create_app(daemon: Host) -> FastAPI:
     cfg = daemon.cfg
     ctx = daemon.ctx
+    mcp_endpoint = mcp.McpEndpoint()  # /mcp: the API as MCP tools; its session manager runs in the lifespan
     app = FastAPI(
         title="taskbridge",
         version=__version__,
@@ -88,6 +89,7 @@ def create_app(daemon: Host) -> FastAPI:
         docs_url=None,  # docs.install serves /docs from the package, with no CDN
         redoc_url=None,
         openapi_url="/openapi.json",
+        lifespan=mcp_endpoint.lifespan,
     )
     limit = cfg.server.max_body_bytes
     known: dict[str, Any] = {}  # the tokens of the config in force (a reload swaps daemon.cfg)
@@ -188,6 +190,7 @@ def create_app(daemon: Host) -> FastAPI:
     bearer = [Security(BEARER)]  # declares the scheme on every /api/v1 operation; refuses nothing
     app.include_router(router, dependencies=bearer)
     app.include_router(deadletters.router, dependencies=bearer)
+    mcp_endpoint.mount(app, "/mcp")
     docs.install(app, app.openapi_url or "/openapi.json")
     app.add_middleware(BodyLimit, limit=limit)
     app.add_middleware(RequestId)  # outermost: every answer carries it, a 413 too

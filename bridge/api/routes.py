@@ -517,7 +517,35 @@ async def list_tasks(
     """The tasks the bridge holds, across routes, most recently updated first, deleted ones left
     out. Filters combine (all must hold); a full page carries a `next_cursor` for the next one.
     Tasks come without their links and history (get one task for those). Needs `read`."""
-    ctx = _ctx(request)
+    return await find_tasks(
+        _ctx(request),
+        route=route,
+        status=status,
+        priority=priority,
+        assignee=assignee,
+        tag=tag,
+        q=q,
+        updated_since=updated_since,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+async def find_tasks(
+    ctx: Any,
+    *,
+    route: str | None = None,
+    status: Status | None = None,
+    priority: Priority | None = None,
+    assignee: str | None = None,
+    tag: str | None = None,
+    q: str | None = None,
+    updated_since: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> TaskPage:
+    """A page of tasks as GET /api/v1/tasks answers it (the MCP tools list and search with it too);
+    HTTPException 400 for a bad cursor."""
     # Every filter is SQL over an index (bridge/store/search.py): a tag or assignee filter reads
     # its side table's (value, updated_at, task_id) index in page order, and joins the task.
     sides: list[tuple[Any, Any, str]] = []

@@ -223,7 +223,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bridge.demo import run_demo
 
-    return run_demo(port=args.port, seconds=args.seconds, workdir=args.dir)
+    return run_demo(port=args.port, seconds=args.seconds, workdir=args.dir, check=args.check)
 
 
 def _api(args: argparse.Namespace) -> tuple[ApiClient, Console]:
@@ -427,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument(
         "--dir", default=None, help="where to write the demo config and store (default: a temp dir)"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the tour by itself and exit: wait for the first sync, rename a task on one fake, "
+        "time it reaching the others (exit 0 when it did; for CI)",
     )
 
     def api_options(p: argparse.ArgumentParser) -> None:

@@ -547,7 +547,10 @@ class Daemon:
                     continue
                 if generated:
                     if name not in self._generated:
-                        log.warning("%s: webhooks registered anew, their secret kept in the store", name)
+                        log.info(
+                            "%s: webhooks registered; the secret the platform issued is kept in the store",
+                            name,
+                        )
                     await self._store_webhook_secret(name, generated)
                 log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
 

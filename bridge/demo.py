@@ -18,12 +18,14 @@ from typing import Any
 
 from rich.console import Console
 from ruamel.yaml import YAML
+from sqlalchemy import select
 
 import connectors
 from bridge import config as config_mod
 from bridge.api.status import summary
 from bridge.daemon import Daemon
 from bridge.logs import setup as setup_logging
+from bridge.store.tables import LinkRow, TaskRow
 from connectors.fakekit import Fake, free_port
 
 # Shipped in the package (config.example.yaml at the repository root links to it), so an
@@ -89,30 +91,41 @@ async def _status_line(daemon: Daemon) -> str:
 
 def _banner(console: Console, fakes: dict[str, Fake], cfg_path: Path, port: int, token: str) -> None:
     api = f"http://127.0.0.1:{port}"
-    console.print("[bold]taskbridge demo[/bold]: five platform fakes, one route over all five, the daemon.")
-    console.print(f"  config      {cfg_path}   (derived from config.example.yaml)")
-    console.print(f"  API docs    {api}/docs")
-    console.print(f"  tasks       curl -H 'Authorization: Bearer {token}' {api}/api/v1/tasks")
-    console.print(f"  connectors  curl -H 'Authorization: Bearer {token}' {api}/api/v1/connectors")
-    console.print(f"  metrics     {api}/metrics")
+
+    def say(text: str) -> None:
+        # Commands are printed whole, never wrapped at the terminal's width: they must paste.
+        console.print(text, soft_wrap=True, highlight=False)
+
+    say("[bold]taskbridge demo[/bold]: five platform fakes, one route over all five, the daemon.")
+    say(f"  config      {cfg_path}   (derived from config.example.yaml)")
+    say(f"  API docs    {api}/docs   (Authorize with the token below)")
+    say(f"  console     {api}/console   (log in with the token below)")
+    say(f"  token       {token}")
+    say(f"  tasks       curl -H 'Authorization: Bearer {token}' {api}/api/v1/tasks")
+    say(f"  connectors  curl -H 'Authorization: Bearer {token}' {api}/api/v1/connectors")
+    say(f"  metrics     {api}/metrics")
     for platform, fake in fakes.items():
-        console.print(f"  {platform:<11} {fake.url}{fake.api_root}   (fake; state at {fake.url}/_fake/state)")
+        say(f"  {platform:<11} {fake.url}{fake.api_root}   (fake; state at {fake.url}/_fake/state)")
     for platform, fake in fakes.items():
-        hint = fake.example_edit()
-        if hint:
-            console.print(f"Try: change a task on the {platform} fake and watch it reach the others:")
-            console.print(f"  {hint}")
+        edit = fake.example_edit(f"Renamed on {platform}")
+        if edit is not None:
+            say(f"Try: change a task on the {platform} fake and watch it reach the others:")
+            say(f"  {edit.curl()}")
             break
-    console.print("Or create one through the unified API:")
-    console.print(
+    say("Or create one through the unified API:")
+    say(
         f"  curl -X POST -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
         f'-d \'{{"route": "engineering", "title": "Hello from the API", "priority": "urgent"}}\' '
         f"{api}/api/v1/tasks"
     )
-    console.print("Ctrl-C stops the demo.\n")
+    say("Ctrl-C stops the demo.\n")
 
 
-def run_demo(*, port: int = 8080, seconds: float | None = None, workdir: str | None = None) -> int:
+def run_demo(
+    *, port: int = 8080, seconds: float | None = None, workdir: str | None = None, check: bool = False
+) -> int:
+    """The demo; with `check`, its guided tour run by itself (for CI): wait for the first sync,
+    rename a task on one fake, time it reaching the others, exit 0 only if it did."""
     busy = config_mod.listen_problem("127.0.0.1", port)  # before the banner tells anyone to open it
     if busy:
         print(f"demo could not start: {busy}; choose another port with --port N", file=sys.stderr)
@@ -130,6 +143,8 @@ def run_demo(*, port: int = 8080, seconds: float | None = None, workdir: str | N
         cfg = config_mod.load(cfg_path)
         setup_logging("warning", "text", secrets=[*cfg.connector_secrets(), api_token])
         _banner(console, fakes, cfg_path, port, api_token)
+        if check:
+            return asyncio.run(_tour(console, cfg, fakes))
         return asyncio.run(_run(console, cfg, seconds))
     except OSError as exc:
         console.print(f"[red]demo could not start:[/red] {exc}")
@@ -160,3 +175,83 @@ async def _run(console: Console, cfg: config_mod.Config, seconds: float | None) 
         await daemon.stop()
     console.print(f"demo stopped: {line}")
     return 0
+
+
+TOUR_TIMEOUT = 90.0  # seconds each step of the tour may take before it counts as failed
+
+
+async def _tour(console: Console, cfg: config_mod.Config, fakes: dict[str, Fake]) -> int:
+    """`demo --check`: the tour a person would take, on the real code path, timed."""
+    daemon = Daemon(cfg)
+    await daemon.start()
+    try:
+        started = time.monotonic()
+        if not await _until(lambda: _settled(daemon), TOUR_TIMEOUT):
+            console.print(
+                f"[red]check failed:[/red] the first sync did not settle: {await _status_line(daemon)}"
+            )
+            return 1
+        console.print(
+            f"first sync settled in {time.monotonic() - started:.1f} s: {await _status_line(daemon)}"
+        )
+        found = next(
+            (
+                (platform, edit)
+                for platform, fake in fakes.items()
+                if (edit := fake.example_edit(f"Renamed on {platform} by the tour")) is not None
+            ),
+            None,
+        )
+        if found is None:
+            console.print("[red]check failed:[/red] no fake offers an example edit")
+            return 1
+        platform, edit = found
+        title = str(edit.body["title"])
+        status = await asyncio.to_thread(edit.send)
+        sent = time.monotonic()
+        console.print(f"edited a task on the {platform} fake (HTTP {status}): {title!r}", soft_wrap=True)
+        reached: dict[str, float] = {}
+
+        async def everywhere() -> bool:
+            for name in await _showing(daemon, title):
+                reached.setdefault(name, time.monotonic() - sent)
+            return len(reached) == len(daemon.ctx.connectors)
+
+        ok = await _until(everywhere, TOUR_TIMEOUT)
+        for name in daemon.ctx.connectors:
+            took = f"{reached[name] * 1000:.0f} ms" if name in reached else "not reached"
+            console.print(f"  {name:<12} {took}")
+        if not ok:
+            console.print("[red]check failed:[/red] the edit did not reach every platform")
+            return 1
+        console.print("check passed: the edit reached every platform")
+        return 0
+    finally:
+        await daemon.stop()
+
+
+async def _until(predicate: Any, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _settled(daemon: Daemon) -> bool:
+    async with daemon.store.read() as session:
+        s = await summary(session)
+    linked = [s.linked.get(name, 0) for name in daemon.ctx.connectors]
+    return s.tasks > 0 and not sum(s.waiting.values()) and all(n == s.tasks for n in linked)
+
+
+async def _showing(daemon: Daemon, title: str) -> list[str]:
+    """The connectors whose copy of the task titled `title` holds it (as their links last agreed:
+    the platform acknowledged the write, or reported the edit)."""
+    async with daemon.store.read() as session:
+        task_id = await session.scalar(select(TaskRow.id).where(TaskRow.title == title))
+        if task_id is None:
+            return []
+        links = (await session.scalars(select(LinkRow).where(LinkRow.task_id == task_id))).all()
+    return [link.connector for link in links if (link.base or {}).get("title") == title]

@@ -80,6 +80,25 @@ class Faults:
 
 
 @dataclass(frozen=True)
+class ExampleEdit:
+    """One HTTP request that edits a task on a fake, as its own users would send it."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    def curl(self) -> str:
+        """The request as one shell line (single-quoted: it pastes as it is)."""
+        head = " ".join(f"-H '{k}: {v}'" for k, v in self.headers.items())
+        return f"curl -X {self.method} {head} -d '{json.dumps(self.body)}' {self.url}"
+
+    def send(self) -> int:
+        """Send it; the status code."""
+        return httpx.request(self.method, self.url, headers=self.headers, json=self.body, timeout=10).status_code
+
+
+@dataclass(frozen=True)
 class LoggedRequest:
     method: str
     route: str  # the route template, e.g. "/api/v1/tasks/{task_id}"; the raw path when unrouted
@@ -354,8 +373,9 @@ class Fake:
         """Person keys ("alice", "bob") -> this platform's user ids, for the `people:` config."""
         return {}
 
-    def example_edit(self) -> str | None:
-        """A shell command that edits a task here as a person would (the demo's "try this")."""
+    def example_edit(self, title: str) -> ExampleEdit | None:
+        """A request that renames a task here as a person would (the demo's "try this", and what
+        `taskbridge demo --check` sends); None where the fake offers none."""
         return None
 
     def connector_config(self) -> dict[str, Any]:

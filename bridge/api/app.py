@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge import __version__, metrics
+from bridge import __version__, console, metrics
 from bridge.api import deadletters, docs, mcp
 from bridge.api.routes import router
 from bridge.config import Config
@@ -192,6 +192,7 @@ def create_app(daemon: Host) -> FastAPI:
     app.include_router(deadletters.router, dependencies=bearer)
     mcp_endpoint.mount(app, "/mcp")
     docs.install(app, app.openapi_url or "/openapi.json")
+    console.install(app)  # /console: the web page for a person (bridge/console)
     app.add_middleware(BodyLimit, limit=limit)
     app.add_middleware(RequestId)  # outermost: every answer carries it, a 413 too
     return app

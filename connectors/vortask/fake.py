@@ -97,7 +97,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from connectors import fakekit
-from connectors.fakekit import bearer_token, iso
+from connectors.fakekit import ExampleEdit, bearer_token, iso
 
 STATUSES = ("New", "Active", "Blocked", "Closed")
 PRIORITIES = ("Low", "Medium", "High")
@@ -313,14 +313,15 @@ class VortaskFake(fakekit.Fake):
     def scope(self) -> str:
         return "1"
 
-    def example_edit(self) -> str | None:
+    def example_edit(self, title: str) -> ExampleEdit | None:
         first = min(self.projects[1].tasks, default=None) if 1 in self.projects else None
         if first is None:
             return None
-        return (
-            f"curl -X PUT -H 'Authorization: Bearer {self.token}' -H 'Content-Type: application/json' "
-            f'-d \'{{"title": "Renamed on Vortask", "status": "Active"}}\' '
-            f"{self.url}{self.api_root}/projects/1/tasks/{first}"
+        return ExampleEdit(
+            "PUT",
+            f"{self.url}{self.api_root}/projects/1/tasks/{first}",
+            {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            {"title": title, "status": "Active"},
         )
 
     def people(self) -> dict[str, str]:

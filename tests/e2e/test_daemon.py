@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -250,6 +251,35 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
     assert tasks > 10 and len(linked) == 5
     assert all(n == tasks for n in linked), out[-1500:]  # every seeded task on every platform
     assert "Traceback" not in result.stderr
+
+
+def test_demo_check_takes_the_tour_by_itself_and_prints_commands_that_paste(tmp_path: Path) -> None:
+    from connectors.fakekit import free_port
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "demo",
+            "--check",
+            "--port",
+            str(free_port()),
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "60"},  # a narrow terminal: nothing may wrap a command
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check passed: the edit reached every platform" in result.stdout
+    assert re.search(r"first sync settled in [\d.]+ s", result.stdout)
+    for line in result.stdout.splitlines():
+        if line.strip().startswith("curl"):
+            assert line.rstrip().split()[-1].startswith("http://127.0.0.1:"), line  # whole, one line
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_sync_once_does_one_full_pass_and_exits(world: World, tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_a_new_store_re_adopts_what_is_in_sync_and_duplicates_nothing(
     assert "Traceback" not in log
     # AgentKanban's webhook secret died with the store: the registration was replaced on start,
     # so its deliveries verify again.
-    assert "agentkanban: webhooks registered anew" in log
+    assert "agentkanban: webhooks registered; the secret the platform issued is kept" in log
     metrics = httpx.get(d.url + "/metrics", timeout=5).text
     assert 'taskbridge_webhooks_received_total{connector="agentkanban",result="ok"}' in metrics
     assert 'connector="agentkanban",result="bad_signature"' not in metrics

@@ -156,7 +156,14 @@ class BadSignature(Exception):
 @dataclass(frozen=True)
 class Capabilities:
     """What a connector can do. `fields` are the canonical fields it reads; `writable` those it
-    can write (a subset)."""
+    can write (a subset).
+
+    `subtasks`: the platform nests tasks. A connector that reads and writes the hierarchy also
+    lists `parent` in `fields`/`writable`, and speaks it in the platform's own ids: it reports a
+    task's parent as `RemoteTask.parent_id` (never in `values`), and is given `parent` in the
+    values of `create_task`/`update_task` as the parent's id on the platform (None: top level).
+    The engine translates both ways through its links, so canonical `parent` (a bridge task id)
+    never reaches a connector; `roundtrip` leaves `parent` as it is."""
 
     fields: frozenset[str]
     writable: frozenset[str]
@@ -180,10 +187,15 @@ class RemoteTask:
     created_at: datetime | None = None
     url: str | None = None
     deleted: bool = False  # the platform reports it deleted (soft delete, a delete event)
+    # The platform's id of the task's parent (None: top level), from a connector whose
+    # capabilities include `parent`; the engine translates it to the bridge's task id.
+    parent_id: str | None = None
 
     @property
     def content_hash(self) -> str:
-        return content_hash(self.values)
+        if self.parent_id is None:
+            return content_hash(self.values)
+        return content_hash({**self.values, "parent": self.parent_id})
 
 
 @dataclass(frozen=True)
@@ -354,7 +366,8 @@ class Connector(Protocol):
     async def create_task(self, scope: str, values: Values) -> RemoteTask: ...
 
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
-        """Write only `changes` (canonical values of writable fields); returns the task after."""
+        """Write only `changes` (canonical values of writable fields, but `parent`: the platform's
+        id, see Capabilities.subtasks); returns the task after."""
         ...
 
     async def delete_task(self, scope: str, remote_id: str) -> None: ...

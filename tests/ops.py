@@ -71,6 +71,15 @@ def view(world: World, platform: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parents(world: World, platform: str) -> dict[str, str | None]:
+    """title -> the title of its parent there (None: top level), on Impactly or Nucleus."""
+    tasks = raw_tasks(world, platform)
+    title_of = {str(t["id"]): t["title"] for t in tasks}
+    return {
+        t["title"]: title_of.get(str(t["parent_task_id"])) if t.get("parent_task_id") else None for t in tasks
+    }
+
+
 def _person(world: World, platform: str, remote_id: str | None) -> str | None:
     for key, ids in world.people.items():
         if ids.get(platform) == remote_id:
@@ -136,6 +145,8 @@ def create(world: World, platform: str, title: str, **fields: Any) -> str:
             body: dict[str, Any] = {"title": title, "project_id": scope}
             if "priority" in fields:
                 body["priority"] = m.priority.to_remote(fields["priority"])  # type: ignore[union-attr]
+            if "parent" in fields:
+                body["parent_task_id"] = fields["parent"]  # the parent's id there
             r = c.post("/tasks", json=body)
         elif platform == "vortask":
             prio = m.priority.to_remote(fields.get("priority", "medium"))  # type: ignore[union-attr]
@@ -154,10 +165,14 @@ def create(world: World, platform: str, title: str, **fields: Any) -> str:
             body = {"title": title}
             if "priority" in fields:
                 body["priority_id"] = _item(world, "task_priority", m.priority.to_remote(fields["priority"]))  # type: ignore[union-attr]
+            if "parent" in fields:
+                body["parent_task_id"] = fields["parent"]
             r = c.post("/tasks", json=body)
         assert r.status_code == 201, r.text
         task_id = str(_unwrap(r.json())["id"])
-    rest = {k: v for k, v in fields.items() if k not in ("priority", "tags") or platform in ("runs",)}
+    rest = {
+        k: v for k, v in fields.items() if k not in ("priority", "tags", "parent") or platform in ("runs",)
+    }
     if rest:
         edit(world, platform, task_id, **rest)
     return task_id
@@ -192,6 +207,8 @@ def edit(world: World, platform: str, task_id: str, **fields: Any) -> None:
                     body["assignee_id"] = ids[v]["impactly"] if v else None
                 elif k == "description":
                     body["description"] = v
+                elif k == "parent":
+                    body["parent_task_id"] = v  # the parent's Impactly id, or None
             r = c.patch(f"/tasks/{task_id}", json=body)
         elif platform == "vortask":
             body = {}
@@ -238,6 +255,8 @@ def edit(world: World, platform: str, task_id: str, **fields: Any) -> None:
                     body["due_date"] = str(v) if v else None
                 elif k == "assignee":
                     body["assignee_id"] = ids[v]["squads"] if v else None
+                elif k == "parent":
+                    body["parent_task_id"] = v  # the parent's Nucleus id, or None
             r = c.put(f"/tasks/{task_id}", json=body)
         assert r is not None and r.status_code in (200, 201), r.text
 

@@ -9,6 +9,12 @@ apply the results in their transactions; tests/unit/test_core.py drives them by 
 
 A connector enters only through its `capabilities` and `roundtrip()` (what a canonical value
 reads back as there): both are pure.
+
+The hierarchy (`parent`) is the one field whose values differ per platform: canonical `parent` is
+a bridge task id, a connector speaks its platform's ids (RemoteTask.parent_id on read, `parent` in
+the values it writes). `translate_parent` maps one to the other through the links the caller
+loaded; `parent_hold` says when a parent cannot be written to a target yet (its copy there does
+not exist yet) or ever (it would make a task its own ancestor).
 """
 
 from __future__ import annotations
@@ -56,15 +62,28 @@ def side_roundtrip(conn: Connector, name: str, value: Any) -> Any:
 
 
 def readable_values(
-    conn: Connector, route: Route, member: Member, rt: RemoteTask
+    conn: Connector,
+    route: Route,
+    member: Member,
+    rt: RemoteTask,
+    parents: Mapping[str, str] | None = None,
 ) -> tuple[Values, str | None]:
     """The canonical values side `member` reports for the route's fields, with the marker line
-    stripped from the description; and the bridge task id the marker named, if any."""
+    stripped from the description; and the bridge task id the marker named, if any.
+
+    `parents` maps remote ids on this connector to the bridge task ids linked to them: with it,
+    `parent` is reported (when the route syncs it and the side reads it) as the bridge task its
+    remote parent is linked to, or None for a top-level task; a parent not linked (yet) is not
+    reported at all. Without it, `parent` is never reported."""
     values = {
         f: v
         for f, v in rt.values.items()
-        if f in route.fields and member.reads(f) and f in conn.capabilities.fields
+        if f in route.fields and member.reads(f) and f in conn.capabilities.fields and f != "parent"
     }
+    if parents is not None and reads_parent(conn, route, member):
+        parent = translate_parent(rt.parent_id, parents)
+        if parent is not UNLINKED:
+            values["parent"] = parent
     marker_id = None
     if "description" in rt.values:
         text, marker_id = route.marker.extract(rt.values["description"] or "")
@@ -185,9 +204,117 @@ def base_after_write(
 
 
 def moved_since_base(
-    conn: Connector, route: Route, member: Member, current: RemoteTask, base: Values
+    conn: Connector,
+    route: Route,
+    member: Member,
+    current: RemoteTask,
+    base: Values,
+    parents: Mapping[str, str] | None = None,
 ) -> bool:
     """The read before a write: whether the side changed since it last agreed with us (then
-    its change is merged first, and the write goes out with what is true after that)."""
-    seen, _ = readable_values(conn, route, member, current)
+    its change is merged first, and the write goes out with what is true after that). `parents`
+    as for `readable_values`; a parent it does not know counts as a move (the merge looks it up)."""
+    seen, _ = readable_values(conn, route, member, current, parents)
+    if (
+        parents is not None
+        and reads_parent(conn, route, member)
+        and translate_parent(current.parent_id, parents) is UNLINKED
+    ):
+        return True
     return not all(base.get(f) == v for f, v in seen.items())
+
+
+# -- the hierarchy ---------------------------------------------------------------------------------
+
+
+class _Unlinked:
+    """A parent id with no link on the other side of a translation."""
+
+    def __repr__(self) -> str:
+        return "UNLINKED"
+
+
+UNLINKED: Any = _Unlinked()
+
+
+def reads_parent(conn: Connector, route: Route, member: Member) -> bool:
+    """Whether `parent` is read from this side: the route syncs it, the member reads it, and the
+    connector reports it (only platforms with subtasks do)."""
+    return "parent" in route.fields and member.reads("parent") and "parent" in conn.capabilities.fields
+
+
+def writes_parent(conn: Connector, route: Route, member: Member) -> bool:
+    """Whether `parent` is written to this side (a member without subtasks keeps tasks top-level)."""
+    return "parent" in route.fields and member.writes("parent") and "parent" in conn.capabilities.writable
+
+
+def translate_parent(parent: str | None, ids: Mapping[str, str]) -> Any:
+    """A parent from one id space to the other through links: on read, a side's remote parent id
+    to the bridge task linked to it on that connector (`ids`: remote id -> task id); on write, a
+    canonical parent to its copy's id on the target (`ids`: task id -> remote id). None (top
+    level) stays None; an id with no link is UNLINKED, never guessed."""
+    if parent is None:
+        return None
+    return ids.get(parent, UNLINKED)
+
+
+def closes_loop(task_id: str, parent: str | None, parent_of: Mapping[str, str | None]) -> bool:
+    """Whether making `parent` the parent of `task_id` makes the task its own ancestor, following
+    `parent_of` (task -> parent) up from `parent`; an ancestor it doesn't hold ends the walk."""
+    seen: set[str] = set()
+    node = parent
+    while node is not None and node not in seen:
+        if node == task_id:
+            return True
+        seen.add(node)
+        node = parent_of.get(node)
+    return False
+
+
+def parent_hold(
+    task_id: str,
+    parent: str | None,
+    there: Any,
+    parent_of: Mapping[str, str | None],
+    parent_of_there: Mapping[str, str | None],
+) -> str | None:
+    """Why the canonical `parent` of `task_id` cannot be written to a target now; None: it can.
+    `there` is the parent's id on the target (`translate_parent`), `parent_of` the canonical
+    parents of its ancestors, `parent_of_there` the target's as it last agreed with us (link bases).
+
+    - "unlinked": the parent has no copy there (yet: its create may be in flight). Top level is
+      written instead on a create; the link's base says so, and the parent follows once its
+      copy's create lands.
+    - "loop": the bridge's parents make the task its own ancestor (two sides nesting two tasks
+      each under the other, a value set through the API): refused, never written.
+    - "loop-there": the target still holds the task above its new parent (a move whose other
+      half has not landed there yet): the platform would refuse it, so it waits for that write.
+    """
+    if parent is None:
+        return None
+    if there is UNLINKED:
+        return "unlinked"
+    if closes_loop(task_id, parent, parent_of):
+        return "loop"
+    if closes_loop(task_id, parent, parent_of_there):
+        return "loop-there"
+    return None
+
+
+def parents_first(tasks: Sequence[RemoteTask]) -> list[RemoteTask]:
+    """A listing's tasks, each after its parent when the parent is listed too, else in listed
+    order: observed in this order, a new parent is linked before its children look it up."""
+    by_id = {t.remote_id: t for t in tasks}
+    if len(by_id) != len(tasks):
+        return list(tasks)  # an id listed twice: nothing to gain, keep them all as listed
+    out: list[RemoteTask] = []
+    placed: set[str] = set()
+    for task in tasks:
+        chain: list[RemoteTask] = []
+        node: RemoteTask | None = task
+        while node is not None and node.remote_id not in placed:
+            placed.add(node.remote_id)
+            chain.append(node)
+            node = by_id.get(node.parent_id) if node.parent_id is not None else None
+        out.extend(reversed(chain))
+    return out

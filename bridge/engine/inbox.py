@@ -30,6 +30,7 @@ from bridge.defaults import (
     DEFAULT_INBOX_FETCHES,
     DEFAULT_INBOX_MAX_ATTEMPTS,
 )
+from bridge.engine import core
 from bridge.engine.comments import sync_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
@@ -37,6 +38,7 @@ from bridge.engine.sync import (
     Observation,
     apply_remote_deletion,
     link_by_remote,
+    linked_parents,
     mark_gone_from_view,
     observe,
 )
@@ -183,8 +185,9 @@ async def process_pending(
     await _fetch_all(ctx, work, fetches)
     try:
         async with ctx.store.transaction() as session:
+            parents = await _linked_parents(ctx, session, work)
             for d in work:
-                await _apply(ctx, session, d)
+                await _apply(ctx, session, d, parents)
     except Exception:
         log.exception(
             "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)
@@ -310,7 +313,28 @@ async def _sync_comments_of(ctx: EngineContext, route: Route, member: Member, re
         await sync_comments(ctx, route, member, link_id)
 
 
-async def _apply(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:
+async def _linked_parents(
+    ctx: EngineContext, session: AsyncSession, work: list[_Delivery]
+) -> dict[tuple[str, str], dict[str, str]]:
+    """Per (route, connector), the bridge tasks linked to the parents the batch's tasks name: one
+    read for each that syncs `parent` (observe looks up only a parent linked since)."""
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for d in work:
+        for event, result in d.results:
+            if not isinstance(result, RemoteTask) or result.parent_id is None:
+                continue
+            located = ctx.member(d.connector, event.scope)
+            if located is not None and core.reads_parent(ctx.connectors[d.connector], *located):
+                wanted.setdefault((located[0].name, d.connector), set()).add(result.parent_id)
+    return {key: await linked_parents(session, *key, ids) for key, ids in wanted.items()}
+
+
+async def _apply(
+    ctx: EngineContext,
+    session: AsyncSession,
+    d: _Delivery,
+    parents: dict[tuple[str, str], dict[str, str]] | None = None,
+) -> None:
     """Observe what one delivery's fetches found, and mark it, in the caller's transaction."""
     with log_context(**_log_fields(d)):
         if d.error is None:
@@ -324,7 +348,8 @@ async def _apply(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> Non
                 elif isinstance(result, GoneFromView):
                     await mark_gone_from_view(ctx, session, member, event.remote_id)
                 elif isinstance(result, RemoteTask):
-                    await observe(ctx, session, Observation(route, member, result, "webhook"))
+                    known = (parents or {}).get((route.name, d.connector))
+                    await observe(ctx, session, Observation(route, member, result, "webhook", known))
         await _mark(ctx, session, d)
 
 

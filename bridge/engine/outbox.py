@@ -11,6 +11,18 @@ Delivery promise: every queued operation is applied at least once, and its effec
   a crash writes nothing or the same values again (idempotent);
 - creates, the one non-idempotent write, carry the route's marker, and a repeated create first
   looks for its marker on the platform; a repeated comment first looks for its text among ours;
+- a child never waits for its parent, and never goes out under a parent that is not there: the
+  parent a create or update writes is settled with its claim (`_settle_parents`, from
+  `core.parent_hold`). Where the parent has no copy on the target yet (its create pending or in
+  flight: the creates of a parent and its children run side by side), a child's create goes out
+  top level, which its link's base records, and an update leaves `parent` out. When the parent's
+  create is recorded, the committer queues the update of its children there (one read of the
+  route's tasks by parent, only where `parent` is written), which writes the parent; a child
+  recorded after that finds the parent's copy itself. (Deferring the child instead would hold
+  it behind a parent's create that may back off for long, or park.) A parent that would make a
+  task its own ancestor is never written: refused when the bridge's own hierarchy loops (logged
+  once), held while the target still shows the task above its new parent until that other move
+  is recorded, which queues the moved task's descendants again;
 - a retryable failure (5xx, timeout, a 429 without Retry-After) backs off exponentially with
   jitter and parks after `max_attempts`; a 429 with Retry-After waits for it; a permanent failure
   (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
@@ -60,11 +72,16 @@ from bridge.engine.comments import mirror_comment
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
+    MAX_DEPTH,
+    Hierarchy,
     Observation,
     apply_remote_deletion,
+    children_of,
     held_fields,
     held_fields_many,
     link_by_remote,
+    load_hierarchy,
+    log_loop_once,
     mark_gone_from_view,
     observe,
     queue_updates_many,
@@ -130,6 +147,12 @@ class _Op:
     comment: CommentRow | None = None
     comment_remote_id: str | None = None  # the comment's mirror there, when already posted
     planned: Values = field(default_factory=dict)  # an update's changes, marked in flight
+    # The hierarchy, settled at the claim (`_settle_parents`): the planned parent's id there; a
+    # create whose parent has no copy there yet (it goes out top level); and remote ids there ->
+    # bridge tasks, for the read before an update to translate the parent it finds.
+    parent_ref: str | None = None
+    parent_held: bool = False
+    parents: dict[str, str] | None = None
 
 
 @dataclass
@@ -292,10 +315,56 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
         )
         if op.op == OpKind.UPDATE and link.remote_id is not None:
             op.planned = _plan(conn, op, held.get(task.id, set()))
-            if op.planned:
-                link.inflight = encode_values(core.inflight_claims(conn, op.planned))
         out.append(op)
+    await _settle_parents(ctx, session, [op for op in out if isinstance(op, _Op)])
+    for op in out:
+        if isinstance(op, _Op) and op.op == OpKind.UPDATE and op.planned:
+            op.link.inflight = encode_values(core.inflight_claims(ctx.connectors[op.connector], op.planned))
     return out
+
+
+async def _settle_parents(ctx: EngineContext, session: AsyncSession, ops: Sequence[_Op]) -> None:
+    """The parent each create or update writes, settled for a batch in a few reads (`load_hierarchy`):
+    translated to the target's id; or held where `core.parent_hold` says it cannot be written
+    (a create then goes out top level, an update without it). An update whose side reads parents
+    also learns the ids its read before the write may find there."""
+    wanted: list[_Op] = []
+    for op in ops:
+        conn = ctx.connectors[op.connector]
+        if op.op not in (OpKind.CREATE, OpKind.UPDATE):
+            continue
+        if core.writes_parent(conn, op.route, op.member) or core.reads_parent(conn, op.route, op.member):
+            wanted.append(op)
+    if not wanted:
+        return
+    starts = {op.task.data.get("parent") for op in wanted} | {op.link.base.get("parent") for op in wanted}
+    hierarchy = await load_hierarchy(session, starts, {op.member.key for op in wanted})
+    for op in wanted:
+        _settle_parent(ctx, op, hierarchy)
+
+
+def _settle_parent(ctx: EngineContext, op: _Op, hierarchy: Hierarchy) -> None:
+    conn = ctx.connectors[op.connector]
+    target = op.member.key
+    op.parents = {remote_id: task_id for task_id, remote_id in hierarchy.remote_ids(target).items()}
+    parent = op.task.data.get("parent")
+    if op.op == OpKind.CREATE:
+        if not core.writes_parent(conn, op.route, op.member):
+            return
+        hold = hierarchy.hold(op.task.id, parent, target)
+        op.parent_held = hold is not None
+        op.parent_ref = None if hold is not None else hierarchy.remote_parent(parent, target)
+    elif "parent" in op.planned:
+        parent = op.planned["parent"]
+        hold = hierarchy.hold(op.task.id, parent, target)
+        if hold is None:
+            op.parent_ref = hierarchy.remote_parent(parent, target)
+            return
+        op.planned = {k: v for k, v in op.planned.items() if k != "parent"}
+    else:
+        return
+    if hold == "loop":
+        log_loop_once(op.task.id, parent, op.connector)
 
 
 def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
@@ -546,7 +615,13 @@ async def _create(conn: Connector, op: _Op) -> Outcome:
     values = core.writable_values(conn, op.route, op.member, canonical, op.route.fields)
     if found is not None:
         return _done({}, remote=found)
+    if "parent" in values and op.parent_held:
+        # The parent has no copy there yet (or may never be written there): top level for now,
+        # which the base records; the parent follows when its copy lands (apply_outcomes).
+        values["parent"] = None
     remote_values = dict(values)
+    if "parent" in values:
+        remote_values["parent"] = None if op.parent_held else op.parent_ref
     if "description" in conn.capabilities.writable:
         remote_values["description"] = op.route.marker.add(str(canonical.get("description", "")), op.task.id)
     created = await conn.create_task(op.member.scope, remote_values)
@@ -564,7 +639,7 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     changes = op.planned
     if changes and read_first:
         current = await conn.get_task(op.member.scope, op.link.remote_id)
-        if core.moved_since_base(conn, op.route, op.member, current, decode_values(op.link.base)):
+        if core.moved_since_base(conn, op.route, op.member, current, decode_values(op.link.base), op.parents):
             # The side changed since it last agreed with us: that change is merged first (it may
             # win, or hold a conflict), and the write goes out with what is true now.
             changes = await _after_remote_edit(ctx, conn, op, current)
@@ -573,6 +648,8 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     if not changes:
         return _done({})
     remote_changes = dict(changes)
+    if "parent" in changes:
+        remote_changes["parent"] = op.parent_ref  # the target's id for it (settled with the plan)
     if "description" in changes and op.link.is_mirror:
         remote_changes["description"] = op.route.marker.add(str(changes["description"]), op.task.id)
     with writes_fail_fast():
@@ -592,10 +669,14 @@ async def _after_remote_edit(
         task = await session.get(TaskRow, op.task.id)
         link = await session.get(LinkRow, op.link.id)
         held = await held_fields(session, op.task.id)
-    if task is None or link is None or link.state != LinkState.ACTIVE:
-        return None
-    op.task, op.link = task, link
-    planned, changes = op.planned, _plan(conn, op, held)
+        if task is None or link is None or link.state != LinkState.ACTIVE:
+            return None
+        op.task, op.link = task, link
+        planned = op.planned
+        op.planned = _plan(conn, op, held)
+        if "parent" in op.planned:
+            await _settle_parents(ctx, session, [op])
+        changes = op.planned
     if changes and changes != planned:
         async with ctx.store.transaction() as session:
             row = await session.get(LinkRow, op.link.id)
@@ -781,6 +862,7 @@ async def apply_outcomes(
     }
     requeue: list[tuple[Route, TaskRow, datetime]] = []
     succeeded: list[_Op] = []
+    landed: dict[tuple[str, int], list[_Op]] = {}  # (route, levels of children to re-check) -> ops
     await health.record_writes(ctx, session, _write_health(batch))
     for op, outcome in batch:
         with log_context(**_log_fields(op)):
@@ -831,9 +913,19 @@ async def apply_outcomes(
             succeeded.append(op)
             if link.state == LinkState.ACTIVE:
                 requeue.append((op.route, task, op.observed_at))
+                if core.writes_parent(ctx.connectors[op.connector], op.route, op.member):
+                    if op.op == OpKind.CREATE:
+                        landed.setdefault((op.route.name, 1), []).append(op)
+                    elif "parent" in outcome.written:
+                        landed.setdefault((op.route.name, MAX_DEPTH), []).append(op)
     if not succeeded:
         return []
     await session.flush()
+    # A copy that landed may be what its children's parent waited for there (parent_hold
+    # "unlinked"); a task moved there may be what its descendants' moves waited for ("loop-there").
+    for (route_name, depth), waited_on in landed.items():
+        for child in await children_of(session, route_name, {op.task.id for op in waited_on}, depth=depth):
+            requeue.append((waited_on[0].route, child, waited_on[0].observed_at))
     await queue_updates_many(ctx, session, requeue)
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and

@@ -21,12 +21,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
-from bridge.engine import health
+from bridge.engine import core, health
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
     Observation,
     apply_remote_deletion,
+    linked_parents,
     mark_gone_from_view,
     needs_observing,
     observe,
@@ -98,6 +99,9 @@ async def poll_scope(
     fetch_started = ctx.now()
     listing = await conn.list_tasks(member.scope, watermark.get("remote") if watermark else None)
     tasks = list(listing.tasks)
+    hierarchy = core.reads_parent(conn, route, member)
+    if hierarchy:
+        tasks = core.parents_first(tasks)  # a new parent is linked before its children name it
     if progress is not None:
         progress(member, len(tasks))
     new_watermark = {
@@ -119,8 +123,15 @@ async def poll_scope(
         batches = [moved[j : j + WRITE_BATCH] for j in range(0, len(moved), WRITE_BATCH)] or [[]]
         for b, batch in enumerate(batches):
             async with ctx.store.transaction() as session:
+                parents = (
+                    await linked_parents(
+                        session, route.name, member.connector, (rt.parent_id for rt in batch)
+                    )
+                    if hierarchy
+                    else None
+                )
                 for rt in batch:
-                    if await observe(ctx, session, Observation(route, member, rt, "poll")):
+                    if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
                         report.changed += 1
                 if watermark_now and b == len(batches) - 1:
                     await _store_watermark(session, member, new_watermark, ctx.now())

@@ -11,8 +11,8 @@ the same values again is a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,19 +29,22 @@ from bridge.model import Status, Values, as_utc, decode_values, encode, encode_v
 from bridge.store import on_commit
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
-from connectors.base import RemoteTask
+from connectors.base import Connector, RemoteTask
 
 log = logging.getLogger("taskbridge.sync")
 
 
 @dataclass(frozen=True)
 class Observation:
-    """A remote task seen by side `member` of `route`, through `via` (poll, webhook, api)."""
+    """A remote task seen by side `member` of `route`, through `via` (poll, webhook, api).
+    `parents`: remote ids on the member's connector -> the bridge tasks linked to them, read for
+    a whole batch at once (`linked_parents`); observe looks up a parent it does not hold."""
 
     route: Route
     member: Member
     task: RemoteTask
     via: str
+    parents: Mapping[str, str] | None = None
 
 
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:
@@ -52,6 +55,186 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
 
 def _agreed(values: Values, link: LinkRow) -> Values:
     return core.agreed(values, decode_values(link.base), decode_values(link.inflight or {}))
+
+
+# -- the hierarchy: links between remote parent ids and bridge tasks --------------------------------
+
+MAX_DEPTH = 64  # ancestors followed up a hierarchy (platforms nest a few levels)
+_loops_logged: set[tuple[str, str | None]] = set()  # (task, parent) refused as a loop, logged once
+
+
+async def linked_parents(
+    session: AsyncSession, route: str, connector: str, remote_ids: Iterable[str | None]
+) -> dict[str, str]:
+    """Remote id -> bridge task id, for the tasks among `remote_ids` linked on `connector` in
+    `route` (one read for a batch: what a listing's parents translate to)."""
+    wanted = sorted({r for r in remote_ids if r is not None})
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(LinkRow.remote_id, LinkRow.task_id).where(
+            LinkRow.route == route,
+            LinkRow.connector == connector,
+            LinkRow.remote_id.in_(wanted),
+            LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+        )
+    )
+    return {str(remote_id): task_id for remote_id, task_id in rows.all()}
+
+
+async def _parents_for(
+    session: AsyncSession,
+    conn: Connector,
+    route: Route,
+    member: Member,
+    rt: RemoteTask,
+    given: Mapping[str, str] | None,
+) -> Mapping[str, str] | None:
+    """What `readable_values` translates this task's parent with: None when the side's parent is
+    not synced; the batch's map when it holds the parent, else one read (a parent linked since
+    the batch's read, e.g. observed just before in the same transaction)."""
+    if not core.reads_parent(conn, route, member):
+        return None
+    if rt.parent_id is None:
+        return {}
+    if given is not None and rt.parent_id in given:
+        return given
+    return await linked_parents(session, route.name, member.connector, [rt.parent_id])
+
+
+@dataclass
+class Hierarchy:
+    """What writing `parent` to targets needs, loaded by `load_hierarchy`: the canonical parent of
+    each task loaded, and each target's links of those tasks (their ids there, their parents
+    there as last agreed)."""
+
+    parent_of: dict[str, str | None]
+    links: dict[tuple[str, str], dict[str, LinkRow]]
+    _remote_ids: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    _parent_of_there: dict[tuple[str, str], dict[str, str | None]] = field(default_factory=dict)
+
+    def remote_ids(self, target: tuple[str, str]) -> dict[str, str]:
+        """Task id -> its copy's id on `target` (copies whose create has landed)."""
+        if target not in self._remote_ids:
+            self._remote_ids[target] = {
+                t: link.remote_id for t, link in self.links.get(target, {}).items() if link.remote_id
+            }
+        return self._remote_ids[target]
+
+    def parent_of_there(self, target: tuple[str, str]) -> dict[str, str | None]:
+        """Task id -> its parent on `target` as last agreed (the link's base)."""
+        if target not in self._parent_of_there:
+            self._parent_of_there[target] = {
+                t: link.base.get("parent")
+                for t, link in self.links.get(target, {}).items()
+                if "parent" in (link.base or {})
+            }
+        return self._parent_of_there[target]
+
+    def hold(self, task_id: str, parent: str | None, target: tuple[str, str]) -> str | None:
+        """core.parent_hold for one task on one target."""
+        return core.parent_hold(
+            task_id,
+            parent,
+            core.translate_parent(parent, self.remote_ids(target)),
+            self.parent_of,
+            self.parent_of_there(target),
+        )
+
+    def remote_parent(self, parent: str | None, target: tuple[str, str]) -> str | None:
+        """The parent's id on `target` (only for a parent `hold` lets through)."""
+        there = core.translate_parent(parent, self.remote_ids(target))
+        return None if there is core.UNLINKED else there
+
+
+async def load_hierarchy(
+    session: AsyncSession, starts: Iterable[str | None], targets: Iterable[tuple[str, str]] = ()
+) -> Hierarchy:
+    """The canonical parents of `starts` and of their ancestors, and on each target (connector,
+    scope) the links of those tasks and of their ancestors there: two reads per level, for a
+    whole batch of tasks (a hierarchy is a few levels deep)."""
+    targets = set(targets)
+    connectors = sorted({c for c, _ in targets})
+    parent_of: dict[str, str | None] = {}
+    links: dict[tuple[str, str], dict[str, LinkRow]] = {t: {} for t in targets}
+    frontier = {s for s in starts if s is not None}
+    seen: set[str] = set()
+    for _ in range(MAX_DEPTH):
+        if not frontier:
+            break
+        seen |= frontier
+        following: set[str] = set()
+        ids = sorted(frontier)
+        for task_id, data in (
+            await session.execute(select(TaskRow.id, TaskRow.data).where(TaskRow.id.in_(ids)))
+        ).all():
+            parent = (data or {}).get("parent")
+            parent_of[task_id] = parent
+            if parent is not None:
+                following.add(parent)
+        if connectors:
+            for link in (
+                await session.scalars(
+                    select(LinkRow).where(
+                        LinkRow.task_id.in_(ids),
+                        LinkRow.connector.in_(connectors),
+                        LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+                    )
+                )
+            ).all():
+                key = (link.connector, link.scope)
+                if key in links:
+                    links[key][link.task_id] = link
+                    parent = (link.base or {}).get("parent")
+                    if parent is not None:
+                        following.add(parent)
+        frontier = following - seen
+    return Hierarchy(parent_of, links)
+
+
+async def children_of(
+    session: AsyncSession, route: str, task_ids: Iterable[str], *, depth: int = 1
+) -> list[TaskRow]:
+    """The live tasks of `route` whose canonical parent is one of `task_ids` (and, `depth` > 1,
+    their children, and so on): one read per level. Run only when a route syncs `parent` and a
+    copy of a task that may have children landed somewhere."""
+    out: list[TaskRow] = []
+    frontier = set(task_ids)
+    seen = set(frontier)
+    for _ in range(depth):
+        if not frontier:
+            break
+        rows = (
+            await session.scalars(
+                select(TaskRow).where(
+                    TaskRow.route == route,
+                    TaskRow.deleted_at.is_(None),
+                    TaskRow.data["parent"].as_string().in_(sorted(frontier)),
+                )
+            )
+        ).all()
+        fresh = [row for row in rows if row.id not in seen]
+        out.extend(fresh)
+        seen |= {row.id for row in fresh}
+        frontier = {row.id for row in fresh}
+    return out
+
+
+def log_loop_once(task_id: str, parent: str | None, where: str) -> None:
+    """A parent refused as a loop is logged once per task and parent (a held write is re-checked
+    every time its task is queued)."""
+    if (task_id, parent) in _loops_logged:
+        return
+    if len(_loops_logged) > 10_000:
+        _loops_logged.clear()
+    _loops_logged.add((task_id, parent))
+    log.warning(
+        "task %s: parent %s refused on %s: it would make the task its own ancestor (not written)",
+        task_id,
+        parent,
+        where,
+        extra={"task": task_id},
+    )
 
 
 async def needs_observing(
@@ -75,14 +258,20 @@ async def needs_observing(
             )
         ).all()
     }
+    parents: dict[str, str] | None = None
+    if core.reads_parent(conn, route, member):
+        parents = await linked_parents(session, route.name, member.connector, (rt.parent_id for rt in tasks))
+    listed = {rt.remote_id for rt in tasks}
     out = []
     for rt in tasks:
         link = links.get(rt.remote_id)
         if link is not None and link.state == LinkState.ACTIVE:
             if core.older_than_applied(rt.updated_at, link.remote_updated_at):
                 continue
-            values, _ = core.readable_values(conn, route, member, rt)
-            if core.unmoved(values, _agreed(values, link)):
+            values, _ = core.readable_values(conn, route, member, rt, parents)
+            # A parent new in this very listing is linked when it is observed, just before.
+            new_parent = parents is not None and rt.parent_id in listed and rt.parent_id not in parents
+            if not new_parent and core.unmoved(values, _agreed(values, link)):
                 continue
         out.append(rt)
     return out
@@ -94,7 +283,8 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if not member.reads_any:
         return False
     conn = ctx.connectors[member.connector]
-    values, marker_id = core.readable_values(conn, route, member, rt)
+    parents = await _parents_for(session, conn, route, member, rt, obs.parents)
+    values, marker_id = core.readable_values(conn, route, member, rt, parents)
     link = await link_by_remote(session, member.connector, rt.remote_id)
     now = ctx.now()
     if link is not None and not core.same_remote_task(
@@ -142,6 +332,14 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         side_updated_at=rt.updated_at,
         canonical_updated_at=lambda name: field_time(task, name),
     )
+    new_parent = result.changes.get("parent")
+    if new_parent is not None:
+        ancestors = await load_hierarchy(session, [new_parent])
+        if core.closes_loop(task.id, new_parent, ancestors.parent_of):
+            # Refused: the bridge's hierarchy stays a forest, and this side is written back.
+            del result.changes["parent"]
+            result.overruled.add("parent")
+            log_loop_once(task.id, new_parent, member.connector)
     link.base = encode_values({**base, **values})
     link.remote_updated_at = rt.updated_at
     link.updated_at = now
@@ -233,8 +431,9 @@ async def queue_updates_many(
     """For each (route, task, observed_at): queue an update for every member whose base differs
     from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
     fields instead of adding a second one; a link with an update being written (claimed) is left
-    to that write's own re-check. Four reads however many tasks: the outbox records a batch of
-    finished writes in one transaction, and each may leave its task needing more."""
+    to that write's own re-check. Four reads however many tasks (and, when a parent is among the
+    fields to write, two per level of the hierarchy: `load_hierarchy`): the outbox records a batch
+    of finished writes in one transaction, and each may leave its task needing more."""
     if not items:
         return 0
     task_ids = list({task.id for _, task, _ in items})
@@ -263,6 +462,7 @@ async def queue_updates_many(
     waiting = {row.link_id: row for row in open_updates if row.state == OpState.PENDING}
     queued = 0
     done: set[str] = set()
+    stale: list[tuple[TaskRow, LinkRow, datetime, list[str]]] = []
     for route, task, observed_at in items:
         if task.id in done:
             continue
@@ -276,23 +476,42 @@ async def queue_updates_many(
             fields = core.stale_fields(
                 conn, route, member, canonical, decode_values(link.base), held.get(task.id, ())
             )
-            if not fields:
-                continue
-            row = waiting.get(link.id)
-            if row is not None:
-                row.payload = {"fields": sorted(set(row.payload.get("fields", [])) | set(fields))}
-                row.observed_at = min(row.observed_at, observed_at)
-                continue
-            waiting[link.id] = enqueue(
-                session,
-                task,
-                link,
-                OpKind.UPDATE,
-                {"fields": sorted(fields)},
-                observed_at=observed_at,
-                now=ctx.now(),
-            )
-            queued += 1
+            if fields:
+                stale.append((task, link, observed_at, fields))
+    if any("parent" in fields for *_, fields in stale):
+        # A parent is written only where its copy exists and no loop comes of it (parent_hold);
+        # what waits is queued again when the parent's copy (or move) lands there.
+        moving = [(task, link, fields) for task, link, _, fields in stale if "parent" in fields]
+        hierarchy = await load_hierarchy(
+            session,
+            (task.data.get("parent") for task, _, _ in moving),
+            {(link.connector, link.scope) for _, link, _ in moving},
+        )
+        for task, link, fields in moving:
+            parent = task.data.get("parent")
+            hold = hierarchy.hold(task.id, parent, (link.connector, link.scope))
+            if hold == "loop":
+                log_loop_once(task.id, parent, link.connector)
+            if hold is not None:
+                fields.remove("parent")
+    for task, link, observed_at, fields in stale:
+        if not fields:
+            continue
+        row = waiting.get(link.id)
+        if row is not None:
+            row.payload = {"fields": sorted(set(row.payload.get("fields", [])) | set(fields))}
+            row.observed_at = min(row.observed_at, observed_at)
+            continue
+        waiting[link.id] = enqueue(
+            session,
+            task,
+            link,
+            OpKind.UPDATE,
+            {"fields": sorted(fields)},
+            observed_at=observed_at,
+            now=ctx.now(),
+        )
+        queued += 1
     if queued:
         on_commit(session, ctx.outbox_ready.set)
     return queued

@@ -1,8 +1,8 @@
 """Impactly connector: an Impactly project (scope = project id) as canonical tasks.
 
 Fields: title, description, status (active | completed, through mappings/impactly.yaml), priority
-(low..urgent or null), assignees (Impactly has ONE assignee, `assignee_id`), due_date (a date).
-Impactly has no tags, no start date and no archive.
+(low..urgent or null), assignees (Impactly has ONE assignee, `assignee_id`), due_date (a date),
+parent (`parent_task_id`). Impactly has no tags, no start date and no archive.
 
 Round trip (what `roundtrip` promises and `create_task`/`update_task` read back):
 - assignees: only people the PeopleMap can name on Impactly can be written; of those, the first by
@@ -13,10 +13,12 @@ Round trip (what `roundtrip` promises and `create_task`/`update_task` read back)
 - status/priority: the mapping's losses (in_progress/blocked -> active -> todo, cancelled -> completed
   -> done); priority none <-> null.
 
-Subtasks: the client supports `parent_task_id` (`ImpactlyClient.create_subtask`, `set_parent`), so
-`capabilities.subtasks` is true, but canonical `parent` holds a bridge task id that this connector
-cannot translate, so `parent` is neither in `capabilities.fields` nor in the values it reports;
-syncing parents is left to the engine (it can map links to remote ids and call the client helpers).
+Subtasks (`capabilities.subtasks`, `parent` read and written): a task's `parent_task_id` is
+reported as RemoteTask.parent_id (an Impactly task id; the engine translates it to a bridge task
+through its links), and `parent` in the values written is an Impactly task id (or None): sent as
+`parent_task_id` on POST /tasks (with the project: a parent must be in the same project) and on
+PATCH (null makes the task top level again). The platform refuses a parent that would make a task
+its own ancestor (400); the engine never sends one.
 
 Listing (watermark `{"since": ISO time, "polls": n}`):
 - No watermark, or every FULL_LISTING_EVERY-th poll (10; `polls` counts the incremental polls since
@@ -167,8 +169,8 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 class ImpactlyConnector(BaseConnector):
     webhook_headers = (EVENT_HEADER,)
     capabilities = Capabilities(
-        fields=fields("title", "description", "status", "priority", "assignees", "due_date"),
-        writable=fields("title", "description", "status", "priority", "assignees", "due_date"),
+        fields=fields("title", "description", "status", "priority", "assignees", "due_date", "parent"),
+        writable=fields("title", "description", "status", "priority", "assignees", "due_date", "parent"),
         webhooks=True,
         comments=True,
         incremental=True,
@@ -211,6 +213,7 @@ class ImpactlyConnector(BaseConnector):
             values=self._values(task),
             updated_at=parse_timestamp(task.get("updated_at")),
             created_at=parse_timestamp(task.get("created_at")),
+            parent_id=str(task["parent_task_id"]) if task.get("parent_task_id") else None,
         )
 
     def _assignee(self, keys: frozenset[str]) -> str | None:
@@ -237,6 +240,8 @@ class ImpactlyConnector(BaseConnector):
                 body["assignee_id"] = self._assignee(value)
             elif name == "due_date":
                 body["due_date"] = value.isoformat() if value is not None else None
+            elif name == "parent":
+                body["parent_task_id"] = value  # an Impactly task id (the engine translated it)
         return body
 
     def roundtrip_field(self, name: str, value: Any) -> Any:
@@ -330,6 +335,8 @@ class ImpactlyConnector(BaseConnector):
         values = self.writable(normalize_values(values))
         body = self._body(values)
         status = body.pop("status", None)
+        if "parent_task_id" in body and body["parent_task_id"] is None:
+            del body["parent_task_id"]  # top level: nothing to say
         body.setdefault("title", BLANK_TITLE)
         created = await self.client.create_task({**body, "project_id": scope})
         if status is not None and status != created.get("status"):

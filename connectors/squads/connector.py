@@ -5,7 +5,7 @@ a complete listing: `all_ids` is always set). Nucleus has no updated-since filte
 webhooks, so the watermark is `{}` and the engine finds changes by content hash.
 
 Fields: title, description, status, priority, assignees (one: `assignee_id`), due_date,
-start_date. Status and priority are config items: a task carries `status_id` / `priority_id`
+start_date, parent (`parent_task_id`). Status and priority are config items: a task carries `status_id` / `priority_id`
 (item ids) and, in every documented task shape, the joined `status_value` / `priority_value`.
 Values map through mappings/squads.yaml (item `value` <-> canonical). Reading prefers the joined
 value; a row without it is resolved through a cache of the config lists (item id -> value), which
@@ -17,9 +17,15 @@ and for one that left the credential's view (role scoping: employees and leads s
 tasks, managers also their squad's), and the two cannot be told apart. So every 404 on a task
 raises GoneFromView, never NotFound: a deletion is only ever reported as "gone from view".
 
-Not synced: tags (none on the platform), parent (the client has the subtask calls, the connector
-does not map the hierarchy), archived (no archive). Todos (checklist items) are exposed as
-`list_todos` / `replace_todos`; comments and webhooks do not exist.
+Subtasks (`capabilities.subtasks`, `parent` read and written): a row's `parent_task_id` is reported
+as RemoteTask.parent_id (a Nucleus task id; the engine translates it to a bridge task through its
+links), and `parent` in the values written is a Nucleus task id (or None), sent as `parent_task_id`
+in the POST /api/tasks body (documented there; POST /tasks/:id/subtasks takes only title, assignee
+and due date, so it is not used) and in the PUT. The platform refuses a parent that would make a
+task its own ancestor (400); the engine never sends one.
+
+Not synced: tags (none on the platform), archived (no archive). Todos (checklist items) are
+exposed as `list_todos` / `replace_todos`; comments and webhooks do not exist.
 
 Discovery (`taskbridge scopes` / `people`): list_scopes is GET /api/squads (NOTES.md); a squad's
 scope id is its NAME (what the `squad` filter takes), its uuid is kept in `extra`. Nucleus
@@ -40,6 +46,8 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
   Nucleus has no squad field on a task. A task created in a squad other than the token user's
   lands in that squad only once it is assigned to one of its members.
 - Titles are stored trimmed (leading/trailing whitespace dropped); `roundtrip` says so.
+- PUT `parent_task_id: null` makes a task top level again (the docs list the field as a string;
+  null is how every other nullable column is cleared).
 - Squad names are matched exactly; a name with a comma cannot be used (the `squad` filter is
   comma-separated). An unknown squad name is a Permanent error (checked against GET /api/squads),
   never an empty listing, so a renamed squad cannot look like "every task was deleted".
@@ -83,7 +91,7 @@ STATUS_LIST = "task_status"
 PRIORITY_LIST = "task_priority"
 SECTION_LIST = {"status": STATUS_LIST, "priority": PRIORITY_LIST}
 
-FIELDS = fields("title", "description", "status", "priority", "assignees", "due_date", "start_date")
+FIELDS = fields("title", "description", "status", "priority", "assignees", "due_date", "start_date", "parent")
 # The (user id, name) column pairs of a task row: whom list_people can find.
 PEOPLE_COLUMNS = (
     ("assignee_id", "assignee_name"),
@@ -152,7 +160,7 @@ class SquadsConnector(BaseConnector):
         incremental=False,
         delete=True,
         archive=False,
-        subtasks=False,  # the platform has them (client.list_subtasks/create_subtask); parent isn't synced
+        subtasks=True,  # parent_task_id, read and written (see the module's docstring)
         todos=True,
     )
 
@@ -204,6 +212,7 @@ class SquadsConnector(BaseConnector):
             values=normalize_values(values),
             updated_at=parse_timestamp(row.get("updated_at")),
             created_at=parse_timestamp(row.get("created_at")),
+            parent_id=str(row["parent_task_id"]) if row.get("parent_task_id") else None,
         )
 
     def _resolved(self, row: Json, section: str) -> Any:
@@ -295,6 +304,9 @@ class SquadsConnector(BaseConnector):
                     body[name] = value.isoformat()
                 elif not create:
                     body[name] = None
+            elif name == "parent":
+                if value is not None or not create:
+                    body["parent_task_id"] = value  # a Nucleus task id (the engine translated it)
         return body
 
     async def create_task(self, scope: str, values: Values) -> RemoteTask:

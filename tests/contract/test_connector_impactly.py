@@ -120,9 +120,9 @@ def iso(moment: datetime) -> str:
 
 def test_capabilities_are_honest(conn: ImpactlyConnector) -> None:
     caps = conn.capabilities
-    assert caps.fields == {"title", "description", "status", "priority", "assignees", "due_date"}
+    assert caps.fields == {"title", "description", "status", "priority", "assignees", "due_date", "parent"}
     assert caps.writable == caps.fields
-    assert "tags" not in caps.fields and "parent" not in caps.fields and "archived" not in caps.fields
+    assert "tags" not in caps.fields and "archived" not in caps.fields
     assert caps.webhooks and caps.comments and caps.incremental and caps.delete and caps.subtasks
     assert not caps.archive and not caps.todos
 
@@ -465,6 +465,7 @@ def test_roundtrip_rules(conn: ImpactlyConnector, people: dict[str, str]) -> Non
         "title": "t" * 500,
         "status": Status.TODO,
         "priority": Priority.NONE,
+        "parent": "01PARENT",  # ids are the engine's to translate: the round trip keeps them
     }
     assert conn.roundtrip({"assignees": [f"impactly1:{people['alice']}"]}) == {"assignees": {"alice"}}
     assert conn.roundtrip({"assignees": ["nobody"], "title": ""}) == {
@@ -480,7 +481,8 @@ async def test_subtasks_through_the_client(conn: ImpactlyConnector, fake: Impact
     other = await conn.create_task(scope, {"title": "Loose"})
     moved = await conn.client.set_parent(other.remote_id, parent.remote_id)
     assert moved["parent_task_id"] == parent.remote_id
-    assert "parent" not in (await conn.get_task(scope, child["id"])).values
+    read = await conn.get_task(scope, child["id"])
+    assert "parent" not in read.values and read.parent_id == parent.remote_id  # an Impactly id
 
 
 async def test_delete_and_no_archive(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) -> None:
@@ -800,3 +802,65 @@ async def test_check(conn: ImpactlyConnector, fake: ImpactlyFake, scope: str) ->
     assert "Default agent" in summary and "'Default'" in summary and "2 tasks" in summary
     with pytest.raises(Permanent, match="not found"):
         await conn.check(str(uuid.uuid4()))
+
+
+# -- the hierarchy (issue 18) ----------------------------------------------------------------------
+
+
+async def test_parent_is_read_and_written_as_impactly_ids(make: Make, fake: ImpactlyFake, scope: str) -> None:
+    """`parent` goes out as `parent_task_id` and comes back as RemoteTask.parent_id, both in
+    Impactly's own ids (the engine translates them), never among the canonical values."""
+    recorder = Recorder()
+    conn = make(transport=recorder)
+    parent = await conn.create_task(scope, {"title": "Launch", "parent": None})
+    other = await conn.create_task(scope, {"title": "Docs"})
+    assert (
+        parent.parent_id is None and "parent_task_id" not in recorder.bodies("POST")[0]
+    )  # top level: unsaid
+
+    child = await conn.create_task(scope, {"title": "Write the post", "parent": parent.remote_id})
+    assert recorder.bodies("POST")[-1] == {
+        "title": "Write the post",
+        "parent_task_id": parent.remote_id,
+        "project_id": scope,
+    }
+    assert child.parent_id == parent.remote_id and "parent" not in child.values
+    assert (await conn.get_task(scope, child.remote_id)).parent_id == parent.remote_id
+    listed = {t.remote_id: t.parent_id for t in (await conn.list_tasks(scope, None)).tasks}
+    assert listed == {parent.remote_id: None, other.remote_id: None, child.remote_id: parent.remote_id}
+    assert fake.tasks[child.remote_id].parent_task_id == parent.remote_id
+
+    recorder.clear()
+    moved = await conn.update_task(scope, child.remote_id, {"parent": other.remote_id})
+    assert recorder.bodies("PATCH") == [{"parent_task_id": other.remote_id}]
+    assert moved.parent_id == other.remote_id
+    top = await conn.update_task(scope, child.remote_id, {"parent": None})
+    assert recorder.bodies("PATCH")[-1] == {"parent_task_id": None}
+    assert top.parent_id is None and fake.tasks[child.remote_id].parent_task_id is None
+    # a parent change shows in the content hash (values alone would not)
+    assert moved.content_hash != top.content_hash and moved.values == top.values
+
+
+async def test_parent_in_the_incremental_feed_and_webhooks(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str, webhook_receiver: Any
+) -> None:
+    first = await conn.list_tasks(scope, None)
+    await conn.register_webhook(scope, webhook_receiver.url + "/hook", "s3cret")
+    parent = fake.call(lambda: fake.create_task("Launch"))
+    child = fake.call(lambda: fake.create_task("Write the post"))
+    fake.call(lambda: fake.update_task(child["id"], parent_task_id=parent["id"]))
+    hooks = webhook_receiver.wait_for(3)
+    [moved] = conn.parse_webhook(hooks[2].headers, hooks[2].body)
+    assert moved.task is not None and moved.task.parent_id == parent["id"]
+    feed = await conn.list_tasks(scope, first.watermark)
+    assert {t.remote_id: t.parent_id for t in feed.tasks} == {parent["id"]: None, child["id"]: parent["id"]}
+
+
+async def test_a_parent_the_platform_refuses(conn: ImpactlyConnector, scope: str) -> None:
+    """What the engine never sends (a loop, a task of nowhere) is the platform's 400: Permanent."""
+    parent = await conn.create_task(scope, {"title": "Launch"})
+    child = await conn.create_task(scope, {"title": "Write the post", "parent": parent.remote_id})
+    with pytest.raises(Permanent, match="own ancestor"):
+        await conn.update_task(scope, parent.remote_id, {"parent": child.remote_id})
+    with pytest.raises(Permanent, match="not found"):
+        await conn.update_task(scope, child.remote_id, {"parent": str(uuid.uuid4())})

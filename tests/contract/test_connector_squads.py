@@ -275,7 +275,6 @@ def roundtrip_cases(fake: SquadsFake) -> list[dict[str, Any]]:
             "due_date": today() + timedelta(days=3),
             "start_date": today(),
             "tags": {"x"},
-            "parent": "p1",
             "archived": False,
         },
         {
@@ -324,7 +323,7 @@ async def test_create_reads_back_as_roundtrip(
     # lossy cases spelled out: title trimmed, one assignee (sorted keys first), unsynced fields dropped
     first = connector.roundtrip(roundtrip_cases(fake)[0])
     assert first["title"] == "Padded title" and first["assignees"] == frozenset({"ada"})
-    assert "tags" not in first and "parent" not in first and "archived" not in first
+    assert "tags" not in first and "archived" not in first
     assert connector.roundtrip(roundtrip_cases(fake)[2])["assignees"] == frozenset({"eve"})
     # what was sent: item ids looked up by value; nothing for unset/empty fields on create
     posts = rec.of("POST", "/api/tasks")
@@ -409,7 +408,7 @@ async def test_update_sends_only_the_changed_fields(
 
     # only fields the platform doesn't hold: no PUT (it would be a 400), the task is read instead
     rec.clear()
-    same = await connector.update_task("Platform", rid, {"tags": {"a"}, "parent": "x", "archived": True})
+    same = await connector.update_task("Platform", rid, {"tags": {"a"}, "archived": True})
     assert [(c.method, c.path) for c in rec.calls] == [("GET", f"/api/tasks/{rid}")]
     assert same.values == moved.values
 
@@ -593,8 +592,8 @@ async def test_client_subtasks(conn: tuple[SquadsConnector, Recorder], fake: Squ
         "Benchmark ARM build times",
         "Port caches",
     ]
-    # subtasks are tasks of the squad too (parent isn't synced)
-    assert "Port caches" in await by_title(connector)
+    # subtasks are tasks of the squad too, reported with their parent's id
+    assert (await by_title(connector))["Port caches"].parent_id == rid
 
 
 # -- what squads does not have --------------------------------------------------------------------
@@ -606,10 +605,12 @@ async def test_no_webhooks_comments_or_archive(conn: tuple[SquadsConnector, Reco
     assert (
         caps.fields
         == caps.writable
-        == frozenset({"title", "description", "status", "priority", "assignees", "due_date", "start_date"})
+        == frozenset(
+            {"title", "description", "status", "priority", "assignees", "due_date", "start_date", "parent"}
+        )
     )
     assert (caps.webhooks, caps.comments, caps.archive, caps.incremental) == (False, False, False, False)
-    assert caps.delete and caps.todos and not caps.subtasks
+    assert caps.delete and caps.todos and caps.subtasks
     assert await connector.register_webhook("Platform", "http://127.0.0.1:1/webhooks/squads1", "s") is None
     with pytest.raises(BadSignature, match="no webhooks"):
         connector.verify_webhook({}, b"{}", ["s"])
@@ -834,3 +835,52 @@ async def test_timeout_is_retryable(
         await connector.get_task("Platform", "any")
     assert not isinstance(err.value, RateLimited)
     assert isinstance(err.value, ConnectorError) and time.monotonic() - started < 2.0
+
+
+# -- the hierarchy (issue 18) ----------------------------------------------------------------------
+
+
+async def test_parent_is_read_and_written_as_nucleus_ids(
+    conn: tuple[SquadsConnector, Recorder], fake: SquadsFake
+) -> None:
+    """`parent` goes out as `parent_task_id` (POST /api/tasks, PUT) and comes back as
+    RemoteTask.parent_id, both in Nucleus's own ids, never among the canonical values."""
+    connector, rec = conn
+    seeded = await by_title(connector)
+    migrate = seeded["Migrate CI runners to ARM"]
+    assert seeded["Benchmark ARM build times"].parent_id == migrate.remote_id  # the seeded subtask
+    assert migrate.parent_id is None and "parent" not in migrate.values
+
+    rec.clear()
+    top = await connector.create_task("Platform", {"title": "Launch", "parent": None})
+    assert "parent_task_id" not in rec.of("POST", "/api/tasks")[0].body and top.parent_id is None
+    child = await connector.create_task("Platform", {"title": "Write the post", "parent": top.remote_id})
+    assert rec.of("POST", "/api/tasks")[-1].body == {
+        "title": "Write the post",
+        "parent_task_id": top.remote_id,
+    }
+    assert child.parent_id == top.remote_id and "parent" not in child.values
+    assert (await connector.get_task("Platform", child.remote_id)).parent_id == top.remote_id
+    assert (await by_title(connector))["Write the post"].parent_id == top.remote_id
+    assert [s["title"] for s in await connector.client.list_subtasks(top.remote_id)] == ["Write the post"]
+
+    rec.clear()
+    moved = await connector.update_task("Platform", child.remote_id, {"parent": migrate.remote_id})
+    assert rec.of("PUT")[0].body == {"parent_task_id": migrate.remote_id}
+    assert moved.parent_id == migrate.remote_id
+    assert await connector.client.list_subtasks(top.remote_id) == []
+    cleared = await connector.update_task("Platform", child.remote_id, {"parent": None})
+    assert rec.of("PUT")[-1].body == {"parent_task_id": None}
+    assert cleared.parent_id is None and fake.tasks[child.remote_id]["parent_task_id"] is None
+    assert moved.content_hash != cleared.content_hash  # a move shows, though the values are alike
+
+
+async def test_a_parent_nucleus_refuses(conn: tuple[SquadsConnector, Recorder]) -> None:
+    """What the engine never sends (a loop, a task of nowhere) is the platform's 400: Permanent."""
+    connector, _ = conn
+    seeded = await by_title(connector)
+    migrate, bench = seeded["Migrate CI runners to ARM"], seeded["Benchmark ARM build times"]
+    with pytest.raises(Permanent, match="own ancestor"):
+        await connector.update_task("Platform", migrate.remote_id, {"parent": bench.remote_id})
+    with pytest.raises(Permanent, match="not found"):
+        await connector.create_task("Platform", {"title": "Orphan", "parent": "no-such-task"})

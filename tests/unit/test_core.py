@@ -454,3 +454,178 @@ def test_same_remote_task(
     marker: str | None, known: datetime | None, created: datetime | None, same: bool, why: str
 ) -> None:
     assert core.same_remote_task("01JF0000000000000000000000", known, marker, created) is same, why
+
+
+# -- the hierarchy: parent ids between platforms and the bridge ----------------------------------
+
+NESTED = (*ALL, "parent")
+NESTS = FakeConn(fields=frozenset(NESTED), writable=frozenset(NESTED))  # Impactly, Nucleus
+FLAT = FakeConn()  # Vortask, AgentKanban, PostHog: no `parent` among their fields
+
+
+def child(parent_id: str | None, remote_id: str = "r1") -> RemoteTask:
+    return RemoteTask(remote_id=remote_id, scope="s1", values={"title": "t"}, parent_id=parent_id)
+
+
+TRANSLATE_CASES = [
+    # (why, parent, links, expected)
+    ("top level stays top level", None, {"r9": "T9"}, None),
+    ("read: a remote parent becomes the bridge task linked to it", "r9", {"r9": "T9"}, "T9"),
+    ("write: a bridge parent becomes its copy's id there", "T9", {"T9": "r9"}, "r9"),
+    ("no link: unlinked, never guessed", "r8", {"r9": "T9"}, core.UNLINKED),
+    ("no links at all", "r8", {}, core.UNLINKED),
+]
+
+
+@pytest.mark.parametrize(
+    ("parent", "links", "expected"), [c[1:] for c in TRANSLATE_CASES], ids=[c[0] for c in TRANSLATE_CASES]
+)
+def test_translate_parent(parent: str | None, links: dict[str, str], expected: Any) -> None:
+    assert (
+        core.translate_parent(parent, links) is expected or core.translate_parent(parent, links) == expected
+    )
+
+
+READ_PARENT_CASES = [
+    # (why, conn, fields, member, reported parent id, parents map, expected values)
+    (
+        "a linked parent is reported as its bridge task",
+        NESTS,
+        NESTED,
+        A,
+        "r9",
+        {"r9": "T9"},
+        {"parent": "T9"},
+    ),
+    ("top level is reported as None", NESTS, NESTED, A, None, {}, {"parent": None}),
+    ("a parent not linked yet is not reported", NESTS, NESTED, A, "r8", {"r9": "T9"}, {}),
+    ("no map given (recovery, matching): not reported", NESTS, NESTED, A, "r9", None, {}),
+    ("the route does not sync parent", NESTS, ALL, A, "r9", {"r9": "T9"}, {}),
+    ("a platform without subtasks never reports one", FLAT, NESTED, A, "r9", {"r9": "T9"}, {}),
+    (
+        "a member that does not read parent",
+        NESTS,
+        NESTED,
+        Member("a", "s1", field_directions={"parent": "push"}),
+        "r9",
+        {"r9": "T9"},
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("conn", "fields", "member", "parent_id", "parents", "expected"),
+    [c[1:] for c in READ_PARENT_CASES],
+    ids=[c[0] for c in READ_PARENT_CASES],
+)
+def test_readable_parent(
+    conn: FakeConn,
+    fields: tuple[str, ...],
+    member: Member,
+    parent_id: str | None,
+    parents: dict[str, str] | None,
+    expected: Values,
+) -> None:
+    values, _ = core.readable_values(conn, route(fields=fields), member, child(parent_id), parents)  # type: ignore[arg-type]
+    assert {k: v for k, v in values.items() if k == "parent"} == expected
+
+
+def test_parent_is_written_only_where_the_platform_nests() -> None:
+    nested, flat = route(fields=NESTED), route(fields=ALL)
+    base = {**core.DEFAULTS, "title": "t"}
+    canonical = {**base, "parent": "T9"}
+    assert core.plan_update(NESTS, nested, A, canonical, base, (), None) == {"parent": "T9"}  # type: ignore[arg-type]
+    assert core.plan_update(FLAT, nested, A, canonical, base, (), None) == {}  # type: ignore[arg-type]
+    assert core.plan_update(NESTS, flat, A, canonical, base, (), None) == {}  # type: ignore[arg-type]
+    # held (its copy there is missing, or a loop): not planned, and nothing else is held with it
+    moved = {**canonical, "title": "u"}
+    assert core.plan_update(NESTS, nested, A, moved, base, {"parent"}, None) == {"title": "u"}  # type: ignore[arg-type]
+    assert core.writes_parent(NESTS, nested, A)  # type: ignore[arg-type]
+    assert not core.writes_parent(FLAT, nested, A)  # type: ignore[arg-type]
+    assert not core.writes_parent(NESTS, nested, PULL_ONLY)  # type: ignore[arg-type]
+
+
+LOOP_CASES = [
+    # (why, task, new parent, canonical parents, closes a loop)
+    ("top level never loops", "A", None, {"B": "A"}, False),
+    ("a task under itself", "A", "A", {}, True),
+    ("under its own child", "A", "B", {"B": "A"}, True),
+    ("under its grandchild", "A", "C", {"C": "B", "B": "A"}, True),
+    ("under a sibling", "A", "B", {"B": "P", "A": "P"}, False),
+    ("an ancestor chain that ends", "A", "B", {"B": "C", "C": None}, False),
+    ("an ancestor not loaded ends the walk", "A", "B", {"B": "Z"}, False),
+    ("a loop above that does not contain the task", "A", "B", {"B": "C", "C": "B"}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("task", "parent", "parent_of", "loops"), [c[1:] for c in LOOP_CASES], ids=[c[0] for c in LOOP_CASES]
+)
+def test_closes_loop(task: str, parent: str | None, parent_of: dict[str, str | None], loops: bool) -> None:
+    assert core.closes_loop(task, parent, parent_of) is loops
+
+
+HOLD_CASES = [
+    # (why, parent, its id there, canonical parents, parents there as last agreed, hold)
+    ("top level is always written", None, None, {}, {}, None),
+    ("a parent with a copy there is written", "P", "rP", {"P": None}, {"P": None}, None),
+    ("the parent's copy is not there yet", "P", core.UNLINKED, {"P": None}, {}, "unlinked"),
+    ("the bridge's own parents loop: refused", "P", "rP", {"P": "A"}, {"P": None}, "loop"),
+    ("the target still has the task above the parent", "P", "rP", {"P": None}, {"P": "A"}, "loop-there"),
+    ("...two levels up there", "P", "rP", {"P": None}, {"P": "Q", "Q": "A"}, "loop-there"),
+    ("unlinked comes first (nothing to loop with there)", "P", core.UNLINKED, {"P": "A"}, {}, "unlinked"),
+]
+
+
+@pytest.mark.parametrize(
+    ("parent", "there", "parent_of", "parent_of_there", "hold"),
+    [c[1:] for c in HOLD_CASES],
+    ids=[c[0] for c in HOLD_CASES],
+)
+def test_parent_hold(
+    parent: str | None,
+    there: Any,
+    parent_of: dict[str, str | None],
+    parent_of_there: dict[str, str | None],
+    hold: str | None,
+) -> None:
+    assert core.parent_hold("A", parent, there, parent_of, parent_of_there) == hold
+
+
+def test_parents_first_puts_a_listed_parent_before_its_children() -> None:
+    listing = [
+        child("p", "c1"),
+        child(None, "x"),
+        child("c1", "g"),
+        child(None, "p"),
+        child("elsewhere", "o"),
+    ]
+    order = [t.remote_id for t in core.parents_first(listing)]
+    assert sorted(order) == sorted(t.remote_id for t in listing)
+    assert order.index("p") < order.index("c1") < order.index("g")
+    assert order == ["p", "c1", "x", "g", "o"]
+    # a cycle in a listing (the platform's bug) or an id listed twice: everything kept
+    looped = [child("b", "a"), child("a", "b")]
+    assert sorted(t.remote_id for t in core.parents_first(looped)) == ["a", "b"]
+    twice = [child(None, "a"), child(None, "a")]
+    assert core.parents_first(twice) == twice
+
+
+def test_the_read_before_write_counts_an_unknown_parent_as_a_move() -> None:
+    r = route(fields=NESTED)
+    base = {"title": "t", "parent": "T9"}
+    assert not core.moved_since_base(NESTS, r, A, child("r9"), base, {"r9": "T9"})  # type: ignore[arg-type]
+    assert core.moved_since_base(NESTS, r, A, child(None), base, {"r9": "T9"})  # type: ignore[arg-type]
+    assert core.moved_since_base(NESTS, r, A, child("r7"), base, {"r9": "T9"})  # type: ignore[arg-type]
+    assert not core.moved_since_base(NESTS, r, A, child("r7"), base)  # type: ignore[arg-type]  # no map: not read
+
+
+def test_a_written_parent_reads_back_as_written() -> None:
+    r = route(fields=NESTED)
+    created = child("r9")  # the create's answer: the platform's id, not translated here
+    assert core.base_after_write(NESTS, r, A, {}, {"title": "t", "parent": "T9"}, created) == {  # type: ignore[arg-type]
+        "title": "t",
+        "parent": "T9",
+    }
+    assert core.inflight_claims(NESTS, {"parent": "T9"}) == {"parent": "T9"}  # type: ignore[arg-type]

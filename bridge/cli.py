@@ -199,6 +199,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_FAILED if plan.errors else EXIT_OK
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bridge.engine.recovery import RecoveryFailed
+    from bridge.planning import link_route, render_links
+
+    cfg = _load_config(args.config, syncing=True, store=True)
+    _setup_logging(cfg, quiet=True)
+    try:
+        result = asyncio.run(link_route(cfg, args.route, dry_run=args.dry_run))
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except RecoveryFailed as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    print(render_links(result, dry_run=args.dry_run))
+    if result.ambiguous and not args.dry_run:
+        print("(a running daemon learns the ambiguous ones at its next start or reload)")
+    return EXIT_OK
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -416,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--route", action="append", default=[], metavar="NAME", help="only this route (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="the plan as JSON")
+
+    p = add(
+        "link",
+        cmd_link,
+        "link the tasks of a running route that are already on several members (as initial: match "
+        "does on day one), among those no link holds yet",
+    )
+    p.add_argument("--config", "-c", required=True, metavar="FILE", help="the daemon's config file")
+    p.add_argument("--route", required=True, metavar="NAME", help="the route whose tasks to link")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be linked")
 
     p = add("sync", cmd_sync, "one full sync pass with a progress bar, then exit")
     p.add_argument("--config", "-c", required=True, metavar="FILE")

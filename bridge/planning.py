@@ -28,8 +28,10 @@ from bridge.config import Config
 from bridge.daemon import build_connectors
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
-from bridge.engine.matching import adopt_existing, load_held_apart
+from bridge.engine.matching import MatchPlan, adopt_existing, load_held_apart, match_route
+from bridge.engine.matching import plan as plan_matches
 from bridge.engine.poller import poll_connector
+from bridge.engine.recovery import list_route
 from bridge.engine.routes import build_routes
 from bridge.model import decode_values
 from bridge.store import Store
@@ -231,4 +233,56 @@ def render(plan: Plan) -> str:
     for connector, n in sorted(plan.already_queued.items()):
         lines.append(f"{connector}: {n} writes already queued in the store (the next sync makes them too)")
     lines.extend(f"error: {e}" for e in plan.errors)
+    return "\n".join(lines)
+
+
+async def link_route(cfg: Config, route_name: str, *, dry_run: bool = False) -> MatchPlan:
+    """`taskbridge link`: run matching on a route that already runs, over the tasks no link
+    holds yet (those `new-only` or `match-only` left alone, say): the same rules as `initial:
+    match`. With `dry_run`, only decide. Raises ValueError for an unknown route."""
+    routes = {r.name: r for r in build_routes(cfg)}
+    if route_name not in routes:
+        raise ValueError(f"no route {route_name!r}; the config has {', '.join(routes)}")
+    store = Store.open(cfg.store.url)
+    connectors = build_connectors(cfg)
+    try:
+        await store.migrate()
+        ctx = EngineContext(store, list(routes.values()), connectors, replica="link")
+        await load_held_apart(ctx)
+        route = routes[route_name]
+        if dry_run:
+            copies = await list_route(ctx, route, why=f"to match route {route_name}'s tasks")
+            linked = await _linked(store, route_name)
+            return plan_matches(
+                route, [c for c in copies if (c.member.connector, c.task.remote_id) not in linked]
+            )
+        return await match_route(ctx, route)
+    finally:
+        for conn in connectors.values():
+            await conn.aclose()
+        await store.close()
+
+
+async def _linked(store: Store, route: str) -> set[tuple[str, str]]:
+    async with store.read() as session:
+        rows = await session.execute(
+            select(LinkRow.connector, LinkRow.remote_id).where(
+                LinkRow.route == route, LinkRow.remote_id.is_not(None)
+            )
+        )
+        return {(c, str(r)) for c, r in rows.all()}
+
+
+def render_links(result: MatchPlan, *, dry_run: bool) -> str:
+    verb = "would link" if dry_run else "linked"
+    lines = [f"{verb} {len(result.matches)} tasks found on several members:"]
+    for m in result.matches:
+        where = ", ".join(f"{c.member.connector}:{c.task.remote_id}" for c in m.copies)
+        lines.append(f"  {m.canonical.get('title')!r} (confidence {m.confidence:g}): {where}")
+    if result.ambiguous:
+        lines.append(f"left unlinked as ambiguous ({len(result.ambiguous)}: a title one member holds twice):")
+        lines.extend(
+            f"  {c.member.connector}:{c.task.remote_id} {c.values.get('title')!r}" for c in result.ambiguous
+        )
+    lines.append(f"{len(result.unmatched)} tasks matched nowhere (left as they are)")
     return "\n".join(lines)

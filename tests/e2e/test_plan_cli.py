@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import ops
 from tests.e2e.conftest import PLATFORMS
 from tests.engine.test_engine import writes
 from tests.world import World
@@ -59,3 +60,47 @@ def test_plan_lists_the_creates_of_a_first_sync_and_writes_nothing(seeded: World
         timeout=60,
     )
     assert bad.returncode == 2 and "no route 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_link_joins_what_a_running_route_left_apart(tmp_path: Path) -> None:
+    """A route on `new-only` left the existing twins alone; `taskbridge link` links them (and
+    copies nothing), then an edit crosses."""
+    w = World(("impactly", "vortask")).start()
+    try:
+        for i in range(3):
+            ops.create(w, "impactly", f"Kept by hand {i}")
+            ops.create(w, "vortask", f"kept  BY hand {i}")
+        ops.create(w, "vortask", "only here")
+        path = w.config(tmp_path, route={"initial": "new-only"})
+
+        def bridge(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "bridge", *argv, "--config", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        assert bridge("sync", "--once", "--no-progress").returncode == 0
+        assert len(ops.view(w, "impactly")) == 3  # new-only: nothing existing was copied
+        dry = bridge("link", "--route", "main", "--dry-run")
+        assert dry.returncode == 0 and "would link 3 tasks" in dry.stdout, dry.stdout + dry.stderr
+        done = bridge("link", "--route", "main")
+        assert (
+            done.returncode == 0
+            and "linked 3 tasks" in done.stdout
+            and "1 tasks matched nowhere" in done.stdout
+        )
+        assert "Traceback" not in done.stderr
+        assert bridge("sync", "--once", "--no-progress").returncode == 0
+        assert len(ops.view(w, "impactly")) == 3 and len(ops.view(w, "vortask")) == 4  # no copy made
+        vt = next(t["id"] for title, t in ops.view(w, "vortask").items() if "1" in title)
+        ops.edit(w, "vortask", vt, title="kept by hand 1, renamed")
+        assert bridge("sync", "--once", "--no-progress").returncode == 0
+        assert "kept by hand 1, renamed" in ops.view(w, "impactly")
+        again = bridge("link", "--route", "main")
+        assert "linked 0 tasks" in again.stdout  # what is linked stays as it is
+        bad = bridge("link", "--route", "nope")
+        assert bad.returncode == 2 and "no route 'nope'" in bad.stderr
+    finally:
+        w.stop()

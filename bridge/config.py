@@ -506,7 +506,23 @@ class RouteConfig(_Model):
         return value
 
 
-class Config(BaseSettings):
+class _EnvOverFile(BaseSettings):
+    """Settings read from the file with the environment over it: that is what an operator's
+    TASKBRIDGE_* is for (no .env file, no secrets directory)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+class Config(_EnvOverFile):
     """The whole file. Keys are documented in config.example.yaml."""
 
     model_config = SettingsConfigDict(
@@ -552,18 +568,6 @@ class Config(BaseSettings):
 
     def error(self, problems: list[Problem]) -> ConfigError:
         return ConfigError(self._filename, problems)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file: that is what an operator's TASKBRIDGE_* is for.
-        return (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
@@ -867,7 +871,7 @@ def _validate(cls: type[BaseSettings], data: dict[str, Any], env: Mapping[str, s
         os.environ.update(saved)
 
 
-class _ServerOnly(BaseSettings):
+class _ServerOnly(_EnvOverFile):
     """The `server` section alone (see `load_server`)."""
 
     model_config = SettingsConfigDict(
@@ -875,17 +879,6 @@ class _ServerOnly(BaseSettings):
     )
 
     server: ServerConfig = ServerConfig()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
 
 
 # -- TASKBRIDGE_* overrides ----------------------------------------------------------------------

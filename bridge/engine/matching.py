@@ -38,9 +38,8 @@ from bridge.engine.context import EngineContext
 from bridge.engine.recovery import Copy, list_route, readopt_route, store_is_new, under_lease
 from bridge.engine.recovery import plan as plan_markers
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import create_mirrors, new_task, queue_updates_many
-from bridge.model import Values, encode_values, new_id
-from bridge.store.states import LinkState
+from bridge.engine.sync import active_link, create_mirrors, new_task, queue_updates_many
+from bridge.model import Values, new_id
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow
 
 log = logging.getLogger("taskbridge.matching")
@@ -254,22 +253,7 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
             )
             for c in m.copies:
                 session.add(
-                    LinkRow(
-                        task_id=task.id,
-                        route=route.name,
-                        connector=c.member.connector,
-                        scope=c.member.scope,
-                        remote_id=c.task.remote_id,
-                        state=LinkState.ACTIVE,
-                        base=encode_values(c.values),
-                        remote_updated_at=c.task.updated_at,
-                        remote_created_at=c.task.created_at,
-                        content_hash=c.task.content_hash,
-                        remote_url=c.task.url,
-                        is_mirror=c.marker is not None,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                    active_link(route, c.member, task.id, c.task, c.values, now, mirror=c.marker is not None)
                 )
             missing = _missing(route, m)
             if missing:

@@ -39,9 +39,8 @@ from sqlalchemy import select
 from bridge.engine import core, leases
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import create_mirrors, new_task, queue_updates_many
-from bridge.model import Values, encode_values
-from bridge.store.states import LinkState
+from bridge.engine.sync import active_link, create_mirrors, new_task, queue_updates_many
+from bridge.model import Values
 from bridge.store.tables import LinkRow
 from connectors.base import ConnectorError, RemoteTask
 
@@ -269,24 +268,7 @@ async def _apply(ctx: EngineContext, route: Route, result: Plan) -> None:
                 task_id=a.task_id,
             )
             for c, mirror in [*((m, True) for m in a.mirrors), *([(a.origin, False)] if a.origin else [])]:
-                session.add(
-                    LinkRow(
-                        task_id=task.id,
-                        route=route.name,
-                        connector=c.member.connector,
-                        scope=c.member.scope,
-                        remote_id=c.task.remote_id,
-                        state=LinkState.ACTIVE,
-                        base=encode_values(c.values),
-                        remote_updated_at=c.task.updated_at,
-                        remote_created_at=c.task.created_at,
-                        content_hash=c.task.content_hash,
-                        remote_url=c.task.url,
-                        is_mirror=mirror,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+                session.add(active_link(route, c.member, task.id, c.task, c.values, now, mirror=mirror))
             if a.missing:
                 await create_mirrors(ctx, session, route, task, only=a.missing, observed_at=now)
             queued.append((route, task, now))

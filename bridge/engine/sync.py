@@ -644,26 +644,32 @@ async def _create_canonical(
     task = await new_task(
         session, route, values, source=member.connector, via=obs.via, now=now, updated_at=rt.updated_at
     )
-    session.add(
-        LinkRow(
-            task_id=task.id,
-            route=route.name,
-            connector=member.connector,
-            scope=member.scope,
-            remote_id=rt.remote_id,
-            state=LinkState.ACTIVE,
-            base=encode_values(values),
-            remote_updated_at=rt.updated_at,
-            remote_created_at=rt.created_at,
-            content_hash=rt.content_hash,
-            remote_url=rt.url,
-            is_mirror=False,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    session.add(active_link(route, member, task.id, rt, values, now, mirror=False))
     await create_mirrors(ctx, session, route, task, exclude=member, observed_at=now)
     return task
+
+
+def active_link(
+    route: Route, member: Member, task_id: str, rt: RemoteTask, values: Values, now: datetime, *, mirror: bool
+) -> LinkRow:
+    """A link, active, of `task_id` to the remote task `rt` that `member` reports as `values`
+    (which become the link's base): what an observation, a re-adoption and a match all make."""
+    return LinkRow(
+        task_id=task_id,
+        route=route.name,
+        connector=member.connector,
+        scope=member.scope,
+        remote_id=rt.remote_id,
+        state=LinkState.ACTIVE,
+        base=encode_values(values),
+        remote_updated_at=rt.updated_at,
+        remote_created_at=rt.created_at,
+        content_hash=rt.content_hash,
+        remote_url=rt.url,
+        is_mirror=mirror,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 async def new_task(

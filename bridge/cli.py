@@ -181,22 +181,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import asyncio
     import json
+    from pathlib import Path
 
     from bridge.engine.recovery import RecoveryFailed
-    from bridge.planning import make_plan, render
+    from bridge.planning import ApplyRefused, Reviewed, apply_plan, make_plan, render, render_applied
 
+    if args.reviewed and not args.apply:
+        _err("--reviewed goes with --apply: it names the plan the apply may not go beyond")
+        return EXIT_USAGE
+    reviewed: Reviewed | None = None
+    if args.reviewed:
+        try:
+            data = json.loads(Path(args.reviewed).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            _err(f"cannot read the reviewed plan {args.reviewed}: {getattr(exc, 'strerror', None) or exc}")
+            return EXIT_USAGE
+        try:
+            reviewed = Reviewed.parse(data)
+        except ValueError as exc:
+            _err(f"{args.reviewed} {exc}")
+            return EXIT_USAGE
     cfg = _load_config(args.config, syncing=True, store=True)
     _setup_logging(cfg, quiet=True)
     try:
-        plan = asyncio.run(make_plan(cfg, routes=args.route))
+        if args.apply:
+            applied = asyncio.run(apply_plan(cfg, routes=args.route, reviewed=reviewed))
+        else:
+            plan = asyncio.run(make_plan(cfg, routes=args.route))
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    except RecoveryFailed as exc:
+    except (RecoveryFailed, ApplyRefused) as exc:
         _err(str(exc))
         return EXIT_FAILED
-    print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
-    return EXIT_FAILED if plan.errors else EXIT_OK
+    if not args.apply:
+        print(json.dumps(plan.as_json(), indent=2) if args.json else render(plan))
+        return EXIT_FAILED if plan.errors else EXIT_OK
+    print(json.dumps(applied.as_json(), indent=2) if args.json else render_applied(applied))
+    failed = applied.plan.errors or applied.failed or applied.unreviewed
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_link(args: argparse.Namespace) -> int:
@@ -431,13 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         cmd_plan,
         "what the next sync would do (links, creates, updates, archives, comments), per member; "
-        "it only reads the platforms and the store",
+        "it only reads the platforms and the store, unless --apply makes what it shows",
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE", help="the daemon's config file")
     p.add_argument(
         "--route", action="append", default=[], metavar="NAME", help="only this route (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="the plan as JSON")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="make the writes the plan shows, and only those (the daemon must be stopped)",
+    )
+    p.add_argument(
+        "--reviewed",
+        metavar="FILE",
+        help="with --apply: a plan printed before by `plan --json`; a write it does not hold is parked, not made",
+    )
 
     p = add(
         "link",

@@ -11,18 +11,27 @@ platforms only ever see reads. The scratch store is deleted afterwards; the real
 
 Writes already queued in the real store (a daemon that stopped with work pending) are counted
 apart: the next sync makes them too.
+
+`plan --apply` runs the same decisions (`_decide`) in the real store instead, with the daemon
+stopped, and then has the outbox worker make the writes they queued and only those (it claims by
+the range of their ids). What it printed is read back from that same store, so it is what it
+does; given a plan printed before (`--reviewed FILE`, the JSON of `plan --json`), a write that
+plan did not show (a platform changed between the two) is parked for a person instead of made.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bridge.config import Config
 from bridge.daemon import build_connectors
@@ -30,13 +39,21 @@ from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.matching import MatchPlan, adopt_existing, load_held_apart, match_route
 from bridge.engine.matching import plan as plan_matches
+from bridge.engine.outbox import Worker, WorkerSettings
 from bridge.engine.poller import poll_connector
 from bridge.engine.recovery import list_route
-from bridge.engine.routes import build_routes
+from bridge.engine.routes import Route, build_routes
 from bridge.model import decode_values
 from bridge.store import Store
-from bridge.store.portable import encode_line, export_records, import_records, snapshot
-from bridge.store.states import OpState
+from bridge.store.portable import (
+    encode_line,
+    export_records,
+    import_records,
+    live_holders,
+    snapshot,
+    unfinished_writes,
+)
+from bridge.store.states import OpState, advance
 from bridge.store.tables import CommentRow, HistoryRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import ConnectorError
 
@@ -51,6 +68,12 @@ class PlannedWrite:
     task_id: str
     title: str
     fields: dict[str, Any] = field(default_factory=dict)  # an update's new values; a comment's text
+    op_id: int = 0  # its outbox operation in the store the plan ran on (a scratch copy's, for `plan`)
+
+    def key(self) -> str:
+        """What a person reviewed of this write: where, what and which values; not the ids, which
+        a task first seen by this run gets anew each time."""
+        return json.dumps([self.connector, self.scope, self.op, self.title, self.fields], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -86,39 +109,51 @@ class Plan:
         }
 
 
-async def make_plan(cfg: Config, *, routes: Sequence[str] = ()) -> Plan:
-    """The plan for `routes` (all when empty). Raises ValueError for an unknown route name."""
+def _chosen(cfg: Config, routes: Sequence[str]) -> list[Route]:
+    """The routes a plan covers (all when `routes` is empty). Raises ValueError for an unknown name."""
     known = [r.name for r in cfg.routes]
     unknown = [r for r in routes if r not in known]
     if unknown:
         raise ValueError(f"no route {', '.join(map(repr, unknown))}; the config has {', '.join(known)}")
+    return [r for r in build_routes(cfg) if not routes or r.name in routes]
+
+
+async def make_plan(cfg: Config, *, routes: Sequence[str] = ()) -> Plan:
+    """The plan for `routes` (all when empty). Raises ValueError for an unknown route name."""
+    chosen = _chosen(cfg, routes)
     plan = Plan()
     with tempfile.TemporaryDirectory(prefix="taskbridge-plan-") as tmp:
         scratch = Store.open(f"sqlite+aiosqlite:///{Path(tmp) / 'plan.db'}")
         connectors = build_connectors(cfg)
         try:
             held = await _copy_state(cfg, scratch, Path(tmp) / "state.jsonl", plan)
-            chosen = [r for r in build_routes(cfg) if not routes or r.name in routes]
             ctx = EngineContext(scratch, chosen, connectors, replica="plan")
-            await load_held_apart(ctx)
-            ctx.held_apart |= held
-            await adopt_existing(ctx)
-            for name in dict.fromkeys(m.connector for r in chosen for m in r.members):
-                report = await poll_connector(ctx, name)
-                plan.errors.extend(report.errors + report.guard_tripped)
-            for route in chosen:
-                for member in route.members:
-                    try:
-                        await sweep_comments(ctx, route, member, budget=SWEEP_BUDGET, extra=[])
-                    except ConnectorError as exc:
-                        plan.errors.append(str(exc))
+            await _decide(ctx, plan, held=held)
             await _read_back(scratch, plan)
-            plan.held_apart = sorted(ctx.held_apart)
         finally:
             for conn in connectors.values():
                 await conn.aclose()
             await scratch.close()
     return plan
+
+
+async def _decide(ctx: EngineContext, plan: Plan, *, held: set[tuple[str, str]] | None = None) -> None:
+    """What the daemon's start and first pass decide, into `ctx.store`: the start-up adoption
+    (re-adoption by marker, `initial: match`), one poll of every member and one comment sweep.
+    The outbox is not run."""
+    await load_held_apart(ctx)
+    ctx.held_apart |= held or set()
+    await adopt_existing(ctx)
+    for name in dict.fromkeys(m.connector for r in ctx.routes for m in r.members):
+        report = await poll_connector(ctx, name)
+        plan.errors.extend(report.errors + report.guard_tripped)
+    for route in ctx.routes:
+        for member in route.members:
+            try:
+                await sweep_comments(ctx, route, member, budget=SWEEP_BUDGET, extra=[])
+            except ConnectorError as exc:
+                plan.errors.append(str(exc))
+    plan.held_apart = sorted(ctx.held_apart)
 
 
 async def _copy_state(cfg: Config, scratch: Store, path: Path, plan: Plan) -> set[tuple[str, str]]:
@@ -145,12 +180,21 @@ async def _copy_state(cfg: Config, scratch: Store, path: Path, plan: Plan) -> se
     return held_ctx.held_apart
 
 
-async def _read_back(scratch: Store, plan: Plan) -> None:
-    async with scratch.read() as session:
-        ops = (await session.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()
+async def _read_back(store: Store, plan: Plan, *, after: Floor | None = None) -> None:
+    """The writes queued and the links made, into `plan`: everything in the store, or what came
+    after `after` (the same store's outbox and history as they were before the plan's run)."""
+    after = after or Floor()
+    async with store.read() as session:
+        ops = (
+            await session.scalars(select(OutboxRow).where(OutboxRow.id > after.op).order_by(OutboxRow.id))
+        ).all()
         task_ids = {op.task_id for op in ops}
         adopted = (
-            await session.scalars(select(HistoryRow).where(HistoryRow.via.in_(("match", "recovery"))))
+            await session.scalars(
+                select(HistoryRow).where(
+                    HistoryRow.via.in_(("match", "recovery")), HistoryRow.id > after.history
+                )
+            )
         ).all()
         task_ids |= {h.task_id for h in adopted}
         tasks = {
@@ -184,6 +228,7 @@ async def _read_back(scratch: Store, plan: Plan) -> None:
                 task_id=op.task_id,
                 title=task.title if task is not None else "",
                 fields=detail,
+                op_id=op.id,
             )
         )
     by_task: dict[str, list[LinkRow]] = {}
@@ -233,6 +278,180 @@ def render(plan: Plan) -> str:
     for connector, n in sorted(plan.already_queued.items()):
         lines.append(f"{connector}: {n} writes already queued in the store (the next sync makes them too)")
     lines.extend(f"error: {e}" for e in plan.errors)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The last outbox operation and history row of a store before a plan runs on it."""
+
+    op: int = 0
+    history: int = 0
+
+
+class ApplyRefused(Exception):
+    """`plan --apply` will not run on this store now; the message says why and what to do."""
+
+
+@dataclass
+class Applied:
+    plan: Plan
+    made: list[PlannedWrite] = field(default_factory=list)
+    failed: list[tuple[PlannedWrite, str]] = field(default_factory=list)  # with the platform's error
+    unreviewed: list[PlannedWrite] = field(default_factory=list)  # parked: not in the reviewed plan
+    follow_ups: int = 0  # writes the applied ones led to (a child's parent), left for the daemon
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.as_json(),
+            "made": [asdict(w) for w in self.made],
+            "failed": [{**asdict(w), "error": e} for w, e in self.failed],
+            "unreviewed": [asdict(w) for w in self.unreviewed],
+            "follow_ups": self.follow_ups,
+        }
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """The writes of a plan a person reviewed, as what they read: platform, scope, operation,
+    title and values (`PlannedWrite.key`), counted."""
+
+    writes: Counter[str]
+
+    @classmethod
+    def parse(cls, data: Any) -> Reviewed:
+        """From a plan's JSON as `plan --json` printed it; ValueError says what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("writes"), list):
+            raise ValueError(
+                "is not a plan's JSON (`taskbridge plan --json` prints one): it has no writes list"
+            )
+        try:
+            return cls(Counter(PlannedWrite(**{k: w[k] for k in _KEYS}).key() for w in data["writes"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"is not a plan's JSON (`taskbridge plan --json` prints one): a write lacks {exc}"
+            ) from None
+
+
+_KEYS = ("connector", "scope", "op", "task_id", "title", "fields")
+
+
+def unreviewed(plan: Plan, reviewed: Reviewed) -> list[PlannedWrite]:
+    """The writes of `plan` beyond those `reviewed` holds."""
+    budget = Counter(reviewed.writes)
+    extra: list[PlannedWrite] = []
+    for w in plan.writes:
+        if budget[w.key()] > 0:
+            budget[w.key()] -= 1
+        else:
+            extra.append(w)
+    return extra
+
+
+async def apply_plan(
+    cfg: Config, *, routes: Sequence[str] = (), reviewed: dict[str, Any] | None = None
+) -> Applied:
+    """`taskbridge plan --apply`: decide as `make_plan` does, but in the real store, then make
+    the writes so decided and no other: the worker claims only the operations this run queued.
+    With `reviewed` (a plan printed before), a write it does not hold is parked instead, for a
+    person to retry or drop. Writes the applied ones lead to (a child's parent, once its parent's
+    create has landed) stay queued for the daemon, counted.
+
+    The daemon must not run on the store meanwhile (its leases are checked: two deciders would
+    make the plan a guess), and no write may be queued from before (they would go out with these,
+    unshown). Raises ValueError for an unknown route, ApplyRefused otherwise."""
+    chosen = _chosen(cfg, routes)
+    store = Store.open(cfg.store.url)
+    connectors = build_connectors(cfg)
+    try:
+        await store.migrate()
+        async with store.read() as session:
+            holders = await live_holders(session)
+            queued = await unfinished_writes(session)
+            floor = Floor(
+                op=await session.scalar(select(func.coalesce(func.max(OutboxRow.id), 0))) or 0,
+                history=await session.scalar(select(func.coalesce(func.max(HistoryRow.id), 0))) or 0,
+            )
+        if holders:
+            raise ApplyRefused(
+                f"a daemon runs on this store (replica {', '.join(holders)}): stop it, apply the plan, "
+                "then start it again"
+            )
+        waiting = queued[OpState.PENDING] + queued[OpState.CLAIMED]
+        if waiting:
+            raise ApplyRefused(
+                f"{waiting} writes are already queued in the store, and a plan shows only what the next "
+                "sync decides: make them first (`taskbridge sync --once`), or see and drop them "
+                "(`taskbridge outbox list`)"
+            )
+        plan = Plan()
+        ctx = EngineContext(store, chosen, connectors, replica=f"plan-apply-{os.getpid()}")
+        await _decide(ctx, plan)
+        await _read_back(store, plan, after=floor)
+        result = Applied(plan=plan)
+        if reviewed is not None:
+            result.unreviewed = unreviewed(plan, reviewed)
+            await _park(store, [w.op_id for w in result.unreviewed], ctx.now())
+        if plan.writes:
+            w = cfg.workers
+            worker = Worker(ctx, WorkerSettings(concurrency=w.concurrency, claim_ttl=w.claim_ttl))
+            await worker.run_until_idle(within=(plan.writes[0].op_id, plan.writes[-1].op_id))
+        await _outcomes(store, result, floor)
+        return result
+    finally:
+        for conn in connectors.values():
+            await conn.aclose()
+        await store.close()
+
+
+async def _park(store: Store, ids: Sequence[int], now: datetime) -> None:
+    if not ids:
+        return
+    async with store.transaction() as session:
+        for row in (await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)))).all():
+            row.state = advance(row.state, OpState.PARKED)
+            row.last_error = "not in the reviewed plan: retry it to make it, or drop it"
+            row.done_at = now
+
+
+async def _outcomes(store: Store, result: Applied, floor: Floor) -> None:
+    planned = {w.op_id: w for w in result.plan.writes}
+    skipped = {w.op_id for w in result.unreviewed}
+    async with store.read() as session:
+        rows = (
+            await session.execute(
+                select(OutboxRow.id, OutboxRow.state, OutboxRow.last_error).where(OutboxRow.id > floor.op)
+            )
+        ).all()
+    for op_id, state, error in rows:
+        write = planned.get(op_id)
+        if write is None:
+            result.follow_ups += state in (OpState.PENDING, OpState.CLAIMED)
+        elif op_id in skipped:
+            continue
+        elif state == OpState.DONE:
+            result.made.append(write)
+        else:
+            result.failed.append((write, error or f"not made yet ({state})"))
+
+
+def render_applied(result: Applied) -> str:
+    lines = [render(result.plan), f"applied: {len(result.made)} writes made"]
+    for w, error in result.failed:
+        lines.append(f"  not made: {w.op} on {w.connector}/{w.scope}: {w.title!r}: {error}")
+    if result.failed:
+        lines.append(
+            f"{len(result.failed)} writes not made: the daemon retries those waiting; "
+            "`taskbridge outbox list` shows the parked ones"
+        )
+    if result.unreviewed:
+        lines.append(f"{len(result.unreviewed)} writes not in the reviewed plan were parked, not made:")
+        lines.extend(f"  {w.op} on {w.connector}/{w.scope}: {w.title!r}" for w in result.unreviewed)
+        lines.append("  (`taskbridge outbox list` shows them; retry or drop each)")
+    if result.follow_ups:
+        lines.append(
+            f"{result.follow_ups} writes the applied ones led to (a subtask's parent) are queued for the daemon"
+        )
     return "\n".join(lines)
 
 

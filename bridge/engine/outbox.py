@@ -220,9 +220,12 @@ def _retry(settings: WorkerSettings, attempts: int, error: str, rng: random.Rand
 # -- claiming ------------------------------------------------------------------------------------
 
 
-async def claim(ctx: EngineContext, settings: WorkerSettings, limit: int) -> list[_Op | _Orphan]:
+async def claim(
+    ctx: EngineContext, settings: WorkerSettings, limit: int, *, within: tuple[int, int] | None = None
+) -> list[_Op | _Orphan]:
     """Claim up to `limit` runnable operations for this replica, with what they need loaded and
-    each update's write marked in flight, in one transaction."""
+    each update's write marked in flight, in one transaction. `within` (first, last) claims only
+    operations whose id lies in that range: those a plan queued (`plan --apply`)."""
     now = ctx.now()
     async with ctx.store.transaction() as session:
         # Claims of crashed workers return to the pool.
@@ -248,6 +251,8 @@ async def claim(ctx: EngineContext, settings: WorkerSettings, limit: int) -> lis
             .order_by(OutboxRow.id)
             .limit(limit)
         )
+        if within is not None:
+            query = query.where(OutboxRow.id.between(*within))
         if ctx.store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=OutboxRow)
         ids = list((await session.scalars(query)).all())
@@ -495,12 +500,13 @@ class Worker:
             for task in pending:
                 task.cancel()
 
-    async def run_until_idle(self, *, max_rounds: int = 10_000) -> int:
-        """Apply everything runnable now, then return (for `sync --once` and tests)."""
+    async def run_until_idle(self, *, max_rounds: int = 10_000, within: tuple[int, int] | None = None) -> int:
+        """Apply everything runnable now (with `within`, only the operations whose id lies in
+        that range), then return: for `sync --once`, `plan --apply` and tests."""
         done = 0
         sem = asyncio.Semaphore(self.settings.concurrency)
         for _ in range(max_rounds):
-            ops = await claim(self.ctx, self.settings, self.settings.batch)
+            ops = await claim(self.ctx, self.settings, self.settings.batch, within=within)
             if not ops:
                 break
             tasks = []

@@ -287,6 +287,32 @@ def test_conflicts_resolve_needs_exactly_one_of_choose_and_value(given: list[str
     assert lines(result.stderr) == ["give exactly one of --choose SIDE or --value JSON"]
 
 
+@pytest.mark.parametrize(
+    ("given", "contents", "message"),
+    [
+        (["--reviewed", "{dir}/plan.json"], None, "--reviewed goes with --apply"),
+        (["--apply", "--reviewed", "{dir}/missing.json"], None, "cannot read the reviewed plan"),
+        (["--apply", "--reviewed", "{dir}/plan.json"], "{not json", "cannot read the reviewed plan"),
+        (["--apply", "--reviewed", "{dir}/plan.json"], "[1, 2]", "is not a plan's JSON"),
+        (
+            ["--apply", "--reviewed", "{dir}/plan.json"],
+            '{"writes": [{"op": "create"}]}',
+            "is not a plan's JSON",
+        ),
+    ],
+)
+def test_plan_apply_refuses_a_reviewed_plan_it_cannot_read(
+    tmp_path: Path, given: list[str], contents: str | None, message: str
+) -> None:
+    if contents is not None:
+        (tmp_path / "plan.json").write_text(contents)
+    argv = [a.format(dir=tmp_path) for a in given]
+    result = taskbridge("plan", "--config", str(config(tmp_path)), *argv)
+    # Found out before the store or a platform is touched (nobody answers for these platforms).
+    assert result.returncode == 2 and lines(result.stderr) == [lines(result.stderr)[0]], result.stderr
+    assert message in result.stderr, result.stderr
+
+
 # -- what `check` refuses -------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,41 @@ def test_plan_lists_the_creates_of_a_first_sync_and_writes_nothing(seeded: World
         timeout=60,
     )
     assert bad.returncode == 2 and "no route 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+    # Applied after review, the plan makes exactly the writes it showed (a platform may take more
+    # than one request for one: a create, then its status), and every seeded task is then once on
+    # every platform.
+    reviewed = tmp_path / "plan.json"
+    reviewed.write_text(json.dumps(plan))
+    applied = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "plan",
+            "--config",
+            str(path),
+            "--apply",
+            "--reviewed",
+            str(reviewed),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    result = json.loads(applied.stdout)
+    assert not result["failed"] and not result["unreviewed"] and result["follow_ups"] == 0
+
+    def shown(writes: list[dict[str, Any]]) -> list[str]:
+        return sorted(
+            json.dumps([w[k] for k in ("connector", "scope", "op", "title", "fields")]) for w in writes
+        )
+
+    assert shown(result["made"]) == shown(plan["writes"])
+    for p in PLATFORMS:
+        assert set(ops.view(seeded, p)) == set(by_title), p
 
 
 def test_link_joins_what_a_running_route_left_apart(tmp_path: Path) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bridge import config
+from bridge.engine import leases
+from bridge.engine.deadletters import list_operations
 from bridge.engine.matching import adopt_existing
-from bridge.planning import make_plan, render
+from bridge.engine.poller import poll_connector
+from bridge.planning import ApplyRefused, Reviewed, apply_plan, make_plan, render, render_applied
 from tests import ops
 from tests.engine.conftest import make_harness
 from tests.engine.test_engine import writes
@@ -51,6 +56,70 @@ async def test_the_plan_shows_the_next_sync_and_writes_nothing(world: World, tmp
         planned = Counter(w.connector for w in plan.writes)
         assert made == {p: planned.get(p, 0) for p in world.platforms}, (made, planned)
         assert len(ops.view(world, "agentkanban")) == 4  # three planned, one shared: no duplicate
+    finally:
+        for conn in h.ctx.connectors.values():
+            await conn.aclose()
+        await h.daemon.store.close()
+
+
+async def test_apply_makes_the_planned_writes_and_no_other(world: World, tmp_path: Path) -> None:
+    for i in range(3):
+        ops.create(world, "vortask", f"planned {i}")
+    ops.create(world, "impactly", "Shared by hand")
+    ops.create(world, "squads", "shared  BY hand")
+    cfg = config.load(world.config(tmp_path, route={"initial": "match"}))
+    shown = await make_plan(cfg)
+    before = {p: writes(f) for p, f in world.fakes.items()}
+
+    applied = await apply_plan(cfg, reviewed=Reviewed.parse(shown.as_json()))
+
+    assert not applied.failed and not applied.unreviewed and not applied.plan.errors
+    assert sorted(w.key() for w in applied.made) == sorted(w.key() for w in shown.writes)
+    made = {p: writes(f) - before[p] for p, f in world.fakes.items()}
+    planned = Counter(w.connector for w in shown.writes)
+    assert made == {p: planned.get(p, 0) for p in world.platforms}, (made, planned)
+    assert len(ops.view(world, "agentkanban")) == 4  # three planned, one shared: no duplicate
+    # Applied, the store agrees with every member: a new plan finds nothing left to do.
+    again = await make_plan(cfg)
+    assert not again.writes and not again.links, render(again)
+
+
+async def test_apply_parks_a_write_the_reviewed_plan_did_not_show(world: World, tmp_path: Path) -> None:
+    ops.create(world, "vortask", "reviewed")
+    cfg = config.load(world.config(tmp_path))
+    shown = await make_plan(cfg)
+    ops.create(world, "vortask", "arrived after the review")
+
+    applied = await apply_plan(cfg, reviewed=Reviewed.parse(shown.as_json()))
+
+    assert {w.title for w in applied.made} == {"reviewed"}
+    assert {w.title for w in applied.unreviewed} == {"arrived after the review"}
+    assert len(applied.unreviewed) == len(world.platforms) - 1
+    for p in world.platforms:
+        if p != "vortask":
+            assert set(ops.view(world, p)) == {"reviewed"}, p
+    h = await make_harness(world, tmp_path)  # the same config, so the same store
+    try:
+        parked = (await list_operations(h.ctx)).items
+        assert len(parked) == len(world.platforms) - 1
+        assert {r.last_error for r in parked} == {"not in the reviewed plan: retry it to make it, or drop it"}
+    finally:
+        await h.daemon.store.close()
+    assert f"{len(parked)} writes not in the reviewed plan were parked" in render_applied(applied)
+
+
+async def test_apply_refuses_a_running_daemon_and_writes_queued_before(world: World, tmp_path: Path) -> None:
+    ops.create(world, "vortask", "one")
+    h = await make_harness(world, tmp_path)
+    cfg = h.daemon.cfg
+    try:
+        assert await leases.acquire(h.ctx, "poll:vortask", ttl=60)
+        with pytest.raises(ApplyRefused, match="a daemon runs on this store"):
+            await apply_plan(cfg)
+        await leases.release(h.ctx, "poll:vortask")
+        await poll_connector(h.ctx, "vortask")  # queues the mirrors, not made
+        with pytest.raises(ApplyRefused, match="writes are already queued"):
+            await apply_plan(cfg)
     finally:
         for conn in h.ctx.connectors.values():
             await conn.aclose()

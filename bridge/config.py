@@ -477,6 +477,52 @@ class RouteFilter(_Model):
 
 DEFAULT_FIELDS = ["title", "description", "status", "priority", "assignees", "tags", "due_date"]
 
+MATCH_KEY_KINDS = "tag: PREFIX, url: true or title_regex: REGEX"
+
+
+class MatchKeyConfig(_Model):
+    """A route's `match_key`: what says two existing tasks are one piece of work, for `initial:
+    match` and `taskbridge link`, after the marker and before the title (bridge/engine/matching.py).
+    Exactly one kind: `tag` (the prefix of a tag holding the key, e.g. "ext:" for `ext:ABC-12`),
+    `url: true` (a task whose description holds another member's task's web address), or
+    `title_regex` (the key in the title: the regex's one group, or its whole match). `only`: a
+    task that carries a key matching nothing is left unmatched rather than matched by title."""
+
+    tag: str | None = None
+    url: bool = False
+    title_regex: str | None = None
+    only: bool = False
+
+    @field_validator("tag")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError('empty: give the prefix of the tags holding the key, e.g. "ext:"')
+        return value
+
+    @field_validator("title_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression ({exc})") from None
+        if groups > 1:
+            raise ValueError(
+                f"{value!r} has {groups} groups: capture the key in one group (or none: the whole match)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MatchKeyConfig:
+        kinds = [k for k in ("tag", "url", "title_regex") if getattr(self, k) not in (None, False)]
+        if len(kinds) != 1:
+            given = f" (not {' and '.join(kinds)} together)" if kinds else ""
+            raise ValueError(f"choose one key: {MATCH_KEY_KINDS}{given}")
+        return self
+
 
 class RouteConfig(_Model):
     name: str
@@ -485,6 +531,7 @@ class RouteConfig(_Model):
     conflict: Literal["newest", "manual"] | PreferPolicy = "newest"
     on_delete: Literal["archive", "delete", "unlink"] = "archive"
     initial: Literal["mirror", "new-only", "match", "match-only"] = "mirror"
+    match_key: MatchKeyConfig | None = None
     filter: RouteFilter | None = None
     comments: bool = True
     max_delete_share: float = Field(0.2, ge=0, le=1)
@@ -496,6 +543,15 @@ class RouteConfig(_Model):
         for name in value:
             if name not in SYNC_FIELDS:
                 raise ValueError(f"unknown field {name!r}; known: {', '.join(SYNC_FIELDS)}")
+        return value
+
+    @field_validator("match_key", mode="before")
+    @classmethod
+    def _match_key_mapping(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict | MatchKeyConfig):
+            raise ValueError(
+                f'{value!r} is not a mapping: use one of {MATCH_KEY_KINDS}, e.g. {{tag: "ext:"}}'
+            )
         return value
 
     @field_validator("marker")

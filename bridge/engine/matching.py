@@ -1,20 +1,40 @@
-"""Linking what already exists: `initial: match` (and `match-only`), and `taskbridge link`.
+r"""Linking what already exists: `initial: match` (and `match-only`), and `taskbridge link`.
 
 Real teams never start empty: two boards kept in step by hand hold the same work twice, and
 mirroring each into the other would double it. Before a route's first poll, matching lists every
 member completely and links the tasks that are the same work instead of copying them:
 
 1. by the bridge's marker (a mirror names its task: the re-adoption of `recovery.py`);
-2. by normalised title (case, whitespace and punctuation ignored), the due date breaking a tie.
+2. by the route's explicit key, when it names one (`match_key:`, below);
+3. by normalised title (case, whitespace and punctuation ignored), the due date breaking a tie.
 
-A group of tasks sharing a key, at most one per member, on two members or more, becomes one
+A group of tasks sharing a title, at most one per member, on two members or more, becomes one
 canonical task linked to each (confidence 1.0 for the same title exactly, 0.9 for the same once
-normalised, 0.8 when only the due date told them apart). A key two tasks of one member share
+normalised, 0.8 when only the due date told them apart). A title two tasks of one member share
 (with the same due date) is ambiguous: none of its tasks is linked, each is listed, and each is
 held apart (a `held_apart:<route>` meta row, loaded into the context) so that no poll takes it for
 a new task and copies it again. Linking
 takes the newest value of each field (the route's `newest` rule; under `manual` and `prefer` the
 same, since nothing was ever agreed to conflict with) and queues writes only where a copy differs.
+
+The explicit key. A route may name what marks two tasks as one piece of work, one kind of key:
+
+    match_key: {tag: "ext:"}        # a tag with this prefix: `ext:ABC-12` on two members
+    match_key: {url: true}          # a task's description holds another member's task's address
+    match_key: {title_regex: '\[([A-Z]+-\d+)\]'}   # "[ABC-12] Fix login": the group, or the match
+
+Key values are read from what each platform reports, whether or not the route syncs that field,
+and compared without case (a tag's less its prefix; a URL without fragment or trailing slash). A
+`url` key is a task's own web address (`RemoteTask.url`, from the connectors that have one),
+pasted into the description of a task on another member: both then carry it; a URL that is no
+listed task's address is no key. Tasks sharing a key value, or tied through several (a task with
+two keys), form a group: one task per member on two members or more is a match (confidence 1.0,
+`by="key"`); two tasks of one member in a group that spans members are ambiguous, exactly like a
+title twin (none linked, each listed and held apart); a key only one member holds, even twice, is
+unmatched. A task whose key matched nothing falls through to the titles (a `title_regex` key is
+taken out of its title first), but two such tasks are never linked by title to each other: their
+keys differ, so they are different work, and a title they share with a task without a key is
+ambiguous. `only: true` keeps a task with a key out of the titles altogether.
 
 Tasks matched nowhere follow the route: `initial: match` mirrors them at the first poll, as
 `mirror` would, and a linked task gets a mirror on each member that lacks it; `match-only`
@@ -34,6 +54,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from bridge.config import MatchKeyConfig
 from bridge.engine.context import EngineContext
 from bridge.engine.recovery import Copy, list_route, readopt_route, store_is_new, under_lease
 from bridge.engine.recovery import plan as plan_markers
@@ -57,6 +78,7 @@ class Match:
     confidence: float
     canonical: Values
     task_id: str | None = None  # set when a marker named it (a mirror of ours)
+    by: str = "title"  # what told: "marker", "key" (the route's match_key) or "title"
 
 
 @dataclass
@@ -79,16 +101,15 @@ def plan(route: Route, copies: Sequence[Copy]) -> MatchPlan:
     taken: set[tuple[str, str]] = set()
     for adoption in plan_markers(route, copies).adoptions:
         group = (*adoption.mirrors, *([adoption.origin] if adoption.origin else []))
-        taken.update((c.member.connector, c.task.remote_id) for c in group)
-        result.matches.append(Match(group, 1.0, adoption.canonical, adoption.task_id))
-    live = [
-        c
-        for c in copies
-        if c.marker is None and not c.task.deleted and (c.member.connector, c.task.remote_id) not in taken
-    ]
+        taken.update(_id(c) for c in group)
+        result.matches.append(Match(group, 1.0, adoption.canonical, adoption.task_id, by="marker"))
+    live = [c for c in copies if c.marker is None and not c.task.deleted and _id(c) not in taken]
+    keyed: set[tuple[str, str]] = set()  # carry a key that matched nothing: never linked by title to another
+    if route.match_key is not None:
+        live, keyed = _by_key(route.match_key, live, result)
     by_title: dict[str, list[Copy]] = {}
     for c in live:
-        by_title.setdefault(normalise(c.values.get("title")), []).append(c)
+        by_title.setdefault(normalise(_title(route.match_key, c)), []).append(c)
     for key, group in sorted(by_title.items()):
         if not key:
             result.unmatched.extend(group)
@@ -97,12 +118,121 @@ def plan(route: Route, copies: Sequence[Copy]) -> MatchPlan:
         if len(members) < 2:
             result.unmatched.extend(group)
             continue
+        with_key = [c for c in group if _id(c) in keyed]
+        if len(with_key) > 1:
+            # Their keys differ, so they are different work; an unkeyed one could be any of them.
+            if len(with_key) == len(group):
+                result.unmatched.extend(group)
+            else:
+                result.ambiguous.extend(group)
+            continue
         if len(group) == len(members):  # one task per member
             exact = len({str(c.values.get("title")) for c in group}) == 1
             result.matches.append(Match(tuple(group), 1.0 if exact else 0.9, _newest(group)))
             continue
         _by_due_date(group, result)
     return result
+
+
+def _id(c: Copy) -> tuple[str, str]:
+    return (c.member.connector, c.task.remote_id)
+
+
+def _title(key: MatchKeyConfig | None, c: Copy) -> str:
+    """The title as the titles compare it: without the key a `title_regex` finds in it (a task
+    whose key matched nothing meets the same title without the key on another member)."""
+    title = str(c.values.get("title") or "")
+    return re.sub(key.title_regex, " ", title) if key is not None and key.title_regex is not None else title
+
+
+# -- the explicit key (a route's `match_key`) ------------------------------------------------------
+
+KEY_CONFIDENCE = 1.0
+_URL = re.compile(r"https?://[^\s<>()\[\]{}\"'`|]+", re.IGNORECASE)
+
+
+def _by_key(
+    key: MatchKeyConfig, live: list[Copy], result: MatchPlan
+) -> tuple[list[Copy], set[tuple[str, str]]]:
+    """Link the tasks that share a key value (or are tied through several): a group with one task
+    per member, on two members or more. A group holding two tasks of one member is ambiguous when
+    it spans members, and unmatched when it does not. Returns the tasks left to the titles (the
+    unkeyed, and unless `only`, those whose key matched nothing) and the ids of the latter."""
+    values = _key_values(key, live)
+    parent = list(range(len(live)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, c in enumerate(live):
+        for v in sorted(values.get(_id(c), ())):
+            j = first.setdefault(v, i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[Copy]] = {}
+    for i, c in enumerate(live):
+        if values.get(_id(c)):
+            groups.setdefault(root(i), []).append(c)
+    rest = [c for c in live if not values.get(_id(c))]
+    fell_through: set[tuple[str, str]] = set()
+    for group in groups.values():
+        members = {c.member.key for c in group}
+        if len(group) == 1:  # its key matched nothing
+            if key.only:
+                result.unmatched.extend(group)
+            else:
+                rest.append(group[0])
+                fell_through.add(_id(group[0]))
+        elif len(members) == 1:  # a key one member holds twice, and no other member
+            result.unmatched.extend(group)
+        elif len(group) != len(members):
+            result.ambiguous.extend(group)
+        else:
+            result.matches.append(Match(tuple(group), KEY_CONFIDENCE, _newest(group), by="key"))
+    return rest, fell_through
+
+
+def _key_values(key: MatchKeyConfig, live: Sequence[Copy]) -> dict[tuple[str, str], set[str]]:
+    """Each task's key values, from what its platform reports (whether or not the route syncs
+    the field): tags under the prefix, less it; the title regex's group; or, for `url`, a task's
+    own web address when another member's task holds it in its description (both carry it)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    if key.tag is not None:
+        prefix = key.tag.strip().casefold()
+        for c in live:
+            tags = (str(t).strip().casefold() for t in c.task.values.get("tags") or ())
+            out[_id(c)] = {t[len(prefix) :].strip() for t in tags if t.startswith(prefix)} - {""}
+    elif key.title_regex is not None:
+        pattern = re.compile(key.title_regex)
+        for c in live:
+            found = pattern.finditer(str(c.task.values.get("title") or ""))
+            out[_id(c)] = {
+                ((m.group(1) if pattern.groups else m.group(0)) or "").strip().casefold() for m in found
+            }
+            out[_id(c)].discard("")
+    else:
+        owners = {_url(c.task.url): c for c in live if c.task.url}
+        for c in live:
+            text = str(c.task.values.get("description") or "")
+            for found in _URL.findall(text):
+                owner = owners.get(_url(found))
+                if owner is not None and owner.member.key != c.member.key:
+                    out.setdefault(_id(c), set()).add(_url(found))
+                    out.setdefault(_id(owner), set()).add(_url(found))
+    return out
+
+
+def _url(text: str) -> str:
+    """A web address as compared: scheme and host in lower case, no fragment, no trailing slash or
+    sentence punctuation."""
+    text = text.strip().rstrip(".,;:!?'\"")
+    head, sep, rest = text.partition("://")
+    host, slash, path = rest.partition("/")
+    path = path.split("#", 1)[0].rstrip("/")
+    return f"{head.lower()}{sep}{host.lower()}{slash if path else ''}{path}"
 
 
 def _by_due_date(group: list[Copy], result: MatchPlan) -> None:
@@ -183,7 +313,7 @@ async def match_route(ctx: EngineContext, route: Route, copies: Sequence[Copy] |
     await apply(ctx, route, result)
     for c in result.ambiguous:
         log.warning(
-            "route %s: %s task %s %r has a twin of the same title there; left unlinked",
+            "route %s: %s task %s %r has a twin there (same key, or same title and due date); left unlinked",
             route.name,
             c.member.connector,
             c.task.remote_id,
@@ -245,7 +375,9 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
                     task_id=task.id,
                     field="*",
                     old=None,
-                    new={"v": f"linked across {len(m.copies)} members (confidence {m.confidence:g})"},
+                    new={
+                        "v": f"linked across {len(m.copies)} members by {m.by} (confidence {m.confidence:g})"
+                    },
                     source="match",
                     via="match",
                     at=now,

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.config import Config, PreferPolicy, RouteConfig
+from bridge.config import Config, MatchKeyConfig, PreferPolicy, RouteConfig
 from bridge.model import Values
 
 
@@ -86,6 +86,7 @@ class Route:
     comments: bool
     max_delete_share: float
     marker: Marker
+    match_key: MatchKeyConfig | None = None  # what matching links by before titles (matching.py)
 
     def member(self, connector: str, scope: str) -> Member | None:
         for m in self.members:
@@ -127,4 +128,5 @@ def _route(r: RouteConfig) -> Route:
         comments=r.comments,
         max_delete_share=r.max_delete_share,
         marker=Marker(r.marker),
+        match_key=r.match_key,
     )

@@ -73,7 +73,7 @@ async def _check_connections(cfg: config_mod.Config) -> int:
     """Authenticate to each connector and read one page of each scope it syncs; for a scope not
     found, list the scopes the connector does reach."""
     from bridge import discover
-    from bridge.daemon import build_connectors
+    from bridge.wiring import build_connectors
     from connectors.base import ConnectorError
 
     failed = 0

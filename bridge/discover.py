@@ -532,7 +532,7 @@ class _connectors:
     async def __aenter__(self) -> Mapping[str, Connector]:
         if self.given is not None:
             return self.given
-        from bridge.daemon import build_connectors
+        from bridge.wiring import build_connectors
 
         try:
             self.built = build_connectors(self.cfg)

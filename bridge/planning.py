@@ -34,7 +34,6 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bridge.config import Config
-from bridge.daemon import build_connectors
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.matching import MatchPlan, adopt_existing, load_held_apart, match_route
@@ -55,6 +54,7 @@ from bridge.store.portable import (
 )
 from bridge.store.states import OpState, advance
 from bridge.store.tables import CommentRow, HistoryRow, LinkRow, OutboxRow, TaskRow
+from bridge.wiring import build_connectors
 from connectors.base import ConnectorError
 
 SWEEP_BUDGET = 100_000  # comments: every linked task of a member, as `sync --once` reads them

@@ -15,10 +15,18 @@ scope. Tools call the same code as the /api/v1 routes (the route functions thems
 says `api:<name>`), a write-only token is answered the id it wrote and nothing else, and a refusal
 says what the API's 4xx would. Every refusal is a tool result with `isError` and a plain message.
 
-The issue also names a `plan` tool; there is no plan engine to expose yet, so there is none."""
+`plan` is `taskbridge plan` run in the daemon, on the config in force (`daemon.cfg`, so a reload is
+seen): the engine's adoption, one poll and a comment sweep of every member on a scratch copy of
+the store (bridge/planning.py), its answer the same JSON as `taskbridge plan --json`. It writes
+to no platform and not to the store, so a `read` token may ask for one. It reads every member in
+full, so one runs at a time per daemon: a second asked meanwhile is refused, not queued (see
+PLAN_BUSY). Its polls log as the daemon's do (a member failing, say), with the call's request_id
+next to the line that says who asked for the plan. `apply` is the CLI's alone: `plan --apply`
+wants the daemon stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,7 +39,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -53,10 +61,14 @@ from bridge.api.routes import (
 )
 from bridge.engine import api_ops
 from bridge.engine import deadletters as engine_deadletters
+from bridge.engine.recovery import RecoveryFailed
 from bridge.model import Priority, Status
+from bridge.planning import make_plan
 from bridge.store import StoreLost
 
 RECENT_HISTORY = 20  # history entries a task comes with, newest last (get_task takes another number)
+
+log = logging.getLogger("taskbridge.mcp")
 
 INSTRUCTIONS = (
     "taskbridge keeps tasks in sync across several task platforms. Each task belongs to a route "
@@ -66,7 +78,9 @@ INSTRUCTIONS = (
     "create_task, update_task and comment_task. Conflicts are fields two platforms changed "
     "differently, held for a person: list_conflicts, resolve_conflict. Parked writes are writes a "
     "platform refused, waiting for an operator: list_parked_writes, retry_parked_write, "
-    "drop_parked_write. Each tool needs a scope of the token: read, write or admin."
+    "drop_parked_write. plan shows what the next sync would do (its creates, updates, archives, "
+    "deletions and comments per platform, and the tasks it would link) without doing any of it. "
+    "Each tool needs a scope of the token: read, write or admin."
 )
 
 # -- argument types (their constraints are the API's) ---------------------------------------------
@@ -80,12 +94,67 @@ StatusFilter = Annotated[Status | None, Field(description="only tasks in this st
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
+READS_PLATFORMS = ToolAnnotations(read_only_hint=True, open_world_hint=True)  # plan: reads every member
+
+# A plan reads every member of its routes in full. A second one asked while one runs is refused at
+# once rather than queued: it would read the same again right after for the same answer (on the
+# rate limits the daemon's own polls share), and a queued call would hold its request open for
+# both plans' time, past a client's timeout, with nothing to show meanwhile. Asking again after
+# is the caller's choice.
+PLAN_BUSY = (
+    "a plan is already running in this daemon (one at a time: each reads every member); "
+    "ask again when it is done"
+)
 
 
 class ConflictList(BaseModel):
     """Conflicts, oldest first."""
 
     conflicts: list[ConflictOut]
+
+
+# The plan as `Plan.as_json()` gives it (`taskbridge plan --json`). Keys the plan adds later pass
+# through (extra="allow"), so the answer stays that JSON whatever planning.py adds.
+
+
+class PlannedWriteOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    connector: str
+    scope: str
+    op: str = Field(description="create, update, archive, delete or comment")
+    task_id: str = Field(description="the task's id (a task the plan first sees gets a new one each run)")
+    title: str
+    fields: dict[str, Any] = Field(description="an update's new values, a comment's body")
+
+
+class PlannedLinkOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str
+    title: str
+    copies: list[tuple[str, str]] = Field(description="(connector, remote id) of each copy linked")
+    how: str = Field(description="why they are linked: matching's confidence, or a re-adoption")
+
+
+class PlanOut(BaseModel):
+    """What the next sync would do; nothing of it is done."""
+
+    model_config = ConfigDict(extra="allow")
+
+    counts: dict[str, dict[str, int]] = Field(description="connector -> op -> how many writes")
+    writes: list[PlannedWriteOut]
+    links: list[PlannedLinkOut] = Field(description="tasks found on several members, linked not copied")
+    held_apart: list[tuple[str, str]] = Field(
+        description="(connector, remote id) left unlinked as ambiguous: a title one member holds twice"
+    )
+    already_queued: dict[str, int] = Field(
+        description="connector -> writes already waiting in the store (the next sync makes them too)"
+    )
+    errors: list[str] = Field(
+        description="what the plan could not read or would not do (a member down, a deletion guard "
+        "tripped), as `taskbridge plan` shows them; what they hide is missing from the plan"
+    )
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -359,6 +428,57 @@ def build_server() -> MCPServer[Any]:
         with _refusals():
             request, principal = _allowed(ctx, "admin")
             return await deadletters.drop_operation(request, op_id=id, principal=principal)
+
+    # -- plan -------------------------------------------------------------------------------------
+
+    planning = asyncio.Lock()  # one plan at a time in this daemon (PLAN_BUSY)
+
+    @tool(READS_PLATFORMS)
+    async def plan(
+        ctx: Context,
+        routes: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=200)]] | None,
+            Field(max_length=100, description="only these routes, by name (all when left out)"),
+        ] = None,
+    ) -> PlanOut:
+        """What the next sync would do, without doing it, as `taskbridge plan --json` shows it:
+        the writes it would make per platform (`writes`: create, update with the new values,
+        archive, delete, comment; `counts` per connector), the tasks it would link because they
+        already exist on several platforms (`links`), those it would leave unlinked as ambiguous
+        (`held_apart`), and writes already waiting (`already_queued`). A platform that cannot be
+        read is named in `errors` and left out of the plan; only while the bridge has linked
+        nothing yet does one down answer no plan at all (every platform is listed first then).
+        The daemon runs its own start-up and poll on a scratch copy of its store: platforms are
+        only read, the store is not changed, so it needs only the `read` scope. It reads every
+        platform in full, so it takes a while, and one runs at a time: asked while one runs, it
+        answers that one is running."""
+        with _refusals():
+            request, principal = _allowed(ctx, "read")
+            cfg = request.app.state.daemon.cfg  # the config in force (a reload swaps it)
+            chosen = list(dict.fromkeys(routes or ()))
+            known = [r.name for r in cfg.routes]
+            unknown = [r for r in chosen if r not in known]
+            if unknown:
+                raise ToolError(
+                    f"no route {', '.join(map(repr, unknown))}; the config has {', '.join(known)}"
+                )
+            if planning.locked():  # no await between this and taking it: nobody can slip in
+                raise ToolError(PLAN_BUSY)
+            async with planning:
+                what = ", ".join(chosen) or "every route"
+                log.info("plan of %s asked by %s over MCP", what, principal.name)
+                try:
+                    result = await make_plan(cfg, routes=chosen)
+                except RecoveryFailed as exc:  # a new store, and a member re-adoption cannot list
+                    raise ToolError(f"no plan: {exc}") from None
+            log.info(
+                "plan of %s: %d writes, %d links, %d errors (none of it done)",
+                what,
+                len(result.writes),
+                len(result.links),
+                len(result.errors),
+            )
+            return PlanOut.model_validate(result.as_json())
 
     return server
 

@@ -1,11 +1,13 @@
 """`/mcp` (bridge/api/mcp.py) over real HTTP with the `mcp` SDK's own client, against a real daemon
 and the five fake platforms (tests/api/test_api.py's fixtures): the tools listed, each one called,
-changes reaching the platforms, the scopes enforced per tool, and 401 without a token."""
+changes reaching the platforms, the scopes enforced per tool, and 401 without a token. `plan` runs
+against a quiet daemon of its own (two fakes, no webhooks, an hourly poll), so that what it shows
+is not made meanwhile by the daemon's own sync."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,14 +19,17 @@ import pytest
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
+from sqlalchemy import select
 
 from bridge.store import Store
 from bridge.store.states import OpState
-from bridge.store.tables import ConflictRow, OutboxRow
+from bridge.store.tables import ConflictRow, OutboxRow, TaskRow
+from connectors.fakekit import free_port
 from tests import ops
 from tests.api import test_api
-from tests.api.test_api import ADMIN, ALL, READ, SCRIBE, WRITE, _store_url
+from tests.api.test_api import ADMIN, ALL, READ, SCRIBE, WRITE, _store_url, token_entry
 from tests.e2e.conftest import DaemonProcess, wait_until
+from tests.engine.test_engine import writes
 from tests.world import World
 
 # test_api's module-scoped fixtures: the five fakes and a daemon with the tokens reader, writer,
@@ -44,6 +49,7 @@ TOOLS = {
     "list_parked_writes",
     "retry_parked_write",
     "drop_parked_write",
+    "plan",
 }
 
 
@@ -103,7 +109,7 @@ def test_mcp_is_post_only(daemon: DaemonProcess) -> None:
 async def test_every_tool_is_listed_with_a_description_and_a_schema(daemon: DaemonProcess) -> None:
     async with mcp_session(daemon, READ) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == TOOLS  # no `plan`: there is no plan engine yet
+    assert set(tools) == TOOLS
     for tool in tools.values():
         assert tool.description and len(tool.description) > 40, tool.name
         assert tool.input_schema["type"] == "object", tool.name
@@ -112,6 +118,10 @@ async def test_every_tool_is_listed_with_a_description_and_a_schema(daemon: Daem
     assert tools["get_task"].input_schema["required"] == ["id"]
     assert "Needs the `write` scope." in (tools["update_task"].description or "")
     assert "\n" not in (tools["update_task"].description or "")
+    assert "only the `read` scope" in (tools["plan"].description or "")
+    assert tools["plan"].annotations is not None and tools["plan"].annotations.read_only_hint
+    assert "required" not in tools["plan"].input_schema  # every route when none is named
+    assert {"counts", "writes", "links", "errors"} <= set(tools["plan"].output_schema["properties"])
 
 
 async def test_a_modern_client_connects_too(daemon: DaemonProcess) -> None:
@@ -307,3 +317,117 @@ async def test_parked_writes_listed_retried_and_dropped_by_admin(daemon: DaemonP
         history = (await call(session, "get_task", id=task["id"], history_limit=100))["history"]
         notes = [h["new"] for h in history if h["field"] == "*"]
         assert "write to runs retried by ops" in notes and "write to impactly dropped by ops" in notes
+
+
+# -- plan --------------------------------------------------------------------------------------------
+
+QUIET = ("vortask", "squads")
+
+
+@pytest.fixture(scope="module")
+def quiet_world() -> Iterator[World]:
+    w = World(QUIET).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def quiet(quiet_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """A daemon that syncs nothing by itself once its first poll is done (no webhooks, polls an
+    hour apart), with one task synced by then: what is made on a fake afterwards is what a plan
+    has to show, and the store is not a new one (which re-adoption would list first)."""
+    tmp = tmp_path_factory.mktemp("plan")
+    port = free_port()
+    tokens = [token_entry("reader", READ, ["read"]), token_entry("scribe", SCRIBE, ["write"])]
+    path = quiet_world.config(
+        tmp,
+        port=port,
+        poll_interval="1h",
+        server_tokens=tokens,
+        extra_connector={p: {"max_retries": 0} for p in QUIET},  # a refused read fails at once
+    )
+    ops.create(quiet_world, "vortask", "synced before")
+    d = DaemonProcess(path, port, tmp / "daemon.log").start()
+
+    def synced() -> bool:
+        if not all(c["last_poll"] for c in test_api.api(d, "GET", "/api/v1/connectors").json()):
+            return False
+        [task] = test_api.api(d, "GET", "/api/v1/tasks").json()["tasks"]
+        links = test_api.api(d, "GET", f"/api/v1/tasks/{task['id']}").json()["links"]
+        return sum(1 for lk in links if lk["state"] == "active") == len(QUIET)
+
+    wait_until(synced, what="the first poll, and its task on both fakes")
+    yield d
+    d.kill()
+
+
+def _untouched(world: World) -> dict[str, Any]:
+    """What would show a write: each fake's write requests, and its tasks."""
+    return {p: (writes(f), ops.view(world, p)) for p, f in world.fakes.items()}
+
+
+def _what(plan: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """A plan's writes without their ids (a task first seen gets a new one each plan)."""
+    return sorted((w["connector"], w["op"], w["title"]) for w in plan["writes"])
+
+
+async def test_plan_shows_a_read_token_the_next_syncs_creates_and_writes_nothing(
+    quiet: DaemonProcess, quiet_world: World
+) -> None:
+    ops.create(quiet_world, "vortask", "planned over mcp", priority="high")
+    before = _untouched(quiet_world)
+    async with mcp_session(quiet, READ) as session:
+        plan = await call(session, "plan")
+        assert _what(await call(session, "plan", routes=["main"])) == _what(plan)
+    assert _untouched(quiet_world) == before, "the plan wrote to a platform"
+    assert set(plan) == {"counts", "writes", "links", "held_apart", "already_queued", "errors"}
+    assert plan["errors"] == [] and plan["links"] == [] and plan["already_queued"] == {}
+    [create] = plan["writes"]
+    assert (create["connector"], create["op"], create["title"]) == ("squads", "create", "planned over mcp")
+    assert create["scope"] == quiet_world.scopes["squads"]
+    assert plan["counts"] == {"squads": {"create": 1}}
+    async with store(quiet) as s, s.read() as session:  # the daemon's store is only read
+        assert (await session.scalars(select(TaskRow.title))).all() == ["synced before"]
+        assert (await session.scalars(select(OutboxRow).where(OutboxRow.state != OpState.DONE))).all() == []
+
+
+async def test_plan_refuses_an_unknown_route_and_a_token_without_read(quiet: DaemonProcess) -> None:
+    async with mcp_session(quiet, READ) as session:
+        message = await refused(session, "plan", routes=["main", "nope"])
+        assert message.endswith("no route 'nope'; the config has main"), message
+    async with mcp_session(quiet, SCRIBE) as session:
+        assert "lacks the 'read' scope" in await refused(session, "plan")
+
+
+async def test_one_plan_at_a_time(quiet: DaemonProcess, quiet_world: World) -> None:
+    quiet_world.fakes["vortask"].faults.latency = 0.5  # each plan takes a while
+    answers: list[CallToolResult] = []
+
+    async def ask() -> None:
+        async with mcp_session(quiet, READ) as session:
+            answers.append(await session.call_tool("plan", {}))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            tg.start_soon(ask)
+    finally:
+        quiet_world.fakes["vortask"].faults.reset()
+    assert sorted(a.is_error for a in answers) == [False, True]
+    busy = next(a for a in answers if a.is_error)
+    assert "a plan is already running" in text(busy)
+    async with mcp_session(quiet, READ) as session:  # and once it is done, the next one runs
+        assert "writes" in await call(session, "plan")
+
+
+async def test_a_platform_down_is_in_the_plans_errors(quiet: DaemonProcess, quiet_world: World) -> None:
+    quiet_world.fakes["squads"].faults.error_rate = 1.0
+    try:
+        async with mcp_session(quiet, READ) as session:
+            plan = await call(session, "plan")  # a plan, not a tool error
+    finally:
+        quiet_world.fakes["squads"].faults.reset()
+    assert plan["errors"] and all("squads" in e for e in plan["errors"]), plan["errors"]
+    connectors = test_api.api(quiet, "GET", "/api/v1/connectors").json()
+    squads = next(c for c in connectors if c["name"] == "squads")
+    assert squads["healthy"] and squads["last_error"] is None  # the plan's failed poll is not the daemon's

@@ -40,8 +40,8 @@ def _canonical(i: int) -> dict[str, Any]:
 async def _sample_bases(config_path: Any, world: Any, samples: dict[str, str]) -> dict[str, dict[str, Any]]:
     """What each platform reports for one of the seeded tasks, as the engine stores a base."""
     from bridge import config as config_mod
-    from bridge.daemon import build_connectors
     from bridge.engine.routes import Marker
+    from bridge.wiring import build_connectors
 
     cfg = config_mod.load(config_path)
     conns = build_connectors(cfg)
@@ -65,7 +65,7 @@ async def _sample_bases(config_path: Any, world: Any, samples: dict[str, str]) -
 
 def _agentkanban_mark(world: Any, config_path: Any) -> dict[str, Any]:
     from bridge import config as config_mod
-    from bridge.daemon import build_connectors
+    from bridge.wiring import build_connectors
 
     conns = build_connectors(config_mod.load(config_path))
     fake: Any = world.fakes["agentkanban"]

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from bridge import config as config_mod
 from bridge import discover
-from bridge.daemon import build_connectors
+from bridge.wiring import build_connectors
 from connectors.base import AuthFailed, Connector, Permanent, PersonInfo
 from tests.world import PERSON_TOKENS, World
 

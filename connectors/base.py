@@ -20,7 +20,9 @@ Errors mirror what the caller must decide:
 Delivery promise of the HTTP layer: idempotent requests (GET/PUT/PATCH/DELETE) are retried up to
 `max_retries` times on retryable failures; a POST is retried only when it surely did not reach
 the platform (connection refused) or was refused with 429, because a create that timed out may
-have happened; the engine's create markers deal with that case.
+have happened; the engine's create markers deal with that case. A 429 is waited out inline
+(`rate_limit_wait`) unless the connector's `rate_limited` hook calls it a refusal that lasts
+(`wait_inline=False`, such as a usage limit until a reset time): that one is raised at once.
 
 Bounds of one request: httpx's `timeout` bounds each phase alone (connecting, each wait for the
 next bytes), so a platform trickling its answer a byte at a time never trips it. `deadline` bounds
@@ -80,11 +82,18 @@ class Retryable(ConnectorError):
 
 class RateLimited(Retryable):
     """A 429. `retry_after` is the platform's Retry-After in seconds, or None when it sent none
-    (then the caller backs off exponentially, and the outbox parks after its attempts)."""
+    (then the caller backs off exponentially, and the outbox parks after its attempts).
 
-    def __init__(self, message: str, *, retry_after: float | None, **kw: Any) -> None:
+    `wait_inline`: the HTTP layer may wait it out and send the request again within the call (a
+    throttle). False for a refusal that lasts (a usage limit until a reset time, see
+    `BaseConnector.rate_limited`): raised at once, for the engine to schedule."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None, wait_inline: bool = True, **kw: Any
+    ) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.wait_inline = wait_inline
 
 
 class AuthFailed(ConnectorError):
@@ -450,6 +459,7 @@ class BaseConnector:
             auth_headers=self.auth_headers(settings),
             observer=observer,
             error_message=self.error_message,
+            rate_limited=self.rate_limited,
         )
 
     # platform hooks for the HTTP layer ---------------------------------------------------------
@@ -461,6 +471,14 @@ class BaseConnector:
     def error_message(self, response: httpx.Response) -> str:
         """The platform's message from an error response (may raise a more precise error)."""
         return default_error_message(response)
+
+    def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
+        """The error to raise for a 429 answer. `throttle` is the HTTP layer's own (message,
+        status, Retry-After already read): a throttle, waited out inline (up to `max_wait`, or
+        with backoff when there is no Retry-After). A platform whose 429 may mean something else,
+        a refusal that lasts until a reset time, returns a RateLimited with `wait_inline=False`
+        for that one: raised at once, for the outbox to back off and park."""
+        return throttle
 
     # mapping helpers ------------------------------------------------------------------------
 
@@ -586,9 +604,10 @@ def rate_limit_wait(
     settings: ConnectorSettings, rng: random.Random, exc: RateLimited, attempt: int
 ) -> float | None:
     """How long to wait out a 429 inside a request before trying again, or None to raise it: the
-    retries are spent, or the Retry-After is longer than `max_wait` (the engine's to schedule).
-    Without a Retry-After the wait backs off as for any failure."""
-    if attempt > settings.max_retries:
+    retries are spent, the Retry-After is longer than `max_wait` (the engine's to schedule), or
+    the refusal is not one to wait out inline (`wait_inline` False). Without a Retry-After the wait
+    backs off as for any failure."""
+    if attempt > settings.max_retries or not exc.wait_inline:
         return None
     if exc.retry_after is None:
         return backoff_delay(settings, rng, attempt)
@@ -613,6 +632,14 @@ class Redactor:
 
 
 ErrorMessage = Callable[[httpx.Response], str]
+RateLimitHook = Callable[[httpx.Response, RateLimited], RateLimited]
+"""(the 429 answer, the HTTP layer's RateLimited for it) -> the error to raise; see
+`BaseConnector.rate_limited`."""
+
+
+def throttled(response: httpx.Response, throttle: RateLimited) -> RateLimited:
+    """The default `RateLimitHook`: every 429 is a throttle, waited out inline."""
+    return throttle
 
 
 async def bounded_body(
@@ -686,10 +713,12 @@ class HttpClient:
         auth_headers: Mapping[str, str] | None = None,
         observer: RequestObserver | None = None,
         error_message: ErrorMessage = default_error_message,
+        rate_limited: RateLimitHook = throttled,
     ) -> None:
         self.settings = settings
         self.observer = observer
         self.error_message = error_message
+        self.rate_limited = rate_limited
         self.redact = Redactor(settings.secrets)
         headers = dict(auth_headers) if auth_headers is not None else self._default_auth(settings)
         self.client = httpx.AsyncClient(
@@ -799,7 +828,8 @@ class HttpClient:
         where = f"{method} {self._path(url)}: {message}"
         if status == 429:
             wait = parse_retry_after(response.headers.get("Retry-After"))
-            raise RateLimited(where, retry_after=wait, status=status, connector=name)
+            throttle = RateLimited(where, retry_after=wait, status=status, connector=name)
+            raise self.rate_limited(response, throttle)  # the connector's say: a throttle, or lasting
         if status >= 500:
             raise Retryable(where, status=status, connector=name)
         if status == 401:

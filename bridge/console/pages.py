@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request
@@ -19,7 +19,7 @@ from sqlalchemy import select
 from bridge import __version__
 from bridge.api import routes as api
 from bridge.console import views
-from bridge.console.markup import Html, page
+from bridge.console.markup import Html, join, page
 from bridge.console.sessions import TTL, Session, Sessions
 from bridge.engine import api_ops, deadletters
 from bridge.model import encode
@@ -122,8 +122,14 @@ def _to_login(request: Request) -> RedirectResponse:
     return response
 
 
+def _cookie(request: Request) -> dict[str, Any]:
+    """What every cookie of the console is, set or cleared: never read by a script, never sent
+    cross-site, and sent over https only when the page came over https."""
+    return {"secure": _https(request), "httponly": True, "samesite": "strict"}
+
+
 def _clear(request: Request, response: Response, name: str, path: str) -> None:
-    response.delete_cookie(name, path=path, secure=_https(request), httponly=True, samesite="strict")
+    response.delete_cookie(name, path=path, **_cookie(request))
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -160,15 +166,7 @@ def _login_page(request: Request, notice: tuple[str, str] | None, status: int = 
     nonce = secrets.token_urlsafe(24)
     content = Html(views.flashes([notice] if notice else []) + page("login.html", base=base, nonce=nonce))
     response = _html(request, "Sign in", content, None, status)
-    response.set_cookie(
-        LOGIN_COOKIE,
-        nonce,
-        max_age=3600,
-        path=f"{base}/login",
-        secure=_https(request),
-        httponly=True,
-        samesite="strict",
-    )
+    response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path=f"{base}/login", **_cookie(request))
     return response
 
 
@@ -200,27 +198,17 @@ async def login(request: Request) -> Response:
     log.info("console: token %s signed in", principal.name)
     base = _base(request)
     response = _redirect(base)
-    response.set_cookie(
-        COOKIE,
-        session.id,
-        max_age=int(TTL),
-        path=base,
-        secure=_https(request),
-        httponly=True,
-        samesite="strict",
-    )
+    response.set_cookie(COOKIE, session.id, max_age=int(TTL), path=base, **_cookie(request))
     _clear(request, response, LOGIN_COOKIE, f"{base}/login")
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session = _session(request)
-    if session is None:
-        return _to_login(request)
-    form = await _form(request)
-    if not session.csrf_ok(form.get("csrf")):
-        return _csrf_refused(request, session)
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    session, _ = posted
     _sessions(request).end(session.id)
     log.info("console: token %s signed out", session.name)
     response = _redirect(f"{_base(request)}/login?m=out")
@@ -266,12 +254,19 @@ async def overview(request: Request) -> Response:
     if session.may("admin"):
         page_ = await deadletters.list_operations(api._ctx(request), state=OpState.PARKED, limit=PARKED)
         parked, waiting = page_.items, await _waiting(request)
-    content = page(
-        "index.html",
-        connectors=views.connectors(connectors),
-        conflicts=views.conflicts(base, session, conflicts),
-        outbox=views.outbox(base, session, connectors, parked, waiting),
-        activity=views.activity(base, await _recent_activity(request, ACTIVITY), _platforms(request)),
+    activity = await _recent_activity(request, ACTIVITY)
+    content = join(
+        [
+            views.section("connectors", "Connectors", views.connectors(connectors)),
+            views.section("conflicts", "Open conflicts", views.conflicts(base, session, conflicts)),
+            views.section("outbox", "Outbox", views.outbox(base, session, connectors, parked, waiting)),
+            views.section(
+                "activity",
+                "Recent activity",
+                views.activity(base, activity, _platforms(request)),
+                note="newest first",
+            ),
+        ]
     )
     return _html(request, "Overview", content, session)
 
@@ -307,11 +302,28 @@ async def task_page(request: Request, task_id: str) -> Response:
         base=base,
         task_id=task.id,
         title=task.title,
-        route=task.route,
         fields=views.task_fields(task),
-        links=views.links(task.links or []),
-        conflicts=views.conflicts(base, session, open_conflicts, back_task=task.id),
-        history=views.history(task.history or [], _platforms(request)),
+        sections=join(
+            [
+                views.section(
+                    "links",
+                    "Copies",
+                    views.links(task.links or []),
+                    note=f"one per member of route {task.route}",
+                ),
+                views.section(
+                    "conflicts",
+                    "Open conflicts",
+                    views.conflicts(base, session, open_conflicts, back_task=task.id),
+                ),
+                views.section(
+                    "history",
+                    "History",
+                    views.history(task.history or [], _platforms(request)),
+                    note="newest first",
+                ),
+            ]
+        ),
     )
     return _html(request, task.title or task.id, content, session)
 
@@ -319,6 +331,7 @@ async def task_page(request: Request, task_id: str) -> Response:
 # -- actions -----------------------------------------------------------------------------------------
 
 Act = Callable[[Request, Session, dict[str, str]], Awaitable[tuple[str, str]]]
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]  # an outbox operation's or a conflict's id
 
 
 def _csrf_refused(request: Request, session: Session) -> HTMLResponse:
@@ -333,13 +346,23 @@ def _csrf_refused(request: Request, session: Session) -> HTMLResponse:
     )
 
 
-async def _action(request: Request, needed: str, what: str, anchor: str, act: Act) -> Response:
+async def _posted(request: Request) -> tuple[Session, dict[str, str]] | Response:
+    """The session and form of a console POST, or the answer refusing it: to sign-in without a
+    session, "Form refused" without this session's CSRF token."""
     session = _session(request)
     if session is None:
         return _to_login(request)
     form = await _form(request)
     if not session.csrf_ok(form.get("csrf")):
         return _csrf_refused(request, session)
+    return session, form
+
+
+async def _action(request: Request, needed: str, what: str, anchor: str, act: Act) -> Response:
+    posted = await _posted(request)
+    if isinstance(posted, Response):
+        return posted
+    session, form = posted
     base = _base(request)
     back = form.get("back_task")
     target = views.task_url(base, back) if back else f"{base}#{anchor}"
@@ -350,10 +373,19 @@ async def _action(request: Request, needed: str, what: str, anchor: str, act: Ac
     return _redirect(target)
 
 
-def _result(result: deadletters.Result, done: str) -> tuple[str, str]:
-    if not result.ok:
-        return "error", f"Refused: {result.error}."
-    return "ok", f"Write #{result.id} to {result.connector} {done}."
+OnParked = Callable[..., Awaitable[list[deadletters.Result]]]  # deadletters' retry/drop_operations
+
+
+async def _on_parked(request: Request, op_id: int, run: OnParked, what: str, done: str) -> Response:
+    """Retry or drop (`run`) the parked write `op_id`, as the admin signed in."""
+
+    async def act(request: Request, session: Session, form: dict[str, str]) -> tuple[str, str]:
+        (result,) = await run(api._ctx(request), [op_id], who=session.name)
+        if not result.ok:
+            return "error", f"Refused: {result.error}."
+        return "ok", f"Write #{result.id} to {result.connector} {done}."
+
+    return await _action(request, "admin", what, "outbox", act)
 
 
 @router.post("/outbox/retry")
@@ -368,25 +400,25 @@ async def retry_all(request: Request) -> Response:
 
 
 @router.post("/outbox/{op_id}/retry")
-async def retry(request: Request, op_id: int = PathParam(ge=1, le=2**63 - 1)) -> Response:
-    async def act(request: Request, session: Session, form: dict[str, str]) -> tuple[str, str]:
-        (result,) = await deadletters.retry_operations(api._ctx(request), [op_id], who=session.name)
-        return _result(result, "retried: it runs again now")
-
-    return await _action(request, "admin", "retrying a parked write", "outbox", act)
+async def retry(request: Request, op_id: RowId) -> Response:
+    return await _on_parked(
+        request, op_id, deadletters.retry_operations, "retrying a parked write", "retried: it runs again now"
+    )
 
 
 @router.post("/outbox/{op_id}/drop")
-async def drop(request: Request, op_id: int = PathParam(ge=1, le=2**63 - 1)) -> Response:
-    async def act(request: Request, session: Session, form: dict[str, str]) -> tuple[str, str]:
-        (result,) = await deadletters.drop_operations(api._ctx(request), [op_id], who=session.name)
-        return _result(result, "dropped: it will never run, and its task's history says so")
-
-    return await _action(request, "admin", "dropping a parked write", "outbox", act)
+async def drop(request: Request, op_id: RowId) -> Response:
+    return await _on_parked(
+        request,
+        op_id,
+        deadletters.drop_operations,
+        "dropping a parked write",
+        "dropped: it will never run, and its task's history says so",
+    )
 
 
 @router.post("/conflicts/{conflict_id}/resolve")
-async def resolve(request: Request, conflict_id: int = PathParam(ge=1, le=2**63 - 1)) -> Response:
+async def resolve(request: Request, conflict_id: RowId) -> Response:
     async def act(request: Request, session: Session, form: dict[str, str]) -> tuple[str, str]:
         choose = form.get("choose", "")
         if not choose:

@@ -13,6 +13,7 @@ from bridge.console.markup import Html, esc, fragment, join
 from bridge.console.sessions import Session
 
 MAX_VALUE = 300  # characters of a value shown in a table (a description can be long)
+NOTHING = Html('<span class="empty">-</span>')  # an empty value or cell
 
 
 # -- values ------------------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ def plain(value: Any, limit: int = MAX_VALUE) -> str:
 def show(value: Any, limit: int = MAX_VALUE) -> Html:
     """`plain`, as HTML (nothing as a muted dash)."""
     if value is None or value == "" or value == []:
-        return Html('<span class="empty">-</span>')
+        return NOTHING
     return esc(plain(value, limit))
 
 
@@ -129,6 +130,22 @@ def needs(scope: str, what: str) -> Html:
     )
 
 
+def heading(tag: str, text: str, note: str | None = None) -> Html:
+    """A heading (`tag`: h2, h3), with a muted `note` after its text."""
+    small = fragment(" <small>$note</small>", note=note) if note else Html("")
+    return fragment(f"<{tag}>$text$small</{tag}>", text=text, small=small)
+
+
+def section(ident: str, title: str, content: Html, note: str | None = None) -> Html:
+    """One part of a page: `<section id=ident>` under an h2 (`#ident` is its link)."""
+    return fragment(
+        '<section id="$id">\n$heading\n$content\n</section>',
+        id=ident,
+        heading=heading("h2", title, note),
+        content=content,
+    )
+
+
 # -- the frame ---------------------------------------------------------------------------------------
 
 
@@ -182,7 +199,7 @@ def connectors(rows: Sequence[Mapping[str, Any]]) -> Html:
                 waiting=c["outbox_depth"],
                 parked=c["outbox_parked"],
                 linked=c["linked_tasks"],
-                problems=join(problems, "") if problems else Html('<span class="empty">-</span>'),
+                problems=join(problems, "") if problems else NOTHING,
             )
         )
     return _table(
@@ -250,6 +267,17 @@ def conflicts(base: str, session: Session, items: Sequence[Any], *, back_task: s
     return join(out)
 
 
+def _write(base: str, op: Any) -> Html:
+    """The cells that say which write an outbox row is: its id, task, connector and kind."""
+    return fragment(
+        '<td class="num">$id</td><td>$task</td><td>$connector</td><td>$op</td>',
+        id=op.id,
+        task=_task_link(base, op.task_id, op.title),
+        connector=op.connector,
+        op=op.op,
+    )
+
+
 def outbox(
     base: str,
     session: Session,
@@ -266,23 +294,16 @@ def outbox(
     if parked is None or waiting is None:
         out.append(needs("admin", "Listing, retrying and dropping parked writes"))
         return join(out)
-    out.append(
-        Html(
-            "<h3>Parked writes <small>the outbox will not retry these by itself: retry once the cause "
-            "is fixed, or drop</small></h3>"
-        )
-    )
+    note = "the outbox will not retry these by itself: retry once the cause is fixed, or drop"
+    out.append(heading("h3", "Parked writes", note))
     if parked:
         out.append(_button_form(f"{base}/outbox/retry", session, "Retry every parked write"))
     rows = [
         fragment(
-            '<tr data-op="$id"><td class="num">$id</td><td>$task</td><td>$connector</td><td>$op</td>'
-            '<td class="num">$attempts</td><td class="error">$error</td><td>$created</td>'
-            "<td>$retry $drop</td></tr>",
+            '<tr data-op="$id">$write<td class="num">$attempts</td><td class="error">$error</td>'
+            "<td>$created</td><td>$retry $drop</td></tr>",
             id=op.id,
-            task=_task_link(base, op.task_id, op.title),
-            connector=op.connector,
-            op=op.op,
+            write=_write(base, op),
             attempts=op.attempts,
             error=show(op.last_error),
             created=when(op.created_at),
@@ -299,15 +320,12 @@ def outbox(
             numeric=(0, 4),
         )
     )
-    out.append(Html("<h3>Waiting writes <small>newest first, at most 20</small></h3>"))
+    out.append(heading("h3", "Waiting writes", "newest first, at most 20"))
     rows = [
         fragment(
-            '<tr><td class="num">$id</td><td>$task</td><td>$connector</td><td>$op</td><td>$state</td>'
-            '<td class="num">$attempts</td><td>$next</td><td class="error">$error</td></tr>',
-            id=op.id,
-            task=_task_link(base, op.task_id, op.title),
-            connector=op.connector,
-            op=op.op,
+            '<tr>$write<td>$state</td><td class="num">$attempts</td><td>$next</td>'
+            '<td class="error">$error</td></tr>',
+            write=_write(base, op),
             state=op.state,
             attempts=op.attempts,
             next=when(op.next_attempt_at),
@@ -326,22 +344,42 @@ def outbox(
     return join(out)
 
 
-def _change(old: Any, new: Any) -> Html:
-    return fragment('<span class="change">$old → $new</span>', old=show(old, 120), new=show(new, 120))
+def _history_row(
+    at: datetime | str | None,
+    field: str,
+    old: Any,
+    new: Any,
+    source: str,
+    via: str,
+    platforms: Mapping[str, str],
+    task: Html | None = None,
+) -> Html:
+    """One change of history as a table row: when, (the task,) the field, old → new, from, via."""
+    return fragment(
+        "<tr><td>$at</td>$task<td><code>$field</code></td>"
+        '<td><span class="change">$old → $new</span></td><td>$source</td><td>$via</td></tr>',
+        at=when(at),
+        task=fragment("<td>$task</td>", task=task) if task is not None else Html(""),
+        field=field,
+        old=show(old, 120),
+        new=show(new, 120),
+        source=source_label(source, platforms),
+        via=via,
+    )
 
 
 def activity(base: str, rows: Sequence[Any], platforms: Mapping[str, str]) -> Html:
     """History rows (with the task's title), newest first."""
     out = [
-        fragment(
-            "<tr><td>$at</td><td>$task</td><td><code>$field</code></td><td>$change</td>"
-            "<td>$source</td><td>$via</td></tr>",
-            at=when(h.at),
+        _history_row(
+            h.at,
+            h.field,
+            (h.old or {}).get("v"),
+            (h.new or {}).get("v"),
+            h.source,
+            h.via,
+            platforms,
             task=_task_link(base, h.task_id, title),
-            field=h.field,
-            change=_change((h.old or {}).get("v"), (h.new or {}).get("v")),
-            source=source_label(h.source, platforms),
-            via=h.via,
         )
         for h, title in rows
     ]
@@ -365,7 +403,7 @@ def task_fields(task: Any) -> Html:
 
 def _remote(url: str | None) -> Html:
     if not url:
-        return Html('<span class="empty">-</span>')
+        return NOTHING
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return esc(url)  # shown, never a link: only web pages are
     return fragment('<a href="$url" rel="noopener noreferrer">$url</a>', url=url)
@@ -392,14 +430,7 @@ def links(items: Sequence[Any]) -> Html:
 
 def history(items: Sequence[Mapping[str, Any]], platforms: Mapping[str, str]) -> Html:
     rows = [
-        fragment(
-            "<tr><td>$at</td><td><code>$field</code></td><td>$change</td><td>$source</td><td>$via</td></tr>",
-            at=when(h["at"]),
-            field=h["field"],
-            change=_change(h["old"], h["new"]),
-            source=source_label(h["source"], platforms),
-            via=h["via"],
-        )
+        _history_row(h["at"], h["field"], h["old"], h["new"], h["source"], h["via"], platforms)
         for h in reversed(items)
     ]
     return _table(["When", "Field", "Change", "From", "Via"], rows, "No history.")

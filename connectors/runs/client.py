@@ -11,16 +11,15 @@ task-run errors (`POST {id}/run/`) carry `error` where the others carry `detail`
 
 The usage-limit 429 (`POST {id}/run/` when the team is over its PostHog Desktop limit) is no
 throttle: `{"type": "rate_limited", "code": "usage_limit_exceeded", "error", "reset_at"?}` and no
-Retry-After, and it lasts until `reset_at` (a day or a month away). It is raised as
-`UsageLimitExceeded`, a `RateLimited` with `retry_after=None`, and never retried inline: the
-error hook lifts it out of HttpClient's 429 loop (which backs off and resends a 429 that has no
-Retry-After, right for a throttle but pointless for a limit that lasts until `reset_at`), and
-every RunsClient call turns it back into `UsageLimitExceeded`.
+Retry-After, and it lasts until `reset_at` (a day or a month away). `usage_limit` (the
+connector's `rate_limited` hook, see connectors/base.py) makes it `UsageLimitExceeded`, a
+`RateLimited` with `retry_after=None` and `wait_inline=False`: HttpClient raises it at once rather
+than backing off and resending it (right for a throttle, pointless for a limit that lasts until
+`reset_at`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,28 +40,15 @@ class UsageLimitExceeded(RateLimited):
     """The team is over its usage limit: no run starts before `reset_at` (None: not said).
 
     `retry_after` is None: PostHog sends no Retry-After, and a wait of hours is the engine's to
-    schedule, not a request's to sleep through."""
+    schedule, not a request's to sleep through (so `wait_inline` is False too)."""
 
     def __init__(self, message: str, *, reset_at: datetime | None, **kw: Any) -> None:
-        super().__init__(message, retry_after=None, **kw)
+        super().__init__(message, retry_after=None, wait_inline=False, **kw)
         self.reset_at = reset_at
-
-
-class _UsageLimitHit(Exception):
-    """A usage-limit 429, carried past HttpClient's 429 handling (not a ConnectorError, so its
-    retry loop lets it through); RunsClient raises it again as UsageLimitExceeded."""
-
-    def __init__(self, message: str, reset_at: datetime | None, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reset_at = reset_at
-        self.status = status
 
 
 def error_message(response: httpx.Response) -> str:
-    """PostHog's error body as one line: "title: Ensure this field ... (max_length)".
-
-    The HttpClient's error hook: a usage-limit 429 raises `_UsageLimitHit` instead."""
+    """PostHog's error body as one line: "title: Ensure this field ... (max_length)"."""
     try:
         body = response.json()
     except ValueError:
@@ -75,21 +61,27 @@ def error_message(response: httpx.Response) -> str:
     attr = body.get("attr")
     code = body.get("code")
     message = f"{attr}: {text}" if attr else text
-    message = f"{message} ({code})" if code else message
-    if response.status_code == 429 and code == USAGE_LIMIT_CODE:
-        raise _usage_limit_hit(response, body, message)
-    return message
+    return f"{message} ({code})" if code else message
 
 
-def _usage_limit_hit(response: httpx.Response, body: Json, message: str) -> _UsageLimitHit:
+def usage_limit(response: httpx.Response, throttle: RateLimited) -> RateLimited:
+    """The connector's `rate_limited` hook: a usage-limit 429 as UsageLimitExceeded (raised at
+    once, with its `reset_at`); any other 429 is the throttle it is."""
+    try:
+        body = response.json()
+    except ValueError:
+        return throttle
+    if not isinstance(body, dict) or body.get("code") != USAGE_LIMIT_CODE:
+        return throttle
     reset_at: datetime | None
     try:
         reset_at = parse_timestamp(body.get("reset_at"))
     except (TypeError, ValueError):
         reset_at = None  # an unreadable reset time is no reason to lose the refusal itself
     until = f"; resets at {reset_at.isoformat()}" if reset_at else ""
-    where = f"{response.request.method} {response.request.url.path}"
-    return _UsageLimitHit(f"{where}: {message}{until}", reset_at, response.status_code)
+    return UsageLimitExceeded(
+        f"{throttle.message}{until}", reset_at=reset_at, status=throttle.status, connector=throttle.connector
+    )
 
 
 @dataclass(frozen=True)
@@ -124,24 +116,12 @@ class RunsClient:
     def task_path(cls, project: str, task_id: str) -> str:
         return f"{cls.tasks_path(project)}{quote(str(task_id), safe='')}/"
 
-    async def _send(self, call: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
-        """Every call goes through here, so a usage-limit 429 always comes out as a ConnectorError."""
-        try:
-            return await call(*args, **kw)
-        except _UsageLimitHit as hit:
-            raise UsageLimitExceeded(
-                self.http.redact(hit.message),
-                reset_at=hit.reset_at,
-                status=hit.status,
-                connector=self.http.settings.name,
-            ) from None
-
     # -- tasks ------------------------------------------------------------------------------
 
     async def list_page(self, project: str, *, limit: int, offset: int = 0, **filters: Any) -> Json:
         """One page of the task list: `{"count", "next", "previous", "results"}`."""
         params = {"limit": limit, "offset": offset or None, **filters}
-        body = await self._send(self.http.get, self.tasks_path(project), params=params)
+        body = await self.http.get(self.tasks_path(project), params=params)
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
             raise Permanent(
                 f"the task list of project {project} is not a paginated list",
@@ -185,16 +165,16 @@ class RunsClient:
         return TaskPages(list(seen.values()), count, complete, pages)
 
     async def get_task(self, project: str, task_id: str) -> Json:
-        return await self._send(self.http.get, self.task_path(project, task_id))
+        return await self.http.get(self.task_path(project, task_id))
 
     async def create_task(self, project: str, body: Json) -> Json:
-        return await self._send(self.http.post, self.tasks_path(project), body)
+        return await self.http.post(self.tasks_path(project), body)
 
     async def update_task(self, project: str, task_id: str, body: Json) -> Json:
-        return await self._send(self.http.patch, self.task_path(project, task_id), body)
+        return await self.http.patch(self.task_path(project, task_id), body)
 
     async def delete_task(self, project: str, task_id: str) -> None:
-        await self._send(self.http.delete, self.task_path(project, task_id))
+        await self.http.delete(self.task_path(project, task_id))
 
     async def start_run(self, project: str, task_id: str, body: Json | None = None) -> Json:
         """`POST {id}/run/`: a new queued run; answers the task with its new `latest_run`.
@@ -203,7 +183,7 @@ class RunsClient:
         repeat by checking the latest run first. Over the team's usage limit: UsageLimitExceeded,
         at once.
         """
-        return await self._send(self.http.post, f"{self.task_path(project, task_id)}run/", body)
+        return await self.http.post(f"{self.task_path(project, task_id)}run/", body)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -104,6 +104,7 @@ from connectors.base import (
     NotFound,
     Permanent,
     PersonInfo,
+    RateLimited,
     RemoteComment,
     RemoteTask,
     RequestObserver,
@@ -111,7 +112,7 @@ from connectors.base import (
     WebhookEvent,
     fields,
 )
-from connectors.runs.client import RunsClient, error_message
+from connectors.runs.client import RunsClient, error_message, usage_limit
 
 log = logging.getLogger("taskbridge.connector.runs")
 
@@ -137,6 +138,9 @@ class RunsConnector(BaseConnector):
 
     def error_message(self, response: httpx.Response) -> str:
         return error_message(response)
+
+    def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
+        return usage_limit(response, throttle)  # the usage limit: raised at once, never waited out
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         # The mapping is checked before BaseConnector opens an HTTP client that a failed

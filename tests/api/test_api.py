@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.fakekit import free_port
 from tests import ops
+from tests.daemons import daemon_fixture, token_entry, world_fixture
+from tests.daemons import store_url as _store_url  # the name tests/api/test_mcp.py imports
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import TOKENS, WEBHOOK_SECRET, World
 
@@ -26,31 +27,17 @@ SCRIBE = "tb_scribe_token_0123456789"  # write without read
 ALL = ("impactly", "vortask", "agentkanban", "runs", "squads")
 
 
-def token_entry(name: str, token: str, scopes: list[str]) -> dict[str, Any]:
-    return {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "scopes": scopes}
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World(ALL).start()
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("api")
-    port = free_port()
-    tokens = [
+world = world_fixture(ALL)
+daemon = daemon_fixture(
+    [
         token_entry("reader", READ, ["read"]),
         token_entry("writer", WRITE, ["read", "write"]),
         token_entry("ops", ADMIN, ["admin"]),
         token_entry("scribe", SCRIBE, ["write"]),
-    ]
-    path = world.config(tmp, port=port, public=True, poll_interval="1s", server_tokens=tokens)
-    d = DaemonProcess(path, port, tmp / "daemon.log").start()
-    yield d
-    d.kill()
+    ],
+    public=True,
+    poll_interval="1s",
+)
 
 
 def api(d: DaemonProcess, method: str, path: str, token: str | None = READ, **kw: Any) -> httpx.Response:
@@ -340,12 +327,6 @@ def test_conflicts_list_and_resolve(daemon: DaemonProcess) -> None:
     assert any(
         c["id"] == conflict["id"] for c in api(daemon, "GET", "/api/v1/conflicts?state=resolved").json()
     )
-
-
-def _store_url(d: DaemonProcess) -> str:
-    import yaml
-
-    return str(yaml.safe_load(d.config.read_text())["store"]["url"])
 
 
 def test_connectors_report_health_and_lag(daemon: DaemonProcess) -> None:

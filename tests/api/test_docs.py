@@ -8,15 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
 import json
-import os
-import queue
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 import tomllib
@@ -34,7 +27,9 @@ import uvicorn
 from bridge import config
 from bridge.api import docs
 from bridge.api.app import create_app
-from bridge.daemon import Daemon, DaemonOptions
+from bridge.daemon import Daemon
+from tests.browser import chromium, loopback_only
+from tests.daemons import in_process, token_entry, world_fixture
 from tests.world import World
 
 READER, SCRIBE, OPS = "tb_docs_reader_0123456789", "tb_docs_scribe_0123456789", "tb_docs_ops_0123456789"
@@ -47,22 +42,14 @@ CONTENT_TYPES = {
 }
 
 
-def _token(name: str, token: str, scopes: list[str]) -> dict[str, Any]:
-    return {"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "scopes": scopes}
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World(("vortask", "impactly")).start()  # the config's connectors; never called here
-    yield w
-    w.stop()
+world = world_fixture(("vortask", "impactly"))  # the config's connectors; never called here
 
 
 def _config(world: World, tmp: Path) -> config.Config:
     tokens = [
-        _token("reader", READER, ["read"]),
-        _token("scribe", SCRIBE, ["write"]),
-        _token("ops", OPS, ["admin"]),
+        token_entry("reader", READER, ["read"]),
+        token_entry("scribe", SCRIBE, ["write"]),
+        token_entry("ops", OPS, ["admin"]),
     ]
     return config.load(
         world.config(tmp, store_url=f"sqlite+aiosqlite:///{tmp}/docs.db", server_tokens=tokens)
@@ -71,12 +58,8 @@ def _config(world: World, tmp: Path) -> config.Config:
 
 @pytest_asyncio.fixture
 async def daemon(world: World, tmp_path: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(_config(world, tmp_path), options=DaemonOptions(poll=False, serve=False))
-    await d.store.migrate()
-    yield d
-    for conn in d.ctx.connectors.values():
-        await conn.aclose()
-    await d.store.close()
+    async with in_process(_config(world, tmp_path)) as d:
+        yield d
 
 
 @pytest_asyncio.fixture
@@ -257,16 +240,6 @@ def test_the_vendored_assets_keep_their_licence_and_ship_in_the_wheel() -> None:
 # -- in a browser, with nowhere to go but the daemon -----------------------------------------------------
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("CI"):
-        pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
-    pytest.skip("no chromium installed (apt-get install chromium)")
-
-
 @contextlib.contextmanager
 def _served(world: World, tmp: Path) -> Iterator[str]:
     """The daemon's app over real HTTP on loopback (its own event loop, on a thread)."""
@@ -278,19 +251,13 @@ def _served(world: World, tmp: Path) -> Iterator[str]:
     holder: dict[str, Any] = {}
 
     async def serve() -> None:
-        d = Daemon(_config(world, tmp), options=DaemonOptions(poll=False, serve=False))
-        await d.store.migrate()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(d), log_level="warning", lifespan="off", access_log=False)
-        )
-        holder["server"] = server
-        started.set()
-        try:
+        async with in_process(_config(world, tmp)) as d:
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(d), log_level="warning", lifespan="off", access_log=False)
+            )
+            holder["server"] = server
+            started.set()
             await server.serve(sockets=[sock])
-        finally:
-            for conn in d.ctx.connectors.values():
-                await conn.aclose()
-            await d.store.close()
 
     def run() -> None:
         try:
@@ -309,91 +276,6 @@ def _served(world: World, tmp: Path) -> Iterator[str]:
         holder["server"].should_exit = True
         thread.join(10)
         sock.close()
-
-
-class _Browser:
-    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
-    commands in on fd 3, answers out on fd 4, each a JSON message ended by a NUL)."""
-
-    def __init__(self, chromium: str, profile: Path, args: list[str]) -> None:
-        to_chromium, commands = os.pipe()
-        answers, from_chromium = os.pipe()
-        # Above the descriptors bash redirects to, so that no redirection overwrites its source.
-        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_chromium, from_chromium)]
-        os.close(to_chromium)
-        os.close(from_chromium)
-        argv = [chromium, "--headless=new", "--remote-debugging-pipe", f"--user-data-dir={profile}", *args]
-        self.proc = subprocess.Popen(
-            ["bash", "-c", f'exec "$@" 3<&{ends[0]} 4>&{ends[1]} {ends[0]}<&- {ends[1]}>&-', "bash", *argv],
-            pass_fds=ends,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its renderers and helpers in a group of their own, ended with it
-        )
-        for fd in ends:
-            os.close(fd)
-        self._commands = os.fdopen(commands, "wb", buffering=0)
-        self._answers_in = os.fdopen(answers, "rb", buffering=0)
-        self._lock = threading.Lock()
-        self._last = 0
-        self._waiting: dict[int, queue.Queue[dict[str, Any]]] = {}
-        self.events: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        pending = b""
-        while chunk := self._answers_in.read(65536):
-            pending += chunk
-            *messages, pending = pending.split(b"\0")
-            for raw in messages:
-                message = json.loads(raw)
-                with self._lock:
-                    waiter = self._waiting.pop(message["id"], None) if "id" in message else None
-                    if waiter is None:
-                        self.events.append(message)
-                if waiter is not None:
-                    waiter.put(message)
-
-    def call(
-        self,
-        method: str,
-        params: dict[str, Any] | None = None,
-        session: str | None = None,
-        timeout: float = 15,
-    ) -> dict[str, Any]:
-        answer: queue.Queue[dict[str, Any]] = queue.Queue()
-        with self._lock:
-            self._last += 1
-            ident = self._last
-            self._waiting[ident] = answer
-        message: dict[str, Any] = {"id": ident, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        self._commands.write(json.dumps(message).encode() + b"\0")
-        try:
-            got = answer.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"chromium did not answer {method} within {timeout} s") from None
-        assert "error" not in got, (method, got["error"])
-        return dict(got["result"])
-
-    def of(self, method: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e["params"] for e in self.events if e["method"] == method]
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.call("Browser.close", timeout=5)
-        with contextlib.suppress(OSError):
-            self._commands.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group started for it, and nothing else
-        self.proc.wait()
 
 
 # Run in the page: authorize with a token through the dialog, then try one operation out. Each
@@ -431,73 +313,31 @@ AUTHORIZE_AND_TRY = r"""
 def test_the_docs_page_works_in_a_browser_that_can_reach_only_the_daemon(
     world: World, tmp_path: Path
 ) -> None:
-    chromium = _chromium()
-    # Every request the browser would send off the host goes to this "proxy", which refuses it:
-    # a bound port that never listens. Loopback is reached directly (Chromium's default).
-    refuser = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    refuser.bind(("127.0.0.1", 0))
+    executable = chromium()
     started = time.monotonic()
-    with _served(world, tmp_path) as base, contextlib.closing(refuser):
+    with _served(world, tmp_path) as base, loopback_only(executable, tmp_path / "profile") as browser:
         spec = httpx.get(base + "/openapi.json", timeout=10).json()
-        browser = _Browser(
-            chromium,
-            tmp_path / "profile",
-            [
-                "--no-sandbox",  # CI runs as root
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-extensions",
-                "--disable-sync",
-                f"--proxy-server=http://127.0.0.1:{refuser.getsockname()[1]}",
-            ],
+        page = browser.page()
+        page.navigate(base + "/docs")
+        page.until("!!document.querySelector('.opblock')", "an operation rendered")
+        shown = set(
+            page.evaluate("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.dataset.path)")
         )
-        try:
-            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            page = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            for domain in ("Network", "Runtime", "Log", "Page"):
-                browser.call(f"{domain}.enable", session=page)
+        assert shown == set(spec["paths"]), set(spec["paths"]) ^ shown
 
-            def evaluate(expression: str) -> Any:
-                result = browser.call(
-                    "Runtime.evaluate",
-                    {"expression": expression, "returnByValue": True, "awaitPromise": True},
-                    session=page,
-                )
-                assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:2000]
-                return result["result"].get("value")
+        status = page.evaluate(f"({AUTHORIZE_AND_TRY})({json.dumps(READER)}, '/api/v1/connectors')")
+        assert status == "200", status
+        sent = [
+            r["request"]
+            for r in browser.of("Network.requestWillBeSent")
+            if r["request"]["url"] == base + "/api/v1/connectors"
+        ]
+        assert [r["headers"].get("Authorization") for r in sent] == [f"Bearer {READER}"]
 
-            browser.call("Page.navigate", {"url": base + "/docs"}, session=page)
-            evaluate(
-                "new Promise((resolve, reject) => { let n = 0; const t = setInterval(() => {"
-                " if (document.querySelector('.opblock')) { clearInterval(t); resolve(true); }"
-                " else if (++n > 200) { clearInterval(t); reject(new Error('no operation rendered')); }"
-                " }, 50); })"
-            )
-            shown = set(
-                evaluate("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.dataset.path)")
-            )
-            assert shown == set(spec["paths"]), set(spec["paths"]) ^ shown
-
-            status = evaluate(f"({AUTHORIZE_AND_TRY})({json.dumps(READER)}, '/api/v1/connectors')")
-            assert status == "200", status
-            sent = [
-                r["request"]
-                for r in browser.of("Network.requestWillBeSent")
-                if r["request"]["url"] == base + "/api/v1/connectors"
-            ]
-            assert [r["headers"].get("Authorization") for r in sent] == [f"Bearer {READER}"]
-
-            requested = [r["request"]["url"] for r in browser.of("Network.requestWillBeSent")]
-            assert base + "/docs/static/swagger/swagger-ui-bundle.js" in requested
-            elsewhere = [u for u in requested if not u.startswith((base + "/", "data:"))]
-            assert elsewhere == [], elsewhere
-            problems = [e["entry"] for e in browser.of("Log.entryAdded") if e["entry"]["level"] == "error"]
-            problems += browser.of("Runtime.exceptionThrown")
-            assert problems == [], problems  # a policy violation or a script error, say
-        finally:
-            browser.close()
+        requested = browser.requested()
+        assert base + "/docs/static/swagger/swagger-ui-bundle.js" in requested
+        elsewhere = [u for u in requested if not u.startswith((base + "/", "data:"))]
+        assert elsewhere == [], elsewhere
+        problems = browser.problems()
+        assert problems == [], problems  # a policy violation or a script error, say
     assert time.monotonic() - started < 60  # about 10 s; far more means something waited for a timeout

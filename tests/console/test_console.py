@@ -6,13 +6,11 @@ edited differently under `conflict: manual`) from the page, the value reaching e
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,11 +26,10 @@ import pytest_asyncio
 
 from bridge import config
 from bridge.api.app import create_app
-from bridge.daemon import Daemon, DaemonOptions
-from connectors.fakekit import free_port
+from bridge.daemon import Daemon
 from tests import ops
-from tests.api.test_api import _store_url, token_entry
-from tests.api.test_docs import _Browser, _chromium
+from tests.browser import chromium, loopback_only
+from tests.daemons import daemon_fixture, in_process, store_url, token_entry, world_fixture
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import World
 
@@ -46,24 +43,9 @@ TOKENS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    w = World(ALL).start()
-    yield w
-    w.stop()
-
-
-@pytest.fixture(scope="module")
-def daemon(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    tmp = tmp_path_factory.mktemp("console")
-    port = free_port()
-    # Conflicts held for a person; polls at start, then only when a test asks (deterministic edits).
-    path = world.config(
-        tmp, port=port, poll_interval="60s", route={"conflict": "manual"}, server_tokens=TOKENS
-    )
-    d = DaemonProcess(path, port, tmp / "daemon.log").start()
-    yield d
-    d.kill()
+world = world_fixture(ALL)
+# Conflicts held for a person; polls at start, then only when a test asks (deterministic edits).
+daemon = daemon_fixture(TOKENS, poll_interval="60s", route={"conflict": "manual"})
 
 
 def api(d: DaemonProcess, method: str, path: str, token: str, **kw: Any) -> httpx.Response:
@@ -95,7 +77,7 @@ def _store(d: DaemonProcess, code: str, *args: str) -> str:
         "asyncio.run(run())\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, _store_url(d), *args], check=True, capture_output=True, text=True
+        [sys.executable, "-c", script, store_url(d), *args], check=True, capture_output=True, text=True
     )
     return done.stdout.strip()
 
@@ -475,17 +457,10 @@ def test_templates_and_assets_ship_in_the_wheel() -> None:
 
 @pytest_asyncio.fixture
 async def local(world: World, tmp_path: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient, Any]]:
-    d = Daemon(
-        config.load(world.config(tmp_path, server_tokens=TOKENS)),
-        options=DaemonOptions(poll=False, serve=False),
-    )
-    await d.store.migrate()
-    app = create_app(d)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://bridge") as c:
-        yield d, c, app
-    for conn in d.ctx.connectors.values():
-        await conn.aclose()
-    await d.store.close()
+    async with in_process(config.load(world.config(tmp_path, server_tokens=TOKENS))) as d:
+        app = create_app(d)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://bridge") as c:
+            yield d, c, app
 
 
 async def _sign_in_async(c: httpx.AsyncClient, token: str) -> httpx.Response:
@@ -570,7 +545,7 @@ def _artifact(shot: Path) -> Path:
 def test_resolve_a_conflict_in_a_browser(
     daemon: DaemonProcess, world: World, tmp_path: Path, record_property: Any
 ) -> None:
-    chromium = _chromium()
+    executable = chromium()
     started = time.monotonic()
     task, conflict = _make_conflict(daemon, world)
     sides = {s["side"]: s for s in conflict["sides"]}
@@ -578,103 +553,47 @@ def test_resolve_a_conflict_in_a_browser(
     assert conflict["title"] == sides["impactly"]["value"] == "browser: as impactly has it"
     wanted = sides["squads"]["value"]  # the value the bridge does not hold: keeping it changes the task
     assert wanted == "browser: as squads has it"
-    # Every request off loopback goes to a "proxy" that refuses it: the page can use nothing else.
-    refuser = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    refuser.bind(("127.0.0.1", 0))
     base = daemon.url
-    with contextlib.closing(refuser):
-        browser = _Browser(
-            chromium,
-            tmp_path / "profile",
-            [
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-extensions",
-                "--disable-sync",
-                f"--proxy-server=http://127.0.0.1:{refuser.getsockname()[1]}",
-            ],
+    # Every request off loopback is refused: the page can use nothing else.
+    with loopback_only(executable, tmp_path / "profile") as browser:
+        page = browser.page(viewport=(1280, 900))
+        page.navigate(base + "/console")
+        page.until("location.pathname === '/console/login' && !!document.querySelector('#token')", "sign-in")
+        page.evaluate(
+            f"document.querySelector('#token').value = {json.dumps(WRITE)};"
+            "document.querySelector('form button[type=submit]').click(); true"
         )
-        try:
-            target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            page = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            for domain in ("Network", "Runtime", "Log", "Page"):
-                browser.call(f"{domain}.enable", session=page)
-            browser.call(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-                session=page,
-            )
+        page.until("location.pathname === '/console' && !!document.querySelector('#connectors')", "overview")
+        health = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#connectors tr[data-connector]')]"
+            ".map(tr => [tr.dataset.connector, tr.querySelector('.badge').textContent]))"
+        )
+        assert health == dict.fromkeys(ALL, "healthy"), health
+        card = f"#conflicts article[data-conflict='{conflict['id']}']"
+        shown = page.evaluate(
+            f'[...document.querySelectorAll("{card} .side")].map(s => [s.dataset.side,'
+            " s.querySelector('.value').textContent, s.querySelector('.meta').textContent])"
+        )
+        assert {s[0]: s[1] for s in shown} == {k: v["value"] for k, v in sides.items()}, shown
+        assert all("squads" in m or "impactly" in m for _, _, m in shown)
+        assert conflict["title"] == page.evaluate(f'document.querySelector("{card} h3 a").textContent')
+        shot = page.screenshot(tmp_path / "console.png")
 
-            def evaluate(expression: str) -> Any:
-                result = browser.call(
-                    "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=page
-                )
-                assert "exceptionDetails" not in result, json.dumps(result["exceptionDetails"])[:2000]
-                return result["result"].get("value")
+        page.evaluate(f"document.querySelector(\"{card} .side[data-side='squads'] button\").click(); true")
+        message = page.until(
+            "document.querySelector('.flash.ok') && document.querySelector('.flash.ok').textContent",
+            "the flash message",
+        )
+        assert message == f"Conflict #{conflict['id']} resolved: title is now {wanted} (from squads)."
+        assert page.evaluate(f'document.querySelector("{card}") === null')
+        page.screenshot(tmp_path / "console-resolved.png")
 
-            def until(expression: str, what: str, timeout: float = 10) -> Any:
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    with contextlib.suppress(AssertionError):  # a navigation replaced the page
-                        found = evaluate(f"document.readyState === 'complete' && ({expression})")
-                        if found:
-                            return found
-                    time.sleep(0.05)
-                raise AssertionError(f"the page never showed {what}")
-
-            def screenshot(name: str) -> Path:
-                shot = browser.call(
-                    "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=page
-                )
-                path = tmp_path / name
-                path.write_bytes(base64.b64decode(shot["data"]))
-                return path
-
-            browser.call("Page.navigate", {"url": base + "/console"}, session=page)
-            until("location.pathname === '/console/login' && !!document.querySelector('#token')", "sign-in")
-            evaluate(
-                f"document.querySelector('#token').value = {json.dumps(WRITE)};"
-                "document.querySelector('form button[type=submit]').click(); true"
-            )
-            until("location.pathname === '/console' && !!document.querySelector('#connectors')", "overview")
-            health = evaluate(
-                "Object.fromEntries([...document.querySelectorAll('#connectors tr[data-connector]')]"
-                ".map(tr => [tr.dataset.connector, tr.querySelector('.badge').textContent]))"
-            )
-            assert health == dict.fromkeys(ALL, "healthy"), health
-            card = f"#conflicts article[data-conflict='{conflict['id']}']"
-            shown = evaluate(
-                f'[...document.querySelectorAll("{card} .side")].map(s => [s.dataset.side,'
-                " s.querySelector('.value').textContent, s.querySelector('.meta').textContent])"
-            )
-            assert {s[0]: s[1] for s in shown} == {k: v["value"] for k, v in sides.items()}, shown
-            assert all("squads" in m or "impactly" in m for _, _, m in shown)
-            assert conflict["title"] == evaluate(f'document.querySelector("{card} h3 a").textContent')
-            shot = screenshot("console.png")
-
-            evaluate(f"document.querySelector(\"{card} .side[data-side='squads'] button\").click(); true")
-            message = until(
-                "document.querySelector('.flash.ok') && document.querySelector('.flash.ok').textContent",
-                "the flash message",
-            )
-            assert message == f"Conflict #{conflict['id']} resolved: title is now {wanted} (from squads)."
-            assert evaluate(f'document.querySelector("{card}") === null')
-            screenshot("console-resolved.png")
-
-            requested = [r["request"]["url"] for r in browser.of("Network.requestWillBeSent")]
-            assert base + "/console/static/console.css" in requested
-            elsewhere = [u for u in requested if not u.startswith(base + "/")]
-            assert elsewhere == [], elsewhere
-            problems = [e["entry"] for e in browser.of("Log.entryAdded") if e["entry"]["level"] == "error"]
-            problems += browser.of("Runtime.exceptionThrown")
-            assert problems == [], problems
-        finally:
-            browser.close()
+        requested = browser.requested()
+        assert base + "/console/static/console.css" in requested
+        elsewhere = [u for u in requested if not u.startswith(base + "/")]
+        assert elsewhere == [], elsewhere
+        problems = browser.problems()
+        assert problems == [], problems
     assert conflict_state(daemon, conflict["id"]) == "resolved"
     resolved = api(daemon, "GET", f"/api/v1/tasks/{task['id']}", READ).json()
     assert resolved["title"] == wanted

@@ -273,7 +273,7 @@ def render(plan: Plan) -> str:
             what = ", ".join(f"{k}={v!r}" for k, v in w.fields.items())
             lines.append(f"  {w.op} on {w.connector}/{w.scope}: {w.title!r}" + (f" ({what})" if what else ""))
     if plan.held_apart:
-        lines.append("left unlinked as ambiguous (a title one member holds twice):")
+        lines.append("left unlinked as ambiguous (a title or match key one member holds twice):")
         lines.extend(f"  {c}:{r}" for c, r in plan.held_apart)
     for connector, n in sorted(plan.already_queued.items()):
         lines.append(f"{connector}: {n} writes already queued in the store (the next sync makes them too)")
@@ -497,9 +497,11 @@ def render_links(result: MatchPlan, *, dry_run: bool) -> str:
     lines = [f"{verb} {len(result.matches)} tasks found on several members:"]
     for m in result.matches:
         where = ", ".join(f"{c.member.connector}:{c.task.remote_id}" for c in m.copies)
-        lines.append(f"  {m.canonical.get('title')!r} (confidence {m.confidence:g}): {where}")
+        lines.append(f"  {m.canonical.get('title')!r} (by {m.by}, confidence {m.confidence:g}): {where}")
     if result.ambiguous:
-        lines.append(f"left unlinked as ambiguous ({len(result.ambiguous)}: a title one member holds twice):")
+        lines.append(
+            f"left unlinked as ambiguous ({len(result.ambiguous)}: a title or match key one member holds twice):"
+        )
         lines.extend(
             f"  {c.member.connector}:{c.task.remote_id} {c.values.get('title')!r}" for c in result.ambiguous
         )

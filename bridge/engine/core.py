@@ -14,13 +14,16 @@ The hierarchy (`parent`) is the one field whose values differ per platform: cano
 a bridge task id, a connector speaks its platform's ids (RemoteTask.parent_id on read, `parent` in
 the values it writes). `translate_parent` maps one to the other through the links the caller
 loaded; `parent_hold` says when a parent cannot be written to a target yet (its copy there does
-not exist yet) or ever (it would make a task its own ancestor).
+not exist yet) or ever (it would make a task its own ancestor). `parents_first_order` puts what a
+batch reports (a listing, a batch of webhook deliveries) parents before children, so a new parent
+is linked before its children look it up; `adopted_parent` and `acyclic_parents` settle the
+canonical parents of tasks linked to copies that already exist (re-adoption, matching).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.engine.routes import Member, Route
@@ -301,20 +304,82 @@ def parent_hold(
     return None
 
 
+def parents_first_order(keys: Sequence[Hashable], parents: Sequence[Hashable | None]) -> list[int]:
+    """An order of a batch's items (their indexes) in which each item comes after the first item
+    of the parent it names (`parents[i]`, compared with `keys`) when the batch holds one, and after
+    the earlier items of its own key (a task reported twice keeps its reports in order); otherwise
+    items keep their order. Observed in this order, a new parent is linked before its children
+    look it up. Every item is placed exactly once, and nothing waits forever: a loop of parents (a
+    platform's bug, or a move caught half way) is cut where the walk finds it closing."""
+    first: dict[Hashable, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    last: dict[Hashable, int] = {}
+    before: list[list[int]] = []  # what each item waits for: its key's previous item, its parent
+    for i, (key, parent) in enumerate(zip(keys, parents, strict=True)):
+        waits = [last[key]] if key in last else []
+        if parent is not None and parent != key and parent in first:
+            waits.append(first[parent])
+        before.append(waits)
+        last[key] = i
+    out: list[int] = []
+    state = [0] * len(before)  # 0: not seen, 1: on the path being placed, 2: placed
+    for root in range(len(before)):
+        stack = [root]
+        while stack:  # depth first without recursion: a hierarchy may be deep
+            i = stack[-1]
+            if state[i] == 0:
+                state[i] = 1
+                # its key's earlier item first, then its parent; one on the path closes a loop
+                stack.extend(w for w in reversed(before[i]) if state[w] == 0)
+                continue
+            stack.pop()
+            if state[i] == 1:
+                state[i] = 2
+                out.append(i)
+    return out
+
+
 def parents_first(tasks: Sequence[RemoteTask]) -> list[RemoteTask]:
     """A listing's tasks, each after its parent when the parent is listed too, else in listed
-    order: observed in this order, a new parent is linked before its children look it up."""
-    by_id = {t.remote_id: t for t in tasks}
-    if len(by_id) != len(tasks):
-        return list(tasks)  # an id listed twice: nothing to gain, keep them all as listed
-    out: list[RemoteTask] = []
-    placed: set[str] = set()
-    for task in tasks:
-        chain: list[RemoteTask] = []
-        node: RemoteTask | None = task
-        while node is not None and node.remote_id not in placed:
-            placed.add(node.remote_id)
-            chain.append(node)
-            node = by_id.get(node.parent_id) if node.parent_id is not None else None
-        out.extend(reversed(chain))
+    order (`parents_first_order`)."""
+    order = parents_first_order([t.remote_id for t in tasks], [t.parent_id for t in tasks])
+    return [tasks[i] for i in order]
+
+
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # sorts a report without a time first
+
+
+def adopted_parent(reports: Sequence[tuple[datetime | None, Any]]) -> tuple[Any, datetime | None]:
+    """The canonical parent of a task linked at once to copies that already exist (re-adoption,
+    matching), from what each copy reports: (its update time, its parent translated to a bridge
+    task by `translate_parent`), in the order the caller laid the copies' other fields over. The
+    newest report wins, as for every other field when copies are linked (nothing was agreed yet
+    to conflict with); equal times keep that order. A copy under a task the bridge has no link
+    to has no say (UNLINKED), as at an observation. Returns the parent and its report's time, or
+    NO_CLAIM when no copy says anything."""
+    out: tuple[Any, datetime | None] = (NO_CLAIM, None)
+    for at, parent in sorted(reports, key=lambda r: r[0] or _NEVER):
+        if parent is not UNLINKED and parent is not NO_CLAIM:
+            out = (parent, at)
     return out
+
+
+def acyclic_parents(
+    chosen: Sequence[tuple[str, str | None]], parent_of: Mapping[str, str | None]
+) -> tuple[dict[str, str | None], list[str]]:
+    """The parents `chosen` for tasks being linked (task, parent), taken in order, each unless it
+    would make its task its own ancestor given `parent_of` (the canonical parents known) and the
+    ones taken before it. Copies linked together can disagree into a loop (A under B on one
+    side, B under A on the other): the bridge's hierarchy stays a forest, and the task refused
+    keeps its parent (its sides are written back). Returns (taken, refused task ids)."""
+    known = dict(parent_of)
+    taken: dict[str, str | None] = {}
+    refused: list[str] = []
+    for task_id, parent in chosen:
+        if closes_loop(task_id, parent, known):
+            refused.append(task_id)
+            continue
+        known[task_id] = parent
+        taken[task_id] = parent
+    return taken, refused

@@ -7,7 +7,9 @@ key is a duplicate, whatever unsigned headers it arrives with. Every refusal is 
 `taskbridge_webhooks_received_total` by result. Nothing else happens before the answer, so the
 platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
 headers recorded with it and, for each task event, GETs the task (deliveries can arrive out of
-order, so the payload is a trigger, not the truth) and observes it.
+order, so the payload is a trigger, not the truth) and observes it: a batch's tasks each after
+the parent it names when the batch holds that parent too, so a child is linked under a parent
+created in the same batch however the platform ordered their deliveries.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ async def process_pending(
 
     The batch costs two write transactions however many deliveries it holds: the claim, and one
     that observes every task fetched and marks every delivery. The tasks are fetched between the
-    two, `fetches` at a time, each task once however many deliveries name it. A delivery whose
+    two, `fetches` at a time, each task once however many deliveries name it, and observed each
+    after the parent it names when the batch holds that too (`_parents_first`). A delivery whose
     processing fails (a platform error, or anything unforeseen) is retried with a backoff and set
     aside as failed after DEFAULT_INBOX_MAX_ATTEMPTS, and holds back none of the others. Returns
     how many deliveries were handled."""
@@ -183,19 +186,27 @@ async def process_pending(
                 d.error = f"internal error ({type(exc).__name__}); see the daemon log"
     await _resolve_scopes(ctx, [d for d in work if d.error is None])
     await _fetch_all(ctx, work, fetches)
+    found = _parents_first(ctx, work)
     try:
         async with ctx.store.transaction() as session:
             parents = await _linked_parents(ctx, session, work)
+            for d, event, result in found:
+                await _observe(ctx, session, d, event, result, parents)
             for d in work:
-                await _apply(ctx, session, d, parents)
+                await _mark(ctx, session, d)
     except Exception:
         log.exception(
             "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)
         )
-        for d in work:
+        by_delivery: dict[int, list[Found]] = {}
+        for f in found:
+            by_delivery.setdefault(f[0].id, []).append(f)
+        for d in _deliveries_in(found, work):
             try:
                 async with ctx.store.transaction() as session:
-                    await _apply(ctx, session, d)
+                    for _, event, result in by_delivery.get(d.id, []):
+                        await _observe(ctx, session, d, event, result)
+                    await _mark(ctx, session, d)
             except Exception as exc:
                 with log_context(**_log_fields(d)):
                     log.exception("webhook delivery %s of %s could not be processed", d.id, d.connector)
@@ -329,28 +340,62 @@ async def _linked_parents(
     return {key: await linked_parents(session, *key, ids) for key, ids in wanted.items()}
 
 
-async def _apply(
+Found = tuple[_Delivery, WebhookEvent, RemoteTask | ConnectorError]
+
+
+def _parents_first(ctx: EngineContext, work: list[_Delivery]) -> list[Found]:
+    """What the batch's deliveries found, in the order to observe it: a task after the parent it
+    names when the batch holds that parent too (whatever deliveries they came in, in whatever
+    order: a platform may send a child's creation before its parent's), else in delivery order
+    (`core.parents_first_order`). Observed the other way round, the child would be linked with no
+    parent and mirrored top level, and only a later observation of it would move it. Only a side
+    whose parent is synced names one here; a delivery that failed observes nothing."""
+    found = [(d, event, result) for d in work if d.error is None for event, result in d.results]
+    keys: list[tuple[str, str]] = []
+    parents: list[tuple[str, str] | None] = []
+    for d, event, result in found:
+        keys.append((d.connector, event.remote_id))
+        parent = None
+        if isinstance(result, RemoteTask) and result.parent_id is not None:
+            located = ctx.member(d.connector, event.scope)
+            if located is not None and core.reads_parent(ctx.connectors[d.connector], *located):
+                parent = (d.connector, result.parent_id)
+        parents.append(parent)
+    return [found[i] for i in core.parents_first_order(keys, parents)]
+
+
+def _deliveries_in(found: list[Found], work: list[_Delivery]) -> list[_Delivery]:
+    """The deliveries, one at a time (when the batch could not be recorded at once): in the order
+    of the first thing each found, then those that found nothing."""
+    out: dict[int, _Delivery] = {}
+    for d, _, _ in found:
+        out.setdefault(d.id, d)
+    for d in work:
+        out.setdefault(d.id, d)
+    return list(out.values())
+
+
+async def _observe(
     ctx: EngineContext,
     session: AsyncSession,
     d: _Delivery,
+    event: WebhookEvent,
+    result: RemoteTask | ConnectorError,
     parents: dict[tuple[str, str], dict[str, str]] | None = None,
 ) -> None:
-    """Observe what one delivery's fetches found, and mark it, in the caller's transaction."""
+    """Observe what one event of a delivery found, in the caller's transaction."""
+    located = ctx.member(d.connector, event.scope)
+    if located is None:
+        return
+    route, member = located
     with log_context(**_log_fields(d)):
-        if d.error is None:
-            for event, result in d.results:
-                located = ctx.member(d.connector, event.scope)
-                if located is None:
-                    continue
-                route, member = located
-                if isinstance(result, NotFound):
-                    await apply_remote_deletion(ctx, session, route, member, event.remote_id)
-                elif isinstance(result, GoneFromView):
-                    await mark_gone_from_view(ctx, session, member, event.remote_id)
-                elif isinstance(result, RemoteTask):
-                    known = (parents or {}).get((route.name, d.connector))
-                    await observe(ctx, session, Observation(route, member, result, "webhook", known))
-        await _mark(ctx, session, d)
+        if isinstance(result, NotFound):
+            await apply_remote_deletion(ctx, session, route, member, event.remote_id)
+        elif isinstance(result, GoneFromView):
+            await mark_gone_from_view(ctx, session, member, event.remote_id)
+        elif isinstance(result, RemoteTask):
+            known = (parents or {}).get((route.name, d.connector))
+            await observe(ctx, session, Observation(route, member, result, "webhook", known))
 
 
 async def _mark(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:

@@ -59,7 +59,7 @@ from bridge.engine.context import EngineContext
 from bridge.engine.recovery import Copy, list_route, readopt_route, store_is_new, under_lease
 from bridge.engine.recovery import plan as plan_markers
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import active_link, create_mirrors, new_task, queue_updates_many
+from bridge.engine.sync import active_link, create_mirrors, link_parents, new_task, queue_updates_many
 from bridge.model import Values, new_id
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow
 
@@ -358,6 +358,7 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
     now = ctx.now()
     async with ctx.store.transaction() as session:
         queued = []
+        linked = []
         for m in result.matches:
             newest = max((c.task.updated_at for c in m.copies if c.task.updated_at), default=None)
             task = await new_task(
@@ -391,6 +392,7 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
             if missing:
                 await create_mirrors(ctx, session, route, task, only=missing, observed_at=now)
             queued.append((route, task, now))
+            linked.append((task, m.copies))
         if result.ambiguous:
             key = HELD_APART + route.name
             row = await session.get(MetaRow, key)
@@ -402,4 +404,6 @@ async def apply(ctx: EngineContext, route: Route, result: MatchPlan) -> None:
             else:
                 row.value = value
         await session.flush()
+        # Each copy's parent, once every matched task has its links (a parent's may come later).
+        await link_parents(ctx, session, route, linked, source="match")
         await queue_updates_many(ctx, session, queued)

@@ -14,6 +14,9 @@ every route completely and re-adopts what it finds, before any poll, webhook or 
   them; the newest such candidate wins a tie that remains;
 - the canonical values are each copy's values laid over the others oldest first, so an edit that
   had not propagated when the store was lost is the newest and reaches the others as an update;
+- `parent`, where a route syncs it, the same way once every task of the route has its links: each
+  copy's parent is a remote id, which only those links translate (`sync.link_parents`), so a
+  tree comes back whole, its children under their parents before any poll;
 - a member holding no copy gets a mirror created only when the origin was found (otherwise the
   missing copy may be the unmatched origin itself, and a create would duplicate it).
 
@@ -39,9 +42,9 @@ from sqlalchemy import select
 from bridge.engine import core, leases
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import active_link, create_mirrors, new_task, queue_updates_many
+from bridge.engine.sync import active_link, create_mirrors, link_parents, new_task, queue_updates_many
 from bridge.model import Values
-from bridge.store.tables import LinkRow
+from bridge.store.tables import LinkRow, TaskRow
 from connectors.base import ConnectorError, RemoteTask
 
 log = logging.getLogger("taskbridge.recovery")
@@ -248,6 +251,7 @@ async def _apply(ctx: EngineContext, route: Route, result: Plan) -> None:
     now = ctx.now()
     async with ctx.store.transaction() as session:
         queued = []
+        linked: list[tuple[TaskRow, list[Copy]]] = []
         for a in result.adoptions:
             newest = max(
                 (
@@ -272,5 +276,9 @@ async def _apply(ctx: EngineContext, route: Route, result: Plan) -> None:
             if a.missing:
                 await create_mirrors(ctx, session, route, task, only=a.missing, observed_at=now)
             queued.append((route, task, now))
+            # oldest first, as `plan` laid the copies' other fields over
+            linked.append((task, sorted((*a.mirrors, *([a.origin] if a.origin else [])), key=_updated)))
         await session.flush()
+        # Each copy's parent, once every task of the route has its links: a tree re-adopted whole.
+        await link_parents(ctx, session, route, linked, source="recovery")
         await queue_updates_many(ctx, session, queued)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -653,7 +653,9 @@ def active_link(
     route: Route, member: Member, task_id: str, rt: RemoteTask, values: Values, now: datetime, *, mirror: bool
 ) -> LinkRow:
     """A link, active, of `task_id` to the remote task `rt` that `member` reports as `values`
-    (which become the link's base): what an observation, a re-adoption and a match all make."""
+    (which become the link's base): what an observation, a re-adoption and a match all make.
+    The last two link many copies at once, read before any had a link: `link_parents` adds their
+    parents once all are made."""
     return LinkRow(
         task_id=task_id,
         route=route.name,
@@ -670,6 +672,100 @@ def active_link(
         created_at=now,
         updated_at=now,
     )
+
+
+class SeenCopy(Protocol):
+    """A remote task a member reports, about to be linked (re-adoption's and matching's `Copy`)."""
+
+    @property
+    def member(self) -> Member: ...
+
+    @property
+    def task(self) -> RemoteTask: ...
+
+
+async def link_parents(
+    ctx: EngineContext,
+    session: AsyncSession,
+    route: Route,
+    linked: Sequence[tuple[TaskRow, Sequence[SeenCopy]]],
+    *,
+    source: str,
+) -> int:
+    """The hierarchy of tasks just linked, all at once, to copies that already exist (re-adoption,
+    matching): their links were made (`active_link`) from values read before any task had a
+    link, so with no parent; once all of them are, each copy's remote parent translates to the
+    bridge task linked to it (`core.translate_parent`). Each link's base takes what its side
+    reports, so a side already nesting the task as we do is not written; the canonical parent is
+    the copies' newest report (`core.adopted_parent`), refused where copies disagree into a loop
+    (`core.acyclic_parents`: those sides are written back). Call it after the links are added and
+    before `queue_updates_many`, which then writes the parent where a side differs. Two reads per
+    connector that nests, and one per level of the parents' ancestors; nothing when the route
+    does not sync `parent`. Returns how many tasks got a parent."""
+    if "parent" not in route.fields or not linked:
+        return 0
+    reading = {
+        copy.member.key
+        for _, copies in linked
+        for copy in copies
+        if core.reads_parent(ctx.connectors[copy.member.connector], route, copy.member)
+    }
+    if not reading:
+        return 0
+    await session.flush()  # the links just added are what the parents translate through
+    wanted: dict[str, set[str]] = {}
+    for _, copies in linked:
+        for copy in copies:
+            if copy.member.key in reading and copy.task.parent_id is not None:
+                wanted.setdefault(copy.member.connector, set()).add(copy.task.parent_id)
+    ids = {c: await linked_parents(session, route.name, c, remote) for c, remote in wanted.items()}
+    links = {
+        (link.connector, link.remote_id): link
+        for link in (
+            await session.scalars(
+                select(LinkRow).where(
+                    LinkRow.task_id.in_([task.id for task, _ in linked]),
+                    LinkRow.connector.in_(sorted({c for c, _ in reading})),
+                )
+            )
+        ).all()
+    }
+    chosen: list[tuple[TaskRow, str, datetime | None]] = []
+    for task, copies in linked:
+        reports: list[tuple[datetime | None, Any]] = []
+        for copy in copies:
+            if copy.member.key not in reading:
+                continue
+            parent = core.translate_parent(copy.task.parent_id, ids.get(copy.member.connector, {}))
+            reports.append((copy.task.updated_at, parent))
+            link = links.get((copy.member.connector, copy.task.remote_id))
+            if link is not None and parent is not core.UNLINKED:
+                # a new dict: a JSON column does not see a change made in place
+                link.base = {**(link.base or {}), "parent": parent}
+        parent, at = core.adopted_parent(reports)
+        if parent is not core.NO_CLAIM and parent is not None and parent != task.data.get("parent"):
+            chosen.append((task, parent, at))
+    if not chosen:
+        return 0
+    known = await load_hierarchy(session, [parent for _, parent, _ in chosen])
+    taken, refused = core.acyclic_parents([(task.id, parent) for task, parent, _ in chosen], known.parent_of)
+    refused_ids = set(refused)
+    for task, parent, at in chosen:
+        if task.id in refused_ids:
+            log_loop_once(task.id, parent, source)
+            continue
+        canonical = decode_values(task.data)
+        apply_changes(
+            session,
+            task,
+            canonical,
+            {"parent": parent},
+            source=source,
+            via=source,
+            now=ctx.now(),
+            remote_time=at,
+        )
+    return len(taken)
 
 
 async def new_task(

@@ -612,6 +612,101 @@ def test_parents_first_puts_a_listed_parent_before_its_children() -> None:
     assert core.parents_first(twice) == twice
 
 
+ORDER_CASES = [
+    # (why, batch as (key, parent it names), order observed)
+    ("nothing names a parent: batch order", [("a", None), ("b", None)], [0, 1]),
+    ("a child before its parent: the parent first", [("c", "p"), ("p", None)], [1, 0]),
+    ("a parent already first: unchanged", [("p", None), ("c", "p")], [0, 1]),
+    ("a parent not in the batch: in place", [("c", "x"), ("a", None)], [0, 1]),
+    ("three levels, the youngest first", [("g", "c"), ("c", "p"), ("p", None)], [2, 1, 0]),
+    (
+        "siblings keep their order, after the parent",
+        [("c1", "p"), ("x", None), ("c2", "p"), ("p", None)],
+        [3, 0, 1, 2],
+    ),
+    ("a task reported twice: its reports in order", [("c", "p"), ("c", None), ("p", None)], [2, 0, 1]),
+    ("...moved under a parent later in the batch", [("c", None), ("p", None), ("c", "p")], [0, 1, 2]),
+    ("a parent reported twice: after its first report", [("c", "p"), ("p", None), ("p", None)], [1, 0, 2]),
+    ("a loop: each placed once, nothing waits forever", [("a", "b"), ("b", "a")], [1, 0]),
+    ("a task naming itself", [("a", "a")], [0]),
+    ("a loop through a task reported twice", [("a", "b"), ("b", "a"), ("a", "b")], [1, 0, 2]),
+    ("an empty batch", [], []),
+]
+
+
+@pytest.mark.parametrize(("batch", "order"), [c[1:] for c in ORDER_CASES], ids=[c[0] for c in ORDER_CASES])
+def test_parents_first_order(batch: list[tuple[str, str | None]], order: list[int]) -> None:
+    assert core.parents_first_order([k for k, _ in batch], [p for _, p in batch]) == order
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from([None, *"abcdefz"])), max_size=12))
+def test_parents_first_order_places_everything_once(batch: list[tuple[str, str | None]]) -> None:
+    keys, parents = [k for k, _ in batch], [p for _, p in batch]
+    order = core.parents_first_order(keys, parents)
+    assert sorted(order) == list(range(len(batch)))  # nothing dropped, nothing twice
+    at = {i: n for n, i in enumerate(order)}
+    for i, key in enumerate(keys):  # a task's reports stay in order
+        later = [j for j in range(i + 1, len(keys)) if keys[j] == key]
+        assert all(at[i] < at[j] for j in later)
+    parent_of = dict(batch)
+    if len(set(keys)) == len(keys) and not any(core.closes_loop(k, p, parent_of) for k, p in batch):
+        first = {k: i for i, k in enumerate(keys)}
+        assert all(at[first[p]] < at[i] for i, p in enumerate(parents) if p in first)
+
+
+T1 = T0 + timedelta(minutes=5)
+ADOPT_CASES = [
+    # (why, reports (time, translated parent) in the caller's order, (parent, its time))
+    ("no copy says anything: nothing to set", [], (NO_CLAIM, None)),
+    ("one copy nests it", [(T0, "P")], ("P", T0)),
+    ("the newest report wins", [(T1, "P"), (T0, "Q")], ("P", T1)),
+    ("top level is a report too", [(T0, "P"), (T1, None)], (None, T1)),
+    ("a copy under a task the bridge has no link to has no say", [(T0, "P"), (T1, core.UNLINKED)], ("P", T0)),
+    ("only such copies: nothing to set", [(T0, core.UNLINKED)], (NO_CLAIM, None)),
+    ("equal times: the later in the caller's order", [(T0, "P"), (T0, "Q")], ("Q", T0)),
+    ("a report without a time counts as the oldest", [(T0, "P"), (None, "Q")], ("P", T0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("reports", "expected"), [c[1:] for c in ADOPT_CASES], ids=[c[0] for c in ADOPT_CASES]
+)
+def test_adopted_parent(
+    reports: list[tuple[datetime | None, Any]], expected: tuple[Any, datetime | None]
+) -> None:
+    parent, at = core.adopted_parent(reports)
+    assert (parent is expected[0] or parent == expected[0]) and at == expected[1]
+
+
+ACYCLIC_CASES = [
+    # (why, chosen (task, parent) in order, canonical parents known, taken, refused)
+    ("a tree: all taken", [("c", "p"), ("g", "c")], {}, {"c": "p", "g": "c"}, []),
+    ("copies disagreeing into a loop: the second refused", [("a", "b"), ("b", "a")], {}, {"a": "b"}, ["b"]),
+    ("a loop through the parents known", [("a", "b")], {"b": "a"}, {}, ["a"]),
+    ("under itself", [("a", "a")], {}, {}, ["a"]),
+    ("top level never loops", [("a", None)], {"b": "a"}, {"a": None}, []),
+    (
+        "three copies around a loop: the last refused",
+        [("a", "b"), ("b", "c"), ("c", "a")],
+        {},
+        {"a": "b", "b": "c"},
+        ["c"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("chosen", "known", "taken", "refused"), [c[1:] for c in ACYCLIC_CASES], ids=[c[0] for c in ACYCLIC_CASES]
+)
+def test_acyclic_parents(
+    chosen: list[tuple[str, str | None]],
+    known: dict[str, str | None],
+    taken: dict[str, str | None],
+    refused: list[str],
+) -> None:
+    assert core.acyclic_parents(chosen, known) == (taken, refused)
+
+
 def test_the_read_before_write_counts_an_unknown_parent_as_a_move() -> None:
     r = route(fields=NESTED)
     base = {"title": "t", "parent": "T9"}

@@ -95,7 +95,9 @@ class ExampleEdit:
 
     def send(self) -> int:
         """Send it; the status code."""
-        return httpx.request(self.method, self.url, headers=self.headers, json=self.body, timeout=10).status_code
+        return httpx.request(
+            self.method, self.url, headers=self.headers, json=self.body, timeout=10
+        ).status_code
 
 
 @dataclass(frozen=True)

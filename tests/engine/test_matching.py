@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -232,12 +233,15 @@ def test_without_a_match_key_tags_and_slugs_are_only_text() -> None:
 async def test_a_tag_key_links_across_platforms_before_titles(world: World, tmp_path: Path) -> None:
     members = ("vortask", "agentkanban")
     ops.create(world, "vortask", "Fix login", tags=["ext:ABC-12"])
+    ops.create(world, "vortask", "Same title", tags=["ext:1"])  # keys differ: different work
+    ops.create(world, "vortask", "Untagged work", tags=["ext:404"])  # its key matches nothing: by title
+    # AgentKanban's copies are the newest, and by a clear margin: a platform reporting whole
+    # seconds would otherwise tie with (or trail) the other's milliseconds.
+    await asyncio.sleep(1.1)
     ak = ops.create(world, "agentkanban", "Login is broken")
     ops.edit(world, "agentkanban", ak, tags=["ext:ABC-12"])
-    ops.create(world, "vortask", "Same title", tags=["ext:1"])  # keys differ: different work
     ak = ops.create(world, "agentkanban", "Same title")
     ops.edit(world, "agentkanban", ak, tags=["ext:2"])
-    ops.create(world, "vortask", "Untagged work", tags=["ext:404"])  # its key matches nothing: by title
     ops.create(world, "agentkanban", "untagged  WORK")
     route = {"initial": "match-only", "match_key": {"tag": "ext:"}}
     h: Harness = await make_harness(world, tmp_path, members=list(members), route=route)

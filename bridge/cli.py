@@ -193,7 +193,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.reviewed:
         try:
             data = json.loads(Path(args.reviewed).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             _err(f"cannot read the reviewed plan {args.reviewed}: {getattr(exc, 'strerror', None) or exc}")
             return EXIT_USAGE
         try:

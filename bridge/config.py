@@ -513,6 +513,10 @@ class MatchKeyConfig(_Model):
             raise ValueError(
                 f"{value!r} has {groups} groups: capture the key in one group (or none: the whole match)"
             )
+        if re.search(value, "") is not None:
+            raise ValueError(
+                f"{value!r} matches where there is no text at all: a key is one character or more"
+            )
         return value
 
     @model_validator(mode="after")

@@ -80,7 +80,7 @@ class DaemonOptions:
     @classmethod
     def from_config(cls, cfg: Config, **overrides: Any) -> DaemonOptions:
         w = cfg.workers
-        worker = WorkerSettings(concurrency=w.concurrency, claim_ttl=w.claim_ttl)
+        worker = WorkerSettings.from_config(w)
         values: dict[str, Any] = {
             "lease_ttl": w.lease_ttl,
             "comments_per_poll": w.comments_per_poll,
@@ -140,6 +140,12 @@ class Daemon:
         log.info("taskbridge %s starting; store %s", __version__, redact_url(self.cfg.store.url))
         metrics.build_info.info({"version": __version__})
         await self.store.migrate()
+        applying = await leases.holder(self.ctx, leases.PLAN_APPLY)
+        if applying is not None:
+            raise RuntimeError(
+                f"a plan is being applied to this store (`taskbridge plan --apply`, {applying}): "
+                "start again once it is done"
+            )
         await self._load_webhook_secrets()
         adopted = await adopt_existing(self.ctx)
         if adopted:

@@ -22,18 +22,20 @@ plan did not show (a platform changed between the two) is parked for a person in
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from bridge.config import Config
+from bridge.defaults import DEFAULT_LEASE_TTL
+from bridge.engine import leases
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.matching import MatchPlan, adopt_existing, load_held_apart, match_route
@@ -57,6 +59,8 @@ from bridge.store.tables import CommentRow, HistoryRow, LinkRow, OutboxRow, Task
 from bridge.wiring import build_connectors
 from connectors.base import ConnectorError
 
+log = logging.getLogger("taskbridge.planning")
+
 SWEEP_BUDGET = 100_000  # comments: every linked task of a member, as `sync --once` reads them
 
 
@@ -68,12 +72,19 @@ class PlannedWrite:
     task_id: str
     title: str
     fields: dict[str, Any] = field(default_factory=dict)  # an update's new values; a comment's text
+    remote_id: str | None = None  # the platform's id of the task written; None for a create
     op_id: int = 0  # its outbox operation in the store the plan ran on (a scratch copy's, for `plan`)
 
     def key(self) -> str:
-        """What a person reviewed of this write: where, what and which values; not the ids, which
-        a task first seen by this run gets anew each time."""
-        return json.dumps([self.connector, self.scope, self.op, self.title, self.fields], sort_keys=True)
+        """What a person reviewed of this write: where, on which remote task, what and which
+        values. Not the bridge's task id: a task first seen by this run gets a new one each time."""
+        return review_key(self.connector, self.scope, self.op, self.remote_id, self.title, self.fields)
+
+
+def review_key(
+    connector: str, scope: str, op: str, remote_id: str | None, title: str, fields: dict[str, Any]
+) -> str:
+    return json.dumps([connector, scope, op, remote_id, title, fields], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,8 @@ class Plan:
     def as_json(self) -> dict[str, Any]:
         return {
             "counts": self.counts(),
-            "writes": [asdict(w) for w in self.writes],
+            # Without op_id: a plan's is its scratch store's, which names nothing in the real one.
+            "writes": [{k: v for k, v in asdict(w).items() if k != "op_id"} for w in self.writes],
             "links": [asdict(x) for x in self.links],
             "held_apart": [list(x) for x in self.held_apart],
             "already_queued": self.already_queued,
@@ -228,6 +240,7 @@ async def _read_back(store: Store, plan: Plan, *, after: Floor | None = None) ->
                 task_id=op.task_id,
                 title=task.title if task is not None else "",
                 fields=detail,
+                remote_id=str(link.remote_id) if link is not None and link.remote_id is not None else None,
                 op_id=op.id,
             )
         )
@@ -289,6 +302,9 @@ class Floor:
     history: int = 0
 
 
+NOT_REVIEWED = "not in the reviewed plan: retry it to make it, or drop it"
+
+
 class ApplyRefused(Exception):
     """`plan --apply` will not run on this store now; the message says why and what to do."""
 
@@ -326,14 +342,18 @@ class Reviewed:
                 "is not a plan's JSON (`taskbridge plan --json` prints one): it has no writes list"
             )
         try:
-            return cls(Counter(PlannedWrite(**{k: w[k] for k in _KEYS}).key() for w in data["writes"]))
-        except (KeyError, TypeError) as exc:
+            return cls(
+                Counter(
+                    review_key(
+                        w["connector"], w["scope"], w["op"], w.get("remote_id"), w["title"], w["fields"]
+                    )
+                    for w in data["writes"]
+                )
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"is not a plan's JSON (`taskbridge plan --json` prints one): a write lacks {exc}"
             ) from None
-
-
-_KEYS = ("connector", "scope", "op", "task_id", "title", "fields")
 
 
 def unreviewed(plan: Plan, reviewed: Reviewed) -> list[PlannedWrite]:
@@ -348,70 +368,83 @@ def unreviewed(plan: Plan, reviewed: Reviewed) -> list[PlannedWrite]:
     return extra
 
 
-async def apply_plan(
-    cfg: Config, *, routes: Sequence[str] = (), reviewed: dict[str, Any] | None = None
-) -> Applied:
+async def apply_plan(cfg: Config, *, routes: Sequence[str] = (), reviewed: Reviewed | None = None) -> Applied:
     """`taskbridge plan --apply`: decide as `make_plan` does, but in the real store, then make
     the writes so decided and no other: the worker claims only the operations this run queued.
     With `reviewed` (a plan printed before), a write it does not hold is parked instead, for a
     person to retry or drop. Writes the applied ones lead to (a child's parent, once its parent's
     create has landed) stay queued for the daemon, counted.
 
-    The daemon must not run on the store meanwhile (its leases are checked: two deciders would
-    make the plan a guess), and no write may be queued from before (they would go out with these,
-    unshown). Raises ValueError for an unknown route, ApplyRefused otherwise."""
+    The daemon must not run on the store meanwhile (two deciders would make the plan a guess): a
+    live lease refuses the apply, and the apply holds the `plan-apply` lease, which a daemon
+    starting meanwhile refuses to start under. No write may be queued from before (they would go
+    out with these, unshown), and none is merged into the plan's own while they wait (the context
+    seals them). Raises ValueError for an unknown route, ApplyRefused otherwise."""
     chosen = _chosen(cfg, routes)
     store = Store.open(cfg.store.url)
     connectors = build_connectors(cfg)
+    ctx = EngineContext(store, chosen, connectors, replica=f"plan-apply-{os.getpid()}")
     try:
         await store.migrate()
-        async with store.read() as session:
-            holders = await live_holders(session)
-            queued = await unfinished_writes(session)
-            floor = Floor(
-                op=await session.scalar(select(func.coalesce(func.max(OutboxRow.id), 0))) or 0,
-                history=await session.scalar(select(func.coalesce(func.max(HistoryRow.id), 0))) or 0,
-            )
-        if holders:
-            raise ApplyRefused(
-                f"a daemon runs on this store (replica {', '.join(holders)}): stop it, apply the plan, "
-                "then start it again"
-            )
-        waiting = queued[OpState.PENDING] + queued[OpState.CLAIMED]
-        if waiting:
-            raise ApplyRefused(
-                f"{waiting} writes are already queued in the store, and a plan shows only what the next "
-                "sync decides: make them first (`taskbridge sync --once`), or see and drop them "
-                "(`taskbridge outbox list`)"
-            )
-        plan = Plan()
-        ctx = EngineContext(store, chosen, connectors, replica=f"plan-apply-{os.getpid()}")
-        await _decide(ctx, plan)
-        await _read_back(store, plan, after=floor)
-        result = Applied(plan=plan)
-        if reviewed is not None:
-            result.unreviewed = unreviewed(plan, reviewed)
-            await _park(store, [w.op_id for w in result.unreviewed], ctx.now())
-        if plan.writes:
-            w = cfg.workers
-            worker = Worker(ctx, WorkerSettings(concurrency=w.concurrency, claim_ttl=w.claim_ttl))
-            await worker.run_until_idle(within=(plan.writes[0].op_id, plan.writes[-1].op_id))
-        await _outcomes(store, result, floor)
-        return result
+        async with leases.holding(ctx, leases.PLAN_APPLY, DEFAULT_LEASE_TTL):
+            return await _apply(ctx, cfg, reviewed)
+    except leases.NotLeaseOwner as exc:
+        raise ApplyRefused(f"another plan is being applied to this store (by {exc.holder})") from None
     finally:
         for conn in connectors.values():
             await conn.aclose()
         await store.close()
 
 
-async def _park(store: Store, ids: Sequence[int], now: datetime) -> None:
+async def _apply(ctx: EngineContext, cfg: Config, reviewed: Reviewed | None) -> Applied:
+    async with ctx.store.read() as session:
+        holders = [h for h in await live_holders(session) if h != ctx.replica]
+        queued = await unfinished_writes(session)
+        floor = Floor(
+            op=await session.scalar(select(func.coalesce(func.max(OutboxRow.id), 0))) or 0,
+            history=await session.scalar(select(func.coalesce(func.max(HistoryRow.id), 0))) or 0,
+        )
+    if holders:
+        raise ApplyRefused(
+            f"a daemon runs on this store (replica {', '.join(holders)}): stop it, apply the plan, "
+            "then start it again"
+        )
+    waiting = queued[OpState.PENDING] + queued[OpState.CLAIMED]
+    if waiting:
+        raise ApplyRefused(
+            f"{waiting} writes are already queued in the store, and a plan shows only what the next "
+            "sync decides: make them first (`taskbridge sync --once`), or see and drop them "
+            "(`taskbridge outbox list`)"
+        )
+    result = Applied(plan=Plan())
+    await _decide(ctx, result.plan)
+    await _read_back(ctx.store, result.plan, after=floor)
+    if not result.plan.writes:
+        return result
+    first, last = result.plan.writes[0].op_id, result.plan.writes[-1].op_id
+    ctx.sealed_ops = last  # what is queued from now on goes behind these, never into them
+    if reviewed is not None:
+        result.unreviewed = unreviewed(result.plan, reviewed)
+        await _park(ctx, [w.op_id for w in result.unreviewed])
+    worker = Worker(ctx, WorkerSettings.from_config(cfg.workers))
+    await worker.run_until_idle(within=(first, last))
+    await _outcomes(ctx.store, result, floor)
+    return result
+
+
+async def _park(ctx: EngineContext, ids: Sequence[int]) -> None:
+    """Park the writes a reviewed plan did not hold, as the worker parks a failure: for a person
+    to retry or drop (`taskbridge outbox`, the API, the console)."""
     if not ids:
         return
-    async with store.transaction() as session:
+    now = ctx.now()
+    async with ctx.store.transaction() as session:
         for row in (await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)))).all():
-            row.state = advance(row.state, OpState.PARKED)
-            row.last_error = "not in the reviewed plan: retry it to make it, or drop it"
+            row.state = advance(row.state, OpState.PARKED)  # pending: nobody else runs on the store
+            row.last_error = NOT_REVIEWED
             row.done_at = now
+            row.done_by = ctx.replica
+    log.info("parked %d writes the reviewed plan did not show", len(ids))
 
 
 async def _outcomes(store: Store, result: Applied, floor: Floor) -> None:
@@ -450,7 +483,8 @@ def render_applied(result: Applied) -> str:
         lines.append("  (`taskbridge outbox list` shows them; retry or drop each)")
     if result.follow_ups:
         lines.append(
-            f"{result.follow_ups} writes the applied ones led to (a subtask's parent) are queued for the daemon"
+            f"{result.follow_ups} writes the applied ones led to (a subtask's parent once its parent "
+            "landed, or a side that changed under a write) are queued for the daemon"
         )
     return "\n".join(lines)
 

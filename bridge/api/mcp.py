@@ -40,6 +40,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -65,6 +66,7 @@ from bridge.engine.recovery import RecoveryFailed
 from bridge.model import Priority, Status
 from bridge.planning import make_plan
 from bridge.store import StoreLost
+from bridge.store.portable import PortableError
 
 RECENT_HISTORY = 20  # history entries a task comes with, newest last (get_task takes another number)
 
@@ -126,6 +128,9 @@ class PlannedWriteOut(BaseModel):
     task_id: str = Field(description="the task's id (a task the plan first sees gets a new one each run)")
     title: str
     fields: dict[str, Any] = Field(description="an update's new values, a comment's body")
+    remote_id: str | None = Field(
+        None, description="the platform's id of the task written; none for a create"
+    )
 
 
 class PlannedLinkOut(BaseModel):
@@ -146,7 +151,8 @@ class PlanOut(BaseModel):
     writes: list[PlannedWriteOut]
     links: list[PlannedLinkOut] = Field(description="tasks found on several members, linked not copied")
     held_apart: list[tuple[str, str]] = Field(
-        description="(connector, remote id) left unlinked as ambiguous: a title one member holds twice"
+        description="(connector, remote id) left unlinked as ambiguous: a title or match key one member "
+        "holds twice"
     )
     already_queued: dict[str, int] = Field(
         description="connector -> writes already waiting in the store (the next sync makes them too)"
@@ -471,6 +477,11 @@ def build_server() -> MCPServer[Any]:
                     result = await make_plan(cfg, routes=chosen)
                 except RecoveryFailed as exc:  # a new store, and a member re-adoption cannot list
                     raise ToolError(f"no plan: {exc}") from None
+                except (OSError, SQLAlchemyError, PortableError) as exc:  # its scratch store, or ours
+                    log.warning("plan over MCP failed: %s", exc)
+                    raise ToolError(
+                        f"no plan: the bridge could not copy its store ({type(exc).__name__})"
+                    ) from None
             log.info(
                 "plan of %s: %d writes, %d links, %d errors (none of it done)",
                 what,

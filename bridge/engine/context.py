@@ -33,6 +33,9 @@ class EngineContext:
     # (connector, remote id) of tasks matching left unlinked as ambiguous (two of one title on a
     # member): never taken for new tasks, which would copy them again (bridge/engine/matching.py).
     held_apart: set[tuple[str, str]] = field(default_factory=set)
+    # Outbox operations up to this id take no more fields (`plan --apply` makes exactly the writes
+    # it showed): an update queued later goes behind them as an operation of its own.
+    sealed_ops: int = 0
 
     def __post_init__(self) -> None:
         self._index()

@@ -7,6 +7,9 @@ once expired, so a replica that dies is replaced within the TTL plus one poll in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from sqlalchemy import delete, select
@@ -14,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge.engine.context import EngineContext
 from bridge.store.tables import LeaseRow
+
+PLAN_APPLY = "plan-apply"  # held by `taskbridge plan --apply`; a daemon does not start under it
 
 
 class NotLeaseOwner(Exception):
@@ -64,3 +69,25 @@ async def holder(ctx: EngineContext, name: str) -> str | None:
     async with ctx.store.read() as session:
         row = await session.get(LeaseRow, name)
         return row.holder if row is not None and row.expires_at > ctx.now() else None
+
+
+@contextlib.asynccontextmanager
+async def holding(ctx: EngineContext, name: str, ttl: float) -> AsyncIterator[None]:
+    """Hold the lease `name` for the block, renewed every third of `ttl`, released after it.
+    NotLeaseOwner when another live replica holds it."""
+    if not await acquire(ctx, name, ttl):
+        raise NotLeaseOwner(name, await holder(ctx, name) or "another replica")
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await acquire(ctx, name, ttl)
+
+    renewer = asyncio.create_task(renew(), name=f"lease:{name}")
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        await release(ctx, name)

@@ -56,6 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bridge import metrics
+from bridge.config import WorkersConfig
 from bridge.defaults import (
     DEFAULT_BACKOFF,
     DEFAULT_CLAIM_BATCH,
@@ -124,6 +125,11 @@ class WorkerSettings:
     unexpected_delay: float = DEFAULT_UNEXPECTED_ERROR_DELAY
     max_unexpected: int = DEFAULT_MAX_UNEXPECTED
     read_before_write: bool = True  # GET a task before updating it, so a fresh remote edit isn't lost
+
+    @classmethod
+    def from_config(cls, workers: WorkersConfig, **overrides: Any) -> WorkerSettings:
+        """The settings a config's `workers:` section names; the rest keep their defaults."""
+        return cls(concurrency=workers.concurrency, claim_ttl=workers.claim_ttl, **overrides)
 
 
 class PermanentOutcome(Exception):

@@ -459,7 +459,9 @@ async def queue_updates_many(
         )
     ).all()
     writing = {row.link_id for row in open_updates if row.state == OpState.CLAIMED}
-    waiting = {row.link_id: row for row in open_updates if row.state == OpState.PENDING}
+    waiting = {
+        row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
+    }
     queued = 0
     done: set[str] = set()
     stale: list[tuple[TaskRow, LinkRow, datetime, list[str]]] = []

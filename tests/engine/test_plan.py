@@ -6,13 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from bridge import config
+from bridge.daemon import Daemon, DaemonOptions
 from bridge.engine import leases
 from bridge.engine.deadletters import list_operations
 from bridge.engine.matching import adopt_existing
 from bridge.engine.poller import poll_connector
 from bridge.planning import ApplyRefused, Reviewed, apply_plan, make_plan, render, render_applied
+from bridge.store.states import OpState
+from bridge.store.tables import OutboxRow
 from tests import ops
 from tests.engine.conftest import make_harness
 from tests.engine.test_engine import writes
@@ -117,9 +121,52 @@ async def test_apply_refuses_a_running_daemon_and_writes_queued_before(world: Wo
         with pytest.raises(ApplyRefused, match="a daemon runs on this store"):
             await apply_plan(cfg)
         await leases.release(h.ctx, "poll:vortask")
+        # An apply in progress (its lease): a second is refused, and so is a daemon's start.
+        assert await leases.acquire(h.ctx, leases.PLAN_APPLY, ttl=60)
+        with pytest.raises(ApplyRefused, match="another plan is being applied to this store"):
+            await apply_plan(cfg)
+        with pytest.raises(RuntimeError, match="a plan is being applied to this store"):
+            await Daemon(cfg, options=DaemonOptions(poll=False, serve=False)).start()
+        await leases.release(h.ctx, leases.PLAN_APPLY)
         await poll_connector(h.ctx, "vortask")  # queues the mirrors, not made
         with pytest.raises(ApplyRefused, match="writes are already queued"):
             await apply_plan(cfg)
+    finally:
+        for conn in h.ctx.connectors.values():
+            await conn.aclose()
+        await h.daemon.store.close()
+
+
+async def test_a_sealed_write_takes_no_more_fields(world: World, tmp_path: Path) -> None:
+    """`plan --apply` seals the writes it showed: a change queued while they wait goes behind
+    them as a write of its own (left for the daemon), never into them."""
+    members = ["vortask", "squads"]
+    ops.create(world, "vortask", "sealed")
+    h = await make_harness(world, tmp_path, members=members)
+    try:
+        await h.settle()
+        rid = ops.view(world, "vortask")["sealed"]["id"]
+
+        async def pending() -> list[tuple[int, list[str]]]:
+            async with h.ctx.store.read() as s:
+                rows = await s.scalars(
+                    select(OutboxRow).where(OutboxRow.state == OpState.PENDING).order_by(OutboxRow.id)
+                )
+                return [(r.id, r.payload["fields"]) for r in rows]
+
+        ops.edit(world, "vortask", rid, title="sealed, retitled")
+        await h.poll("vortask")
+        [(first, fields)] = await pending()
+        assert fields == ["title"]
+        h.ctx.sealed_ops = first
+        ops.edit(world, "vortask", rid, priority="high")
+        await h.poll("vortask")
+        # The new write names every field its side's base lacks (the title's write has not landed).
+        assert await pending() == [(first, ["title"]), (first + 1, ["priority", "title"])]
+        h.ctx.sealed_ops = 0  # unsealed, a later change joins the write still waiting
+        ops.edit(world, "vortask", rid, due_date="2027-01-04")
+        await h.poll("vortask")
+        assert await pending() == [(first, ["title"]), (first + 1, ["due_date", "priority", "title"])]
     finally:
         for conn in h.ctx.connectors.values():
             await conn.aclose()

@@ -57,6 +57,11 @@ def test_a_match_key_loads(tmp_path: Path, line: str, loaded: MatchKeyConfig | N
             "routes[0].match_key: 'ext:' is not a mapping: use one of tag: PREFIX, url: true or "
             'title_regex: REGEX, e.g. {tag: "ext:"}',
         ),
+        (
+            "{title_regex: '[A-Z]*'}",
+            "routes[0].match_key.title_regex: '[A-Z]*' matches where there is no text at all: a key is "
+            "one character or more",
+        ),
         ("{slug: x}", "routes[0].match_key.slug: unknown key"),
     ],
 )

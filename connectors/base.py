@@ -243,6 +243,9 @@ class WebhookEvent:
     kind: str  # created | updated | deleted | comment
     delivery_id: str | None = None  # the platform's signed event id (in the body), if it has one
     task: RemoteTask | None = None  # when the payload carries the whole task
+    # The task as the signed body carries it, when turning it into `task` needs what only an
+    # await can give (a lane's name): the connector's `event_task` does it, sparing a GET.
+    detail: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,11 @@ class Connector(Protocol):
         header: the inbox deduplicates on it (on the body's hash when there is none)."""
         ...
 
+    async def event_task(self, event: WebhookEvent) -> RemoteTask | None:
+        """The task a delivery reports, without a request where the delivery carries it (`task`,
+        or a `detail` the connector can read); None when only a GET can tell."""
+        ...
+
     def roundtrip(self, values: Values) -> Values:
         """What this platform would report after we write `values`: only the fields it holds,
         through its mapping's losses. The engine stores this as the link's base."""
@@ -471,6 +479,9 @@ class BaseConnector:
     def error_message(self, response: httpx.Response) -> str:
         """The platform's message from an error response (may raise a more precise error)."""
         return default_error_message(response)
+
+    async def event_task(self, event: WebhookEvent) -> RemoteTask | None:
+        return event.task  # a platform whose deliveries carry a readable `detail` says more
 
     def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
         """The error to raise for a 429 answer. `throttle` is the HTTP layer's own (message,

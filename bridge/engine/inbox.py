@@ -295,8 +295,9 @@ async def _fetch_all(ctx: EngineContext, work: list[_Delivery], fetches: int) ->
                         async with gate:
                             await _sync_comments_of(ctx, route, member, event.remote_id)
                         continue
-                    if event.task is not None:
-                        d.results.append((event, event.task))
+                    carried = await ctx.connectors[d.connector].event_task(event)
+                    if carried is not None:  # the delivery carries the task: no GET
+                        d.results.append((event, carried))
                         continue
                     key = (d.connector, event.scope, event.remote_id)
                     if key not in found:

@@ -115,8 +115,12 @@ Assumed (the docs are silent; the fake in fake.py implements the same):
   used: a captured delivery re-sent with a new one inside the 300 s is still a duplicate). The
   event type is the body's `event`, else `X-AgentKanban-Event` (`webhook_headers`).
 - Webhook bodies are `{id, event, createdAt, boardId, data}`; data is the task for task.* events
-  and the comment plus `taskId` for comment.created. The shape of data is not published, so
-  events are triggers only (`task=None`): the engine GETs the task.
+  and the comment plus `taskId` for comment.created. The shape of data is not published: a
+  created or updated task's data is read as the task (`event_task`, sparing the GET an echo of
+  our own write would cost) only when it has every key a detail GET answers with
+  (`DETAIL_KEYS`); any other shape, a deletion, a comment or a delivery older than a version
+  seen since is a trigger, and the engine GETs the task. A key missing must never read as a
+  field cleared.
 - Todos exist (capability `todos`), reachable through `self.client.list_todos/add_todo`; the
   engine does not sync them.
 """
@@ -171,6 +175,10 @@ EVENT_KINDS = {
 }
 
 FIELD_ORDER = ("title", "description", "status", "priority", "tags", "archived")
+# What a task detail holds (GET .../tasks/:id): a delivery's data is read as the task only with all.
+DETAIL_KEYS = frozenset(
+    {"id", "title", "description", "laneId", "priority", "tags", "archived", "createdAt", "updatedAt"}
+)
 FIELDS = fields(*FIELD_ORDER)
 
 
@@ -734,9 +742,28 @@ class AgentKanbanConnector(BaseConnector):
                 remote_id=str(remote_id),
                 kind=kind,
                 delivery_id=str(delivery) if delivery else None,
-                task=None,  # a trigger: deliveries can arrive out of order, the engine GETs the task
+                # A created or updated task's detail, signed with the body: `event_task` reads it
+                # (its lane's name may need the board's lanes), so an echo of our own write costs
+                # no GET. Deletions and comments stay triggers.
+                detail=data if kind in ("created", "updated") and DETAIL_KEYS <= data.keys() else None,
             )
         ]
+
+    async def event_task(self, event: WebhookEvent) -> RemoteTask | None:
+        """The task a delivery's detail shows, unless it is older than a version this connector
+        has seen (deliveries can arrive out of order): then None, and the engine GETs it."""
+        detail = event.detail
+        if detail is None or str(detail.get("id")) != event.remote_id:
+            return None
+        updated = parse_timestamp(detail.get("updatedAt"))
+        newest = self._newest.get((event.scope, event.remote_id))
+        if updated is None or (newest is not None and updated < newest):
+            return None
+        task = dict(detail)
+        self._descriptions[(event.scope, event.remote_id)] = (task.get("updatedAt"), task.get("description"))
+        self._created.pop((event.scope, event.remote_id), None)
+        self._saw(event.scope, task)
+        return await self._remote(event.scope, task)
 
     # -- health -------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ body) shows exactly what the connector sent.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -920,6 +921,43 @@ async def test_webhook_deliveries_verify_and_parse(
     conn.verify_webhook(
         {"X-AgentKanban-Signature": f"t={ts},v1={sign(secret, ts, genuine.body)}"}, genuine.body, [secret]
     )
+
+
+async def test_a_delivery_carries_its_task_so_an_echo_costs_no_get(
+    hooked: tuple[AgentKanbanFake, AgentKanbanConnector], webhook_receiver: WebhookReceiver
+) -> None:
+    """A created or updated task's delivery holds its signed detail: `event_task` reads the task
+    from it (no request); a delivery older than a version seen since is left to a GET."""
+    fake, conn = hooked
+    board = fake.create_board("carried")
+    await conn.register_webhook(board, webhook_receiver.url + "/hook", None)
+    task = await conn.create_task(board, {"title": "carried", "status": "in_progress", "priority": "high"})
+    await conn.update_task(board, task.remote_id, {"title": "carried on", "status": "done"})
+    # Three deliveries: the creation, the PATCH of the title, the move to the done lane.
+    created, patched, updated = (
+        conn.parse_webhook(h.headers, h.body)[0] for h in webhook_receiver.wait_for(3)
+    )
+    assert (created.kind, patched.kind, updated.kind) == ("created", "updated", "updated")
+    served = len(fake.requests.entries)
+
+    got = await conn.event_task(updated)
+
+    assert len(fake.requests.entries) == served, "read without a request"
+    assert got is not None and got.remote_id == task.remote_id
+    fresh = await conn.get_task(board, task.remote_id)
+    assert got.values == fresh.values and got.updated_at == fresh.updated_at
+    assert got.values["title"] == "carried on" and got.values["status"] == "done"
+    # The earlier deliveries, processed late, are older than the version seen: a GET tells.
+    assert await conn.event_task(patched) is None
+    assert await conn.event_task(created) is None
+    # A delivery whose data lacks a key of a detail is a trigger: a key missing is no field
+    # cleared. Deletions and comments carry nothing to read; a detail of another task is refused.
+    payload = json.loads(webhook_receiver.received[2].body)  # the move's delivery
+    del payload["data"]["description"]
+    (partial,) = conn.parse_webhook({}, json.dumps(payload).encode())
+    assert partial.kind == "updated" and partial.detail is None and await conn.event_task(partial) is None
+    assert await conn.event_task(dataclasses.replace(updated, detail=None)) is None
+    assert await conn.event_task(dataclasses.replace(updated, remote_id="another")) is None
 
 
 def test_a_hostile_signature_header_is_refused_never_a_crash(fake: AgentKanbanFake) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from bridge.defaults import (
     DEFAULT_PRUNE_INTERVAL,
     DEFAULT_PRUNE_LEASE_TTL,
     DEFAULT_STORE_CHECK_INTERVAL,
+    DEFAULT_TRIM_AFTER_TASKS,
 )
 from bridge.engine import leases, retention
 from bridge.engine.comments import sweep_comments
@@ -52,6 +54,27 @@ from bridge.wiring import build_connectors
 from connectors.base import ConnectorError
 
 log = logging.getLogger("taskbridge.daemon")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc's; musl has none
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> bool:
+    """Return the C heap's free pages to the OS. A big listing (a whole board is one answer of
+    tens of MB, then a RemoteTask per task) is freed once polled, but glibc keeps the pages, so
+    the RSS would stay at the poll's peak. False where the C library cannot (not glibc)."""
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 def sd_notify(message: str) -> bool:
@@ -75,6 +98,7 @@ class DaemonOptions:
     lease_ttl: float = DEFAULT_LEASE_TTL
     comments_per_poll: int = DEFAULT_COMMENTS_PER_POLL
     store_check_interval: float = DEFAULT_STORE_CHECK_INTERVAL
+    trim_after_tasks: int = DEFAULT_TRIM_AFTER_TASKS
     worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
@@ -426,6 +450,8 @@ class Daemon:
         metrics.leases_held.set(len(self._held))
         started = time.monotonic()
         report = await poll_connector(self.ctx, connector)
+        if report.seen >= self.options.trim_after_tasks:
+            give_back_memory()
         took = time.monotonic() - started
         if took > interval and connector not in self._overrunning:
             log.warning(

@@ -26,6 +26,9 @@ DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once
 
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
+# A poll that read at least this many tasks hands the memory it freed back to the OS (glibc keeps
+# it otherwise: 100,000 tasks on five platforms idled at 516 MB, 348 MB so).
+DEFAULT_TRIM_AFTER_TASKS = 1000
 
 # Retention (store.retention): how long finished rows stay before the daemon deletes them, in
 # seconds; None keeps them forever. Only finished rows ever go: a pending or claimed delivery or

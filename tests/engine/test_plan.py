@@ -28,6 +28,8 @@ async def test_the_plan_shows_the_next_sync_and_writes_nothing(world: World, tmp
         ops.create(world, "vortask", f"planned {i}")
     ops.create(world, "impactly", "Shared by hand")
     ops.create(world, "squads", "shared  BY hand")
+    twins = [ops.create(world, "vortask", "Twice"), ops.create(world, "vortask", "twice")]
+    ops.create(world, "runs", "TWICE")  # which of Vortask's two it is cannot be told: ambiguous
     path = world.config(tmp_path, route={"initial": "match"})
     cfg = config.load(path)
     before = {p: writes(f) for p, f in world.fakes.items()}
@@ -49,6 +51,10 @@ async def test_the_plan_shows_the_next_sync_and_writes_nothing(world: World, tmp
         }
     text = render(plan)
     assert "links (1 tasks" in text and "create on agentkanban/" in text
+    # The ambiguous ones are listed, linked to nothing and copied nowhere.
+    assert {("vortask", t) for t in twins} <= set(plan.held_apart)
+    assert "left unlinked as ambiguous" in text and all(f"vortask:{t}" in text for t in twins)
+    assert not [w for w in plan.writes if w.title.lower() == "twice"]
 
     # The sync the plan described makes those writes: the same creates, per platform.
     (tmp_path / "run").mkdir()

@@ -121,12 +121,17 @@ class Plan:
         }
 
 
-def _chosen(cfg: Config, routes: Sequence[str]) -> list[Route]:
-    """The routes a plan covers (all when `routes` is empty). Raises ValueError for an unknown name."""
+def check_routes(cfg: Config, routes: Sequence[str]) -> None:
+    """ValueError naming the routes the config has, when `routes` names one it has not."""
     known = [r.name for r in cfg.routes]
     unknown = [r for r in routes if r not in known]
     if unknown:
         raise ValueError(f"no route {', '.join(map(repr, unknown))}; the config has {', '.join(known)}")
+
+
+def _chosen(cfg: Config, routes: Sequence[str]) -> list[Route]:
+    """The routes a plan covers (all when `routes` is empty). Raises ValueError for an unknown name."""
+    check_routes(cfg, routes)
     return [r for r in build_routes(cfg) if not routes or r.name in routes]
 
 

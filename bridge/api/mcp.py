@@ -64,7 +64,7 @@ from bridge.engine import api_ops
 from bridge.engine import deadletters as engine_deadletters
 from bridge.engine.recovery import RecoveryFailed
 from bridge.model import Priority, Status
-from bridge.planning import make_plan
+from bridge.planning import check_routes, make_plan
 from bridge.store import StoreLost
 from bridge.store.portable import PortableError
 
@@ -462,12 +462,10 @@ def build_server() -> MCPServer[Any]:
             request, principal = _allowed(ctx, "read")
             cfg = request.app.state.daemon.cfg  # the config in force (a reload swaps it)
             chosen = list(dict.fromkeys(routes or ()))
-            known = [r.name for r in cfg.routes]
-            unknown = [r for r in chosen if r not in known]
-            if unknown:
-                raise ToolError(
-                    f"no route {', '.join(map(repr, unknown))}; the config has {', '.join(known)}"
-                )
+            try:
+                check_routes(cfg, chosen)  # before the lock: a wrong name is told so at once
+            except ValueError as exc:
+                raise ToolError(str(exc)) from None
             if planning.locked():  # no await between this and taking it: nobody can slip in
                 raise ToolError(PLAN_BUSY)
             async with planning:

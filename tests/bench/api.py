@@ -13,6 +13,9 @@ Requests:
 - list_priority: GET /api/v1/tasks?priority=urgent&limit=50 (an indexed-column filter)
 - list_tag: GET /api/v1/tasks?tag=t3&limit=50 (a side-table filter, 1 task in 17)
 - list_tag_none: GET /api/v1/tasks?tag=nonexistent&limit=50 (a filter nothing matches)
+- list_assignee: GET /api/v1/tasks?assignee=alice&limit=50 (a side-table filter, 1 task in 3)
+- list_assignee_none: GET /api/v1/tasks?assignee=nobody&limit=50 (nothing matches)
+- list_combined_none: GET /api/v1/tasks?tag=t3&priority=urgent&assignee=nobody&limit=50
 - get: GET /api/v1/tasks/{id} (with links and history), random ids
 """
 
@@ -137,6 +140,11 @@ def bench_api(ctx: Any) -> dict[str, Any]:
                 "list_priority": [f"{d.url}/api/v1/tasks?priority=urgent&limit=50"],
                 "list_tag": [f"{d.url}/api/v1/tasks?tag=t3&limit=50"],
                 "list_tag_none": [f"{d.url}/api/v1/tasks?tag=nonexistent&limit=50"],
+                "list_assignee": [f"{d.url}/api/v1/tasks?assignee=alice&limit=50"],
+                "list_assignee_none": [f"{d.url}/api/v1/tasks?assignee=nobody&limit=50"],
+                "list_combined_none": [
+                    f"{d.url}/api/v1/tasks?tag=t3&priority=urgent&assignee=nobody&limit=50"
+                ],
                 "get": [f"{d.url}/api/v1/tasks/{i}" for i in sample],
             }
             if ctx.quick:

@@ -579,6 +579,12 @@ async def find_tasks(
         query = query.where(or_(order_at < stamp, (order_at == stamp) & (order_id < last_id)))
     query = query.order_by(order_at.desc(), order_id.desc()).limit(limit)
     async with ctx.store.read() as session:
+        # A second side's value that nobody has answers at once (one index probe): without it
+        # the page walks the first side's every row looking for it. (An empty first side ends
+        # the walk by itself.)
+        for side, column, value in sides[1:]:
+            if await session.scalar(select(side.task_id).where(column == index_key(value)).limit(1)) is None:
+                return TaskPage(tasks=[], next_cursor=None)
         rows = (await session.scalars(query)).all()
     out = [_task_out(row) for row in rows]
     # A full page has a next one (perhaps empty), as before: the cursor is its last task.

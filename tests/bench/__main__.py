@@ -2,8 +2,8 @@
 
 Each benchmark prints ONE JSON object on stdout (figures, parameters, machine facts, start and
 finish times); progress goes to stderr. NAME is one of: propagation, raw_limit, backfill, cost,
-api, memory, drill, all (those seven, the default), or replicas (by name only). `--quick` runs
-small variants (the CI smoke test runs `all --quick`). `--drill-runs N` repeats the drill N times
+api, memory, drill, all (those seven, the default), or replicas and http_stack (by name only).
+`--quick` runs small variants (the CI smoke test runs `all --quick`). `--drill-runs N` repeats the drill N times
 (default 3: the issue's bar is three consecutive clean runs). `--rates 20,50` runs propagation
 at just those edit rates. `--keep` keeps the scratch directory (daemon logs, stores, the
 drill's journal of changes); `--profile` also keeps a py-spy profile of each daemon process
@@ -28,7 +28,7 @@ from typing import Any
 from tests.bench.common import Setup, bench_world, emit, log, now_iso
 
 NAMES = ("propagation", "raw_limit", "cost", "backfill", "api", "memory", "drill")
-EXTRA = ("replicas",)  # by name only, not in `all`: 1, 2 and 3 replicas on one PostgreSQL
+EXTRA = ("replicas", "http_stack")  # by name only, not in `all`: replicas needs PostgreSQL's binaries
 
 
 class Context:
@@ -97,7 +97,7 @@ class Context:
 
 
 def registry() -> dict[str, Callable[[Context], Any]]:
-    from tests.bench import api, backfill, drill, memory, propagation, replicas
+    from tests.bench import api, backfill, drill, http_stack, memory, propagation, replicas
 
     return {
         "propagation": propagation.bench_propagation,
@@ -108,6 +108,7 @@ def registry() -> dict[str, Callable[[Context], Any]]:
         "memory": memory.bench_memory,
         "drill": drill.bench_drill,
         "replicas": replicas.bench_replicas,
+        "http_stack": http_stack.bench_http_stack,
     }
 
 

@@ -52,3 +52,20 @@ def test_quick_benchmarks_run_and_the_drill_is_clean() -> None:
         assert f"### {name}" in markdown and name in SECTIONS
     assert "failed:" not in markdown
     print(f"quick benchmarks took {elapsed:.0f} s")
+
+
+def test_the_http_stack_benchmark_runs() -> None:
+    """By name only (not in `all`): the CPU of one HTTP exchange, each server parser measured."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "http_stack", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    runs = record["figures"]["runs"]
+    assert {r["server"].split()[1] for r in runs} == {"h11", "httptools"}, runs
+    for r in runs:
+        assert r["client_cpu_us_per_request"] > 0 and r["server_cpu_us_per_request"] > 0, r

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Integer, Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,6 +46,7 @@ from bridge.engine.sync import (
     observe,
 )
 from bridge.logs import log_context
+from bridge.store.prepared import by_ids, rows_in
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -135,6 +137,24 @@ def _text(detail: str) -> str:
     return detail.encode("utf-8", "backslashreplace").decode()[:500]
 
 
+@functools.cache
+def _claimable(*, skip_locked: bool) -> Select[tuple[InboxRow]]:
+    """Deliveries to process: pending, or claimed by a worker whose claim expired (built once:
+    see bridge/store/prepared.py)."""
+    now = bindparam("now")
+    query = (
+        select(InboxRow)
+        .where(
+            InboxRow.received_at <= now,
+            (InboxRow.state == DeliveryState.PENDING)
+            | ((InboxRow.state == DeliveryState.CLAIMED) & (InboxRow.claim_expires_at < now)),
+        )
+        .order_by(InboxRow.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    return query.with_for_update(skip_locked=True) if skip_locked else query
+
+
 async def process_pending(
     ctx: EngineContext,
     *,
@@ -155,19 +175,8 @@ async def process_pending(
     how many deliveries were handled."""
     now = ctx.now()
     async with ctx.store.transaction() as session:
-        query = (
-            select(InboxRow)
-            .where(
-                InboxRow.received_at <= now,
-                (InboxRow.state == DeliveryState.PENDING)
-                | ((InboxRow.state == DeliveryState.CLAIMED) & (InboxRow.claim_expires_at < now)),
-            )
-            .order_by(InboxRow.id)
-            .limit(limit)
-        )
-        if ctx.store.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = (await session.scalars(query)).all()
+        query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
+        rows = (await session.scalars(query, {"now": now, "limit": limit})).all()
         for row in rows:
             row.state = advance(row.state, DeliveryState.CLAIMED)
             row.claimed_by = ctx.replica
@@ -192,6 +201,8 @@ async def process_pending(
             parents = await _linked_parents(ctx, session, work)
             for d, event, result in found:
                 await _observe(ctx, session, d, event, result, parents)
+            # One read for the batch's rows; each _mark then finds its row in the session.
+            (await session.scalars(rows_in(InboxRow), by_ids(d.id for d in work))).all()
             for d in work:
                 await _mark(ctx, session, d)
     except Exception:

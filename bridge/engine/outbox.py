@@ -43,6 +43,7 @@ repeat is a no-op by the rules above.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -91,6 +92,7 @@ from bridge.engine.sync import (
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import StoreLost
+from bridge.store.prepared import by_ids, rows_in
 from bridge.store.states import LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -226,6 +228,53 @@ def _retry(settings: WorkerSettings, attempts: int, error: str, rng: random.Rand
 # -- claiming ------------------------------------------------------------------------------------
 
 
+# The claim's statements, built once: an ORM statement costs more to build (and to key for the
+# compiled cache) than to run on SQLite, and the claim is the hottest statement of the daemon.
+_RELEASE_EXPIRED = (
+    update(OutboxRow)
+    .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claim_expires_at < bindparam("now"))
+    .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
+)
+_MARK_CLAIMED = (
+    update(OutboxRow)
+    .where(OutboxRow.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=OpState.CLAIMED,
+        claimed_by=bindparam("replica"),
+        claim_expires_at=bindparam("expires"),
+        attempts=OutboxRow.attempts + 1,
+    )
+    .execution_options(synchronize_session=False)
+)
+
+
+@functools.cache
+def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
+    """The ids of runnable operations: pending, due, and the oldest unfinished one of their link."""
+    earlier = aliased(OutboxRow)
+    query = (
+        select(OutboxRow.id)
+        .where(
+            OutboxRow.state == OpState.PENDING,
+            OutboxRow.next_attempt_at <= bindparam("now"),
+            ~exists().where(
+                and_(
+                    earlier.link_id == OutboxRow.link_id,
+                    earlier.id < OutboxRow.id,
+                    earlier.state.in_((OpState.PENDING, OpState.CLAIMED)),
+                )
+            ),
+        )
+        .order_by(OutboxRow.id)
+        .limit(bindparam("limit", type_=Integer))
+    )
+    if within:
+        query = query.where(OutboxRow.id.between(bindparam("first"), bindparam("last")))
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True, of=OutboxRow)
+    return query
+
+
 async def claim(
     ctx: EngineContext, settings: WorkerSettings, limit: int, *, within: tuple[int, int] | None = None
 ) -> list[_Op | _Orphan]:
@@ -235,67 +284,38 @@ async def claim(
     now = ctx.now()
     async with ctx.store.transaction() as session:
         # Claims of crashed workers return to the pool.
-        await session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claim_expires_at < now)
-            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
-        )
-        earlier = aliased(OutboxRow)
-        query = (
-            select(OutboxRow.id)
-            .where(
-                OutboxRow.state == OpState.PENDING,
-                OutboxRow.next_attempt_at <= now,
-                ~exists().where(
-                    and_(
-                        earlier.link_id == OutboxRow.link_id,
-                        earlier.id < OutboxRow.id,
-                        earlier.state.in_((OpState.PENDING, OpState.CLAIMED)),
-                    )
-                ),
-            )
-            .order_by(OutboxRow.id)
-            .limit(limit)
-        )
+        await session.execute(_RELEASE_EXPIRED, {"now": now})
+        query = _runnable(within=within is not None, skip_locked=ctx.store.dialect == "postgresql")
+        params: dict[str, Any] = {"now": now, "limit": limit}
         if within is not None:
-            query = query.where(OutboxRow.id.between(*within))
-        if ctx.store.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=OutboxRow)
-        ids = list((await session.scalars(query)).all())
+            params["first"], params["last"] = within
+        ids = list((await session.scalars(query, params)).all())
         if not ids:
             return []
         await session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.id.in_(ids))
-            .values(
-                state=OpState.CLAIMED,
-                claimed_by=ctx.replica,
-                claim_expires_at=now + timedelta(seconds=settings.claim_ttl),
-                attempts=OutboxRow.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
+            _MARK_CLAIMED,
+            {
+                "ids": ids,
+                "replica": ctx.replica,
+                "expires": now + timedelta(seconds=settings.claim_ttl),
+            },
         )
         return await _load(ctx, session, ids)
 
 
 async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> list[_Op | _Orphan]:
-    rows = (
-        await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id))
-    ).all()
+    rows = sorted((await session.scalars(rows_in(OutboxRow), by_ids(ids))).all(), key=lambda r: r.id)
     task_ids = {r.task_id for r in rows}
     link_ids = {r.link_id for r in rows if r.link_id is not None}
     comment_ids = {r.comment_id for r in rows if r.comment_id}
-    tasks = {t.id: t for t in (await session.scalars(select(TaskRow).where(TaskRow.id.in_(task_ids)))).all()}
-    links = {x.id: x for x in (await session.scalars(select(LinkRow).where(LinkRow.id.in_(link_ids)))).all()}
+    tasks = {t.id: t for t in (await session.scalars(rows_in(TaskRow), by_ids(task_ids))).all()}
+    links = {x.id: x for x in (await session.scalars(rows_in(LinkRow), by_ids(link_ids))).all()}
     comments: dict[str, CommentRow] = {}
     posted: dict[tuple[str, str], str] = {}
     if comment_ids:
-        comments = {
-            c.id: c
-            for c in (await session.scalars(select(CommentRow).where(CommentRow.id.in_(comment_ids)))).all()
-        }
+        comments = {c.id: c for c in (await session.scalars(rows_in(CommentRow), by_ids(comment_ids))).all()}
         for clink in (
-            await session.scalars(select(CommentLinkRow).where(CommentLinkRow.comment_id.in_(comment_ids)))
+            await session.scalars(rows_in(CommentLinkRow, "comment_id"), by_ids(comment_ids))
         ).all():
             if clink.remote_id is not None:
                 posted[(clink.comment_id, clink.connector)] = clink.remote_id
@@ -858,19 +878,13 @@ async def apply_outcomes(
     whose change is now written everywhere (nothing of it left queued): their propagation ended."""
     now = ctx.now()
     ids = [op.id for op, _ in batch]
-    rows = {r.id: r for r in (await session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)))).all()}
+    rows = {r.id: r for r in (await session.scalars(rows_in(OutboxRow), by_ids(ids))).all()}
     ops = [op for op, _ in batch if isinstance(op, _Op)]
     links = {
-        x.id: x
-        for x in (
-            await session.scalars(select(LinkRow).where(LinkRow.id.in_({op.link.id for op in ops})))
-        ).all()
+        x.id: x for x in (await session.scalars(rows_in(LinkRow), by_ids({op.link.id for op in ops}))).all()
     }
     tasks = {
-        t.id: t
-        for t in (
-            await session.scalars(select(TaskRow).where(TaskRow.id.in_({op.task.id for op in ops})))
-        ).all()
+        t.id: t for t in (await session.scalars(rows_in(TaskRow), by_ids({op.task.id for op in ops}))).all()
     }
     requeue: list[tuple[Route, TaskRow, datetime]] = []
     succeeded: list[_Op] = []
@@ -943,18 +957,7 @@ async def apply_outcomes(
     # The propagation of a change ends with the last of its writes: none of the same task and
     # observation left unfinished.
     keys = {(op.task.id, op.observed_at) for op in succeeded}
-    unfinished = set(
-        (
-            await session.execute(
-                select(OutboxRow.task_id, OutboxRow.observed_at)
-                .where(
-                    OutboxRow.task_id.in_({k[0] for k in keys}),
-                    OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
-                )
-                .group_by(OutboxRow.task_id, OutboxRow.observed_at)
-            )
-        ).all()
-    )
+    unfinished = set((await session.execute(_UNFINISHED, by_ids({k[0] for k in keys}))).all())
     unfinished = {(task_id, as_utc(observed_at)) for task_id, observed_at in unfinished}
     out: list[_Op] = []
     for op in succeeded:
@@ -963,6 +966,16 @@ async def apply_outcomes(
             unfinished.add(key)  # one observation per change, however many of its writes were here
             out.append(op)
     return out
+
+
+_UNFINISHED = (
+    select(OutboxRow.task_id, OutboxRow.observed_at)
+    .where(
+        OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
+        OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
+    )
+    .group_by(OutboxRow.task_id, OutboxRow.observed_at)
+)
 
 
 def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime) -> None:

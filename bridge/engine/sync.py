@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
@@ -27,6 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit
+from bridge.store.prepared import by_ids
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -47,10 +48,13 @@ class Observation:
     parents: Mapping[str, str] | None = None
 
 
+_LINK_BY_REMOTE = select(LinkRow).where(
+    LinkRow.connector == bindparam("connector"), LinkRow.remote_id == bindparam("remote_id")
+)
+
+
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:
-    return await session.scalar(
-        select(LinkRow).where(LinkRow.connector == connector, LinkRow.remote_id == remote_id)
-    )
+    return await session.scalar(_LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
 
 
 def _agreed(values: Values, link: LinkRow) -> Values:
@@ -425,6 +429,17 @@ async def queue_updates(
     return await queue_updates_many(ctx, session, [(route, task, observed_at)])
 
 
+_LIVE_LINKS_OF = select(LinkRow).where(
+    LinkRow.task_id.in_(bindparam("ids", expanding=True)),
+    LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+)
+_OPEN_UPDATES_OF = select(OutboxRow).where(
+    OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
+    OutboxRow.op == OpKind.UPDATE,
+    OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
+)
+
+
 async def queue_updates_many(
     ctx: EngineContext, session: AsyncSession, items: Sequence[tuple[Route, TaskRow, datetime]]
 ) -> int:
@@ -438,26 +453,12 @@ async def queue_updates_many(
         return 0
     task_ids = list({task.id for _, task, _ in items})
     links_of: dict[str, list[LinkRow]] = {}
-    for link in (
-        await session.scalars(
-            select(LinkRow).where(
-                LinkRow.task_id.in_(task_ids), LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
-            )
-        )
-    ).all():
+    for link in (await session.scalars(_LIVE_LINKS_OF, by_ids(task_ids))).all():
         links_of.setdefault(link.task_id, []).append(link)
     held = await held_fields_many(session, task_ids)
     # A side whose update is being written now re-checks the whole task when it lands (_succeed),
     # so a second update queued behind it would only re-read what the first one writes.
-    open_updates = (
-        await session.scalars(
-            select(OutboxRow).where(
-                OutboxRow.task_id.in_(task_ids),
-                OutboxRow.op == OpKind.UPDATE,
-                OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
-            )
-        )
-    ).all()
+    open_updates = (await session.scalars(_OPEN_UPDATES_OF, by_ids(task_ids))).all()
     writing = {row.link_id for row in open_updates if row.state == OpState.CLAIMED}
     waiting = {
         row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
@@ -523,16 +524,17 @@ async def held_fields(session: AsyncSession, task_id: str) -> set[str]:
     return (await held_fields_many(session, [task_id])).get(task_id, set())
 
 
+_OPEN_CONFLICT_FIELDS = select(ConflictRow.task_id, ConflictRow.field).where(
+    ConflictRow.task_id.in_(bindparam("ids", expanding=True)), ConflictRow.state == ConflictState.OPEN
+)
+
+
 async def held_fields_many(session: AsyncSession, task_ids: Sequence[str]) -> dict[str, set[str]]:
     """The fields of each task that an open conflict holds (written only once it is resolved)."""
     out: dict[str, set[str]] = {}
     if not task_ids:
         return out
-    rows = await session.execute(
-        select(ConflictRow.task_id, ConflictRow.field).where(
-            ConflictRow.task_id.in_(list(task_ids)), ConflictRow.state == ConflictState.OPEN
-        )
-    )
+    rows = await session.execute(_OPEN_CONFLICT_FIELDS, by_ids(task_ids))
     for task_id, name in rows.all():
         out.setdefault(task_id, set()).add(name)
     return out

@@ -313,6 +313,11 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if link.state == LinkState.CREATING:
         # The create is still in flight on this link, but the platform already shows the task.
         link.state = advance(link.state, LinkState.ACTIVE)
+    if link.state == LinkState.ACTIVE and (
+        core.older_than_applied(rt.updated_at, link.remote_updated_at)
+        or core.unmoved(values, _agreed(values, link))
+    ):
+        return False  # the checks below, made before the task is read: an echo of ours costs one read
     task = await session.get(TaskRow, link.task_id)
     if task is None or task.deleted_at is not None:
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -65,6 +66,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _MALLOC_TRIM = _malloc_trim()
+
+
+def freeze_startup_objects() -> None:
+    """Take what exists once the daemon is up out of the garbage collector's generations.
+
+    The modules, classes, the API's routes and schemas, the connectors and the engine live as long
+    as the process: about 175,000 objects that every full collection walked, 125 to 150 ms each on
+    two shared cores. Under load a full collection came about once a second and held every request
+    and write in flight that long (the API's p99 at concurrency 8). Frozen, they are left alone;
+    what is made afterwards is collected as before. Collected first, so no garbage is frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def give_back_memory() -> bool:
@@ -316,6 +329,7 @@ class Daemon:
         except BaseException:
             await self._abandon()
             raise
+        freeze_startup_objects()
         await self.stopping.wait()
         await self.stop()
 

@@ -23,11 +23,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import exists, or_, select
+from sqlalchemy import Row, exists, or_, select
 
 from bridge.engine import api_ops, health, leases
 from bridge.engine.comments import add_api_comment
-from bridge.model import Priority, Status, as_utc, decode, decode_values, encode_values
+from bridge.model import Priority, Status, as_utc, decode
 from bridge.store.search import index_key
 from bridge.store.tables import (
     CommentLinkRow,
@@ -414,12 +414,14 @@ class Resolve(BaseModel):
 
 
 def _task_out(
-    row: TaskRow,
+    row: TaskRow | Row[Any],
     links: list[LinkRow] | None = None,
     history: list[HistoryRow] | None = None,
     platforms: dict[str, str] | None = None,
 ) -> TaskOut:
-    data = encode_values(decode_values(row.data))
+    """`row`: a TaskRow, or a row of `_PAGE_COLUMNS`. Its `data` is served as stored: the store
+    writes it in its encoded form (`encode_values`), and TaskOut checks every field's type."""
+    data = row.data or {}
     return TaskOut(
         id=row.id,
         route=row.route,
@@ -517,7 +519,7 @@ async def list_tasks(
     """The tasks the bridge holds, across routes, most recently updated first, deleted ones left
     out. Filters combine (all must hold); a full page carries a `next_cursor` for the next one.
     Tasks come without their links and history (get one task for those). Needs `read`."""
-    return await find_tasks(
+    page = await find_tasks(
         _ctx(request),
         route=route,
         status=status,
@@ -529,6 +531,14 @@ async def list_tasks(
         limit=limit,
         cursor=cursor,
     )
+    # Serialised once, as built: returned as a model, FastAPI would dump it and validate it
+    # again against `response_model` before serialising it.
+    return Response(page.model_dump_json(), media_type="application/json")  # type: ignore[return-value]
+
+
+# What a page shows of each task: plain rows, not ORM objects (a page has no use for the identity
+# map or change tracking, which were a sixth of its CPU).
+_PAGE_COLUMNS = (TaskRow.id, TaskRow.route, TaskRow.data, TaskRow.created_at, TaskRow.updated_at)
 
 
 async def find_tasks(
@@ -553,7 +563,7 @@ async def find_tasks(
         sides.append((TaskTagRow, TaskTagRow.tag, tag))
     if assignee:
         sides.append((TaskAssigneeRow, TaskAssigneeRow.assignee, assignee))
-    query = select(TaskRow)
+    query = select(*_PAGE_COLUMNS)
     order_at: Any = TaskRow.updated_at
     order_id: Any = TaskRow.id
     if sides:
@@ -585,7 +595,7 @@ async def find_tasks(
         for side, column, value in sides[1:]:
             if await session.scalar(select(side.task_id).where(column == index_key(value)).limit(1)) is None:
                 return TaskPage(tasks=[], next_cursor=None)
-        rows = (await session.scalars(query)).all()
+        rows = (await session.execute(query)).all()
     out = [_task_out(row) for row in rows]
     # A full page has a next one (perhaps empty), as before: the cursor is its last task.
     next_cursor = _cursor_encode(rows[-1].updated_at, rows[-1].id) if len(rows) == limit else None

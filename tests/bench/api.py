@@ -17,6 +17,11 @@ Requests:
 - list_assignee_none: GET /api/v1/tasks?assignee=nobody&limit=50 (nothing matches)
 - list_combined_none: GET /api/v1/tasks?tag=t3&priority=urgent&assignee=nobody&limit=50
 - get: GET /api/v1/tasks/{id} (with links and history), random ids
+
+Beside the latencies: the CPU each request cost the daemon, and on PostgreSQL the server, over all
+the loads (CPU time from /proc, of the daemon and of every `postgres` process on the machine, the
+exited backends included): figures the other tenants of a shared machine move far less than a
+latency. TASKBRIDGE_BENCH_API_BACKENDS=postgresql (or sqlite) measures one database alone.
 """
 
 from __future__ import annotations
@@ -65,6 +70,24 @@ def _links() -> list[LinkSpec]:
     ]
 
 
+def _postgres_cpu_seconds() -> float:
+    """User + system CPU of every `postgres` process, with their reaped children's (the backends
+    of connections that closed), from /proc."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(")")
+        if name != "postgres":
+            continue
+        fields = rest.split()
+        # After the command name: utime, stime, cutime, cstime are fields 14-17 (proc(5)).
+        ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _walk_cursors(base: str, pages: int) -> list[str]:
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
     urls, cursor = [], None
@@ -107,6 +130,8 @@ def bench_api(ctx: Any) -> dict[str, Any]:
     n = 2_000 if ctx.quick else 100_000
     seconds = 0.7 if ctx.quick else 10.0
     backends = ["sqlite"] if ctx.quick else ["sqlite", "postgresql"]
+    if os.environ.get("TASKBRIDGE_BENCH_API_BACKENDS"):  # e.g. "postgresql": one of them alone
+        backends = os.environ["TASKBRIDGE_BENCH_API_BACKENDS"].split(",")
     setup = ctx.fresh("api")
     figures: dict[str, Any] = {}
     pg: Postgres | None = None
@@ -151,7 +176,16 @@ def bench_api(ctx: Any) -> dict[str, Any]:
                 kinds = {k: kinds[k] for k in ("list_first", "get")}
             res: dict[str, Any] = {"fill_seconds": round(fill_s, 1), "deep_pages": len(deep)}
             log(f"api/{backend}: {', '.join(kinds)} at concurrency 1 and 8, {seconds:g} s each")
-            res.update(_loads([(k, urls, c) for k, urls in kinds.items() for c in (1, 8)], seconds))
+            cpu, server_cpu = d.cpu_seconds(), _postgres_cpu_seconds()
+            loads = _loads([(k, urls, c) for k, urls in kinds.items() for c in (1, 8)], seconds)
+            requests = sum(r["requests"] for kind in loads.values() for r in kind.values())
+            res.update(loads)
+            res["requests"] = requests
+            res["daemon_cpu_ms_per_request"] = round((d.cpu_seconds() - cpu) * 1000 / requests, 3)
+            if backend == "postgresql":
+                res["postgres_cpu_ms_per_request"] = round(
+                    (_postgres_cpu_seconds() - server_cpu) * 1000 / requests, 3
+                )
             res["daemon_log_errors"] = d.errors_in_log()[:5]
             d.terminate()
             figures[backend] = res

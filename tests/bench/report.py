@@ -217,7 +217,22 @@ def api(rec: dict[str, Any]) -> str:
                         ]
                     )
     head = f"{rec['params'].get('tasks', '?')} tasks in the store (each with 5 links and 2 history rows):\n\n"
-    return head + table(["store", "request", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+    cpu = [
+        f"{backend}: {b['daemon_cpu_ms_per_request']} ms of the daemon's CPU a request"
+        + (
+            f", {b['postgres_cpu_ms_per_request']} ms of the server's"
+            if "postgres_cpu_ms_per_request" in b
+            else ""
+        )
+        for backend, b in rec["figures"].items()
+        if isinstance(b, dict) and "daemon_cpu_ms_per_request" in b
+    ]
+    foot = "".join(f"\n{line}" for line in cpu)
+    return (
+        head
+        + table(["store", "request", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+        + foot
+    )
 
 
 def memory(rec: dict[str, Any]) -> str:

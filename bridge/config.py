@@ -59,6 +59,7 @@ from bridge.defaults import (
     DEFAULT_COMMENTS_PER_POLL,
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TTL,
+    DEFAULT_POOL_SIZE,
     DEFAULT_RETAIN_CONFLICTS_RESOLVED,
     DEFAULT_RETAIN_HISTORY,
     DEFAULT_RETAIN_INBOX_DONE,
@@ -247,7 +248,7 @@ def _sqlite_directory_problem(url: str) -> str | None:
 
 class StoreConfig(_Model):
     url: str = "sqlite+aiosqlite:///taskbridge.db"
-    pool_size: int = Field(5, ge=1, le=200)
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=1, le=200)
     echo_sql: bool = False
     retention: RetentionConfig = RetentionConfig()
 

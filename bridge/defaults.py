@@ -24,6 +24,12 @@ DEFAULT_INBOX_BATCH = 50  # deliveries claimed and processed together
 DEFAULT_INBOX_MAX_ATTEMPTS = 10  # failed processing attempts before a delivery is set aside
 DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once
 
+# The store (store.pool_size): PostgreSQL connections kept per replica, as many again may
+# overflow. The outbox's writers (DEFAULT_CONCURRENCY) plus the API, polls and the inbox: with
+# fewer, a busy replica opened and closed overflow connections all the time (a server process
+# forked for each).
+DEFAULT_POOL_SIZE = 10
+
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
 # A poll that read at least this many tasks hands the memory it freed back to the OS (glibc keeps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 from typing import Any, Protocol
 
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, console, metrics
@@ -23,7 +25,9 @@ from bridge.config import Config
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import receive
 from bridge.logs import log_context
-from bridge.store import StoreLost
+from bridge.store import StoreLost, redact_url
+
+log = logging.getLogger("taskbridge.api")
 
 
 class Host(Protocol):
@@ -142,6 +146,19 @@ def create_app(daemon: Host) -> FastAPI:
     async def store_lost(request: Request, exc: StoreLost) -> Response:
         # Nothing can be recorded: a platform retries a webhook answered 503, a client its call.
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "60"})
+
+    @app.exception_handler(DBAPIError)
+    async def store_unreachable(request: Request, exc: DBAPIError) -> Response:
+        if not exc.connection_invalidated:
+            raise exc  # a statement the store refused: the server's bug, a bare 500
+        # The store's connection was lost (a PostgreSQL restart, say); the pool reconnects on the
+        # next request, so the caller retries. Every pooled connection fails once at most.
+        log.warning("store %s unreachable: its connection was lost", redact_url(ctx.store.url))
+        return JSONResponse(
+            {"detail": "the store's connection was lost; retry"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

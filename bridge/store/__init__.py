@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -41,11 +42,12 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
+from bridge.defaults import DEFAULT_POOL_SIZE
 from bridge.model import new_id, utcnow
 from bridge.store import _sqlite
 from bridge.store import search as search  # registers the flush events that keep the task index true
@@ -55,6 +57,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
 IDENTITY_KEY = "store"  # the meta row that names this store
 PROBE_KEY = "probe"  # the meta row readiness writes to prove the store takes writes
+# PostgreSQL: a pooled connection idle longer than this is pinged before it is handed out (a
+# server restarted meanwhile has closed it); one back sooner is not. HikariCP's
+# `aliveBypassWindowMs` is the same rule, with the same window. Pinging every checkout, as
+# SQLAlchemy's `pool_pre_ping` does, cost three round trips (BEGIN, ";", ROLLBACK) per API
+# request: a sixth of the daemon's CPU on a busy API, and as much again in the server.
+PING_AFTER_IDLE = 0.5
+_CHECKED_IN = "taskbridge_checked_in"  # the connection record's info key: when it came back
 
 
 class StoreLost(Exception):
@@ -98,7 +107,7 @@ class Store:
     _file: tuple[int, int] | None = field(default=None, repr=False)  # SQLite: (device, inode)
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 5, echo: bool = False) -> Store:
+    def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, echo: bool = False) -> Store:
         kwargs: dict[str, Any] = {"echo": echo}
         target: str | URL = url
         parsed = make_url(url)
@@ -115,8 +124,10 @@ class Store:
             # the way back to the pool.
             kwargs["pool_reset_on_return"] = None
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine = create_async_engine(target, **kwargs)
+        if engine.dialect.name != "sqlite":
+            _ping_after_idle(engine)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -231,6 +242,30 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Ping a connection at checkout when it was idle longer than PING_AFTER_IDLE. A dead one
+    (the server restarted) invalidates the pool, which reconnects, as `pool_pre_ping` would."""
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        # A connection just made has no checkin time: its record's info is cleared on reconnect.
+        last = record.info.get(_CHECKED_IN)
+        if last is None or time.monotonic() - last < PING_AFTER_IDLE:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                raise exc.InvalidatePoolError("the store's connection was closed while idle") from error
+            raise
 
 
 def _create_private(database: str | None) -> None:

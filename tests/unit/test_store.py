@@ -524,3 +524,54 @@ async def test_an_existing_store_keeps_its_mode(tmp_path: Path) -> None:
     await store.migrate()
     await store.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+async def test_postgres_pings_only_connections_that_were_idle_and_recovers_from_a_restart(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection handed out again within PING_AFTER_IDLE is used as is (a busy API paid three
+    round trips a request for the ping); one idle longer is pinged, and when the server closed it
+    meanwhile (a restart; here its backend is terminated) the pool reconnects: nothing fails."""
+    if store.dialect != "postgresql":
+        pytest.skip("the pool and its ping are PostgreSQL's")
+    import bridge.store as store_mod
+
+    dialect = store.engine.sync_engine.dialect
+    pings: list[float] = []
+    real_ping = dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return real_ping(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counted)
+
+    async def pid() -> int:
+        async with store.read() as session:
+            return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    first = await pid()
+    for _ in range(20):
+        assert await pid() == first  # the same pooled connection, handed out again at once
+    assert pings == []
+
+    monkeypatch.setattr(store_mod, "PING_AFTER_IDLE", 0.05)
+    await asyncio.sleep(0.1)
+    assert await pid() == first  # idle: pinged, alive, kept
+    assert len(pings) == 1
+
+    # The server closes the idle connection (as a restart does); the next checkout's ping finds
+    # it dead and the pool reconnects instead of failing the caller's statement.
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store.url)
+    other = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, database=url.database
+    )
+    try:
+        assert await other.fetchval("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await other.close()
+    await asyncio.sleep(0.1)
+    assert await pid() != first

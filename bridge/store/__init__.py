@@ -9,10 +9,12 @@ they differ in how they begin: a write transaction begins IMMEDIATE (it holds th
 write lock from the start, so a read-then-write cannot fail half-way) and, inside one process,
 queues on an asyncio lock first, so writers take turns in order instead of sleeping in SQLite's
 busy handler (which backs off up to 100 ms a try and dominated the daemon's time under load). A
-read begins DEFERRED and, in WAL mode, never waits for a writer. On PostgreSQL both are plain
-transactions; row locks (FOR UPDATE SKIP LOCKED) do the queueing. A `sqlite+aiosqlite` URL
-runs on the dialect in `_sqlite.py`: aiosqlite opens the connections, and the statements run on
-the event loop's thread (a hand-off to aiosqlite's thread cost a hundred times the statement).
+read begins DEFERRED and, in WAL mode, never waits for a writer. On PostgreSQL writes are plain
+transactions and reads run in autocommit (no BEGIN and ROLLBACK round trips; under READ
+COMMITTED each statement sees its own snapshot either way); row locks (FOR UPDATE SKIP LOCKED)
+do the queueing. A `sqlite+aiosqlite` URL runs on the dialect in `_sqlite.py`: aiosqlite opens
+the connections, and the statements run on the event loop's thread (a hand-off to aiosqlite's
+thread cost a hundred times the statement).
 
 Every store carries an identity (a `meta` row written once, when the store is new). A daemon
 remembers the identity it opened, and on SQLite the file's inode too; `check()` compares them,
@@ -133,7 +135,13 @@ class Store:
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         if engine.dialect.name != "sqlite":
-            return cls(engine, sessions, url, reads=sessions)
+            # Reads run in autocommit: each statement is its own transaction, which under READ
+            # COMMITTED (PostgreSQL's default) is what a statement in a transaction sees anyway,
+            # without a BEGIN and a ROLLBACK around it (two of a list request's three round
+            # trips). No autoflush: an object changed in a read session can never be written.
+            reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+            reads = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
+            return cls(engine, sessions, url, reads=reads)
         reader = engine.execution_options(taskbridge_read=True)
         return cls(
             engine,

@@ -15,7 +15,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from bridge.store import Store, redact_url
-from bridge.store.tables import HistoryRow, LinkRow, OutboxRow, TaskRow, metadata
+from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -575,3 +575,28 @@ async def test_postgres_pings_only_connections_that_were_idle_and_recovers_from_
         await other.close()
     await asyncio.sleep(0.1)
     assert await pid() != first
+
+
+async def test_postgres_reads_run_without_a_transaction_and_never_write(store: Store) -> None:
+    """On PostgreSQL a read session is in autocommit (no BEGIN and ROLLBACK round trips around
+    its statements: `now()`, the transaction's start, moves between two of them) and does not
+    autoflush, so an object changed in it is never written, as on SQLite."""
+    if store.dialect != "postgresql":
+        pytest.skip("autocommit reads are PostgreSQL's")
+    async with store.read() as session:
+        first = (await session.execute(text("SELECT now()"))).scalar_one()
+        await asyncio.sleep(0.02)
+        second = (await session.execute(text("SELECT now()"))).scalar_one()
+        assert second > first
+        row = await session.get(MetaRow, "store")
+        assert row is not None
+        original = dict(row.value)
+        row.value = {**original, "id": "changed in a read"}
+        await session.execute(text("SELECT 1"))  # would autoflush the change
+    async with store.read() as session:
+        again = await session.get(MetaRow, "store")
+        assert again is not None and again.value == original
+    async with store.transaction() as session:  # writes still begin a transaction
+        first = (await session.execute(text("SELECT now()"))).scalar_one()
+        await asyncio.sleep(0.02)
+        assert (await session.execute(text("SELECT now()"))).scalar_one() == first

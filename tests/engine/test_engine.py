@@ -553,6 +553,35 @@ async def test_a_poll_of_an_unchanged_scope_observes_nothing(
         assert "moved 1" in titles(world, platform), platform
 
 
+async def test_an_edit_of_another_field_between_the_read_and_the_write_is_not_lost(
+    harness: Harness, world: World
+) -> None:
+    """A person changes Impactly's priority after the outbox read the task there and before its
+    title write lands. No platform offers a conditional write, so the write goes out; the
+    person's edit is older than our write, yet it is not dropped as stale: what Impactly shows
+    after the write (the next poll here; a webhook's GET or echo) differs from what the write
+    agreed, and that difference is merged like any edit. (An edit of the same field in that
+    window is overwritten there: see docs/performance.md, "What the daemon promises".)"""
+    vt_id = create_on(world, "vortask", "window 2")
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")["window 2"]["id"]
+
+    async def edit_then_write(write: Callable[[], Awaitable[Any]]) -> Any:
+        ops.edit(world, "impactly", imp_id, priority="urgent")  # after our read, before our write
+        return await write()
+
+    interfered = intercept_first_update(harness.ctx.connectors["impactly"], edit_then_write)
+    ops.edit(world, "vortask", vt_id, title="window 2 from vortask")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert interfered
+    async with harness.ctx.store.read() as session:
+        task = (await session.scalars(select(TaskRow))).one()
+    assert task.data["title"] == "window 2 from vortask" and task.data["priority"] == "urgent"
+    for platform in ("impactly", "agentkanban", "squads"):  # Vortask tops out at High; runs has none
+        assert ops.view(world, platform)["window 2 from vortask"]["priority"] == "urgent", platform
+
+
 async def test_a_write_refused_after_its_read_reads_again_before_writing(
     harness: Harness, world: World
 ) -> None:

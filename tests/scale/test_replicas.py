@@ -316,7 +316,11 @@ def test_sync_triggers_coalesce_and_go_to_the_lease_owner(world: World, tmp_path
         with ThreadPoolExecutor(20) as pool:
             answers = list(pool.map(trigger, range(20)))
         assert answers.count("started") <= 2 and set(answers) <= {"started", "coalesced"}
-        time.sleep(3)  # the polls those triggers started run to their end
+        # The polls those triggers started run to their end (a loaded machine may take a while).
+        wait_until(
+            lambda: fake.requests.count("GET", "/api/tasks") > listings_before, timeout=30, what="a listing"
+        )
+        time.sleep(3)  # time enough for a second listing, were the triggers not coalesced
         listed = fake.requests.count("GET", "/api/tasks") - listings_before
         assert 1 <= listed <= 2, f"20 triggers made {listed} listings"
     finally:

@@ -164,18 +164,29 @@ def create_app(daemon: Host) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def store_problems() -> list[str]:
+        problems = []
+        await daemon.check_store()
+        if ctx.store.lost is not None:
+            problems.append(ctx.store.lost)
+        await ctx.store.ping()
+        if not await ctx.store.schema_is_current():
+            problems.append("store schema is not at the current migration")
+        return problems
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
-        problems = []
         try:
-            await daemon.check_store()
-            if ctx.store.lost is not None:
-                problems.append(ctx.store.lost)
-            await ctx.store.ping()
-            if not await ctx.store.schema_is_current():
-                problems.append("store schema is not at the current migration")
+            try:
+                problems = await store_problems()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                # A pooled connection the server closed since its last use (a restart that is
+                # over): SQLAlchemy has invalidated the pool, and a second look reconnects.
+                problems = await store_problems()
         except Exception:
-            problems.append("store unreachable")
+            problems = ["store unreachable"]
         if not problems:
             try:
                 await asyncio.wait_for(ctx.store.probe_write(ctx.replica), READY_WRITE_TIMEOUT)

@@ -322,7 +322,8 @@ async def test_each_batch_finds_rows_by_index_and_deletes_by_primary_key(
 ) -> None:
     compiled = retention.statement(rule, NOW, 5000, store.dialect).compile(dialect=store.engine.dialect)
     params = tuple(compiled.params[k] for k in compiled.positiontup or ())
-    async with store.read() as s:
+    # SET LOCAL needs a transaction, and PostgreSQL's reads run in autocommit.
+    async with store.read() if store.dialect == "sqlite" else store.sessions() as s:
         conn = await s.connection()
         if store.dialect == "sqlite":
             params = tuple(

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -89,35 +90,47 @@ def pg_url_or_skip() -> str:
     return url
 
 
-async def fresh_pg_database(url: str) -> tuple[str, str]:
-    """Create an empty database on the test server; returns (its URL, its name)."""
+async def pg_execute(url: str, sql: str, *args: Any) -> Any:
+    """Run one statement on its own connection to the database of `url` (a SQLAlchemy URL), out
+    of any pool; returns its first value."""
     import asyncpg
     from sqlalchemy.engine import make_url
 
     base = make_url(url)
-    name = f"tb_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(
         host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
     )
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
-    return base.set(database=name).render_as_string(hide_password=False), name
+
+
+async def fresh_pg_database(url: str) -> tuple[str, str]:
+    """Create an empty database on the test server; returns (its URL, its name)."""
+    from sqlalchemy.engine import make_url
+
+    name = f"tb_{uuid.uuid4().hex[:12]}"
+    await pg_execute(url, f'CREATE DATABASE "{name}"')
+    return make_url(url).set(database=name).render_as_string(hide_password=False), name
 
 
 async def drop_pg_database(url: str, name: str) -> None:
-    import asyncpg
-    from sqlalchemy.engine import make_url
+    await pg_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    base = make_url(url)
-    conn = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
+
+async def terminate_pg_backends(url: str, pid: int | None = None) -> int:
+    """Close server-side the connections to the database of `url` (the one of `pid` only, if
+    given), as a server restart does; returns how many were closed."""
+    if pid is not None:
+        return 1 if await pg_execute(url, "SELECT pg_terminate_backend($1)", pid) else 0
+    return int(
+        await pg_execute(
+            url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
     )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

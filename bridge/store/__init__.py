@@ -128,13 +128,9 @@ class Store:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine = create_async_engine(target, **kwargs)
-        if engine.dialect.name != "sqlite":
-            _ping_after_idle(engine)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(engine.sync_engine, "begin", _sqlite_begin)
         sessions = async_sessionmaker(engine, expire_on_commit=False)
         if engine.dialect.name != "sqlite":
+            _ping_after_idle(engine)
             # Reads run in autocommit: each statement is its own transaction, which under READ
             # COMMITTED (PostgreSQL's default) is what a statement in a transaction sees anyway,
             # without a BEGIN and a ROLLBACK around it (two of a list request's three round
@@ -142,6 +138,8 @@ class Store:
             reader = engine.execution_options(isolation_level="AUTOCOMMIT")
             reads = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
             return cls(engine, sessions, url, reads=reads)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         reader = engine.execution_options(taskbridge_read=True)
         return cls(
             engine,

@@ -24,7 +24,7 @@ from bridge.api import routes
 from bridge.api.app import create_app
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.store.tables import ConflictRow
-from tests.conftest import drop_pg_database, fresh_pg_database, pg_url_or_skip
+from tests.conftest import drop_pg_database, fresh_pg_database, pg_url_or_skip, terminate_pg_backends
 from tests.world import World
 
 READER, SCRIBE, WRITER, OPS = (
@@ -407,23 +407,9 @@ async def test_a_lost_store_connection_is_a_503_to_retry_and_the_next_request_re
     """PostgreSQL closing the pooled connections (a restart; here their backends are terminated)
     just after they were used: the request that meets one answers 503 with Retry-After, not a
     500 with a traceback, and the one after it finds a new connection."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
     task = await api.make()
     assert (await api.call("GET", f"/api/v1/tasks/{task}", READER)).status_code == 200
-    url = make_url(api.daemon.store.url)
-    other = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database=url.database
-    )
-    try:
-        killed = await other.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await other.close()
-    assert killed >= 1
+    assert await terminate_pg_backends(api.daemon.store.url) >= 1
     r = await api.call("GET", f"/api/v1/tasks/{task}", READER)  # within PING_AFTER_IDLE: not pinged
     assert r.status_code == 503, r.text
     assert r.headers["Retry-After"] == "1"

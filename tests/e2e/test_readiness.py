@@ -12,7 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import drop_pg_database, fresh_pg_database, pg_url_or_skip
+from tests.conftest import (
+    drop_pg_database,
+    fresh_pg_database,
+    pg_execute,
+    pg_url_or_skip,
+    terminate_pg_backends,
+)
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import World
 
@@ -73,20 +79,9 @@ def test_a_read_only_database_makes_the_daemon_not_ready(world: World, daemon_fa
 
 async def _read_only(server: str, name: str, on: bool) -> None:
     """Make the database read-only (or writable again) for every session, the daemon's included."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
-    base = make_url(server)
-    conn = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
+    await pg_execute(
+        server, f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'
     )
-    try:
-        await conn.execute(
-            f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'
-        )
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-    finally:
-        await conn.close()
+    await terminate_pg_backends(make_url(server).set(database=name).render_as_string(hide_password=False))

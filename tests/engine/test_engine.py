@@ -59,6 +59,30 @@ def intercept_first_update(
     return hit
 
 
+async def edit_during_impactly_write(
+    harness: Harness,
+    world: World,
+    title: str,
+    interfere: Callable[[str], None],
+) -> None:
+    """The read-to-write window: a task made on Vortask and mirrored, then its title edited there;
+    the mirror's first update on Impactly runs `interfere(impactly_id)` after the outbox's read
+    and before its write (what a person does there meanwhile), and the bridge settles."""
+    vt_id = create_on(world, "vortask", title)
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")[title]["id"]
+
+    async def interfering(write: Callable[[], Awaitable[Any]]) -> Any:
+        interfere(imp_id)
+        return await write()
+
+    interfered = intercept_first_update(harness.ctx.connectors["impactly"], interfering)
+    ops.edit(world, "vortask", vt_id, title=f"{title} from vortask")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert interfered
+
+
 async def count(h: Harness, model: Any, *where: Any) -> int:
     async with h.ctx.store.sessions() as s:
         return int(await s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
@@ -562,19 +586,9 @@ async def test_an_edit_of_another_field_between_the_read_and_the_write_is_not_lo
     after the write (the next poll here; a webhook's GET or echo) differs from what the write
     agreed, and that difference is merged like any edit. (An edit of the same field in that
     window is overwritten there: see docs/performance.md, "What the daemon promises".)"""
-    vt_id = create_on(world, "vortask", "window 2")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["window 2"]["id"]
-
-    async def edit_then_write(write: Callable[[], Awaitable[Any]]) -> Any:
-        ops.edit(world, "impactly", imp_id, priority="urgent")  # after our read, before our write
-        return await write()
-
-    interfered = intercept_first_update(harness.ctx.connectors["impactly"], edit_then_write)
-    ops.edit(world, "vortask", vt_id, title="window 2 from vortask")
-    await harness.poll("vortask")
-    await harness.settle()
-    assert interfered
+    await edit_during_impactly_write(
+        harness, world, "window 2", lambda imp_id: ops.edit(world, "impactly", imp_id, priority="urgent")
+    )
     async with harness.ctx.store.read() as session:
         task = (await session.scalars(select(TaskRow))).one()
     assert task.data["title"] == "window 2 from vortask" and task.data["priority"] == "urgent"
@@ -588,19 +602,11 @@ async def test_a_write_refused_after_its_read_reads_again_before_writing(
     """An edit lands on Impactly after the outbox read the task there, and the write is then
     refused (429): the write must not go out late over that edit. It fails, is retried, reads
     again, and the newer Impactly edit wins everywhere."""
-    vt_id = create_on(world, "vortask", "window")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["window"]["id"]
 
-    async def edit_then_refuse(write: Callable[[], Awaitable[Any]]) -> Any:
-        ops.edit(world, "impactly", imp_id, title="window from a person")  # after our read
+    def edit_then_refuse(imp_id: str) -> None:
+        ops.edit(world, "impactly", imp_id, title="window from a person")
         world.fakes["impactly"].faults.update({"rate_limit_burst": 1, "retry_after": 0})
-        return await write()
 
-    interfered = intercept_first_update(harness.ctx.connectors["impactly"], edit_then_refuse)
-    ops.edit(world, "vortask", vt_id, title="window from vortask")
-    await harness.poll("vortask")
-    await harness.settle()
-    assert interfered
+    await edit_during_impactly_write(harness, world, "window", edit_then_refuse)
     for platform in world.platforms:
         assert "window from a person" in titles(world, platform), platform

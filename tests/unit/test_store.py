@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bridge.store import Store, redact_url
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
+from tests.conftest import terminate_pg_backends
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -562,17 +563,7 @@ async def test_postgres_pings_only_connections_that_were_idle_and_recovers_from_
 
     # The server closes the idle connection (as a restart does); the next checkout's ping finds
     # it dead and the pool reconnects instead of failing the caller's statement.
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(store.url)
-    other = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, database=url.database
-    )
-    try:
-        assert await other.fetchval("SELECT pg_terminate_backend($1)", first)
-    finally:
-        await other.close()
+    assert await terminate_pg_backends(store.url, first) == 1
     await asyncio.sleep(0.1)
     assert await pid() != first
 

@@ -305,6 +305,9 @@ def test_sync_triggers_coalesce_and_go_to_the_lease_owner(world: World, tmp_path
 
         fake = world.fakes["squads"]
         listings_before = fake.requests.count("GET", "/api/tasks")
+        # Each poll outlasts the burst (a listing takes 1 s), as the count below assumes: a burst
+        # longer than a poll rightly starts another one after it.
+        fake.faults.update({"latency": 1.0})
 
         def trigger(_: int) -> str:
             answer = httpx.post(
@@ -324,5 +327,6 @@ def test_sync_triggers_coalesce_and_go_to_the_lease_owner(world: World, tmp_path
         listed = fake.requests.count("GET", "/api/tasks") - listings_before
         assert 1 <= listed <= 2, f"20 triggers made {listed} listings"
     finally:
+        world.fakes["squads"].faults.reset()
         for r in group:
             r.kill()

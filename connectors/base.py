@@ -32,13 +32,16 @@ would hold the caller for `deadline` once per retry): the next poll or outbox at
 The body is streamed and counted, never read whole first: an answer whose Content-Length exceeds
 `max_response_bytes`, or whose bytes pass it, is refused unread or cut off there (ResponseTooLarge),
 so one answer never holds more than that in memory. An error answer (4xx/5xx) that big keeps its
-status's error, with the body dropped.
+status's error, with the body dropped. An unpaginated listing is not read whole at all:
+`HttpClient.stream` hands its JSON items over one at a time as the bytes arrive (`OpenAnswer`),
+and there the bound and the deadline apply to each item and to the platform's waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -49,9 +52,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
+import ijson
 
 from bridge.mapping import PlatformMapping
 from bridge.model import SYNC_FIELDS, Values, encode_values, normalize_values
@@ -217,21 +221,116 @@ class RemoteComment:
 
 
 @dataclass(frozen=True)
-class Listing:
-    """The result of one poll of a scope.
+class ListingEnd:
+    """What a listing knows once it has been read to its end.
 
-    `tasks` are the tasks that may have changed (all of them on a full listing). `all_ids` is the
-    id of every task in the scope when the poll saw the whole scope to its end, else None; only
-    then may the engine suspect a linked task missing from it (and confirm with a GET).
-    `watermark` is what to store for the next poll: the engine stores it in the same transaction
-    as the changes, so it never runs ahead of them. A watermark built from a time must be the
-    fetch's start time less a skew margin, never "now" after the fetch.
+    `all_ids` is the id of every task in the scope when the listing saw the whole scope to its
+    end, else None; only then may the engine suspect a linked task missing from it (and confirm
+    with a GET). `watermark` is what to store for the next poll: the engine stores it after the
+    changes listed before it, so it never runs ahead of them. A watermark built from a time must
+    be the fetch's start time less a skew margin, never "now" after the fetch.
     """
 
-    tasks: list[RemoteTask]
     all_ids: frozenset[str] | None
     watermark: dict[str, Any] = field(default_factory=dict)
     deleted_ids: frozenset[str] = frozenset()  # reported deleted by an incremental feed
+
+
+@dataclass(frozen=True)
+class Listing(ListingEnd):
+    """A listing read whole (`ListingStream.collect`): for callers that want every task at
+    once. `tasks` are the tasks that may have changed (all of them on a full listing)."""
+
+    tasks: list[RemoteTask] = field(default_factory=list)
+
+
+class StreamState(enum.Enum):
+    NEW = "new"
+    READING = "reading"
+    ENDED = "ended"
+    CLOSED = "closed"
+
+
+class ListingStream:
+    """One poll of a scope, as the platform's answers arrive: iterate it once (`async for`) for
+    the tasks that may have changed, then read `end`. A scope of 100,000 tasks is never held
+    whole: the engine observes it a chunk at a time while the connector reads the next pages (or
+    the next bytes of an unpaginated answer). `async with` closes an answer left half read.
+
+    A connector builds one from an async generator that yields the tasks and then exactly one
+    ListingEnd; the stream checks that it does (a listing cut short must never read as
+    complete, or its missing tasks would look deleted).
+    """
+
+    def __init__(self, source: AsyncIterator[RemoteTask | ListingEnd]) -> None:
+        self._source = source
+        self._state = StreamState.NEW
+        self._end: ListingEnd | None = None
+
+    async def __aenter__(self) -> ListingStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[RemoteTask]:
+        if self._state is not StreamState.NEW:
+            raise RuntimeError(f"a listing is read once (this one is {self._state.value})")
+        self._state = StreamState.READING
+        return self._tasks()
+
+    async def _tasks(self) -> AsyncIterator[RemoteTask]:
+        async for item in self._source:
+            if self._end is not None:
+                raise RuntimeError("a listing yielded a task after its ListingEnd")
+            if isinstance(item, ListingEnd):
+                self._end = item
+            else:
+                yield item
+        if self._end is None:
+            raise RuntimeError("a listing ended without its ListingEnd")
+        self._state = StreamState.ENDED
+
+    @property
+    def end(self) -> ListingEnd:
+        if self._state is not StreamState.ENDED or self._end is None:
+            raise RuntimeError(
+                f"a listing's end is known once it is read to its end (it is {self._state.value})"
+            )
+        return self._end
+
+    async def collect(self) -> Listing:
+        """Every task at once, with the end: the listing read whole."""
+        async with self:
+            tasks = [task async for task in self]
+        end = self.end
+        return Listing(all_ids=end.all_ids, watermark=end.watermark, deleted_ids=end.deleted_ids, tasks=tasks)
+
+    async def aclose(self) -> None:
+        if self._state is not StreamState.ENDED:
+            self._state = StreamState.CLOSED
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# Items of a streamed listing a connector converts at once (one refresh of what they refer to,
+# one round of detail reads).
+LISTING_BATCH = 100
+
+T = TypeVar("T")
+
+
+async def chunked(items: AsyncIterable[T], size: int) -> AsyncIterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter, never empty)."""
+    chunk: list[T] = []
+    async for task in items:
+        chunk.append(task)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True)
@@ -313,11 +412,11 @@ class PeopleMap:
 # and to send DEFAULT_MAX_RESPONSE_BYTES at ~1 MB/s, while a stuck request ends within a minute
 # (a 1 byte/s answer held a poll for 90 s before there was a deadline).
 DEFAULT_REQUEST_DEADLINE = 60.0
-# The largest answer read, in bytes after decoding (`max_response_bytes`). Impactly and PostHog
-# page at most 100 tasks (a few KB each: under 2 MB a page), but AgentKanban's board listing,
-# Vortask's project listing and Nucleus's /api/tasks are not paginated: one answer holds a whole
-# board or squad, 10,000 tasks at ~3 KB is 30 MB. 32 MiB covers that; a 150 MB answer (which
-# took the daemon from 139 to 581 MB) is refused.
+# The largest answer read whole, in bytes after decoding (`max_response_bytes`). Impactly and
+# PostHog page at most 100 tasks (a few KB each: under 2 MB a page); a 150 MB answer (which took
+# the daemon from 139 to 581 MB) is refused. AgentKanban's board listing, Vortask's project
+# listing and Nucleus's /api/tasks are not paginated (a whole board in one answer, ~125 MB at
+# 100,000 tasks), so they are read as they arrive (`HttpClient.stream`), where it bounds one item.
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 
@@ -369,7 +468,14 @@ class Connector(Protocol):
     the inbox records these with a delivery and passes them back to `parse_webhook` when it
     processes it, and keeps no other. Never a signature or a credential (those are dropped)."""
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing: ...
+    def stream_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> ListingStream:
+        """One poll of the scope from `watermark` (the last ListingEnd's, or None), read as it
+        arrives. Nothing is sent before the stream is iterated."""
+        ...
+
+    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+        """`stream_tasks` read whole."""
+        ...
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         """The task, or NotFound (deleted) / GoneFromView (no longer visible)."""
@@ -471,6 +577,18 @@ class BaseConnector:
         )
 
     # platform hooks for the HTTP layer ---------------------------------------------------------
+
+    def stream_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> ListingStream:
+        return ListingStream(self._listing(scope, watermark))
+
+    def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
+        """The connector's listing: an async generator of the tasks, then one ListingEnd."""
+        raise NotImplementedError
+
+    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+        return await self.stream_tasks(scope, watermark).collect()
 
     def auth_headers(self, settings: ConnectorSettings) -> Mapping[str, str] | None:
         """Headers that authenticate every request; None: `Authorization: Bearer <token>`."""
@@ -757,8 +875,11 @@ class HttpClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         retry: bool | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
-        """One platform call with retries; returns a 2xx response or raises a ConnectorError."""
+        """One platform call with retries; returns a 2xx response or raises a ConnectorError.
+        With `stream`, a 2xx answer's body is left unread and the caller must close it (see
+        `stream`, which does)."""
         method = method.upper()
         retry_5xx = method in self.IDEMPOTENT if retry is None else retry
         once_only = method not in ("GET", "HEAD") and _writes_fail_fast.get()
@@ -766,7 +887,7 @@ class HttpClient:
         while True:
             attempt += 1
             try:
-                return await self._once(method, url, json_body, params, headers)
+                return await self._once(method, url, json_body, params, headers, stream)
             except RateLimited as exc:
                 # 429 means the request was not processed, so any method may repeat it.
                 wait = rate_limit_wait(self.settings, self.rng, exc, attempt)
@@ -791,6 +912,7 @@ class HttpClient:
         json_body: Any,
         params: Mapping[str, Any] | None,
         headers: Mapping[str, str] | None,
+        stream: bool = False,
     ) -> httpx.Response:
         if self.limiter is not None:
             await self.limiter.acquire()
@@ -804,10 +926,13 @@ class HttpClient:
         try:
             async with deadline:
                 response = await self.client.send(request, stream=True)
-                try:
-                    too_large = await self._read(response, what)
-                finally:
-                    await response.aclose()
+                if stream and 200 <= response.status_code < 300:
+                    too_large = None  # the caller reads it
+                else:
+                    try:
+                        too_large = await self._read(response, what)
+                    finally:
+                        await response.aclose()
         except httpx.TimeoutException as exc:
             self._observe(method, "error", started)
             log.debug("%s %s %s: timeout", name, method, self._path(url))
@@ -870,6 +995,16 @@ class HttpClient:
         response._content = b"".join(chunks)  # exactly what aread() stores; .content/.json() read it
         return refused
 
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[OpenAnswer]:
+        """A GET whose answer is read as it arrives (`OpenAnswer.items`), retried as `request`
+        retries a GET until its status line; closed on leaving the block, read or not."""
+        response = await self.request("GET", url, params=params, stream=True)
+        try:
+            yield OpenAnswer(response, f"GET {self._path(url)}", self.settings)
+        finally:
+            await response.aclose()
+
     def _path(self, url: str) -> str:
         # Paths only: a query string could hold something sensitive.
         return self.redact(url.split("?", 1)[0])
@@ -895,6 +1030,102 @@ class HttpClient:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+# What an answer that yielded no item may weigh: it is read whole to tell an empty list from an
+# answer of another shape (which must never read as "the scope is empty").
+EMPTY_ANSWER_BYTES = 64 * 1024
+
+
+class OpenAnswer:
+    """A 2xx answer whose body is still on the wire (`HttpClient.stream`).
+
+    Bounds, as for a whole answer but per item: each wait for the next bytes counts against the
+    connector's `deadline` (the time the caller spends on the items between does not), and no
+    one item may take more than `max_response_bytes` to arrive, so memory holds one item and one
+    network chunk however long the answer. An answer cut short, or not JSON, raises when its end
+    is reached; the items yielded before it stay yielded (the caller must not treat them as the
+    whole answer until the iteration ends without error).
+    """
+
+    def __init__(self, response: httpx.Response, what: str, settings: ConnectorSettings) -> None:
+        self.response = response
+        self.what = what
+        self.settings = settings
+
+    async def items(self, prefix: str) -> AsyncIterator[Any]:
+        """The JSON values under `prefix` in ijson's notation: `item` for the elements of a
+        top-level array, `tasks.item` for those of the array in a top-level object's `tasks`.
+        An answer where no value sits there must be an empty array at `prefix`, else Permanent."""
+        name = self.settings.name
+        found = ijson.sendable_list()
+        parser = ijson.items_coro(found, prefix, use_float=True)
+        chunks = self.response.aiter_bytes()
+        budget = self.settings.deadline
+        pending = 0  # bytes received since the last whole item
+        yielded = 0
+        head = bytearray()  # the first bytes, kept to check an answer that yields nothing
+        while True:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(max(budget, 0.0)):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise DeadlineExceeded(self.what, self.settings.deadline, connector=name) from exc
+            except httpx.TimeoutException as exc:
+                raise Retryable(f"{self.what} timed out", connector=name) from exc
+            except httpx.TransportError as exc:
+                raise Retryable(f"{self.what} failed: {type(exc).__name__}", connector=name) from exc
+            budget -= time.perf_counter() - started
+            pending += len(chunk)
+            if not yielded and len(head) <= EMPTY_ANSWER_BYTES:
+                head += chunk[: EMPTY_ANSWER_BYTES + 1 - len(head)]
+            try:
+                parser.send(chunk)
+            except ijson.JSONError as exc:
+                raise self._not_json(exc) from None
+            if found:
+                pending = 0
+                yielded += len(found)
+                items = list(found)
+                del found[:]
+                for item in items:
+                    yield item
+            elif pending > self.settings.max_response_bytes:
+                raise ResponseTooLarge(
+                    self.what + " (one item)", self.settings.max_response_bytes, connector=name
+                )
+        try:
+            parser.close()
+        except ijson.JSONError as exc:
+            raise self._not_json(exc) from None
+        for item in found:
+            yielded += 1
+            yield item
+        if not yielded:
+            self._check_empty(bytes(head), prefix)
+
+    def _not_json(self, exc: Exception) -> Permanent:
+        return Permanent(
+            f"{self.what}: the platform answered with a body that is not JSON ({exc})",
+            status=self.response.status_code,
+            connector=self.settings.name,
+        )
+
+    def _check_empty(self, head: bytes, prefix: str) -> None:
+        shape = f"{self.what}: expected a JSON array at {prefix!r}"
+        if len(head) > EMPTY_ANSWER_BYTES:
+            raise Permanent(f"{shape}; found none in a longer answer", connector=self.settings.name)
+        try:
+            value: Any = json.loads(head) if head.strip() else None
+        except ValueError as exc:
+            raise self._not_json(exc) from None
+        for key in prefix.split(".")[:-1]:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value != []:
+            raise Permanent(shape, connector=self.settings.name)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -612,8 +612,11 @@ async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:
         pass
     else:
         return _parked(f"{exc}, yet the task is there: the credential may not change it")
-    listing = await conn.list_tasks(op.member.scope, None)
-    if listing.all_ids is None or remote_id in listing.all_ids:
+    async with conn.stream_tasks(op.member.scope, None) as listing:
+        async for _ in listing:
+            pass  # only its end counts: the ids of a complete listing
+        all_ids = listing.end.all_ids
+    if all_ids is None or remote_id in all_ids:
         return _parked(f"{exc}, yet the scope's listing still shows the task (or could not be read whole)")
     if op.op in (OpKind.DELETE, OpKind.ARCHIVE):
         return _done(None)  # already gone: the intent holds

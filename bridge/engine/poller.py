@@ -1,11 +1,12 @@
 """Polling: one connector's scopes, observed, with watermarks and careful deletion inference.
 
-A poll reads each scope with the watermark stored for it, observes every task that changed (in
-small batches, each its own transaction, since observing is idempotent) and stores the new
-watermark in the last transaction, after the changes before it. A full listing (`all_ids`) lets
-the poll suspect linked tasks that vanished; each suspect is confirmed with a GET before
-anything is deleted, and a poll that would delete more than the route's `max_delete_share` stops
-and raises the alarm.
+A poll reads each scope with the watermark stored for it as the listing arrives, observes every
+task that changed (in small batches, each its own transaction, since observing is idempotent)
+and stores the new watermark once the listing has ended, after the changes before it. A full
+listing (`all_ids`) lets the poll suspect linked tasks that vanished; each suspect is confirmed
+with a GET before anything is deleted, and a poll that would delete more than the route's
+`max_delete_share` stops and raises the alarm. A listing that fails half way leaves what it
+observed (true observations) and neither the watermark nor any deletion.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bridge.logs import log_context
 from bridge.store import StoreLost
 from bridge.store.states import LinkState
 from bridge.store.tables import LinkRow, WatermarkRow
-from connectors.base import ConnectorError, GoneFromView, NotFound
+from connectors.base import ConnectorError, GoneFromView, NotFound, RemoteTask, chunked
 
 log = logging.getLogger("taskbridge.poll")
 
@@ -97,54 +98,73 @@ async def poll_scope(
         row = await session.get(WatermarkRow, member.key)
         watermark = dict(row.value) if row is not None else {}
     fetch_started = ctx.now()
-    listing = await conn.list_tasks(member.scope, watermark.get("remote") if watermark else None)
-    tasks = list(listing.tasks)
     hierarchy = core.reads_parent(conn, route, member)
-    if hierarchy:
-        tasks = core.parents_first(tasks)  # a new parent is linked before its children name it
-    if progress is not None:
-        progress(member, len(tasks))
+    listed: set[str] = set()  # with a hierarchy: the ids listed so far
+    waiting: list[RemoteTask] = []  # changed children whose parent was not listed before them
+    waiting_ids: set[str] = set()
+    # The listing is observed a chunk at a time as it arrives: a scope of 100,000 tasks is never
+    # held whole (memory), and the first changes are stored while the rest is still on the wire.
+    async with conn.stream_tasks(member.scope, watermark.get("remote") if watermark else None) as listing:
+        async for chunk in chunked(listing, CHUNK):
+            report.seen += len(chunk)
+            if progress is not None:
+                progress(member, len(chunk))
+            async with ctx.store.read() as session:
+                moved = await needs_observing(ctx, session, route, member, chunk)
+            if hierarchy:
+                # A new parent is linked before its children name it: a child listed before its
+                # parent waits for the end of the listing (platforms list parents first mostly).
+                listed.update(task.remote_id for task in chunk)
+                ready = []
+                for task in core.parents_first(moved):
+                    parent = task.parent_id
+                    if parent is None or (parent in listed and parent not in waiting_ids):
+                        ready.append(task)
+                    else:
+                        waiting.append(task)
+                        waiting_ids.add(task.remote_id)
+                moved = ready
+            await _observe_all(ctx, route, member, moved, hierarchy, report)
+            if progress is not None:
+                progress(member, 0, advance=len(chunk))
+        end = listing.end
+    await _observe_all(ctx, route, member, core.parents_first(waiting), hierarchy, report)
+    suspects: set[str] = set(end.deleted_ids)
+    if end.all_ids is not None:
+        suspects |= await _missing(ctx, member, end.all_ids, before=fetch_started)
+    if suspects:
+        await _confirm_deletions(ctx, route, member, sorted(suspects), report)
     new_watermark = {
-        "remote": listing.watermark,
+        "remote": end.watermark,
         "first_poll": watermark.get("first_poll") or fetch_started.isoformat(),
         "last_poll": fetch_started.isoformat(),
     }
-    for i in range(0, max(len(tasks), 1), CHUNK):
-        chunk = tasks[i : i + CHUNK]
-        last = i + CHUNK >= len(tasks)
-        report.seen += len(chunk)
-        async with ctx.store.read() as session:
-            moved = await needs_observing(ctx, session, route, member, chunk)
-        watermark_now = last and listing.all_ids is None and not listing.deleted_ids
-        if not moved and not watermark_now:
-            continue
-        # Short write transactions: the outbox's writers queue on the same lock, and a first
-        # poll of 10,000 new tasks in 100-task transactions kept them waiting for minutes.
-        batches = [moved[j : j + WRITE_BATCH] for j in range(0, len(moved), WRITE_BATCH)] or [[]]
-        for b, batch in enumerate(batches):
-            async with ctx.store.transaction() as session:
-                parents = (
-                    await linked_parents(
-                        session, route.name, member.connector, (rt.parent_id for rt in batch)
-                    )
-                    if hierarchy
-                    else None
-                )
-                for rt in batch:
-                    if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
-                        report.changed += 1
-                if watermark_now and b == len(batches) - 1:
-                    await _store_watermark(session, member, new_watermark, ctx.now())
-        if progress is not None:
-            progress(member, 0, advance=len(chunk))
-    suspects: set[str] = set(listing.deleted_ids)
-    if listing.all_ids is not None:
-        suspects |= await _missing(ctx, member, listing.all_ids, before=fetch_started)
-    if suspects:
-        await _confirm_deletions(ctx, route, member, sorted(suspects), report)
-    if listing.all_ids is not None or listing.deleted_ids:
+    # After every change listed before it, and after the deletions it let us infer.
+    async with ctx.store.transaction() as session:
+        await _store_watermark(session, member, new_watermark, ctx.now())
+
+
+async def _observe_all(
+    ctx: EngineContext,
+    route: Route,
+    member: Member,
+    tasks: Sequence[RemoteTask],
+    hierarchy: bool,
+    report: PollReport,
+) -> None:
+    """Observe `tasks` in short write transactions: the outbox's writers queue on the same lock,
+    and a first poll of 10,000 new tasks in 100-task transactions kept them waiting for minutes."""
+    for i in range(0, len(tasks), WRITE_BATCH):
+        batch = tasks[i : i + WRITE_BATCH]
         async with ctx.store.transaction() as session:
-            await _store_watermark(session, member, new_watermark, ctx.now())
+            parents = (
+                await linked_parents(session, route.name, member.connector, (rt.parent_id for rt in batch))
+                if hierarchy
+                else None
+            )
+            for rt in batch:
+                if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
+                    report.changed += 1
 
 
 async def _store_watermark(

@@ -192,22 +192,23 @@ async def list_route(ctx: EngineContext, route: Route, *, why: str) -> list[Copy
             continue
         conn = ctx.connectors[member.connector]
         try:
-            listing = await conn.list_tasks(member.scope, None)
+            async with conn.stream_tasks(member.scope, None) as listing:
+                async for rt in listing:
+                    values, marker = core.readable_values(conn, route, member, rt)
+                    copies.append(Copy(member, rt, values, marker))
+                end = listing.end
         except ConnectorError as exc:
             raise RecoveryFailed(
                 f"{member.connector}/{member.scope} could not be listed {why} ({exc}); starting now "
                 "could duplicate them. Fix the connector and start again, or restore the store "
                 "with `taskbridge store import`."
             ) from exc
-        if listing.all_ids is None:
+        if end.all_ids is None:
             log.warning(
                 "%s/%s: the listing was not complete; tasks it did not show are left to the polls",
                 member.connector,
                 member.scope,
             )
-        for rt in listing.tasks:
-            values, marker = core.readable_values(conn, route, member, rt)
-            copies.append(Copy(member, rt, values, marker))
     return copies
 
 

@@ -10,7 +10,7 @@ Paths are relative to the configured `base_url` (`https://HOST/api/ext/v1`); ids
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -95,12 +95,29 @@ class AgentKanbanClient:
         short_id_prefix: str | None = None,
     ) -> list[Json]:
         """Task summaries (no description) of the whole board: the list is not paginated."""
+        listed = self.iter_tasks(
+            board_id, include_archived=include_archived, lane_id=lane_id, short_id_prefix=short_id_prefix
+        )
+        return [task async for task in listed]
+
+    async def iter_tasks(
+        self,
+        board_id: str,
+        *,
+        include_archived: bool = True,
+        lane_id: str | None = None,
+        short_id_prefix: str | None = None,
+    ) -> AsyncIterator[Json]:
+        """`list_tasks` parsed as the answer arrives: a board's whole list is one answer."""
         params = {
             "includeArchived": "true" if include_archived else "false",
             "laneId": lane_id,
             "shortIdPrefix": short_id_prefix,
         }
-        return self._list(await self.http.get(self._tasks(board_id), params=params), "list tasks")
+        async with self.http.stream(self._tasks(board_id), params=params) as answer:
+            async for item in answer.items("data.item"):
+                if isinstance(item, dict):
+                    yield item
 
     async def get_task(self, board_id: str, task_id: str) -> Json:
         """The task detail, the only view that carries `description`."""

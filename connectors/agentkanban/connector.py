@@ -131,7 +131,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -140,13 +140,14 @@ from bridge.mapping import UnmappedValue
 from bridge.model import Status, Values, normalize_values, parse_timestamp
 from connectors.agentkanban.client import TASK_EVENTS, AgentKanbanClient, Json
 from connectors.base import (
+    LISTING_BATCH,
     WEBHOOK_TOLERANCE,
     BadSignature,
     BaseConnector,
     Capabilities,
     ConnectorError,
     ConnectorSettings,
-    Listing,
+    ListingEnd,
     NotFound,
     Permanent,
     PersonInfo,
@@ -155,6 +156,7 @@ from connectors.base import (
     RequestObserver,
     ScopeInfo,
     WebhookEvent,
+    chunked,
     fields,
     verify_hmac,
     verify_timestamp,
@@ -479,7 +481,9 @@ class AgentKanbanConnector(BaseConnector):
 
     # -- the protocol: tasks ------------------------------------------------------------------------
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+    async def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
         prev = dict(watermark or {})
         fingerprint = self._mapping_fingerprint()
         since = parse_timestamp(prev.get("since")) if prev.get("map") == fingerprint else None
@@ -488,45 +492,52 @@ class AgentKanbanConnector(BaseConnector):
         lanes_before: Mapping[str, str] = {} if full else (prev.get("lanes") or {})
 
         lanes = await self._refresh_lanes(scope)
-        items = await self.client.list_tasks(scope, include_archived=True)
-        for item in items:
-            self._saw(scope, item)
-
         renamed = {i for i, name in lanes.by_id.items() if i in lanes_before and lanes_before[i] != name}
+        ids: set[str] = set()
+        vanished: set[str] = set()
         newest: datetime | None = None
-        changed: list[Json] = []
-        for item in items:
-            updated = parse_timestamp(item.get("updatedAt"))
-            if updated is not None and (newest is None or updated > newest):
-                newest = updated
-            if (
-                full
-                or updated is None
-                or (updated > since and seen_before.get(str(item["id"])) != item.get("updatedAt"))
-                or item.get("laneId") in renamed
-            ):
-                changed.append(item)
-
-        details = await self._details(scope, changed)
-        tasks = [
-            await self._remote(scope, details[str(item["id"])])
-            for item in changed
-            if str(item["id"]) in details
-        ]
-        vanished = {str(item["id"]) for item in changed} - set(details)
-        all_ids = frozenset(str(item["id"]) for item in items) - vanished
+        # The tasks that may belong in the next mark's `seen`: updated within UPDATED_MARGIN of
+        # the newest so far (the newest only grows, so what falls out never comes back).
+        recent: dict[str, tuple[str, datetime]] = {}
+        kept = 0
+        async for batch in chunked(self.client.iter_tasks(scope, include_archived=True), LISTING_BATCH):
+            changed: list[Json] = []
+            for item in batch:
+                task_id = str(item["id"])
+                ids.add(task_id)
+                self._saw(scope, item)
+                updated = parse_timestamp(item.get("updatedAt"))
+                if updated is not None:
+                    newest = updated if newest is None or updated > newest else newest
+                    recent[task_id] = (item["updatedAt"], updated)
+                if (
+                    full
+                    or updated is None
+                    or (updated > since and seen_before.get(task_id) != item.get("updatedAt"))
+                    or item.get("laneId") in renamed
+                ):
+                    changed.append(item)
+            if changed:
+                details = await self._details(scope, changed)
+                for item in changed:
+                    detail = details.get(str(item["id"]))
+                    if detail is None:
+                        vanished.add(str(item["id"]))  # deleted since the listing
+                    else:
+                        yield await self._remote(scope, detail)
+            if newest is not None and len(recent) > 2 * kept + LISTING_BATCH:
+                floor = newest - self.UPDATED_MARGIN
+                recent = {i: seen for i, seen in recent.items() if seen[1] > floor}
+                kept = len(recent)
 
         new_since = since
         if newest is not None:
             candidate = newest - self.UPDATED_MARGIN
             new_since = candidate if new_since is None or candidate > new_since else new_since
         seen = {
-            str(item["id"]): item.get("updatedAt")
-            for item in items
-            if new_since is not None
-            and (updated := parse_timestamp(item.get("updatedAt"))) is not None
-            and updated > new_since
-            and str(item["id"]) not in vanished
+            task_id: raw
+            for task_id, (raw, updated) in recent.items()
+            if new_since is not None and updated > new_since and task_id not in vanished
         }
         mark = {
             "since": new_since.isoformat().replace("+00:00", "Z") if new_since is not None else None,
@@ -534,7 +545,7 @@ class AgentKanbanConnector(BaseConnector):
             "lanes": dict(lanes.by_id),
             "map": fingerprint,
         }
-        return Listing(tasks=tasks, all_ids=all_ids, watermark=mark)
+        yield ListingEnd(all_ids=frozenset(ids - vanished), watermark=mark)
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         return await self._remote(scope, await self._detail(scope, remote_id))

@@ -97,6 +97,10 @@ class ImpactlyClient:
         """GET /projects/{id}/tasks, every page (404 for a project that does not exist)."""
         return await self.collect(f"/projects/{project_id}/tasks")
 
+    def project_task_pages(self, project_id: str) -> AsyncIterator[list[Json]]:
+        """`list_project_tasks` a page at a time."""
+        return self.pages(f"/projects/{project_id}/tasks")
+
     async def get_task(self, task_id: str) -> Json:
         return await self.http.get(f"/tasks/{task_id}")
 

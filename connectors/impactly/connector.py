@@ -91,7 +91,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -103,7 +103,7 @@ from connectors.base import (
     Capabilities,
     ConnectorSettings,
     GoneFromView,
-    Listing,
+    ListingEnd,
     NotFound,
     Permanent,
     PersonInfo,
@@ -262,7 +262,9 @@ class ImpactlyConnector(BaseConnector):
 
     # -- listing ------------------------------------------------------------------------------
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+    async def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
         started = datetime.now(UTC)
         since = _valid_since((watermark or {}).get("since"))
         try:
@@ -270,27 +272,31 @@ class ImpactlyConnector(BaseConnector):
         except (TypeError, ValueError):
             polls = FULL_LISTING_EVERY
         if since and polls < FULL_LISTING_EVERY:
-            listing = await self._incremental(scope, since, started, polls)
-            if listing is not None:
-                return listing
-        return await self._full(scope, started)
-
-    async def _full(self, scope: str, started: datetime) -> Listing:
+            incremental = await self._incremental(scope, since, started, polls)
+            if incremental is not None:
+                tasks, end = incremental
+                for task in tasks:
+                    yield task
+                yield end
+                return
+        ids: set[str] = set()
         try:
-            tasks = await self.client.list_project_tasks(scope)
+            async for page in self.client.project_task_pages(scope):
+                for item in page:
+                    if _same_id(item.get("project_id"), scope):
+                        task = self._remote(item, scope)
+                        ids.add(task.remote_id)
+                        yield task
         except NotFound as exc:
             # Not a task's 404: the scope itself is missing, which must not read as "all deleted".
             raise Permanent(
                 f"project {scope} not found ({exc.message})", status=404, connector=self.name
             ) from exc
-        remote = [self._remote(t, scope) for t in tasks if _same_id(t.get("project_id"), scope)]
-        return Listing(
-            tasks=remote,
-            all_ids=frozenset(t.remote_id for t in remote),
-            watermark={"since": _iso(started - SKEW), "polls": 0},
-        )
+        yield ListingEnd(all_ids=frozenset(ids), watermark={"since": _iso(started - SKEW), "polls": 0})
 
-    async def _incremental(self, scope: str, since: str, started: datetime, polls: int) -> Listing | None:
+    async def _incremental(
+        self, scope: str, since: str, started: datetime, polls: int
+    ) -> tuple[list[RemoteTask], ListingEnd] | None:
         entries = await self.client.activity(since=since, project_id=scope)
         last_event: dict[str, str] = {}  # task id -> its latest event, in feed order (oldest first)
         for entry in entries:
@@ -319,8 +325,7 @@ class ImpactlyConnector(BaseConnector):
                 tasks.append(result)
             elif isinstance(result, str):
                 deleted.add(result)
-        return Listing(
-            tasks=tasks,
+        return tasks, ListingEnd(
             all_ids=None,
             watermark={"since": _iso(started - SKEW), "polls": polls},
             deleted_ids=frozenset(deleted),

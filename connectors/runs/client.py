@@ -20,6 +20,7 @@ than backing off and resending it (right for a throttle, pointless for a limit t
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -90,13 +91,69 @@ class TaskPages:
 
     `complete` holds when the walk reached the last page (`next` was null), every page reported
     the same `count`, and exactly `count` distinct tasks were seen: only then is nothing known to
-    have been skipped by a page shift (see `RunsClient.list_all`).
+    have been skipped by a page shift (see `TaskWalk`).
     """
 
     tasks: list[Json]
     count: int | None
     complete: bool
     pages: int
+
+
+class TaskWalk:
+    """One walk over the task list, from offset 0 to the end, yielding each task the first time
+    it is seen; once iterated to the end, `count`, `complete` and `pages` say what it saw.
+
+    The list is ordered newest first, so a task created while we page pushes every later task one
+    place down: the next page repeats the last task of the previous one (dropped here by id). A
+    task deleted (or leaving the filter) while we page pulls later tasks one place up, and one of
+    them can be skipped. Both change `count`, so a walk whose pages disagree on `count`, or that
+    saw a different number of distinct tasks than `count`, is reported incomplete.
+    """
+
+    def __init__(self, client: RunsClient, project: str, filters: Mapping[str, Any]) -> None:
+        self.client = client
+        self.project = project
+        self.filters = dict(filters)
+        self.pages = 0
+        self._seen: set[str] = set()
+        self._counts: set[int] = set()
+        self._reached_end = False
+
+    @property
+    def count(self) -> int | None:
+        return next(iter(self._counts)) if len(self._counts) == 1 else None
+
+    @property
+    def complete(self) -> bool:
+        return self._reached_end and self.count is not None and self.count == len(self._seen)
+
+    def ids(self) -> frozenset[str]:
+        """The id of every task seen so far."""
+        return frozenset(self._seen)
+
+    async def __aiter__(self) -> AsyncIterator[Json]:
+        offset = 0
+        size = self.client.page_size
+        while True:
+            body = await self.client.list_page(self.project, limit=size, offset=offset, **self.filters)
+            self.pages += 1
+            results = body["results"]
+            if isinstance(body.get("count"), int):
+                self._counts.add(body["count"])
+            for task in results:
+                task_id = str(task["id"])
+                if task_id not in self._seen:
+                    self._seen.add(task_id)
+                    yield task
+            if not body.get("next"):
+                self._reached_end = True
+                return
+            if not results:  # a `next` link but an empty page: stop rather than loop
+                return
+            # Our own offsets rather than the absolute `next` URL, which names the host as the
+            # server sees it (behind a proxy, possibly not the one we were configured with).
+            offset += len(results)
 
 
 class RunsClient:
@@ -130,39 +187,14 @@ class RunsClient:
         return body
 
     async def list_all(self, project: str, **filters: Any) -> TaskPages:
-        """Every page of the task list, from offset 0 to the end.
+        """Every page of the task list, from offset 0 to the end (`walk`, read whole)."""
+        walk = self.walk(project, **filters)
+        tasks = [task async for task in walk]
+        return TaskPages(tasks, walk.count, walk.complete, walk.pages)
 
-        The list is ordered newest first, so a task created while we page pushes every later
-        task one place down: the next page repeats the last task of the previous one (dropped
-        here by id). A task deleted (or leaving the filter) while we page pulls later tasks one
-        place up, and one of them can be skipped. Both change `count`, so a walk whose pages
-        disagree on `count`, or that saw a different number of distinct tasks than `count`,
-        is reported incomplete.
-        """
-        seen: dict[str, Json] = {}
-        counts: set[int] = set()
-        offset = 0
-        pages = 0
-        reached_end = False
-        while True:
-            body = await self.list_page(project, limit=self.page_size, offset=offset, **filters)
-            pages += 1
-            results = body["results"]
-            if isinstance(body.get("count"), int):
-                counts.add(body["count"])
-            for task in results:
-                seen.setdefault(str(task["id"]), task)
-            if not body.get("next"):
-                reached_end = True
-                break
-            if not results:  # a `next` link but an empty page: stop rather than loop
-                break
-            # Our own offsets rather than the absolute `next` URL, which names the host as the
-            # server sees it (behind a proxy, possibly not the one we were configured with).
-            offset += len(results)
-        count = next(iter(counts)) if len(counts) == 1 else None
-        complete = reached_end and count is not None and count == len(seen)
-        return TaskPages(list(seen.values()), count, complete, pages)
+    def walk(self, project: str, **filters: Any) -> TaskWalk:
+        """The task list a page at a time, each task once (see TaskWalk)."""
+        return TaskWalk(self, project, filters)
 
     async def get_task(self, project: str, task_id: str) -> Json:
         return await self.http.get(self.task_path(project, task_id))

@@ -23,7 +23,7 @@ mirrors here starts one run each. Set `mapping: {options: {start_run_on: []}}` t
 Listing: no updated-since filter exists, so every poll lists the whole project (limit/offset,
 100 a page, followed to the end) and the engine compares content hashes; the watermark is `{}`.
 `all_ids` is given only when the walk reached the end with a consistent `count` (see
-`RunsClient.list_all`: the list is newest first, so tasks created or deleted while we page shift
+`TaskWalk`: the list is newest first, so tasks created or deleted while we page shift
 pages; duplicates are dropped by id, and a walk that may have skipped one is not complete).
 
 Platform losses, in `roundtrip`: text is trimmed of surrounding whitespace (DRF CharField), and
@@ -87,7 +87,7 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -100,7 +100,7 @@ from connectors.base import (
     Capabilities,
     ConnectorSettings,
     GoneFromView,
-    Listing,
+    ListingEnd,
     NotFound,
     Permanent,
     PersonInfo,
@@ -287,23 +287,25 @@ class RunsConnector(BaseConnector):
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+    async def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
+        walk = self.client.walk(scope, archived="all")
         try:
-            pages = await self.client.list_all(scope, archived="all")
+            async for task in walk:
+                yield self._remote(scope, task)
         except NotFound as exc:
             raise self._project_missing(scope, exc) from None
-        tasks = [self._remote(scope, t) for t in pages.tasks]
-        if not pages.complete:
+        if not walk.complete:
             log.info(
-                "%s: project %s changed while it was listed (count %s, %d distinct tasks seen); "
+                "%s: project %s changed while it was listed (count %s, %d pages); "
                 "not a complete listing this time",
                 self.name,
                 scope,
-                pages.count,
-                len(tasks),
+                walk.count,
+                walk.pages,
             )
-        all_ids = frozenset(t.remote_id for t in tasks) if pages.complete else None
-        return Listing(tasks=tasks, all_ids=all_ids, watermark={})
+        yield ListingEnd(all_ids=walk.ids() if walk.complete else None)
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         return self._remote(scope, await self._read(scope, remote_id))

@@ -19,7 +19,7 @@ Errors are `{"error": "<message>"}`; `default_error_message` already reads that 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -99,12 +99,7 @@ class SquadsClient:
         if response.status_code == 204 or not response.content:
             return None
         if _is_html(response):
-            raise Permanent(
-                f"{method} {path}: answered HTML, not JSON (a Cloudflare Access login page? check "
-                "base_url, client_id and client_secret)",
-                status=response.status_code,
-                connector=self.name,
-            )
+            raise self._html_error(method, path, response)
         try:
             return response.json()
         except ValueError as exc:
@@ -113,6 +108,14 @@ class SquadsClient:
                 status=response.status_code,
                 connector=self.name,
             ) from None
+
+    def _html_error(self, method: str, path: str, response: httpx.Response) -> Permanent:
+        return Permanent(
+            f"{method} {path}: answered HTML, not JSON (a Cloudflare Access login page? check "
+            "base_url, client_id and client_secret)",
+            status=response.status_code,
+            connector=self.name,
+        )
 
     def _redirect_error(self, method: str, path: str, response: httpx.Response) -> Exception:
         location = urlsplit(response.headers.get("location", ""))
@@ -151,9 +154,23 @@ class SquadsClient:
     ) -> list[Json]:
         """GET /api/tasks: every task the credential can see that matches (no pagination).
         `filters` are the other documented query parameters (assignee_id, status_id, parent_id...)."""
+        return [task async for task in self.iter_tasks(squad=squad, search=search, **filters)]
+
+    async def iter_tasks(
+        self, *, squad: str | None = None, search: str | None = None, **filters: str | None
+    ) -> AsyncIterator[Json]:
+        """`list_tasks` parsed as the answer arrives: a squad's whole list is one answer."""
         params = {"squad": squad, "search": search, **filters}
-        data = await self._call("GET", "/tasks", params=params)
-        return list(self._field(data, "tasks", "GET /tasks"))
+        async with self.http.stream("/tasks", params=params) as answer:
+            response = answer.response
+            if 300 <= response.status_code < 400:
+                raise self._redirect_error("GET", "/tasks", response)
+            if _is_html(response):
+                raise self._html_error("GET", "/tasks", response)
+            async for task in answer.items("tasks.item"):
+                if not isinstance(task, dict):
+                    raise Permanent("GET /tasks: a task that is not a JSON object", connector=self.name)
+                yield task
 
     async def get_task(self, task_id: str) -> Json:
         """GET /api/tasks/:id: `{"task", "todos", "subtasks", "watchers"}`. A 404 means deleted OR

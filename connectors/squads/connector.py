@@ -59,7 +59,7 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -67,12 +67,13 @@ import httpx
 from bridge.mapping import MappingError, UnmappedValue
 from bridge.model import Status, Values, normalize_values, parse_date, parse_timestamp
 from connectors.base import (
+    LISTING_BATCH,
     BadSignature,
     BaseConnector,
     Capabilities,
     ConnectorSettings,
     GoneFromView,
-    Listing,
+    ListingEnd,
     NotFound,
     Permanent,
     PersonInfo,
@@ -81,6 +82,7 @@ from connectors.base import (
     RequestObserver,
     ScopeInfo,
     WebhookEvent,
+    chunked,
     fields,
 )
 from connectors.squads.client import Json, SquadsClient
@@ -245,15 +247,21 @@ class SquadsConnector(BaseConnector):
             known = ", ".join(sorted(self._squads)) or "none"
             raise Permanent(f"no squad named {scope!r} (squads: {known})", connector=self.name)
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
+    async def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
         await self._known_squad(scope)
-        rows = await self.client.list_tasks(squad=scope)
-        if not rows:
+        ids: set[str] = set()
+        async for rows in chunked(self.client.iter_tasks(squad=scope), LISTING_BATCH):
+            await self._prefetch_items(rows)  # one refresh of the config lists for the batch
+            for row in rows:
+                task = await self._remote_task(scope, row, refreshed=True)
+                ids.add(task.remote_id)
+                yield task
+        if not ids:
             # an empty squad, or one renamed since we last looked: re-check before reporting "empty"
             await self._known_squad(scope, refresh=True)
-        await self._prefetch_items(rows)
-        tasks = [await self._remote_task(scope, row, refreshed=True) for row in rows]
-        return Listing(tasks=tasks, all_ids=frozenset(t.remote_id for t in tasks), watermark={})
+        yield ListingEnd(all_ids=frozenset(ids))
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         """The task, or GoneFromView for any 404: deleted and out-of-view look the same here."""

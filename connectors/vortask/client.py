@@ -10,6 +10,7 @@ Comments are not in the REST API: see mcp_client.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -70,11 +71,14 @@ class VortaskClient:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    async def list_tasks(self, project_id: int, **filters: Any) -> list[Json]:
-        """Every task of the project (the list is unpaginated), with the documented filters
-        (status, priority, assigneeId, label, dueBefore, dueAfter)."""
-        body = await self.http.get(f"/projects/{project_id}/tasks", params=filters or None)
-        return _array(body, "GET /projects/:id/tasks")
+    async def iter_tasks(self, project_id: int, **filters: Any) -> AsyncIterator[Json]:
+        """Every task of the project, with the documented filters (status, priority, assigneeId,
+        label, dueBefore, dueAfter), parsed as the answer arrives: the list is unpaginated."""
+        async with self.http.stream(f"/projects/{project_id}/tasks", params=filters or None) as answer:
+            async for item in answer.items("item"):
+                if not isinstance(item, dict):
+                    raise Permanent("GET /projects/:id/tasks: expected a JSON array of objects")
+                yield item
 
     async def get_task(self, project_id: int, task_id: int) -> Json:
         return _object(await self.http.get(f"/projects/{project_id}/tasks/{task_id}"), "GET task")

@@ -67,9 +67,10 @@ Assumed (the docs are silent; the fake, connectors/vortask/fake.py, follows the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,7 +82,7 @@ from connectors.base import (
     BaseConnector,
     Capabilities,
     ConnectorSettings,
-    Listing,
+    ListingEnd,
     Permanent,
     PersonInfo,
     RemoteComment,
@@ -135,26 +136,35 @@ class VortaskConnector(BaseConnector):
 
     # -- reading --------------------------------------------------------------------------------
 
-    async def list_tasks(self, scope: str, watermark: Mapping[str, Any] | None) -> Listing:
-        tasks = [self._remote(scope, t) for t in await self.client.list_tasks(_project(scope))]
-        return Listing(tasks=tasks, all_ids=frozenset(t.remote_id for t in tasks), watermark={})
+    async def _listing(
+        self, scope: str, watermark: Mapping[str, Any] | None
+    ) -> AsyncIterator[RemoteTask | ListingEnd]:
+        ids: set[str] = set()
+        async for item in self.client.iter_tasks(_project(scope)):
+            task = self._remote(scope, item)
+            ids.add(task.remote_id)
+            yield task
+        yield ListingEnd(all_ids=frozenset(ids))
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         return self._remote(scope, await self.client.get_task(_project(scope), _task(remote_id)))
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
-        for task in await self.client.list_tasks(_project(scope)):
-            if marker in (task.get("description") or ""):
-                return self._remote(scope, task)
+        async with contextlib.aclosing(self.client.iter_tasks(_project(scope))) as tasks:
+            async for task in tasks:
+                if marker in (task.get("description") or ""):
+                    return self._remote(scope, task)
         return None
 
     async def check(self, scope: str) -> str:
         profile = await self._profile()
         project = await self.client.get_project(_project(scope))
-        tasks = await self.client.list_tasks(_project(scope))
+        tasks = 0
+        async for _ in self.client.iter_tasks(_project(scope)):
+            tasks += 1
         await self.mcp.connect()
         return (
-            f"vortask project {project.get('id')} {project.get('name')!r}: {len(tasks)} tasks; "
+            f"vortask project {project.get('id')} {project.get('name')!r}: {tasks} tasks; "
             f"as {profile.get('displayName')} ({project.get('myRole')}); MCP session open at {self.mcp.url}"
         )
 

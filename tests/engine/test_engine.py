@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from bridge.engine import health
-from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow
+from bridge.engine.poller import poll_connector
+from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
+from connectors.base import ListingEnd, ListingStream, RemoteTask, Retryable
 from tests import ops
 from tests.engine.conftest import Harness, make_harness
 from tests.world import World
@@ -409,23 +412,31 @@ async def test_an_echo_seen_before_its_write_commits_is_not_an_edit(harness: Har
         assert "raced v2" in titles(world, platform), platform
 
 
-async def test_a_listing_older_than_our_write_does_not_undo_it(harness: Harness, world: World) -> None:
+async def test_a_listing_older_than_our_write_does_not_undo_it(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vt_id = create_on(world, "vortask", "listed")
     await harness.settle()
     conn = harness.ctx.connectors["squads"]
-    real_list = conn.list_tasks
+    real_stream = conn.stream_tasks
 
-    async def list_then_write(scope: str, watermark: Any) -> Any:
-        listing = await real_list(scope, watermark)  # fetched while the write below is still queued
-        await harness.drain()  # our write of "listed v1" lands and commits
-        return listing
+    def list_then_write(scope: str, watermark: Any) -> ListingStream:
+        async def stale() -> AsyncIterator[RemoteTask | ListingEnd]:
+            listing = await real_stream(scope, watermark).collect()  # read while our write is queued
+            await harness.drain()  # our write of "listed v1" lands and commits
+            for task in listing.tasks:
+                yield task
+            yield ListingEnd(all_ids=listing.all_ids, watermark=listing.watermark)
+
+        return ListingStream(stale())
 
     ops.edit(world, "vortask", vt_id, title="listed v1")
     await harness.poll("vortask")
     world.fakes["vortask"].requests.clear()
-    conn.list_tasks = list_then_write  # type: ignore[method-assign]
+    monkeypatch.setattr(conn, "stream_tasks", list_then_write)
     report = await poll_connector_once(harness, "squads")
-    conn.list_tasks = real_list  # type: ignore[method-assign]
+    monkeypatch.undo()
+    assert report.seen == 1
     assert report.changed == 0  # the stale "listed" is older than our write: no change
     await harness.settle()
     for platform in world.platforms:
@@ -610,3 +621,42 @@ async def test_a_write_refused_after_its_read_reads_again_before_writing(
     await edit_during_impactly_write(harness, world, "window", edit_then_refuse)
     for platform in world.platforms:
         assert "window from a person" in titles(world, platform), platform
+
+
+async def test_a_listing_that_breaks_half_way_keeps_what_it_observed_and_nothing_else(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll observes a listing as it arrives, so a listing cut short after 150 of 250 tasks has
+    linked those 150 (true observations) but stores no watermark and suspects no deletion: the
+    100 it never saw are not "gone"."""
+    for i in range(250):
+        ops.create(world, "squads", f"listed {i:03d}")
+    conn = harness.ctx.connectors["squads"]
+    real = conn.stream_tasks
+
+    def breaking(scope: str, watermark: Any) -> ListingStream:
+        async def cut() -> AsyncIterator[RemoteTask | ListingEnd]:
+            seen = 0
+            async with real(scope, watermark) as listing:
+                async for task in listing:
+                    if seen == 150:
+                        raise Retryable("GET /tasks: connection reset half way", connector="squads")
+                    seen += 1
+                    yield task
+
+        return ListingStream(cut())
+
+    monkeypatch.setattr(conn, "stream_tasks", breaking)
+    report = await poll_connector(harness.ctx, "squads")
+    assert report.errors == ["squads: GET /tasks: connection reset half way"]
+    assert report.seen == 100 and report.deleted == 0  # observed a whole chunk at a time
+    async with harness.ctx.store.read() as session:
+        linked = await session.scalar(
+            select(func.count()).select_from(LinkRow).where(LinkRow.connector == "squads")
+        )
+        watermark = await session.get(WatermarkRow, ("squads", world.scopes["squads"]))
+    assert linked == 100 and watermark is None
+
+    monkeypatch.setattr(conn, "stream_tasks", real)
+    report = await poll_connector(harness.ctx, "squads")
+    assert not report.errors and report.seen == 250 and report.changed == 150

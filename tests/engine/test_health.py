@@ -28,19 +28,19 @@ async def test_a_poll_failing_unexpectedly_is_unhealthy_and_a_recovery_clears_it
     await harness.settle()
     assert (await known(harness))["squads"].healthy
     conn = harness.ctx.connectors["squads"]
-    real = conn.list_tasks
+    real = conn.stream_tasks
 
-    async def broken(scope: str, watermark: Any) -> Any:
+    def broken(scope: str, watermark: Any) -> Any:
         raise TypeError("a bug in the connector")
 
-    conn.list_tasks = broken  # type: ignore[method-assign]
+    conn.stream_tasks = broken  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="taskbridge.health"):
         for _ in range(3):
             report = await poll_connector(harness.ctx, "squads")
             assert report.errors
         sick = (await known(harness))["squads"]
         assert not sick.healthy and "internal error (TypeError)" in (sick.last_error or "")
-        conn.list_tasks = real  # type: ignore[method-assign]
+        conn.stream_tasks = real  # type: ignore[method-assign]
         await poll_connector(harness.ctx, "squads")
     well = (await known(harness))["squads"]
     assert well.healthy and well.last_error is None

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
+from bridge.engine import poller
 from bridge.engine.inbox import process_pending, receive
 from bridge.engine.matching import adopt_existing
 from bridge.engine.recovery import readopt
@@ -347,3 +348,23 @@ async def test_matched_twins_keep_their_tree_and_settle_where_they_differ(
         assert {agreed["A"], agreed["B"]} in ({None, "A"}, {None, "B"})
     finally:
         await close_harness(h)
+
+
+async def test_a_child_listed_before_its_parent_waits_for_it(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll observes its listing a chunk at a time, so it cannot put every parent first: a new
+    child listed in a chunk before its new parent's waits for the end of the listing, and is
+    linked under it."""
+    monkeypatch.setattr(poller, "CHUNK", 1)
+    parent = ops.create(world, "squads", "Parent")
+    ops.create(world, "squads", "Child", parent=parent)  # Nucleus lists the newest first
+    listed = [t["title"] for t in ops.raw_tasks(world, "squads")]
+    assert listed.index("Child") < listed.index("Parent")  # the case at hand
+    await harness.poll("squads")
+    await harness.drain()
+    expected = {"Parent": None, "Child": "Parent"}
+    assert ops.parents(world, "impactly") == expected  # at once, not after a later poll mends it
+    await harness.settle()
+    assert ops.parents(world, "impactly") == expected
+    assert ops.parents(world, "squads") == expected

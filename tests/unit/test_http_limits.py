@@ -4,6 +4,7 @@ client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -41,6 +42,10 @@ class ItemsFake(Fake):
         @app.get("/api/ok")
         async def ok() -> dict[str, bool]:
             return {"ok": True}
+
+        @app.get("/api/empty")
+        async def empty() -> dict[str, list[Any]]:
+            return {"data": []}
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +247,120 @@ async def test_malformed_http_and_json(proxy: FaultProxy) -> None:
     proxy.switches.malformed = None
     assert await http.get("/api/items") == ITEMS
     await http.aclose()
+
+
+# -- an answer read as it arrives (HttpClient.stream) ----------------------------------------------
+
+
+async def streamed(http: base.HttpClient, path: str, prefix: str, *, pause: float = 0.0) -> list[Any]:
+    out = []
+    async with http.stream(path) as answer:
+        async for item in answer.items(prefix):
+            out.append(item)
+            await asyncio.sleep(pause)
+    return out
+
+
+async def test_a_streamed_answer_yields_its_items(proxy: FaultProxy) -> None:
+    http = client(proxy)
+    assert await streamed(http, "/api/items", "item") == ITEMS
+    assert await streamed(http, "/api/empty", "data.item") == []
+    await http.aclose()
+
+
+async def test_a_streamed_answer_of_another_shape_is_refused(proxy: FaultProxy) -> None:
+    """No item where the listing should be is an error, never an empty scope."""
+    http = client(proxy, max_retries=0)
+    with pytest.raises(base.Permanent, match="expected a JSON array at 'item'"):
+        await streamed(http, "/api/ok", "item")
+    with pytest.raises(base.Permanent, match=r"expected a JSON array at 'tasks\.item'"):
+        await streamed(http, "/api/empty", "tasks.item")
+    proxy.switches.malformed = "json"
+    with pytest.raises(base.Permanent, match="not JSON"):
+        await streamed(http, "/api/items", "item")
+    await http.aclose()
+
+
+async def test_a_streamed_answer_counts_only_the_platforms_time_against_the_deadline(
+    proxy: FaultProxy,
+) -> None:
+    http = client(proxy, deadline=1.0)
+    # The caller's own time between items (30 x 50 ms here) is not the platform's.
+    assert len(await streamed(http, "/api/items", "item", pause=0.05)) == len(ITEMS)
+    proxy.switches.trickle = 40  # the platform's is: a minute to send it all
+    started = time.monotonic()
+    with pytest.raises(base.DeadlineExceeded, match="within the 1 s deadline"):
+        await streamed(http, "/api/items", "item")
+    assert 1.0 <= time.monotonic() - started < 2.0
+    await http.aclose()
+
+
+async def test_a_streamed_item_over_the_bound_is_refused(proxy: FaultProxy) -> None:
+    proxy.switches.huge = 4 * 1024 * 1024  # items of 64 KiB each
+    http = client(proxy, max_response_bytes=32 * 1024)
+    with pytest.raises(base.ResponseTooLarge, match="passed the 32 KiB max_response_bytes"):
+        await streamed(http, "/api/items", "data.item")
+    await http.aclose()
+
+
+STREAM_PROBE = textwrap.dedent(
+    """
+    import asyncio, json, os, sys, threading, time
+    from bridge import mapping
+    from connectors import base
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    async def main(url: str) -> None:
+        settings = base.ConnectorSettings(
+            name="items1", platform="items", base_url=url, mapping=mapping.PlatformMapping("items"),
+            people=base.PeopleMap("items1"), token="probe-token",
+        )
+        http = base.HttpClient(settings)
+        await http.get("/api/ok")
+        before = rss()
+        peak, done = [before], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        items = size = 0
+        async with http.stream("/api/items") as answer:
+            async for item in answer.items("data.item"):
+                items += 1
+                size += len(item)
+        done.set()
+        sampler.join()
+        print(json.dumps({"before": before, "peak": max(peak[0], rss()), "items": items, "size": size}))
+        await http.aclose()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads its RSS from /proc")
+def test_a_streamed_answer_past_the_bound_is_read_whole_in_bounded_memory(proxy: FaultProxy) -> None:
+    """An answer twice `max_response_bytes` is read to its end when streamed, one item at a time:
+    the process grows by a few items and chunks, not by the body."""
+    size = 2 * base.DEFAULT_MAX_RESPONSE_BYTES
+    proxy.switches.huge = size
+    proxy.switches.only = "/api/items"
+    result = subprocess.run(
+        [sys.executable, "-c", STREAM_PROBE, proxy.url], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    growth = probe["peak"] - probe["before"]
+    print(f"RSS growth, a {size >> 20} MiB answer streamed: {growth / 2**20:.1f} MiB")
+    assert probe["size"] > size * 0.99  # every byte of every item came through
+    assert growth < 16 * 1024 * 1024
 
 
 # -- the Vortask MCP client: its own HTTP path, the same bounds ------------------------------------

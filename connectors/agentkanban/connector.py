@@ -317,12 +317,13 @@ class AgentKanbanConnector(BaseConnector):
 
     # -- sightings of a task's lane -----------------------------------------------------------------
 
-    def _saw(self, board: str, task: Json) -> None:
-        """Note the lane and the updatedAt of a task as the platform just showed them."""
+    def _saw(self, board: str, task: Json, *, lane: bool = True) -> None:
+        """Note the lane (unless not `lane`) and the updatedAt of a task as the platform just
+        showed them."""
         if task.get("id") is None:
             return
         key = (board, str(task["id"]))
-        if task.get("laneId") is not None:
+        if lane and task.get("laneId") is not None:
             self._sightings[key] = (str(task["laneId"]), self.monotonic())
         updated = parse_timestamp(task.get("updatedAt"))
         if updated is not None and (key not in self._newest or updated > self._newest[key]):
@@ -505,7 +506,10 @@ class AgentKanbanConnector(BaseConnector):
             for item in batch:
                 task_id = str(item["id"])
                 ids.add(task_id)
-                self._saw(scope, item)
+                # A lane sighting serves a write within LANE_FRESH seconds, and the outbox
+                # reads a task before writing it: kept for the changed tasks only, so a board
+                # of 100,000 does not leave 100,000 sightings that are stale ten seconds later.
+                self._saw(scope, item, lane=False)
                 updated = parse_timestamp(item.get("updatedAt"))
                 if updated is not None:
                     newest = updated if newest is None or updated > newest else newest
@@ -518,6 +522,8 @@ class AgentKanbanConnector(BaseConnector):
                 ):
                     changed.append(item)
             if changed:
+                for item in changed:
+                    self._saw(scope, item)
                 details = await self._details(scope, changed)
                 for item in changed:
                     detail = details.get(str(item["id"]))

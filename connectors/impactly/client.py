@@ -160,6 +160,10 @@ class ImpactlyClient:
             "/activity", {"since": since, "project_id": project_id, "agent_id": agent_id}
         )
 
+    def activity_pages(self, *, since: str, project_id: str) -> AsyncIterator[list[Json]]:
+        """`activity` of one project a page at a time."""
+        return self.pages("/activity", {"since": since, "project_id": project_id})
+
     # -- webhooks -----------------------------------------------------------------------------
 
     async def list_webhooks(self) -> list[Json]:

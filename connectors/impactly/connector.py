@@ -30,7 +30,8 @@ Listing (watermark `{"since": ISO time, "polls": n}`):
   (a task whose last event is task.deleted, or whose GET answers 404, goes into `deleted_ids`).
   comment.created entries count as a change of their task, so the engine gets a chance to look
   at its comments. When the feed names more than INCREMENTAL_MAX tasks a full listing is cheaper
-  (pages of 100 against one GET each) and is done instead.
+  (pages of 100 against one GET each) and is done instead, without reading the rest of the feed.
+- Either is read a page at a time: the engine observes each page's tasks before the next.
 - `since` is the fetch's start time (our clock, UTC) less SKEW (5 s).
 
 Webhooks: one workspace-wide subscription per URL (listed first; an existing one with the same URL
@@ -88,6 +89,7 @@ Assumed (the docs are silent):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -297,15 +299,16 @@ class ImpactlyConnector(BaseConnector):
     async def _incremental(
         self, scope: str, since: str, started: datetime, polls: int
     ) -> tuple[list[RemoteTask], ListingEnd] | None:
-        entries = await self.client.activity(since=since, project_id=scope)
         last_event: dict[str, str] = {}  # task id -> its latest event, in feed order (oldest first)
-        for entry in entries:
-            task_id = entry.get("task_id")
-            if task_id and _same_id(entry.get("project_id") or scope, scope):
-                last_event.pop(str(task_id), None)
-                last_event[str(task_id)] = str(entry.get("type") or "")
-        if len(last_event) > INCREMENTAL_MAX:
-            return None
+        async with contextlib.aclosing(self.client.activity_pages(since=since, project_id=scope)) as pages:
+            async for entries in pages:
+                for entry in entries:
+                    task_id = entry.get("task_id")
+                    if task_id and _same_id(entry.get("project_id") or scope, scope):
+                        last_event.pop(str(task_id), None)
+                        last_event[str(task_id)] = str(entry.get("type") or "")
+                if len(last_event) > INCREMENTAL_MAX:
+                    return None  # the rest of the feed (a bulk import's, say) need not be read
         deleted = {tid for tid, event in last_event.items() if event == "task.deleted"}
         to_fetch = [tid for tid in last_event if tid not in deleted]
         gate = asyncio.Semaphore(FETCH_CONCURRENCY)

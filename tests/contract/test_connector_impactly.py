@@ -26,7 +26,7 @@ from connectors.base import (
     Retryable,
     recordable_headers,
 )
-from connectors.impactly.connector import FULL_LISTING_EVERY, SKEW, ImpactlyConnector
+from connectors.impactly.connector import FULL_LISTING_EVERY, INCREMENTAL_MAX, SKEW, ImpactlyConnector
 from connectors.impactly.fake import ImpactlyFake, sign
 from tests.contract.recording import Recorder
 
@@ -256,6 +256,20 @@ async def test_incremental_feed_pages_and_duplicates(
     assert fake.requests.count("GET", "/api/v1/activity") == 2  # 151 entries: two pages of 100
     assert fake.requests.count("GET", TASK_ROUTE) == 1
     assert [t.values["title"] for t in listing.tasks] == ["Busy 149"]
+
+
+async def test_a_feed_naming_too_many_tasks_is_left_after_the_page_that_shows_it(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
+    """A bulk import's feed can hold a million entries: once a page takes it past INCREMENTAL_MAX
+    tasks the rest is not read (nor held); the full listing follows at once."""
+    mark = datetime.now(UTC) - timedelta(seconds=1)
+    seed(fake, 3 * INCREMENTAL_MAX)  # 300 creations: three pages of the feed
+    fake.requests.clear()
+    listing = await conn.list_tasks(scope, {"since": iso(mark), "polls": 1})
+    assert fake.requests.count("GET", "/api/v1/activity") == 2  # 100 tasks, then 200: enough
+    assert listing.all_ids is not None and len(listing.all_ids) == 3 * INCREMENTAL_MAX
+    assert listing.watermark["polls"] == 0
 
 
 async def test_a_task_deleted_after_the_feed_was_read_is_reported_deleted(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from bridge.engine import health
+from bridge.engine import health, poller
 from bridge.engine.poller import poll_connector
 from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import ListingEnd, ListingStream, RemoteTask, Retryable
@@ -452,8 +452,6 @@ async def test_a_big_poll_commits_a_few_tasks_at_a_time(
     tasks in its first two minutes), and still end with every task observed once."""
     import itertools
 
-    from bridge.engine import poller
-
     for i in range(25):
         create_on(world, "vortask", f"batch {i}")
     sessions: list[Any] = []  # held, so no two sessions share an id()
@@ -564,8 +562,6 @@ async def test_a_poll_of_an_unchanged_scope_observes_nothing(
 ) -> None:
     """Unchanged tasks are sorted out with one read of their links; only what moved reaches
     observe() (and its write transaction)."""
-    from bridge.engine import poller
-
     for i in range(3):
         create_on(world, "vortask", f"still {i}")
     await harness.settle()
@@ -626,10 +622,11 @@ async def test_a_write_refused_after_its_read_reads_again_before_writing(
 async def test_a_listing_that_breaks_half_way_keeps_what_it_observed_and_nothing_else(
     harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A poll observes a listing as it arrives, so a listing cut short after 150 of 250 tasks has
-    linked those 150 (true observations) but stores no watermark and suspects no deletion: the
-    100 it never saw are not "gone"."""
-    for i in range(250):
+    """A poll observes a listing as it arrives, so a listing cut short after 30 of 50 tasks has
+    linked the chunks it observed (true observations) but stores no watermark and suspects no
+    deletion: the tasks it never saw are not "gone"."""
+    monkeypatch.setattr(poller, "CHUNK", 20)
+    for i in range(50):
         ops.create(world, "squads", f"listed {i:03d}")
     conn = harness.ctx.connectors["squads"]
     real = conn.stream_tasks
@@ -639,7 +636,7 @@ async def test_a_listing_that_breaks_half_way_keeps_what_it_observed_and_nothing
             seen = 0
             async with real(scope, watermark) as listing:
                 async for task in listing:
-                    if seen == 150:
+                    if seen == 30:
                         raise Retryable("GET /tasks: connection reset half way", connector="squads")
                     seen += 1
                     yield task
@@ -649,14 +646,14 @@ async def test_a_listing_that_breaks_half_way_keeps_what_it_observed_and_nothing
     monkeypatch.setattr(conn, "stream_tasks", breaking)
     report = await poll_connector(harness.ctx, "squads")
     assert report.errors == ["squads: GET /tasks: connection reset half way"]
-    assert report.seen == 100 and report.deleted == 0  # observed a whole chunk at a time
+    assert report.seen == 20 and report.deleted == 0  # observed a whole chunk at a time
     async with harness.ctx.store.read() as session:
         linked = await session.scalar(
             select(func.count()).select_from(LinkRow).where(LinkRow.connector == "squads")
         )
         watermark = await session.get(WatermarkRow, ("squads", world.scopes["squads"]))
-    assert linked == 100 and watermark is None
+    assert linked == 20 and watermark is None
 
     monkeypatch.setattr(conn, "stream_tasks", real)
     report = await poll_connector(harness.ctx, "squads")
-    assert not report.errors and report.seen == 250 and report.changed == 150
+    assert not report.errors and report.seen == 50 and report.changed == 30

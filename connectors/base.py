@@ -33,8 +33,9 @@ The body is streamed and counted, never read whole first: an answer whose Conten
 `max_response_bytes`, or whose bytes pass it, is refused unread or cut off there (ResponseTooLarge),
 so one answer never holds more than that in memory. An error answer (4xx/5xx) that big keeps its
 status's error, with the body dropped. An unpaginated listing is not read whole at all:
-`HttpClient.stream` hands its JSON items over one at a time as the bytes arrive (`OpenAnswer`),
-and there the bound and the deadline apply to each item and to the platform's waits.
+`HttpClient.stream` hands its JSON items over one at a time as the bytes arrive (`OpenAnswer`);
+there the bound applies to each item, and the deadline to the platform's waits for the body's
+bytes together (the daemon's own time between items does not count).
 """
 
 from __future__ import annotations
@@ -322,15 +323,22 @@ T = TypeVar("T")
 
 
 async def chunked(items: AsyncIterable[T], size: int) -> AsyncIterator[list[T]]:
-    """`items` in lists of `size` (the last may be shorter, never empty)."""
+    """`items` in lists of `size` (the last may be shorter, never empty). Closing it closes
+    `items`, so an answer left half read is closed at once, not when collected."""
     chunk: list[T] = []
-    async for task in items:
-        chunk.append(task)
-        if len(chunk) >= size:
+    iterator = aiter(items)
+    try:
+        async for item in iterator:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
             yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass(frozen=True)
@@ -937,6 +945,12 @@ class HttpClient:
             self._observe(method, "error", started)
             log.debug("%s %s %s: timeout", name, method, self._path(url))
             raise Retryable(f"{method} {self._path(url)} timed out", connector=name) from exc
+        except httpx.DecodingError as exc:  # a corrupt gzip or br body: not a network failure
+            self._observe(method, "error", started)
+            raise Permanent(
+                f"{method} {self._path(url)}: the body could not be decoded ({type(exc).__name__})",
+                connector=name,
+            ) from exc
         except httpx.TransportError as exc:
             self._observe(method, "error", started)
             log.debug("%s %s %s: %s", name, method, self._path(url), type(exc).__name__)
@@ -1040,12 +1054,13 @@ EMPTY_ANSWER_BYTES = 64 * 1024
 class OpenAnswer:
     """A 2xx answer whose body is still on the wire (`HttpClient.stream`).
 
-    Bounds, as for a whole answer but per item: each wait for the next bytes counts against the
-    connector's `deadline` (the time the caller spends on the items between does not), and no
+    Bounds: the waits for the body's bytes share one `deadline` (the time the caller spends on
+    the items between does not count; at ~2 MB/s a 125 MB board fits the default 60 s), and no
     one item may take more than `max_response_bytes` to arrive, so memory holds one item and one
     network chunk however long the answer. An answer cut short, or not JSON, raises when its end
     is reached; the items yielded before it stay yielded (the caller must not treat them as the
-    whole answer until the iteration ends without error).
+    whole answer until the iteration ends without error). A parse error names its kind only:
+    the parser's own message quotes the body, which may hold anything.
     """
 
     def __init__(self, response: httpx.Response, what: str, settings: ConnectorSettings) -> None:
@@ -1057,10 +1072,24 @@ class OpenAnswer:
         """The JSON values under `prefix` in ijson's notation: `item` for the elements of a
         top-level array, `tasks.item` for those of the array in a top-level object's `tasks`.
         An answer where no value sits there must be an empty array at `prefix`, else Permanent."""
+        async with contextlib.aclosing(self.response.aiter_bytes()) as chunks:
+            async for item in self._parse(chunks, prefix):
+                yield item
+
+    async def objects(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """`items` that must each be a JSON object (a task); anything else is Permanent."""
+        async for item in self.items(prefix):
+            if not isinstance(item, dict):
+                raise Permanent(
+                    f"{self.what}: expected JSON objects at {prefix!r}, found {type(item).__name__}",
+                    connector=self.settings.name,
+                )
+            yield item
+
+    async def _parse(self, chunks: AsyncIterator[bytes], prefix: str) -> AsyncIterator[Any]:
         name = self.settings.name
         found = ijson.sendable_list()
         parser = ijson.items_coro(found, prefix, use_float=True)
-        chunks = self.response.aiter_bytes()
         budget = self.settings.deadline
         pending = 0  # bytes received since the last whole item
         yielded = 0
@@ -1076,6 +1105,8 @@ class OpenAnswer:
                 raise DeadlineExceeded(self.what, self.settings.deadline, connector=name) from exc
             except httpx.TimeoutException as exc:
                 raise Retryable(f"{self.what} timed out", connector=name) from exc
+            except httpx.DecodingError as exc:  # a corrupt gzip or br body: not a network failure
+                raise self._not_json(exc) from exc
             except httpx.TransportError as exc:
                 raise Retryable(f"{self.what} failed: {type(exc).__name__}", connector=name) from exc
             budget -= time.perf_counter() - started
@@ -1109,7 +1140,7 @@ class OpenAnswer:
 
     def _not_json(self, exc: Exception) -> Permanent:
         return Permanent(
-            f"{self.what}: the platform answered with a body that is not JSON ({exc})",
+            f"{self.what}: the platform answered with a body that is not JSON ({type(exc).__name__})",
             status=self.response.status_code,
             connector=self.settings.name,
         )

@@ -111,18 +111,29 @@ async def poll_scope(
                 progress(member, len(chunk))
             async with ctx.store.read() as session:
                 moved = await needs_observing(ctx, session, route, member, chunk)
+                if hierarchy:
+                    listed.update(task.remote_id for task in chunk)
+                    unseen = {
+                        t.parent_id for t in moved if t.parent_id is not None and t.parent_id not in listed
+                    }
+                    linked = (
+                        await linked_parents(session, route.name, member.connector, unseen) if unseen else {}
+                    )
             if hierarchy:
-                # A new parent is linked before its children name it: a child listed before its
-                # parent waits for the end of the listing (platforms list parents first mostly).
-                listed.update(task.remote_id for task in chunk)
+                # A new parent is linked before its children name it: a changed child whose
+                # parent is neither listed yet nor linked waits for the end of the listing, and
+                # so does whatever names a task that waits (or is a later report of one).
                 ready = []
                 for task in core.parents_first(moved):
                     parent = task.parent_id
-                    if parent is None or (parent in listed and parent not in waiting_ids):
-                        ready.append(task)
-                    else:
+                    if task.remote_id in waiting_ids or (
+                        parent is not None
+                        and (parent in waiting_ids or (parent not in listed and parent not in linked))
+                    ):
                         waiting.append(task)
                         waiting_ids.add(task.remote_id)
+                    else:
+                        ready.append(task)
                 moved = ready
             await _observe_all(ctx, route, member, moved, hierarchy, report)
             if progress is not None:

@@ -10,6 +10,7 @@ Paths are relative to the configured `base_url` (`https://HOST/api/ext/v1`); ids
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -115,9 +116,9 @@ class AgentKanbanClient:
             "shortIdPrefix": short_id_prefix,
         }
         async with self.http.stream(self._tasks(board_id), params=params) as answer:
-            async for item in answer.items("data.item"):
-                if isinstance(item, dict):
-                    yield item
+            async with contextlib.aclosing(answer.objects("data.item")) as tasks:
+                async for task in tasks:
+                    yield task
 
     async def get_task(self, board_id: str, task_id: str) -> Json:
         """The task detail, the only view that carries `description`."""

@@ -50,7 +50,8 @@ as already, below).
 - A status write moves the task to the lane the status is written as, unless the lane this
   connector last saw the task in, less than `LANE_FRESH` (10 s) ago, already reads as the written
   status (a task in "In Review" that the bridge sets to in_progress stays there). Sightings are a
-  detail GET (the engine's read-before-write GET among them), a listing, and this connector's own
+  detail GET (the engine's read-before-write GET among them), a listing (of the tasks it shows
+  changed: a board's others would only be stale ten seconds later), and this connector's own
   create and move answers. An older sighting is not trusted (the task may have moved since, and
   keeping it would leave it in a lane that no longer reads so); without a fresh one the task is
   moved, at worst between two lanes that read the same. A move appends the task to the end of
@@ -128,6 +129,7 @@ Assumed (the docs are silent; the fake in fake.py implements the same):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -501,40 +503,42 @@ class AgentKanbanConnector(BaseConnector):
         # the newest so far (the newest only grows, so what falls out never comes back).
         recent: dict[str, tuple[str, datetime]] = {}
         kept = 0
-        async for batch in chunked(self.client.iter_tasks(scope, include_archived=True), LISTING_BATCH):
-            changed: list[Json] = []
-            for item in batch:
-                task_id = str(item["id"])
-                ids.add(task_id)
-                # A lane sighting serves a write within LANE_FRESH seconds, and the outbox
-                # reads a task before writing it: kept for the changed tasks only, so a board
-                # of 100,000 does not leave 100,000 sightings that are stale ten seconds later.
-                self._saw(scope, item, lane=False)
-                updated = parse_timestamp(item.get("updatedAt"))
-                if updated is not None:
-                    newest = updated if newest is None or updated > newest else newest
-                    recent[task_id] = (item["updatedAt"], updated)
-                if (
-                    full
-                    or updated is None
-                    or (updated > since and seen_before.get(task_id) != item.get("updatedAt"))
-                    or item.get("laneId") in renamed
-                ):
-                    changed.append(item)
-            if changed:
-                for item in changed:
-                    self._saw(scope, item)
-                details = await self._details(scope, changed)
-                for item in changed:
-                    detail = details.get(str(item["id"]))
-                    if detail is None:
-                        vanished.add(str(item["id"]))  # deleted since the listing
-                    else:
-                        yield await self._remote(scope, detail)
-            if newest is not None and len(recent) > 2 * kept + LISTING_BATCH:
-                floor = newest - self.UPDATED_MARGIN
-                recent = {i: seen for i, seen in recent.items() if seen[1] > floor}
-                kept = len(recent)
+        listed = chunked(self.client.iter_tasks(scope, include_archived=True), LISTING_BATCH)
+        async with contextlib.aclosing(listed) as batches:
+            async for batch in batches:
+                changed: list[Json] = []
+                for item in batch:
+                    task_id = str(item["id"])
+                    ids.add(task_id)
+                    # A lane sighting serves a write within LANE_FRESH seconds, and the outbox
+                    # reads a task before writing it: kept for the changed tasks only, so a board
+                    # of 100,000 does not leave 100,000 sightings that are stale ten seconds later.
+                    self._saw(scope, item, lane=False)
+                    updated = parse_timestamp(item.get("updatedAt"))
+                    if updated is not None:
+                        newest = updated if newest is None or updated > newest else newest
+                        recent[task_id] = (item["updatedAt"], updated)
+                    if (
+                        full
+                        or updated is None
+                        or (updated > since and seen_before.get(task_id) != item.get("updatedAt"))
+                        or item.get("laneId") in renamed
+                    ):
+                        changed.append(item)
+                if changed:
+                    for item in changed:
+                        self._saw(scope, item)
+                    details = await self._details(scope, changed)
+                    for item in changed:
+                        detail = details.get(str(item["id"]))
+                        if detail is None:
+                            vanished.add(str(item["id"]))  # deleted since the listing
+                        else:
+                            yield await self._remote(scope, detail)
+                if newest is not None and len(recent) > 2 * kept + LISTING_BATCH:
+                    floor = newest - self.UPDATED_MARGIN
+                    recent = {i: seen for i, seen in recent.items() if seen[1] > floor}
+                    kept = len(recent)
 
         new_since = since
         if newest is not None:

@@ -31,7 +31,8 @@ Listing (watermark `{"since": ISO time, "polls": n}`):
   comment.created entries count as a change of their task, so the engine gets a chance to look
   at its comments. When the feed names more than INCREMENTAL_MAX tasks a full listing is cheaper
   (pages of 100 against one GET each) and is done instead, without reading the rest of the feed.
-- Either is read a page at a time: the engine observes each page's tasks before the next.
+- A full listing is handed to the engine a page at a time (it observes each page's tasks before
+  the next is read); an incremental one, at most INCREMENTAL_MAX tasks, once they are fetched.
 - `since` is the fetch's start time (our clock, UTC) less SKEW (5 s).
 
 Webhooks: one workspace-wide subscription per URL (listed first; an existing one with the same URL

@@ -19,6 +19,7 @@ Errors are `{"error": "<message>"}`; `default_error_message` already reads that 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -167,10 +168,9 @@ class SquadsClient:
                 raise self._redirect_error("GET", "/tasks", response)
             if _is_html(response):
                 raise self._html_error("GET", "/tasks", response)
-            async for task in answer.items("tasks.item"):
-                if not isinstance(task, dict):
-                    raise Permanent("GET /tasks: a task that is not a JSON object", connector=self.name)
-                yield task
+            async with contextlib.aclosing(answer.objects("tasks.item")) as tasks:
+                async for task in tasks:
+                    yield task
 
     async def get_task(self, task_id: str) -> Json:
         """GET /api/tasks/:id: `{"task", "todos", "subtasks", "watchers"}`. A 404 means deleted OR

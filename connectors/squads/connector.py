@@ -59,6 +59,7 @@ Assumed (the docs are silent; correct here when a real account shows otherwise):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -252,12 +253,15 @@ class SquadsConnector(BaseConnector):
     ) -> AsyncIterator[RemoteTask | ListingEnd]:
         await self._known_squad(scope)
         ids: set[str] = set()
-        async for rows in chunked(self.client.iter_tasks(squad=scope), LISTING_BATCH):
-            await self._prefetch_items(rows)  # one refresh of the config lists for the batch
-            for row in rows:
-                task = await self._remote_task(scope, row, refreshed=True)
-                ids.add(task.remote_id)
-                yield task
+        async with contextlib.aclosing(
+            chunked(self.client.iter_tasks(squad=scope), LISTING_BATCH)
+        ) as batches:
+            async for rows in batches:
+                await self._prefetch_items(rows)  # one refresh of the config lists for the batch
+                for row in rows:
+                    task = await self._remote_task(scope, row, refreshed=True)
+                    ids.add(task.remote_id)
+                    yield task
         if not ids:
             # an empty squad, or one renamed since we last looked: re-check before reporting "empty"
             await self._known_squad(scope, refresh=True)

@@ -10,6 +10,7 @@ Comments are not in the REST API: see mcp_client.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,10 +76,9 @@ class VortaskClient:
         """Every task of the project, with the documented filters (status, priority, assigneeId,
         label, dueBefore, dueAfter), parsed as the answer arrives: the list is unpaginated."""
         async with self.http.stream(f"/projects/{project_id}/tasks", params=filters or None) as answer:
-            async for item in answer.items("item"):
-                if not isinstance(item, dict):
-                    raise Permanent("GET /projects/:id/tasks: expected a JSON array of objects")
-                yield item
+            async with contextlib.aclosing(answer.objects("item")) as tasks:
+                async for task in tasks:
+                    yield task
 
     async def get_task(self, project_id: int, task_id: int) -> Json:
         return _object(await self.http.get(f"/projects/{project_id}/tasks/{task_id}"), "GET task")

@@ -140,10 +140,11 @@ class VortaskConnector(BaseConnector):
         self, scope: str, watermark: Mapping[str, Any] | None
     ) -> AsyncIterator[RemoteTask | ListingEnd]:
         ids: set[str] = set()
-        async for item in self.client.iter_tasks(_project(scope)):
-            task = self._remote(scope, item)
-            ids.add(task.remote_id)
-            yield task
+        async with contextlib.aclosing(self.client.iter_tasks(_project(scope))) as items:
+            async for item in items:
+                task = self._remote(scope, item)
+                ids.add(task.remote_id)
+                yield task
         yield ListingEnd(all_ids=frozenset(ids))
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:

@@ -303,6 +303,31 @@ async def test_a_streamed_item_over_the_bound_is_refused(proxy: FaultProxy) -> N
     await http.aclose()
 
 
+def mock_client(handler: Any) -> base.HttpClient:
+    return base.HttpClient(
+        settings("http://platform.invalid", transport=httpx.MockTransport(handler), max_retries=0)
+    )
+
+
+async def test_a_streamed_answer_that_breaks_says_what_broke_but_never_quotes_the_body() -> None:
+    secret = "pw=hunter2-in-a-description"
+    http = mock_client(lambda _r: httpx.Response(200, content=b'[{"d": "' + secret.encode() + b'"}, {oops'))
+    with pytest.raises(base.Permanent) as info:
+        await streamed(http, "/api/items", "item")
+    assert "not JSON" in str(info.value) and "hunter2" not in str(info.value)
+    corrupt = {"content-encoding": "gzip", "content-type": "application/json"}
+    http = mock_client(lambda _r: httpx.Response(200, content=b"not gzip at all", headers=corrupt))
+    with pytest.raises(base.Permanent, match="not JSON|could not be decoded"):
+        await streamed(http, "/api/items", "item")
+    with pytest.raises(base.Permanent, match="could not be decoded"):
+        await http.get("/api/items")  # the same body read whole
+    http = mock_client(lambda _r: httpx.Response(200, json=[{"id": 1}, 2]))
+    with pytest.raises(base.Permanent, match="expected JSON objects at 'item', found int"):
+        async with http.stream("/api/items") as answer:
+            _ = [task async for task in answer.objects("item")]
+    await http.aclose()
+
+
 STREAM_PROBE = textwrap.dedent(
     """
     import asyncio, json, os, sys, threading, time

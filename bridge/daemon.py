@@ -33,6 +33,7 @@ from bridge.config import Config, ConfigError
 from bridge.config import load as load_config
 from bridge.defaults import (
     DEFAULT_COMMENTS_PER_POLL,
+    DEFAULT_INBOX_BATCH,
     DEFAULT_LEASE_TTL,
     DEFAULT_PRUNE_FIRST_DELAY,
     DEFAULT_PRUNE_INTERVAL,
@@ -498,7 +499,9 @@ class Daemon:
         while True:
             self.ctx.inbox_ready.clear()  # before looking: a delivery that lands meanwhile still wakes us
             handled = await self._guarded_inbox()
-            if not handled:
+            # A batch short of full took every delivery there was: what arrived since set the
+            # event (so the wait returns at once); looking again now would claim nothing.
+            if handled < DEFAULT_INBOX_BATCH:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.inbox_ready.wait(), timeout=2.0)
 

@@ -317,7 +317,7 @@ async def test_a_streamed_answer_that_breaks_says_what_broke_but_never_quotes_th
     assert "not JSON" in str(info.value) and "hunter2" not in str(info.value)
     corrupt = {"content-encoding": "gzip", "content-type": "application/json"}
     http = mock_client(lambda _r: httpx.Response(200, content=b"not gzip at all", headers=corrupt))
-    with pytest.raises(base.Permanent, match="not JSON|could not be decoded"):
+    with pytest.raises(base.Permanent, match=r"not JSON|could not be decoded"):
         await streamed(http, "/api/items", "item")
     with pytest.raises(base.Permanent, match="could not be decoded"):
         await http.get("/api/items")  # the same body read whole

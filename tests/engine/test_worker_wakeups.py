@@ -1,0 +1,83 @@
+"""The outbox worker wakes for work, not for every finished write: a write that finishes wakes
+it only when its link has the next operation waiting, or when the last claim left runnable work
+behind. Each test gives the worker an idle wait far longer than it may take, so a wake-up that
+goes missing shows as a write that never comes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+from bridge.engine.outbox import Worker
+from tests import ops
+from tests.engine.conftest import Harness
+from tests.engine.test_engine import create_on, titles
+from tests.world import World
+
+IDLE_WAIT = 60.0  # the worker's longest sleep here: no test waits for it
+
+
+async def _until(check: Any, within: float = 10.0) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError("the write never came (a missed wake-up)")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_the_next_operation_of_a_link_runs_when_the_one_before_it_lands(
+    harness: Harness, world: World
+) -> None:
+    task_id = create_on(world, "impactly", "chain")
+    await harness.settle()
+    vortask = harness.ctx.connectors["vortask"]
+    real_update = vortask.update_task
+    first_in_flight = asyncio.Event()
+
+    async def slow_update(scope: str, remote_id: str, changes: Any) -> Any:
+        first_in_flight.set()
+        await asyncio.sleep(0.5)  # the comment is queued behind this write meanwhile
+        return await real_update(scope, remote_id, changes)
+
+    vortask.update_task = slow_update  # type: ignore[method-assign]
+    worker = Worker(harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT))
+    running = asyncio.create_task(worker.run())
+    try:
+        ops.edit(world, "impactly", task_id, title="chain, edited")
+        await harness.poll("impactly")
+        await asyncio.wait_for(first_in_flight.wait(), 10)
+        # A comment's write waits for the update of the same link; the update landing queues
+        # nothing new (it wrote all there was), so only its successor check wakes the worker.
+        ops.comment(world, "impactly", task_id, "after the edit")
+        await harness.poll("impactly")
+        await _until(lambda: any("after the edit" in c for c in _vortask_comments(world)))
+    finally:
+        worker.stop()
+        await running
+
+
+def _vortask_comments(world: World) -> list[str]:
+    return [c for t in ops.view(world, "vortask").values() for c in ops.comments(world, "vortask", t["id"])]
+
+
+async def test_a_claim_that_took_all_it_could_is_followed_as_slots_free_up(
+    harness: Harness, world: World
+) -> None:
+    made = [create_on(world, "squads", f"many {i}") for i in range(6)]
+    await harness.settle()
+    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
+    worker = Worker(harness.ctx, settings)
+    running = asyncio.create_task(worker.run())
+    try:
+        for i, task_id in enumerate(made):
+            ops.edit(world, "squads", task_id, title=f"many {i}, edited")
+        await harness.poll("squads")  # 24 writes, two at a time
+        expected = {f"many {i}, edited" for i in range(6)}
+        for platform in ("vortask", "impactly", "agentkanban", "runs"):
+            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+    finally:
+        worker.stop()
+        await running

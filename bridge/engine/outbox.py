@@ -110,6 +110,8 @@ from connectors.base import (
 
 log = logging.getLogger("taskbridge.outbox")
 
+COMMIT_LINGER = 0.005  # seconds the committer waits for more outcomes before a transaction
+COMMIT_BATCH = 32  # outcomes that commit at once, without waiting for more
 WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
@@ -470,8 +472,10 @@ class Worker:
             # slots are free rather than one operation per finished one.
             refill = free >= max(1, self.settings.concurrency // 2) or not self._inflight
             asked = min(free, self.settings.batch)
-            ops = await self._claim(asked) if free > 0 and refill else []
-            self._more = not (free > 0 and refill) or len(ops) >= asked
+            claiming = free > 0 and refill
+            ops = await self._claim(asked) if claiming else []
+            # Runnable work may be left: no claim for want of slots, or one that took all it asked.
+            self._more = not claiming or len(ops) >= asked
             claimed_at = time.monotonic()
             for op in ops:
                 await sem.acquire()
@@ -480,7 +484,7 @@ class Worker:
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
                 task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
-            if not ops:
+            if len(ops) < asked or not claiming:  # took all there was: what comes next sets the event
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:
@@ -795,6 +799,11 @@ class Committer:
         self._queue.append(item)
         async with self._turn:
             if not item.done.done():
+                if len(self._queue) < COMMIT_BATCH:
+                    # Statements run without yielding (SQLite's are inline), so nothing joins a
+                    # batch while it commits: the writes of one change, finishing a few
+                    # milliseconds apart, would each commit alone. Waiting a moment lets them share.
+                    await asyncio.sleep(COMMIT_LINGER)
                 batch, self._queue = self._queue, []
                 try:
                     await self._commit(batch)
@@ -968,7 +977,8 @@ async def apply_outcomes(
     for (route_name, depth), waited_on in landed.items():
         for child in await children_of(session, route_name, {op.task.id for op in waited_on}, depth=depth):
             requeue.append((waited_on[0].route, child, waited_on[0].observed_at))
-    await queue_updates_many(ctx, session, requeue)
+    parked = {op.link.id for op, outcome in batch if isinstance(op, _Op) and outcome.state == OpState.PARKED}
+    await queue_updates_many(ctx, session, requeue, parked=parked)
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and
     # observation left unfinished.

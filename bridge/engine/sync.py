@@ -11,7 +11,7 @@ the same values again is a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -446,14 +446,20 @@ _OPEN_UPDATES_OF = select(OutboxRow).where(
 
 
 async def queue_updates_many(
-    ctx: EngineContext, session: AsyncSession, items: Sequence[tuple[Route, TaskRow, datetime]]
+    ctx: EngineContext,
+    session: AsyncSession,
+    items: Sequence[tuple[Route, TaskRow, datetime]],
+    *,
+    parked: Collection[int] = (),
 ) -> int:
     """For each (route, task, observed_at): queue an update for every member whose base differs
     from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
     fields instead of adding a second one; a link with an update being written (claimed) is left
     to that write's own re-check. Four reads however many tasks (and, when a parent is among the
     fields to write, two per level of the hierarchy: `load_hierarchy`): the outbox records a batch
-    of finished writes in one transaction, and each may leave its task needing more."""
+    of finished writes in one transaction, and each may leave its task needing more. `parked`:
+    links whose write was just parked; nothing more is queued there, or one change would park
+    once per write that lands beside it (a person's retry writes what is true by then)."""
     if not items:
         return 0
     task_ids = list({task.id for _, task, _ in items})
@@ -478,7 +484,7 @@ async def queue_updates_many(
         canonical = decode_values(task.data)
         for link in links_of.get(task.id, []):
             member = route.member(link.connector, link.scope)
-            if member is None or link.id in writing or link.state == LinkState.CREATING:
+            if member is None or link.id in writing or link.id in parked or link.state == LinkState.CREATING:
                 continue  # a create in flight writes everything once it lands
             conn = ctx.connectors[member.connector]
             fields = core.stale_fields(

@@ -498,6 +498,9 @@ class Rig:
                 "latency_ms": summary(lat),
                 "client_side_latency_ms": summary([r["seconds"] for r in result["results"]]),
                 "per_target_p50_ms": {p: summary(v)["p50"] for p, v in per.items()},
+                # The same CPU figure as the daemon's: the floor of HTTP alone (1 read, 4 writes)
+                "client_cpu_s": round(result["cpu_s"], 2),
+                "client_cpu_ms_per_mirror_write": round(1000 * result["cpu_s"] / (len(TARGETS) * count), 2),
             }
             time.sleep(0.5)
         self.set_drop(0.0)

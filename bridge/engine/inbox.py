@@ -20,9 +20,10 @@ import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, Select, bindparam, select
+from sqlalchemy import Integer, Select, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,7 +47,6 @@ from bridge.engine.sync import (
     observe,
 )
 from bridge.logs import log_context
-from bridge.store.prepared import by_ids, rows_in
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -96,19 +96,18 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             log.warning("webhook for %s refused: %s", connector, detail)
             return Receipt(400, "malformed", detail)
         kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
+        record = {
+            "connector": connector,
+            "delivery_key": key,
+            "body": body.decode("utf-8", "replace"),
+            "headers": kept or None,
+            "state": DeliveryState.PENDING,
+            "attempts": 0,
+            "received_at": ctx.now(),
+        }
         try:
-            async with ctx.store.transaction() as session:
-                session.add(
-                    InboxRow(
-                        connector=connector,
-                        delivery_key=key,
-                        body=body.decode("utf-8", "replace"),
-                        headers=kept or None,
-                        state=DeliveryState.PENDING,
-                        attempts=0,
-                        received_at=ctx.now(),
-                    )
-                )
+            async with ctx.store.statements() as conn:
+                await conn.execute(_RECORD, record)
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()
             return Receipt(409, "duplicate", "this delivery was received before")
@@ -137,13 +136,47 @@ def _text(detail: str) -> str:
     return detail.encode("utf-8", "backslashreplace").decode()[:500]
 
 
+_INBOX = InboxRow.__table__
+# Core statements, built once (see bridge/store/prepared.py): a delivery is recorded, claimed and
+# marked without loading it into an ORM session, the webhook path's most frequent writes.
+_RECORD = insert(_INBOX)
+_CLAIM = (
+    update(_INBOX)
+    .where(_INBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        state=DeliveryState.CLAIMED, claimed_by=bindparam("replica"), claim_expires_at=bindparam("expires")
+    )
+)
+_MARK = (
+    update(_INBOX)
+    .where(_INBOX.c.id == bindparam("row_id"))
+    .values(
+        state=bindparam("new_state"),
+        attempts=bindparam("new_attempts"),
+        error=bindparam("new_error"),
+        claimed_by=None,
+        claim_expires_at=None,
+        received_at=bindparam("new_received_at"),
+        processed_at=bindparam("new_processed_at"),
+    )
+)
+
+
 @functools.cache
-def _claimable(*, skip_locked: bool) -> Select[tuple[InboxRow]]:
+def _claimable(*, skip_locked: bool) -> Select[Any]:
     """Deliveries to process: pending, or claimed by a worker whose claim expired (built once:
     see bridge/store/prepared.py)."""
     now = bindparam("now")
     query = (
-        select(InboxRow)
+        select(
+            InboxRow.id,
+            InboxRow.connector,
+            InboxRow.body,
+            InboxRow.attempts,
+            InboxRow.headers,
+            InboxRow.state,
+            InboxRow.received_at,
+        )
         .where(
             InboxRow.received_at <= now,
             (InboxRow.state == DeliveryState.PENDING)
@@ -152,7 +185,7 @@ def _claimable(*, skip_locked: bool) -> Select[tuple[InboxRow]]:
         .order_by(InboxRow.id)
         .limit(bindparam("limit", type_=Integer))
     )
-    return query.with_for_update(skip_locked=True) if skip_locked else query
+    return query.with_for_update(skip_locked=True, of=InboxRow) if skip_locked else query
 
 
 async def process_pending(
@@ -174,14 +207,18 @@ async def process_pending(
     aside as failed after DEFAULT_INBOX_MAX_ATTEMPTS, and holds back none of the others. Returns
     how many deliveries were handled."""
     now = ctx.now()
-    async with ctx.store.transaction() as session:
+    async with ctx.store.statements() as conn:
         query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
-        rows = (await session.scalars(query, {"now": now, "limit": limit})).all()
+        rows = (await conn.execute(query, {"now": now, "limit": limit})).all()
         for row in rows:
-            row.state = advance(row.state, DeliveryState.CLAIMED)
-            row.claimed_by = ctx.replica
-            row.claim_expires_at = now + timedelta(seconds=claim_ttl)
-        work = [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
+            advance(row.state, DeliveryState.CLAIMED)
+        if rows:
+            params = {"ids": [r.id for r in rows], "replica": ctx.replica}
+            await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
+        work = [
+            _Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}, received_at=r.received_at)
+            for r in rows
+        ]
     if not work:
         return 0
     for d in work:
@@ -201,10 +238,7 @@ async def process_pending(
             parents = await _linked_parents(ctx, session, work)
             for d, event, result in found:
                 await _observe(ctx, session, d, event, result, parents)
-            # One read for the batch's rows; each _mark then finds its row in the session.
-            (await session.scalars(rows_in(InboxRow), by_ids(d.id for d in work))).all()
-            for d in work:
-                await _mark(ctx, session, d)
+            await _mark(ctx, session, *work)
     except Exception:
         log.exception(
             "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)
@@ -248,6 +282,7 @@ class _Delivery:
     results: list[tuple[WebhookEvent, RemoteTask | ConnectorError]] = field(default_factory=list)
     error: str | None = None
     final: bool = False  # the error will not go away by retrying (an unreadable body)
+    received_at: datetime | None = None  # as claimed (a retry moves it later)
 
 
 def _parse(ctx: EngineContext, connector: str, body: bytes, headers: dict[str, str]) -> list[WebhookEvent]:
@@ -410,22 +445,33 @@ async def _observe(
             await observe(ctx, session, Observation(route, member, result, "webhook", known))
 
 
-async def _mark(ctx: EngineContext, session: AsyncSession, d: _Delivery) -> None:
-    row = await session.get(InboxRow, d.id)
-    if row is None:
-        return
-    row.attempts += 1
-    row.error = d.error
-    row.claimed_by = None
-    row.claim_expires_at = None
-    if d.error is None:
-        row.state = advance(row.state, DeliveryState.DONE)
-    elif d.final or row.attempts >= DEFAULT_INBOX_MAX_ATTEMPTS:
-        row.state = advance(row.state, DeliveryState.FAILED)
-    else:
-        row.state = advance(row.state, DeliveryState.PENDING)
-        # Wait before the next try by moving its place in time; polling covers it meanwhile.
-        row.received_at = ctx.now() + timedelta(seconds=min(300, 2**row.attempts))
-    metrics.webhooks_processed.labels(d.connector, str(row.state)).inc()
-    if row.state in (DeliveryState.DONE, DeliveryState.FAILED):
-        row.processed_at = ctx.now()
+async def _mark(ctx: EngineContext, session: AsyncSession, *work: _Delivery) -> None:
+    """Record how each delivery ended (one statement for all of them): done, failed for good,
+    or given back to wait before its next try. The attempts counted are those of its claim,
+    which this process holds."""
+    now = ctx.now()
+    params = []
+    for d in work:
+        attempts = d.attempts + 1
+        received_at = d.received_at or now
+        if d.error is None:
+            state = advance(DeliveryState.CLAIMED, DeliveryState.DONE)
+        elif d.final or attempts >= DEFAULT_INBOX_MAX_ATTEMPTS:
+            state = advance(DeliveryState.CLAIMED, DeliveryState.FAILED)
+        else:
+            state = advance(DeliveryState.CLAIMED, DeliveryState.PENDING)
+            # Wait before the next try by moving its place in time; polling covers it meanwhile.
+            received_at = now + timedelta(seconds=min(300, 2**attempts))
+        metrics.webhooks_processed.labels(d.connector, str(state)).inc()
+        params.append(
+            {
+                "row_id": d.id,
+                "new_state": state,
+                "new_attempts": attempts,
+                "new_error": d.error,
+                "new_received_at": received_at,
+                "new_processed_at": now if state != DeliveryState.PENDING else None,
+            }
+        )
+    if params:
+        await session.execute(_MARK, params)

@@ -624,12 +624,14 @@ async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:
         pass
     else:
         return _parked(f"{exc}, yet the task is there: the credential may not change it")
+    still_there = f"{exc}, yet the scope's listing still shows the task (or could not be read whole)"
     async with conn.stream_tasks(op.member.scope, None) as listing:
-        async for _ in listing:
-            pass  # only its end counts: the ids of a complete listing
+        async for task in listing:
+            if task.remote_id == remote_id:
+                return _parked(still_there)  # no need to read the rest
         all_ids = listing.end.all_ids
     if all_ids is None or remote_id in all_ids:
-        return _parked(f"{exc}, yet the scope's listing still shows the task (or could not be read whole)")
+        return _parked(still_there)
     if op.op in (OpKind.DELETE, OpKind.ARCHIVE):
         return _done(None)  # already gone: the intent holds
     return _parked(str(exc), remote_deleted=True)

@@ -74,3 +74,29 @@ async def test_a_write_refused_with_404_on_a_task_really_gone_is_its_deletion(
     assert hit
     imp = ops.view(world, "impactly")["really gone, renamed"]
     assert imp["status"] in ("done", "cancelled")  # the route's policy: archive (Impactly closes)
+
+
+async def test_a_404_on_a_read_by_id_is_no_deletion_while_the_listing_shows_the_task(
+    harness: Harness, world: World
+) -> None:
+    task_id = create_on(world, "squads", "listed")
+    await harness.settle()
+    vortask = harness.ctx.connectors["vortask"]
+    target = ops.view(world, "vortask")["listed"]["id"]
+    real_get = vortask.get_task
+
+    async def get_task(scope: str, remote_id: str) -> Any:
+        if remote_id == target:
+            raise NotFound("GET task: not found")  # as a platform hiding it from reads by id
+        return await real_get(scope, remote_id)
+
+    vortask.get_task = get_task  # type: ignore[method-assign]  # so the read before the write 404s too
+    ops.edit(world, "squads", task_id, title="listed, renamed")
+    await harness.poll("squads")
+    await harness.drain()
+    async with harness.ctx.store.read() as s:
+        parked = (await s.scalars(select(OutboxRow).where(OutboxRow.state == OpState.PARKED))).all()
+    assert [(r.connector, "listing still shows the task" in (r.last_error or "")) for r in parked] == [
+        ("vortask", True)
+    ]
+    assert live(world, "impactly", "listed, renamed") and live(world, "vortask", "listed")

@@ -106,8 +106,8 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             "received_at": ctx.now(),
         }
         try:
-            async with ctx.store.statements() as conn:
-                await conn.execute(_RECORD, record)
+            async with ctx.store.statements() as db:
+                await db.execute(_RECORD, record)
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()
             return Receipt(409, "duplicate", "this delivery was received before")
@@ -149,10 +149,16 @@ _CLAIM = (
 )
 _MARK = (
     update(_INBOX)
-    .where(_INBOX.c.id == bindparam("row_id"))
+    # Only while the claim is still ours: a batch slower than its claim may find the delivery
+    # taken (and maybe finished) by another replica, whose record it must not overwrite.
+    .where(
+        _INBOX.c.id == bindparam("row_id"),
+        _INBOX.c.state == DeliveryState.CLAIMED,
+        _INBOX.c.claimed_by == bindparam("replica"),
+    )
     .values(
         state=bindparam("new_state"),
-        attempts=bindparam("new_attempts"),
+        attempts=_INBOX.c.attempts + 1,
         error=bindparam("new_error"),
         claimed_by=None,
         claim_expires_at=None,
@@ -467,7 +473,7 @@ async def _mark(ctx: EngineContext, session: AsyncSession, *work: _Delivery) -> 
             {
                 "row_id": d.id,
                 "new_state": state,
-                "new_attempts": attempts,
+                "replica": ctx.replica,
                 "new_error": d.error,
                 "new_received_at": received_at,
                 "new_processed_at": now if state != DeliveryState.PENDING else None,

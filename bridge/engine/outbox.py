@@ -510,6 +510,9 @@ class Worker:
         finally:
             if sem is not None:
                 sem.release()
+            # Out of the count before the loop can look (its done-callback may run after the
+            # loop resumes), or a loop that finds no slot free waits with none in flight.
+            self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
             if self._more:
                 self.ctx.outbox_ready.set()  # a slot is free for work the last claim left
 
@@ -970,7 +973,13 @@ async def apply_outcomes(
                     elif "parent" in outcome.written:
                         landed.setdefault((op.route.name, MAX_DEPTH), []).append(op)
     await session.flush()
-    if finished and (await session.execute(_WAITING, by_ids(finished))).first() is not None:
+    # On SQLite writers take turns, so what this transaction sees waiting is all there is. On
+    # PostgreSQL a successor queued by a transaction still open now (a poll, another replica)
+    # is invisible here, and a claim made before this commit found it blocked: wake regardless.
+    if finished and (
+        ctx.store.dialect != "sqlite"
+        or (await session.execute(_WAITING, by_ids(finished))).first() is not None
+    ):
         on_commit(session, ctx.outbox_ready.set)  # the next operation of a link is runnable now
     if not succeeded:
         return []

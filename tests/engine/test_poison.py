@@ -129,3 +129,41 @@ async def test_a_write_slower_than_its_claim_is_renewed_not_sent_twice(
     await running
     assert "slow, edited" in titles(world, "vortask")
     assert len(sent) == 1, f"the write went out {len(sent)} times"
+
+
+async def test_a_batch_slower_than_its_claim_leaves_another_replicas_record_alone(
+    harness: Harness, world: World
+) -> None:
+    task_id = create_on(world, "vortask", "reclaimed")
+    await harness.settle()
+    scope = world.scopes["vortask"]
+    conn = harness.ctx.connectors["vortask"]
+    conn.parse_webhook = lambda headers, body: [WebhookEvent(scope, body.decode(), "updated")]  # type: ignore[method-assign]
+    real_get = conn.get_task
+
+    async def get_task(scope: str, remote_id: str) -> Any:
+        # Meanwhile our claim expired, and another replica took the delivery and set it aside.
+        async with harness.ctx.store.transaction() as s:
+            await s.execute(
+                update(InboxRow).values(
+                    state=DeliveryState.FAILED, claimed_by=None, attempts=2, error="theirs"
+                )
+            )
+        return await real_get(scope, remote_id)
+
+    conn.get_task = get_task  # type: ignore[method-assign]
+    async with harness.ctx.store.transaction() as s:
+        s.add(
+            InboxRow(
+                connector="vortask",
+                delivery_key="slow",
+                body=task_id,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                received_at=harness.ctx.now() - timedelta(seconds=1),
+            )
+        )
+    assert await process_pending(harness.ctx) == 1
+    async with harness.ctx.store.read() as s:
+        [row] = (await s.scalars(select(InboxRow))).all()
+    assert (row.state, row.attempts, row.error) == (DeliveryState.FAILED, 2, "theirs")

@@ -39,7 +39,7 @@ async def test_the_next_operation_of_a_link_runs_when_the_one_before_it_lands(
 
     async def slow_update(scope: str, remote_id: str, changes: Any) -> Any:
         first_in_flight.set()
-        await asyncio.sleep(0.5)  # the comment is queued behind this write meanwhile
+        await asyncio.sleep(1.5)  # the comment is queued behind this write meanwhile
         return await real_update(scope, remote_id, changes)
 
     vortask.update_task = slow_update  # type: ignore[method-assign]

@@ -988,7 +988,10 @@ async def apply_outcomes(
     for (route_name, depth), waited_on in landed.items():
         for child in await children_of(session, route_name, {op.task.id for op in waited_on}, depth=depth):
             requeue.append((waited_on[0].route, child, waited_on[0].observed_at))
-    parked = {op.link.id for op, outcome in batch if isinstance(op, _Op) and outcome.state == OpState.PARKED}
+    # Links whose last finished write parked (in this batch or an earlier one) wait for a person;
+    # re-checking them here would park the same change once per write that lands beside it.
+    tasks_ids = {task.id for _, task, _ in requeue}
+    parked = set((await session.scalars(_STUCK_LINKS, by_ids(tasks_ids))).all()) if tasks_ids else set()
     await queue_updates_many(ctx, session, requeue, parked=parked)
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and
@@ -1004,6 +1007,19 @@ async def apply_outcomes(
             out.append(op)
     return out
 
+
+_later = aliased(OutboxRow)
+_STUCK_LINKS = (
+    select(OutboxRow.link_id)
+    .where(
+        OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
+        OutboxRow.state == OpState.PARKED,
+        ~exists().where(
+            _later.link_id == OutboxRow.link_id, _later.id > OutboxRow.id, _later.state == OpState.DONE
+        ),
+    )
+    .distinct()
+)
 
 _WAITING = (
     select(OutboxRow.id)

@@ -20,10 +20,10 @@ import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, bindparam, insert, select, update
+from sqlalchemy import Integer, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -162,7 +162,10 @@ _MARK = (
         error=bindparam("new_error"),
         claimed_by=None,
         claim_expires_at=None,
-        received_at=bindparam("new_received_at"),
+        # A retry waits by moving its place in time; the others keep theirs.
+        received_at=func.coalesce(
+            bindparam("retry_at", type_=_INBOX.c.received_at.type), _INBOX.c.received_at
+        ),
         processed_at=bindparam("new_processed_at"),
     )
 )
@@ -181,7 +184,6 @@ def _claimable(*, skip_locked: bool) -> Select[Any]:
             InboxRow.attempts,
             InboxRow.headers,
             InboxRow.state,
-            InboxRow.received_at,
         )
         .where(
             InboxRow.received_at <= now,
@@ -221,10 +223,7 @@ async def process_pending(
         if rows:
             params = {"ids": [r.id for r in rows], "replica": ctx.replica}
             await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
-        work = [
-            _Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}, received_at=r.received_at)
-            for r in rows
-        ]
+        work = [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
     if not work:
         return 0
     for d in work:
@@ -288,7 +287,6 @@ class _Delivery:
     results: list[tuple[WebhookEvent, RemoteTask | ConnectorError]] = field(default_factory=list)
     error: str | None = None
     final: bool = False  # the error will not go away by retrying (an unreadable body)
-    received_at: datetime | None = None  # as claimed (a retry moves it later)
 
 
 def _parse(ctx: EngineContext, connector: str, body: bytes, headers: dict[str, str]) -> list[WebhookEvent]:
@@ -459,15 +457,15 @@ async def _mark(ctx: EngineContext, session: AsyncSession, *work: _Delivery) -> 
     params = []
     for d in work:
         attempts = d.attempts + 1
-        received_at = d.received_at or now
+        retry_at = None
         if d.error is None:
-            state = advance(DeliveryState.CLAIMED, DeliveryState.DONE)
+            state = DeliveryState.DONE
         elif d.final or attempts >= DEFAULT_INBOX_MAX_ATTEMPTS:
-            state = advance(DeliveryState.CLAIMED, DeliveryState.FAILED)
+            state = DeliveryState.FAILED
         else:
-            state = advance(DeliveryState.CLAIMED, DeliveryState.PENDING)
+            state = DeliveryState.PENDING
             # Wait before the next try by moving its place in time; polling covers it meanwhile.
-            received_at = now + timedelta(seconds=min(300, 2**attempts))
+            retry_at = now + timedelta(seconds=min(300, 2**attempts))
         metrics.webhooks_processed.labels(d.connector, str(state)).inc()
         params.append(
             {
@@ -475,7 +473,7 @@ async def _mark(ctx: EngineContext, session: AsyncSession, *work: _Delivery) -> 
                 "new_state": state,
                 "replica": ctx.replica,
                 "new_error": d.error,
-                "new_received_at": received_at,
+                "retry_at": retry_at,
                 "new_processed_at": now if state != DeliveryState.PENDING else None,
             }
         )

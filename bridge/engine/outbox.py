@@ -484,7 +484,7 @@ class Worker:
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
                 task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
-            if len(ops) < asked or not claiming:  # took all there was: what comes next sets the event
+            if not self._more or not claiming:  # nothing left to claim now: what comes next sets the event
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from bridge.defaults import DEFAULT_INBOX_MAX_ATTEMPTS, DEFAULT_MAX_UNEXPECTED
 from bridge.engine.inbox import process_pending
 from bridge.engine.outbox import Worker
+from bridge.model import as_utc
 from bridge.store.states import DeliveryState, OpState
 from bridge.store.tables import InboxRow, OutboxRow
 from connectors.base import WebhookEvent
@@ -84,6 +85,9 @@ async def test_a_poison_delivery_is_set_aside_and_its_batch_goes_through(
                 )
             )
     await process_pending(harness.ctx)  # one batch: the poison and three good deliveries
+    async with harness.ctx.store.read() as s:
+        poison = await s.scalar(select(InboxRow).where(InboxRow.delivery_key == "p"))
+    assert poison is not None and as_utc(poison.received_at) > harness.ctx.now()  # its retry waits
     await harness.drain()
     for i in range(3):
         assert f"delivered {i}, edited" in titles(world, "impactly")

@@ -988,8 +988,8 @@ async def apply_outcomes(
     for (route_name, depth), waited_on in landed.items():
         for child in await children_of(session, route_name, {op.task.id for op in waited_on}, depth=depth):
             requeue.append((waited_on[0].route, child, waited_on[0].observed_at))
-    # Links whose last finished write parked (in this batch or an earlier one) wait for a person;
-    # re-checking them here would park the same change once per write that lands beside it.
+    # Links whose last finished write of fields parked (in this batch or an earlier one) wait for
+    # a person; re-checking them here would park the same change once per write that lands beside it.
     tasks_ids = {task.id for _, task, _ in requeue}
     parked = set((await session.scalars(_STUCK_LINKS, by_ids(tasks_ids))).all()) if tasks_ids else set()
     await queue_updates_many(ctx, session, requeue, parked=parked)
@@ -1008,14 +1008,20 @@ async def apply_outcomes(
     return out
 
 
+# A link is stuck while its last finished write of fields (not a comment: a comment's refusal
+# says nothing of the fields, and a comment landing says nothing of a refused update) parked.
 _later = aliased(OutboxRow)
 _STUCK_LINKS = (
     select(OutboxRow.link_id)
     .where(
         OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
         OutboxRow.state == OpState.PARKED,
+        OutboxRow.op != OpKind.COMMENT,
         ~exists().where(
-            _later.link_id == OutboxRow.link_id, _later.id > OutboxRow.id, _later.state == OpState.DONE
+            _later.link_id == OutboxRow.link_id,
+            _later.id > OutboxRow.id,
+            _later.state == OpState.DONE,
+            _later.op != OpKind.COMMENT,
         ),
     )
     .distinct()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from sqlalchemy import select
 
-from bridge.engine.outbox import _Op, _parked, apply_outcomes, claim, execute
+from bridge.engine.outbox import _STUCK_LINKS, _Op, _parked, apply_outcomes, claim, execute
 from bridge.store.states import OpState
-from bridge.store.tables import OutboxRow
+from bridge.store.tables import LinkRow, OutboxRow
 from tests import ops
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on
@@ -65,3 +66,47 @@ async def test_a_write_parked_before_the_writes_beside_it_land_is_not_queued_aga
     async with harness.ctx.store.transaction() as session:
         await apply_outcomes(harness.ctx, session, outcomes)
     assert await _runs_not_done(harness) == [OpState.PARKED]
+
+
+# (op, state) of a link's operations after its create, oldest first -> whether the re-check of
+# landed writes leaves the link alone (its last finished write of fields parked).
+STUCK_CASES = [
+    ([("update", OpState.PARKED)], True),
+    ([("create", OpState.PARKED)], True),
+    ([("comment", OpState.PARKED)], False),  # a refused comment says nothing of the fields
+    ([("update", OpState.PARKED), ("comment", OpState.DONE)], True),  # nor does one that landed
+    ([("update", OpState.PARKED), ("update", OpState.DONE)], False),  # a later write landed there
+    ([("update", OpState.DONE), ("update", OpState.PARKED)], True),
+    ([("comment", OpState.PARKED), ("update", OpState.DONE)], False),
+    ([("update", OpState.PARKED), ("update", OpState.PENDING)], True),  # not finished yet
+]
+
+
+@pytest.mark.parametrize(("history", "stuck"), STUCK_CASES)
+async def test_which_links_the_landed_write_recheck_leaves_alone(
+    harness: Harness, world: World, history: list[tuple[str, OpState]], stuck: bool
+) -> None:
+    create_on(world, "squads", "stuck or not")
+    await harness.settle()
+    now = harness.ctx.now()
+    async with harness.ctx.store.transaction() as session:
+        link = await session.scalar(select(LinkRow).where(LinkRow.connector == "runs"))
+        assert link is not None
+        for op, state in history:
+            session.add(
+                OutboxRow(
+                    task_id=link.task_id,
+                    link_id=link.id,
+                    route=link.route,
+                    connector="runs",
+                    op=op,
+                    payload={},
+                    state=state,
+                    next_attempt_at=now,
+                    observed_at=now,
+                    created_at=now,
+                )
+            )
+        await session.flush()
+        found = set((await session.scalars(_STUCK_LINKS, {"ids": [link.task_id]})).all())
+    assert found == ({link.id} if stuck else set())

@@ -8,7 +8,8 @@ api, memory, drill, all (those seven, the default), or replicas and http_stack (
 at just those edit rates. `--keep` keeps the scratch directory (daemon logs, stores, the
 drill's journal of changes); `--profile` also keeps a py-spy profile of each daemon process
 there, with a summary of its hottest frames (pip install '.[bench]'; see
-tests/bench/profile_top.py).
+tests/bench/profile_top.py); `--sql-cpu` keeps, for each daemon process, the CPU it spent inside
+SQLAlchemy by the function of ours that asked (tests/bench/sqlcpu.py), which py-spy cannot say.
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy profile of each daemon process (implies --keep)"
     )
+    parser.add_argument(
+        "--sql-cpu",
+        action="store_true",
+        help="CPU inside SQLAlchemy by our caller, per daemon process (tests/bench/sqlcpu.py; implies --keep)",
+    )
     parser.add_argument("--drill-runs", type=int, default=None, help="drill repetitions (default 3, quick 1)")
     parser.add_argument(
         "--rates",
@@ -139,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     drill_runs = args.drill_runs if args.drill_runs is not None else (1 if args.quick else 3)
     if args.profile:
         os.environ["TASKBRIDGE_BENCH_PROFILE"] = "1"  # read by BenchDaemon.start
+        args.keep = True
+    if args.sql_cpu:
+        os.environ["TASKBRIDGE_BENCH_SQLCPU"] = "1"  # read by BenchDaemon.command
         args.keep = True
     everything = "all" in args.name
     if args.quick and everything and args.group is None:

@@ -247,7 +247,15 @@ class BenchDaemon(DaemonProcess):
     TASKBRIDGE_BENCH_PROFILE=1 (`--profile`), py-spy samples each daemon process it starts and
     writes its stacks beside its log when the process ends: profile-N.txt, in the collapsed
     ("folded") format that flame graph tools read, and profile-N.top.txt, the frames that held
-    the CPU most (python -m tests.bench.profile_top)."""
+    the CPU most (python -m tests.bench.profile_top). With TASKBRIDGE_BENCH_SQLCPU=1
+    (`--sql-cpu`), the daemon runs under tests/bench/sqlcpu.py, which writes sqlcpu-N.json (the
+    CPU spent inside SQLAlchemy by our caller) beside the log, and sqlcpu-N.txt when it ends."""
+
+    def command(self) -> list[str]:
+        if not os.environ.get("TASKBRIDGE_BENCH_SQLCPU"):
+            return super().command()
+        self._sqlcpu = self.log.with_name(f"sqlcpu-{self.starts}.json")
+        return [sys.executable, "-m", "tests.bench.sqlcpu", str(self._sqlcpu), *super().command()[2:]]
 
     def start(self, *, wait: bool = True) -> BenchDaemon:
         super().start(wait=False)
@@ -285,6 +293,11 @@ class BenchDaemon(DaemonProcess):
         self._finish_profile()
 
     def _finish_profile(self) -> None:
+        sqlcpu = getattr(self, "_sqlcpu", None)
+        if sqlcpu is not None and sqlcpu.exists():
+            from tests.bench.sqlcpu import show
+
+            sqlcpu.with_suffix(".txt").write_text(show(json.loads(sqlcpu.read_text())))
         spy, out = getattr(self, "_spy", None), getattr(self, "_profile", None)
         if spy is None or out is None:
             return

@@ -17,6 +17,9 @@ IDLE = (
     "_run_once (asyncio/base_events.py:1884)",
     "wait (threading.py",
     "get (queue.py",
+    # aiosqlite's thread waiting in SimpleQueue.get (C code, so its frame shows the line that
+    # called it); py-spy does not always see that thread as idle.
+    "_connection_worker_thread (aiosqlite/core.py:59)",
 )
 
 

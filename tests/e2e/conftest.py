@@ -35,12 +35,15 @@ class DaemonProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bridge", "run", "--config", str(self.config)]
+
     def start(self, *, wait: bool = True) -> DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
         with self.log.open("ab") as out:
             out.write(f"\n=== start {self.starts} ===\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "run", "--config", str(self.config)],
+                self.command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

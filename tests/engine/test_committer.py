@@ -13,14 +13,17 @@ from bridge.store.states import OpState
 from bridge.store.tables import LinkRow, OutboxRow
 from tests import ops
 from tests.engine.conftest import Harness
-from tests.engine.test_engine import create_on
+from tests.engine.test_engine import create_on, titles
 from tests.world import World
 
 
-async def _claim_an_edit(harness: Harness, world: World, title: str) -> list[_Op]:
+async def _claim_an_edit(
+    harness: Harness, world: World, title: str, *, task_id: str | None = None
+) -> list[_Op]:
     """An edit on Nucleus, its four writes claimed (not yet attempted)."""
-    task_id = create_on(world, "squads", title)
-    await harness.settle()
+    if task_id is None:
+        task_id = create_on(world, "squads", title)
+        await harness.settle()
     ops.edit(world, "squads", task_id, title=f"{title}, edited")
     await harness.poll("squads")
     claimed = [
@@ -110,3 +113,38 @@ async def test_which_links_the_landed_write_recheck_leaves_alone(
         await session.flush()
         found = set((await session.scalars(_STUCK_LINKS, {"ids": [link.task_id]})).all())
     assert found == ({link.id} if stuck else set())
+
+
+async def test_a_change_seen_while_its_sides_were_being_written_follows_when_the_writes_land(
+    harness: Harness, world: World
+) -> None:
+    """The writes in flight skip the re-check only when they land settled (`_settled`): here the
+    task moved on while they were out, so each side is queued again when its write lands."""
+    task_id = create_on(world, "squads", "in flight")
+    await harness.settle()
+    claimed = await _claim_an_edit(harness, world, "in flight", task_id=task_id)
+    ops.edit(world, "squads", task_id, title="in flight, edited twice")
+    await harness.poll("squads")  # every side is being written: nothing is queued beside those writes
+    async with harness.ctx.store.read() as session:
+        waiting = (await session.scalars(select(OutboxRow).where(OutboxRow.state == OpState.PENDING))).all()
+    assert waiting == []
+    settings = harness.daemon.worker.settings
+    outcomes = [(op, await execute(harness.ctx, settings, op, random.Random(0))) for op in claimed]
+    async with harness.ctx.store.transaction() as session:
+        await apply_outcomes(harness.ctx, session, outcomes)
+    await harness.drain()
+    for platform in ("impactly", "vortask", "agentkanban", "runs"):
+        assert titles(world, platform) == ["in flight, edited twice"], platform
+
+
+async def test_writes_that_land_settled_queue_nothing_more(harness: Harness, world: World) -> None:
+    claimed = await _claim_an_edit(harness, world, "settled")
+    settings = harness.daemon.worker.settings
+    outcomes = [(op, await execute(harness.ctx, settings, op, random.Random(0))) for op in claimed]
+    async with harness.ctx.store.transaction() as session:
+        await apply_outcomes(harness.ctx, session, outcomes)
+    async with harness.ctx.store.read() as session:
+        rows = (await session.scalars(select(OutboxRow))).all()
+    assert [r for r in rows if r.state != OpState.DONE] == []
+    for platform in ("impactly", "vortask", "agentkanban", "runs"):
+        assert titles(world, platform) == ["settled, edited"], platform

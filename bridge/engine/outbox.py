@@ -1054,7 +1054,9 @@ def _settled(ctx: EngineContext, op: _Op, link: LinkRow, task: TaskRow) -> bool:
     if task.data != op.task.data or task.deleted_at != op.task.deleted_at:
         return False
     conn = ctx.connectors[op.connector]
-    return not core.stale_fields(conn, op.route, op.member, decode_values(task.data), decode_values(link.base))
+    return not core.stale_fields(
+        conn, op.route, op.member, decode_values(task.data), decode_values(link.base)
+    )
 
 
 def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime) -> None:

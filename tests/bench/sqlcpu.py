@@ -55,7 +55,9 @@ def install(out: Path) -> None:
     shim = concurrency._concurrency_shim
     stats: dict[str, list[float]] = {}  # caller -> [calls, cpu inside the greenlet, cpu in its awaits]
 
-    async def greenlet_spawn(fn: Callable[..., Any], *args: Any, _require_await: bool = False, **kwargs: Any) -> Any:
+    async def greenlet_spawn(
+        fn: Callable[..., Any], *args: Any, _require_await: bool = False, **kwargs: Any
+    ) -> Any:
         # SQLAlchemy's own loop (util/concurrency.py), with the clock read around each part.
         entry = stats.setdefault(_caller(2), [0, 0.0, 0.0])
         entry[0] += 1

@@ -186,12 +186,18 @@ class OutboxRow(Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
+        # The claim walks due operations in (next_attempt_at, id) order from here and stops at
+        # its limit (on SQLite the id is in every index, so no sort).
         Index("ix_outbox_claimable", "state", "next_attempt_at"),
-        Index("ix_outbox_link_order", "link_id", "id"),  # the claim's "no earlier op of this link" probe
+        # A link's (or task's) unfinished operations, and the claim's "no earlier unfinished op
+        # of this link" probe. `state` follows the key so that no planner reads every pending
+        # operation through a state-led index instead (migration 0009).
+        Index("ix_outbox_link_state", "link_id", "state", "id"),
+        Index("ix_outbox_task_state", "task_id", "state"),
         Index("ix_outbox_state_done_at", "state", "done_at"),  # retention (migration 0008)
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    task_id: Mapped[str] = mapped_column(String(26), index=True)
+    task_id: Mapped[str] = mapped_column(String(26))
     link_id: Mapped[int | None] = mapped_column(BigId)
     comment_id: Mapped[str | None] = mapped_column(String(26))
     route: Mapped[str] = mapped_column(String(200))

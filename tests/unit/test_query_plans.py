@@ -1,0 +1,76 @@
+"""SQLite's plans for the outbox's hot statements, on a freshly migrated store: what the daemon
+runs with (it never gathers statistics, so SQLite plans from its heuristics alone). Each must
+read through an index led by what it names, and the claim must stop at its limit, not sort every
+due operation: a plan that reads all pending operations costs nothing in a test and everything
+under a backfill's 40,000 (the PostgreSQL side: tests/scale/test_replicas.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.dialects import sqlite
+
+from bridge.engine.outbox import _STUCK_LINKS, _UNFINISHED, _WAITING, _runnable
+from bridge.engine.sync import _OPEN_UPDATES_OF
+from bridge.store import Store
+
+PARAMS = {"ids": [1, 2, 3], "now": "2026-12-03 00:00:00.000000", "limit": 16}
+TASK_IDS = {"ids": ["a", "b", "c"]}
+
+
+def plan_of(store_path: Path, statement: Any, params: dict[str, Any]) -> str:
+    import sqlite3
+
+    compiled = statement.compile(dialect=sqlite.dialect())
+    expanded = compiled.construct_expanded_state({**compiled.params, **params})
+    values = tuple(expanded.parameters[name] for name in expanded.positiontup or ())
+    with sqlite3.connect(store_path) as conn:
+        rows = conn.execute("EXPLAIN QUERY PLAN " + expanded.statement, values).fetchall()
+    return "\n".join(row[-1] for row in rows)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import asyncio
+
+    path = tmp_path_factory.mktemp("plans") / "bridge.db"
+
+    async def migrate() -> None:
+        store = Store.open(f"sqlite+aiosqlite:///{path}")
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "statement", "params", "index"),
+    [
+        ("a link's next operation waiting", _WAITING, PARAMS, "ix_outbox_link_state (link_id=? AND state=?)"),
+        ("a task's open updates", _OPEN_UPDATES_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
+        (
+            "a task's unfinished changes",
+            _UNFINISHED,
+            TASK_IDS,
+            "ix_outbox_task_state (task_id=? AND state=?)",
+        ),
+        ("a task's stuck links", _STUCK_LINKS, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
+    ],
+)
+def test_lookups_of_a_few_links_or_tasks_read_their_index(
+    store_path: Path, name: str, statement: Any, params: dict[str, Any], index: str
+) -> None:
+    plan = plan_of(store_path, statement, params)
+    assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, (name, plan)
+
+
+def test_the_claim_reads_due_operations_in_order_and_stops_at_its_limit(store_path: Path) -> None:
+    plan = plan_of(store_path, _runnable(within=False, skip_locked=False), PARAMS)
+    assert "ix_outbox_claimable (state=? AND next_attempt_at<?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # no sort of every due operation
+    assert "ix_outbox_link_state (link_id=? AND state=? AND id<?)" in plan, plan  # the earlier-op probe

@@ -84,7 +84,8 @@ def install(out: Path) -> None:
     util.greenlet_spawn = greenlet_spawn  # type: ignore[attr-defined]
 
     def dump() -> None:
-        out.write_text(json.dumps({"process_cpu_s": time.process_time(), "callers": stats}))
+        # dict() copies in one step under the GIL: the loop may add a caller while this runs.
+        out.write_text(json.dumps({"process_cpu_s": time.process_time(), "callers": dict(stats)}))
 
     def every() -> None:
         while True:

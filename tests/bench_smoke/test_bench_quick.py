@@ -8,6 +8,7 @@ are not measurements. The real runs: `python -m tests.bench [NAME]` (README, "Pe
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -69,3 +70,27 @@ def test_the_http_stack_benchmark_runs() -> None:
     assert {r["server"].split()[1] for r in runs} == {"h11", "httptools"}, runs
     for r in runs:
         assert r["client_cpu_us_per_request"] > 0 and r["server_cpu_us_per_request"] > 0, r
+
+
+def test_sql_cpu_attributes_sqlalchemys_time_to_our_callers(tmp_path: Path) -> None:
+    """`--sql-cpu`: each daemon ran under tests/bench/sqlcpu.py and left its figures, keyed by the
+    bridge function that asked SQLAlchemy for the work."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "propagation", "--quick", "--sql-cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    scratch = Path(result.stderr.split("scratch kept in ")[1].split()[0])
+    try:
+        figures = [json.loads(p.read_text()) for p in scratch.rglob("sqlcpu-*.json")]
+        assert figures, sorted(str(p) for p in scratch.rglob("*"))
+        callers = {caller for f in figures for caller in f["callers"]}
+        assert any(c.startswith("bridge/engine/outbox.py:claim ") for c in callers), sorted(callers)
+        assert any(c.startswith("bridge/engine/inbox.py:receive ") for c in callers), sorted(callers)
+        tables = [p.read_text() for p in scratch.rglob("sqlcpu-*.txt")]
+        assert tables and all("inside SQLAlchemy's greenlets" in t for t in tables)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
@@ -53,7 +53,32 @@ _LINK_BY_REMOTE = select(LinkRow).where(
 )
 
 
+_LINKS_BY_REMOTE = select(LinkRow).where(
+    LinkRow.connector == bindparam("connector"), LinkRow.remote_id.in_(bindparam("ids", expanding=True))
+)
+_PREFETCHED = "taskbridge.links_by_remote"  # session.info key: (connector, remote_id) -> LinkRow
+
+
+async def prefetch_links(session: AsyncSession, connector: str, remote_ids: Iterable[str]) -> None:
+    """Load, in one read, the links a batch of observations of `connector` will look up, for
+    `link_by_remote` in this session (a poll observes its listing ten tasks to a transaction)."""
+    wanted = sorted(set(remote_ids))
+    if len(wanted) < 2:
+        return  # one lookup either way
+    found = session.info.setdefault(_PREFETCHED, {})
+    for link in (await session.scalars(_LINKS_BY_REMOTE, {"connector": connector, "ids": wanted})).all():
+        found[(connector, link.remote_id)] = link
+
+
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:
+    link = session.info.get(_PREFETCHED, {}).get((connector, remote_id))
+    # Only a link found by the prefetch is taken from it, and only while it still answers to
+    # this key in the session (a link released or adopted meanwhile is looked up afresh); a key
+    # it did not find may have been linked since, so that is read.
+    if link is not None and link.connector == connector and link.remote_id == remote_id:
+        state = inspect(link)
+        if not (state.deleted or state.was_deleted or state.detached):
+            return link
     return await session.scalar(_LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
 
 
@@ -831,6 +856,7 @@ async def create_mirrors(
     observation of the new remote task (a webhook racing the create's commit) finds it through
     the marker."""
     now = ctx.now()
+    links: list[LinkRow] = []
     for other in route.members:
         if exclude is not None and other.key == exclude.key:
             continue
@@ -838,20 +864,25 @@ async def create_mirrors(
             continue
         if not other.writes_any:
             continue
-        link = LinkRow(
-            task_id=task.id,
-            route=route.name,
-            connector=other.connector,
-            scope=other.scope,
-            remote_id=None,
-            state=LinkState.CREATING,
-            base={},
-            is_mirror=True,
-            created_at=now,
-            updated_at=now,
+        links.append(
+            LinkRow(
+                task_id=task.id,
+                route=route.name,
+                connector=other.connector,
+                scope=other.scope,
+                remote_id=None,
+                state=LinkState.CREATING,
+                base={},
+                is_mirror=True,
+                created_at=now,
+                updated_at=now,
+            )
         )
-        session.add(link)
-        await session.flush()
+    if not links:
+        return
+    session.add_all(links)
+    await session.flush()  # the links' ids, for their operations: one flush for all of them
+    for link in links:
         enqueue(session, task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now)
     on_commit(session, ctx.outbox_ready.set)
 

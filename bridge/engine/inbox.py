@@ -45,6 +45,7 @@ from bridge.engine.sync import (
     linked_parents,
     mark_gone_from_view,
     observe,
+    prefetch_links,
 )
 from bridge.logs import log_context
 from bridge.store.states import DeliveryState, advance
@@ -241,6 +242,12 @@ async def process_pending(
     try:
         async with ctx.store.transaction() as session:
             parents = await _linked_parents(ctx, session, work)
+            seen: dict[str, set[str]] = {}
+            for d, _, result in found:
+                if isinstance(result, RemoteTask):
+                    seen.setdefault(d.connector, set()).add(result.remote_id)
+            for connector, remote_ids in seen.items():
+                await prefetch_links(session, connector, remote_ids)
             for d, event, result in found:
                 await _observe(ctx, session, d, event, result, parents)
             await _mark(ctx, session, *work)

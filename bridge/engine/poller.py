@@ -32,6 +32,7 @@ from bridge.engine.sync import (
     mark_gone_from_view,
     needs_observing,
     observe,
+    prefetch_links,
 )
 from bridge.logs import log_context
 from bridge.store import StoreLost
@@ -173,6 +174,7 @@ async def _observe_all(
                 if hierarchy
                 else None
             )
+            await prefetch_links(session, member.connector, (rt.remote_id for rt in batch))
             for rt in batch:
                 if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
                     report.changed += 1

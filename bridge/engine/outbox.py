@@ -81,7 +81,7 @@ from bridge.engine.sync import (
     children_of,
     held_fields,
     held_fields_many,
-    link_by_remote,
+    links_by_remote,
     load_hierarchy,
     log_loop_once,
     mark_gone_from_view,
@@ -917,6 +917,7 @@ async def apply_outcomes(
     succeeded: list[_Op] = []
     landed: dict[tuple[str, int], list[_Op]] = {}  # (route, levels of children to re-check) -> ops
     await health.record_writes(ctx, session, _write_health(batch))
+    holders = await _holders(session, batch, links)
     finished: set[int] = set()  # links whose oldest unfinished operation this batch finished
     for op, outcome in batch:
         with log_context(**_log_fields(op)):
@@ -962,10 +963,13 @@ async def apply_outcomes(
             if outcome.comment_remote_id is not None and op.comment is not None:
                 await _link_comment(session, op, outcome.comment_remote_id, now)
             if outcome.remote is not None and link.remote_id is None:
-                held = await link_by_remote(session, op.connector, outcome.remote.remote_id)
-                if held is not None and held.id != link.id:
+                key = (op.connector, outcome.remote.remote_id)
+                held = holders.get(key)
+                if held is not None and held.id != link.id and held.remote_id == key[1]:
                     await release_reused(ctx, session, held, op.connector)  # the platform made it anew
             _record_write(ctx, op, link, outcome, now)
+            if outcome.remote is not None and link.remote_id is not None:
+                holders[(op.connector, link.remote_id)] = link  # for a later create of this batch
             succeeded.append(op)
             if link.state == LinkState.ACTIVE:
                 if not _settled(ctx, op, link, task):
@@ -1013,6 +1017,24 @@ async def apply_outcomes(
 
 # A link is stuck while its last finished write of fields (not a comment: a comment's refusal
 # says nothing of the fields, and a comment landing says nothing of a refused update) parked.
+async def _holders(
+    session: AsyncSession, batch: Sequence[tuple[_Op | _Orphan, Outcome]], links: dict[int, LinkRow]
+) -> dict[tuple[str, str], LinkRow]:
+    """(connector, remote id) -> the link holding it, for the remote ids the batch's creates got:
+    a link already there means the platform made the id anew (`release_reused`). One read per
+    connector for the batch; apply_outcomes adds the links it gives ids as it goes."""
+    wanted: dict[str, set[str]] = {}
+    for op, outcome in batch:
+        link = links.get(op.link.id) if isinstance(op, _Op) else None
+        if outcome.remote is not None and link is not None and link.remote_id is None:
+            wanted.setdefault(op.connector, set()).add(outcome.remote.remote_id)
+    out: dict[tuple[str, str], LinkRow] = {}
+    for connector, remote_ids in wanted.items():
+        for remote_id, link in (await links_by_remote(session, connector, remote_ids)).items():
+            out[(connector, remote_id)] = link
+    return out
+
+
 _later = aliased(OutboxRow)
 _STUCK_LINKS = (
     select(OutboxRow.link_id)

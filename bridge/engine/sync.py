@@ -59,15 +59,26 @@ _LINKS_BY_REMOTE = select(LinkRow).where(
 _PREFETCHED = "taskbridge.links_by_remote"  # session.info key: (connector, remote_id) -> LinkRow
 
 
+async def links_by_remote(
+    session: AsyncSession, connector: str, remote_ids: Iterable[str]
+) -> dict[str, LinkRow]:
+    """The links holding these remote ids on `connector`, by remote id, in one read."""
+    wanted = sorted(set(remote_ids))
+    if not wanted:
+        return {}
+    rows = (await session.scalars(_LINKS_BY_REMOTE, {"connector": connector, "ids": wanted})).all()
+    return {link.remote_id: link for link in rows if link.remote_id is not None}
+
+
 async def prefetch_links(session: AsyncSession, connector: str, remote_ids: Iterable[str]) -> None:
     """Load, in one read, the links a batch of observations of `connector` will look up, for
     `link_by_remote` in this session (a poll observes its listing ten tasks to a transaction)."""
-    wanted = sorted(set(remote_ids))
+    wanted = set(remote_ids)
     if len(wanted) < 2:
         return  # one lookup either way
     found = session.info.setdefault(_PREFETCHED, {})
-    for link in (await session.scalars(_LINKS_BY_REMOTE, {"connector": connector, "ids": wanted})).all():
-        found[(connector, link.remote_id)] = link
+    for remote_id, link in (await links_by_remote(session, connector, wanted)).items():
+        found[(connector, remote_id)] = link
 
 
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:

@@ -62,3 +62,34 @@ async def test_an_id_reused_for_another_task_is_a_new_task_not_a_rename(
     await harness.settle()
     assert "first one, edited" in titles(world, "impactly")
     assert sorted(titles(world, "vortask")) == ["second one", "second two"]
+
+
+async def test_a_create_answered_with_an_id_an_old_link_holds_takes_it_over(
+    harness: Harness, world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The committer's side of reuse: a mirror created where the platform hands out an id that
+    a link of an older task still holds (the platform started over); the old link is closed and
+    the new one takes the id, in the same batch as the write, however many creates share it."""
+    create_on(world, "squads", "old task")
+    await harness.settle()
+    async with harness.ctx.store.read() as s:
+        old_id = await s.scalar(select(LinkRow.remote_id).where(LinkRow.connector == "vortask"))
+    assert old_id is not None
+
+    fake = world.fakes["vortask"]
+    fake.call(fake.reset_state)  # ids count from the start again; the old copy is gone
+    world.prepare()
+    create_on(world, "squads", "new task")
+    await harness.poll("squads")
+    with caplog.at_level(logging.WARNING):
+        await harness.drain()
+    assert "now names another task" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    async with harness.ctx.store.read() as s:
+        links = (await s.scalars(select(LinkRow).where(LinkRow.connector == "vortask"))).all()
+        stuck = (await s.scalars(select(OutboxRow).where(OutboxRow.state != OpState.DONE))).all()
+    holder = [link for link in links if link.remote_id == old_id]
+    assert len(holder) == 1 and holder[0].state == LinkState.ACTIVE, [(x.task_id, x.remote_id) for x in links]
+    assert [link.state for link in links if link.remote_id is None] == [LinkState.GONE]
+    assert stuck == []
+    assert titles(world, "vortask") == ["new task"]

@@ -1015,8 +1015,6 @@ async def apply_outcomes(
     return out
 
 
-# A link is stuck while its last finished write of fields (not a comment: a comment's refusal
-# says nothing of the fields, and a comment landing says nothing of a refused update) parked.
 async def _holders(
     session: AsyncSession, batch: Sequence[tuple[_Op | _Orphan, Outcome]], links: dict[int, LinkRow]
 ) -> dict[tuple[str, str], LinkRow]:
@@ -1035,6 +1033,8 @@ async def _holders(
     return out
 
 
+# A link is stuck while its last finished write of fields (not a comment: a comment's refusal
+# says nothing of the fields, and a comment landing says nothing of a refused update) parked.
 _later = aliased(OutboxRow)
 _STUCK_LINKS = (
     select(OutboxRow.link_id)

@@ -100,7 +100,7 @@ def show(data: dict[str, Any], top: int = 30) -> str:
     callers: dict[str, list[float]] = data["callers"]
     inside = sum(v[1] for v in callers.values())
     awaits = sum(v[2] for v in callers.values())
-    total = data["process_cpu_s"]
+    total = data["process_cpu_s"] or 1e-9  # a process dumped before it ran anything
     lines = [
         f"process CPU {total:.2f} s; inside SQLAlchemy's greenlets {inside:.2f} s "
         f"({100 * inside / total:.0f} %), in their awaits {awaits:.2f} s ({100 * awaits / total:.0f} %)",

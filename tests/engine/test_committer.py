@@ -4,11 +4,14 @@ not depend on which others share its batch (the committer waits a moment to batc
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from bridge.engine import outbox
 from bridge.engine.outbox import _STUCK_LINKS, _Op, _parked, apply_outcomes, claim, execute
+from bridge.engine.sync import queue_updates_many
 from bridge.store.states import OpState
 from bridge.store.tables import LinkRow, OutboxRow
 from tests import ops
@@ -137,12 +140,22 @@ async def test_a_change_seen_while_its_sides_were_being_written_follows_when_the
         assert titles(world, platform) == ["in flight, edited twice"], platform
 
 
-async def test_writes_that_land_settled_queue_nothing_more(harness: Harness, world: World) -> None:
+async def test_writes_that_land_settled_queue_nothing_more(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     claimed = await _claim_an_edit(harness, world, "settled")
     settings = harness.daemon.worker.settings
     outcomes = [(op, await execute(harness.ctx, settings, op, random.Random(0))) for op in claimed]
+    rechecked: list[Any] = []
+
+    async def recording(ctx: Any, session: Any, items: Any, **kwargs: Any) -> int:
+        rechecked.extend(items)
+        return await queue_updates_many(ctx, session, items, **kwargs)
+
+    monkeypatch.setattr(outbox, "queue_updates_many", recording)
     async with harness.ctx.store.transaction() as session:
         await apply_outcomes(harness.ctx, session, outcomes)
+    assert rechecked == [], "a write that landed settled had its task re-checked"
     async with harness.ctx.store.read() as session:
         rows = (await session.scalars(select(OutboxRow))).all()
     assert [r for r in rows if r.state != OpState.DONE] == []

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import event
 
-from bridge.engine.sync import link_by_remote, prefetch_links
+from bridge.engine.sync import _PREFETCHED, link_by_remote, prefetch_links
 from bridge.store import Store
 from bridge.store.tables import LinkRow, TaskRow
 
@@ -83,7 +83,9 @@ async def test_the_prefetch_lives_as_long_as_its_session(store: Store) -> None:
     await _seed(store)
     async with store.transaction() as session:
         await prefetch_links(session, "c", ["r1", "r2"])
+        assert session.info.get(_PREFETCHED)
     async with store.transaction() as session:
+        assert not session.info.get(_PREFETCHED)  # a new session starts without it
         link = await link_by_remote(session, "c", "r1")
         assert link is not None and link.remote_id == "r1"
         link.remote_id = "r9"

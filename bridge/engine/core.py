@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.engine.routes import Member, Route
-from bridge.model import Priority, Status, Values, normalize_values
+from bridge.model import Priority, Status, Values, as_utc, normalize_values
 from connectors.base import Connector, RemoteTask
 
 DEFAULTS: Values = normalize_values(
@@ -348,6 +348,14 @@ def parents_first(tasks: Sequence[RemoteTask]) -> list[RemoteTask]:
 
 
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # sorts a report without a time first
+
+
+def oldest_change_first(tasks: Sequence[RemoteTask]) -> list[RemoteTask]:
+    """A listing's changed tasks in the order their changes were made (a task without a time
+    first; equal times keep the listed order). A platform lists by id or by position, so a burst
+    of edits that wrapped around its list would otherwise be written newest first, and the edit
+    that waited longest for the poll would wait for all the others too."""
+    return sorted(tasks, key=lambda t: as_utc(t.updated_at) if t.updated_at else _NEVER)
 
 
 def adopted_parent(reports: Sequence[tuple[datetime | None, Any]]) -> tuple[Any, datetime | None]:

@@ -1,8 +1,9 @@
 """Polling: one connector's scopes, observed, with watermarks and careful deletion inference.
 
 A poll reads each scope with the watermark stored for it as the listing arrives, observes every
-task that changed (in small batches, each its own transaction, since observing is idempotent)
-and stores the new watermark once the listing has ended, after the changes before it. A full
+task that changed (in small batches, each its own transaction, since observing is idempotent),
+oldest change first within what arrived together, and stores the new watermark once the listing
+has ended, after the changes before it. A full
 listing (`all_ids`) lets the poll suspect linked tasks that vanished; each suspect is confirmed
 with a GET before anything is deleted, and a poll that would delete more than the route's
 `max_delete_share` stops and raises the alarm. A listing that fails half way leaves what it
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,11 @@ log = logging.getLogger("taskbridge.poll")
 
 CHUNK = 100  # listed tasks compared with the store per read
 WRITE_BATCH = 10  # changed tasks observed per write transaction
+# Changed tasks are held until this many wait, or the first of them has waited this long (checked
+# as each chunk arrives), then observed oldest change first: a platform lists by id, so a burst of
+# edits that wrapped around its list would otherwise have its newest edits written first.
+HOLD_TASKS = 500
+HOLD_SECONDS = 0.2
 
 
 @dataclass
@@ -103,43 +109,47 @@ async def poll_scope(
     listed: set[str] = set()  # with a hierarchy: the ids listed so far
     waiting: list[RemoteTask] = []  # changed children whose parent was not listed before them
     waiting_ids: set[str] = set()
+    held = _Held(hierarchy)
+    compared = 0  # tasks listed since the progress last moved
     # The listing is observed a chunk at a time as it arrives: a scope of 100,000 tasks is never
     # held whole (memory), and the first changes are stored while the rest is still on the wire.
-    async with conn.stream_tasks(member.scope, watermark.get("remote") if watermark else None) as listing:
-        async for chunk in chunked(listing, CHUNK):
-            report.seen += len(chunk)
-            if progress is not None:
-                progress(member, len(chunk))
-            async with ctx.store.read() as session:
-                moved = await needs_observing(ctx, session, route, member, chunk)
+    try:
+        async with conn.stream_tasks(member.scope, watermark.get("remote") if watermark else None) as listing:
+            async for chunk in chunked(listing, CHUNK):
+                report.seen += len(chunk)
+                if progress is not None:
+                    progress(member, len(chunk))
+                async with ctx.store.read() as session:
+                    moved = await needs_observing(ctx, session, route, member, chunk)
+                    if hierarchy:
+                        listed.update(task.remote_id for task in chunk)
+                        unseen = {
+                            t.parent_id
+                            for t in moved
+                            if t.parent_id is not None and t.parent_id not in listed
+                        }
+                        linked = (
+                            await linked_parents(session, route.name, member.connector, unseen)
+                            if unseen
+                            else {}
+                        )
                 if hierarchy:
-                    listed.update(task.remote_id for task in chunk)
-                    unseen = {
-                        t.parent_id for t in moved if t.parent_id is not None and t.parent_id not in listed
-                    }
-                    linked = (
-                        await linked_parents(session, route.name, member.connector, unseen) if unseen else {}
-                    )
-            if hierarchy:
-                # A new parent is linked before its children name it: a changed child whose
-                # parent is neither listed yet nor linked waits for the end of the listing, and
-                # so does whatever names a task that waits (or is a later report of one).
-                ready = []
-                for task in core.parents_first(moved):
-                    parent = task.parent_id
-                    if task.remote_id in waiting_ids or (
-                        parent is not None
-                        and (parent in waiting_ids or (parent not in listed and parent not in linked))
-                    ):
-                        waiting.append(task)
-                        waiting_ids.add(task.remote_id)
-                    else:
-                        ready.append(task)
-                moved = ready
-            await _observe_all(ctx, route, member, moved, hierarchy, report)
-            if progress is not None:
-                progress(member, 0, advance=len(chunk))
-        end = listing.end
+                    moved = _ready(moved, listed, linked, waiting, waiting_ids)
+                held.add(moved)
+                compared += len(chunk)
+                if held.full():
+                    await _observe_all(ctx, route, member, held.take(), hierarchy, report)
+                if progress is not None and not held.tasks:
+                    progress(member, 0, advance=compared)
+                    compared = 0
+            end = listing.end
+    except ConnectorError:
+        # What was listed before the break is true: observed as it would have been.
+        await _observe_all(ctx, route, member, held.take(), hierarchy, report)
+        raise
+    await _observe_all(ctx, route, member, held.take(), hierarchy, report)
+    if progress is not None and compared:
+        progress(member, 0, advance=compared)
     await _observe_all(ctx, route, member, core.parents_first(waiting), hierarchy, report)
     suspects: set[str] = set(end.deleted_ids)
     if end.all_ids is not None:
@@ -154,6 +164,56 @@ async def poll_scope(
     # After every change listed before it, and after the deletions it let us infer.
     async with ctx.store.transaction() as session:
         await _store_watermark(session, member, new_watermark, ctx.now())
+
+
+@dataclass
+class _Held:
+    """Changed tasks of a listing not observed yet (HOLD_TASKS, HOLD_SECONDS)."""
+
+    hierarchy: bool
+    tasks: list[RemoteTask] = field(default_factory=list)
+    since: float = 0.0
+
+    def add(self, moved: Sequence[RemoteTask]) -> None:
+        if moved and not self.tasks:
+            self.since = time.monotonic()
+        self.tasks.extend(moved)
+
+    def full(self) -> bool:
+        return len(self.tasks) >= HOLD_TASKS or (
+            bool(self.tasks) and time.monotonic() - self.since >= HOLD_SECONDS
+        )
+
+    def take(self) -> list[RemoteTask]:
+        """What is held, oldest change first; with a hierarchy, each parent that was listed (and
+        changed) before its child still comes before it."""
+        ordered = core.oldest_change_first(self.tasks)
+        self.tasks = []
+        return core.parents_first(ordered) if self.hierarchy else ordered
+
+
+def _ready(
+    moved: Sequence[RemoteTask],
+    listed: set[str],
+    linked: Mapping[str, Any],
+    waiting: list[RemoteTask],
+    waiting_ids: set[str],
+) -> list[RemoteTask]:
+    """A chunk's changed tasks that can be observed now. A new parent is linked before its
+    children name it: a changed child whose parent is neither listed yet nor linked waits (added
+    to `waiting`) for the end of the listing, and so does whatever names a task that waits (or is
+    a later report of one)."""
+    ready = []
+    for task in core.parents_first(moved):
+        parent = task.parent_id
+        if task.remote_id in waiting_ids or (
+            parent is not None and (parent in waiting_ids or (parent not in listed and parent not in linked))
+        ):
+            waiting.append(task)
+            waiting_ids.add(task.remote_id)
+        else:
+            ready.append(task)
+    return ready
 
 
 async def _observe_all(

@@ -412,7 +412,16 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         if not route.matches(decode_values(task.data)):
             await unlink_task(session, task, now, reason="left the route's filter")
             return True
-    await queue_updates(ctx, session, route, task, observed_at=now)
+    # An update carrying this change is due since the platform made it: a poll that finds a
+    # burst of changes gets the oldest written first, whatever order the listing gave them in.
+    await queue_updates(
+        ctx,
+        session,
+        route,
+        task,
+        observed_at=now,
+        due={task.id: rt.updated_at} if changed and rt.updated_at else None,
+    )
     return changed
 
 
@@ -463,11 +472,17 @@ def apply_changes(
 
 
 async def queue_updates(
-    ctx: EngineContext, session: AsyncSession, route: Route, task: TaskRow, *, observed_at: datetime
+    ctx: EngineContext,
+    session: AsyncSession,
+    route: Route,
+    task: TaskRow,
+    *,
+    observed_at: datetime,
+    due: Mapping[str, datetime] | None = None,
 ) -> int:
     """Queue an update for every member whose base differs from the canonical values (see
     `queue_updates_many`)."""
-    return await queue_updates_many(ctx, session, [(route, task, observed_at)])
+    return await queue_updates_many(ctx, session, [(route, task, observed_at)], due=due)
 
 
 _LIVE_LINKS_OF = select(LinkRow).where(
@@ -487,6 +502,7 @@ async def queue_updates_many(
     items: Sequence[tuple[Route, TaskRow, datetime]],
     *,
     parked: Collection[int] = (),
+    due: Mapping[str, datetime] | None = None,
 ) -> int:
     """For each (route, task, observed_at): queue an update for every member whose base differs
     from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
@@ -495,7 +511,9 @@ async def queue_updates_many(
     fields to write, two per level of the hierarchy: `load_hierarchy`): the outbox records a batch
     of finished writes in one transaction, and each may leave its task needing more. `parked`:
     links whose write was just parked; nothing more is queued there, or one change would park
-    once per write that lands beside it (a person's retry writes what is true by then)."""
+    once per write that lands beside it (a person's retry writes what is true by then). `due`:
+    when a task's new updates fell due (its change's time, `enqueue`); an update already waiting
+    keeps its own time (it may be backing off)."""
     if not items:
         return 0
     task_ids = list({task.id for _, task, _ in items})
@@ -560,6 +578,7 @@ async def queue_updates_many(
             {"fields": sorted(fields)},
             observed_at=observed_at,
             now=ctx.now(),
+            due=due.get(task.id) if due else None,
         )
         queued += 1
     if queued:
@@ -597,7 +616,12 @@ def enqueue(
     observed_at: datetime,
     now: datetime,
     comment_id: str | None = None,
+    due: datetime | None = None,
 ) -> OutboxRow:
+    """A new operation, due now, or since `due` when that is earlier: the claim takes the longest
+    due first, so an operation carrying an older change goes ahead of newer ones."""
+    if due is None or as_utc(due) >= as_utc(now):
+        due = now
     row = OutboxRow(
         task_id=task.id,
         link_id=link.id,
@@ -608,7 +632,7 @@ def enqueue(
         payload=payload,
         state=OpState.PENDING,
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=due,
         observed_at=observed_at,
         created_at=now,
     )

@@ -612,6 +612,38 @@ def test_parents_first_puts_a_listed_parent_before_its_children() -> None:
     assert core.parents_first(twice) == twice
 
 
+def stamped(remote_id: str, at: datetime | None) -> RemoteTask:
+    return RemoteTask(remote_id=remote_id, scope="s1", values={"title": "t"}, updated_at=at)
+
+
+@pytest.mark.parametrize(
+    ("listing", "order"),
+    [
+        # a burst of edits that wrapped around a list sorted by id: the oldest edit goes first
+        ([("1", 30), ("2", 40), ("8", 10), ("9", 20)], [("8", 10), ("9", 20), ("1", 30), ("2", 40)]),
+        # equal times keep the listed order; a task without a time goes first
+        ([("b", 5), ("a", 5), ("c", None), ("d", 1)], [("c", None), ("d", 1), ("b", 5), ("a", 5)]),
+        # the same task reported twice: its newer report is observed last
+        ([("a", 9), ("b", 3), ("a", 2)], [("a", 2), ("b", 3), ("a", 9)]),
+        ([], []),
+    ],
+)
+def test_oldest_change_first(
+    listing: list[tuple[str, int | None]], order: list[tuple[str, int | None]]
+) -> None:
+    def at(seconds: int | None) -> datetime | None:
+        return None if seconds is None else T0 + timedelta(seconds=seconds)
+
+    got = core.oldest_change_first([stamped(rid, at(s)) for rid, s in listing])
+    assert [(t.remote_id, t.updated_at) for t in got] == [(rid, at(s)) for rid, s in order]
+
+
+def test_oldest_change_first_reads_naive_times_as_utc() -> None:
+    aware = stamped("aware", datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC))
+    naive = stamped("naive", datetime(2026, 1, 1, 12, 0, 0))
+    assert [t.remote_id for t in core.oldest_change_first([aware, naive])] == ["naive", "aware"]
+
+
 ORDER_CASES = [
     # (why, batch as (key, parent it names), order observed)
     ("nothing names a parent: batch order", [("a", None), ("b", None)], [0, 1]),

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -233,17 +233,31 @@ class Daemon:
         log.info("taskbridge ready: %d connectors, %d routes", len(self.ctx.connectors), len(self.ctx.routes))
 
     def _schedule_polls(self) -> None:
+        """Each connector polls at once (catching up on what changed while we were down), then
+        every interval, the connectors' polls spread over it (`poll_offsets`). A scheduled poll and
+        the start-up one take turns (`_poll_lock`)."""
         if not self.options.poll:
             return
+        now = _now_naive()
+        offsets = poll_offsets({name: c.poll_interval for name, c in self.cfg.connectors.items()})
         for name, c in self.cfg.connectors.items():
+            poll = self._guarded(self.poll_once, name)
             self.scheduler.add_job(
-                self._guarded(self.poll_once, name),
+                poll,
+                "date",
+                run_date=now,
+                id=f"poll:{name}:start",
+                misfire_grace_time=None,
+                replace_existing=True,
+            )
+            self.scheduler.add_job(
+                poll,
                 "interval",
                 seconds=c.poll_interval,
+                start_date=now + timedelta(seconds=offsets[name]),
                 id=f"poll:{name}",
                 max_instances=1,
                 coalesce=True,
-                next_run_time=_now_naive(),
                 replace_existing=True,
             )
 
@@ -283,7 +297,7 @@ class Daemon:
             self.ctx.webhook_secrets = self._configured_secrets(cfg)
             await self._load_webhook_secrets()
             for job in self.scheduler.get_jobs():
-                if job.id.startswith("poll:") and job.id[5:] not in cfg.connectors:
+                if job.id.startswith("poll:") and job.id.split(":")[1] not in cfg.connectors:
                     job.remove()
             self._schedule_polls()
             setup_logging(cfg.log.level, cfg.log.format, secrets=cfg.connector_secrets())
@@ -627,6 +641,15 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"could not listen on {self.cfg.server.listen}")
             await asyncio.sleep(0.02)
+
+
+def poll_offsets(intervals: Mapping[str, float]) -> dict[str, float]:
+    """When each connector's first scheduled poll comes, in seconds after the start-up one: the
+    k-th of n connectors after k/n of its interval (the last after a whole one). Polls that fire
+    together make one burst of listings whose parsing and comparing holds up the writes each of
+    them queues; spread, the changes a poll finds are written while the others are quiet."""
+    n = len(intervals)
+    return {name: interval * (k + 1) / n for k, (name, interval) in enumerate(intervals.items())}
 
 
 def _now_naive() -> Any:

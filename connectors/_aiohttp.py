@@ -15,8 +15,7 @@ because `HttpClient.request` repeats a write only when it surely never left
 The proxy the environment names for the platform's URL (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
 NO_PROXY: what httpx honoured with its own transport) is read once, when the client is made:
 aiohttp's `trust_env` would look up proxies and `.netrc` again on a thread for every request,
-which cost more CPU than the parser saves. The session keeps no cookies (httpx has its jar), and
-never sends a request twice by itself.
+which cost more CPU than the parser saves. The session keeps no cookies (httpx has its jar).
 """
 
 from __future__ import annotations
@@ -95,13 +94,7 @@ class Transport(AiohttpTransport):
             keepalive_timeout=self.limits.keepalive_expiry,
             ssl=self.ssl_context,
         )
-        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        # aiohttp sends a GET, PUT or DELETE a second time when its connection drops, even after
-        # the platform may have applied it. A write must never go out late (over an edit made
-        # since its read); whether to try again is HttpClient's decision, and the outbox's.
-        # No public setting says so (aiohttp 3.14); the attribute is checked by a test.
-        session._retry_connection = False
-        return session
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:

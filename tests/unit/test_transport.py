@@ -99,24 +99,6 @@ async def test_a_connection_dropped_after_the_request_is_not_sent_again(
     await http.aclose()
 
 
-@pytest.mark.parametrize("method", ["PUT", "DELETE", "GET"])
-async def test_no_request_is_sent_twice_by_the_transport(
-    serve: Callable[..., Awaitable[Server]], method: str
-) -> None:
-    """aiohttp on its own sends these again when the connection drops: a PUT that the platform
-    applied would go out a second time, late, over whatever was edited in between."""
-
-    async def drop(_r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
-        return
-
-    server = await serve(drop)
-    http = base.HttpClient(settings(server.port, max_retries=0))
-    with pytest.raises(base.Retryable):
-        await http.request(method, "/api/tasks/1", json_body={"title": "late"} if method == "PUT" else None)
-    assert server.requests == 1
-    await http.aclose()
-
-
 @pytest.mark.parametrize(
     ("answer", "error"),
     [

@@ -50,7 +50,7 @@ from bridge.engine.outbox import Worker, WorkerSettings, release_claims
 from bridge.engine.poller import poll_connector
 from bridge.engine.routes import build_routes
 from bridge.logs import setup as setup_logging
-from bridge.store import Store, StoreLost, redact_url
+from bridge.store import Store, StoreLost, redact_url, refusal
 from bridge.store.tables import MetaRow
 from bridge.wiring import build_connectors
 from connectors.base import ConnectorError
@@ -156,6 +156,7 @@ class Daemon:
         self._server: Any = None
         self._held: set[str] = set()
         self._overrunning: set[str] = set()  # connectors whose last poll outlasted its interval
+        self._refused_jobs: set[str] = set()  # jobs whose last run the store refused (disk full)
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
         self._triggered: set[str] = set()  # connectors with a triggered poll waiting to start
         self._poll_locks: dict[str, asyncio.Lock] = {}
@@ -407,14 +408,23 @@ class Daemon:
             task = asyncio.current_task()
             if task is not None:
                 self._jobs.add(task)
+            name = getattr(fn, "__name__", str(fn))
             try:
                 await fn(*args)
+                if name in self._refused_jobs:
+                    self._refused_jobs.discard(name)
+                    log.info("job %s: the store takes writes again", name)
             except asyncio.CancelledError:
-                log.info("job %s stopped by the shutdown", getattr(fn, "__name__", fn))
+                log.info("job %s stopped by the shutdown", name)
             except StoreLost:
                 return  # said once, by check_store
-            except Exception:  # a job failing must not kill the scheduler
-                log.exception("job %s failed", getattr(fn, "__name__", fn))
+            except Exception as exc:  # a job failing must not kill the scheduler
+                reason = refusal(exc)
+                if reason is None:
+                    log.exception("job %s failed", name)
+                elif name not in self._refused_jobs:  # once, until it recovers (/readyz says it too)
+                    self._refused_jobs.add(name)
+                    log.error("job %s failed: the store refuses writes: %s", name, reason)
             finally:
                 if task is not None:
                     self._jobs.discard(task)

@@ -78,6 +78,21 @@ class StoreLost(Exception):
     """The store this process opened was deleted or replaced under it: nothing more is written."""
 
 
+# What a database says when it refuses writes for a reason outside the daemon (SQLite's and
+# PostgreSQL's wording): a person frees the disk or remounts, and the daemon carries on.
+_REFUSALS = ("disk is full", "no space left", "readonly database", "read-only", "disk i/o error")
+
+
+def refusal(error: BaseException) -> str | None:
+    """The store's own first line when `error` says it refuses writes (a full disk, a read-only
+    file system), else None: what to log in one line instead of a traceback."""
+    if not isinstance(error, exc.DBAPIError):
+        return None
+    words = str(error.orig if error.orig is not None else error).splitlines()
+    first = words[0] if words else ""
+    return first if any(k in first.lower() for k in _REFUSALS) else None
+
+
 @dataclass(frozen=True)
 class Identity:
     id: str

@@ -54,8 +54,13 @@ def test_a_full_disk_makes_the_daemon_not_ready(
         lambda: (r := ready(d)).status_code == 503 and r, timeout=10, what="503 on a full disk"
     )
     assert "store refuses writes" in answer.text and "full" in answer.text
+    # The polls (every second) meet the full disk too: said in one line, not a traceback.
+    wait_until(lambda: "the store refuses writes" in d.log.read_text(), timeout=10, what="a poll refused")
     filler.unlink()
     wait_until(lambda: ready(d).status_code == 200, timeout=10, what="ready again with room")
+    wait_until(
+        lambda: "the store takes writes again" in d.log.read_text(), timeout=10, what="the polls recover"
+    )
     assert "Traceback" not in d.log.read_text()
 
 

@@ -591,3 +591,26 @@ async def test_postgres_reads_run_without_a_transaction_and_never_write(store: S
         first = (await session.execute(text("SELECT now()"))).scalar_one()
         await asyncio.sleep(0.02)
         assert (await session.execute(text("SELECT now()"))).scalar_one() == first
+
+
+@pytest.mark.parametrize(
+    ("message", "refused"),
+    [
+        ("database or disk is full", True),
+        ("attempt to write a readonly database", True),
+        ("disk I/O error", True),
+        ('could not extend file "base/16384/2619": No space left on device', True),
+        ("no such column: tasks.nope", False),  # a bug of ours keeps its traceback
+        ("database is locked", False),
+    ],
+)
+def test_refusal_names_what_the_environment_refuses(message: str, refused: bool) -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from bridge.store import refusal
+
+    error = OperationalError("COMMIT", {}, sqlite3.OperationalError(message))
+    assert refusal(error) == (message if refused else None)
+    assert refusal(RuntimeError(message)) is None  # only what the database itself said

@@ -420,7 +420,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         route,
         task,
         observed_at=now,
-        due={task.id: rt.updated_at} if changed and rt.updated_at else None,
+        due=rt.updated_at if changed else None,
     )
     return changed
 
@@ -478,11 +478,13 @@ async def queue_updates(
     task: TaskRow,
     *,
     observed_at: datetime,
-    due: Mapping[str, datetime] | None = None,
+    due: datetime | None = None,
 ) -> int:
     """Queue an update for every member whose base differs from the canonical values (see
-    `queue_updates_many`)."""
-    return await queue_updates_many(ctx, session, [(route, task, observed_at)], due=due)
+    `queue_updates_many`); `due`: when those updates fell due (the change's time)."""
+    return await queue_updates_many(
+        ctx, session, [(route, task, observed_at)], due={task.id: due} if due is not None else None
+    )
 
 
 _LIVE_LINKS_OF = select(LinkRow).where(

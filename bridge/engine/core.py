@@ -114,14 +114,33 @@ def older_than_applied(reported_at: datetime | None, applied_at: datetime | None
     return bool(reported_at and applied_at and reported_at < applied_at)
 
 
-def agreed(values: Values, base: Values, inflight: Values) -> Values:
-    """What a side last agreed with us: the link's base, except where a write of ours in flight
-    already shows its value (seen landing before its commit), that value."""
+# Writes of ours that may show on a side without their outcome recorded, kept per link: each
+# claim's write may have landed (an answer lost to a timeout, a crash before the commit) while
+# the next attempt already plans newer values. Past this many unconfirmed attempts the oldest is
+# forgotten; a link needs a run of lost answers that long first.
+CLAIMS_KEPT = 8
+
+
+def agreed(values: Values, base: Values, claims: Sequence[Values]) -> Values:
+    """What a side last agreed with us: the link's base, except where a write of ours that may
+    have landed (in flight, or sent and never confirmed) already shows its value: that value.
+    Our own write, seen with the platform's later stamp, must never read as an edit there."""
     out = dict(base)
-    for name, value in inflight.items():
-        if values.get(name, NO_CLAIM) == value:
-            out[name] = value
+    for claim in claims:
+        for name, value in claim.items():
+            if values.get(name, NO_CLAIM) == value:
+                out[name] = value
     return out
+
+
+def with_claim(claims: Sequence[Values], claim: Values) -> list[Values]:
+    """A link's claims once the write `claim` goes out: the earlier ones are kept, since the
+    write whose outcome was never recorded may be what the side shows (`agreed`); a landed
+    write's record clears them all."""
+    kept = [c for c in claims if c != claim]
+    if claim:
+        kept.append(claim)
+    return kept[-CLAIMS_KEPT:]
 
 
 def unmoved(values: Values, agreed_values: Values) -> bool:
@@ -213,11 +232,15 @@ def moved_since_base(
     current: RemoteTask,
     base: Values,
     parents: Mapping[str, str] | None = None,
+    *,
+    claims: Sequence[Values] = (),
 ) -> bool:
-    """The read before a write: whether the side changed since it last agreed with us (then
-    its change is merged first, and the write goes out with what is true after that). `parents`
-    as for `readable_values`; a parent it does not know counts as a move (the merge looks it up)."""
+    """The read before a write: whether the side changed since it last agreed with us (`agreed`,
+    with our writes that may have landed there) (then its change is merged first, and the write
+    goes out with what is true after that). `parents` as for `readable_values`; a parent it does
+    not know counts as a move (the merge looks it up)."""
     seen, _ = readable_values(conn, route, member, current, parents)
+    base = agreed(seen, base, claims)
     if (
         parents is not None
         and reads_parent(conn, route, member)

@@ -32,7 +32,8 @@ Delivery promise: every queued operation is applied at least once, and its effec
 How the store is used, and why that keeps the promise. One transaction claims a batch of
 operations, loads everything they need (tasks, links, comments, open conflicts) and, for each
 update, records the write about to go out on its link (`inflight`, so that the platform reporting
-it before we record it is known for our echo). Then each operation talks to its platform with no
+it before we record it is known for our echo; kept beside earlier writes whose outcome was never
+recorded, which may have landed too). Then each operation talks to its platform with no
 store work in between. What each one ended with (written, retry later, parked) is recorded by a
 group commit: finished operations queue for the committer, which applies every outcome waiting
 in one transaction (a new base, the operation closed, whatever the task still needs queued). A
@@ -79,8 +80,10 @@ from bridge.engine.sync import (
     Observation,
     apply_remote_deletion,
     children_of,
+    claim_write,
     held_fields,
     held_fields_many,
+    link_claims,
     links_by_remote,
     load_hierarchy,
     log_loop_once,
@@ -354,7 +357,7 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
     await _settle_parents(ctx, session, [op for op in out if isinstance(op, _Op)])
     for op in out:
         if isinstance(op, _Op) and op.op == OpKind.UPDATE and op.planned:
-            op.link.inflight = encode_values(core.inflight_claims(ctx.connectors[op.connector], op.planned))
+            claim_write(ctx.connectors[op.connector], op.link, op.planned)
     return out
 
 
@@ -693,7 +696,15 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     changes = op.planned
     if changes and read_first:
         current = await conn.get_task(op.member.scope, op.link.remote_id)
-        if core.moved_since_base(conn, op.route, op.member, current, decode_values(op.link.base), op.parents):
+        if core.moved_since_base(
+            conn,
+            op.route,
+            op.member,
+            current,
+            decode_values(op.link.base),
+            op.parents,
+            claims=link_claims(op.link),
+        ):
             # The side changed since it last agreed with us: that change is merged first (it may
             # win, or hold a conflict), and the write goes out with what is true now.
             changes = await _after_remote_edit(ctx, conn, op, current)
@@ -735,7 +746,7 @@ async def _after_remote_edit(
         async with ctx.store.transaction() as session:
             row = await session.get(LinkRow, op.link.id)
             if row is not None:
-                row.inflight = encode_values(core.inflight_claims(conn, changes))
+                claim_write(conn, row, changes)
     return changes
 
 

@@ -93,8 +93,25 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
     return await session.scalar(_LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
 
 
+def link_claims(link: LinkRow) -> list[Values]:
+    """The writes of ours that may show on the link's side (`core.with_claim`). A store from
+    before claims were kept holds one claim as a bare mapping."""
+    raw = link.inflight
+    if not raw:
+        return []
+    return [decode_values(claim) for claim in (raw if isinstance(raw, list) else [raw])]
+
+
+def claim_write(conn: Connector, link: LinkRow, changes: Values) -> None:
+    """Record on its link a write about to go out, as it will read back there, before it goes:
+    the platform may report it before the write's outcome is recorded, or the outcome may never
+    be (`core.agreed` then knows it for ours)."""
+    claims = core.with_claim(link_claims(link), core.inflight_claims(conn, changes))
+    link.inflight = [encode_values(claim) for claim in claims] or None
+
+
 def _agreed(values: Values, link: LinkRow) -> Values:
-    return core.agreed(values, decode_values(link.base), decode_values(link.inflight or {}))
+    return core.agreed(values, decode_values(link.base), link_claims(link))
 
 
 # -- the hierarchy: links between remote parent ids and bridge tasks --------------------------------

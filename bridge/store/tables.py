@@ -139,9 +139,11 @@ class LinkRow(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     remote_url: Mapped[str | None] = mapped_column(Text)
     is_mirror: Mapped[bool] = mapped_column(Boolean, default=False)  # created by us: carries the marker
-    # Values of a write to this side in flight (as they will read back): an observation showing
-    # them is our own write landing, even before the write's commit moves `base`.
-    inflight: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Writes of ours to this side whose outcome is not recorded (in flight, or sent with the
+    # answer lost), oldest first, each as its values will read back: an observation showing them
+    # is our own write landing, not an edit there (engine.core.agreed). One mapping in stores
+    # from before a list was kept.
+    inflight: Mapped[list[dict[str, Any]] | dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

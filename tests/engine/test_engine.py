@@ -412,6 +412,32 @@ async def test_an_echo_seen_before_its_write_commits_is_not_an_edit(harness: Har
         assert "raced v2" in titles(world, platform), platform
 
 
+async def test_a_write_that_landed_unrecorded_is_still_ours_when_tried_again(
+    harness: Harness, world: World
+) -> None:
+    """A write goes out stale (the source moved on while it was in flight), lands, and its answer
+    is lost (a timeout after the platform applied it; a SIGKILL before the commit is the same to
+    the store). Its retry plans the newer value: the read before that write finds our older
+    value there, stamped later than the source's edit. It is our echo, not an edit that wins as
+    'the newest' (the drill once ended with a task's last title lost on every side this way)."""
+    vt_id = create_on(world, "vortask", "unrecorded")
+    await harness.settle()
+
+    async def lands_then_times_out(write: Callable[[], Awaitable[Any]]) -> Any:
+        ops.edit(world, "vortask", vt_id, title="unrecorded v2")  # the source moves on...
+        await harness.poll("vortask")
+        await write()  # ...our older write (v1) lands after that edit...
+        raise Retryable("PUT timed out", connector="impactly")  # ...and its answer never comes
+
+    raced = intercept_first_update(harness.ctx.connectors["impactly"], lands_then_times_out)
+    ops.edit(world, "vortask", vt_id, title="unrecorded v1")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert raced
+    for platform in world.platforms:
+        assert "unrecorded v2" in titles(world, platform), platform
+
+
 async def test_a_listing_older_than_our_write_does_not_undo_it(
     harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

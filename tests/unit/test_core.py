@@ -223,43 +223,97 @@ def test_plan_update(
 # -- echoes and stale reports ---------------------------------------------------------------------
 
 AGREED_CASES = [
-    # (why, reported, base, inflight, unmoved?)
-    ("the side shows its base: nothing moved", {"title": "x"}, {"title": "x"}, {}, True),
-    ("the side shows something else: it moved", {"title": "y"}, {"title": "x"}, {}, False),
+    # (why, reported, base, claims (our writes that may have landed, oldest first), unmoved?)
+    ("the side shows its base: nothing moved", {"title": "x"}, {"title": "x"}, [], True),
+    ("the side shows something else: it moved", {"title": "y"}, {"title": "x"}, [], False),
     (
         "our write in flight landing before its commit is our echo",
         {"title": "y"},
         {"title": "x"},
-        {"title": "y"},
+        [{"title": "y"}],
         True,
     ),
     (
         "an in-flight value the side does not show changes nothing",
         {"title": "z"},
         {"title": "x"},
-        {"title": "y"},
+        [{"title": "y"}],
         False,
     ),
-    ("a field the base never had: moved", {"title": "x", "tags": ["a"]}, {"title": "x"}, {}, False),
+    (
+        "an earlier write whose answer was lost, shown while a newer one is planned: our echo",
+        {"title": "y"},
+        {"title": "x"},
+        [{"title": "y"}, {"title": "z"}],
+        True,
+    ),
+    (
+        "claims of two writes, each showing its own field: both ours",
+        {"title": "y", "status": "done"},
+        {"title": "x", "status": "todo"},
+        [{"status": "done"}, {"title": "y"}],
+        True,
+    ),
+    (
+        "one field ours, another edited there: moved",
+        {"title": "y", "status": "blocked"},
+        {"title": "x", "status": "todo"},
+        [{"title": "y", "status": "done"}],
+        False,
+    ),
+    ("a field the base never had: moved", {"title": "x", "tags": ["a"]}, {"title": "x"}, [], False),
     (
         "the side reports fewer fields than the base: unmoved",
         {"title": "x"},
         {"title": "x", "tags": []},
-        {},
+        [],
         True,
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("reported", "base", "inflight", "expected"),
+    ("reported", "base", "claims", "expected"),
     [c[1:] for c in AGREED_CASES],
     ids=[c[0] for c in AGREED_CASES],
 )
 def test_unmoved_against_what_was_agreed(
-    reported: Values, base: Values, inflight: Values, expected: bool
+    reported: Values, base: Values, claims: list[Values], expected: bool
 ) -> None:
-    assert core.unmoved(reported, core.agreed(reported, base, inflight)) is expected
+    assert core.unmoved(reported, core.agreed(reported, base, claims)) is expected
+
+
+WITH_CLAIM_CASES = [
+    # (why, claims before, the new write, claims after)
+    ("the first write", [], {"title": "a"}, [{"title": "a"}]),
+    (
+        "an earlier write never confirmed is kept",
+        [{"title": "a"}],
+        {"title": "b"},
+        [{"title": "a"}, {"title": "b"}],
+    ),
+    ("the same write again is one claim", [{"title": "a"}], {"title": "a"}, [{"title": "a"}]),
+    (
+        "a repeat moves to the end (the newest)",
+        [{"title": "a"}, {"title": "b"}],
+        {"title": "a"},
+        [{"title": "b"}, {"title": "a"}],
+    ),
+    ("nothing to write claims nothing", [{"title": "a"}], {}, [{"title": "a"}]),
+    (
+        "the oldest is forgotten past CLAIMS_KEPT",
+        [{"title": str(i)} for i in range(core.CLAIMS_KEPT)],
+        {"title": "new"},
+        [{"title": str(i)} for i in range(1, core.CLAIMS_KEPT)] + [{"title": "new"}],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "claim", "after"), [c[1:] for c in WITH_CLAIM_CASES], ids=[c[0] for c in WITH_CLAIM_CASES]
+)
+def test_with_claim(before: list[Values], claim: Values, after: list[Values]) -> None:
+    assert core.with_claim(before, claim) == after
 
 
 @pytest.mark.parametrize(
@@ -349,6 +403,15 @@ def test_moved_since_base_is_the_read_before_write() -> None:
     conn = FakeConn()
     assert not core.moved_since_base(conn, route(), A, rt({"title": "x"}), {"title": "x"})  # type: ignore[arg-type]
     assert core.moved_since_base(conn, route(), A, rt({"title": "edited there"}), {"title": "x"})  # type: ignore[arg-type]
+    # Our own earlier write, its answer lost, is not an edit there.
+    assert not core.moved_since_base(
+        conn,  # type: ignore[arg-type]
+        route(),
+        A,
+        rt({"title": "ours, unconfirmed"}),
+        {"title": "x"},
+        claims=[{"title": "ours, unconfirmed"}, {"title": "ours, now"}],
+    )
 
 
 def test_readable_values_keep_to_the_route_and_the_member() -> None:

@@ -408,7 +408,9 @@ class Daemon:
             task = asyncio.current_task()
             if task is not None:
                 self._jobs.add(task)
-            name = getattr(fn, "__name__", str(fn))
+            # One job per connector runs the same function: its name says which, so that one
+            # connector's refusal and recovery are told apart from another's.
+            name = " ".join([getattr(fn, "__name__", str(fn)), *(str(arg) for arg in args)])
             try:
                 await fn(*args)
                 if name in self._refused_jobs:

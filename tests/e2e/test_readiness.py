@@ -4,6 +4,7 @@ no write, and /readyz must say so within seconds, not answer 200 while every wri
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +55,25 @@ def test_a_full_disk_makes_the_daemon_not_ready(
         lambda: (r := ready(d)).status_code == 503 and r, timeout=10, what="503 on a full disk"
     )
     assert "store refuses writes" in answer.text and "full" in answer.text
-    # The polls (every second) meet the full disk too: said in one line, not a traceback.
+    # The polls (every second) meet the full disk too: each job says so in one line, not a
+    # traceback, and once more when it recovers.
     wait_until(lambda: "the store refuses writes" in d.log.read_text(), timeout=10, what="a poll refused")
     filler.unlink()
     wait_until(lambda: ready(d).status_code == 200, timeout=10, what="ready again with room")
+
+    def refused_and_recovered() -> tuple[list[str], set[str]]:
+        text = d.log.read_text()
+        refused = re.findall(r"job (.+?) failed: the store refuses writes", text)
+        return refused, set(re.findall(r"job (.+?): the store takes writes again", text))
+
     wait_until(
-        lambda: "the store takes writes again" in d.log.read_text(), timeout=10, what="the polls recover"
+        lambda: (found := refused_and_recovered()) and set(found[0]) <= found[1],
+        timeout=10,
+        what="every refused job recovers",
     )
+    refused, _ = refused_and_recovered()
+    polls = [name for name in refused if name.startswith("poll_once ")]
+    assert polls and all(name.split(" ", 1)[1] in world.platforms for name in polls), refused
     assert "Traceback" not in d.log.read_text()
 
 

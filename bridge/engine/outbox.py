@@ -24,7 +24,8 @@ Delivery promise: every queued operation is applied at least once, and its effec
   once), held while the target still shows the task above its new parent until that other move
   is recorded, which queues the moved task's descendants again;
 - a retryable failure (5xx, timeout, a 429 without Retry-After) backs off exponentially with
-  jitter and parks after `max_attempts`; a 429 with Retry-After waits for it; a permanent failure
+  jitter and parks after `max_attempts`; a 429 with Retry-After waits for it and costs no
+  attempt (the platform did not process it; attempts count what failed); a permanent failure
   (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
   spins; an unforeseen error parks after `max_unexpected` attempts. A 404 on a write is a
   deletion only when a GET and a complete listing agree.
@@ -198,6 +199,10 @@ class Outcome:
     gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
     connector_error: str | None = None  # a failure of the connector, not of this task (its health)
     connector_error_certain: bool = False  # true at once (a refused credential), not maybe passing
+    # False when the platform deferred the work (a 429 with Retry-After: not processed, try at
+    # that time): the claim's attempt is given back, so a throttle neither grows the backoff of
+    # the next real failure nor brings the operation closer to being parked.
+    attempt_spent: bool = True
 
 
 def _done(
@@ -603,7 +608,13 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
     except RateLimited as exc:
         if exc.retry_after is None:  # no Retry-After (a usage limit): back off, park after the cap
             return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
-        return Outcome(state=OpState.PENDING, result="rate_limited", error=str(exc), delay=exc.retry_after)
+        return Outcome(
+            state=OpState.PENDING,
+            result="rate_limited",
+            error=str(exc),
+            delay=exc.retry_after,
+            attempt_spent=False,
+        )
     except Retryable as exc:
         return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
     except AuthFailed as exc:
@@ -950,6 +961,8 @@ async def apply_outcomes(
                     row.claim_expires_at = None
                     row.last_error = outcome.error
                     row.next_attempt_at = now + timedelta(seconds=outcome.delay)
+                    if not outcome.attempt_spent:
+                        row.attempts = max(0, row.attempts - 1)
                 continue
             else:
                 row.state = advance(row.state, outcome.state)

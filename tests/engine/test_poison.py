@@ -17,7 +17,7 @@ from bridge.engine.outbox import Worker
 from bridge.model import as_utc
 from bridge.store.states import DeliveryState, OpState
 from bridge.store.tables import InboxRow, OutboxRow
-from connectors.base import WebhookEvent
+from connectors.base import RateLimited, Retryable, WebhookEvent
 from tests import ops
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, titles
@@ -171,3 +171,35 @@ async def test_a_batch_slower_than_its_claim_leaves_another_replicas_record_alon
     async with harness.ctx.store.read() as s:
         [row] = (await s.scalars(select(InboxRow))).all()
     assert (row.state, row.attempts, row.error) == (DeliveryState.FAILED, 2, "theirs")
+
+
+async def test_a_throttled_write_spends_no_attempt(harness: Harness, world: World) -> None:
+    """A 429 with Retry-After is the platform deferring a write it did not process, not a failure:
+    it must neither grow the backoff of the next real failure nor bring the operation closer to
+    being parked (a backfill throttled for minutes once needed only one 500 to park a write)."""
+    task = create_on(world, "squads", "throttled")
+    await harness.settle()
+    vortask = harness.ctx.connectors["vortask"]
+    real_update = vortask.update_task
+    answers: list[Exception] = [
+        *(RateLimited("HTTP 429", retry_after=0.0, connector="vortask") for _ in range(4)),
+        Retryable("HTTP 500", connector="vortask"),
+    ]
+
+    async def update_task(scope: str, remote_id: str, changes: Any) -> Any:
+        if answers:
+            raise answers.pop(0)
+        return await real_update(scope, remote_id, changes)
+
+    vortask.update_task = update_task  # type: ignore[method-assign]
+    worker = harness.daemon.worker
+    worker.settings = dataclasses.replace(worker.settings, max_attempts=3, backoff=0.0)
+    ops.edit(world, "squads", task, title="throttled, edited")
+    await harness.poll("squads")
+    for _ in range(8):
+        await harness.drain()
+    assert not answers
+    assert "throttled, edited" in titles(world, "vortask")
+    async with harness.ctx.store.read() as s:
+        rows = (await s.scalars(select(OutboxRow).where(OutboxRow.connector == "vortask"))).all()
+    assert [(r.state, r.attempts) for r in rows][-1] == (OpState.DONE, 2)  # the 500, then the write

@@ -60,6 +60,7 @@ import ijson
 
 from bridge.mapping import PlatformMapping
 from bridge.model import SYNC_FIELDS, Values, encode_values, normalize_values
+from connectors._aiohttp import Transport
 
 log = logging.getLogger("taskbridge.connector")
 
@@ -862,7 +863,7 @@ class HttpClient:
             base_url=settings.base_url,
             headers={"User-Agent": "taskbridge", "Accept": "application/json", **headers},
             timeout=settings.timeout,
-            transport=settings.transport,
+            transport=settings.transport or Transport(settings.base_url),
         )
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self.rng = random.Random()

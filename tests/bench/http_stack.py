@@ -50,10 +50,18 @@ def _serve(port: int, http: str, loop: str) -> None:
     uvicorn.run(_app, host="127.0.0.1", port=port, log_level="warning", http=http, loop=loop)
 
 
-async def _client(port: int, n: int) -> dict[str, float]:
+def _transport(name: str) -> Any:
+    if name == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        return AiohttpTransport()
+    return None  # httpx's own (httpcore, h11)
+
+
+async def _client(port: int, n: int, transport: str) -> dict[str, float]:
     import httpx
 
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=_transport(transport)) as c:
         for _ in range(200):  # warm: connections open, code paths imported
             (await c.put("/t", json=BODY)).json()
         sem = asyncio.Semaphore(CONCURRENCY)
@@ -67,12 +75,12 @@ async def _client(port: int, n: int) -> dict[str, float]:
         return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
 
 
-def _run_client(port: int, n: int, loop: str) -> dict[str, float]:
+def _run_client(port: int, n: int, loop: str, transport: str) -> dict[str, float]:
     if loop == "uvloop":
         import uvloop
 
-        return uvloop.run(_client(port, n))  # type: ignore[no-any-return]
-    return asyncio.run(_client(port, n))
+        return uvloop.run(_client(port, n, transport))  # type: ignore[no-any-return]
+    return asyncio.run(_client(port, n, transport))
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -81,7 +89,9 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _measure(server: tuple[str, str], client_loop: str, n: int) -> dict[str, Any]:
+def _measure(
+    server: tuple[str, str], client_loop: str, n: int, transport: str = "httpcore"
+) -> dict[str, Any]:
     port = free_port()
     http, loop = server
     proc = subprocess.Popen(
@@ -100,7 +110,16 @@ def _measure(server: tuple[str, str], client_loop: str, n: int) -> dict[str, Any
                 time.sleep(0.05)
         before = _cpu_ticks(proc.pid)
         out = subprocess.run(
-            [sys.executable, "-m", "tests.bench.http_stack", "client", str(port), str(n), client_loop],
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.http_stack",
+                "client",
+                str(port),
+                str(n),
+                client_loop,
+                transport,
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -113,7 +132,7 @@ def _measure(server: tuple[str, str], client_loop: str, n: int) -> dict[str, Any
     # The server's figure includes the client's 200 warm-up requests: counted in.
     return {
         "server": f"uvicorn {http} on {loop}",
-        "client": f"httpx on {client_loop}",
+        "client": f"httpx over {transport} on {client_loop}",
         "requests": n,
         "client_cpu_us_per_request": round(client["cpu_s"] / n * 1e6),
         "server_cpu_us_per_request": round(server_s / (n + 200) * 1e6),
@@ -128,12 +147,16 @@ def bench_http_stack(ctx: Any) -> dict[str, Any]:
     if importlib.util.find_spec("uvloop") is not None:
         loops.append("uvloop")
     runs = []
+    transports = ["httpcore"]
+    if importlib.util.find_spec("httpx_aiohttp") is not None:
+        transports.append("aiohttp")
     for http in ("h11", "httptools"):
         for server_loop in loops:
             for client_loop in loops:
-                r = _measure((http, server_loop), client_loop, n)
-                log(f"http_stack: {r}")
-                runs.append(r)
+                for transport in transports:
+                    r = _measure((http, server_loop), client_loop, n, transport)
+                    log(f"http_stack: {r}")
+                    runs.append(r)
     params = {
         "requests_per_run": n,
         "concurrency": CONCURRENCY,
@@ -148,4 +171,4 @@ if __name__ == "__main__":
     if mode == "serve":
         _serve(port, sys.argv[3], sys.argv[4])
     else:
-        print(json.dumps(_run_client(port, int(sys.argv[3]), sys.argv[4])))
+        print(json.dumps(_run_client(port, int(sys.argv[3]), sys.argv[4], sys.argv[5])))

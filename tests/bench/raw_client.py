@@ -22,11 +22,20 @@ from typing import Any
 
 import httpx
 
+from connectors._aiohttp import Transport
+
 
 def _clients(spec: dict[str, Any]) -> dict[str, httpx.AsyncClient]:
+    """httpx over the daemon's own transport (aiohttp's, `connectors._aiohttp`), so that the floor
+    is the same HTTP stack doing only the calls; `"transport": "httpcore"` in the spec measures
+    httpx's default one instead."""
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+
+    def transport() -> httpx.AsyncBaseTransport | None:
+        return None if spec.get("transport") == "httpcore" else Transport("http://127.0.0.1", limits=limits)
+
     return {
-        name: httpx.AsyncClient(headers=headers, timeout=30, limits=limits)
+        name: httpx.AsyncClient(headers=headers, timeout=30, limits=limits, transport=transport())
         for name, headers in spec["headers"].items()
     }
 

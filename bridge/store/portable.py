@@ -295,6 +295,19 @@ def _parse_object(value: Any) -> Any:
     return value
 
 
+def _parse_claims(value: Any) -> Any:
+    """A link's claims (`inflight`): a list of objects, or one object as stores before lists."""
+    if isinstance(value, list):
+        for item in value:
+            _parse_object(item)
+        return value
+    return _parse_object(value)
+
+
+# JSON columns that hold something other than one object.
+_JSON_PARSERS: dict[tuple[str, str], Parse] = {("links", "inflight"): _parse_claims}
+
+
 def _parse_int(value: Any) -> int:
     if type(value) is not int:  # bool is an int to Python, not to the file
         raise ValueError(f"not an integer: {value!r:.60}")
@@ -337,7 +350,7 @@ def _parser(kind: Kind, column: Column[Any]) -> Parse:
     if isinstance(kind_of, UTCDateTime):
         parse = _parse_time
     elif isinstance(kind_of, JSON):
-        parse = _parse_object  # every JSON column holds an object (tables.py)
+        parse = _JSON_PARSERS.get((kind.table.name, column.name), _parse_object)
     elif isinstance(kind_of, Boolean):
         parse = _parse_bool
     elif isinstance(kind_of, Integer):

@@ -93,7 +93,14 @@ async def fill(store: Store) -> None:
                     content_hash=f"{i:064x}" if remote else None,
                     remote_url=f"https://{connector}.example/t/{remote}" if remote else None,
                     is_mirror=i > 0,
-                    inflight={"title": "in flight"} if i == 1 else None,
+                    # Claims as a list, and one link with a store's older single mapping.
+                    inflight=(
+                        [{"title": "landed?"}, {"title": "in flight"}]
+                        if i == 1
+                        else {"title": "older store"}
+                        if i == 2
+                        else None
+                    ),
                     created_at=at(10),
                     updated_at=at(20 + i),
                 )
@@ -413,6 +420,8 @@ async def test_a_bad_header_is_refused(source: Store, target: Store) -> None:
         (3, {"extra": 1}, "task: unknown field 'extra'"),
         (7, {"state": "lost"}, "link: state: 'lost' is not one of active, creating, gone, unlinked"),
         (7, {"is_mirror": "yes"}, "link: is_mirror: not true or false"),
+        (7, {"inflight": ["a"]}, "link: inflight: not a JSON object"),
+        (7, {"inflight": "a"}, "link: inflight: not a JSON object"),
         # What only the store can tell: the line is still named.
         (7, {"task_id": "01JNOSUCHTASK0000000000000"}, "(task_id -> tasks: a row earlier in the file)"),
         (4, {"id": IDS[0]}, "task: the store refused it"),

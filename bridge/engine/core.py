@@ -116,8 +116,9 @@ def older_than_applied(reported_at: datetime | None, applied_at: datetime | None
 
 # Writes of ours that may show on a side without their outcome recorded, kept per link: each
 # claim's write may have landed (an answer lost to a timeout, a crash before the commit) while
-# the next attempt already plans newer values. Past this many unconfirmed attempts the oldest is
-# forgotten; a link needs a run of lost answers that long first.
+# the next attempt already plans newer values. Past this many attempts with other values and no
+# recorded outcome (lost answers, but also refusals: a 429 or a 4xx is not told apart here) the
+# oldest is forgotten.
 CLAIMS_KEPT = 8
 
 
@@ -135,8 +136,9 @@ def agreed(values: Values, base: Values, claims: Sequence[Values]) -> Values:
 
 def with_claim(claims: Sequence[Values], claim: Values) -> list[Values]:
     """A link's claims once the write `claim` goes out: the earlier ones are kept, since the
-    write whose outcome was never recorded may be what the side shows (`agreed`); a landed
-    write's record clears them all."""
+    write whose outcome was never recorded may be what the side shows (`agreed`), and a field
+    one of them set differently from what is true is written again (`stale_fields`); so a
+    landed write's record may clear them all."""
     kept = [c for c in claims if c != claim]
     if claim:
         kept.append(claim)
@@ -155,16 +157,22 @@ def stale_fields(
     canonical: Values,
     base: Values,
     held: Iterable[str] = (),
+    claims: Sequence[Values] = (),
 ) -> list[str]:
     """The route fields this member writes whose base differs from what the canonical value would
-    read back as there. Fields an open conflict holds wait for its resolution."""
+    read back as there, or that a write of ours whose outcome was never recorded set to
+    something else (`with_claim`: the side may show that value, and only a write of what is true
+    now puts it right; the write that lands then clears the claims). Fields an open conflict
+    holds wait for its resolution."""
     out = []
     held = set(held)
     for name in route.fields:
         if name in held or not member.writes(name) or name not in conn.capabilities.writable:
             continue
         shown = side_roundtrip(conn, name, canonical.get(name, DEFAULTS[name]))
-        if shown is not NO_CLAIM and shown != base.get(name):
+        if shown is NO_CLAIM:
+            continue
+        if shown != base.get(name) or any(name in claim and claim[name] != shown for claim in claims):
             out.append(name)
     return out
 
@@ -188,11 +196,12 @@ def plan_update(
     base: Values,
     held: Iterable[str],
     queued_fields: Sequence[str] | None,
+    claims: Sequence[Values] = (),
 ) -> Values:
     """What an update operation writes now: of the fields it was queued for (all, when it names
-    none), those that still differ there. Empty: nothing to write (a repeat, or someone else's
-    write got there first)."""
-    stale = stale_fields(conn, route, member, canonical, base, held)
+    none), those that still differ there (`stale_fields`). Empty: nothing to write (a repeat, or
+    someone else's write got there first)."""
+    stale = stale_fields(conn, route, member, canonical, base, held, claims)
     wanted = [f for f in (queued_fields if queued_fields is not None else stale) if f in stale]
     return writable_values(conn, route, member, canonical, wanted)
 

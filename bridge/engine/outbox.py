@@ -24,8 +24,10 @@ Delivery promise: every queued operation is applied at least once, and its effec
   once), held while the target still shows the task above its new parent until that other move
   is recorded, which queues the moved task's descendants again;
 - a retryable failure (5xx, timeout, a 429 without Retry-After) backs off exponentially with
-  jitter and parks after `max_attempts`; a 429 with Retry-After waits for it and costs no
-  attempt (the platform did not process it; attempts count what failed); a permanent failure
+  jitter and parks after `max_attempts`; a 429 with Retry-After waits for it and costs an update,
+  delete or archive no attempt (repeating those is harmless, so attempts count what failed; a
+  create or comment keeps it, since its next attempt must look for what an earlier request of
+  the same write may have made); a permanent failure
   (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
   spins; an unforeseen error parks after `max_unexpected` attempts. A 404 on a write is a
   deletion only when a GET and a complete listing agree.
@@ -39,7 +41,9 @@ store work in between. What each one ended with (written, retry later, parked) i
 group commit: finished operations queue for the committer, which applies every outcome waiting
 in one transaction (a new base, the operation closed, whatever the task still needs queued). A
 crash after a write but before its commit loses only the record of it: the claim expires, and the
-repeat is a no-op by the rules above.
+repeat writes what is true by then. A field the lost write may have set otherwise (its claim is
+kept until a write's outcome is recorded) is written again, and the side showing the lost
+write's value is known for our echo, never taken for an edit there.
 """
 
 from __future__ import annotations
@@ -200,8 +204,9 @@ class Outcome:
     connector_error: str | None = None  # a failure of the connector, not of this task (its health)
     connector_error_certain: bool = False  # true at once (a refused credential), not maybe passing
     # False when the platform deferred the work (a 429 with Retry-After: not processed, try at
-    # that time): the claim's attempt is given back, so a throttle neither grows the backoff of
-    # the next real failure nor brings the operation closer to being parked.
+    # that time) and repeating it is harmless: the claim's attempt is given back, so a throttle
+    # neither grows the backoff of the next real failure nor brings the operation closer to
+    # being parked. Never for a create or comment (see `execute`).
     attempt_spent: bool = True
 
 
@@ -419,6 +424,7 @@ def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
         decode_values(op.link.base),
         held,
         op.payload.get("fields"),
+        link_claims(op.link),
     )
 
 
@@ -613,7 +619,10 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
             result="rate_limited",
             error=str(exc),
             delay=exc.retry_after,
-            attempt_spent=False,
+            # A create or a comment may have landed before a later request of the same write
+            # was refused (a create's follow-up PUT or run): its retry must look for it first,
+            # which `attempts > 1` decides, so its attempt stays spent.
+            attempt_spent=op.op in (OpKind.CREATE, OpKind.COMMENT),
         )
     except Retryable as exc:
         return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))

@@ -561,7 +561,13 @@ async def queue_updates_many(
                 continue  # a create in flight writes everything once it lands
             conn = ctx.connectors[member.connector]
             fields = core.stale_fields(
-                conn, route, member, canonical, decode_values(link.base), held.get(task.id, ())
+                conn,
+                route,
+                member,
+                canonical,
+                decode_values(link.base),
+                held.get(task.id, ()),
+                link_claims(link),
             )
             if fields:
                 stale.append((task, link, observed_at, fields))

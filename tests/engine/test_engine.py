@@ -438,6 +438,30 @@ async def test_a_write_that_landed_unrecorded_is_still_ours_when_tried_again(
         assert "unrecorded v2" in titles(world, platform), platform
 
 
+async def test_an_edit_undone_while_our_write_of_it_was_lost_is_undone_there_too(
+    harness: Harness, world: World
+) -> None:
+    """A write lands, its answer is lost, and the source undoes the edit meanwhile: the retry has
+    nothing left to write by the base, yet the side shows the lost write's value. It must be
+    written back, not cleared from the claims and then taken for an edit there."""
+    vt_id = create_on(world, "vortask", "undone")
+    await harness.settle()
+
+    async def lands_then_times_out(write: Callable[[], Awaitable[Any]]) -> Any:
+        await write()  # our write of v1 lands...
+        ops.edit(world, "vortask", vt_id, title="undone")  # ...the source undoes the edit...
+        await harness.poll("vortask")
+        raise Retryable("PUT timed out", connector="impactly")  # ...and the answer never comes
+
+    raced = intercept_first_update(harness.ctx.connectors["impactly"], lands_then_times_out)
+    ops.edit(world, "vortask", vt_id, title="undone v1")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert raced
+    for platform in world.platforms:
+        assert titles(world, platform) == ["undone"], platform
+
+
 async def test_a_listing_older_than_our_write_does_not_undo_it(
     harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

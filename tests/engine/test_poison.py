@@ -203,3 +203,29 @@ async def test_a_throttled_write_spends_no_attempt(harness: Harness, world: Worl
     async with harness.ctx.store.read() as s:
         rows = (await s.scalars(select(OutboxRow).where(OutboxRow.connector == "vortask"))).all()
     assert [(r.state, r.attempts) for r in rows][-1] == (OpState.DONE, 2)  # the 500, then the write
+
+
+async def test_a_create_throttled_after_it_landed_is_looked_for_not_made_again(
+    harness: Harness, world: World
+) -> None:
+    """A create is more than one request on some platforms (a POST, then a PUT or a run): when the
+    later one is refused with a 429 after the task was made, the retry must look for it by its
+    marker, so that attempt stays counted."""
+    vortask = harness.ctx.connectors["vortask"]
+    real_create = vortask.create_task
+    refused: list[bool] = []
+
+    async def create_task(scope: str, values: Any) -> Any:
+        created = await real_create(scope, values)
+        if not refused:
+            refused.append(True)  # the POST landed; its follow-up request is refused
+            raise RateLimited("HTTP 429", retry_after=0.0, connector="vortask")
+        return created
+
+    vortask.create_task = create_task  # type: ignore[method-assign]
+    create_on(world, "squads", "made once")
+    await harness.poll("squads")
+    for _ in range(4):
+        await harness.drain()
+    assert refused
+    assert titles(world, "vortask").count("made once") == 1

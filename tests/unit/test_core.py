@@ -220,6 +220,47 @@ def test_plan_update(
     assert planned == expected
 
 
+CLAIMED_PLAN_CASES = [
+    # (why, canonical, base, claims (our writes whose outcome was never recorded), planned)
+    ("no claims: as the base says", {"title": "v0"}, {"title": "v0"}, [], {}),
+    (
+        "a lost write set the field otherwise (the edit was undone meanwhile): written again",
+        {"title": "v0"},
+        {"title": "v0"},
+        [{"title": "v1"}],
+        {"title": "v0"},
+    ),
+    (
+        "the claim holds what is true: nothing more to write",
+        {"title": "v1"},
+        {"title": "v1"},
+        [{"title": "v1"}],
+        {},
+    ),
+    (
+        "a claim of another field says nothing of this one",
+        {"title": "v0"},
+        {"title": "v0"},
+        [{"status": "done"}],
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("canonical", "base", "claims", "expected"),
+    [c[1:] for c in CLAIMED_PLAN_CASES],
+    ids=[c[0] for c in CLAIMED_PLAN_CASES],
+)
+def test_plan_update_with_claims(
+    canonical: Values, base: Values, claims: list[Values], expected: Values
+) -> None:
+    canonical, base = normalize_values(canonical), normalize_values(base)
+    claims = [normalize_values(c) for c in claims]
+    planned = core.plan_update(FakeConn(), route(("title",)), A, canonical, base, (), ["title"], claims)  # type: ignore[arg-type]
+    assert planned == normalize_values(expected)
+
+
 # -- echoes and stale reports ---------------------------------------------------------------------
 
 AGREED_CASES = [

@@ -415,7 +415,9 @@ def _settle_parent(ctx: EngineContext, op: _Op, hierarchy: Hierarchy) -> None:
         log_loop_once(op.task.id, parent, op.connector)
 
 
-def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
+def _plan(conn: Connector, op: _Op, held: set[str], *, side_read: bool = False) -> Values:
+    """What an update writes (`core.plan_update`). `side_read`: the side was just read and merged,
+    so its base holds what it shows; the claims of earlier writes say nothing more there."""
     return core.plan_update(
         conn,
         op.route,
@@ -424,7 +426,7 @@ def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
         decode_values(op.link.base),
         held,
         op.payload.get("fields"),
-        link_claims(op.link),
+        () if side_read else link_claims(op.link),
     )
 
 
@@ -758,7 +760,7 @@ async def _after_remote_edit(
             return None
         op.task, op.link = task, link
         planned = op.planned
-        op.planned = _plan(conn, op, held)
+        op.planned = _plan(conn, op, held, side_read=True)
         if "parent" in op.planned:
             await _settle_parents(ctx, session, [op])
         changes = op.planned

@@ -415,9 +415,7 @@ def _settle_parent(ctx: EngineContext, op: _Op, hierarchy: Hierarchy) -> None:
         log_loop_once(op.task.id, parent, op.connector)
 
 
-def _plan(conn: Connector, op: _Op, held: set[str], *, side_read: bool = False) -> Values:
-    """What an update writes (`core.plan_update`). `side_read`: the side was just read and merged,
-    so its base holds what it shows; the claims of earlier writes say nothing more there."""
+def _plan(conn: Connector, op: _Op, held: set[str]) -> Values:
     return core.plan_update(
         conn,
         op.route,
@@ -426,7 +424,7 @@ def _plan(conn: Connector, op: _Op, held: set[str], *, side_read: bool = False) 
         decode_values(op.link.base),
         held,
         op.payload.get("fields"),
-        () if side_read else link_claims(op.link),
+        link_claims(op.link),
     )
 
 
@@ -760,7 +758,7 @@ async def _after_remote_edit(
             return None
         op.task, op.link = task, link
         planned = op.planned
-        op.planned = _plan(conn, op, held, side_read=True)
+        op.planned = _plan(conn, op, held)
         if "parent" in op.planned:
             await _settle_parents(ctx, session, [op])
         changes = op.planned

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -461,35 +460,6 @@ async def test_an_edit_undone_while_our_write_of_it_was_lost_is_undone_there_too
     assert raced
     for platform in world.platforms:
         assert titles(world, platform) == ["undone"], platform
-
-
-async def test_an_edit_found_by_the_read_before_a_retry_is_not_written_back_to_its_side(
-    harness: Harness, world: World
-) -> None:
-    """The read before a retried write finds a person's edit there, newer than our lost write:
-    the edit wins, and the side, just read, needs nothing (the lost write's claim says nothing
-    more of a side whose state was just merged)."""
-    vt_id = create_on(world, "vortask", "read again")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["read again"]["id"]
-
-    async def lands_then_a_person_edits(write: Callable[[], Awaitable[Any]]) -> Any:
-        await write()  # our write of v1 lands, its answer is lost...
-        ops.edit(world, "impactly", imp_id, title="read again, by a person")  # ...a person edits
-        world.fakes["impactly"].requests.clear()
-        raise Retryable("PUT timed out", connector="impactly")
-
-    raced = intercept_first_update(harness.ctx.connectors["impactly"], lands_then_a_person_edits)
-    ops.edit(world, "vortask", vt_id, title="read again v1")
-    await harness.poll("vortask")
-    await harness.drain()
-    await asyncio.sleep(0.3)  # the retry's backoff
-    await harness.drain()  # the retry: its read finds the person's edit
-    assert raced
-    assert writes(world.fakes["impactly"]) == 0  # the person's own title is not written back
-    await harness.settle()
-    for platform in world.platforms:
-        assert titles(world, platform) == ["read again, by a person"], platform
 
 
 async def test_a_listing_older_than_our_write_does_not_undo_it(

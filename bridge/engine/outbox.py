@@ -1132,7 +1132,11 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
             link.remote_created_at = outcome.remote.created_at
         link.state = advance(link.state, LinkState.ACTIVE)
     link.base = encode_values(base)
-    link.inflight = None
+    if op.op != OpKind.COMMENT:
+        # A write of the task's fields landed after every claim here: a report showing an older
+        # claim is older than it. A comment says nothing of the fields, and a parked update's
+        # claims outlive it until a write of the fields lands.
+        link.inflight = None
     if outcome.remote_time is not None and (
         link.remote_updated_at is None or outcome.remote_time > link.remote_updated_at
     ):

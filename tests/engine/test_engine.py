@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -460,6 +461,37 @@ async def test_an_edit_undone_while_our_write_of_it_was_lost_is_undone_there_too
     assert raced
     for platform in world.platforms:
         assert titles(world, platform) == ["undone"], platform
+
+
+async def test_a_comment_landing_beside_a_lost_write_keeps_its_claim(harness: Harness, world: World) -> None:
+    """A write's answer is lost and it parks; a comment mirrored to the same side lands; then the
+    source undoes the edit. The side still shows the lost write's value: our echo, written back,
+    never an edit there (the comment's landing once cleared the claim)."""
+    vt_id = create_on(world, "vortask", "commented")
+    await harness.settle()
+    worker = harness.daemon.worker
+    worker.settings = dataclasses.replace(worker.settings, max_attempts=1)  # parks at once
+
+    async def lands_then_times_out(write: Callable[[], Awaitable[Any]]) -> Any:
+        await write()
+        raise Retryable("PUT timed out", connector="impactly")
+
+    raced = intercept_first_update(harness.ctx.connectors["impactly"], lands_then_times_out)
+    ops.edit(world, "vortask", vt_id, title="commented v1")
+    await harness.poll("vortask")
+    await harness.drain()  # Impactly's write lands, its answer is lost, and it parks
+    ops.comment(world, "vortask", vt_id, "a note")
+    await harness.poll("vortask")
+    await harness.drain()  # the comment lands on Impactly
+    shown = ops.comments(world, "impactly", ops.view(world, "impactly")["commented v1"]["id"])
+    assert any(text.endswith("a note") for text in shown), shown
+    ops.edit(world, "vortask", vt_id, title="commented")  # the source undoes the edit...
+    await harness.poll("vortask")  # ...seen before Impactly is polled again
+    await harness.drain()
+    await harness.settle()
+    assert raced
+    for platform in world.platforms:
+        assert titles(world, platform) == ["commented"], platform
 
 
 async def test_a_listing_older_than_our_write_does_not_undo_it(

@@ -634,3 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:
+        # Any command that opens the store (plan, link, store export and import, sync) may find
+        # it migrated by a newer taskbridge; `run` says so itself, as it says every start failure.
+        from bridge.store import StoreTooNew
+
+        if not isinstance(exc, StoreTooNew):
+            raise
+        _err(f"taskbridge could not open its store: {exc}")
+        return EXIT_FAILED

@@ -94,8 +94,8 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
 
 
 def link_claims(link: LinkRow) -> list[Values]:
-    """The writes of ours that may show on the link's side (`core.with_claim`). A store from
-    before claims were kept holds one claim as a bare mapping."""
+    """The writes of ours that may show on the link's side (`core.with_claim`). A bare mapping
+    (one claim, as before migration 0010) still reads."""
     raw = link.inflight
     if not raw:
         return []

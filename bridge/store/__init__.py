@@ -354,8 +354,22 @@ def _sqlite_begin(conn: Connection) -> None:
     )
 
 
+class StoreTooNew(RuntimeError):
+    """The store's schema is at a revision this taskbridge does not know: a newer one made it."""
+
+
 def _upgrade(connection: Connection) -> None:
     cfg = alembic_config()
+    script = ScriptDirectory.from_config(cfg)
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+        # Alembic says "Can't locate revision" with a traceback; this is a version mix-up
+        # (a rollback), and the store must not be touched by code that cannot read it.
+        raise StoreTooNew(
+            f"the store's schema is at revision {current!r}, which this taskbridge does not know "
+            f"(its newest is {script.get_current_head()!r}): a newer taskbridge made or upgraded "
+            "it; run that version or a newer one"
+        )
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
 

@@ -141,8 +141,8 @@ class LinkRow(Base):
     is_mirror: Mapped[bool] = mapped_column(Boolean, default=False)  # created by us: carries the marker
     # Writes of ours to this side whose outcome is not recorded (in flight, or sent with the
     # answer lost), oldest first, each as its values will read back: an observation showing them
-    # is our own write landing, not an edit there (engine.core.agreed). One mapping in stores
-    # from before a list was kept.
+    # is our own write landing, not an edit there (engine.core.agreed). A list since migration
+    # 0010, which made each single mapping of before a list of one.
     inflight: Mapped[list[dict[str, Any]] | dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -211,6 +211,24 @@ def test_run_and_sync_report_a_store_that_is_not_a_database_in_one_line(tmp_path
     assert result.returncode == 1
 
 
+def test_run_and_sync_refuse_a_store_from_a_newer_taskbridge_in_one_line(tmp_path: Path) -> None:
+    """A rollback onto a store a newer version migrated: refused before anything reads it."""
+    import sqlite3
+
+    make_store(tmp_path / "bridge.db")
+    with sqlite3.connect(tmp_path / "bridge.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    path = config(tmp_path)
+    line = _one_line_failure(taskbridge("run", "--config", str(path)), "taskbridge could not start:")
+    assert "schema is at revision '9999', which this taskbridge does not know" in line, line
+    assert "a newer taskbridge made or upgraded it" in line, line
+    result = taskbridge("sync", "--config", str(path), "--once", "--no-progress")
+    assert result.returncode == 1, result.stderr
+    assert lines(result.stderr)[-1].startswith("taskbridge could not open its store: the store's schema"), (
+        result.stderr
+    )
+
+
 def test_run_reports_a_read_only_store_in_one_line(tmp_path: Path) -> None:
     """A store file that takes no writes. Root writes through file modes, so the file is made
     immutable (chattr +i), where the filesystem and the process's capabilities allow it."""

@@ -614,3 +614,56 @@ def test_refusal_names_what_the_environment_refuses(message: str, refused: bool)
     error = OperationalError("COMMIT", {}, sqlite3.OperationalError(message))
     assert refusal(error) == (message if refused else None)
     assert refusal(RuntimeError(message)) is None  # only what the database itself said
+
+
+async def test_migration_0010_makes_a_links_claim_a_list_and_back(store: Store) -> None:
+    """0010 turns a link's single in-flight mapping into a list of one claim; going down keeps
+    the newest claim as that mapping (what a taskbridge from before reads)."""
+    from alembic import command
+    from sqlalchemy.engine import Connection
+
+    from bridge.store import alembic_config
+
+    def to(revision: str, up: bool) -> Any:
+        def run(connection: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = connection
+            (command.upgrade if up else command.downgrade)(cfg, revision)
+
+        return run
+
+    async def claims() -> dict[str, Any]:
+        async with store.read() as s:
+            return {r.remote_id: r.inflight for r in (await s.scalars(select(LinkRow))).all()}
+
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("0009", up=False))
+    async with store.transaction() as s:  # the same tables at 0009: only the column's content moved
+        s.add(task_row())
+        await s.flush()
+        for remote_id, inflight in (("one", {"title": "in flight"}), ("none", None)):
+            s.add(
+                LinkRow(
+                    task_id=task_row().id,
+                    route="main",
+                    connector=remote_id,
+                    scope="p",
+                    remote_id=remote_id,
+                    base={},
+                    inflight=inflight,
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("head", up=True))
+    assert await claims() == {"one": [{"title": "in flight"}], "none": None}
+    async with store.transaction() as s:
+        link = await s.scalar(select(LinkRow).where(LinkRow.remote_id == "one"))
+        assert link is not None
+        link.inflight = [{"title": "lost"}, {"title": "newest"}]
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("0009", up=False))
+    assert await claims() == {"one": {"title": "newest"}, "none": None}
+    async with store.engine.begin() as conn:
+        await conn.run_sync(to("head", up=True))

@@ -140,7 +140,9 @@ def test_polling_alone_converges(world: World, daemon_factory: Any) -> None:
 def test_dropped_webhooks_still_converge(world: World, daemon_factory: Any) -> None:
     for fake in world.fakes.values():
         fake.faults.drop_webhook_rate = 0.5
-    daemon_factory(world, public=True, poll_interval="2s").start()
+    d = daemon_factory(world, public=True, poll_interval="2s").start()
+    # Registered after the daemon is ready: edits made before would send no delivery to drop.
+    wait_until(lambda: "webhooks of vortask/" in d.log.read_text(), what="Vortask's webhooks registered")
     made = [ops.create(world, "vortask", f"lossy {i}") for i in range(4)]
     for i, task in enumerate(made):
         ops.edit(world, "vortask", task, title=f"lossy {i} edited")

@@ -69,9 +69,17 @@ def test_a_new_store_re_adopts_what_is_in_sync_and_duplicates_nothing(
     # AgentKanban's webhook secret died with the store: the registration was replaced on start,
     # so its deliveries verify again.
     assert "agentkanban: webhooks registered; the secret the platform issued is kept" in log
-    metrics = httpx.get(d.url + "/metrics", timeout=5).text
-    assert 'taskbridge_webhooks_received_total{connector="agentkanban",result="ok"}' in metrics
-    assert 'connector="agentkanban",result="bad_signature"' not in metrics
+    # A person's edit there now sends a delivery signed with the new secret, which verifies (a
+    # delivery retried from before the restart may or may not have outlived it).
+    board_task = ops.view(world, "agentkanban")["kept agentkanban 2"]["id"]
+    ops.edit(world, "agentkanban", board_task, title="kept agentkanban 2, after the restart")
+
+    def metrics() -> str:
+        return httpx.get(d.url + "/metrics", timeout=5).text
+
+    ok = 'taskbridge_webhooks_received_total{connector="agentkanban",result="ok"}'
+    wait_until(lambda: ok in metrics(), what="an AgentKanban delivery verified after the restart")
+    assert 'connector="agentkanban",result="bad_signature"' not in metrics()
 
     # The links are live: an edit on one platform still reaches every other.
     ops.edit(world, "squads", ops.view(world, "squads")["kept runs 1"]["id"], title="kept runs 1 edited")

@@ -31,15 +31,10 @@ async def test_a_polled_burst_is_written_oldest_edit_first(harness: Harness, wor
     report = await poll_connector(harness.ctx, "vortask")
     assert report.changed == 4, report
     async with harness.ctx.store.read() as session:
-        source = dict(
-            (
-                await session.execute(
-                    select(LinkRow.task_id, LinkRow.remote_id).where(LinkRow.connector == "vortask")
-                )
-            )
-            .tuples()
-            .all()
+        rows = await session.execute(
+            select(LinkRow.task_id, LinkRow.remote_id).where(LinkRow.connector == "vortask")
         )
+        source = {task_id: remote_id for task_id, remote_id in rows.all()}
         updates = (
             await session.scalars(
                 select(OutboxRow)

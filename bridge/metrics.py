@@ -58,7 +58,7 @@ propagation = Histogram(
 )
 webhooks_received = Counter(
     "taskbridge_webhooks_received_total",
-    "Webhook deliveries received, by result (ok, bad_signature, duplicate, malformed, too_large, unknown_connector).",
+    "Webhook deliveries received, by result (ok, unchanged, bad_signature, duplicate, malformed, too_large, unknown_connector).",
     ["connector", "result"],
     registry=REGISTRY,
 )

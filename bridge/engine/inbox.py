@@ -1,15 +1,21 @@
 """Webhook deliveries: recorded fast, deduplicated, processed from the inbox.
 
+The promise: a delivery is answered 2xx only once it is recorded, or once it is known to report
+nothing new; so a delivery the platform sees accepted is never lost with the process.
+
 `receive()` (called by the HTTP endpoint) verifies the signature, parses the body, and records
 the delivery under its signed event id (or the body's hash) in the inbox, with the few non-secret
 headers its connector's `parse_webhook` reads (`webhook_headers`); a second delivery with the same
-key is a duplicate, whatever unsigned headers it arrives with. Every refusal is a 4xx counted in
+key is a duplicate, whatever unsigned headers it arrives with. A delivery that carries its tasks
+and shows each as its link already agreed (most often our own write coming back) is answered
+without being recorded (`_nothing_new`). Every refusal is a 4xx counted in
 `taskbridge_webhooks_received_total` by result. Nothing else happens before the answer, so the
 platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
-headers recorded with it and, for each task event, GETs the task (deliveries can arrive out of
-order, so the payload is a trigger, not the truth) and observes it: a batch's tasks each after
-the parent it names when the batch holds that parent too, so a child is linked under a parent
-created in the same batch however the platform ordered their deliveries.
+headers recorded with it and, for each task event, GETs the task unless the delivery carries a
+version no older than one seen (deliveries can arrive out of order: a payload that only names a
+task is a trigger, not the truth) and observes it: a batch's tasks each after the parent it names
+when the batch holds that parent too, so a child is linked under a parent created in the same
+batch however the platform ordered their deliveries.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from bridge.engine.sync import (
     link_by_remote,
     linked_parents,
     mark_gone_from_view,
+    needs_observing,
     observe,
     prefetch_links,
 )
@@ -67,7 +74,7 @@ log = logging.getLogger("taskbridge.inbox")
 @dataclass(frozen=True)
 class Receipt:
     status: int  # the HTTP status to answer
-    result: str  # ok | duplicate | bad_signature | malformed | unknown_connector
+    result: str  # ok | unchanged | duplicate | bad_signature | malformed | unknown_connector
     detail: str = ""
 
 
@@ -96,6 +103,9 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
             log.warning("webhook for %s refused: %s", connector, detail)
             return Receipt(400, "malformed", detail)
+        if await _nothing_new(ctx, connector, events):
+            metrics.webhooks_received.labels(connector, "unchanged").inc()
+            return Receipt(202, "unchanged")
         kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
         record = {
             "connector": connector,
@@ -115,6 +125,39 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
         metrics.webhooks_received.labels(connector, "ok").inc()
         ctx.inbox_ready.set()
         return Receipt(202, "ok")
+
+
+async def _nothing_new(ctx: EngineContext, connector: str, events: list[WebhookEvent]) -> bool:
+    """Whether a delivery reports nothing its processing would act on: every event a task it
+    carries (no GET needed) that its link already agreed, by the rule that lets a poll skip an
+    unchanged task (`needs_observing`). Most such deliveries are our own writes coming back; each
+    would otherwise cost a write transaction to record, a claim, an observation and a mark, and a
+    busy route receives one for nearly every mirror write. Answered without being recorded, so
+    it is not deduplicated: a replay is judged again as a late delivery is (a report older than
+    one applied changes nothing). A delivery that cannot be judged here is recorded, as any."""
+    if not events:
+        return False
+    conn = ctx.connectors[connector]
+    carried: list[tuple[Route, Member, RemoteTask]] = []
+    try:
+        for event in events:
+            located = ctx.member(connector, event.scope) if event.scope else None
+            if event.kind not in _CARRYING or located is None:
+                return False
+            task = await conn.event_task(event)
+            if task is None:
+                return False
+            carried.append((*located, task))
+        async with ctx.store.read() as session:
+            for route, member, task in carried:
+                if await needs_observing(ctx, session, route, member, [task]):
+                    return False
+    except Exception:  # the connector or the store could not say: processing will
+        return False
+    return True
+
+
+_CARRYING = frozenset({"created", "updated"})  # event kinds that may carry the task they report
 
 
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:

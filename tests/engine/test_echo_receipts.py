@@ -1,0 +1,111 @@
+"""A webhook delivery that reports nothing new is answered without being recorded.
+
+Most deliveries a busy route receives are our own writes coming back: each mirror write to a
+platform that sends webhooks brings one. A delivery that carries its task and shows what the
+task's link already agreed (by the rule that lets a poll skip an unchanged task) is answered 202
+`unchanged`; anything else is recorded as before. Over the fakes on loopback (Impactly's
+deliveries carry the whole task).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bridge.engine.inbox import Receipt, process_pending, receive
+from bridge.store.tables import InboxRow
+from tests import ops
+from tests.engine.conftest import Harness
+from tests.engine.test_engine import create_on, intercept_first_update, titles
+from tests.engine.test_hierarchy import signed_delivery
+from tests.world import World
+
+UNCHANGED = Receipt(202, "unchanged")
+
+
+async def recorded(harness: Harness) -> int:
+    async with harness.ctx.store.read() as session:
+        return int(await session.scalar(select(func.count()).select_from(InboxRow)) or 0)
+
+
+def assert_everywhere(world: World, title: str) -> None:
+    assert {p: title in titles(world, p) for p in world.platforms} == dict.fromkeys(world.platforms, True)
+
+
+def impactly_id(world: World, title: str) -> str:
+    return str(ops.view(world, "impactly")[title]["id"])
+
+
+async def test_our_write_coming_back_is_not_recorded_and_an_edit_there_is(
+    harness: Harness, world: World
+) -> None:
+    create_on(world, "vortask", "echoed")
+    await harness.settle()
+    imp = impactly_id(world, "echoed")
+
+    # The task there shows what its link agreed: the delivery of it reports nothing new.
+    assert await receive(harness.ctx, "impactly", *signed_delivery(world, imp, "task.updated")) == UNCHANGED
+    assert await recorded(harness) == 0
+
+    # A person's edit there is news: recorded, observed, and written everywhere.
+    ops.edit(world, "impactly", imp, title="echoed, edited there")
+    receipt = await receive(harness.ctx, "impactly", *signed_delivery(world, imp, "task.updated"))
+    assert receipt == Receipt(202, "ok")
+    assert await recorded(harness) == 1
+    assert await process_pending(harness.ctx) == 1
+    await harness.settle()
+    assert_everywhere(world, "echoed, edited there")
+
+
+async def test_an_echo_delivered_while_its_write_is_unrecorded_is_ours(
+    harness: Harness, world: World
+) -> None:
+    """The platform sends its delivery of our write before the write's outcome is committed: the
+    link's claim knows the value for ours."""
+    vt = create_on(world, "vortask", "in flight")
+    await harness.settle()
+    imp = impactly_id(world, "in flight")
+    answers: list[Receipt] = []
+
+    async def delivered_before_the_outcome(write: Any) -> Any:
+        result = await write()
+        answers.append(await receive(harness.ctx, "impactly", *signed_delivery(world, imp, "task.updated")))
+        return result
+
+    raced = intercept_first_update(harness.ctx.connectors["impactly"], delivered_before_the_outcome)
+    ops.edit(world, "vortask", vt, title="in flight v2")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert raced and answers == [UNCHANGED]
+    assert await recorded(harness) == 0
+    assert_everywhere(world, "in flight v2")
+
+
+async def test_a_replayed_echo_after_a_newer_write_changes_nothing(harness: Harness, world: World) -> None:
+    """Not recorded, an echo is not deduplicated: a replay of it, after a newer value was written
+    there, is judged again, as an older report than one applied, and changes nothing."""
+    vt = create_on(world, "vortask", "replayed v1")
+    await harness.settle()
+    imp = impactly_id(world, "replayed v1")
+    old = signed_delivery(world, imp, "task.updated")
+    assert await receive(harness.ctx, "impactly", *old) == UNCHANGED
+
+    ops.edit(world, "vortask", vt, title="replayed v2")
+    await harness.poll("vortask")
+    await harness.settle()
+    assert "replayed v2" in titles(world, "impactly")
+
+    assert await receive(harness.ctx, "impactly", *old) == UNCHANGED  # the same delivery, again
+    await harness.settle()
+    for platform in world.platforms:
+        assert "replayed v2" in titles(world, platform), platform
+        assert "replayed v1" not in titles(world, platform), platform
+
+
+async def test_a_task_new_to_the_bridge_is_recorded(harness: Harness, world: World) -> None:
+    imp = create_on(world, "impactly", "new there")
+    assert await receive(harness.ctx, "impactly", *signed_delivery(world, imp)) == Receipt(202, "ok")
+    assert await process_pending(harness.ctx) == 1
+    await harness.settle()
+    assert_everywhere(world, "new there")

@@ -93,7 +93,14 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
     return await session.scalar(_LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
 
 
-def link_claims(link: LinkRow) -> list[Values]:
+class _Claimed(Protocol):
+    """A link as the checks of what a side agreed read it: a LinkRow, or a row of its columns."""
+
+    base: Any
+    inflight: Any
+
+
+def link_claims(link: _Claimed) -> list[Values]:
     """The writes of ours that may show on the link's side (`core.with_claim`). A bare mapping
     (one claim, as before migration 0010) still reads."""
     raw = link.inflight
@@ -110,7 +117,7 @@ def claim_write(conn: Connector, link: LinkRow, changes: Values) -> None:
     link.inflight = [encode_values(claim) for claim in claims] or None
 
 
-def _agreed(values: Values, link: LinkRow) -> Values:
+def _agreed(values: Values, link: _Claimed) -> Values:
     return core.agreed(values, decode_values(link.base), link_claims(link))
 
 
@@ -128,15 +135,25 @@ async def linked_parents(
     wanted = sorted({r for r in remote_ids if r is not None})
     if not wanted:
         return {}
-    rows = await session.execute(
-        select(LinkRow.remote_id, LinkRow.task_id).where(
-            LinkRow.route == route,
-            LinkRow.connector == connector,
-            LinkRow.remote_id.in_(wanted),
-            LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
-        )
-    )
+    rows = await session.execute(_LINKED, {"route": route, "connector": connector, "ids": wanted})
     return {str(remote_id): task_id for remote_id, task_id in rows.all()}
+
+
+# Core statements over the links' table, built once (bridge/store/prepared.py): a poll's every
+# chunk and a webhook's every delivery read them.
+_LINKS = LinkRow.__table__
+_LINKED = select(_LINKS.c.remote_id, _LINKS.c.task_id).where(
+    _LINKS.c.route == bindparam("route"),
+    _LINKS.c.connector == bindparam("connector"),
+    _LINKS.c.remote_id.in_(bindparam("ids", expanding=True)),
+    _LINKS.c.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+)
+# What `needs_observing` reads of a link: enough to tell an unmoved side without loading it.
+_AGREED = select(
+    _LINKS.c.remote_id, _LINKS.c.state, _LINKS.c.remote_updated_at, _LINKS.c.base, _LINKS.c.inflight
+).where(
+    _LINKS.c.connector == bindparam("connector"), _LINKS.c.remote_id.in_(bindparam("ids", expanding=True))
+)
 
 
 async def _parents_for(
@@ -304,17 +321,10 @@ async def needs_observing(
     if not member.reads_any or not tasks:
         return []
     conn = ctx.connectors[member.connector]
-    links = {
-        link.remote_id: link
-        for link in (
-            await session.scalars(
-                select(LinkRow).where(
-                    LinkRow.connector == member.connector,
-                    LinkRow.remote_id.in_([rt.remote_id for rt in tasks]),
-                )
-            )
-        ).all()
-    }
+    found = await session.execute(
+        _AGREED, {"connector": member.connector, "ids": sorted({rt.remote_id for rt in tasks})}
+    )
+    links = {link.remote_id: link for link in found.all()}
     parents: dict[str, str] | None = None
     if core.reads_parent(conn, route, member):
         parents = await linked_parents(session, route.name, member.connector, (rt.parent_id for rt in tasks))

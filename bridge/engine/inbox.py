@@ -148,9 +148,9 @@ async def _nothing_new(ctx: EngineContext, connector: str, events: list[WebhookE
             if task is None:
                 return False
             carried.append((*located, task))
-        async with ctx.store.read() as session:
+        async with ctx.store.reading() as conn:
             for route, member, task in carried:
-                if await needs_observing(ctx, session, route, member, [task]):
+                if await needs_observing(ctx, conn, route, member, [task]):
                     return False
     except Exception:  # the connector or the store could not say: processing will
         return False

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, inspect, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bridge import metrics
 from bridge.engine import core
@@ -128,7 +128,7 @@ _loops_logged: set[tuple[str, str | None]] = set()  # (task, parent) refused as 
 
 
 async def linked_parents(
-    session: AsyncSession, route: str, connector: str, remote_ids: Iterable[str | None]
+    session: AsyncSession | AsyncConnection, route: str, connector: str, remote_ids: Iterable[str | None]
 ) -> dict[str, str]:
     """Remote id -> bridge task id, for the tasks among `remote_ids` linked on `connector` in
     `route` (one read for a batch: what a listing's parents translate to)."""
@@ -312,7 +312,11 @@ def log_loop_once(task_id: str, parent: str | None, where: str) -> None:
 
 
 async def needs_observing(
-    ctx: EngineContext, session: AsyncSession, route: Route, member: Member, tasks: Sequence[RemoteTask]
+    ctx: EngineContext,
+    session: AsyncSession | AsyncConnection,
+    route: Route,
+    member: Member,
+    tasks: Sequence[RemoteTask],
 ) -> list[RemoteTask]:
     """The tasks of a listing that `observe` would act on. The others (an active link showing what
     it last agreed, or a report older than one applied) it would leave untouched; sorting them out

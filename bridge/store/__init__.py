@@ -158,7 +158,7 @@ class Store:
             # trips). No autoflush: an object changed in a read session can never be written.
             reader = engine.execution_options(isolation_level="AUTOCOMMIT")
             reads = async_sessionmaker(reader, expire_on_commit=False, autoflush=False)
-            return cls(engine, sessions, url, reads=reads)
+            return cls(engine, sessions, url, reads=reads, _read_engine=reader)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         reader = engine.execution_options(taskbridge_read=True)
@@ -276,6 +276,12 @@ class Store:
     def read(self) -> AsyncSession:
         """A session for reads only (`async with store.read() as session:`)."""
         return (self.reads or self.sessions)()
+
+    def reading(self) -> AsyncConnection:
+        """A connection for Core reads only (`async with store.reading() as conn:`): a read
+        session's connection without the session around it, for a hot path that reads a row or
+        two (a webhook's echo check, where the session cost more than its statement)."""
+        return self._reader().connect()
 
     async def close(self) -> None:
         await self.engine.dispose()

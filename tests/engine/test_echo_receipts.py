@@ -4,7 +4,8 @@ Most deliveries a busy route receives are our own writes coming back: each mirro
 platform that sends webhooks brings one. A delivery that carries its task and shows what the
 task's link already agreed (by the rule that lets a poll skip an unchanged task) is answered 202
 `unchanged`; anything else is recorded as before. Over the fakes on loopback (Impactly's
-deliveries carry the whole task).
+deliveries carry the whole task), on SQLite and on PostgreSQL (skipped without
+TASKBRIDGE_TEST_PG_URL), with `parent` among the route's fields (the check translates it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from sqlalchemy import func, select
 from bridge.engine.inbox import Receipt, process_pending, receive
 from bridge.store.tables import InboxRow
 from tests import ops
+from tests.engine import test_hierarchy
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, intercept_first_update, titles
 from tests.engine.test_hierarchy import signed_delivery
 from tests.world import World
+
+# The store's backend is these fixtures' parameter: SQLite and PostgreSQL, as in those tests.
+harness = test_hierarchy.harness
+new_store = test_hierarchy.new_store
 
 UNCHANGED = Receipt(202, "unchanged")
 

@@ -149,11 +149,12 @@ _LINKED = select(_LINKS.c.remote_id, _LINKS.c.task_id).where(
     _LINKS.c.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
 )
 # What `needs_observing` reads of a link: enough to tell an unmoved side without loading it.
-_AGREED = select(
+_AGREED_COLUMNS = select(
     _LINKS.c.remote_id, _LINKS.c.state, _LINKS.c.remote_updated_at, _LINKS.c.base, _LINKS.c.inflight
-).where(
-    _LINKS.c.connector == bindparam("connector"), _LINKS.c.remote_id.in_(bindparam("ids", expanding=True))
-)
+).where(_LINKS.c.connector == bindparam("connector"))
+_AGREED = _AGREED_COLUMNS.where(_LINKS.c.remote_id.in_(bindparam("ids", expanding=True)))
+# One task (a webhook's): an expanding list is rendered into the SQL at every execution.
+_AGREED_ONE = _AGREED_COLUMNS.where(_LINKS.c.remote_id == bindparam("id"))
 
 
 async def _parents_for(
@@ -325,8 +326,11 @@ async def needs_observing(
     if not member.reads_any or not tasks:
         return []
     conn = ctx.connectors[member.connector]
-    found = await session.execute(
-        _AGREED, {"connector": member.connector, "ids": sorted({rt.remote_id for rt in tasks})}
+    ids = sorted({rt.remote_id for rt in tasks})
+    found = await (
+        session.execute(_AGREED_ONE, {"connector": member.connector, "id": ids[0]})
+        if len(ids) == 1
+        else session.execute(_AGREED, {"connector": member.connector, "ids": ids})
     )
     links = {link.remote_id: link for link in found.all()}
     parents: dict[str, str] | None = None

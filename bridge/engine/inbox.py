@@ -8,9 +8,9 @@ the delivery under its signed event id (or the body's hash) in the inbox, with t
 headers its connector's `parse_webhook` reads (`webhook_headers`); a second delivery with the same
 key is a duplicate, whatever unsigned headers it arrives with. A delivery that carries its tasks
 and shows each as its link already agreed (most often our own write coming back) is answered
-without being recorded (`_nothing_new`). Every refusal is a 4xx counted in
-`taskbridge_webhooks_received_total` by result. Nothing else happens before the answer, so the
-platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
+without being recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
+is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else happens before
+the answer, so the platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
 headers recorded with it and, for each task event, GETs the task unless the delivery carries a
 version no older than one seen (deliveries can arrive out of order: a payload that only names a
 task is a trigger, not the truth) and observes it: a batch's tasks each after the parent it names
@@ -103,9 +103,10 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
             log.warning("webhook for %s refused: %s", connector, detail)
             return Receipt(400, "malformed", detail)
-        if await _nothing_new(ctx, connector, events):
-            metrics.webhooks_received.labels(connector, "unchanged").inc()
-            return Receipt(202, "unchanged")
+        judged = await _unrecorded(ctx, connector, key, events)
+        if judged is not None:
+            metrics.webhooks_received.labels(connector, judged.result).inc()
+            return judged
         kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
         record = {
             "connector": connector,
@@ -121,40 +122,45 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
                 await db.execute(_RECORD, record)
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()
-            return Receipt(409, "duplicate", "this delivery was received before")
+            return _DUPLICATE
         metrics.webhooks_received.labels(connector, "ok").inc()
         ctx.inbox_ready.set()
         return Receipt(202, "ok")
 
 
-async def _nothing_new(ctx: EngineContext, connector: str, events: list[WebhookEvent]) -> bool:
-    """Whether a delivery reports nothing its processing would act on: every event a task it
-    carries (no GET needed) that its link already agreed, by the rule that lets a poll skip an
-    unchanged task (`needs_observing`). Most such deliveries are our own writes coming back; each
-    would otherwise cost a write transaction to record, a claim, an observation and a mark, and a
-    busy route receives one for nearly every mirror write. Answered without being recorded, so
-    it is not deduplicated: a replay is judged again as a late delivery is (a report older than
-    one applied changes nothing). A delivery that cannot be judged here is recorded, as any."""
+async def _unrecorded(
+    ctx: EngineContext, connector: str, key: str, events: list[WebhookEvent]
+) -> Receipt | None:
+    """The answer to a delivery that needs no record, or None to record it. A delivery that
+    carries its tasks (no GET needed) and shows each as its link already agreed, by the rule
+    that lets a poll skip an unchanged task (`needs_observing`), reports nothing to act on: most
+    are our own writes coming back, one for nearly every mirror write to a platform that sends
+    webhooks, and each would otherwise cost a write transaction to record, a claim, an
+    observation and a mark. Such a delivery recorded before is a duplicate, as any; one never
+    recorded is not deduplicated, and a replay of it is judged again, as a late delivery is (a
+    report older than one applied changes nothing). What cannot be judged here is recorded."""
     if not events:
-        return False
+        return None
     conn = ctx.connectors[connector]
     carried: list[tuple[Route, Member, RemoteTask]] = []
     try:
         for event in events:
             located = ctx.member(connector, event.scope) if event.scope else None
             if event.kind not in _CARRYING or located is None:
-                return False
+                return None
             task = await conn.event_task(event)
             if task is None:
-                return False
+                return None
             carried.append((*located, task))
-        async with ctx.store.reading() as conn:
+        async with ctx.store.reading() as db:
+            if (await db.execute(_RECORDED, {"connector": connector, "key": key})).first() is not None:
+                return _DUPLICATE
             for route, member, task in carried:
-                if await needs_observing(ctx, conn, route, member, [task]):
-                    return False
-    except Exception:  # the connector or the store could not say: processing will
-        return False
-    return True
+                if await needs_observing(ctx, db, route, member, [task]):
+                    return None
+    except Exception:  # the connector or the store could not say: recording will
+        return None
+    return Receipt(202, "unchanged")
 
 
 _CARRYING = frozenset({"created", "updated"})  # event kinds that may carry the task they report
@@ -181,9 +187,13 @@ def _text(detail: str) -> str:
 
 
 _INBOX = InboxRow.__table__
+_DUPLICATE = Receipt(409, "duplicate", "this delivery was received before")
 # Core statements, built once (see bridge/store/prepared.py): a delivery is recorded, claimed and
 # marked without loading it into an ORM session, the webhook path's most frequent writes.
 _RECORD = insert(_INBOX)
+_RECORDED = select(_INBOX.c.id).where(
+    _INBOX.c.connector == bindparam("connector"), _INBOX.c.delivery_key == bindparam("key")
+)
 _CLAIM = (
     update(_INBOX)
     .where(_INBOX.c.id.in_(bindparam("ids", expanding=True)))

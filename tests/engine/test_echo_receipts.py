@@ -56,12 +56,14 @@ async def test_our_write_coming_back_is_not_recorded_and_an_edit_there_is(
 
     # A person's edit there is news: recorded, observed, and written everywhere.
     ops.edit(world, "impactly", imp, title="echoed, edited there")
-    receipt = await receive(harness.ctx, "impactly", *signed_delivery(world, imp, "task.updated"))
-    assert receipt == Receipt(202, "ok")
+    edit = signed_delivery(world, imp, "task.updated")
+    assert await receive(harness.ctx, "impactly", *edit) == Receipt(202, "ok")
     assert await recorded(harness) == 1
     assert await process_pending(harness.ctx) == 1
     await harness.settle()
     assert_everywhere(world, "echoed, edited there")
+    # Replayed once it is what the link agreed, a delivery recorded before is still a duplicate.
+    assert (await receive(harness.ctx, "impactly", *edit)).result == "duplicate"
 
 
 async def test_an_echo_delivered_while_its_write_is_unrecorded_is_ours(

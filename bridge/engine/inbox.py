@@ -10,7 +10,8 @@ key is a duplicate, whatever unsigned headers it arrives with. A delivery that c
 and shows each as its link already agreed (most often our own write coming back) is answered
 without being recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
 is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else happens before
-the answer, so the platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
+the answer but that one read (and, when a connector reads a carried task, a lookup of what it
+caches, such as a board's lanes, on a miss), so the platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
 headers recorded with it and, for each task event, GETs the task unless the delivery carries a
 version no older than one seen (deliveries can arrive out of order: a payload that only names a
 task is a trigger, not the truth) and observes it: a batch's tasks each after the parent it names

@@ -11,8 +11,9 @@ and shows each as its link already agreed (most often our own write coming back)
 without being recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
 is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else happens before
 the answer but that one read (and, when a connector reads a carried task, a lookup of what it
-caches, such as a board's lanes, on a miss), so the platform gets its 2xx fast. `process_pending()` takes recorded deliveries, parses each with the
-headers recorded with it and, for each task event, GETs the task unless the delivery carries a
+caches, such as a board's lanes, on a miss), so the platform gets its 2xx fast.
+`process_pending()` takes recorded deliveries, parses each with the headers recorded with it
+and, for each task event, GETs the task unless the delivery carries a
 version no older than one seen (deliveries can arrive out of order: a payload that only names a
 task is a trigger, not the truth) and observes it: a batch's tasks each after the parent it names
 when the batch holds that parent too, so a child is linked under a parent created in the same
@@ -154,11 +155,11 @@ async def _unrecorded(
                 return None
             carried.append((*located, task))
         async with ctx.store.reading() as db:
-            if (await db.execute(_RECORDED, {"connector": connector, "key": key})).first() is not None:
-                return _DUPLICATE
             for route, member, task in carried:
                 if await needs_observing(ctx, db, route, member, [task]):
-                    return None
+                    return None  # news: recording it finds a duplicate, without a read first
+            if (await db.execute(_RECORDED, {"connector": connector, "key": key})).first() is not None:
+                return _DUPLICATE
     except Exception:  # the connector or the store could not say: recording will
         return None
     return Receipt(202, "unchanged")

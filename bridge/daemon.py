@@ -50,7 +50,7 @@ from bridge.engine.outbox import Worker, WorkerSettings, release_claims
 from bridge.engine.poller import poll_connector
 from bridge.engine.routes import build_routes
 from bridge.logs import setup as setup_logging
-from bridge.store import Store, StoreLost, redact_url, refusal
+from bridge.store import RefusalLog, Store, StoreLost, redact_url
 from bridge.store.tables import MetaRow
 from bridge.wiring import build_connectors
 from connectors.base import ConnectorError
@@ -156,7 +156,8 @@ class Daemon:
         self._server: Any = None
         self._held: set[str] = set()
         self._overrunning: set[str] = set()  # connectors whose last poll outlasted its interval
-        self._refused_jobs: set[str] = set()  # jobs whose last run the store refused (disk full)
+        self._refusals: dict[str, RefusalLog] = {}  # job name -> its word on a store refusing writes
+        self._inbox_refusals = RefusalLog(log, "inbox processing")
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
         self._triggered: set[str] = set()  # connectors with a triggered poll waiting to start
         self._poll_locks: dict[str, asyncio.Lock] = {}
@@ -411,22 +412,17 @@ class Daemon:
             # One job per connector runs the same function: its name says which, so that one
             # connector's refusal and recovery are told apart from another's.
             name = " ".join([getattr(fn, "__name__", str(fn)), *(str(arg) for arg in args)])
+            refusals = self._refusals.setdefault(name, RefusalLog(log, f"job {name}"))
             try:
                 await fn(*args)
-                if name in self._refused_jobs:
-                    self._refused_jobs.discard(name)
-                    log.info("job %s: the store takes writes again", name)
+                refusals.succeeded()
             except asyncio.CancelledError:
                 log.info("job %s stopped by the shutdown", name)
             except StoreLost:
                 return  # said once, by check_store
             except Exception as exc:  # a job failing must not kill the scheduler
-                reason = refusal(exc)
-                if reason is None:
+                if not refusals.failed(exc):  # a refusal is said once, until it recovers (/readyz too)
                     log.exception("job %s failed", name)
-                elif name not in self._refused_jobs:  # once, until it recovers (/readyz says it too)
-                    self._refused_jobs.add(name)
-                    log.error("job %s failed: the store refuses writes: %s", name, reason)
             finally:
                 if task is not None:
                     self._jobs.discard(task)
@@ -533,14 +529,18 @@ class Daemon:
 
     async def _guarded_inbox(self) -> int:
         try:
-            return await process_pending(self.ctx, claim_ttl=self.options.worker.claim_ttl)
+            handled = await process_pending(self.ctx, claim_ttl=self.options.worker.claim_ttl)
         except StoreLost:
             await asyncio.sleep(self.options.store_check_interval)
             return 0
-        except Exception:
-            log.exception("inbox processing failed")
+        except Exception as exc:
+            if not self._inbox_refusals.failed(exc):
+                log.exception("inbox processing failed")
             await asyncio.sleep(1)
             return 0
+        if handled:  # only a batch recorded shows the store taking writes again
+            self._inbox_refusals.succeeded()
+        return handled
 
     async def refresh_gauges(self) -> None:
         await refresh_store_gauges(self.ctx)

@@ -57,6 +57,7 @@ from bridge.engine.sync import (
     prefetch_links,
 )
 from bridge.logs import log_context
+from bridge.store import refusal
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -306,7 +307,9 @@ async def process_pending(
             for d, event, result in found:
                 await _observe(ctx, session, d, event, result, parents)
             await _mark(ctx, session, *work)
-    except Exception:
+    except Exception as exc:
+        if refusal(exc) is not None:
+            raise  # one by one would be refused too: the inbox loop says it once
         log.exception(
             "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)
         )

@@ -99,7 +99,7 @@ from bridge.engine.sync import (
 )
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
-from bridge.store import StoreLost, on_commit
+from bridge.store import RefusalLog, StoreLost, on_commit
 from bridge.store.prepared import by_ids, rows_in
 from bridge.store.states import LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
@@ -447,6 +447,8 @@ class Worker:
         # a wake-up per finished write claimed nothing three times in four (2026-12-03).
         self._more = False
         self._rng = random.Random()
+        self._claim_refusals = RefusalLog(log, "claiming outbox operations")
+        self._renew_refusals = RefusalLog(log, "renewing outbox claims")
 
     async def run(self) -> None:
         sem = asyncio.Semaphore(self.settings.concurrency)
@@ -471,9 +473,11 @@ class Worker:
                 await renew_claims(self.ctx, due, self.settings.claim_ttl)
             except StoreLost:
                 return
-            except Exception:  # the store failing: the next round tries again, claims permitting
-                log.exception("renewing %d outbox claims failed", len(due))
+            except Exception as exc:  # the store failing: the next round tries again, claims permitting
+                if not self._renew_refusals.failed(exc):
+                    log.exception("renewing %d outbox claims failed", len(due))
                 continue
+            self._renew_refusals.succeeded()
             now = time.monotonic()
             for i in due:
                 if i in self._claimed:
@@ -508,12 +512,16 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         try:
-            return await claim(self.ctx, self.settings, limit)
-        except Exception:
+            ops = await claim(self.ctx, self.settings, limit)
+        except Exception as exc:
             # The store failing must not end the worker: the next round tries again.
-            log.exception("claiming outbox operations failed")
+            if not self._claim_refusals.failed(exc):
+                log.exception("claiming outbox operations failed")
             await asyncio.sleep(self.settings.idle_wait)
             return []
+        if ops:  # only a claim that wrote shows the store taking writes again
+            self._claim_refusals.succeeded()
+        return ops
 
     async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore | None) -> None:
         try:
@@ -829,6 +837,7 @@ class Committer:
         self.ctx = ctx
         self._queue: list[_Pending] = []
         self._turn = asyncio.Lock()
+        self._refusals = RefusalLog(log, "recording outbox outcomes")
         # (task, observed_at) -> the connectors its change was written to so far (for the log)
         self._written: dict[tuple[str, datetime], list[str]] = {}
 
@@ -856,7 +865,12 @@ class Committer:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             await self._apply([(p.op, p.outcome) for p in batch])
-        except Exception:
+        except Exception as exc:
+            if self._refusals.failed(exc):  # one by one would be refused too; the claims expire
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_result(None)
+                return
             if len(batch) == 1:
                 with log_context(**_log_fields(batch[0].op)):
                     log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)
@@ -865,6 +879,7 @@ class Committer:
             for p in batch:
                 await self._commit([p])
             return
+        self._refusals.succeeded()
         for p in batch:
             if not p.done.done():
                 p.done.set_result(None)

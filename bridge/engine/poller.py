@@ -36,7 +36,7 @@ from bridge.engine.sync import (
     prefetch_links,
 )
 from bridge.logs import log_context
-from bridge.store import StoreLost
+from bridge.store import StoreLost, refusal
 from bridge.store.states import LinkState
 from bridge.store.tables import LinkRow, WatermarkRow
 from connectors.base import ConnectorError, GoneFromView, NotFound, RemoteTask, chunked
@@ -80,6 +80,8 @@ async def poll_connector(ctx: EngineContext, connector: str, *, progress: Any = 
                 except StoreLost:
                     raise
                 except Exception as exc:  # a bug: the connector is not healthy for it, and the others go on
+                    if refusal(exc) is not None:
+                        raise  # not the connector's: the job says it once, and once on recovery
                     log.exception("poll %s/%s failed unexpectedly", connector, scope)
                     report.errors.append(
                         f"{connector}/{scope}: internal error ({type(exc).__name__}); see the daemon log"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -91,6 +92,33 @@ def refusal(error: BaseException) -> str | None:
     words = str(error.orig if error.orig is not None else error).splitlines()
     first = words[0] if words else ""
     return first if any(k in first.lower() for k in _REFUSALS) else None
+
+
+class RefusalLog:
+    """What one loop says of a store that refuses writes: once when the refusals start, once when
+    the store takes writes again, in a line each (a full disk is the operator's to fix, and the
+    loop retrying every second must not print a traceback every second). Anything else is the
+    caller's to report."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log = logger
+        self._what = what
+        self.refusing = False
+
+    def failed(self, error: BaseException) -> bool:
+        """Whether `error` is the store refusing writes (said once until it recovers)."""
+        reason = refusal(error)
+        if reason is None:
+            return False
+        if not self.refusing:
+            self.refusing = True
+            self._log.error("%s failed: the store refuses writes: %s", self._what, reason)
+        return True
+
+    def succeeded(self) -> None:
+        if self.refusing:
+            self.refusing = False
+            self._log.info("%s: the store takes writes again", self._what)
 
 
 @dataclass(frozen=True)

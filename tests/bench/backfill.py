@@ -85,6 +85,9 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         t_start = time.monotonic()
         d.start()
         t_ready = time.monotonic()
+        # Whose CPU the run takes: the daemon's process, and this one's (the fakes serve in its
+        # threads). A daemon near one core's worth is bound by its own CPU (one event loop).
+        cpu_ready, fakes_ready = d.cpu_seconds(), time.process_time()
         timeout = 300 if ctx.quick else 3600
         state = {"log": t_ready, "progress": t_ready, "have": 0, "stalled": False}
 
@@ -105,6 +108,7 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         ok = bool(wait_for(done, timeout=timeout, interval=1.0 if not ctx.quick else 0.25))
         ok = ok and not state["stalled"]
         t_done = time.monotonic()
+        daemon_cpu, fakes_cpu = d.cpu_seconds() - cpu_ready, time.process_time() - fakes_ready
         final = {p: seed.count_tasks(world, p) for p in TARGETS}
         creates = []
         per_fake: dict[str, Any] = {}
@@ -117,6 +121,13 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
             creates += [t for t, e in entries if e.method == "POST" and e.status == 201 and p in TARGETS]
         first_create, last_create = (min(creates), max(creates)) if creates else (t_ready, t_done)
         depth = d.outbox_depth()
+        # How the platforms' echoes of our creates were answered: recorded ("ok"), or known to
+        # report nothing new ("unchanged").
+        webhooks: dict[str, int] = {}
+        for (name, labels), value in d.metrics().items():
+            if name == "taskbridge_webhooks_received_total" and value:
+                result = dict(labels).get("result", "?")
+                webhooks[result] = webhooks.get(result, 0) + int(value)
         parked = d.parked()
         errors = d.errors_in_log()[:10]
         d.terminate()
@@ -134,6 +145,11 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         "seconds_first_to_last_create": round(last_create - first_create, 1),
         "tasks_per_s": round(n / (t_done - t_ready), 2) if ok else None,
         "creates_per_s": round(len(creates) / max(0.001, last_create - first_create), 1),
+        "daemon_cpu_s": round(daemon_cpu, 1),
+        "daemon_cpu_ms_per_create": round(1000 * daemon_cpu / max(1, len(creates)), 2),
+        "daemon_cores_busy": round(daemon_cpu / max(0.001, t_done - t_ready), 2),
+        "fakes_and_bench_cores_busy": round(fakes_cpu / max(0.001, t_done - t_ready), 2),
+        "webhooks_received": webhooks,
         "requests_per_fake": per_fake,
         "requests_per_task": {p: round(v["total"] / n, 2) for p, v in per_fake.items()},
         "outbox_parked": parked,

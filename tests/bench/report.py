@@ -177,6 +177,8 @@ def backfill(rec: dict[str, Any]) -> str:
             r["seconds_start_to_done"],
             sum(r["duplicates_per_target"].values()),
             ", ".join(f"{p} {n}" for p, n in r["requests_per_task"].items()),
+            r.get("daemon_cpu_ms_per_create", "-"),
+            r.get("daemon_cores_busy", "-"),
         ]
         for r in f["daemon"]
     ]
@@ -185,7 +187,17 @@ def backfill(rec: dict[str, Any]) -> str:
         [
             f"{rec['params'].get('tasks', '?')} existing Vortask tasks mirrored to four platforms:\n",
             table(
-                ["store", "completed", "tasks/s", "creates/s", "seconds", "duplicates", "requests per task"],
+                [
+                    "store",
+                    "completed",
+                    "tasks/s",
+                    "creates/s",
+                    "seconds",
+                    "duplicates",
+                    "requests per task",
+                    "daemon CPU ms a create",
+                    "daemon cores busy",
+                ],
                 rows,
             ),
             f"\nRaw httpx, same creates, same concurrency: {raw['tasks_per_s']} tasks/s ({raw['creates_per_s']} "

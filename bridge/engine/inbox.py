@@ -54,6 +54,7 @@ from bridge.engine.sync import (
     mark_gone_from_view,
     needs_observing,
     observe,
+    our_create_coming_back,
     prefetch_links,
 )
 from bridge.logs import log_context
@@ -157,7 +158,9 @@ async def _unrecorded(
             carried.append((*located, task))
         async with ctx.store.reading() as db:
             for route, member, task in carried:
-                if await needs_observing(ctx, db, route, member, [task]):
+                if await needs_observing(ctx, db, route, member, [task]) and not (
+                    await our_create_coming_back(db, route, member, task)
+                ):
                     return None  # news: recording it finds a duplicate, without a read first
             if (await db.execute(_RECORDED, {"connector": connector, "key": key})).first() is not None:
                 return _DUPLICATE

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, inspect, select
+from sqlalchemy import bindparam, exists, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bridge import metrics
@@ -350,6 +350,35 @@ async def needs_observing(
                 continue
         out.append(rt)
     return out
+
+
+# A mirror our create made, reported before that create's outcome is recorded: the marked task's
+# link on the member has no remote id yet, and no link holds the reported one.
+_other = LinkRow.__table__.alias("held")
+_CREATING = select(_LINKS.c.id).where(
+    _LINKS.c.task_id == bindparam("task"),
+    _LINKS.c.connector == bindparam("connector"),
+    _LINKS.c.scope == bindparam("scope"),
+    _LINKS.c.remote_id.is_(None),
+    ~exists().where(_other.c.connector == bindparam("connector"), _other.c.remote_id == bindparam("id")),
+)
+
+
+async def our_create_coming_back(
+    db: AsyncSession | AsyncConnection, route: Route, member: Member, rt: RemoteTask
+) -> bool:
+    """Whether `rt` is a mirror our create just made, reported before the create's outcome is
+    recorded: it carries the marker of a task whose link on this member waits for its remote id,
+    and no link holds its id. Observing it would only link it early (`_adopt_mirror`), which
+    recording the create's outcome does too; a create whose outcome is lost looks for its marker
+    when it is tried again, and a poll adopts what a create that parked made anyway."""
+    if "description" not in rt.values or not member.reads_any or rt.deleted:
+        return False
+    _, marker_id = route.marker.extract(rt.values["description"] or "")
+    if marker_id is None:
+        return False
+    params = {"task": marker_id, "connector": member.connector, "scope": member.scope, "id": rt.remote_id}
+    return (await db.execute(_CREATING, params)).first() is not None
 
 
 async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -> bool:

@@ -117,3 +117,53 @@ async def test_a_task_new_to_the_bridge_is_recorded(harness: Harness, world: Wor
     assert await process_pending(harness.ctx) == 1
     await harness.settle()
     assert_everywhere(world, "new there")
+
+
+def intercept_first_create(conn: Any, around: Any) -> list[bool]:
+    """Send the connector's first create_task through `around(create)`, as intercept_first_update."""
+    real_create = conn.create_task
+    hit: list[bool] = []
+
+    async def create(scope: str, values: Any) -> Any:
+        if hit:
+            return await real_create(scope, values)
+        hit.append(True)
+        return await around(lambda: real_create(scope, values))
+
+    conn.create_task = create
+    return hit
+
+
+async def test_our_create_coming_back_before_its_outcome_is_ours(harness: Harness, world: World) -> None:
+    """The platform sends its delivery of the mirror our create made before the create's outcome
+    is committed (what a backfill's every create to a platform that sends webhooks brings): the
+    task carries our marker and its link waits for a remote id, so it reports nothing new. The
+    create's outcome links it, once."""
+    answers: list[Receipt] = []
+
+    async def delivered_before_the_outcome(create: Any) -> Any:
+        made = await create()
+        answers.append(await receive(harness.ctx, "impactly", *signed_delivery(world, made.remote_id)))
+        return made
+
+    raced = intercept_first_create(harness.ctx.connectors["impactly"], delivered_before_the_outcome)
+    create_on(world, "vortask", "made by us")
+    await harness.settle()
+    assert raced and answers == [UNCHANGED]
+    assert await recorded(harness) == 0
+    assert_everywhere(world, "made by us")
+    assert list(titles(world, "impactly")).count("made by us") == 1
+
+
+async def test_a_copy_of_a_linked_mirror_carrying_its_marker_is_recorded(
+    harness: Harness, world: World
+) -> None:
+    """A task there that carries the marker of a task already linked there (a person copied the
+    mirror, marker and all) is not ours coming back: it is recorded, and observing it logs it."""
+    create_on(world, "vortask", "copied there")
+    await harness.settle()
+    mirror = ops.view(world, "impactly")["copied there"]
+    with world.client("impactly") as c:
+        body = {"title": "copied there, again", "project_id": world.scopes["impactly"]}
+        copy = str(c.post("/tasks", json={**body, "description": mirror["description"]}).json()["id"])
+    assert await receive(harness.ctx, "impactly", *signed_delivery(world, copy)) == Receipt(202, "ok")

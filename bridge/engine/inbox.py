@@ -7,10 +7,11 @@ nothing new; so a delivery the platform sees accepted is never lost with the pro
 the delivery under its signed event id (or the body's hash) in the inbox, with the few non-secret
 headers its connector's `parse_webhook` reads (`webhook_headers`); a second delivery with the same
 key is a duplicate, whatever unsigned headers it arrives with. A delivery that carries its tasks
-and shows each as its link already agreed (most often our own write coming back) is answered
-without being recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
+and shows each as its link already agreed (most often our own write coming back), or as a
+mirror our create made before the create's outcome is recorded, is answered without being
+recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
 is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else happens before
-the answer but that one read (and, when a connector reads a carried task, a lookup of what it
+the answer but those reads (one; a second for a marked task no link holds) (and, when a connector reads a carried task, a lookup of what it
 caches, such as a board's lanes, on a miss), so the platform gets its 2xx fast.
 `process_pending()` takes recorded deliveries, parses each with the headers recorded with it
 and, for each task event, GETs the task unless the delivery carries a

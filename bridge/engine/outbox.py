@@ -89,7 +89,7 @@ from bridge.engine.sync import (
     held_fields,
     held_fields_many,
     link_claims,
-    links_by_remote,
+    links_holding,
     load_hierarchy,
     log_loop_once,
     mark_gone_from_view,
@@ -1067,18 +1067,14 @@ async def _holders(
     session: AsyncSession, batch: Sequence[tuple[_Op | _Orphan, Outcome]], links: dict[int, LinkRow]
 ) -> dict[tuple[str, str], LinkRow]:
     """(connector, remote id) -> the link holding it, for the remote ids the batch's creates got:
-    a link already there means the platform made the id anew (`release_reused`). One read per
-    connector for the batch; apply_outcomes adds the links it gives ids as it goes."""
+    a link already there means the platform made the id anew (`release_reused`). One read for the
+    batch; apply_outcomes adds the links it gives ids as it goes."""
     wanted: dict[str, set[str]] = {}
     for op, outcome in batch:
         link = links.get(op.link.id) if isinstance(op, _Op) else None
         if outcome.remote is not None and link is not None and link.remote_id is None:
             wanted.setdefault(op.connector, set()).add(outcome.remote.remote_id)
-    out: dict[tuple[str, str], LinkRow] = {}
-    for connector, remote_ids in wanted.items():
-        for remote_id, link in (await links_by_remote(session, connector, remote_ids)).items():
-            out[(connector, remote_id)] = link
-    return out
+    return await links_holding(session, wanted)
 
 
 # A link is stuck while its last finished write of fields (not a comment: a comment's refusal

@@ -56,6 +56,12 @@ _LINK_BY_REMOTE = select(LinkRow).where(
 _LINKS_BY_REMOTE = select(LinkRow).where(
     LinkRow.connector == bindparam("connector"), LinkRow.remote_id.in_(bindparam("ids", expanding=True))
 )
+# Several connectors' remote ids in one read: the pairs asked for are picked out of what it finds
+# (the unique index on connector, remote_id serves both lists).
+_LINKS_BY_REMOTES = select(LinkRow).where(
+    LinkRow.connector.in_(bindparam("connectors", expanding=True)),
+    LinkRow.remote_id.in_(bindparam("ids", expanding=True)),
+)
 _PREFETCHED = "taskbridge.links_by_remote"  # session.info key: (connector, remote_id) -> LinkRow
 
 
@@ -68,6 +74,23 @@ async def links_by_remote(
         return {}
     rows = (await session.scalars(_LINKS_BY_REMOTE, {"connector": connector, "ids": wanted})).all()
     return {link.remote_id: link for link in rows if link.remote_id is not None}
+
+
+async def links_holding(
+    session: AsyncSession, wanted: Mapping[str, Iterable[str]]
+) -> dict[tuple[str, str], LinkRow]:
+    """(connector, remote id) -> the link holding it, for every connector's remote ids in `wanted`,
+    in one read."""
+    pairs = {(connector, remote_id) for connector, ids in wanted.items() for remote_id in ids}
+    if not pairs:
+        return {}
+    params = {"connectors": sorted({c for c, _ in pairs}), "ids": sorted({r for _, r in pairs})}
+    rows = (await session.scalars(_LINKS_BY_REMOTES, params)).all()
+    return {
+        (link.connector, link.remote_id): link
+        for link in rows
+        if link.remote_id is not None and (link.connector, link.remote_id) in pairs
+    }
 
 
 async def prefetch_links(session: AsyncSession, connector: str, remote_ids: Iterable[str]) -> None:

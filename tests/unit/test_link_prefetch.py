@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import event
 
-from bridge.engine.sync import _PREFETCHED, link_by_remote, prefetch_links
+from bridge.engine.sync import _PREFETCHED, link_by_remote, links_holding, prefetch_links
 from bridge.store import Store
 from bridge.store.tables import LinkRow, TaskRow
 
@@ -23,12 +23,12 @@ async def _seed(store: Store) -> None:
                 )
             )
         await session.flush()  # the tasks before their links (no ORM relationship orders them)
-        for n in (1, 2):
+        for n, connector in ((1, "c"), (2, "c"), (1, "d")):
             session.add(
                 LinkRow(
                     task_id=f"t{n}",
                     route="main",
-                    connector="c",
+                    connector=connector,
                     scope="s",
                     remote_id=f"r{n}",
                     state="active",
@@ -91,3 +91,16 @@ async def test_the_prefetch_lives_as_long_as_its_session(store: Store) -> None:
         link.remote_id = "r9"
     async with store.transaction() as session:
         assert await link_by_remote(session, "c", "r1") is None
+
+
+async def test_links_holding_reads_every_connectors_ids_at_once(store: Store) -> None:
+    """One read for several connectors, and only the pairs asked for: `d` holds r1 too, but r1
+    was asked of `c` alone."""
+    await _seed(store)
+    reads = _count_selects(store)
+    async with store.transaction() as session:
+        held = await links_holding(session, {"c": {"r1", "r9"}, "d": {"r2"}, "e": set()})
+        assert {key: link.task_id for key, link in held.items()} == {("c", "r1"): "t1"}
+        assert len(reads) == 1
+        assert await links_holding(session, {"c": set()}) == {}
+        assert len(reads) == 1  # nothing asked, nothing read

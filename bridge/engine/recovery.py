@@ -36,6 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 
@@ -80,8 +81,16 @@ class Plan:
     no_origin: list[str] = field(default_factory=list)  # task ids whose origin was not found
 
 
-def plan(route: Route, copies: Sequence[Copy]) -> Plan:
-    """What to link, for one route, from complete listings of its members."""
+Roundtrip = Callable[[Member, str, Any], Any]  # what a value reads back as on a member's side
+
+
+def _as_is(member: Member, name: str, value: Any) -> Any:
+    return value
+
+
+def plan(route: Route, copies: Sequence[Copy], roundtrip: Roundtrip = _as_is) -> Plan:
+    """What to link, for one route, from complete listings of its members. `roundtrip` says what
+    a value reads back as on a member (its mapping may be lossy); as is by default."""
     result = Plan()
     by_marker: dict[str, dict[tuple[str, str], Copy]] = {}
     for c in sorted((c for c in copies if c.marker is not None), key=_created):
@@ -104,11 +113,23 @@ def plan(route: Route, copies: Sequence[Copy]) -> Plan:
         held = set(mirrors) | ({origin.member.key} if origin else set())
         missing = tuple(m for m in route.members if m.key not in held and m.writes_any) if origin else ()
         everything = sorted([*mirrors.values(), *([origin] if origin else [])], key=_updated)
-        canonical: Values = {}
-        for c in everything:
-            canonical.update(c.values)
+        canonical = _laid_over(everything, roundtrip)
         result.adoptions.append(Adoption(task_id, canonical, origin, tuple(mirrors.values()), missing))
     return result
+
+
+def _laid_over(copies: Sequence[Copy], roundtrip: Roundtrip) -> Values:
+    """The copies' values, oldest first, each laid over the ones before it: the newest report wins
+    each field. A copy that shows an older value as its mapping reads it back there agrees with
+    it and overrides nothing: Vortask writes a priority of `none` as Medium, its neutral value,
+    and its copy, were it the newest, must not turn the task's `none` into `medium` everywhere."""
+    canonical: Values = {}
+    for c in copies:
+        for name, value in c.values.items():
+            if name in canonical and roundtrip(c.member, name, canonical[name]) == value:
+                continue
+            canonical[name] = value
+    return canonical
 
 
 def _origin(mirrors: list[Copy], unmarked: dict[str, list[Copy]], taken: set[tuple[str, str]]) -> Copy | None:
@@ -222,7 +243,11 @@ async def readopt(ctx: EngineContext) -> int:
 
 
 async def readopt_route(ctx: EngineContext, route: Route, copies: Sequence[Copy]) -> int:
-    result = plan(route, copies)
+    result = plan(
+        route,
+        copies,
+        lambda member, name, value: core.side_roundtrip(ctx.connectors[member.connector], name, value),
+    )
     if result.adoptions:
         await _apply(ctx, route, result)
     for c in result.extra:

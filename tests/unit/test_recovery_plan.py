@@ -144,3 +144,35 @@ def test_planning_is_linear_in_the_listing() -> None:
     result = plan(route(A, B), copies)
     assert len(result.adoptions) == 2000
     assert all(a.origin is not None for a in result.adoptions)
+
+
+def _b_writes_none_as_medium(member: Member, name: str, value: object) -> object:
+    """Member B's mapping, lossy as Vortask's: a priority of `none` reads back as `medium`."""
+    return "medium" if member == B and name == "priority" and value == "none" else value
+
+
+@pytest.mark.parametrize(
+    ("b_shows", "newest", "expected", "why"),
+    [
+        ("medium", B, "none", "B's medium is how B shows none: it agrees, and changes nothing"),
+        ("medium", C, "none", "the newest is C's none"),
+        ("high", B, "high", "B's high is an edit there, and the newest"),
+        ("medium", None, "none", "equal times: the origin, last among equals, wins"),
+    ],
+)
+def test_a_lossy_copy_does_not_override_the_value_it_shows(
+    b_shows: str, newest: Member | None, expected: str, why: str
+) -> None:
+    def at(member: Member) -> int:
+        return 9 if member == newest else 1
+
+    [adoption] = plan(
+        route(),
+        [
+            copy(A, "a1", "t", updated=at(A) if newest else 1, priority="none"),
+            copy(B, "b1", "t", X, created=1, updated=at(B) if newest else 1, priority=b_shows),
+            copy(C, "c1", "t", X, created=1, updated=at(C) if newest else 1, priority="none"),
+        ],
+        _b_writes_none_as_medium,
+    ).adoptions
+    assert adoption.canonical["priority"] == expected, why

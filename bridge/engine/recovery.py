@@ -14,6 +14,8 @@ every route completely and re-adopts what it finds, before any poll, webhook or 
   them; the newest such candidate wins a tie that remains;
 - the canonical values are each copy's values laid over the others oldest first, so an edit that
   had not propagated when the store was lost is the newest and reaches the others as an update;
+  a copy that shows an older value as its lossy mapping reads it back (Vortask's Medium for a
+  priority of none) agrees with it rather than overriding it;
 - `parent`, where a route syncs it, the same way once every task of the route has its links: each
   copy's parent is a remote id, which only those links translate (`sync.link_parents`), so a
   tree comes back whole, its children under their parents before any poll;

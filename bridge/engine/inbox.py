@@ -11,8 +11,9 @@ and shows each as its link already agreed (most often our own write coming back)
 mirror our create made before the create's outcome is recorded, is answered without being
 recorded (`_unrecorded`; one recorded before is still a duplicate). Every refusal
 is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else happens before
-the answer but those reads (one; a second for a marked task no link holds) (and, when a connector reads a carried task, a lookup of what it
-caches, such as a board's lanes, on a miss), so the platform gets its 2xx fast.
+the answer but that judging (a read of the links, a second for a marked task whose id no link
+holds, and, when a connector reads a carried task, a lookup of what it caches, such as a board's
+lanes, on a miss), so the platform gets its 2xx fast.
 `process_pending()` takes recorded deliveries, parses each with the headers recorded with it
 and, for each task event, GETs the task unless the delivery carries a
 version no older than one seen (deliveries can arrive out of order: a payload that only names a

@@ -56,7 +56,15 @@ from sqlalchemy import select
 
 from bridge.config import MatchKeyConfig
 from bridge.engine.context import EngineContext
-from bridge.engine.recovery import Copy, list_route, readopt_route, store_is_new, under_lease
+from bridge.engine.recovery import (
+    Copy,
+    as_is,
+    laid_over,
+    list_route,
+    readopt_route,
+    store_is_new,
+    under_lease,
+)
 from bridge.engine.recovery import plan as plan_markers
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import active_link, create_mirrors, link_parents, new_task, queue_updates_many
@@ -252,10 +260,9 @@ def _by_due_date(group: list[Copy], result: MatchPlan) -> None:
 
 
 def _newest(group: Sequence[Copy]) -> Values:
-    canonical: Values = {}
-    for c in sorted(group, key=lambda c: c.task.updated_at or _NEVER):
-        canonical.update(c.values)
-    return canonical
+    # Twins made by people: a value shown through a lossy mapping may be the one chosen there, so
+    # each newer copy overrides as it reads (re-adoption's mirrors are judged by their round trip).
+    return laid_over(sorted(group, key=lambda c: c.task.updated_at or _NEVER), as_is)
 
 
 # -- I/O -------------------------------------------------------------------------------------------

@@ -866,11 +866,8 @@ class Committer:
         try:
             await self._apply([(p.op, p.outcome) for p in batch])
         except Exception as exc:
-            if self._refusals.failed(exc):  # one by one would be refused too; the claims expire
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_result(None)
-                return
+            if self._refusals.failed(exc):
+                return  # one by one would be refused too; the claims expire (submit frees the waiters)
             if len(batch) == 1:
                 with log_context(**_log_fields(batch[0].op)):
                     log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)

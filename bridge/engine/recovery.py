@@ -86,11 +86,11 @@ class Plan:
 Roundtrip = Callable[[Member, str, Any], Any]  # what a value reads back as on a member's side
 
 
-def _as_is(member: Member, name: str, value: Any) -> Any:
+def as_is(member: Member, name: str, value: Any) -> Any:
     return value
 
 
-def plan(route: Route, copies: Sequence[Copy], roundtrip: Roundtrip = _as_is) -> Plan:
+def plan(route: Route, copies: Sequence[Copy], roundtrip: Roundtrip = as_is) -> Plan:
     """What to link, for one route, from complete listings of its members. `roundtrip` says what
     a value reads back as on a member (its mapping may be lossy); as is by default."""
     result = Plan()
@@ -115,12 +115,12 @@ def plan(route: Route, copies: Sequence[Copy], roundtrip: Roundtrip = _as_is) ->
         held = set(mirrors) | ({origin.member.key} if origin else set())
         missing = tuple(m for m in route.members if m.key not in held and m.writes_any) if origin else ()
         everything = sorted([*mirrors.values(), *([origin] if origin else [])], key=_updated)
-        canonical = _laid_over(everything, roundtrip)
+        canonical = laid_over(everything, roundtrip)
         result.adoptions.append(Adoption(task_id, canonical, origin, tuple(mirrors.values()), missing))
     return result
 
 
-def _laid_over(copies: Sequence[Copy], roundtrip: Roundtrip) -> Values:
+def laid_over(copies: Sequence[Copy], roundtrip: Roundtrip) -> Values:
     """The copies' values, oldest first, each laid over the ones before it: the newest report wins
     each field. A copy that shows an older value as its mapping reads it back there agrees with
     it and overrides nothing: Vortask writes a priority of `none` as Medium, its neutral value,

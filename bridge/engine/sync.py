@@ -53,27 +53,13 @@ _LINK_BY_REMOTE = select(LinkRow).where(
 )
 
 
-_LINKS_BY_REMOTE = select(LinkRow).where(
-    LinkRow.connector == bindparam("connector"), LinkRow.remote_id.in_(bindparam("ids", expanding=True))
-)
-# Several connectors' remote ids in one read: the pairs asked for are picked out of what it finds
-# (the unique index on connector, remote_id serves both lists).
+# Remote ids of one connector or several in one read: the pairs asked for are picked out of what
+# it finds (the unique index on connector, remote_id serves both lists).
 _LINKS_BY_REMOTES = select(LinkRow).where(
     LinkRow.connector.in_(bindparam("connectors", expanding=True)),
     LinkRow.remote_id.in_(bindparam("ids", expanding=True)),
 )
 _PREFETCHED = "taskbridge.links_by_remote"  # session.info key: (connector, remote_id) -> LinkRow
-
-
-async def links_by_remote(
-    session: AsyncSession, connector: str, remote_ids: Iterable[str]
-) -> dict[str, LinkRow]:
-    """The links holding these remote ids on `connector`, by remote id, in one read."""
-    wanted = sorted(set(remote_ids))
-    if not wanted:
-        return {}
-    rows = (await session.scalars(_LINKS_BY_REMOTE, {"connector": connector, "ids": wanted})).all()
-    return {link.remote_id: link for link in rows if link.remote_id is not None}
 
 
 async def links_holding(
@@ -99,9 +85,7 @@ async def prefetch_links(session: AsyncSession, connector: str, remote_ids: Iter
     wanted = set(remote_ids)
     if len(wanted) < 2:
         return  # one lookup either way
-    found = session.info.setdefault(_PREFETCHED, {})
-    for remote_id, link in (await links_by_remote(session, connector, wanted)).items():
-        found[(connector, remote_id)] = link
+    session.info.setdefault(_PREFETCHED, {}).update(await links_holding(session, {connector: wanted}))
 
 
 async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) -> LinkRow | None:

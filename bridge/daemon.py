@@ -34,6 +34,7 @@ from bridge.config import load as load_config
 from bridge.defaults import (
     DEFAULT_COMMENTS_PER_POLL,
     DEFAULT_INBOX_BATCH,
+    DEFAULT_JOB_GRACE,
     DEFAULT_LEASE_TTL,
     DEFAULT_PRUNE_FIRST_DELAY,
     DEFAULT_PRUNE_INTERVAL,
@@ -354,16 +355,22 @@ class Daemon:
         sd_notify("STOPPING=1")
         log.info("taskbridge stopping: finishing claimed work")
         self.ready = False
+        # Paused, not shut down yet: APScheduler's shutdown cancels every job it started at once,
+        # and logs a job cancelled before its first step as an error with a traceback. One turn
+        # of the loop lets a job just handed over start (it sees `stopping` and returns).
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()
+        await asyncio.sleep(0)
         if self._jobs:
             # A poll in progress finishes (its watermark then lands) or is cancelled, before the
             # store it writes to closes.
-            _, late = await asyncio.wait(set(self._jobs), timeout=20)
+            _, late = await asyncio.wait(set(self._jobs), timeout=DEFAULT_JOB_GRACE)
             for task in late:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=5)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         self.worker.stop()
         for task in self._tasks:
             if task.get_name() != "outbox":

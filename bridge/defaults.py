@@ -32,6 +32,7 @@ DEFAULT_POOL_SIZE = 10
 
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
+DEFAULT_JOB_GRACE = 20.0  # seconds a stop waits for a poll in progress before cancelling it
 # A poll that read at least this many tasks hands the memory it freed back to the OS (glibc keeps
 # it otherwise: 100,000 tasks on five platforms idled at 516 MB, 348 MB so).
 DEFAULT_TRIM_AFTER_TASKS = 1000

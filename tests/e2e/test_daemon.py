@@ -224,6 +224,25 @@ def test_sigterm_drains_and_exits_cleanly(world: World, daemon_factory: Any) -> 
     assert "Traceback" not in log
 
 
+def test_sigterm_lets_polls_in_progress_finish(world: World, daemon_factory: Any) -> None:
+    """A stop lets the polls it finds running end (their watermarks land) instead of cancelling
+    them, and says nothing alarming: APScheduler's shutdown used to cancel them all at once and
+    log a job cancelled before its first step as an error with a traceback."""
+    d: DaemonProcess = daemon_factory(world, poll_interval="1s").start()
+    for fake in world.fakes.values():
+        fake.faults.latency = 1.5  # every request: each connector's poll is nearly always running
+    try:
+        time.sleep(4)
+        assert d.terminate() == 0
+    finally:
+        for fake in world.fakes.values():
+            fake.faults.reset()
+    log = d.log.read_text()
+    assert "taskbridge stopped" in log
+    assert "stopped by the shutdown" not in log, log[-3000:]
+    assert "Traceback" not in log and "Error running job" not in log, log[-3000:]
+
+
 def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
     from connectors.fakekit import free_port
 

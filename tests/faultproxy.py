@@ -7,6 +7,8 @@ bad network would:
     short      a Content-Length of this many bytes, a few bytes of body, then nothing until the
                client hangs up
     malformed  "http": a status line that is not HTTP; "json": a 200 application/json that is not JSON
+    cut        a request whose body holds these bytes is forwarded, and its connection closed
+               without an answer: the platform did the work, the answer was lost on the way
 
 `only` limits the switches to request targets starting with it (e.g. "/mcp"); anything else is
 forwarded untouched. Switches are plain attributes, set from the test's thread. Every answer
@@ -37,6 +39,7 @@ class Switches:
     huge: int | None = None  # bytes
     short: int | None = None  # the Content-Length declared
     malformed: str | None = None  # "http" | "json"
+    cut: bytes | None = None  # in a request's body: forwarded, answer dropped
     only: str | None = None  # request-target prefix the switches apply to
 
     def reset(self) -> None:
@@ -50,6 +53,7 @@ class FaultProxy:
         self.switches = Switches()
         self.requests: list[tuple[str, str]] = []  # (method, target) of every request received
         self.body_bytes_sent = 0  # body bytes written to clients, all answers together
+        self.cut_answers = 0  # answers dropped by `cut`
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -64,6 +68,7 @@ class FaultProxy:
         self.switches.reset()
         self.requests.clear()
         self.body_bytes_sent = 0
+        self.cut_answers = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +130,9 @@ class FaultProxy:
                 await self._huge(writer, s.huge)
             elif spoil and s.short:
                 await self._short(reader, writer, s.short)
+            elif spoil and s.cut and s.cut in body:
+                await self._forward(method, target, headers, body)
+                self.cut_answers += 1
             else:
                 status, reason, answer_headers, content = await self._forward(method, target, headers, body)
                 if spoil and s.malformed == "json":

@@ -19,7 +19,9 @@ keeps one MCP session open and reuses it for every tool call:
   a call comes from another event loop than the session's, a fresh session is opened there.
 - Reconnect: a lost session (the server forgot or ended it: HTTP 404 "Session terminated" or a
   400 about the session; or the transport stopped) is reopened ONCE per call, and the call is
-  sent again on the new session.
+  sent again on the new session, unless it is a write that may have reached the server: one
+  whose answer was lost (the connection closed, the transport stopped while it waited) may have
+  happened, and is raised Retryable like a timeout (the outbox's retry looks for it first).
 - Errors: a tool failure is a result with `isError: true` whose text is Vortask's REST error body
   plus the HTTP-equivalent status (`{"errors": [...], "message", "status"}`); it is mapped like
   a REST answer (401 AuthFailed, 404 NotFound, 429 RateLimited, 5xx Retryable, other 4xx
@@ -119,11 +121,13 @@ _seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar(
 
 
 class _SessionLost(Exception):
-    """The session is unusable (the server forgot it, the transport stopped): reopen it."""
+    """The session is unusable (the server forgot it, the transport stopped): reopen it.
+    `reached`: the call may have reached the server (its answer was lost, not refused)."""
 
-    def __init__(self, reason: str, error: ConnectorError) -> None:
+    def __init__(self, reason: str, error: ConnectorError, *, reached: bool) -> None:
         super().__init__(reason)
-        self.error = error  # raised when reopening does not help
+        self.error = error  # raised when reopening does not help, or must not be tried
+        self.reached = reached
 
 
 class _NotSent(Exception):
@@ -219,7 +223,7 @@ class VortaskMcp:
                 return await self._call_once(tool, dict(arguments))
             except _SessionLost as lost:
                 await self._drop()
-                if reopened:
+                if reopened or (lost.reached and not idempotent):
                     raise lost.error from None
                 reopened = True
                 log.info("%s: MCP session lost (%s); reopening it", self.settings.name, lost)
@@ -289,6 +293,7 @@ class VortaskMcp:
                     f"MCP {tool}: the MCP connection failed: {self._text(_leaf(failure))}",
                     connector=self.settings.name,
                 ),
+                reached=True,
             )
         try:
             result = call.result()
@@ -297,9 +302,11 @@ class VortaskMcp:
             raise self._mcp_error(tool, exc, seen) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             self._observe("error", started)
+            # Raised by the send: the request never left.
             raise _SessionLost(
                 "the MCP session is closed",
                 Retryable(f"MCP {tool}: the MCP session is closed", connector=self.settings.name),
+                reached=False,
             ) from exc
         except (httpx2.TransportError, OSError, TimeoutError) as exc:
             self._observe("error", started)
@@ -362,9 +369,10 @@ class VortaskMcp:
         text = self._text(exc)
         where = f"MCP {what}: {text}"
         if code == INVALID_REQUEST and ("session" in text.lower() or status in (400, 404)):
-            return _SessionLost(text, Retryable(where, status=status, connector=name))
+            # The server refused the session, and with it the call.
+            return _SessionLost(text, Retryable(where, status=status, connector=name), reached=False)
         if code == CONNECTION_CLOSED:
-            return _SessionLost(text, Retryable(where, connector=name))
+            return _SessionLost(text, Retryable(where, connector=name), reached=True)
         if code == REQUEST_TIMEOUT:
             return Retryable(where, connector=name)
         return Permanent(where, status=status, connector=name)

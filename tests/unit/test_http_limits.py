@@ -433,3 +433,30 @@ async def test_mcp_calls_have_the_deadline_and_the_bound(mcp_proxy: FaultProxy) 
         assert mcp.handshakes == 2  # the session outlived the refused answer
     finally:
         await mcp.aclose()
+
+
+async def test_a_write_whose_answer_was_lost_is_not_sent_again(mcp_proxy: FaultProxy) -> None:
+    """add_comment reached Vortask, which added the comment; the answer never came back (the
+    connection closed). The call fails Retryable (the outbox's retry looks for the comment
+    before posting again) and is not re-sent on a new session: it may have happened. A read
+    that meets the same is re-sent, once, on a new session."""
+    mcp_proxy.reset()
+    s = settings(mcp_proxy.url + "/api", name="vortask1", token=MCP_TOKEN, deadline=5.0)
+    mcp = VortaskMcp(s, mcp_proxy.url + "/mcp")
+    try:
+        project = (await mcp.call("list_projects", {}))[0]
+        task = await mcp.call("create_task", {"projectId": project["id"], "title": "commented"})
+        mcp_proxy.switches.cut = b"answer lost"
+        with pytest.raises(base.Retryable):
+            await mcp.call("add_comment", {"taskId": task["id"], "body": "answer lost on the way"})
+        mcp_proxy.switches.reset()
+        comments = await mcp.call("list_comments", {"taskId": task["id"]})
+        assert [c["body"] for c in comments] == ["answer lost on the way"]
+        assert mcp_proxy.cut_answers == 1 and mcp.handshakes == 2  # the lost session was dropped
+
+        mcp_proxy.switches.cut = b'"name":"list_comments"'
+        with pytest.raises(base.Retryable, match="MCP list_comments"):
+            await mcp.call("list_comments", {"taskId": task["id"]})
+        assert mcp_proxy.cut_answers == 3 and mcp.handshakes == 3  # sent again once, on a new session
+    finally:
+        await mcp.aclose()

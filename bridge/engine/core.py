@@ -23,6 +23,7 @@ canonical parents of tasks linked to copies that already exist (re-adoption, mat
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -112,6 +113,35 @@ def same_remote_task(
 def older_than_applied(reported_at: datetime | None, applied_at: datetime | None) -> bool:
     """A report older than one already applied (a late webhook delivery, a stale listing)."""
     return bool(reported_at and applied_at and reported_at < applied_at)
+
+
+@dataclass(frozen=True)
+class Overwritten:
+    """What a write of ours to a side replaced there. The side was last known at `after` (its
+    own time); the write landed at `until`; `before` holds the written fields' values the side
+    had agreed before it; `claims` the writes of ours that may have landed in between."""
+
+    after: datetime
+    until: datetime
+    before: Values
+    claims: Sequence[Values] = ()
+
+
+def overwritten_edits(values: Values, reported_at: datetime | None, last: Overwritten | None) -> Values:
+    """The edits a report older than our last write to its side shows there, which that write
+    replaced: nothing told the bridge of them before (a person's edit landing between our read
+    before the write and the write, a window no platform here closes with a conditional write).
+    Only a report stamped inside the write's window counts, and only for the fields the write
+    set, where it shows neither the value agreed before nor one of our own writes."""
+    if last is None or reported_at is None or not last.after < reported_at < last.until:
+        return {}
+    return {
+        name: value
+        for name, value in values.items()
+        if name in last.before
+        and value != last.before[name]
+        and all(claim.get(name, NO_CLAIM) != value for claim in last.claims)
+    }
 
 
 # Writes of ours that may show on a side without their outcome recorded, kept per link: each

@@ -86,6 +86,7 @@ from bridge.engine.sync import (
     apply_remote_deletion,
     children_of,
     claim_write,
+    encode_overwritten,
     held_fields,
     held_fields_many,
     link_claims,
@@ -198,6 +199,7 @@ class Outcome:
     remote: RemoteTask | None = None
     link_state: LinkState | None = None
     remote_time: datetime | None = None
+    read_time: datetime | None = None  # the side's own time, as the read before the write saw it
     comment_remote_id: str | None = None
     remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
     gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
@@ -216,6 +218,7 @@ def _done(
     remote: RemoteTask | None = None,
     link_state: LinkState | None = None,
     remote_time: datetime | None = None,
+    read_time: datetime | None = None,
     comment_remote_id: str | None = None,
 ) -> Outcome:
     return Outcome(
@@ -225,6 +228,7 @@ def _done(
         remote=remote,
         link_state=link_state,
         remote_time=remote_time,
+        read_time=read_time,
         comment_remote_id=comment_remote_id,
     )
 
@@ -722,8 +726,10 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     # once fails rather than going out late (see writes_fail_fast), since anything edited there
     # in between would be overwritten.
     changes = op.planned
+    read_time: datetime | None = None
     if changes and read_first:
         current = await conn.get_task(op.member.scope, op.link.remote_id)
+        read_time = current.updated_at
         if core.moved_since_base(
             conn,
             op.route,
@@ -748,7 +754,7 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     with writes_fail_fast():
         after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
     # Its time, not its values: a listing fetched before this write must read as older than it.
-    return _done(changes, remote_time=after.updated_at)
+    return _done(changes, remote_time=after.updated_at, read_time=read_time)
 
 
 async def _after_remote_edit(
@@ -1129,9 +1135,26 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
     create, what the platform reported for the rest)."""
     conn = ctx.connectors[op.connector]
     assert outcome.written is not None  # apply_outcomes records only outcomes that wrote
-    base = core.base_after_write(
-        conn, op.route, op.member, decode_values(link.base), outcome.written, outcome.remote
-    )
+    before = decode_values(link.base)
+    base = core.base_after_write(conn, op.route, op.member, before, outcome.written, outcome.remote)
+    if (
+        op.op == OpKind.UPDATE
+        and outcome.written
+        and outcome.remote_time is not None
+        and outcome.read_time is not None
+        and outcome.remote_time > outcome.read_time
+    ):
+        # No platform here takes a conditional write: an edit there after our read and before
+        # this write was replaced by it. What the write replaced is kept, so that a report of
+        # such an edit (a webhook delivery stamped before the write) is merged, not dropped.
+        link.overwritten = encode_overwritten(
+            core.Overwritten(
+                after=outcome.read_time,
+                until=outcome.remote_time,
+                before={name: before[name] for name in outcome.written if name in before},
+                claims=link_claims(link),
+            )
+        )
     if outcome.remote is not None:
         if link.remote_id is None:
             link.remote_id = outcome.remote.remote_id

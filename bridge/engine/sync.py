@@ -105,6 +105,7 @@ class _Claimed(Protocol):
 
     base: Any
     inflight: Any
+    overwritten: Any
 
 
 def link_claims(link: _Claimed) -> list[Values]:
@@ -122,6 +123,29 @@ def claim_write(conn: Connector, link: LinkRow, changes: Values) -> None:
     be (`core.agreed` then knows it for ours)."""
     claims = core.with_claim(link_claims(link), core.inflight_claims(conn, changes))
     link.inflight = [encode_values(claim) for claim in claims] or None
+
+
+def encode_overwritten(last: core.Overwritten) -> dict[str, Any]:
+    """`links.overwritten` as stored (times in ISO form, values as the task's JSON holds them)."""
+    return {
+        "after": last.after.isoformat(),
+        "until": last.until.isoformat(),
+        "before": encode_values(last.before),
+        "claims": [encode_values(claim) for claim in last.claims],
+    }
+
+
+def link_overwritten(link: _Claimed) -> core.Overwritten | None:
+    """What our last update of the link's side replaced there (`links.overwritten`), if known."""
+    raw = link.overwritten
+    if not raw:
+        return None
+    return core.Overwritten(
+        after=as_utc(datetime.fromisoformat(raw["after"])),
+        until=as_utc(datetime.fromisoformat(raw["until"])),
+        before=decode_values(raw["before"]),
+        claims=[decode_values(claim) for claim in raw.get("claims", [])],
+    )
 
 
 def _agreed(values: Values, link: _Claimed) -> Values:
@@ -157,7 +181,12 @@ _LINKED = select(_LINKS.c.remote_id, _LINKS.c.task_id).where(
 )
 # What `needs_observing` reads of a link: enough to tell an unmoved side without loading it.
 _AGREED_COLUMNS = select(
-    _LINKS.c.remote_id, _LINKS.c.state, _LINKS.c.remote_updated_at, _LINKS.c.base, _LINKS.c.inflight
+    _LINKS.c.remote_id,
+    _LINKS.c.state,
+    _LINKS.c.remote_updated_at,
+    _LINKS.c.base,
+    _LINKS.c.inflight,
+    _LINKS.c.overwritten,
 ).where(_LINKS.c.connector == bindparam("connector"))
 _AGREED = _AGREED_COLUMNS.where(_LINKS.c.remote_id.in_(bindparam("ids", expanding=True)))
 # One task (a webhook's): an expanding list is rendered into the SQL at every execution.
@@ -349,6 +378,11 @@ async def needs_observing(
         link = links.get(rt.remote_id)
         if link is not None and link.state == LinkState.ACTIVE:
             if core.older_than_applied(rt.updated_at, link.remote_updated_at):
+                last = link_overwritten(link)
+                if last is not None and core.overwritten_edits(
+                    core.readable_values(conn, route, member, rt, parents)[0], rt.updated_at, last
+                ):
+                    out.append(rt)  # an edit there that our write replaced
                 continue
             values, _ = core.readable_values(conn, route, member, rt, parents)
             # A parent new in this very listing is linked when it is observed, just before.
@@ -420,10 +454,13 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if link.state == LinkState.CREATING:
         # The create is still in flight on this link, but the platform already shows the task.
         link.state = advance(link.state, LinkState.ACTIVE)
-    if link.state == LinkState.ACTIVE and (
-        core.older_than_applied(rt.updated_at, link.remote_updated_at)
-        or core.unmoved(values, _agreed(values, link))
-    ):
+    if link.state == LinkState.ACTIVE and core.older_than_applied(rt.updated_at, link.remote_updated_at):
+        last = link_overwritten(link)
+        lost = core.overwritten_edits(values, rt.updated_at, last)
+        if not lost or last is None:
+            return False  # an older report than one already applied (a late webhook delivery)
+        return await _overwritten_edit(ctx, session, obs, link, last, lost, now)
+    if link.state == LinkState.ACTIVE and core.unmoved(values, _agreed(values, link)):
         return False  # the checks below, made before the task is read: an echo of ours costs one read
     task = await session.get(TaskRow, link.task_id)
     if task is None or task.deleted_at is not None:
@@ -437,6 +474,53 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     base = _agreed(values, link)
     if core.unmoved(values, base):
         return False  # nothing moved on this side: the common case, and how echoes die
+    link.base = encode_values({**base, **values})
+    link.remote_updated_at = rt.updated_at
+    link.updated_at = now
+    return await _merge_report(ctx, session, obs, task, values, base, now)
+
+
+async def _overwritten_edit(
+    ctx: EngineContext,
+    session: AsyncSession,
+    obs: Observation,
+    link: LinkRow,
+    last: core.Overwritten,
+    lost: Values,
+    now: datetime,
+) -> bool:
+    """A report from before our last write to its side landed, showing an edit there that the
+    write replaced (`core.overwritten_edits`). It is merged as the edit it was, at its own time,
+    against what the side agreed before the write; where it wins, every side gets it written,
+    this one too: its base stays what it shows now (our write)."""
+    task = await session.get(TaskRow, link.task_id)
+    if task is None or task.deleted_at is not None:
+        return False
+    before = {**decode_values(link.base), **last.before}
+    log.warning(
+        "an edit of %s on %s made at %s was replaced by our write at %s; merging it now",
+        ", ".join(sorted(lost)),
+        obs.member.connector,
+        obs.task.updated_at.isoformat() if obs.task.updated_at else "?",
+        last.until.isoformat(),
+        extra={"task": task.id},
+    )
+    return await _merge_report(ctx, session, obs, task, {**before, **lost}, before, now)
+
+
+async def _merge_report(
+    ctx: EngineContext,
+    session: AsyncSession,
+    obs: Observation,
+    task: TaskRow,
+    values: Values,
+    base: Values,
+    now: datetime,
+) -> bool:
+    """Merge what a side reports (`values`, against what it had agreed: `base`) into the
+    canonical task, and queue the writes that follow. True when the canonical task changed."""
+    route, member, rt = obs.route, obs.member, obs.task
+    conn = ctx.connectors[member.connector]
     canonical = decode_values(task.data)
     result = merge(
         values,
@@ -456,9 +540,6 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
             del result.changes["parent"]
             result.overruled.add("parent")
             log_loop_once(task.id, new_parent, member.connector)
-    link.base = encode_values({**base, **values})
-    link.remote_updated_at = rt.updated_at
-    link.updated_at = now
     for conflict in result.conflicts:
         await _open_conflict(
             session, route, task, member, conflict.field, conflict.canonical, conflict.remote, now

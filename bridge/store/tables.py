@@ -144,6 +144,10 @@ class LinkRow(Base):
     # is our own write landing, not an edit there (engine.core.agreed). A list since migration
     # 0010, which made each single mapping of before a list of one.
     inflight: Mapped[list[dict[str, Any]] | dict[str, Any] | None] = mapped_column(JSON)
+    # What our last update of this side replaced there (engine.core.Overwritten, as
+    # engine.sync.encode_overwritten writes it): a report from inside that write's window that
+    # shows an edit there is an edit the write overwrote. Since migration 0011.
+    overwritten: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

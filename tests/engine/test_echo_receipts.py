@@ -10,6 +10,7 @@ TASKBRIDGE_TEST_PG_URL), with `parent` among the route's fields (the check trans
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,7 +20,7 @@ from bridge.store.tables import InboxRow
 from tests import ops
 from tests.engine import test_hierarchy
 from tests.engine.conftest import Harness
-from tests.engine.test_engine import create_on, intercept_first_update, titles
+from tests.engine.test_engine import create_on, edit_during_impactly_write, intercept_first_update, titles
 from tests.engine.test_hierarchy import signed_delivery
 from tests.world import World
 
@@ -167,3 +168,30 @@ async def test_a_copy_of_a_linked_mirror_carrying_its_marker_is_recorded(
         body = {"title": "copied there, again", "project_id": world.scopes["impactly"]}
         copy = str(c.post("/tasks", json={**body, "description": mirror["description"]}).json()["id"])
     assert await receive(harness.ctx, "impactly", *signed_delivery(world, copy)) == Receipt(202, "ok")
+
+
+async def test_an_edit_our_write_replaced_is_merged_from_its_delivery(harness: Harness, world: World) -> None:
+    """A person edits the title on Impactly after the outbox read the task there and before its
+    write landed: no platform here takes a conditional write, so the write replaces the edit.
+    Impactly's delivery of that edit is stamped before our write, yet it is no stale report: it
+    is merged as the edit it was (newer than the change we wrote) and written everywhere,
+    Impactly too. Before, it was answered `unchanged` and the edit was lost."""
+    deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    def person_edits(imp: str) -> None:
+        time.sleep(0.01)  # the platform stamps milliseconds: the edit, then our write, apart
+        ops.edit(world, "impactly", imp, title="replaced, edited there")
+        deliveries.append(signed_delivery(world, imp, "task.updated"))
+        time.sleep(0.01)
+
+    await edit_during_impactly_write(harness, world, "replaced", person_edits)
+    assert "replaced from vortask" in titles(world, "impactly")  # the write replaced the edit there
+    [delivery] = deliveries
+    assert await receive(harness.ctx, "impactly", *delivery) == Receipt(202, "ok")
+    assert await process_pending(harness.ctx) == 1
+    await harness.settle()
+    assert_everywhere(world, "replaced, edited there")
+
+    # Once merged and written there, the same report is nothing new.
+    replay = signed_delivery(world, impactly_id(world, "replaced, edited there"), "task.updated")
+    assert await receive(harness.ctx, "impactly", *replay) == UNCHANGED

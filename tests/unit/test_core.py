@@ -371,6 +371,38 @@ def test_older_than_applied(reported: datetime | None, applied: datetime | None,
     assert core.older_than_applied(reported, applied) is older
 
 
+# Our write of title "ours" landed at T0+10 s; the side had agreed "before" at T0 and our earlier
+# write "claimed" may have landed in between (its answer lost).
+WINDOW = core.Overwritten(
+    after=T0, until=T0 + timedelta(seconds=10), before={"title": "before"}, claims=[{"title": "claimed"}]
+)
+
+
+@pytest.mark.parametrize(
+    ("reported", "values", "last", "lost"),
+    [
+        # A person's edit inside the window, replaced by our write: the edit it was.
+        (T0 + timedelta(seconds=5), {"title": "theirs", "status": Status.DONE}, WINDOW, {"title": "theirs"}),
+        # Outside the window: before the side was known (stale), or at or after our write.
+        (T0, {"title": "theirs"}, WINDOW, {}),
+        (T0 - timedelta(seconds=1), {"title": "theirs"}, WINDOW, {}),
+        (T0 + timedelta(seconds=10), {"title": "theirs"}, WINDOW, {}),
+        # What the side agreed before, or a write of ours that may have landed: no edit.
+        (T0 + timedelta(seconds=5), {"title": "before"}, WINDOW, {}),
+        (T0 + timedelta(seconds=5), {"title": "claimed"}, WINDOW, {}),
+        # A field the write did not set: the side still shows it, a later report says so.
+        (T0 + timedelta(seconds=5), {"status": Status.DONE}, WINDOW, {}),
+        # No write recorded, or a report with no time.
+        (T0 + timedelta(seconds=5), {"title": "theirs"}, None, {}),
+        (None, {"title": "theirs"}, WINDOW, {}),
+    ],
+)
+def test_overwritten_edits(
+    reported: datetime | None, values: Values, last: core.Overwritten | None, lost: Values
+) -> None:
+    assert core.overwritten_edits(values, reported, last) == lost
+
+
 # -- what a link's base becomes ------------------------------------------------------------------
 
 

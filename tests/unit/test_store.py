@@ -633,8 +633,9 @@ async def test_migration_0010_makes_a_links_claim_a_list_and_back(store: Store) 
         return run
 
     async def claims() -> dict[str, Any]:
-        async with store.read() as s:
-            return {r.remote_id: r.inflight for r in (await s.scalars(select(LinkRow))).all()}
+        async with store.read() as s:  # the columns 0009 has (0011 adds one)
+            rows = (await s.execute(select(LinkRow.remote_id, LinkRow.inflight))).all()
+            return {remote_id: inflight for remote_id, inflight in rows}
 
     async with store.engine.begin() as conn:
         await conn.run_sync(to("0009", up=False))

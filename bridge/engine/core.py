@@ -117,28 +117,37 @@ def older_than_applied(reported_at: datetime | None, applied_at: datetime | None
 
 @dataclass(frozen=True)
 class Overwritten:
-    """What a write of ours to a side replaced there. The side was last known at `after` (its
-    own time); the write landed at `until`; `before` holds the written fields' values the side
-    had agreed before it; `claims` the writes of ours that may have landed in between."""
+    """What a write of ours to a side replaced there. The side was known at `after` (its own
+    time, as the read before the write saw it, or as the last edit merged from this window);
+    the write landed at `until`; `before` holds the written fields' values the side had agreed
+    before it, `wrote` what it wrote as they read back; `claims` the writes of ours that may
+    have landed in between."""
 
     after: datetime
     until: datetime
     before: Values
+    wrote: Values
     claims: Sequence[Values] = ()
 
 
-def overwritten_edits(values: Values, reported_at: datetime | None, last: Overwritten | None) -> Values:
+def overwritten_edits(
+    values: Values, reported_at: datetime | None, last: Overwritten | None, base: Values
+) -> Values:
     """The edits a report older than our last write to its side shows there, which that write
     replaced: nothing told the bridge of them before (a person's edit landing between our read
     before the write and the write, a window no platform here closes with a conditional write).
     Only a report stamped inside the write's window counts, and only for the fields the write
-    set, where it shows neither the value agreed before nor one of our own writes."""
+    set that the side still agrees on as written (`base`: once the side showed a newer value of
+    a field, an older report of it is stale), where it shows neither the value agreed before
+    nor one of our own writes."""
     if last is None or reported_at is None or not last.after < reported_at < last.until:
         return {}
     return {
         name: value
         for name, value in values.items()
         if name in last.before
+        and name in last.wrote
+        and base.get(name, NO_CLAIM) == last.wrote[name]
         and value != last.before[name]
         and all(claim.get(name, NO_CLAIM) != value for claim in last.claims)
     }

@@ -200,6 +200,7 @@ class Outcome:
     link_state: LinkState | None = None
     remote_time: datetime | None = None
     read_time: datetime | None = None  # the side's own time, as the read before the write saw it
+    read_base: Values | None = None  # the written fields as the side agreed them at that read
     comment_remote_id: str | None = None
     remote_deleted: bool = False  # the platform said the task is gone: apply the route's policy
     gone_from_view: bool = False  # the task left the credential's view: unlink, delete nothing
@@ -219,6 +220,7 @@ def _done(
     link_state: LinkState | None = None,
     remote_time: datetime | None = None,
     read_time: datetime | None = None,
+    read_base: Values | None = None,
     comment_remote_id: str | None = None,
 ) -> Outcome:
     return Outcome(
@@ -229,6 +231,7 @@ def _done(
         link_state=link_state,
         remote_time=remote_time,
         read_time=read_time,
+        read_base=read_base,
         comment_remote_id=comment_remote_id,
     )
 
@@ -754,7 +757,15 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
     with writes_fail_fast():
         after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
     # Its time, not its values: a listing fetched before this write must read as older than it.
-    return _done(changes, remote_time=after.updated_at, read_time=read_time)
+    # What the side agreed at the read (the base once a change found there was merged): taken
+    # now, since the link may learn of a newer edit there before this outcome is recorded.
+    agreed = decode_values(op.link.base)
+    return _done(
+        changes,
+        remote_time=after.updated_at,
+        read_time=read_time,
+        read_base={name: agreed[name] for name in changes if name in agreed},
+    )
 
 
 async def _after_remote_edit(
@@ -1135,23 +1146,28 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
     create, what the platform reported for the rest)."""
     conn = ctx.connectors[op.connector]
     assert outcome.written is not None  # apply_outcomes records only outcomes that wrote
-    before = decode_values(link.base)
-    base = core.base_after_write(conn, op.route, op.member, before, outcome.written, outcome.remote)
+    base = core.base_after_write(
+        conn, op.route, op.member, decode_values(link.base), outcome.written, outcome.remote
+    )
     if (
         op.op == OpKind.UPDATE
         and outcome.written
+        and outcome.read_base is not None
         and outcome.remote_time is not None
         and outcome.read_time is not None
         and outcome.remote_time > outcome.read_time
+        and (link.remote_updated_at is None or as_utc(link.remote_updated_at) <= outcome.remote_time)
     ):
         # No platform here takes a conditional write: an edit there after our read and before
         # this write was replaced by it. What the write replaced is kept, so that a report of
         # such an edit (a webhook delivery stamped before the write) is merged, not dropped.
+        # (Not when the side already showed something newer than the write: the window is past.)
         link.overwritten = encode_overwritten(
             core.Overwritten(
                 after=outcome.read_time,
                 until=outcome.remote_time,
-                before={name: before[name] for name in outcome.written if name in before},
+                before=outcome.read_base,
+                wrote={name: base[name] for name in outcome.written if name in base},
                 claims=link_claims(link),
             )
         )

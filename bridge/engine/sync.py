@@ -10,6 +10,7 @@ the same values again is a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ def encode_overwritten(last: core.Overwritten) -> dict[str, Any]:
         "after": last.after.isoformat(),
         "until": last.until.isoformat(),
         "before": encode_values(last.before),
+        "wrote": encode_values(last.wrote),
         "claims": [encode_values(claim) for claim in last.claims],
     }
 
@@ -144,6 +146,7 @@ def link_overwritten(link: _Claimed) -> core.Overwritten | None:
         after=as_utc(datetime.fromisoformat(raw["after"])),
         until=as_utc(datetime.fromisoformat(raw["until"])),
         before=decode_values(raw["before"]),
+        wrote=decode_values(raw.get("wrote", {})),
         claims=[decode_values(claim) for claim in raw.get("claims", [])],
     )
 
@@ -380,7 +383,10 @@ async def needs_observing(
             if core.older_than_applied(rt.updated_at, link.remote_updated_at):
                 last = link_overwritten(link)
                 if last is not None and core.overwritten_edits(
-                    core.readable_values(conn, route, member, rt, parents)[0], rt.updated_at, last
+                    core.readable_values(conn, route, member, rt, parents)[0],
+                    rt.updated_at,
+                    last,
+                    decode_values(link.base),
                 ):
                     out.append(rt)  # an edit there that our write replaced
                 continue
@@ -456,7 +462,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         link.state = advance(link.state, LinkState.ACTIVE)
     if link.state == LinkState.ACTIVE and core.older_than_applied(rt.updated_at, link.remote_updated_at):
         last = link_overwritten(link)
-        lost = core.overwritten_edits(values, rt.updated_at, last)
+        lost = core.overwritten_edits(values, rt.updated_at, last, decode_values(link.base))
         if not lost or last is None:
             return False  # an older report than one already applied (a late webhook delivery)
         return await _overwritten_edit(ctx, session, obs, link, last, lost, now)
@@ -494,14 +500,18 @@ async def _overwritten_edit(
     against what the side agreed before the write; where it wins, every side gets it written,
     this one too: its base stays what it shows now (our write)."""
     task = await session.get(TaskRow, link.task_id)
-    if task is None or task.deleted_at is not None:
+    reported_at = obs.task.updated_at
+    if task is None or task.deleted_at is not None or reported_at is None:
         return False
     before = {**decode_values(link.base), **last.before}
+    # What the window held up to this report is merged now: an older report from it, or this
+    # one again, is stale (it must not undo what this merge, or a person's resolution, decides).
+    link.overwritten = encode_overwritten(dataclasses.replace(last, after=reported_at))
     log.warning(
         "an edit of %s on %s made at %s was replaced by our write at %s; merging it now",
         ", ".join(sorted(lost)),
         obs.member.connector,
-        obs.task.updated_at.isoformat() if obs.task.updated_at else "?",
+        reported_at.isoformat(),
         last.until.isoformat(),
         extra={"task": task.id},
     )
@@ -824,6 +834,7 @@ async def release_reused(ctx: EngineContext, session: AsyncSession, link: LinkRo
     )
     link.remote_id = None
     link.inflight = None
+    link.overwritten = None
     link.updated_at = ctx.now()
     await session.flush()  # the id is free before anything links it again
 

@@ -195,3 +195,33 @@ async def test_an_edit_our_write_replaced_is_merged_from_its_delivery(harness: H
     # Once merged and written there, the same report is nothing new.
     replay = signed_delivery(world, impactly_id(world, "replaced, edited there"), "task.updated")
     assert await receive(harness.ctx, "impactly", *replay) == UNCHANGED
+
+
+async def test_a_late_report_of_a_replaced_edit_after_a_newer_one_there_is_stale(
+    harness: Harness, world: World
+) -> None:
+    """The edit our write replaced is reported late: after the person's next edit there was
+    merged. That report is older than what the side showed since, so it changes nothing (it must
+    not undo the newer edit, whatever the route's policy)."""
+    deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    def person_edits(imp: str) -> None:
+        time.sleep(0.01)
+        ops.edit(world, "impactly", imp, title="late, first edit there")
+        deliveries.append(signed_delivery(world, imp, "task.updated"))
+        time.sleep(0.01)
+
+    await edit_during_impactly_write(harness, world, "late", person_edits)
+    imp = impactly_id(world, "late from vortask")
+    ops.edit(world, "impactly", imp, title="late, second edit there")
+    assert await receive(harness.ctx, "impactly", *signed_delivery(world, imp, "task.updated")) == Receipt(
+        202, "ok"
+    )
+    assert await process_pending(harness.ctx) == 1
+    await harness.settle()
+    assert_everywhere(world, "late, second edit there")
+
+    [first] = deliveries
+    assert await receive(harness.ctx, "impactly", *first) == UNCHANGED
+    await harness.settle()
+    assert_everywhere(world, "late, second edit there")

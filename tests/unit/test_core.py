@@ -374,33 +374,46 @@ def test_older_than_applied(reported: datetime | None, applied: datetime | None,
 # Our write of title "ours" landed at T0+10 s; the side had agreed "before" at T0 and our earlier
 # write "claimed" may have landed in between (its answer lost).
 WINDOW = core.Overwritten(
-    after=T0, until=T0 + timedelta(seconds=10), before={"title": "before"}, claims=[{"title": "claimed"}]
+    after=T0,
+    until=T0 + timedelta(seconds=10),
+    before={"title": "before"},
+    wrote={"title": "ours"},
+    claims=[{"title": "claimed"}, {"title": "ours"}],
 )
+AS_WRITTEN = {"title": "ours", "status": Status.TODO}  # the link's base: the side agrees on our write
 
 
 @pytest.mark.parametrize(
-    ("reported", "values", "last", "lost"),
+    ("reported", "values", "last", "base", "lost"),
     [
         # A person's edit inside the window, replaced by our write: the edit it was.
-        (T0 + timedelta(seconds=5), {"title": "theirs", "status": Status.DONE}, WINDOW, {"title": "theirs"}),
+        (
+            T0 + timedelta(seconds=5),
+            {"title": "theirs", "status": Status.DONE},
+            WINDOW,
+            AS_WRITTEN,
+            {"title": "theirs"},
+        ),
         # Outside the window: before the side was known (stale), or at or after our write.
-        (T0, {"title": "theirs"}, WINDOW, {}),
-        (T0 - timedelta(seconds=1), {"title": "theirs"}, WINDOW, {}),
-        (T0 + timedelta(seconds=10), {"title": "theirs"}, WINDOW, {}),
+        (T0, {"title": "theirs"}, WINDOW, AS_WRITTEN, {}),
+        (T0 - timedelta(seconds=1), {"title": "theirs"}, WINDOW, AS_WRITTEN, {}),
+        (T0 + timedelta(seconds=10), {"title": "theirs"}, WINDOW, AS_WRITTEN, {}),
         # What the side agreed before, or a write of ours that may have landed: no edit.
-        (T0 + timedelta(seconds=5), {"title": "before"}, WINDOW, {}),
-        (T0 + timedelta(seconds=5), {"title": "claimed"}, WINDOW, {}),
+        (T0 + timedelta(seconds=5), {"title": "before"}, WINDOW, AS_WRITTEN, {}),
+        (T0 + timedelta(seconds=5), {"title": "claimed"}, WINDOW, AS_WRITTEN, {}),
         # A field the write did not set: the side still shows it, a later report says so.
-        (T0 + timedelta(seconds=5), {"status": Status.DONE}, WINDOW, {}),
+        (T0 + timedelta(seconds=5), {"status": Status.DONE}, WINDOW, AS_WRITTEN, {}),
+        # The side showed a newer title since (a later edit there, merged): this report is stale.
+        (T0 + timedelta(seconds=5), {"title": "theirs"}, WINDOW, {**AS_WRITTEN, "title": "later"}, {}),
         # No write recorded, or a report with no time.
-        (T0 + timedelta(seconds=5), {"title": "theirs"}, None, {}),
-        (None, {"title": "theirs"}, WINDOW, {}),
+        (T0 + timedelta(seconds=5), {"title": "theirs"}, None, AS_WRITTEN, {}),
+        (None, {"title": "theirs"}, WINDOW, AS_WRITTEN, {}),
     ],
 )
 def test_overwritten_edits(
-    reported: datetime | None, values: Values, last: core.Overwritten | None, lost: Values
+    reported: datetime | None, values: Values, last: core.Overwritten | None, base: Values, lost: Values
 ) -> None:
-    assert core.overwritten_edits(values, reported, last) == lost
+    assert core.overwritten_edits(values, reported, last, base) == lost
 
 
 # -- what a link's base becomes ------------------------------------------------------------------

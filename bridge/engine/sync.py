@@ -10,10 +10,9 @@ the same values again is a no-op.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -506,7 +505,7 @@ async def _overwritten_edit(
     before = {**decode_values(link.base), **last.before}
     # What the window held up to this report is merged now: an older report from it, or this
     # one again, is stale (it must not undo what this merge, or a person's resolution, decides).
-    link.overwritten = encode_overwritten(dataclasses.replace(last, after=reported_at))
+    link.overwritten = encode_overwritten(replace(last, after=reported_at))
     log.warning(
         "an edit of %s on %s made at %s was replaced by our write at %s; merging it now",
         ", ".join(sorted(lost)),

@@ -758,14 +758,13 @@ async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: b
         after = await conn.update_task(op.member.scope, op.link.remote_id, remote_changes)
     # Its time, not its values: a listing fetched before this write must read as older than it.
     # What the side agreed at the read (the base once a change found there was merged): taken
-    # now, since the link may learn of a newer edit there before this outcome is recorded.
-    agreed = decode_values(op.link.base)
-    return _done(
-        changes,
-        remote_time=after.updated_at,
-        read_time=read_time,
-        read_base={name: agreed[name] for name in changes if name in agreed},
-    )
+    # now, since the link may learn of a newer edit there before this outcome is recorded. With
+    # no read there is no window to keep (`_record_write`).
+    read_base: Values | None = None
+    if read_time is not None:
+        agreed = decode_values(op.link.base)
+        read_base = {name: agreed[name] for name in changes if name in agreed}
+    return _done(changes, remote_time=after.updated_at, read_time=read_time, read_base=read_base)
 
 
 async def _after_remote_edit(

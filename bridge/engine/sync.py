@@ -145,9 +145,18 @@ def link_overwritten(link: _Claimed) -> core.Overwritten | None:
         after=as_utc(datetime.fromisoformat(raw["after"])),
         until=as_utc(datetime.fromisoformat(raw["until"])),
         before=decode_values(raw["before"]),
-        wrote=decode_values(raw.get("wrote", {})),
-        claims=[decode_values(claim) for claim in raw.get("claims", [])],
+        wrote=decode_values(raw["wrote"]),
+        claims=[decode_values(claim) for claim in raw["claims"]],
     )
+
+
+def _replaced_edits(values: Values, reported_at: datetime | None, link: _Claimed) -> Values:
+    """The edits a report older than the link's last write shows, which that write replaced
+    (`core.overwritten_edits`): `needs_observing` and `observe` judge a stale report by it."""
+    last = link_overwritten(link)
+    if last is None:
+        return {}
+    return core.overwritten_edits(values, reported_at, last, decode_values(link.base))
 
 
 def _agreed(values: Values, link: _Claimed) -> Values:
@@ -380,12 +389,8 @@ async def needs_observing(
         link = links.get(rt.remote_id)
         if link is not None and link.state == LinkState.ACTIVE:
             if core.older_than_applied(rt.updated_at, link.remote_updated_at):
-                last = link_overwritten(link)
-                if last is not None and core.overwritten_edits(
-                    core.readable_values(conn, route, member, rt, parents)[0],
-                    rt.updated_at,
-                    last,
-                    decode_values(link.base),
+                if link.overwritten and _replaced_edits(
+                    core.readable_values(conn, route, member, rt, parents)[0], rt.updated_at, link
                 ):
                     out.append(rt)  # an edit there that our write replaced
                 continue
@@ -460,11 +465,10 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         # The create is still in flight on this link, but the platform already shows the task.
         link.state = advance(link.state, LinkState.ACTIVE)
     if link.state == LinkState.ACTIVE and core.older_than_applied(rt.updated_at, link.remote_updated_at):
-        last = link_overwritten(link)
-        lost = core.overwritten_edits(values, rt.updated_at, last, decode_values(link.base))
-        if not lost or last is None:
+        lost = _replaced_edits(values, rt.updated_at, link)
+        if not lost:
             return False  # an older report than one already applied (a late webhook delivery)
-        return await _overwritten_edit(ctx, session, obs, link, last, lost, now)
+        return await _overwritten_edit(ctx, session, obs, link, lost, now)
     if link.state == LinkState.ACTIVE and core.unmoved(values, _agreed(values, link)):
         return False  # the checks below, made before the task is read: an echo of ours costs one read
     task = await session.get(TaskRow, link.task_id)
@@ -490,7 +494,6 @@ async def _overwritten_edit(
     session: AsyncSession,
     obs: Observation,
     link: LinkRow,
-    last: core.Overwritten,
     lost: Values,
     now: datetime,
 ) -> bool:
@@ -500,7 +503,8 @@ async def _overwritten_edit(
     this one too: its base stays what it shows now (our write)."""
     task = await session.get(TaskRow, link.task_id)
     reported_at = obs.task.updated_at
-    if task is None or task.deleted_at is not None or reported_at is None:
+    last = link_overwritten(link)
+    if task is None or task.deleted_at is not None or reported_at is None or last is None:
         return False
     before = {**decode_values(link.base), **last.before}
     # What the window held up to this report is merged now: an older report from it, or this

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.engine.context import EngineContext
 from bridge.store import on_commit
-from bridge.store.states import DeliveryState, OpState, advance
+from bridge.store.states import DeliveryState, OpKind, OpState, advance
 from bridge.store.tables import HistoryRow, InboxRow, OutboxRow, TaskRow
 
 log = logging.getLogger("taskbridge.deadletters")
@@ -225,7 +225,10 @@ def _op_history(row: OutboxRow, action: str, who: str, now: datetime) -> History
 def _retry_op(session: AsyncSession, row: OutboxRow, who: str, now: datetime) -> None:
     session.add(_op_history(row, "retried", who, now))  # before the row changes: it names the error
     row.state = advance(row.state, OpState.PENDING)
-    row.attempts = 0
+    # A fresh budget; but a create or a comment that ran may have landed (a lost answer, a
+    # follow-up request refused): its next attempt must look for it first, as any retry does.
+    ran = row.attempts > 0 and row.op in (OpKind.CREATE, OpKind.COMMENT)
+    row.attempts = 1 if ran else 0
     row.next_attempt_at = now
     row.claimed_by = None
     row.claim_expires_at = None

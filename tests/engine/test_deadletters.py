@@ -17,7 +17,7 @@ from bridge.model import new_id
 from bridge.store import Store
 from bridge.store.states import DeliveryState, OpState
 from bridge.store.tables import HistoryRow, InboxRow, OutboxRow, TaskRow
-from connectors.base import AuthFailed
+from connectors.base import AuthFailed, Permanent
 from tests import ops
 from tests.engine.conftest import Harness
 from tests.world import World
@@ -324,3 +324,44 @@ async def test_dropped_writes_never_run(
     )
     dropped = [h for h in await history(harness.ctx.store, task_id) if h.via == "outbox"]
     assert [h.new for h in dropped] == [{"v": "write to agentkanban dropped by ops"}] * len(parked)
+
+
+def landed_then_refused(monkeypatch: pytest.MonkeyPatch, conn: Any, method: str) -> None:
+    """The connector's `method` reaches the platform, which applies it, and then fails for good
+    (an answer it cannot read, a follow-up request refused): the write parks, having landed."""
+    real = getattr(conn, method)
+
+    async def landed(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **kwargs)
+        raise Permanent("the platform's answer could not be read", status=422)
+
+    monkeypatch.setattr(conn, method, landed)
+
+
+async def test_a_retried_create_or_comment_that_had_landed_is_not_sent_twice(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person's retry gives a parked write a fresh budget, but a create or a comment that ran
+    may be on the platform already: its retry looks for it first, as the outbox's own retries do."""
+    landed_then_refused(monkeypatch, harness.ctx.connectors["impactly"], "create_task")
+    vt_id = ops.create(world, "vortask", "made once")
+    await harness.settle()
+    monkeypatch.undo()
+    ops.comment(world, "vortask", vt_id, "said once")
+    landed_then_refused(monkeypatch, harness.ctx.connectors["agentkanban"], "add_comment")
+    await harness.settle()
+    monkeypatch.undo()
+    parked = (await deadletters.list_operations(harness.ctx)).items
+    assert sorted((p.op, p.connector) for p in parked) == [("comment", "agentkanban"), ("create", "impactly")]
+    assert [t["title"] for t in ops.raw_tasks(world, "impactly")].count("made once") == 1
+
+    results = await deadletters.retry_parked(harness.ctx, who="ops")
+    assert all(r.ok for r in results) and len(results) == 2
+    await harness.settle()
+
+    assert [t["title"] for t in ops.raw_tasks(world, "impactly")].count("made once") == 1
+    ak_id = str(ops.view(world, "agentkanban")["made once"]["id"])
+    assert [c for c in ops.comments(world, "agentkanban", ak_id) if c.endswith("said once")] == [
+        "Bob via vortask: said once"
+    ]
+    assert (await deadletters.list_operations(harness.ctx)).items == []

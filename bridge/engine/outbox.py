@@ -1161,11 +1161,20 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
         # this write was replaced by it. What the write replaced is kept, so that a report of
         # such an edit (a webhook delivery stamped before the write) is merged, not dropped.
         # (Not when the side already showed something newer than the write: the window is past.)
+        after, before = outcome.read_time, outcome.read_base
+        if link.remote_updated_at is not None and as_utc(link.remote_updated_at) > after:
+            # A report from the side applied since the read (observed while the write was in
+            # flight) is no edit the write hid: the window starts after it, from what it
+            # showed, or a second report of it would be merged again (under `prefer`, over
+            # a newer edit made elsewhere since).
+            after = as_utc(link.remote_updated_at)
+            shown = decode_values(link.base)
+            before = {name: shown.get(name, value) for name, value in before.items()}
         link.overwritten = encode_overwritten(
             core.Overwritten(
-                after=outcome.read_time,
+                after=after,
                 until=outcome.remote_time,
-                before=outcome.read_base,
+                before=before,
                 wrote={name: base[name] for name in outcome.written if name in base},
                 claims=link_claims(link),
             )

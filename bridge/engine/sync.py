@@ -141,13 +141,18 @@ def link_overwritten(link: _Claimed) -> core.Overwritten | None:
     raw = link.overwritten
     if not raw:
         return None
-    return core.Overwritten(
-        after=as_utc(datetime.fromisoformat(raw["after"])),
-        until=as_utc(datetime.fromisoformat(raw["until"])),
-        before=decode_values(raw["before"]),
-        wrote=decode_values(raw["wrote"]),
-        claims=[decode_values(claim) for claim in raw["claims"]],
-    )
+    try:
+        return core.Overwritten(
+            after=as_utc(datetime.fromisoformat(raw["after"])),
+            until=as_utc(datetime.fromisoformat(raw["until"])),
+            before=decode_values(raw["before"]),
+            wrote=decode_values(raw["wrote"]),
+            claims=[decode_values(claim) for claim in raw["claims"]],
+        )
+    except (KeyError, TypeError, ValueError):
+        # A window kept by an earlier build without every key (a95c5f0 wrote no `wrote`):
+        # nothing can be judged from it, and a poll must not fail on it at every interval.
+        return None
 
 
 def _replaced_edits(values: Values, reported_at: datetime | None, link: _Claimed) -> Values:

@@ -10,7 +10,12 @@ TASKBRIDGE_TEST_PG_URL), with `parent` among the route's fields (the check trans
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,7 +27,7 @@ from tests.engine import test_hierarchy
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, edit_during_impactly_write, intercept_first_update, titles
 from tests.engine.test_hierarchy import signed_delivery
-from tests.world import World
+from tests.world import WEBHOOK_SECRET, World
 
 # The store's backend is these fixtures' parameter: SQLite and PostgreSQL, as in those tests.
 harness = test_hierarchy.harness
@@ -225,3 +230,45 @@ async def test_a_late_report_of_a_replaced_edit_after_a_newer_one_there_is_stale
     assert await receive(harness.ctx, "impactly", *first) == UNCHANGED
     await harness.settle()
     assert_everywhere(world, "late, second edit there")
+
+
+def redelivered(delivery: tuple[dict[str, str], bytes]) -> tuple[dict[str, str], bytes]:
+    """The same report delivered again under a new delivery id, as a platform's retry may."""
+    payload = json.loads(delivery[1])
+    payload["id"] = str(uuid.uuid4())
+    body = json.dumps(payload).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {**delivery[0], "x-impactly-signature": f"sha256={signature}"}, body
+
+
+async def test_an_edit_seen_while_our_write_was_in_flight_is_not_merged_again(
+    harness: Harness, world: World
+) -> None:
+    """A person edits Impactly after the outbox read the task there, and that edit's delivery is
+    observed before our write lands (which replaces it there, and is written over again: the
+    edit is the newer). The write's window starts after that edit: a second report of it is
+    stale, not an edit the write hid, so it is not merged a second time."""
+    vt = create_on(world, "vortask", "seen")
+    await harness.settle()
+    imp = impactly_id(world, "seen")
+    deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    async def observed_first(write: Any) -> Any:
+        await asyncio.sleep(0.01)  # the platform stamps milliseconds: read, edit, write apart
+        ops.edit(world, "impactly", imp, title="seen, edited there")
+        deliveries.append(signed_delivery(world, imp, "task.updated"))
+        assert await receive(harness.ctx, "impactly", *deliveries[0]) == Receipt(202, "ok")
+        assert await process_pending(harness.ctx) == 1
+        await asyncio.sleep(0.01)
+        return await write()
+
+    hit = intercept_first_update(harness.ctx.connectors["impactly"], observed_first)
+    ops.edit(world, "vortask", vt, title="seen from vortask")
+    await harness.poll("vortask")
+    await harness.daemon.worker.run_until_idle(max_rounds=1)
+    assert hit
+    assert "seen from vortask" in titles(world, "impactly")  # our write replaced the edit there
+
+    assert await receive(harness.ctx, "impactly", *redelivered(deliveries[0])) == UNCHANGED
+    await harness.settle()
+    assert_everywhere(world, "seen, edited there")

@@ -39,10 +39,11 @@ from bridge.defaults import (
     DEFAULT_PRUNE_FIRST_DELAY,
     DEFAULT_PRUNE_INTERVAL,
     DEFAULT_PRUNE_LEASE_TTL,
+    DEFAULT_STOP_GRACE,
     DEFAULT_STORE_CHECK_INTERVAL,
     DEFAULT_TRIM_AFTER_TASKS,
 )
-from bridge.engine import leases, retention
+from bridge.engine import inbox, leases, retention
 from bridge.engine.comments import sweep_comments
 from bridge.engine.context import EngineContext
 from bridge.engine.inbox import process_pending
@@ -160,6 +161,7 @@ class Daemon:
         self._refusals: dict[str, RefusalLog] = {}  # job name -> its word on a store refusing writes
         self._inbox_refusals = RefusalLog(log, "inbox processing")
         self._jobs: set[asyncio.Task[Any]] = set()  # scheduler jobs running now
+        self._closing = False  # a stop began: the inbox loop starts no other batch
         self._triggered: set[str] = set()  # connectors with a triggered poll waiting to start
         self._poll_locks: dict[str, asyncio.Lock] = {}
         self._generated: set[str] = set()  # connectors whose platform-made webhook secret the store holds
@@ -196,6 +198,9 @@ class Daemon:
             taken_back = await release_claims(self.ctx)
             if taken_back:
                 log.warning("took back %d operations claimed by this replica before a crash", taken_back)
+            taken_back = await inbox.release_claims(self.ctx)
+            if taken_back:
+                log.warning("took back %d deliveries claimed by this replica before a crash", taken_back)
         if self.cfg.server.public_url:
             await self.register_webhooks()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
@@ -358,8 +363,15 @@ class Daemon:
         # Paused, not shut down yet: APScheduler's shutdown cancels every job it started at once,
         # and logs a job cancelled before its first step as an error with a traceback. One turn
         # of the loop lets a job just handed over start (it sees `stopping` and returns).
+        # One budget for the work in progress, which finishes side by side: polls, the outbox's
+        # writes in flight (it claims no more), the inbox's batch (it starts no other).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEFAULT_STOP_GRACE
         if self.scheduler.running:
             self.scheduler.pause()
+        self._closing = True
+        self.worker.stop(grace=DEFAULT_STOP_GRACE)
+        self.ctx.inbox_ready.set()
         await asyncio.sleep(0)
         if self._jobs:
             # A poll in progress finishes (its watermark then lands) or is cancelled, before the
@@ -371,16 +383,20 @@ class Daemon:
                 await asyncio.wait(late, timeout=5)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        self.worker.stop()
         for task in self._tasks:
-            if task.get_name() != "outbox":
+            if task.get_name() not in ("outbox", "inbox"):
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), timeout=35)
+            await asyncio.wait_for(
+                asyncio.gather(*self._tasks, return_exceptions=True), timeout=max(1.0, deadline - loop.time())
+            )
         if self.store.lost is None:  # a lost store takes no more writes; claims and leases expire
             released = await release_claims(self.ctx)
             if released:
                 log.info("released %d claimed operations for other workers", released)
+            released = await inbox.release_claims(self.ctx)
+            if released:
+                log.info("released %d claimed webhook deliveries for other workers", released)
             for name in list(self._held):
                 await leases.release(self.ctx, name)
         if self._server is not None:
@@ -525,7 +541,7 @@ class Daemon:
             )
 
     async def _inbox_loop(self) -> None:
-        while True:
+        while not self._closing:
             self.ctx.inbox_ready.clear()  # before looking: a delivery that lands meanwhile still wakes us
             handled = await self._guarded_inbox()
             # A batch short of full took every delivery there was: what arrived since set the

@@ -32,6 +32,10 @@ DEFAULT_POOL_SIZE = 10
 
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
+# A stop's whole budget for work in progress (polls, writes in flight, an inbox batch), under
+# the 45 s deploy/ gives a stop before it kills (TimeoutStopSec, stop_grace_period) with room
+# for releasing claims and closing; a poll gets at most DEFAULT_JOB_GRACE of it.
+DEFAULT_STOP_GRACE = 30.0
 DEFAULT_JOB_GRACE = 20.0  # seconds a stop waits for a poll in progress before cancelling it
 # A poll that read at least this many tasks hands the memory it freed back to the OS (glibc keeps
 # it otherwise: 100,000 tasks on five platforms idled at 516 MB, 348 MB so).

@@ -258,6 +258,21 @@ def _claimable(*, skip_locked: bool) -> Select[Any]:
     return query.with_for_update(skip_locked=True, of=InboxRow) if skip_locked else query
 
 
+_RELEASE = (
+    update(_INBOX)
+    .where(_INBOX.c.state == DeliveryState.CLAIMED, _INBOX.c.claimed_by == bindparam("replica"))
+    .values(state=DeliveryState.PENDING, claimed_by=None, claim_expires_at=None)
+)
+
+
+async def release_claims(ctx: EngineContext) -> int:
+    """Give back every delivery this replica holds claimed (a stop, or a start after a crash:
+    the replica's id outlives its process), so they wait for no claim to expire."""
+    async with ctx.store.statements() as conn:
+        result = await conn.execute(_RELEASE, {"replica": ctx.replica})
+        return int(result.rowcount or 0)
+
+
 async def process_pending(
     ctx: EngineContext,
     *,

@@ -73,6 +73,7 @@ from bridge.defaults import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_UNEXPECTED,
+    DEFAULT_STOP_GRACE,
     DEFAULT_UNEXPECTED_ERROR_DELAY,
 )
 from bridge.engine import core, health
@@ -446,6 +447,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.committer = Committer(ctx)
         self._stopping = asyncio.Event()
+        self._grace = DEFAULT_STOP_GRACE  # seconds a stop gives the writes in flight
         self._inflight: set[asyncio.Task[None]] = set()
         self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         # The last claim may have left runnable work behind (it took all it asked for, or had no
@@ -561,14 +563,16 @@ class Worker:
                 delay=self.settings.unexpected_delay,
             )
 
-    def stop(self) -> None:
+    def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Claim nothing more; the writes in flight get `grace` seconds to finish."""
+        self._grace = grace
         self._stopping.set()
         self.ctx.outbox_ready.set()
 
-    async def drain_inflight(self, grace: float = 30.0) -> None:
+    async def drain_inflight(self) -> None:
         """Let claimed work finish (graceful shutdown); what doesn't is released."""
         if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            _, pending = await asyncio.wait(self._inflight, timeout=self._grace)
             for task in pending:
                 task.cancel()
 

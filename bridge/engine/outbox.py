@@ -29,8 +29,11 @@ Delivery promise: every queued operation is applied at least once, and its effec
   create or comment keeps it, since its next attempt must look for what an earlier request of
   the same write may have made); a permanent failure
   (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
-  spins; an unforeseen error parks after `max_unexpected` attempts. A 404 on a write is a
-  deletion only when a GET and a complete listing agree.
+  spins; an unforeseen error parks after `max_unexpected` attempts, and so does an outcome
+  whose record fails alone every time (it runs again at each claim's expiry until then). A 404
+  on a write is a deletion only when a GET and a complete listing agree;
+- a person's retry of a parked operation gives it a fresh budget, and a create or comment that
+  ran still looks first: it may have landed before it parked.
 
 How the store is used, and why that keeps the promise. One transaction claims a batch of
 operations, loads everything they need (tasks, links, comments, open conflicts) and, for each
@@ -445,7 +448,7 @@ class Worker:
     def __init__(self, ctx: EngineContext, settings: WorkerSettings | None = None) -> None:
         self.ctx = ctx
         self.settings = settings or WorkerSettings()
-        self.committer = Committer(ctx)
+        self.committer = Committer(ctx, max_unexpected=self.settings.max_unexpected)
         self._stopping = asyncio.Event()
         self._grace = DEFAULT_STOP_GRACE  # seconds a stop gives the writes in flight
         self._inflight: set[asyncio.Task[None]] = set()
@@ -853,8 +856,9 @@ class Committer:
     every caller queued meanwhile, in one transaction. A batch that fails is retried one outcome
     per transaction, so one bad outcome holds nothing else back."""
 
-    def __init__(self, ctx: EngineContext) -> None:
+    def __init__(self, ctx: EngineContext, *, max_unexpected: int = DEFAULT_MAX_UNEXPECTED) -> None:
         self.ctx = ctx
+        self.max_unexpected = max_unexpected
         self._queue: list[_Pending] = []
         self._turn = asyncio.Lock()
         self._refusals = RefusalLog(log, "recording outbox outcomes")
@@ -889,8 +893,13 @@ class Committer:
             if self._refusals.failed(exc):
                 return  # one by one would be refused too; the claims expire (submit frees the waiters)
             if len(batch) == 1:
-                with log_context(**_log_fields(batch[0].op)):
-                    log.exception("recording the outcome of outbox operation %s failed", batch[0].op.id)
+                op = batch[0].op
+                with log_context(**_log_fields(op)):
+                    log.exception("recording the outcome of outbox operation %s failed", op.id)
+                    if op.attempts >= self.max_unexpected:
+                        # The same failure each time (a bug): parked for a person, not run
+                        # again at every claim's expiry forever, out of sight of `outbox list`.
+                        await self._park_unrecorded(op, exc)
                 batch[0].done.set_result(None)  # its claim expires and the operation runs again
                 return
             for p in batch:
@@ -900,6 +909,25 @@ class Committer:
         for p in batch:
             if not p.done.done():
                 p.done.set_result(None)
+
+    async def _park_unrecorded(self, op: _Op | _Orphan, exc: Exception) -> None:
+        error = f"gave up after {op.attempts} attempts: recording its outcome failed ({type(exc).__name__})"
+        try:
+            async with self.ctx.store.transaction() as session:
+                row = await session.get(OutboxRow, op.id, with_for_update=True)
+                if row is None or row.state != OpState.CLAIMED or row.claimed_by != self.ctx.replica:
+                    return  # no longer ours: its record is another worker's to make
+                row.state = advance(row.state, OpState.PARKED)
+                row.last_error = error
+                row.done_at = self.ctx.now()
+                row.done_by = self.ctx.replica
+                row.claimed_by = None
+                row.claim_expires_at = None
+        except Exception:
+            log.exception("parking outbox operation %s failed; its claim expires", op.id)
+            return
+        log.error("outbox %s %s parked: %s", op.op, op.id, error)
+        metrics.writes.labels(op.connector, str(op.op), "parked").inc()
 
     async def _apply(self, batch: list[tuple[_Op | _Orphan, Outcome]]) -> None:
         propagated: list[_Op] = []

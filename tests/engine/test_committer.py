@@ -161,3 +161,36 @@ async def test_writes_that_land_settled_queue_nothing_more(
     assert [r for r in rows if r.state != OpState.DONE] == []
     for platform in ("impactly", "vortask", "agentkanban", "runs"):
         assert titles(world, platform) == ["settled, edited"], platform
+
+
+async def test_an_outcome_that_cannot_be_recorded_parks_after_the_unexpected_budget(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording one write's outcome fails every time (a bug): the operation ran again at every
+    claim's expiry, forever, and never showed in `outbox list`. It parks after max_unexpected
+    attempts, saying why; the other writes of the change are recorded as usual."""
+    claimed = await _claim_an_edit(harness, world, "unrecordable")
+    real = outbox._record_write
+
+    def failing(ctx: Any, op: _Op, *args: Any) -> None:
+        if op.connector == "runs":
+            raise RuntimeError("a bug in recording")
+        real(ctx, op, *args)
+
+    monkeypatch.setattr(outbox, "_record_write", failing)
+    committer = outbox.Committer(harness.ctx, max_unexpected=3)
+    settings = harness.daemon.worker.settings
+    for op in claimed:
+        await committer.submit(op, await execute(harness.ctx, settings, op, random.Random(0)))
+    assert await _runs_not_done(harness) == [OpState.CLAIMED]  # left to its claim's expiry, as before
+
+    (run,) = [op for op in claimed if op.connector == "runs"]
+    for attempts in (2, 3):  # the claim expired and the write ran again
+        run.attempts = attempts
+        await committer.submit(run, await execute(harness.ctx, settings, run, random.Random(0)))
+    assert await _runs_not_done(harness) == [OpState.PARKED]
+    async with harness.ctx.store.read() as session:
+        row = await session.get(OutboxRow, run.id)
+    assert row is not None
+    assert row.last_error == "gave up after 3 attempts: recording its outcome failed (RuntimeError)"
+    assert row.claimed_by is None

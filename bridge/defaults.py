@@ -17,6 +17,11 @@ DEFAULT_BACKOFF = 1.0  # first retry delay; doubles per attempt, capped at DEFAU
 DEFAULT_MAX_BACKOFF = 300.0
 DEFAULT_MAX_ATTEMPTS = 25  # retryable failures before an operation is parked
 DEFAULT_UNEXPECTED_ERROR_DELAY = 30.0  # a write that failed in a way nobody foresaw waits this long
+# A create or comment that failed without a clear answer (a timeout, a lost connection, a 5xx a
+# proxy may have sent while the platform went on) waits at least this long before its retry
+# looks for it: a platform may still be applying the request the daemon stopped waiting for,
+# and a look too soon finds nothing and writes it twice. A connector's request timeout again.
+DEFAULT_LANDING_WAIT = 15.0
 DEFAULT_MAX_UNEXPECTED = 3  # such failures before the operation is parked
 
 # The inbox (webhook deliveries).

@@ -73,6 +73,7 @@ from bridge.defaults import (
     DEFAULT_CLAIM_TTL,
     DEFAULT_CONCURRENCY,
     DEFAULT_IDLE_WAIT,
+    DEFAULT_LANDING_WAIT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_UNEXPECTED,
@@ -141,6 +142,9 @@ class WorkerSettings:
     # it will most likely fail the same way, and later writes of its task absorb into it.
     unexpected_delay: float = DEFAULT_UNEXPECTED_ERROR_DELAY
     max_unexpected: int = DEFAULT_MAX_UNEXPECTED
+    landing_wait: float = (
+        DEFAULT_LANDING_WAIT  # least wait before a create or comment that may have landed looks
+    )
     read_before_write: bool = True  # GET a task before updating it, so a fresh remote edit isn't lost
 
     @classmethod
@@ -647,7 +651,12 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
             attempt_spent=op.op in (OpKind.CREATE, OpKind.COMMENT),
         )
     except Retryable as exc:
-        return replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
+        outcome = replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
+        if op.op in (OpKind.CREATE, OpKind.COMMENT) and outcome.state == OpState.PENDING:
+            # It may have landed, or be landing still: its retry looks first, but not before
+            # the platform had time to finish what it may be applying (DEFAULT_LANDING_WAIT).
+            outcome = replace(outcome, delay=max(outcome.delay, settings.landing_wait))
+        return outcome
     except AuthFailed as exc:
         log.error("outbox %s %s on %s parked: %s", op.op, op.task.id, op.connector, exc)
         return replace(_parked(str(exc)), connector_error=str(exc), connector_error_certain=True)

@@ -64,7 +64,9 @@ class Harness:
 async def make_harness(world: World, tmp_path: Path, **config_kw: object) -> Harness:
     path = world.config(tmp_path, **config_kw)  # type: ignore[arg-type]
     cfg = config.load(path)
-    options = DaemonOptions(poll=False, serve=False, worker=WorkerSettings(backoff=0.05, max_backoff=0.2))
+    options = DaemonOptions(
+        poll=False, serve=False, worker=WorkerSettings(backoff=0.05, max_backoff=0.2, landing_wait=0.2)
+    )
     daemon = Daemon(cfg, options=options)
     await daemon.store.migrate()
     return Harness(daemon)

@@ -4,6 +4,7 @@ not depend on which others share its batch (the committer waits a moment to batc
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from bridge.engine.outbox import _STUCK_LINKS, _Op, _parked, apply_outcomes, cla
 from bridge.engine.sync import queue_updates_many
 from bridge.store.states import OpState
 from bridge.store.tables import LinkRow, OutboxRow
+from connectors.base import Retryable
 from tests import ops
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, titles
@@ -194,3 +196,32 @@ async def test_an_outcome_that_cannot_be_recorded_parks_after_the_unexpected_bud
     assert row is not None
     assert row.last_error == "gave up after 3 attempts: recording its outcome failed (RuntimeError)"
     assert row.claimed_by is None
+
+
+async def test_a_create_without_a_clear_answer_waits_before_its_retry_looks(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create (or comment) that timed out may still be landing: the platform can go on with a
+    request the daemon stopped waiting for. Its retry looks for it first, so it must not look
+    before the platform had time to finish (`landing_wait`), or it finds nothing and writes a
+    second copy. An update is idempotent: it backs off as before."""
+    settings = replace(harness.daemon.worker.settings, backoff=0.05, landing_wait=5.0)
+    edited = create_on(world, "squads", "an edit")
+    await harness.settle()
+
+    async def timed_out(*args: Any, **kwargs: Any) -> Any:
+        raise Retryable("the request timed out", connector="impactly")
+
+    monkeypatch.setattr(harness.ctx.connectors["impactly"], "create_task", timed_out)
+    monkeypatch.setattr(harness.ctx.connectors["impactly"], "update_task", timed_out)
+    claimed = await _claim_an_edit(harness, world, "an edit", task_id=edited)
+    (update,) = [op for op in claimed if op.connector == "impactly"]
+    outcome = await execute(harness.ctx, settings, update, random.Random(0))
+    assert outcome.state == OpState.PENDING and outcome.delay < 1.0
+
+    create_on(world, "squads", "slow to answer")
+    await harness.poll("squads")
+    claimed = [op for op in await claim(harness.ctx, settings, 16) if isinstance(op, _Op)]
+    (create,) = [op for op in claimed if op.connector == "impactly" and op.task.title == "slow to answer"]
+    outcome = await execute(harness.ctx, settings, create, random.Random(0))
+    assert (outcome.state, outcome.delay) == (OpState.PENDING, 5.0)

@@ -27,7 +27,8 @@ Delivery promise: every queued operation is applied at least once, and its effec
   jitter and parks after `max_attempts`; a 429 with Retry-After waits for it and costs an update,
   delete or archive no attempt (repeating those is harmless, so attempts count what failed; a
   create or comment keeps it, since its next attempt must look for what an earlier request of
-  the same write may have made); a permanent failure
+  the same write may have made, and waits at least `landing_wait` before it looks, since the
+  platform may still be applying a request the daemon stopped waiting for); a permanent failure
   (4xx) parks the operation with the platform's message, visible in the API and metrics, and never
   spins; an unforeseen error parks after `max_unexpected` attempts, and so does an outcome
   whose record fails alone every time (it runs again at each claim's expiry until then). A 404

@@ -195,7 +195,7 @@ class Daemon:
             log.info("%d tasks that existed on the platforms were linked before the first poll", adopted)
         if self.options.serve:
             await self._start_server()  # binds the port first: proof no live twin holds our id
-            taken_back = await release_claims(self.ctx)
+            taken_back = await release_claims(self.ctx, landing_wait=self.options.worker.landing_wait)
             if taken_back:
                 log.warning("took back %d operations claimed by this replica before a crash", taken_back)
             taken_back = await inbox.release_claims(self.ctx)
@@ -391,7 +391,7 @@ class Daemon:
                 asyncio.gather(*self._tasks, return_exceptions=True), timeout=max(1.0, deadline - loop.time())
             )
         if self.store.lost is None:  # a lost store takes no more writes; claims and leases expire
-            released = await release_claims(self.ctx)
+            released = await release_claims(self.ctx, landing_wait=self.options.worker.landing_wait)
             if released:
                 log.info("released %d claimed operations for other workers", released)
             released = await inbox.release_claims(self.ctx)

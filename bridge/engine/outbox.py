@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, bindparam, exists, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -616,13 +616,22 @@ async def renew_claims(ctx: EngineContext, ids: Sequence[int], ttl: float) -> in
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def release_claims(ctx: EngineContext) -> int:
-    """Give back every claim this replica holds (graceful shutdown)."""
+async def release_claims(ctx: EngineContext, *, landing_wait: float = DEFAULT_LANDING_WAIT) -> int:
+    """Give back every claim this replica holds (a stop, or a start after a crash). A create or
+    comment given back may have been cut off mid-request, and may be landing still: it waits
+    `landing_wait` before its retry looks for it, as after a timeout."""
+    uncertain = OutboxRow.op.in_((OpKind.CREATE, OpKind.COMMENT))
+    landed_by = ctx.now() + timedelta(seconds=landing_wait)
     async with ctx.store.transaction() as session:
         result = await session.execute(
             update(OutboxRow)
             .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica)
-            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
+            .values(
+                state=OpState.PENDING,
+                claimed_by=None,
+                claim_expires_at=None,
+                next_attempt_at=case((uncertain, landed_by), else_=OutboxRow.next_attempt_at),
+            )
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from sqlalchemy import select
 from bridge import config
 from bridge import daemon as daemon_module
 from bridge.daemon import Daemon, DaemonOptions
+from bridge.defaults import DEFAULT_LANDING_WAIT
+from bridge.model import as_utc
 from bridge.store import Store
 from bridge.store.states import DeliveryState, OpKind, OpState
 from bridge.store.tables import InboxRow, OutboxRow
@@ -68,7 +70,7 @@ async def test_a_stop_keeps_to_one_budget_and_gives_back_its_claims(
             )
             session.add(delivery)
 
-        started = time.monotonic()
+        started, stopped_at = time.monotonic(), datetime.now(UTC)
         await daemon.stop()
         stopped = True
         # The budget, the 5 s a cancelled poll may take to end, and a little for the closing.
@@ -87,6 +89,8 @@ async def test_a_stop_keeps_to_one_budget_and_gives_back_its_claims(
             ).one()
             held = (await session.scalars(select(InboxRow))).one()
         assert (create.state, create.claimed_by) == (OpState.PENDING, None)
+        # Cut off mid-request, it may be landing still: its retry looks for it only later.
+        assert as_utc(create.next_attempt_at) > stopped_at + timedelta(seconds=DEFAULT_LANDING_WAIT - 5)
         assert (held.state, held.claimed_by) == (DeliveryState.PENDING, None)
     finally:
         await reopened.close()

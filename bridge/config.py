@@ -827,12 +827,26 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+def _utf8(filename: str, raw: bytes) -> str:
+    """The file's text; a file saved in another encoding (Notepad's UTF-16, Latin-1) is a config
+    error naming the first byte that is not UTF-8 and its line, not a UnicodeDecodeError."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = (
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): save the file as UTF-8"
+        )
+        raise ConfigError(filename, [Problem((), line, message)]) from None
+
+
 def _read(filename: str) -> tuple[dict[str, Any], dict[tuple[str | int, ...], int], set[str]]:
     """The file as plain data, the line of every key, and the variables it references as ${VAR}."""
     try:
-        text = Path(filename).read_text(encoding="utf-8")
+        raw = Path(filename).read_bytes()
     except OSError as exc:
         raise ConfigError(filename, [Problem((), None, f"cannot read the file: {exc.strerror}")]) from None
+    text = _utf8(filename, raw)
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:

@@ -170,6 +170,27 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "where", "byte", "offset"),
+    [
+        (b"\xff\n", ":1", "0xff", 0),
+        ("store: {}\n".encode("utf-16"), ":1", "0xff", 0),  # Notepad's "Unicode": a UTF-16 BOM first
+        (b"store:\n  url: caf\xe9\n", ":2", "0xe9", 17),  # Latin-1
+    ],
+    ids=["stray-byte", "utf-16", "latin-1"],
+)
+def test_a_file_that_is_not_utf8_is_a_config_error(
+    tmp_path: Path, data: bytes, where: str, byte: str, offset: int
+) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(data)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path, env={})
+    assert str(info.value) == (
+        f"{path}{where}: (top level): not UTF-8 text (byte {byte} at offset {offset}): save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"),
     [("30", 30.0), ("500ms", 0.5), ("5m", 300.0), ("1h", 3600.0), ("1.5s", 1.5), (2, 2.0)],
 )

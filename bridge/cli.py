@@ -10,8 +10,8 @@ import argparse
 import hashlib
 import secrets
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge import __version__
 from bridge import config as config_mod
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bridge.client_cli import ApiClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 def _err(message: str) -> None:
@@ -150,6 +151,26 @@ def _start_failure(exc: BaseException, cfg: config_mod.Config) -> str:
     return why
 
 
+class CommandFailed(Exception):
+    """Work that failed, said in one line (its message): `main` prints it and exits 1."""
+
+
+def _run_on_store(command: str, cfg: config_mod.Config, work: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(work)` for a command that opens the store: a store that cannot be opened (a
+    PostgreSQL server not answering, a file that is not a database) or is lost on the way is
+    one line naming it, its password masked, rather than a traceback."""
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bridge.store import StoreLost
+
+    try:
+        return asyncio.run(work)
+    except (OSError, SQLAlchemyError, StoreLost) as exc:
+        raise CommandFailed(f"{command} could not run: {_start_failure(exc, cfg)}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -179,7 +200,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import asyncio
     import json
     from pathlib import Path
 
@@ -205,9 +225,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _setup_logging(cfg, quiet=True)
     try:
         if args.apply:
-            applied = asyncio.run(apply_plan(cfg, routes=args.route, reviewed=reviewed))
+            applied = _run_on_store("plan", cfg, apply_plan(cfg, routes=args.route, reviewed=reviewed))
         else:
-            plan = asyncio.run(make_plan(cfg, routes=args.route))
+            plan = _run_on_store("plan", cfg, make_plan(cfg, routes=args.route))
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -223,15 +243,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    import asyncio
-
     from bridge.engine.recovery import RecoveryFailed
     from bridge.planning import link_route, render_links
 
     cfg = _load_config(args.config, syncing=True, store=True)
     _setup_logging(cfg, quiet=True)
     try:
-        result = asyncio.run(link_route(cfg, args.route, dry_run=args.dry_run))
+        result = _run_on_store("link", cfg, link_route(cfg, args.route, dry_run=args.dry_run))
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -245,8 +263,6 @@ def cmd_link(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    import asyncio
-
     from bridge.oneshot import sync_once
 
     if not args.once:
@@ -254,15 +270,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = _load_config(args.config, syncing=True, store=True)
     _setup_logging(cfg, quiet=True)
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from bridge.store import StoreLost
-
-    try:
-        return asyncio.run(sync_once(cfg, progress=not args.no_progress))
-    except (OSError, SQLAlchemyError, StoreLost) as exc:
-        _err(f"sync could not run: {_start_failure(exc, cfg)}")
-        return EXIT_FAILED
+    return _run_on_store("sync", cfg, sync_once(cfg, progress=not args.no_progress))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -632,6 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         _err(f"configuration error:\n{exc}")
         return EXIT_USAGE
+    except CommandFailed as exc:
+        _err(str(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:

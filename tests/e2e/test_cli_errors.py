@@ -211,6 +211,23 @@ def test_run_and_sync_report_a_store_that_is_not_a_database_in_one_line(tmp_path
     assert result.returncode == 1
 
 
+@pytest.mark.parametrize("kind", ["not-a-database", "unreachable-postgres"])
+def test_plan_and_link_report_a_store_they_cannot_open_in_one_line(tmp_path: Path, kind: str) -> None:
+    if kind == "not-a-database":
+        (tmp_path / "bridge.db").write_text("not a database, whatever the name says\n")
+        path = config(tmp_path)
+        expected = f"the store sqlite+aiosqlite:///{tmp_path}/bridge.db: file is not a database"
+    else:  # nothing listens on port 1; the password is masked
+        path = config(tmp_path, url="postgresql+asyncpg://u:hunter2@127.0.0.1:1/x")
+        expected = "the store postgresql+asyncpg://u:***@127.0.0.1:1/x: "
+    for command in (["plan"], ["plan", "--apply"], ["link", "--route", "main"]):
+        result = taskbridge(*command, "--config", str(path))
+        assert result.returncode == 1, (command, result.stderr)
+        [line] = lines(result.stderr)
+        assert line.startswith(f"{command[0]} could not run: {expected}"), (command, line)
+        assert "hunter2" not in result.stdout + result.stderr
+
+
 def test_run_and_sync_refuse_a_store_from_a_newer_taskbridge_in_one_line(tmp_path: Path) -> None:
     """A rollback onto a store a newer version migrated: refused before anything reads it."""
     import sqlite3

@@ -401,13 +401,22 @@ def cmd_fake(args: argparse.Namespace) -> int:
     except KeyError as exc:
         _err(str(exc.args[0]))
         return EXIT_USAGE
-    options: dict[str, Any] = {"role": args.role} if args.role and args.platform == "squads" else {}
-    if args.user:
-        if args.platform != "runs":
-            _err("--user is for the runs fake (PostHog's per-user visibility)")
+    options: dict[str, Any] = {}
+    # An option for another platform's fake is refused rather than dropped: the operator meant it.
+    for option, value, key, platform, why in (
+        ("--role", args.role, "role", "squads", "Nucleus's roles"),
+        ("--user", args.user, "users", "runs", "PostHog's per-user visibility"),
+    ):
+        if value and args.platform != platform:
+            _err(f"{option} is for the {platform} fake ({why})")
             return EXIT_USAGE
-        options["users"] = args.user
-    fake = cls(token=args.token, seed=args.seed, **options)
+        if value:
+            options[key] = value
+    try:
+        fake = cls(token=args.token, seed=args.seed, **options)
+    except ValueError as exc:  # a squads token without its colon, an unknown role, a bad --user
+        _err(str(exc))
+        return EXIT_USAGE
     print(f"{args.platform} fake on http://{args.host}:{args.port} (token {'set' if args.token else 'none'})")
     fake.serve_forever(args.port, args.host)
     return EXIT_OK

@@ -303,6 +303,25 @@ def test_demo_checks_its_port_before_the_banner(taken_port: int) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["squads", "--token", "nocolon"], "squads token must be 'CLIENT_ID:CLIENT_SECRET'"),
+        (["squads", "--role", "emperor"], "role must be one of executive, head, manager, lead, employee"),
+        (["runs", "--user", "badformat"], "a user is NAME:KEY, not 'badformat'"),
+        (["vortask", "--role", "lead"], "--role is for the squads fake (Nucleus's roles)"),
+        (["vortask", "--user", "a:k"], "--user is for the runs fake (PostHog's per-user visibility)"),
+    ],
+)
+def test_fake_refuses_bad_options_with_the_message_alone(
+    taken_port: int, given: list[str], message: str
+) -> None:
+    # The port is taken: a fake that got past its options would not serve forever here.
+    result = taskbridge("fake", *given, "--port", str(taken_port), timeout=60)
+    assert (result.returncode, lines(result.stderr)) == (2, [message])
+    assert result.stdout == ""
+
+
 # -- usage errors ---------------------------------------------------------------------------------------
 
 

@@ -417,8 +417,19 @@ def cmd_fake(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a squads token without its colon, an unknown role, a bad --user
         _err(str(exc))
         return EXIT_USAGE
+    # Checked before the banner, as `run` does: uvicorn would exit 3 with its own lines.
+    busy = config_mod.listen_problem(args.host, args.port)
+    if busy:
+        _err(f"fake could not start: {busy}")
+        return EXIT_FAILED
     print(f"{args.platform} fake on http://{args.host}:{args.port} (token {'set' if args.token else 'none'})")
-    fake.serve_forever(args.port, args.host)
+    try:
+        fake.serve_forever(args.port, args.host)
+    except SystemExit as exc:  # uvicorn's, when the port was taken after the check above
+        if not exc.code:
+            raise
+        _err(f"fake could not start: cannot listen on {args.host}:{args.port}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

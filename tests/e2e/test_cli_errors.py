@@ -322,6 +322,16 @@ def test_fake_refuses_bad_options_with_the_message_alone(
     assert result.stdout == ""
 
 
+def test_fake_reports_a_port_in_use_in_one_line(taken_port: int) -> None:
+    result = taskbridge("fake", "vortask", "--port", str(taken_port), timeout=60)
+    assert result.returncode == 1  # not uvicorn's 3
+    assert lines(result.stderr) == [
+        f"fake could not start: cannot listen on 127.0.0.1:{taken_port}: the address is already in use "
+        "(by another program)"
+    ]
+    assert result.stdout == ""  # no banner for a server that is not there
+
+
 # -- usage errors ---------------------------------------------------------------------------------------
 
 

@@ -276,6 +276,30 @@ def test_base_url_must_be_an_absolute_http_url(tmp_path: Path, url: str) -> None
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:SECRETPASS@h:bad/x", "https://u:***@h:bad/x"),
+        ("ftp://u:SECRETPASS@h/x?a=1#f", "ftp://u:***@h/x?a=1#f"),
+        ("https://u:SECRET PASS@h/x", "https://u:***@h/x"),
+        # A raw @ or / in the password: masked as far as any URL reader takes the password.
+        ("https://u:SECRET@PASS@h:bad/x", "https://u:***@h:bad/x"),
+        ("http://u:SECRET/PASS@h:bad/x", "http://u:***@h:bad/x"),
+    ],
+)
+def test_a_bad_url_is_echoed_without_its_password(tmp_path: Path, url: str, shown: str) -> None:
+    text = GOOD.replace("base_url: http://127.0.0.1:9/api\n", f"base_url: '{url}'\n    mcp_url: '{url}'\n")
+    text += f"server:\n  public_url: '{url}'\n"
+    message = error_of(tmp_path, text)
+    assert "SECRET" not in message and "PASS" not in message
+    suffix = "is not an absolute http(s) URL with a host (e.g. https://host.example.com)"
+    assert message.splitlines() == [
+        f"{tmp_path}/cfg.yaml:20: server.public_url: {shown!r} {suffix}",
+        f"{tmp_path}/cfg.yaml:11: connectors.vt.base_url: {shown!r} {suffix}",
+        f"{tmp_path}/cfg.yaml:12: connectors.vt.mcp_url: {shown!r} {suffix}",
+    ]
+
+
 def test_good_urls_load_and_an_empty_public_url_is_unset(tmp_path: Path) -> None:
     text = GOOD + "server:\n  public_url: https://bridge.example.com/\n"
     cfg = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -200,7 +201,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from bridge.engine.recovery import RecoveryFailed
@@ -379,8 +379,18 @@ def cmd_store(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _yaml_string(text: str) -> str:
+    """`text` as a YAML scalar that reads back as exactly this string, whatever it holds (a
+    colon, a #, a leading dash, `yes`, digits): JSON's double-quoted string is YAML's too. Escaped
+    to ASCII only when it holds characters that are not printable (YAML reads some as breaks)."""
+    return json.dumps(text, ensure_ascii=not text.isprintable())
+
+
 def cmd_token_new(args: argparse.Namespace) -> int:
-    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    if not args.name.strip():
+        _err("the token's name is empty: give who or what uses it (shown in the config and the logs)")
+        return EXIT_USAGE
+    scopes = list(dict.fromkeys(s.strip() for s in args.scopes.split(",") if s.strip()))
     bad = [s for s in scopes if s not in ("read", "write", "admin")]
     if bad or not scopes:
         _err(f"--scopes: unknown scope {', '.join(bad) or '(none)'}; use read, write, admin")
@@ -389,7 +399,8 @@ def cmd_token_new(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(token.encode()).hexdigest()
     print(f"token (shown once, keep it secret): {token}")
     print("add to server.tokens in the config:")
-    print(f"  - {{name: {args.name}, sha256: {digest}, scopes: [{', '.join(scopes)}]}}")
+    fields = f"name: {_yaml_string(args.name)}, sha256: {_yaml_string(digest)}, scopes: [{', '.join(scopes)}]"
+    print(f"  - {{{fields}}}")
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -342,6 +343,39 @@ def test_status_without_a_token_is_a_usage_error() -> None:
         "no API token: pass --token or set TASKBRIDGE_TOKEN (the config holds only tokens' hashes; "
         "`taskbridge token new` mints one)"
     ]
+
+
+# Names that YAML would read as something else, or not at all, written as they are.
+TOKEN_NAMES = ["ci: deploy", "#ops", "- dash", "yes", "123", '{a: "b"}', "it's", "josé", "tab\there", " pad "]
+
+
+def test_token_new_prints_a_line_that_check_accepts_whatever_the_name(tmp_path: Path) -> None:
+    from bridge import config as config_mod
+
+    entries = []
+    for name in TOKEN_NAMES:
+        result = taskbridge("token", "new", name, "--scopes", "read,,write,read")
+        assert result.returncode == 0, result.stderr
+        token = result.stdout.splitlines()[0].rpartition(" ")[2]
+        entries.append((name, token, result.stdout.splitlines()[-1]))
+    extra = "server:\n  tokens:\n" + "".join(f"  {line}\n" for _, _, line in entries)
+    path = config(tmp_path, extra=extra)
+    result = taskbridge("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    tokens = config_mod.load(path, env={}).server.tokens
+    assert [t.name for t in tokens] == TOKEN_NAMES
+    assert all(t.scopes == ["read", "write"] for t in tokens)  # each scope once, in the order given
+    assert [t.sha256 for t in tokens] == [hashlib.sha256(tok.encode()).hexdigest() for _, tok, _ in entries]
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_token_new_refuses_an_empty_name(name: str) -> None:
+    result = taskbridge("token", "new", name)
+    assert (result.returncode, lines(result.stderr)) == (
+        2,
+        ["the token's name is empty: give who or what uses it (shown in the config and the logs)"],
+    )
+    assert result.stdout == ""  # no token minted
 
 
 @pytest.mark.parametrize("given", [[], ["--choose", "bridge", "--value", "x"]])

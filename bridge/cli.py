@@ -59,6 +59,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     # container's volume): said here, refused by `run` and `sync`.
     for problem in cfg.preflight(syncing=False, store=True):
         _err(f"warning: {problem.render(args.config)} (`run` and `sync` refuse to start without it)")
+    for problem in cfg.warnings():
+        _err(f"warning: {problem.render(args.config)}")
     members = sum(len(r.members) for r in cfg.routes)
     print(
         f"{args.config}: OK ({len(cfg.connectors)} connectors, {len(cfg.routes)} routes, "

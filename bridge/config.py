@@ -636,6 +636,20 @@ class Config(_EnvOverFile):
             problems.append(self.problem(("store", "url"), directory))
         return problems
 
+    def warnings(self) -> list[Problem]:
+        """What runs but does less than the operator likely meant: connectors with no routes
+        sync nothing. Allowed, not refused: `scopes` and `people` need the connectors to help
+        write the routes, and a daemon may run before any is routed."""
+        if self.connectors and not self.routes:
+            return [
+                self.problem(
+                    ("routes",),
+                    "none: nothing is synced until a route names two or more members, "
+                    "{connector: NAME, scope: ID} (`taskbridge scopes` lists each connector's scopes)",
+                )
+            ]
+        return []
+
     def error(self, problems: list[Problem]) -> ConfigError:
         return ConfigError(self._filename, problems)
 

@@ -181,6 +181,7 @@ class Daemon:
 
     async def start(self) -> None:
         log.info("taskbridge %s starting; store %s", __version__, redact_url(self.cfg.store.url))
+        self._log_warnings(self.cfg)
         metrics.build_info.info({"version": __version__})
         await self.store.migrate()
         applying = await leases.holder(self.ctx, leases.PLAN_APPLY)
@@ -320,9 +321,16 @@ class Daemon:
                 len(cfg.routes),
                 len(cfg.server.tokens),
             )
+            self._log_warnings(cfg)
             return True
         finally:
             sd_notify("READY=1")
+
+    def _log_warnings(self, cfg: Config) -> None:
+        """What `check` warns of in the config (connectors with no routes), for an operator who
+        reads only the daemon's log."""
+        for problem in cfg.warnings():
+            log.warning("config: %s", problem.render(str(self.config_path or "config")))
 
     async def _close_later(self, connectors: Any) -> None:
         await asyncio.sleep(self.options.worker.claim_ttl)

@@ -467,6 +467,28 @@ def test_check_refuses_an_empty_file_saying_what_a_config_needs(tmp_path: Path) 
     assert message.endswith("config.example.yaml documents every key")
 
 
+def test_check_and_run_warn_of_connectors_without_routes(tmp_path: Path) -> None:
+    from tests.e2e.conftest import DaemonProcess
+
+    port = free_port()
+    path = config(tmp_path)
+    path.write_text(path.read_text().split("routes:")[0] + f"server:\n  listen: 127.0.0.1:{port}\n")
+    warning = (
+        f"{path}: routes: none: nothing is synced until a route names two or more members, "
+        "{connector: NAME, scope: ID} (`taskbridge scopes` lists each connector's scopes)"
+    )
+    result = taskbridge("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert lines(result.stderr) == [f"warning: {warning}"]
+    daemon = DaemonProcess(path, port, tmp_path / "daemon.log").start()  # it runs, as before
+    try:
+        assert any(
+            " WARNING " in line and line.endswith(warning) for line in daemon.log.read_text().splitlines()
+        ), daemon.log.read_text()
+    finally:
+        assert daemon.terminate() == 0
+
+
 def test_check_refuses_an_unknown_taskbridge_variable_with_the_nearest_key(tmp_path: Path) -> None:
     path = config(tmp_path)
     result = taskbridge("check", "--config", str(path), env={"TASKBRIDGE_SERVR__LISTEN": "127.0.0.1:9999"})

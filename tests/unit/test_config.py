@@ -663,6 +663,22 @@ def test_preflight_nothing_to_sync_and_the_store_directory(tmp_path: Path) -> No
     assert config.load(write(tmp_path, postgres), env={"IMP_TOKEN": "x"}).preflight() == []
 
 
+def test_connectors_without_routes_are_a_warning(tmp_path: Path) -> None:
+    # Allowed (`scopes` and `people` help write the routes; a daemon may run before any), but
+    # nothing is synced: `check` and `run` say so.
+    no_routes = GOOD.split("routes:")[0]
+    [warning] = config.load(write(tmp_path, no_routes), env={"IMP_TOKEN": "x"}).warnings()
+    expected = (
+        "none: nothing is synced until a route names two or more members, {connector: NAME, "
+        "scope: ID} (`taskbridge scopes` lists each connector's scopes)"
+    )
+    assert warning.render("cfg.yaml") == f"cfg.yaml: routes: {expected}"
+    [warning] = config.load(write(tmp_path, no_routes + "routes: []\n"), env={"IMP_TOKEN": "x"}).warnings()
+    assert warning.render("cfg.yaml") == f"cfg.yaml:13: routes: {expected}"
+    assert config.load(write(tmp_path, GOOD), env={"IMP_TOKEN": "x"}).warnings() == []
+    assert config.load(write(tmp_path, "# nothing yet\n"), env={}).warnings() == []  # preflight's
+
+
 def test_load_server_reads_only_the_server_section(tmp_path: Path) -> None:
     text = GOOD + "server:\n  listen: 0.0.0.0:9090\n  public_url: https://bridge.example.com/\n"
     path = write(tmp_path, text)

@@ -572,13 +572,23 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--value", help="a JSON value for the field (a bare word is a string)")
     api_options(cr)
 
-    def positive(text: str) -> int:
+    def at_least_one(text: str) -> int | None:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
-        if value < 1:
+            return None
+        return value if value >= 1 else None
+
+    def positive(text: str) -> int:
+        value = at_least_one(text)
+        if value is None:
             raise argparse.ArgumentTypeError(f"not an id: {text!r}")
+        return value
+
+    def count(text: str) -> int:
+        value = at_least_one(text)
+        if value is None:  # said as what it is: a count, not an id
+            raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
         return value
 
     for kind, nouns, failed, states in (
@@ -591,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         dl = dl_sub.add_parser("list", help=f"list {what}, newest first (default: the {failed} ones)")
         dl.add_argument("--state", choices=states, default=failed, help=f"which ones (default: {failed})")
         dl.add_argument("--connector", metavar="C", help="only this connector's")
-        dl.add_argument("--limit", type=positive, default=100, help="at most this many (default 100)")
+        dl.add_argument("--limit", type=count, default=100, help="at most this many (default 100)")
         dl.add_argument("--cursor", type=positive, default=None, help="the next page after a listing's last")
         dl.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
         api_options(dl)

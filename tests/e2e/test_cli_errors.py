@@ -345,6 +345,16 @@ def test_status_without_a_token_is_a_usage_error() -> None:
     ]
 
 
+@pytest.mark.parametrize("kind", ["outbox", "inbox"])
+@pytest.mark.parametrize("value", ["-1", "0", "abc", "1.5"])
+def test_list_limit_must_be_a_positive_integer(kind: str, value: str) -> None:
+    result = taskbridge(kind, "list", "--limit", value, "--token", "t", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert lines(result.stderr)[-1] == (
+        f"taskbridge {kind} list: error: argument --limit: must be a positive integer, not {value!r}"
+    )
+
+
 # Names that YAML would read as something else, or not at all, written as they are.
 TOKEN_NAMES = ["ci: deploy", "#ops", "- dash", "yes", "123", '{a: "b"}', "it's", "josé", "tab\there", " pad "]
 

@@ -541,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         "time it reaching the others (exit 0 when it did; for CI)",
     )
 
+    def daemon_url(text: str) -> str:
+        # Refused here, as a usage error: an HTTP client would only say UnsupportedProtocol.
+        try:
+            return config_mod.http_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
     def api_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--config",
@@ -550,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
             "not the token, which the config holds only as a hash",
         )
         p.add_argument(
-            "--url", help="the daemon's address (default: from --config, else http://127.0.0.1:8080)"
+            "--url",
+            type=daemon_url,
+            help="the daemon's address (default: from --config, else http://127.0.0.1:8080)",
         )
         p.add_argument(
             "--token", help="an API token (default: $TASKBRIDGE_TOKEN; `taskbridge token new` mints one)"

@@ -345,6 +345,17 @@ def test_status_without_a_token_is_a_usage_error() -> None:
     ]
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://h/x", "http://", "127.0.0.1:8080"])
+@pytest.mark.parametrize("command", [["status"], ["conflicts", "list"], ["outbox", "list"]])
+def test_a_malformed_url_is_a_usage_error(command: list[str], url: str) -> None:
+    result = taskbridge(*command, "--url", url, "--token", "t")
+    assert result.returncode == 2
+    assert lines(result.stderr)[-1] == (
+        f"taskbridge {' '.join(command)}: error: argument --url: {url!r} is not an absolute http(s) URL "
+        "with a host (e.g. https://host.example.com)"
+    )
+
+
 @pytest.mark.parametrize("kind", ["outbox", "inbox"])
 @pytest.mark.parametrize("value", ["-1", "0", "abc", "1.5"])
 def test_list_limit_must_be_a_positive_integer(kind: str, value: str) -> None:

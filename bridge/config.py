@@ -774,29 +774,64 @@ def format_path(path: tuple[str | int, ...]) -> str:
 # -- YAML with line numbers -----------------------------------------------------------------
 
 
-def _to_plain(node: Any, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> Any:
-    """ruamel's tree as plain dicts/lists, recording the 1-based line of every key and item."""
+# How many values aliases (`*NAME`) may add to the file when expanded: far more than any
+# config repeats (a merged connector, a shared list of fields), far fewer than a "billion
+# laughs" (nested aliases, 10**9 values from a few lines) needs to exhaust memory.
+MAX_ALIAS_VALUES = 100_000
+
+
+@dataclass
+class _Plain:
+    """The walk of `_to_plain`: the line of every key and item, and what aliases added so far."""
+
+    lines: dict[tuple[str | int, ...], int]
+    walked: set[int] = dataclasses.field(default_factory=set)  # ids of the collections walked once
+    aliased: int = 0  # values walked again, through an alias
+
+
+def _to_plain(
+    node: Any, path: tuple[str | int, ...], walk: _Plain, alias: tuple[str | int, ...] | None = None
+) -> Any:
+    """ruamel's tree as plain dicts/lists, recording the 1-based line of every key and item. An
+    alias is the very collection it names (ruamel builds it once): walking it again is what
+    expands the file, so those values are counted and refused past MAX_ALIAS_VALUES. `alias`:
+    where the alias being expanded is written (the error names it: inside, the lines are those
+    of the anchor's values)."""
+    if isinstance(node, CommentedMap | CommentedSeq):
+        if alias is None and id(node) in walk.walked:
+            alias = path
+        walk.walked.add(id(node))
+    if alias is not None:
+        walk.aliased += 1
+        if walk.aliased > MAX_ALIAS_VALUES:
+            raise _AliasBomb(alias)
     if isinstance(node, CommentedMap):
         out: dict[Any, Any] = {}
         for key, value in node.items():
             try:
-                lines[(*path, key)] = node.lc.key(key)[0] + 1
+                walk.lines[(*path, key)] = node.lc.key(key)[0] + 1
             except (KeyError, TypeError):
                 pass
-            out[key] = _to_plain(value, (*path, key), lines)
+            out[key] = _to_plain(value, (*path, key), walk, alias=alias)
         return out
     if isinstance(node, CommentedSeq):
         result = []
         for i, value in enumerate(node):
             try:
-                lines[(*path, i)] = node.lc.item(i)[0] + 1
+                walk.lines[(*path, i)] = node.lc.item(i)[0] + 1
             except (KeyError, TypeError, IndexError):
                 pass
-            result.append(_to_plain(value, (*path, i), lines))
+            result.append(_to_plain(value, (*path, i), walk, alias=alias))
         return result
     if node is not None and not isinstance(node, bool | int | float | str):
         return str(node)  # dates and other scalars stay as text; the schema decides
     return node
+
+
+class _AliasBomb(Exception):
+    def __init__(self, path: tuple[str | int, ...]) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def _interpolate(
@@ -886,9 +921,19 @@ def _read(filename: str) -> tuple[dict[str, Any], dict[tuple[str | int, ...], in
         tree = CommentedMap()
     if not isinstance(tree, CommentedMap):
         raise ConfigError(filename, [Problem((), 1, "the file must be a mapping of top-level keys")])
-    lines: dict[tuple[str | int, ...], int] = {}
-    data = _to_plain(tree, (), lines)
-    return data, lines, {m.group(1) for m in _VAR.finditer(text)}
+    walk = _Plain(lines={})
+    try:
+        data = _to_plain(tree, (), walk)
+    except _AliasBomb as exc:
+        message = (
+            f"its aliases (*NAME) expand to more than {MAX_ALIAS_VALUES} values; write what they "
+            "repeat out, or alias less deeply"
+        )
+        # An item's line is its anchor's (ruamel reads an alias as the anchored node): the line of
+        # the sequence holding it is where the alias is written.
+        where = exc.path[:-1] if exc.path and isinstance(exc.path[-1], int) else exc.path
+        raise ConfigError(filename, [Problem(exc.path, _line_for(where, walk.lines), message)]) from None
+    return data, walk.lines, {m.group(1) for m in _VAR.finditer(text)}
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -190,6 +190,40 @@ def test_a_file_that_is_not_utf8_is_a_config_error(
     )
 
 
+def laughs(levels: int) -> str:
+    """A "billion laughs": each level a list of ten aliases to the one before (10**levels values)."""
+    out = ["routes:", "  - name: x", "    members: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        out.append(f"    fields{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("levels", [5, 9])
+def test_aliases_that_expand_without_bound_are_refused(tmp_path: Path, levels: int) -> None:
+    # Refused while the aliases are expanded, before memory or time go: 9 levels would be 10**9.
+    # 12330 values from fields1..3, then 11111 from each alias in fields4: its 8th is too many.
+    assert error_of(tmp_path, laughs(levels), env={}) == (
+        f"{tmp_path}/cfg.yaml:7: routes[0].fields4[7]: its aliases (*NAME) expand to more than 100000 "
+        "values; write what they repeat out, or alias less deeply"
+    )
+
+
+def test_anchors_aliases_and_merge_keys_still_load(tmp_path: Path) -> None:
+    text = GOOD.replace("  vt:\n", "  vt: &vt\n") + (
+        "    fields: &fields [title, status]\n"
+        "  - name: other\n"
+        "    fields: *fields\n"
+        "    members:\n"
+        "      - {connector: imp, scope: p2}\n"
+        "      - {connector: vt2, scope: 2}\n"
+    )
+    text = text.replace("routes:\n", "  vt2:\n    <<: *vt\n    poll_interval: 5m\nroutes:\n")
+    cfg = config.load(write(tmp_path, text), env={"IMP_TOKEN": "x"})
+    assert [r.fields for r in cfg.routes] == [["title", "status"]] * 2
+    assert cfg.connectors["vt2"].base_url == cfg.connectors["vt"].base_url
+    assert (cfg.connectors["vt2"].poll_interval, cfg.connectors["vt"].poll_interval) == (300, 60)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("30", 30.0), ("500ms", 0.5), ("5m", 300.0), ("1h", 3600.0), ("1.5s", 1.5), (2, 2.0)],

@@ -528,9 +528,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one pass (required)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
+    def port(text: str) -> int:
+        # Not 0: the banner prints the address to open, so the port must be known before binding.
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise argparse.ArgumentTypeError(f"not a port (1-65535): {text!r}")
+        return int(text)
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}") from None
+        if not value > 0:  # written so as to refuse nan too, which compares false with everything
+            raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}")
+        return value
+
     p = add("demo", cmd_demo, "five platform fakes, a demo config and the daemon, on loopback")
-    p.add_argument("--port", type=int, default=8080, help="the daemon's API port (default 8080)")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--port", type=port, default=8080, help="the daemon's API port (default 8080)")
+    p.add_argument(
+        "--seconds", type=seconds, default=None, help="stop after this long (default: until Ctrl-C)"
+    )
     p.add_argument(
         "--dir", default=None, help="where to write the demo config and store (default: a temp dir)"
     )

@@ -333,6 +333,25 @@ def test_fake_reports_a_port_in_use_in_one_line(taken_port: int) -> None:
     assert result.stdout == ""  # no banner for a server that is not there
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["--port", "70000"], "argument --port: not a port (1-65535): '70000'"),
+        (["--port", "0"], "argument --port: not a port (1-65535): '0'"),
+        (["--port", "http"], "argument --port: not a port (1-65535): 'http'"),
+        (["--seconds", "-1"], "argument --seconds: not a number of seconds above 0: '-1'"),
+        (["--seconds", "0"], "argument --seconds: not a number of seconds above 0: '0'"),
+        (["--seconds", "nan"], "argument --seconds: not a number of seconds above 0: 'nan'"),
+    ],
+)
+def test_demo_options_out_of_range_are_usage_errors(tmp_path: Path, given: list[str], message: str) -> None:
+    result = taskbridge("demo", "--dir", str(tmp_path / "d"), *given, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert lines(result.stderr)[-1] == f"taskbridge demo: error: {message}"
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
 # -- usage errors ---------------------------------------------------------------------------------------
 
 

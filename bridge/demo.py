@@ -130,9 +130,18 @@ def run_demo(
     if busy:
         print(f"demo could not start: {busy}; choose another port with --port N", file=sys.stderr)
         return 1
+    try:
+        base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="taskbridge-demo-"))
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # The directory that failed: --dir's first missing parent, or the temporary one.
+        where = exc.filename or workdir or tempfile.gettempdir()
+        print(
+            f"demo could not start: cannot create the directory {where}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     console = Console()
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="taskbridge-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
     fakes: dict[str, Fake] = {}
     try:
         for platform in connectors.PLATFORMS:

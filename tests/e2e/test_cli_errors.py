@@ -304,6 +304,15 @@ def test_demo_checks_its_port_before_the_banner(taken_port: int) -> None:
     ]
 
 
+def test_demo_names_a_directory_it_cannot_create() -> None:
+    result = taskbridge("demo", "--dir", "/proc/nope", "--port", str(free_port()), "--seconds", "1")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert lines(result.stderr) == [
+        "demo could not start: cannot create the directory /proc/nope: No such file or directory"
+    ]
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [

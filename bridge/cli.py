@@ -549,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=seconds, default=None, help="stop after this long (default: until Ctrl-C)"
     )
     p.add_argument(
-        "--dir", default=None, help="where to write the demo config and store (default: a temp dir)"
+        "--dir",
+        default=None,
+        help="where to write the demo config and store: a directory holding neither "
+        "(taskbridge.yaml, taskbridge.db) yet (default: a temp dir)",
     )
     p.add_argument(
         "--check",

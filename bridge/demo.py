@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import signal
 import sys
@@ -33,13 +34,14 @@ from connectors.fakekit import Fake, free_port
 EXAMPLE = Path(__file__).resolve().parent / "config.example.yaml"
 SEED = 7
 WEBHOOK_SECRET = "whsec_demo_" + "0" * 16
+STORE, CONFIG = "taskbridge.db", "taskbridge.yaml"  # what the demo writes in its directory
 
 
 def demo_config(fakes: dict[str, Fake], workdir: Path, port: int, api_token: str) -> Path:
     """The example config with its connectors pointed at the fakes (names and comments kept)."""
     yaml = YAML(typ="rt")
     data: Any = yaml.load(EXAMPLE.read_text(encoding="utf-8")) or {}
-    data["store"] = {"url": f"sqlite+aiosqlite:///{workdir}/taskbridge.db"}
+    data["store"] = {"url": f"sqlite+aiosqlite:///{workdir / STORE}"}
     data["server"] = {
         "listen": f"127.0.0.1:{port}",
         "public_url": f"http://127.0.0.1:{port}",
@@ -76,7 +78,7 @@ def demo_config(fakes: dict[str, Fake], workdir: Path, port: int, api_token: str
     )
     route.pop("filter", None)  # the demo mirrors every seeded task
     data["routes"] = [route]
-    path = workdir / "taskbridge.yaml"
+    path = workdir / CONFIG
     with path.open("w", encoding="utf-8") as out:
         yaml.dump(data, out)
     return path
@@ -121,6 +123,22 @@ def _banner(console: Console, fakes: dict[str, Fake], cfg_path: Path, port: int,
     say("Ctrl-C stops the demo.\n")
 
 
+def _claim(base: Path) -> str | None:
+    """Take `base`'s store for this demo, or name the file that is in the way. An earlier demo's
+    store links tasks of fakes that are gone (the seeded ones now have other ids), a live demo's
+    is in use by its daemon, and a config there may be a person's: nothing is reused or deleted.
+    The store file is created exclusively, so of two demos started on one directory at once,
+    one gets it; mode 0600 as the store makes it (it will hold webhook secrets)."""
+    for name in (STORE, CONFIG):
+        if (base / name).exists():
+            return name
+    try:
+        os.close(os.open(base / STORE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return STORE
+    return None
+
+
 def run_demo(
     *, port: int = 8080, seconds: float | None = None, workdir: str | None = None, check: bool = False
 ) -> int:
@@ -141,6 +159,18 @@ def run_demo(
             file=sys.stderr,
         )
         return 1
+    try:
+        taken = _claim(base)
+    except OSError as exc:
+        print(f"demo could not start: cannot write in {base}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if taken:
+        print(
+            f"demo: {base} already holds {taken} (an earlier demo's, or someone's): the demo starts "
+            "from an empty store; choose another --dir, or leave it out for a temporary one",
+            file=sys.stderr,
+        )
+        return 2
     console = Console()
     fakes: dict[str, Fake] = {}
     try:

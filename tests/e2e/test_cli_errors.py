@@ -313,6 +313,48 @@ def test_demo_names_a_directory_it_cannot_create() -> None:
     ]
 
 
+@pytest.mark.parametrize("name", ["taskbridge.db", "taskbridge.yaml"])
+def test_demo_refuses_a_directory_that_holds_a_store_or_config(tmp_path: Path, name: str) -> None:
+    # An earlier demo's store links tasks of fakes that are gone (and a live demo's is in use);
+    # a config there may be a person's: the demo starts fresh, deleting nothing.
+    (tmp_path / name).write_text("kept\n")
+    result = taskbridge("demo", "--dir", str(tmp_path), "--port", str(free_port()), "--seconds", "1")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert lines(result.stderr) == [
+        f"demo: {tmp_path} already holds {name} (an earlier demo's, or someone's): the demo starts "
+        "from an empty store; choose another --dir, or leave it out for a temporary one"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == "kept\n"
+
+
+def test_demo_refuses_the_directory_of_a_live_demo(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
+    live = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "demo", "--dir", str(tmp_path), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert live.stdout is not None
+        for line in live.stdout:
+            if line.startswith("Ctrl-C stops the demo"):
+                break
+        config = (tmp_path / "taskbridge.yaml").read_text()
+        result = taskbridge("demo", "--dir", str(tmp_path), "--port", str(free_port()), "--seconds", "1")
+        assert result.returncode == 2
+        assert "already holds taskbridge.db" in result.stderr
+        assert (tmp_path / "taskbridge.yaml").read_text() == config  # the live demo's, untouched
+    finally:
+        live.terminate()
+        live.communicate(timeout=60)
+    assert live.returncode == 0
+
+
 @pytest.mark.parametrize(
     ("given", "message"),
     [

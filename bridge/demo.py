@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -159,6 +160,17 @@ def run_demo(
             file=sys.stderr,
         )
         return 1
+    try:
+        return _demo_in(base, port=port, seconds=seconds, check=check)
+    finally:
+        # A directory the demo made is its own: nothing in it is worth keeping once the fakes,
+        # whose tasks live in memory, are gone (the README suggests no look at it after). --dir
+        # is the operator's, kept as it is.
+        if workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> int:
     try:
         taken = _claim(base)
     except OSError as exc:

@@ -274,6 +274,21 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_demo_removes_the_temporary_directory_it_made(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--port", str(free_port()), "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where tempfile makes the demo's directory
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    made = re.search(r"config\s+(\S+)/taskbridge.yaml", result.stdout)
+    assert made and Path(made.group(1)).parent == tmp_path, result.stdout[:1000]
+    assert "demo stopped:" in result.stdout
+    assert not list(tmp_path.iterdir())  # its config and store went with it
+
+
 def test_demo_check_takes_the_tour_by_itself_and_prints_commands_that_paste(tmp_path: Path) -> None:
     from connectors.fakekit import free_port
 

@@ -96,8 +96,7 @@ def _banner(console: Console, fakes: dict[str, Fake], cfg_path: Path, port: int,
     api = f"http://127.0.0.1:{port}"
 
     def say(text: str) -> None:
-        # Commands are printed whole, never wrapped at the terminal's width: they must paste.
-        console.print(text, soft_wrap=True, highlight=False)
+        console.print(text, highlight=False)
 
     say("[bold]taskbridge demo[/bold]: five platform fakes, one route over all five, the daemon.")
     say(f"  config      {cfg_path}   (derived from config.example.yaml)")
@@ -183,7 +182,9 @@ def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> in
             file=sys.stderr,
         )
         return 2
-    console = Console()
+    # Every line whole, never wrapped at the width (80 when output is not a terminal): commands
+    # must paste, and a progress line cut mid-phrase reads as two.
+    console = Console(soft_wrap=True)
     fakes: dict[str, Fake] = {}
     try:
         for platform in connectors.PLATFORMS:
@@ -260,7 +261,7 @@ async def _tour(console: Console, cfg: config_mod.Config, fakes: dict[str, Fake]
         title = str(edit.body["title"])
         status = await asyncio.to_thread(edit.send)
         sent = time.monotonic()
-        console.print(f"edited a task on the {platform} fake (HTTP {status}): {title!r}", soft_wrap=True)
+        console.print(f"edited a task on the {platform} fake (HTTP {status}): {title!r}")
         reached: dict[str, float] = {}
 
         async def everywhere() -> bool:

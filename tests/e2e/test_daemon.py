@@ -262,10 +262,15 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "COLUMNS": "60"},  # narrower than any line: none may wrap mid-phrase
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = " ".join(result.stdout.split())
-    final = re.search(r"demo stopped: (\d+) tasks; linked on (.*?); (\d+) writes waiting", out)
+    out = result.stdout
+    progress = r"\[ *\d+s\] \d+ tasks; linked on (?:\w+ \d+, ){4}\w+ \d+; \d+ writes waiting"
+    assert re.search(rf"^{progress}$", out, re.MULTILINE), out[-2000:]
+    final = re.search(
+        r"^demo stopped: (\d+) tasks; linked on (.*?); (\d+) writes waiting$", out, re.MULTILINE
+    )
     assert final, out[-2000:]
     tasks = int(final.group(1))
     linked = [int(n) for n in re.findall(r"\w+ (\d+)", final.group(2))]

@@ -106,7 +106,13 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             key = _delivery_key(events, body)
         except Exception as exc:  # a signed body that is too deep, not UTF-8, not the platform's shape
             metrics.webhooks_received.labels(connector, "malformed").inc()
-            detail = _text(f"not a delivery this connector understands: {type(exc).__name__}: {exc}")
+            # In words, without class names: connectors refuse a body with BadSignature, which in
+            # an answer to a correctly signed delivery would read as a signature failure. Its
+            # message says what is wrong; anything else is what reading the body ran into.
+            if isinstance(exc, BadSignature):
+                detail = _text(str(exc))
+            else:
+                detail = _text(f"webhook body could not be read: {exc}")
             log.warning("webhook for %s refused: %s", connector, detail)
             return Receipt(400, "malformed", detail)
         judged = await _unrecorded(ctx, connector, key, events)

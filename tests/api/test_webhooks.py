@@ -195,18 +195,32 @@ def test_a_non_ascii_signature_is_a_counted_401(
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "detail"),
     [
-        b'{"id":"deep","event":"task.updated","data":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-        b'{"id":"\\ud800","event":"task.updated","data":{"id":"\\udfff"}}',
-        b'{"id":"d-latin","event":"task.updated","data":{"id":"\xe9"}}',
+        (b"{not json", "webhook body is not JSON: "),
+        (
+            b'{"id":"deep","event":"task.updated","data":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            "webhook body could not be read: maximum recursion depth exceeded",
+        ),
+        (
+            b'{"id":"\\ud800","event":"task.updated","data":{"id":"\\udfff"}}',
+            "webhook body could not be read: ",
+        ),
+        (b'{"id":"d-latin","event":"task.updated","data":{"id":"\xe9"}}', "webhook body is not JSON: "),
+        (b'{"id":"d-no-data","event":"task.updated"}', "webhook body has no 'data' object"),
     ],
-    ids=["nested", "lone-surrogate", "not-utf8"],
+    ids=["not-json", "nested", "lone-surrogate", "not-utf8", "no-data"],
 )
-def test_signed_but_unreadable_bodies_are_a_counted_4xx(daemon: DaemonProcess, body: bytes) -> None:
+def test_signed_but_unreadable_bodies_are_a_counted_4xx(
+    daemon: DaemonProcess, body: bytes, detail: str
+) -> None:
     before = metric(daemon, "impactly", "malformed")
     r = post(daemon, "impactly", body, {"X-Impactly-Signature": impactly_sign(body)})
     assert r.status_code == 400 and r.json()["result"] == "malformed", r.text
+    # What is wrong with the body, in words: the signature was fine, and class names such as
+    # BadSignature (what connectors raise for a body they cannot take) read as if it were not.
+    assert r.json()["detail"].startswith(detail), r.text
+    assert "Signature" not in r.json()["detail"] and "Error" not in r.json()["detail"], r.text
     assert metric(daemon, "impactly", "malformed") == before + 1
 
 

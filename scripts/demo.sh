@@ -3,9 +3,6 @@
 # the daemon, tasks flowing. Extra arguments go to the demo (e.g. --port 9090, --seconds 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e .
+. scripts/venv.sh
+venv_install ""
 exec .venv/bin/taskbridge demo "$@"

@@ -4,11 +4,8 @@
 # them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+. scripts/venv.sh
+venv_install test
 if [ -z "${TASKBRIDGE_TEST_PG_URL:-}" ] && { command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; }; then
   eval "$(bash scripts/start-postgres.sh)"
   trap 'eval "$TASKBRIDGE_TEST_PG_STOP" >/dev/null 2>&1 || true' EXIT

@@ -277,7 +277,12 @@ def render(plan: Plan) -> str:
     """The plan for a person: counts per connector, then each write, link and held-apart task."""
     lines: list[str] = []
     if not plan.writes and not plan.links:
-        lines.append("nothing to do: every member agrees with the store")
+        # Said only of what was read: a member that could not be read may hold anything.
+        lines.append(
+            "nothing to do: every member agrees with the store"
+            if not plan.errors
+            else "nothing to do among the members that could be read; the plan misses those below"
+        )
     for connector, counts in plan.counts().items():
         lines.append(f"{connector}: " + ", ".join(f"{n} {op}" for op, n in sorted(counts.items())))
     if plan.links:

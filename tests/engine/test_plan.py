@@ -14,7 +14,7 @@ from bridge.engine import leases
 from bridge.engine.deadletters import list_operations
 from bridge.engine.matching import adopt_existing
 from bridge.engine.poller import poll_connector
-from bridge.planning import ApplyRefused, Reviewed, apply_plan, make_plan, render, render_applied
+from bridge.planning import ApplyRefused, Plan, Reviewed, apply_plan, make_plan, render, render_applied
 from bridge.store.states import OpState
 from bridge.store.tables import OutboxRow
 from tests import ops
@@ -177,3 +177,12 @@ async def test_a_sealed_write_takes_no_more_fields(world: World, tmp_path: Path)
         for conn in h.ctx.connectors.values():
             await conn.aclose()
         await h.daemon.store.close()
+
+
+def test_a_plan_whose_reads_failed_does_not_say_every_member_agrees() -> None:
+    assert render(Plan()).splitlines() == ["nothing to do: every member agrees with the store"]
+    failed = Plan(errors=["impactly/acme: could not be listed (HTTP 503)"])
+    assert render(failed).splitlines() == [
+        "nothing to do among the members that could be read; the plan misses those below",
+        "error: impactly/acme: could not be listed (HTTP 503)",
+    ]

@@ -514,7 +514,12 @@ async def link_route(cfg: Config, route_name: str, *, dry_run: bool = False) -> 
         await load_held_apart(ctx)
         route = routes[route_name]
         if dry_run:
-            copies = await list_route(ctx, route, why=f"to match route {route_name}'s tasks")
+            copies = await list_route(
+                ctx,
+                route,
+                why=f"to match route {route_name}'s tasks",
+                advice="nothing was decided; fix the connector (its scope, its credential) and run it again.",
+            )
             linked = await _linked(store, route_name)
             return plan_matches(
                 route, [c for c in copies if (c.member.connector, c.task.remote_id) not in linked]

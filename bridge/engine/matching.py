@@ -289,7 +289,9 @@ async def adopt_existing(ctx: EngineContext) -> int:
                 linked += len((await match_route(ctx, route)).matches)
             elif new_store:
                 linked += await readopt_route(
-                    ctx, route, await list_route(ctx, route, why="to re-adopt its tasks")
+                    ctx,
+                    route,
+                    await list_route(ctx, route, why="to link the tasks already there (the store is new)"),
                 )
         return linked
 

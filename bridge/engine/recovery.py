@@ -206,9 +206,17 @@ async def under_lease(
     return 0
 
 
-async def list_route(ctx: EngineContext, route: Route, *, why: str) -> list[Copy]:
-    """Every member's tasks, listed completely. RecoveryFailed (saying `why` it was listing) when
-    one cannot be: a partial picture would duplicate what it missed."""
+# What a start that could not list a member tells the operator: a new store may be a first run
+# (a wrong scope, a credential that cannot read) as well as one replacing a lost store.
+START_ADVICE = (
+    "starting now could duplicate them. Fix the connector (its scope, its credential) and start "
+    "again; a store replacing a lost one can also be restored with `taskbridge store import`."
+)
+
+
+async def list_route(ctx: EngineContext, route: Route, *, why: str, advice: str = START_ADVICE) -> list[Copy]:
+    """Every member's tasks, listed completely. RecoveryFailed (saying `why` it was listing, and
+    `advice`) when one cannot be: a partial picture would duplicate what it missed."""
     copies: list[Copy] = []
     for member in route.members:
         if not member.reads_any:
@@ -222,9 +230,7 @@ async def list_route(ctx: EngineContext, route: Route, *, why: str) -> list[Copy
                 end = listing.end
         except ConnectorError as exc:
             raise RecoveryFailed(
-                f"{member.connector}/{member.scope} could not be listed {why} ({exc}); starting now "
-                "could duplicate them. Fix the connector and start again, or restore the store "
-                "with `taskbridge store import`."
+                f"{member.connector}/{member.scope} could not be listed {why} ({exc}); {advice}"
             ) from exc
         if end.all_ids is None:
             log.warning(

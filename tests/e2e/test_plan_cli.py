@@ -138,5 +138,12 @@ def test_link_joins_what_a_running_route_left_apart(tmp_path: Path) -> None:
         assert "linked 0 tasks" in again.stdout  # what is linked stays as it is
         bad = bridge("link", "--route", "nope")
         assert bad.returncode == 2 and "no route 'nope'" in bad.stderr
+        # A member that cannot be listed: a dry run says it decided nothing (it starts nothing
+        # that could duplicate, and there is no store to restore).
+        w.fakes["vortask"].faults.error_rate = 1.0
+        failed = bridge("link", "--route", "main", "--dry-run")
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr
+        assert "could not be listed to match route main's tasks" in failed.stderr
+        assert "nothing was decided" in failed.stderr and "store import" not in failed.stderr
     finally:
         w.stop()

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import connectors as registry
 from bridge import __version__
 from bridge import config as config_mod
 from bridge import mapping as mapping_mod
@@ -43,6 +44,14 @@ def _load_config(path: str, *, syncing: bool = False, store: bool = False) -> co
             mapping_mod.load(conn.platform, override)
         except mapping_mod.MappingError as exc:
             problems.append(cfg.problem(("connectors", name, "mapping"), str(exc)))
+    # A scope the platform cannot mean (Vortask's are integers): said with its line now, not
+    # by the first request (`check --connect`, or the daemon's first poll).
+    for i, route in enumerate(cfg.routes):
+        for j, member in enumerate(route.members):
+            known = cfg.connectors.get(member.connector)
+            wrong = known and registry.connector_class(known.platform).scope_problem(member.scope)
+            if wrong:
+                problems.append(cfg.problem(("routes", i, "members", j, "scope"), wrong))
     if problems:
         raise cfg.error(problems)
     return cfg

@@ -570,6 +570,13 @@ class BaseConnector:
     """
 
     capabilities: Capabilities
+
+    @classmethod
+    def scope_problem(cls, scope: str) -> str | None:
+        """What is wrong with `scope` as this platform writes its ids, seen without a request (a
+        config error then names its line), or None when it may be right."""
+        return None
+
     webhook_headers: tuple[str, ...] = ()  # see Connector.webhook_headers
 
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:

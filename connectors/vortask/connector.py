@@ -123,6 +123,12 @@ class VortaskConnector(BaseConnector):
     # leaves this connector's webhooks off (polling only) and says so once at start.
     webhook_secret_required = True
 
+    @classmethod
+    def scope_problem(cls, scope: str) -> str | None:
+        if str(scope).strip().isdigit():
+            return None
+        return f"a Vortask scope is a project id (an integer), not {scope!r}"
+
     def __init__(self, settings: ConnectorSettings, *, observer: RequestObserver | None = None) -> None:
         super().__init__(settings, observer=observer)
         self.client = VortaskClient(self.http)
@@ -387,10 +393,10 @@ class VortaskConnector(BaseConnector):
 
 
 def _project(scope: str) -> int:
-    text = str(scope).strip()
-    if not text.isdigit():
-        raise Permanent(f"a Vortask scope is a project id (an integer), not {scope!r}")
-    return int(text)
+    problem = VortaskConnector.scope_problem(scope)
+    if problem:
+        raise Permanent(problem)
+    return int(str(scope).strip())
 
 
 def _task(remote_id: str) -> int:

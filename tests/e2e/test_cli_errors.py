@@ -758,3 +758,14 @@ def test_every_option_has_help_and_the_description_needs_no_readme_file() -> Non
     result = taskbridge("--help")
     assert result.returncode == 0 and "See README.md" not in result.stdout
     assert "config.example.yaml" in result.stdout
+
+
+def test_a_scope_the_platform_cannot_mean_is_a_config_error_with_its_line(tmp_path: Path) -> None:
+    """Vortask's scopes are project ids (integers): `check` says so with the line, as it does for
+    any other key, rather than only `check --connect` or the daemon's first poll."""
+    result = taskbridge("check", "--config", str(config(tmp_path, scope="acme")))
+    assert result.returncode == 2
+    assert (
+        f"{tmp_path / 'taskbridge.yaml'}:16: routes[0].members[1].scope: a Vortask scope is a project id (an integer), not 'acme'"
+        in result.stderr
+    )

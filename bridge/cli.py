@@ -18,6 +18,7 @@ import connectors as registry
 from bridge import __version__
 from bridge import config as config_mod
 from bridge import mapping as mapping_mod
+from bridge.defaults import MAX_DEADLETTER_PAGE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -627,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
         value = at_least_one(text)
         if value is None:  # said as what it is: a count, not an id
             raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+        if value > MAX_DEADLETTER_PAGE:  # the API's bound, said here rather than as its 422
+            raise argparse.ArgumentTypeError(f"at most {MAX_DEADLETTER_PAGE} a page, not {value}")
         return value
 
     for kind, nouns, failed, states in (

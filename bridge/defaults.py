@@ -35,6 +35,10 @@ DEFAULT_INBOX_FETCHES = 8  # task GETs one inbox batch makes at once
 # forked for each).
 DEFAULT_POOL_SIZE = 10
 
+# The most rows one listing of parked operations or failed deliveries returns (the API, the MCP
+# tools and `taskbridge outbox|inbox list --limit` alike).
+MAX_DEADLETTER_PAGE = 1000
+
 # The daemon.
 DEFAULT_STORE_CHECK_INTERVAL = 2.0  # seconds between checks that the store is still the one opened
 # A stop's whole budget for work in progress (polls, writes in flight, an inbox batch), under

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.defaults import MAX_DEADLETTER_PAGE
 from bridge.engine.context import EngineContext
 from bridge.store import on_commit
 from bridge.store.states import DeliveryState, OpKind, OpState, advance
@@ -51,7 +52,7 @@ from bridge.store.tables import HistoryRow, InboxRow, OutboxRow, TaskRow
 
 log = logging.getLogger("taskbridge.deadletters")
 
-MAX_PAGE = 1000  # the most rows one listing returns
+MAX_PAGE = MAX_DEADLETTER_PAGE  # the most rows one listing returns
 RETRY_ALL_CHUNK = 500  # rows per transaction when retrying everything parked
 
 Reason = Literal["unknown", "wrong_state"]

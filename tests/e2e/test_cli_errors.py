@@ -436,6 +436,16 @@ def test_list_limit_must_be_a_positive_integer(kind: str, value: str) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["outbox", "inbox"])
+def test_list_limit_past_the_apis_page_is_a_usage_error(kind: str) -> None:
+    result = taskbridge(kind, "list", "--limit", "5000", "--token", "t", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2  # before any request: the API would answer 422
+    assert (
+        lines(result.stderr)[-1]
+        == f"taskbridge {kind} list: error: argument --limit: at most 1000 a page, not 5000"
+    )
+
+
 # Names that YAML would read as something else, or not at all, written as they are.
 TOKEN_NAMES = ["ci: deploy", "#ops", "- dash", "yes", "123", '{a: "b"}', "it's", "josé", "tab\there", " pad "]
 

@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.defaults import MAX_DEADLETTER_PAGE
 from bridge.engine.context import EngineContext
 from bridge.store import on_commit
-from bridge.store.states import DeliveryState, OpKind, OpState, advance
+from bridge.store.states import LOOKS_FIRST, DeliveryState, OpState, advance
 from bridge.store.tables import HistoryRow, InboxRow, OutboxRow, TaskRow
 
 log = logging.getLogger("taskbridge.deadletters")
@@ -228,7 +228,7 @@ def _retry_op(session: AsyncSession, row: OutboxRow, who: str, now: datetime) ->
     row.state = advance(row.state, OpState.PENDING)
     # A fresh budget; but a create or a comment that ran may have landed (a lost answer, a
     # follow-up request refused): its next attempt must look for it first, as any retry does.
-    ran = row.attempts > 0 and row.op in (OpKind.CREATE, OpKind.COMMENT)
+    ran = row.attempts > 0 and row.op in LOOKS_FIRST
     row.attempts = 1 if ran else 0
     row.next_attempt_at = now
     row.claimed_by = None

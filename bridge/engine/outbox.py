@@ -108,7 +108,7 @@ from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import RefusalLog, StoreLost, on_commit
 from bridge.store.prepared import by_ids, rows_in
-from bridge.store.states import LinkState, OpKind, OpState, advance
+from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
     AuthFailed,
@@ -143,9 +143,8 @@ class WorkerSettings:
     # it will most likely fail the same way, and later writes of its task absorb into it.
     unexpected_delay: float = DEFAULT_UNEXPECTED_ERROR_DELAY
     max_unexpected: int = DEFAULT_MAX_UNEXPECTED
-    landing_wait: float = (
-        DEFAULT_LANDING_WAIT  # least wait before a create or comment that may have landed looks
-    )
+    # The least wait before a create or comment that may have landed is looked for.
+    landing_wait: float = DEFAULT_LANDING_WAIT
     read_before_write: bool = True  # GET a task before updating it, so a fresh remote edit isn't lost
 
     @classmethod
@@ -620,7 +619,7 @@ async def release_claims(ctx: EngineContext, *, landing_wait: float = DEFAULT_LA
     """Give back every claim this replica holds (a stop, or a start after a crash). A create or
     comment given back may have been cut off mid-request, and may be landing still: it waits
     `landing_wait` before its retry looks for it, as after a timeout."""
-    uncertain = OutboxRow.op.in_((OpKind.CREATE, OpKind.COMMENT))
+    uncertain = OutboxRow.op.in_(LOOKS_FIRST)
     landed_by = ctx.now() + timedelta(seconds=landing_wait)
     async with ctx.store.transaction() as session:
         result = await session.execute(
@@ -658,11 +657,11 @@ async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: ra
             # A create or a comment may have landed before a later request of the same write
             # was refused (a create's follow-up PUT or run): its retry must look for it first,
             # which `attempts > 1` decides, so its attempt stays spent.
-            attempt_spent=op.op in (OpKind.CREATE, OpKind.COMMENT),
+            attempt_spent=op.op in LOOKS_FIRST,
         )
     except Retryable as exc:
         outcome = replace(_retry(settings, op.attempts, str(exc), rng), connector_error=str(exc))
-        if op.op in (OpKind.CREATE, OpKind.COMMENT) and outcome.state == OpState.PENDING:
+        if op.op in LOOKS_FIRST and outcome.state == OpState.PENDING:
             # It may have landed, or be landing still: its retry looks first, but not before
             # the platform had time to finish what it may be applying (DEFAULT_LANDING_WAIT).
             outcome = replace(outcome, delay=max(outcome.delay, settings.landing_wait))
@@ -930,23 +929,15 @@ class Committer:
                 p.done.set_result(None)
 
     async def _park_unrecorded(self, op: _Op | _Orphan, exc: Exception) -> None:
+        """Record the operation parked instead of what it did: the parked outcome writes nothing
+        on its link, and `apply_outcomes` leaves it alone if its claim is no longer ours."""
         error = f"gave up after {op.attempts} attempts: recording its outcome failed ({type(exc).__name__})"
         try:
-            async with self.ctx.store.transaction() as session:
-                row = await session.get(OutboxRow, op.id, with_for_update=True)
-                if row is None or row.state != OpState.CLAIMED or row.claimed_by != self.ctx.replica:
-                    return  # no longer ours: its record is another worker's to make
-                row.state = advance(row.state, OpState.PARKED)
-                row.last_error = error
-                row.done_at = self.ctx.now()
-                row.done_by = self.ctx.replica
-                row.claimed_by = None
-                row.claim_expires_at = None
+            await self._apply([(op, _parked(error))])
         except Exception:
             log.exception("parking outbox operation %s failed; its claim expires", op.id)
             return
         log.error("outbox %s %s parked: %s", op.op, op.id, error)
-        metrics.writes.labels(op.connector, str(op.op), "parked").inc()
 
     async def _apply(self, batch: list[tuple[_Op | _Orphan, Outcome]]) -> None:
         propagated: list[_Op] = []

@@ -46,6 +46,11 @@ class OpKind(StrEnum):
     COMMENT = "comment"
 
 
+# The writes that are not idempotent: an attempt may have made the task or comment before its
+# answer was lost, so a retry looks for it first, and waits for it to land (outbox, deadletters).
+LOOKS_FIRST = frozenset({OpKind.CREATE, OpKind.COMMENT})
+
+
 class DeliveryState(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"

@@ -127,6 +127,7 @@ log = logging.getLogger("taskbridge.outbox")
 
 COMMIT_LINGER = 0.005  # seconds the committer waits for more outcomes before a transaction
 COMMIT_BATCH = 32  # outcomes that commit at once, without waiting for more
+RELEASE_EVERY = 5.0  # seconds between a worker's looks for expired claims
 WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
@@ -258,6 +259,7 @@ def _retry(settings: WorkerSettings, attempts: int, error: str, rng: random.Rand
 # -- claiming ------------------------------------------------------------------------------------
 
 
+_OUTBOX = OutboxRow.__table__
 # The claim's statements, built once: an ORM statement costs more to build (and to key for the
 # compiled cache) than to run on SQLite, and the claim is the hottest statement of the daemon.
 _RELEASE_EXPIRED = (
@@ -276,6 +278,10 @@ _MARK_CLAIMED = (
     )
     .execution_options(synchronize_session=False)
 )
+
+
+# The claimed operations' rows, as plain rows: nothing of them changes in the claim's transaction.
+_CLAIMED_ROWS = select(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
 
 
 @functools.cache
@@ -308,15 +314,21 @@ def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
 
 
 async def claim(
-    ctx: EngineContext, settings: WorkerSettings, limit: int, *, within: tuple[int, int] | None = None
+    ctx: EngineContext,
+    settings: WorkerSettings,
+    limit: int,
+    *,
+    within: tuple[int, int] | None = None,
+    release_expired: bool = True,
 ) -> list[_Op | _Orphan]:
     """Claim up to `limit` runnable operations for this replica, with what they need loaded and
     each update's write marked in flight, in one transaction. `within` (first, last) claims only
-    operations whose id lies in that range: those a plan queued (`plan --apply`)."""
+    operations whose id lies in that range: those a plan queued (`plan --apply`).
+    `release_expired`: first return expired claims (a crashed worker's) to the pool."""
     now = ctx.now()
     async with ctx.store.transaction() as session:
-        # Claims of crashed workers return to the pool.
-        await session.execute(_RELEASE_EXPIRED, {"now": now})
+        if release_expired:
+            await session.execute(_RELEASE_EXPIRED, {"now": now})
         query = _runnable(within=within is not None, skip_locked=ctx.store.dialect == "postgresql")
         params: dict[str, Any] = {"now": now, "limit": limit}
         if within is not None:
@@ -336,7 +348,7 @@ async def claim(
 
 
 async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> list[_Op | _Orphan]:
-    rows = sorted((await session.scalars(rows_in(OutboxRow), by_ids(ids))).all(), key=lambda r: r.id)
+    rows = sorted((await session.execute(_CLAIMED_ROWS, by_ids(ids))).all(), key=lambda r: r.id)
     task_ids = {r.task_id for r in rows}
     link_ids = {r.link_id for r in rows if r.link_id is not None}
     comment_ids = {r.comment_id for r in rows if r.comment_id}
@@ -462,6 +474,7 @@ class Worker:
         # work (queued on commit) or a finished operation's successor (the committer's check):
         # a wake-up per finished write claimed nothing three times in four (2026-12-03).
         self._more = False
+        self._next_release = 0.0  # monotonic time of the next look for expired claims
         self._rng = random.Random()
         self._claim_refusals = RefusalLog(log, "claiming outbox operations")
         self._renew_refusals = RefusalLog(log, "renewing outbox claims")
@@ -527,14 +540,20 @@ class Worker:
                     pass
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
+        # Expired claims are looked for every RELEASE_EVERY seconds, not at every claim: a claim
+        # expires after claim_ttl (minutes), and the look was a third of a busy claim's statements.
+        release = time.monotonic() >= self._next_release
         try:
-            ops = await claim(self.ctx, self.settings, limit)
+            ops = await claim(self.ctx, self.settings, limit, release_expired=release)
         except Exception as exc:
             # The store failing must not end the worker: the next round tries again.
             if not self._claim_refusals.failed(exc):
                 log.exception("claiming outbox operations failed")
             await asyncio.sleep(self.settings.idle_wait)
             return []
+        if release:
+            # Sooner for short claims (tests use them): an expiry is noticed within a quarter of it.
+            self._next_release = time.monotonic() + min(RELEASE_EVERY, self.settings.claim_ttl / 4)
         if ops:  # only a claim that wrote shows the store taking writes again
             self._claim_refusals.succeeded()
         return ops
@@ -1006,7 +1025,9 @@ async def apply_outcomes(
     whose change is now written everywhere (nothing of it left queued): their propagation ended."""
     now = ctx.now()
     ids = [op.id for op, _ in batch]
-    rows = {r.id: r for r in (await session.scalars(rows_in(OutboxRow), by_ids(ids))).all()}
+    rows = {r.id: r for r in (await session.execute(_RECORDED_STATES, by_ids(ids))).all()}
+    finishes: list[dict[str, Any]] = []
+    retries: list[dict[str, Any]] = []
     ops = [op for op, _ in batch if isinstance(op, _Op)]
     links = {
         x.id: x for x in (await session.scalars(rows_in(LinkRow), by_ids({op.link.id for op in ops}))).all()
@@ -1035,23 +1056,32 @@ async def apply_outcomes(
                     continue
             elif outcome.state == OpState.PENDING:
                 if row.state == OpState.CLAIMED:
-                    row.state = advance(row.state, OpState.PENDING)
-                    row.claimed_by = None
-                    row.claim_expires_at = None
-                    row.last_error = outcome.error
-                    row.next_attempt_at = now + timedelta(seconds=outcome.delay)
-                    if not outcome.attempt_spent:
-                        row.attempts = max(0, row.attempts - 1)
+                    advance(row.state, OpState.PENDING)
+                    retries.append(
+                        {
+                            "op_id": op.id,
+                            "was": row.state,
+                            "holder": row.claimed_by,
+                            "error": outcome.error,
+                            "due": now + timedelta(seconds=outcome.delay),
+                            "spent": row.attempts if outcome.attempt_spent else max(0, row.attempts - 1),
+                        }
+                    )
                 continue
             else:
-                row.state = advance(row.state, outcome.state)
+                finishes.append(
+                    {
+                        "op_id": op.id,
+                        "was": row.state,
+                        "holder": row.claimed_by,
+                        "new_state": advance(row.state, outcome.state),
+                        "error": outcome.error,
+                        "at": now,
+                        "by": ctx.replica,
+                    }
+                )
                 if row.link_id is not None:
                     finished.add(row.link_id)
-                row.last_error = outcome.error
-                row.done_at = now
-                row.done_by = ctx.replica
-                row.claimed_by = None
-                row.claim_expires_at = None
             if not isinstance(op, _Op):
                 continue
             if outcome.remote_deleted and op.link.remote_id:
@@ -1082,6 +1112,12 @@ async def apply_outcomes(
                         landed.setdefault((op.route.name, 1), []).append(op)
                     elif "parent" in outcome.written:
                         landed.setdefault((op.route.name, MAX_DEPTH), []).append(op)
+    # The operations' own rows as Core statements, two at most for the batch: through the ORM,
+    # loading them and flushing their changes cost the committer more than its statements.
+    if finishes:
+        await session.execute(_FINISH, finishes)
+    if retries:
+        await session.execute(_GIVE_BACK, retries)
     await session.flush()
     # On SQLite writers take turns, so what this transaction sees waiting is all there is. On
     # PostgreSQL a successor queued by a transaction still open now (a poll, another replica)
@@ -1130,6 +1166,46 @@ async def _holders(
         if outcome.remote is not None and link is not None and link.remote_id is None:
             wanted.setdefault(op.connector, set()).add(outcome.remote.remote_id)
     return await links_holding(session, wanted)
+
+
+# What apply_outcomes reads of each operation's row, and its two writes of them. Each write is
+# conditional on the state and holder it read, so a record never lands over a change it did not
+# see (on PostgreSQL, another replica's claim made since).
+_RECORDED_STATES = select(
+    _OUTBOX.c.id, _OUTBOX.c.state, _OUTBOX.c.claimed_by, _OUTBOX.c.link_id, _OUTBOX.c.attempts
+).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_FINISH = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id == bindparam("op_id"),
+        _OUTBOX.c.state == bindparam("was"),
+        _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
+    )
+    .values(
+        state=bindparam("new_state"),
+        last_error=bindparam("error"),
+        done_at=bindparam("at"),
+        done_by=bindparam("by"),
+        claimed_by=None,
+        claim_expires_at=None,
+    )
+)
+_GIVE_BACK = (
+    update(_OUTBOX)
+    .where(
+        _OUTBOX.c.id == bindparam("op_id"),
+        _OUTBOX.c.state == bindparam("was"),
+        _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
+    )
+    .values(
+        state=OpState.PENDING,
+        claimed_by=None,
+        claim_expires_at=None,
+        last_error=bindparam("error"),
+        next_attempt_at=bindparam("due"),
+        attempts=bindparam("spent"),
+    )
+)
 
 
 # A link is stuck while its last finished write of fields (not a comment: a comment's refusal

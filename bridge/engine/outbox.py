@@ -65,6 +65,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bridge import metrics
 from bridge.config import WorkersConfig
@@ -92,6 +93,7 @@ from bridge.engine.sync import (
     apply_remote_deletion,
     children_of,
     claim_write,
+    claimed_inflight,
     encode_overwritten,
     held_fields,
     held_fields_many,
@@ -284,6 +286,12 @@ _MARK_CLAIMED = (
 _CLAIMED_ROWS = select(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
 
 
+_LINKS = LinkRow.__table__
+_MARK_INFLIGHT = (
+    update(_LINKS).where(_LINKS.c.id == bindparam("link_id")).values(inflight=bindparam("inflight"))
+)
+
+
 @functools.cache
 def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
     """The ids of runnable operations: pending, due, and the oldest unfinished one of their link;
@@ -392,9 +400,17 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
             op.planned = _plan(conn, op, held.get(task.id, set()))
         out.append(op)
     await _settle_parents(ctx, session, [op for op in out if isinstance(op, _Op)])
+    marks: list[dict[str, Any]] = []
     for op in out:
         if isinstance(op, _Op) and op.op == OpKind.UPDATE and op.planned:
-            claim_write(ctx.connectors[op.connector], op.link, op.planned)
+            inflight = claimed_inflight(ctx.connectors[op.connector], op.link, op.planned)
+            # The in-flight marks of the batch as one statement, not an ORM flush at commit
+            # (which cost the claim as much as its other statements together); the loaded
+            # link shows the mark without being dirty.
+            set_committed_value(op.link, "inflight", inflight)
+            marks.append({"link_id": op.link.id, "inflight": inflight})
+    if marks:
+        await session.execute(_MARK_INFLIGHT, marks)
     return out
 
 
@@ -1041,6 +1057,7 @@ async def apply_outcomes(
     await health.record_writes(ctx, session, _write_health(batch))
     holders = await _holders(session, batch, links)
     finished: set[int] = set()  # links whose oldest unfinished operation this batch finished
+    finished_tasks: set[str] = set()  # their tasks
     for op, outcome in batch:
         with log_context(**_log_fields(op)):
             row = rows.get(op.id)
@@ -1082,6 +1099,7 @@ async def apply_outcomes(
                 )
                 if row.link_id is not None:
                     finished.add(row.link_id)
+                    finished_tasks.add(row.task_id)
             if not isinstance(op, _Op):
                 continue
             if outcome.remote_deleted and op.link.remote_id:
@@ -1119,15 +1137,8 @@ async def apply_outcomes(
     if retries:
         await session.execute(_GIVE_BACK, retries)
     await session.flush()
-    # On SQLite writers take turns, so what this transaction sees waiting is all there is. On
-    # PostgreSQL a successor queued by a transaction still open now (a poll, another replica)
-    # is invisible here, and a claim made before this commit found it blocked: wake regardless.
-    if finished and (
-        ctx.store.dialect != "sqlite"
-        or (await session.execute(_WAITING, by_ids(finished))).first() is not None
-    ):
-        on_commit(session, ctx.outbox_ready.set)  # the next operation of a link is runnable now
     if not succeeded:
+        await _wake_successors(ctx, session, finished, finished_tasks, None)
         return []
     # A copy that landed may be what its children's parent waited for there (parent_hold
     # "unlinked"); a task moved there may be what its descendants' moves waited for ("loop-there").
@@ -1142,9 +1153,10 @@ async def apply_outcomes(
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and
     # observation left unfinished.
-    keys = {(op.task.id, op.observed_at) for op in succeeded}
-    unfinished = set((await session.execute(_UNFINISHED, by_ids({k[0] for k in keys}))).all())
-    unfinished = {(task_id, as_utc(observed_at)) for task_id, observed_at in unfinished}
+    unfinished: set[tuple[str, datetime]] = set()
+    await _wake_successors(
+        ctx, session, finished, finished_tasks | {op.task.id for op in succeeded}, unfinished
+    )
     out: list[_Op] = []
     for op in succeeded:
         key = (op.task.id, as_utc(op.observed_at))
@@ -1152,6 +1164,29 @@ async def apply_outcomes(
             unfinished.add(key)  # one observation per change, however many of its writes were here
             out.append(op)
     return out
+
+
+async def _wake_successors(
+    ctx: EngineContext,
+    session: AsyncSession,
+    finished: set[int],
+    task_ids: set[str],
+    unfinished: set[tuple[str, datetime]] | None,
+) -> None:
+    """Wake the worker (on commit) when an operation waits behind one of the `finished` links'
+    that this batch finished, and fill `unfinished` with the (task, observation) of each open
+    operation of `task_ids`: one read for both. On SQLite writers take turns, so what this
+    transaction sees waiting is all there is. On PostgreSQL a successor queued by a transaction
+    still open now (a poll, another replica) is invisible here, and a claim made before this
+    commit found it blocked: the worker is woken regardless."""
+    wake = bool(finished) and ctx.store.dialect != "sqlite"
+    if task_ids and (unfinished is not None or (finished and not wake)):
+        for task_id, observed_at, link_id, state in (await session.execute(_OPEN_OF, by_ids(task_ids))).all():
+            if unfinished is not None:
+                unfinished.add((task_id, as_utc(observed_at)))
+            wake = wake or (state == OpState.PENDING and link_id in finished)
+    if wake:
+        on_commit(session, ctx.outbox_ready.set)  # the next operation of a link is runnable now
 
 
 async def _holders(
@@ -1172,7 +1207,12 @@ async def _holders(
 # conditional on the state and holder it read, so a record never lands over a change it did not
 # see (on PostgreSQL, another replica's claim made since).
 _RECORDED_STATES = select(
-    _OUTBOX.c.id, _OUTBOX.c.state, _OUTBOX.c.claimed_by, _OUTBOX.c.link_id, _OUTBOX.c.attempts
+    _OUTBOX.c.id,
+    _OUTBOX.c.state,
+    _OUTBOX.c.claimed_by,
+    _OUTBOX.c.task_id,
+    _OUTBOX.c.link_id,
+    _OUTBOX.c.attempts,
 ).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
 _FINISH = (
     update(_OUTBOX)
@@ -1227,19 +1267,9 @@ _STUCK_LINKS = (
     .distinct()
 )
 
-_WAITING = (
-    select(OutboxRow.id)
-    .where(OutboxRow.link_id.in_(bindparam("ids", expanding=True)), OutboxRow.state == OpState.PENDING)
-    .limit(1)
-)
-
-_UNFINISHED = (
-    select(OutboxRow.task_id, OutboxRow.observed_at)
-    .where(
-        OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
-        OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
-    )
-    .group_by(OutboxRow.task_id, OutboxRow.observed_at)
+_OPEN_OF = select(_OUTBOX.c.task_id, _OUTBOX.c.observed_at, _OUTBOX.c.link_id, _OUTBOX.c.state).where(
+    _OUTBOX.c.task_id.in_(bindparam("ids", expanding=True)),
+    _OUTBOX.c.state.in_((OpState.PENDING, OpState.CLAIMED)),
 )
 
 

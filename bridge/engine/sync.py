@@ -121,8 +121,13 @@ def claim_write(conn: Connector, link: LinkRow, changes: Values) -> None:
     """Record on its link a write about to go out, as it will read back there, before it goes:
     the platform may report it before the write's outcome is recorded, or the outcome may never
     be (`core.agreed` then knows it for ours)."""
+    link.inflight = claimed_inflight(conn, link, changes)
+
+
+def claimed_inflight(conn: Connector, link: _Claimed, changes: Values) -> list[dict[str, Any]] | None:
+    """`links.inflight` once a write of `changes` is claimed on the link (`claim_write`)."""
     claims = core.with_claim(link_claims(link), core.inflight_claims(conn, changes))
-    link.inflight = [encode_values(claim) for claim in claims] or None
+    return [encode_values(claim) for claim in claims] or None
 
 
 def encode_overwritten(last: core.Overwritten) -> dict[str, Any]:

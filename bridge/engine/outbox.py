@@ -1214,13 +1214,14 @@ _RECORDED_STATES = select(
     _OUTBOX.c.link_id,
     _OUTBOX.c.attempts,
 ).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_AS_READ = (
+    _OUTBOX.c.id == bindparam("op_id"),
+    _OUTBOX.c.state == bindparam("was"),
+    _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
+)
 _FINISH = (
     update(_OUTBOX)
-    .where(
-        _OUTBOX.c.id == bindparam("op_id"),
-        _OUTBOX.c.state == bindparam("was"),
-        _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
-    )
+    .where(*_AS_READ)
     .values(
         state=bindparam("new_state"),
         last_error=bindparam("error"),
@@ -1232,11 +1233,7 @@ _FINISH = (
 )
 _GIVE_BACK = (
     update(_OUTBOX)
-    .where(
-        _OUTBOX.c.id == bindparam("op_id"),
-        _OUTBOX.c.state == bindparam("was"),
-        _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
-    )
+    .where(*_AS_READ)
     .values(
         state=OpState.PENDING,
         claimed_by=None,

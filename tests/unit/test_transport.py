@@ -198,3 +198,45 @@ def test_the_environment_names_the_proxy(
     found = environment_proxy(url)
     assert (str(found.url) if found else None) == proxy
     assert (Transport(url).proxy is None) == (proxy is None)
+
+
+async def test_a_cookie_the_platform_sets_is_sent_back_and_other_answers_skip_the_jar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    heads: list[bytes] = []
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                sets = b"Set-Cookie: lb=node-7; Path=/\r\n" if len(heads) == 1 else b""
+                body = b'{"ok": true}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                    % (sets, len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listening = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    http = base.HttpClient(settings(listening.sockets[0].getsockname()[1]))
+    jar_reads: list[str] = []
+    real = type(http.client.cookies.jar).extract_cookies
+
+    def counted(jar: object, response: object, request: object) -> None:
+        jar_reads.append("read")
+        real(jar, response, request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(http.client.cookies.jar), "extract_cookies", counted)
+    try:
+        for _ in range(3):
+            assert await http.get("/api/ok") == {"ok": True}
+    finally:
+        await http.aclose()
+        listening.close()
+        await listening.wait_closed()
+    assert [b"cookie: lb=node-7" in head.lower() for head in heads] == [False, True, True]
+    assert jar_reads == ["read"]  # only the answer that set a cookie went through urllib's jar

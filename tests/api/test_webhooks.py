@@ -52,8 +52,17 @@ def daemon(world: World, state_dir: Path) -> Iterator[DaemonProcess]:
     d = DaemonProcess(path, port, state_dir / "daemon.log").start()
     # AgentKanban's secret is the one the platform generated when the daemon registered.
     wait_until(lambda: world.fakes["agentkanban"].hooks, what="the daemon's AgentKanban webhook")
+    # The polls of start-up are over: one still listing when a test makes its task would link
+    # it first, and the test's delivery would then be answered as reporting nothing new.
+    wait_until(lambda: all(polled(d, c) for c in world.platforms), timeout=30, what="the start-up polls")
     yield d
     d.kill()
+
+
+def polled(d: DaemonProcess, connector: str) -> bool:
+    prefix = f'taskbridge_polls_total{{connector="{connector}",'
+    lines = httpx.get(d.url + "/metrics", timeout=10).text.splitlines()
+    return any(line.startswith(prefix) and float(line.rsplit(" ", 1)[1]) >= 1 for line in lines)
 
 
 def metric(d: DaemonProcess, connector: str, result: str) -> float:

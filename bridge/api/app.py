@@ -23,7 +23,7 @@ from bridge.api import deadletters, docs, mcp
 from bridge.api.routes import router
 from bridge.config import Config
 from bridge.engine.context import EngineContext
-from bridge.engine.inbox import receive
+from bridge.engine.inbox import Receipt, receive
 from bridge.logs import log_context
 from bridge.store import StoreLost, redact_url
 
@@ -70,6 +70,7 @@ BEARER = HTTPBearer(
     ),
 )
 
+WEBHOOKS = "/webhooks/"  # POST /webhooks/{connector}: a platform's deliveries (WebhookIntake)
 READY_WRITE_TIMEOUT = 5.0  # seconds readiness waits for its probe write (a busy writer may hold the lock)
 
 
@@ -143,22 +144,12 @@ def create_app(daemon: Host) -> FastAPI:
             return JSONResponse({"detail": _plain_errors(exc.errors())}, status_code=422)
 
     @app.exception_handler(StoreLost)
-    async def store_lost(request: Request, exc: StoreLost) -> Response:
-        # Nothing can be recorded: a platform retries a webhook answered 503, a client its call.
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "60"})
-
     @app.exception_handler(DBAPIError)
-    async def store_unreachable(request: Request, exc: DBAPIError) -> Response:
-        if not exc.connection_invalidated:
+    async def store_failed(request: Request, exc: Exception) -> Response:
+        answer = store_failure(ctx, exc)
+        if answer is None:
             raise exc  # a statement the store refused: the server's bug, a bare 500
-        # The store's connection was lost (a PostgreSQL restart, say); the pool reconnects on the
-        # next request, so the caller retries. Every pooled connection fails once at most.
-        log.warning("store %s unreachable: its connection was lost", redact_url(ctx.store.url))
-        return JSONResponse(
-            {"detail": "the store's connection was lost; retry"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return answer
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -205,22 +196,13 @@ def create_app(daemon: Host) -> FastAPI:
     async def metrics_endpoint() -> Response:
         return PlainTextResponse(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/webhooks/{connector}", include_in_schema=False)
-    async def webhook(connector: str, request: Request) -> Response:
-        body = await request.body()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        receipt = await receive(ctx, connector, headers, body)
-        payload: dict[str, Any] = {"result": receipt.result}
-        if receipt.detail:
-            payload["detail"] = receipt.detail
-        return JSONResponse(payload, status_code=receipt.status)
-
     bearer = [Security(BEARER)]  # declares the scheme on every /api/v1 operation; refuses nothing
     app.include_router(router, dependencies=bearer)
     app.include_router(deadletters.router, dependencies=bearer)
     mcp_endpoint.mount(app, "/mcp")
     docs.install(app, app.openapi_url or "/openapi.json")
     console.install(app)  # /console: the web page for a person (bridge/console)
+    app.add_middleware(WebhookIntake, ctx=ctx)
     app.add_middleware(BodyLimit, limit=limit)
     app.add_middleware(RequestId)  # outermost: every answer carries it, a 413 too
     return app
@@ -240,6 +222,74 @@ def _plain_errors(errors: Any) -> list[dict[str, Any]]:
         }
         for err in errors
     ]
+
+
+def store_failure(ctx: EngineContext, exc: Exception) -> Response | None:
+    """The answer to a request the store failed, or None for a failure that is a bug (a 500)."""
+    if isinstance(exc, StoreLost):
+        # Nothing can be recorded: a platform retries a webhook answered 503, a client its call.
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "60"})
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        # The store's connection was lost (a PostgreSQL restart, say); the pool reconnects on the
+        # next request, so the caller retries. Every pooled connection fails once at most.
+        log.warning("store %s unreachable: its connection was lost", redact_url(ctx.store.url))
+        return JSONResponse(
+            {"detail": "the store's connection was lost; retry"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return None
+
+
+def _receipt(receipt: Receipt) -> Response:
+    payload: dict[str, Any] = {"result": receipt.result}
+    if receipt.detail:
+        payload["detail"] = receipt.detail
+    return JSONResponse(payload, status_code=receipt.status)
+
+
+class WebhookIntake:
+    """`POST /webhooks/{connector}` answered here, inside BodyLimit (which has read the body)
+    and before FastAPI's routing, exception middleware and request handling: a platform's
+    delivery is the daemon's most frequent request (one per mirror write comes back), and
+    that stack cost more CPU than the delivery's own judging. The store failing is answered
+    as every route's is (`store_failure`); anything else goes up to the server's 500, as a
+    route's error does. Another method there is answered 405, as a route's would be; any
+    other path goes on to the router."""
+
+    def __init__(self, app: ASGIApp, ctx: EngineContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive_message: Receive, send: Send) -> None:
+        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        connector = path.removeprefix(WEBHOOKS)
+        if connector == path or not connector or "/" in connector:
+            await self.app(scope, receive_message, send)
+            return
+        if scope.get("method") != "POST":
+            refused = JSONResponse(
+                {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "POST"}
+            )
+            await refused(scope, receive_message, send)
+            return
+        body = b""
+        while True:
+            message = await receive_message()
+            if message["type"] != "http.request":
+                return  # the platform left before its body arrived: nobody to answer
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            answer = _receipt(await receive(self.ctx, connector, headers, body))
+        except (StoreLost, DBAPIError) as exc:
+            failure = store_failure(self.ctx, exc)
+            if failure is None:
+                raise
+            answer = failure
+        await answer(scope, receive_message, send)
 
 
 class RequestId:
@@ -313,8 +363,8 @@ class BodyLimit:
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     path = scope.get("path", "")
-    if path.startswith("/webhooks/"):
-        connector = path.removeprefix("/webhooks/").split("/")[0]
+    if path.startswith(WEBHOOKS):
+        connector = path.removeprefix(WEBHOOKS).split("/")[0]
         daemon = scope["app"].state.daemon if "app" in scope else None
         known = daemon is not None and connector in daemon.ctx.connectors
         metrics.webhooks_received.labels(connector if known else "unknown", "too_large").inc()

@@ -18,11 +18,14 @@ import pytest
 import pytest_asyncio
 from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 
 from bridge import config
+from bridge.api import app as app_module
 from bridge.api import routes
 from bridge.api.app import create_app
 from bridge.daemon import Daemon, DaemonOptions
+from bridge.store import StoreLost
 from bridge.store.tables import ConflictRow
 from tests.conftest import drop_pg_database, fresh_pg_database, pg_url_or_skip, terminate_pg_backends
 from tests.world import World
@@ -416,3 +419,37 @@ async def test_a_lost_store_connection_is_a_503_to_retry_and_the_next_request_re
     assert r.json() == {"detail": "the store's connection was lost; retry"}
     r = await api.call("GET", f"/api/v1/tasks/{task}", READER)
     assert r.status_code == 200, r.text
+
+
+async def test_the_webhook_intake_answers_its_own_paths_only(api: Api) -> None:
+    """Deliveries are answered before FastAPI's routing (bridge.api.app.WebhookIntake): a
+    delivery's other methods and paths still answer as routes would."""
+    r = await api.call("GET", "/webhooks/vortask", None)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    for path in ("/webhooks/", "/webhooks/vortask/extra"):
+        assert (await api.call("POST", path, None, content=b"{}")).status_code == 404, path
+    r = await api.call("POST", "/webhooks/nope", None, content=b"{}")
+    assert r.status_code == 404 and r.json()["result"] == "unknown_connector"
+    r = await api.call("POST", "/webhooks/vortask", None, content=b"{}")
+    assert r.status_code == 401 and r.json()["result"] == "bad_signature"
+    assert "x-request-id" in r.headers  # answered inside RequestId, like every route
+
+
+async def test_a_delivery_the_store_fails_is_a_503_or_a_bare_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost(*_: Any) -> Any:
+        raise StoreLost("store /srv/taskbridge.db was deleted")
+
+    monkeypatch.setattr(app_module, "receive", lost)
+    r = await api.call("POST", "/webhooks/vortask", None, content=b"{}")
+    assert r.status_code == 503 and r.headers["retry-after"] == "60"
+    assert r.json() == {"detail": "store /srv/taskbridge.db was deleted"}
+
+    async def refused(*_: Any) -> Any:
+        raise OperationalError("UPDATE inbox", {}, Exception("no such table: inbox"))
+
+    monkeypatch.setattr(app_module, "receive", refused)
+    r = await api.call("POST", "/webhooks/vortask", None, content=b"{}")
+    assert r.status_code == 500
+    assert r.text == "Internal Server Error" and "inbox" not in r.text

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from bridge.engine.outbox import _STUCK_LINKS, _UNFINISHED, _WAITING, _runnable
+from bridge.engine.outbox import _OPEN_OF, _STUCK_LINKS, _runnable
 from bridge.engine.sync import _OPEN_UPDATES_OF
 from bridge.store import Store
 
@@ -51,14 +51,9 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("name", "statement", "params", "index"),
     [
-        ("a link's next operation waiting", _WAITING, PARAMS, "ix_outbox_link_state (link_id=? AND state=?)"),
         ("a task's open updates", _OPEN_UPDATES_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
-        (
-            "a task's unfinished changes",
-            _UNFINISHED,
-            TASK_IDS,
-            "ix_outbox_task_state (task_id=? AND state=?)",
-        ),
+        # what waits behind a finished link, and which changes are unfinished (apply_outcomes)
+        ("a task's open operations", _OPEN_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
         ("a task's stuck links", _STUCK_LINKS, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
     ],
 )

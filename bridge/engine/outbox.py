@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, bindparam, case, exists, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -1214,14 +1214,18 @@ _RECORDED_STATES = select(
     _OUTBOX.c.link_id,
     _OUTBOX.c.attempts,
 ).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
-_AS_READ = (
-    _OUTBOX.c.id == bindparam("op_id"),
+_AS_READ = and_(
     _OUTBOX.c.state == bindparam("was"),
     _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
 )
 _FINISH = (
     update(_OUTBOX)
-    .where(*_AS_READ)
+    # Or released since the read (on PostgreSQL, another replica's claim found ours expired):
+    # nobody holds it, and the write landed, so it is done, as the pending row read would be.
+    .where(
+        _OUTBOX.c.id == bindparam("op_id"),
+        or_(_AS_READ, and_(_OUTBOX.c.state == OpState.PENDING, _OUTBOX.c.claimed_by.is_(None))),
+    )
     .values(
         state=bindparam("new_state"),
         last_error=bindparam("error"),
@@ -1233,7 +1237,7 @@ _FINISH = (
 )
 _GIVE_BACK = (
     update(_OUTBOX)
-    .where(*_AS_READ)
+    .where(_OUTBOX.c.id == bindparam("op_id"), _AS_READ)
     .values(
         state=OpState.PENDING,
         claimed_by=None,

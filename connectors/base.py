@@ -861,7 +861,7 @@ class _Client(httpx.AsyncClient):
     """An httpx client whose cookie jar is `_Cookies`."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self._jar = _Cookies()
+        self._jar = _Cookies(kwargs.pop("cookies", None))
         super().__init__(**kwargs)
 
     @property

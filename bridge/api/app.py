@@ -12,10 +12,11 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
+from starlette.datastructures import URL
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge import __version__, console, metrics
@@ -262,8 +263,14 @@ class WebhookIntake:
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive_message: Receive, send: Send) -> None:
-        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        path = _route_path(scope) if scope["type"] == "http" else ""
         connector = path.removeprefix(WEBHOOKS)
+        if connector.endswith("/") and connector.count("/") == 1 and len(connector) > 1:
+            # As the router's redirect_slashes did for the route: a URL registered with a
+            # trailing slash is sent on to the one without.
+            target = URL(scope={**scope, "path": scope["path"].rstrip("/")})
+            await RedirectResponse(str(target), status_code=307)(scope, receive_message, send)
+            return
         if connector == path or not connector or "/" in connector:
             await self.app(scope, receive_message, send)
             return
@@ -290,6 +297,13 @@ class WebhookIntake:
                 raise
             answer = failure
         await answer(scope, receive_message, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: the request's, less the root path it is served under."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 class RequestId:

@@ -426,7 +426,10 @@ async def test_the_webhook_intake_answers_its_own_paths_only(api: Api) -> None:
     delivery's other methods and paths still answer as routes would."""
     r = await api.call("GET", "/webhooks/vortask", None)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
-    for path in ("/webhooks/", "/webhooks/vortask/extra"):
+    # A URL registered with a trailing slash is sent on, as the router's redirect_slashes did.
+    r = await api.call("POST", "/webhooks/vortask/", None, content=b"{}")
+    assert r.status_code == 307 and r.headers["location"].endswith("/webhooks/vortask")
+    for path in ("/webhooks/", "/webhooks/vortask/extra", "/webhooks/vortask/extra/"):
         assert (await api.call("POST", path, None, content=b"{}")).status_code == 404, path
     r = await api.call("POST", "/webhooks/nope", None, content=b"{}")
     assert r.status_code == 404 and r.json()["result"] == "unknown_connector"
@@ -453,3 +456,15 @@ async def test_a_delivery_the_store_fails_is_a_503_or_a_bare_500(
     r = await api.call("POST", "/webhooks/vortask", None, content=b"{}")
     assert r.status_code == 500
     assert r.text == "Internal Server Error" and "inbox" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "routed"),
+    [
+        ("/webhooks/vortask", "", "/webhooks/vortask"),
+        ("/tb/webhooks/vortask", "/tb", "/webhooks/vortask"),  # served under a root path
+        ("/webhooks/vortask", "/tb", "/webhooks/vortask"),  # a server that leaves it out of the path
+    ],
+)
+def test_the_intake_matches_the_path_the_router_would(path: str, root_path: str, routed: str) -> None:
+    assert app_module._route_path({"type": "http", "path": path, "root_path": root_path}) == routed

@@ -1138,7 +1138,7 @@ async def apply_outcomes(
         await session.execute(_GIVE_BACK, retries)
     await session.flush()
     if not succeeded:
-        await _wake_successors(ctx, session, finished, finished_tasks, None)
+        await _wake_successors(ctx, session, finished, finished_tasks, unfinished_wanted=False)
         return []
     # A copy that landed may be what its children's parent waited for there (parent_hold
     # "unlinked"); a task moved there may be what its descendants' moves waited for ("loop-there").
@@ -1153,9 +1153,8 @@ async def apply_outcomes(
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and
     # observation left unfinished.
-    unfinished: set[tuple[str, datetime]] = set()
-    await _wake_successors(
-        ctx, session, finished, finished_tasks | {op.task.id for op in succeeded}, unfinished
+    unfinished = await _wake_successors(
+        ctx, session, finished, finished_tasks | {op.task.id for op in succeeded}, unfinished_wanted=True
     )
     out: list[_Op] = []
     for op in succeeded:
@@ -1171,22 +1170,25 @@ async def _wake_successors(
     session: AsyncSession,
     finished: set[int],
     task_ids: set[str],
-    unfinished: set[tuple[str, datetime]] | None,
-) -> None:
-    """Wake the worker (on commit) when an operation waits behind one of the `finished` links'
-    that this batch finished, and fill `unfinished` with the (task, observation) of each open
-    operation of `task_ids`: one read for both. On SQLite writers take turns, so what this
-    transaction sees waiting is all there is. On PostgreSQL a successor queued by a transaction
-    still open now (a poll, another replica) is invisible here, and a claim made before this
-    commit found it blocked: the worker is woken regardless."""
+    *,
+    unfinished_wanted: bool,
+) -> set[tuple[str, datetime]]:
+    """Wake the worker (on commit) when an operation waits behind one of the `finished` links
+    that this batch finished, and return the (task, observation) of each open operation of
+    `task_ids`: one read for both, which `unfinished_wanted` makes whatever the wake needs. On
+    SQLite writers take turns, so what this transaction sees waiting is all there is. On
+    PostgreSQL a successor queued by a transaction still open now (a poll, another replica) is
+    invisible here, and a claim made before this commit found it blocked: the worker is woken
+    regardless."""
     wake = bool(finished) and ctx.store.dialect != "sqlite"
-    if task_ids and (unfinished is not None or (finished and not wake)):
+    unfinished: set[tuple[str, datetime]] = set()
+    if task_ids and (unfinished_wanted or (finished and not wake)):
         for task_id, observed_at, link_id, state in (await session.execute(_OPEN_OF, by_ids(task_ids))).all():
-            if unfinished is not None:
-                unfinished.add((task_id, as_utc(observed_at)))
+            unfinished.add((task_id, as_utc(observed_at)))
             wake = wake or (state == OpState.PENDING and link_id in finished)
     if wake:
         on_commit(session, ctx.outbox_ready.set)  # the next operation of a link is runnable now
+    return unfinished
 
 
 async def _holders(

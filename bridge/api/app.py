@@ -376,7 +376,7 @@ class BodyLimit:
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    path = scope.get("path", "")
+    path = _route_path(scope)
     if path.startswith(WEBHOOKS):
         connector = path.removeprefix(WEBHOOKS).split("/")[0]
         daemon = scope["app"].state.daemon if "app" in scope else None

@@ -19,8 +19,8 @@ NOW = datetime(2026, 12, 5, tzinfo=UTC)
 
 
 async def _row_after(
-    tmp_path: Path, state: str, holder: str | None, statement: object, params: dict
-) -> tuple:
+    tmp_path: Path, state: str, holder: str | None, statement: Any, params: dict[str, Any]
+) -> tuple[Any, ...]:
     store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/records.db")
     await store.migrate()
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, exists, inspect, select
+from sqlalchemy import bindparam, exists, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bridge import metrics
@@ -705,7 +705,6 @@ async def queue_updates_many(
     waiting = {
         row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
     }
-    queued = 0
     done: set[str] = set()
     stale: list[tuple[TaskRow, LinkRow, datetime, list[str]]] = []
     for route, task, observed_at in items:
@@ -745,6 +744,8 @@ async def queue_updates_many(
                 log_loop_once(task.id, parent, link.connector)
             if hold is not None:
                 fields.remove("parent")
+    new_ops: list[dict[str, Any]] = []
+    now = ctx.now()
     for task, link, observed_at, fields in stale:
         if not fields:
             continue
@@ -753,20 +754,22 @@ async def queue_updates_many(
             row.payload = {"fields": sorted(set(row.payload.get("fields", [])) | set(fields))}
             row.observed_at = min(row.observed_at, observed_at)
             continue
-        waiting[link.id] = enqueue(
-            session,
-            task,
-            link,
-            OpKind.UPDATE,
-            {"fields": sorted(fields)},
-            observed_at=observed_at,
-            now=ctx.now(),
-            due=due.get(task.id) if due else None,
+        new_ops.append(
+            op_values(
+                task,
+                link,
+                OpKind.UPDATE,
+                {"fields": sorted(fields)},
+                observed_at=observed_at,
+                now=now,
+                due=due.get(task.id) if due else None,
+            )
         )
-        queued += 1
-    if queued:
+    if new_ops:
+        # One statement for them all: added as ORM rows, they cost the flush twice as much.
+        await session.execute(_NEW_OPS, new_ops)
         on_commit(session, ctx.outbox_ready.set)
-    return queued
+    return len(new_ops)
 
 
 async def held_fields(session: AsyncSession, task_id: str) -> set[str]:
@@ -789,6 +792,41 @@ async def held_fields_many(session: AsyncSession, task_ids: Sequence[str]) -> di
     return out
 
 
+def op_values(
+    task: TaskRow,
+    link: LinkRow,
+    op: OpKind,
+    payload: dict[str, Any],
+    *,
+    observed_at: datetime,
+    now: datetime,
+    comment_id: str | None = None,
+    due: datetime | None = None,
+) -> dict[str, Any]:
+    """The columns of a new operation, due now, or since `due` when that is earlier: the claim
+    takes the longest due first, so an operation carrying an older change goes ahead of newer
+    ones."""
+    if due is None or as_utc(due) >= as_utc(now):
+        due = now
+    return {
+        "task_id": task.id,
+        "link_id": link.id,
+        "comment_id": comment_id,
+        "route": task.route,
+        "connector": link.connector,
+        "op": op,
+        "payload": payload,
+        "state": OpState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": due,
+        "observed_at": observed_at,
+        "created_at": now,
+    }
+
+
+_NEW_OPS = insert(OutboxRow.__table__)
+
+
 def enqueue(
     session: AsyncSession,
     task: TaskRow,
@@ -801,23 +839,9 @@ def enqueue(
     comment_id: str | None = None,
     due: datetime | None = None,
 ) -> OutboxRow:
-    """A new operation, due now, or since `due` when that is earlier: the claim takes the longest
-    due first, so an operation carrying an older change goes ahead of newer ones."""
-    if due is None or as_utc(due) >= as_utc(now):
-        due = now
+    """A new operation as an ORM row (`op_values`), for a caller whose link may not be flushed yet."""
     row = OutboxRow(
-        task_id=task.id,
-        link_id=link.id,
-        comment_id=comment_id,
-        route=task.route,
-        connector=link.connector,
-        op=op,
-        payload=payload,
-        state=OpState.PENDING,
-        attempts=0,
-        next_attempt_at=due,
-        observed_at=observed_at,
-        created_at=now,
+        **op_values(task, link, op, payload, observed_at=observed_at, now=now, comment_id=comment_id, due=due)
     )
     session.add(row)
     return row

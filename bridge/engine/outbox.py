@@ -57,12 +57,12 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, and_, bindparam, case, exists, or_, select, update
+from sqlalchemy import Integer, Select, Update, and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -1058,6 +1058,7 @@ async def apply_outcomes(
     holders = await _holders(session, batch, links)
     finished: set[int] = set()  # links whose oldest unfinished operation this batch finished
     finished_tasks: set[str] = set()  # their tasks
+    changed: dict[int, tuple[LinkRow, set[str]]] = {}  # link id -> (link, the columns its writes changed)
     for op, outcome in batch:
         with log_context(**_log_fields(op)):
             row = rows.get(op.id)
@@ -1118,7 +1119,11 @@ async def apply_outcomes(
                 held = holders.get(key)
                 if held is not None and held.id != link.id and held.remote_id == key[1]:
                     await release_reused(ctx, session, held, op.connector)  # the platform made it anew
-            _record_write(ctx, op, link, outcome, now)
+            changes = _record_write(ctx, op, link, outcome, now)
+            for name, value in changes.items():
+                # Shown on the loaded link as its stored value: written below, not by a flush.
+                set_committed_value(link, name, value)
+            changed.setdefault(link.id, (link, set()))[1].update(changes)
             if outcome.remote is not None and link.remote_id is not None:
                 holders[(op.connector, link.remote_id)] = link  # for a later create of this batch
             succeeded.append(op)
@@ -1132,6 +1137,7 @@ async def apply_outcomes(
                         landed.setdefault((op.route.name, MAX_DEPTH), []).append(op)
     # The operations' own rows as Core statements, two at most for the batch: through the ORM,
     # loading them and flushing their changes cost the committer more than its statements.
+    await _write_links(session, changed)
     if finishes:
         await session.execute(_FINISH, finishes)
     if retries:
@@ -1291,9 +1297,17 @@ def _settled(ctx: EngineContext, op: _Op, link: LinkRow, task: TaskRow) -> bool:
     )
 
 
-def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime) -> None:
+def _record_write(
+    ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime
+) -> dict[str, Any]:
     """A write landed: the link's new base is what was written as it reads back there (for a
-    create, what the platform reported for the rest)."""
+    create, what the platform reported for the rest). Returns the link's columns that change, with
+    their new values; the caller writes them (`_write_links`)."""
+    new: dict[str, Any] = {}
+
+    def now_(name: str) -> Any:
+        return new[name] if name in new else getattr(link, name)
+
     conn = ctx.connectors[op.connector]
     assert outcome.written is not None  # apply_outcomes records only outcomes that wrote
     base = core.base_after_write(
@@ -1321,7 +1335,7 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
             after = as_utc(link.remote_updated_at)
             shown = decode_values(link.base)
             before = {name: shown.get(name, value) for name, value in before.items()}
-        link.overwritten = encode_overwritten(
+        new["overwritten"] = encode_overwritten(
             core.Overwritten(
                 after=after,
                 until=outcome.remote_time,
@@ -1332,24 +1346,50 @@ def _record_write(ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, 
         )
     if outcome.remote is not None:
         if link.remote_id is None:
-            link.remote_id = outcome.remote.remote_id
-            link.remote_url = outcome.remote.url
-            link.remote_updated_at = outcome.remote.updated_at
-            link.remote_created_at = outcome.remote.created_at
-        link.state = advance(link.state, LinkState.ACTIVE)
-    link.base = encode_values(base)
+            new["remote_id"] = outcome.remote.remote_id
+            new["remote_url"] = outcome.remote.url
+            new["remote_updated_at"] = outcome.remote.updated_at
+            new["remote_created_at"] = outcome.remote.created_at
+        new["state"] = advance(link.state, LinkState.ACTIVE)
+    new["base"] = encode_values(base)
     if op.op != OpKind.COMMENT:
         # A write of the task's fields landed after every claim here: a report showing an older
         # claim is older than it. A comment says nothing of the fields, and a parked update's
         # claims outlive it until a write of the fields lands.
-        link.inflight = None
+        new["inflight"] = None
+    remote_updated_at = now_("remote_updated_at")
     if outcome.remote_time is not None and (
-        link.remote_updated_at is None or outcome.remote_time > link.remote_updated_at
+        remote_updated_at is None or outcome.remote_time > remote_updated_at
     ):
-        link.remote_updated_at = outcome.remote_time
-    link.updated_at = now
+        new["remote_updated_at"] = outcome.remote_time
+    new["updated_at"] = now
     if outcome.link_state is not None:
-        link.state = advance(link.state, outcome.link_state)
+        new["state"] = advance(now_("state"), outcome.link_state)
+    return {name: value for name, value in new.items() if value != getattr(link, name)}
+
+
+@functools.cache
+def _link_update(columns: tuple[str, ...]) -> Update:
+    return (
+        update(_LINKS)
+        .where(_LINKS.c.id == bindparam("link_id"))
+        .values({name: bindparam(name) for name in columns})
+    )
+
+
+async def _write_links(session: AsyncSession, changed: Mapping[int, tuple[LinkRow, set[str]]]) -> None:
+    """The columns `_record_write` changed, written as one UPDATE per set of columns for the batch
+    (the set is the same for nearly every write), each with the link's value after the batch. An
+    ORM flush of the same links cost three times as much. Only changed columns are written, as
+    the flush would: on PostgreSQL another transaction's change to any other column stands."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for link, columns in changed.values():
+        names = tuple(sorted(columns))
+        groups.setdefault(names, []).append(
+            {"link_id": link.id, **{name: getattr(link, name) for name in names}}
+        )
+    for names, params in groups.items():
+        await session.execute(_link_update(names), params)
 
 
 async def _link_comment(session: AsyncSession, op: _Op, remote_id: str, now: datetime) -> None:

@@ -76,7 +76,7 @@ async def patch_task(
             }
             conflict.resolved_at = now
         if real:
-            apply_changes(session, task, canonical, real, source=source(actor), via="api", now=now)
+            await apply_changes(session, task, canonical, real, source=source(actor), via="api", now=now)
             metrics.changes_detected.labels("api", "api").inc()
         await queue_updates(ctx, session, route, task, observed_at=now)
 
@@ -148,7 +148,7 @@ async def resolve_conflict(
         conflict.resolved_at = now
         canonical = decode_values(task.data)
         if canonical.get(conflict.field) != chosen:
-            apply_changes(
+            await apply_changes(
                 session,
                 task,
                 canonical,

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, Update, and_, bindparam, case, exists, or_, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
@@ -109,7 +109,7 @@ from bridge.engine.sync import (
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import RefusalLog, StoreLost, on_commit
-from bridge.store.prepared import by_ids, rows_in
+from bridge.store.prepared import by_ids, rows_in, show_stored, update_columns
 from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -1119,10 +1119,8 @@ async def apply_outcomes(
                 held = holders.get(key)
                 if held is not None and held.id != link.id and held.remote_id == key[1]:
                     await release_reused(ctx, session, held, op.connector)  # the platform made it anew
-            changes = _record_write(ctx, op, link, outcome, now)
-            for name, value in changes.items():
-                # Shown on the loaded link as its stored value: written below, not by a flush.
-                set_committed_value(link, name, value)
+            # Shown on the loaded link as its stored values: written below, not by a flush.
+            changes = show_stored(link, _record_write(ctx, op, link, outcome, now))
             changed.setdefault(link.id, (link, set()))[1].update(changes)
             if outcome.remote is not None and link.remote_id is not None:
                 holders[(op.connector, link.remote_id)] = link  # for a later create of this batch
@@ -1301,8 +1299,8 @@ def _record_write(
     ctx: EngineContext, op: _Op, link: LinkRow, outcome: Outcome, now: datetime
 ) -> dict[str, Any]:
     """A write landed: the link's new base is what was written as it reads back there (for a
-    create, what the platform reported for the rest). Returns the link's columns that change, with
-    their new values; the caller writes them (`_write_links`)."""
+    create, what the platform reported for the rest). Returns the link's columns as the write
+    leaves them; the caller keeps those that change (`show_stored`) and writes them (`_write_links`)."""
     new: dict[str, Any] = {}
 
     def now_(name: str) -> Any:
@@ -1365,16 +1363,7 @@ def _record_write(
     new["updated_at"] = now
     if outcome.link_state is not None:
         new["state"] = advance(now_("state"), outcome.link_state)
-    return {name: value for name, value in new.items() if value != getattr(link, name)}
-
-
-@functools.cache
-def _link_update(columns: tuple[str, ...]) -> Update:
-    return (
-        update(_LINKS)
-        .where(_LINKS.c.id == bindparam("link_id"))
-        .values({name: bindparam(name) for name in columns})
-    )
+    return new
 
 
 async def _write_links(session: AsyncSession, changed: Mapping[int, tuple[LinkRow, set[str]]]) -> None:
@@ -1386,10 +1375,10 @@ async def _write_links(session: AsyncSession, changed: Mapping[int, tuple[LinkRo
     for link, columns in changed.values():
         names = tuple(sorted(columns))
         groups.setdefault(names, []).append(
-            {"link_id": link.id, **{name: getattr(link, name) for name in names}}
+            {"row_id": link.id, **{name: getattr(link, name) for name in names}}
         )
     for names, params in groups.items():
-        await session.execute(_link_update(names), params)
+        await session.execute(update_columns(_LINKS, names), params)
 
 
 async def _link_comment(session: AsyncSession, op: _Op, remote_id: str, now: datetime) -> None:

@@ -11,7 +11,7 @@ or changes its `data` or `updated_at`, re-indexes it in the same transaction (`b
 `priority`; `after_flush` rewrites the side rows with a few batched statements for the whole
 flush). Deleting a task deletes its side rows (ON DELETE CASCADE). A write that bypasses the unit
 of work (a Core `insert(TaskRow)`/`update(TaskRow)`) must index what it writes itself: take the
-rows from `index_rows` (or call `write_index`).
+rows from `index_rows` (or call `write_index`, or run what `reindex` returns).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, event, insert, inspect
+from sqlalchemy import Executable, bindparam, delete, event, insert, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, UOWTransaction
 
@@ -88,6 +88,47 @@ def write_index(
     _write(connection, ids if replace else [], ids if replace else [], tags, assignees)
 
 
+def reindex(
+    task_id: str, old: Mapping[str, Any] | None, data: Mapping[str, Any] | None, updated_at: datetime
+) -> list[tuple[Executable, Any]]:
+    """The statements (with their parameters) that re-index one stored task whose side rows were
+    written from `old` data, now that it holds `data` as of `updated_at`: for a writer outside the
+    unit of work, which runs them in its transaction (`tasks.priority` is its own to set)."""
+    found = index_rows(task_id, data, updated_at)
+    return _statements(
+        [task_id] if _keys(old, "tags") else [],
+        [task_id] if _keys(old, "assignees") else [],
+        found.tags,
+        found.assignees,
+    )
+
+
+def _statements(
+    clear_tags: list[str],
+    clear_assignees: list[str],
+    tags: list[dict[str, Any]],
+    assignees: list[dict[str, Any]],
+) -> list[tuple[Executable, Any]]:
+    out: list[tuple[Executable, Any]] = []
+    if clear_tags:
+        out.append((_CLEAR_TAGS, {"ids": clear_tags}))
+    if clear_assignees:
+        out.append((_CLEAR_ASSIGNEES, {"ids": clear_assignees}))
+    if tags:
+        out.append((_ADD_TAGS, tags))
+    if assignees:
+        out.append((_ADD_ASSIGNEES, assignees))
+    return out
+
+
+_CLEAR_TAGS = delete(TaskTagRow).where(TaskTagRow.task_id.in_(bindparam("ids", expanding=True)))
+_CLEAR_ASSIGNEES = delete(TaskAssigneeRow).where(
+    TaskAssigneeRow.task_id.in_(bindparam("ids", expanding=True))
+)
+_ADD_TAGS = insert(TaskTagRow)
+_ADD_ASSIGNEES = insert(TaskAssigneeRow)
+
+
 def _write(
     connection: Connection | Session,
     clear_tags: list[str],
@@ -95,14 +136,8 @@ def _write(
     tags: list[dict[str, Any]],
     assignees: list[dict[str, Any]],
 ) -> None:
-    if clear_tags:
-        connection.execute(delete(TaskTagRow).where(TaskTagRow.task_id.in_(clear_tags)))
-    if clear_assignees:
-        connection.execute(delete(TaskAssigneeRow).where(TaskAssigneeRow.task_id.in_(clear_assignees)))
-    if tags:
-        connection.execute(insert(TaskTagRow), tags)
-    if assignees:
-        connection.execute(insert(TaskAssigneeRow), assignees)
+    for statement, params in _statements(clear_tags, clear_assignees, tags, assignees):
+        connection.execute(statement, params)
 
 
 # -- keeping the index true through the ORM ----------------------------------------------------

@@ -334,6 +334,67 @@ async def test_the_task_index_follows_every_orm_write_of_a_task(store: Store) ->
         assert await s.scalar(select(func.count()).select_from(TaskAssigneeRow)) == 0
 
 
+@pytest.mark.parametrize(
+    ("before", "changes"),
+    [
+        ({"tags": ["a", "b"], "assignees": ["alice"]}, {"tags": ["b", "c"]}),
+        ({"tags": ["a"]}, {"title": "only the title"}),  # the index's copies of the time move
+        ({}, {"priority": "urgent", "assignees": ["bob"]}),
+        ({"tags": ["a"], "assignees": ["alice"]}, {"tags": [], "assignees": []}),
+    ],
+)
+async def test_apply_changes_writes_as_core_what_the_orm_would(
+    store: Store, before: dict[str, Any], changes: dict[str, Any]
+) -> None:
+    """apply_changes writes a stored task with nothing pending as Core statements (its row, its
+    history, its index) and any other through the ORM's flush: both leave the same store."""
+    from bridge.engine.core import DEFAULTS
+    from bridge.engine.sync import apply_changes
+    from bridge.model import decode_values, encode_values
+
+    later = NOW + timedelta(minutes=5)
+    found = {}
+    for path, task_id in (("core", "01JTASKCORE000000000000000"), ("orm", "01JTASKORM0000000000000000")):
+        row = task_row(task_id)
+        row.data = encode_values({**DEFAULTS, "title": "T", "priority": "high", **before})
+        async with store.transaction() as s:
+            s.add(row)
+        async with store.transaction() as s:
+            got = await s.get(TaskRow, task_id)
+            assert got is not None
+            if path == "orm":
+                got.deleted_at = None  # a change pending: the ORM's path
+                got.route = "r2"
+            else:
+                got.route = "r2"
+                await s.flush()
+            await apply_changes(
+                s, got, decode_values(got.data), changes, source="x", via="poll", now=later, remote_time=later
+            )
+        async with store.read() as s:
+            stored = await s.get(TaskRow, task_id)
+            assert stored is not None
+            history = (
+                await s.execute(
+                    select(HistoryRow.field, HistoryRow.old, HistoryRow.new, HistoryRow.at)
+                    .where(HistoryRow.task_id == task_id)
+                    .order_by(HistoryRow.field)
+                )
+            ).all()
+            found[path] = (
+                stored.data,
+                stored.title,
+                stored.version,
+                stored.updated_at,
+                stored.field_times,
+                [tuple(h) for h in history],
+                await _index_of(store, task_id),
+            )
+    assert found["core"] == found["orm"]
+    assert found["core"][2] == 2 and found["core"][3] == later
+    assert [h[0] for h in found["core"][5]] == sorted(changes)
+
+
 async def test_migration_0005_backfills_the_index_of_an_existing_store(store: Store) -> None:
     from alembic import command
     from sqlalchemy import JSON, DateTime, column, insert, table

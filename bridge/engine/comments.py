@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.engine.context import EngineContext
@@ -22,6 +22,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import enqueue
 from bridge.model import new_id
 from bridge.store import on_commit
+from bridge.store.prepared import by_ids
 from bridge.store.states import LinkState, OpKind
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import Connector, GoneFromView, NotFound, RemoteComment
@@ -33,15 +34,27 @@ def commenting(ctx: EngineContext, route: Route, member: Member) -> bool:
     return route.comments and ctx.connectors[member.connector].capabilities.comments
 
 
+# The (remote id, task) of the links that comments are read through: active, with a remote id.
+_READABLE_IN = select(LinkRow.id, LinkRow.remote_id, LinkRow.task_id).where(
+    LinkRow.id.in_(bindparam("ids", expanding=True)),
+    LinkRow.state == LinkState.ACTIVE,
+    LinkRow.remote_id.is_not(None),
+)
+
+
 async def sync_comments(ctx: EngineContext, route: Route, member: Member, link_id: int) -> int:
     """Read one linked task's comments on `member`; mirror the new ones. Returns how many."""
     if not commenting(ctx, route, member) or not member.reads_any:
         return 0
     async with ctx.store.read() as session:
-        link = await session.get(LinkRow, link_id)
-        if link is None or link.state != LinkState.ACTIVE or link.remote_id is None:
-            return 0
-        remote_id, task_id = link.remote_id, link.task_id
+        found = (await session.execute(_READABLE_IN, by_ids([link_id]))).first()
+    if found is None:
+        return 0
+    return await _sync_link(ctx, route, member, found.remote_id, found.task_id)
+
+
+async def _sync_link(ctx: EngineContext, route: Route, member: Member, remote_id: str, task_id: str) -> int:
+    """Read the comments of the task linked as `remote_id` on `member`; mirror the new ones."""
     conn = ctx.connectors[member.connector]
     try:
         remote = await conn.list_comments(member.scope, remote_id)
@@ -226,10 +239,19 @@ async def sweep_comments(
                 )
             ).all()
         )
+        # What each link's comments are read through, in one read: a read session per link
+        # was an eighth of the polling daemon's time inside SQLAlchemy (propagation --sql-cpu).
+        wanted = list(dict.fromkeys([*extra, *ids]))
+        readable = (
+            {r.id: r for r in (await session.execute(_READABLE_IN, by_ids(wanted))).all()} if wanted else {}
+        )
     next_after = ids[-1] if len(ids) == budget else 0
     added = 0
-    for link_id in dict.fromkeys([*extra, *ids]):
-        added += await sync_comments(ctx, route, member, link_id)
+    if member.reads_any:
+        for link_id in wanted:
+            found = readable.get(link_id)
+            if found is not None:
+                added += await _sync_link(ctx, route, member, found.remote_id, found.task_id)
     async with ctx.store.transaction() as session:
         row = await session.get(WatermarkRow, member.key)
         if row is not None:

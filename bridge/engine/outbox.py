@@ -287,9 +287,6 @@ _CLAIMED_ROWS = select(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expandin
 
 
 _LINKS = LinkRow.__table__
-_MARK_INFLIGHT = (
-    update(_LINKS).where(_LINKS.c.id == bindparam("link_id")).values(inflight=bindparam("inflight"))
-)
 
 
 @functools.cache
@@ -408,9 +405,9 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
             # (which cost the claim as much as its other statements together); the loaded
             # link shows the mark without being dirty.
             set_committed_value(op.link, "inflight", inflight)
-            marks.append({"link_id": op.link.id, "inflight": inflight})
+            marks.append({"row_id": op.link.id, "inflight": inflight})
     if marks:
-        await session.execute(_MARK_INFLIGHT, marks)
+        await session.execute(update_columns(_LINKS, ("inflight",)), marks)
     return out
 
 

@@ -1148,8 +1148,8 @@ async def create_mirrors(
         return
     session.add_all(links)
     await session.flush()  # the links' ids, for their operations: one flush for all of them
-    for link in links:
-        enqueue(session, task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now)
+    creates = [op_values(task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now) for link in links]
+    await session.execute(_NEW_OPS, creates)  # one statement, as queue_updates_many's
     on_commit(session, ctx.outbox_ready.set)
 
 

@@ -57,7 +57,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -1100,10 +1100,14 @@ async def apply_outcomes(
                     finished_tasks.add(row.task_id)
             if not isinstance(op, _Op):
                 continue
-            if outcome.remote_deleted and op.link.remote_id:
-                await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
-            if outcome.gone_from_view and op.link.remote_id:
-                await mark_gone_from_view(ctx, session, op.member, op.link.remote_id)
+            if (outcome.remote_deleted or outcome.gone_from_view) and op.link.remote_id:
+                # These read the task's links from the store: what this batch recorded of them
+                # so far must be there (a link an archive left gone is not archived again).
+                await _write_links(session, changed)
+                if outcome.remote_deleted:
+                    await apply_remote_deletion(ctx, session, op.route, op.member, op.link.remote_id)
+                if outcome.gone_from_view:
+                    await mark_gone_from_view(ctx, session, op.member, op.link.remote_id)
             if outcome.state != OpState.DONE or outcome.written is None:
                 continue  # nothing was written (e.g. a delete of what was gone): the link stays as it is
             link, task = links.get(op.link.id), tasks.get(op.task.id)
@@ -1115,6 +1119,7 @@ async def apply_outcomes(
                 key = (op.connector, outcome.remote.remote_id)
                 held = holders.get(key)
                 if held is not None and held.id != link.id and held.remote_id == key[1]:
+                    await _write_links(session, changed)  # as above: release_reused reads links
                     await release_reused(ctx, session, held, op.connector)  # the platform made it anew
             # Shown on the loaded link as its stored values: written below, not by a flush.
             changes = show_stored(link, _record_write(ctx, op, link, outcome, now))
@@ -1363,17 +1368,21 @@ def _record_write(
     return new
 
 
-async def _write_links(session: AsyncSession, changed: Mapping[int, tuple[LinkRow, set[str]]]) -> None:
-    """The columns `_record_write` changed, written as one UPDATE per set of columns for the batch
-    (the set is the same for nearly every write), each with the link's value after the batch. An
-    ORM flush of the same links cost three times as much. Only changed columns are written, as
-    the flush would: on PostgreSQL another transaction's change to any other column stands."""
+async def _write_links(session: AsyncSession, changed: dict[int, tuple[LinkRow, set[str]]]) -> None:
+    """The columns `_record_write` changed since the last call, written as one UPDATE per set of
+    columns (the set is the same for nearly every write), each with the link's value now; empties
+    `changed`. apply_outcomes calls it at the end of the batch, and before anything that reads
+    the task's links from the store. An ORM flush of the same links cost three times as much.
+    Only changed columns are written, as the flush would: on PostgreSQL another transaction's
+    change to any other column stands."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for link, columns in changed.values():
         names = tuple(sorted(columns))
-        groups.setdefault(names, []).append(
-            {"row_id": link.id, **{name: getattr(link, name) for name in names}}
-        )
+        if names:  # a write that changed nothing (a clock that stood still)
+            groups.setdefault(names, []).append(
+                {"row_id": link.id, **{name: getattr(link, name) for name in names}}
+            )
+    changed.clear()  # written: a later call writes only what changes after this one
     for names, params in groups.items():
         await session.execute(update_columns(_LINKS, names), params)
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bridge.engine import outbox
+from bridge.engine import api_ops, outbox
 from bridge.engine.outbox import _STUCK_LINKS, _Op, _parked, apply_outcomes, claim, execute
 from bridge.engine.sync import queue_updates_many
-from bridge.store.states import OpState
+from bridge.store.states import LinkState, OpKind, OpState
 from bridge.store.tables import LinkRow, OutboxRow
 from connectors.base import Retryable
 from tests import ops
@@ -225,3 +225,42 @@ async def test_a_create_without_a_clear_answer_waits_before_its_retry_looks(
     (create,) = [op for op in claimed if op.connector == "impactly" and op.task.title == "slow to answer"]
     outcome = await execute(harness.ctx, settings, create, random.Random(0))
     assert (outcome.state, outcome.delay) == (OpState.PENDING, 5.0)
+
+
+async def test_a_link_a_batch_left_gone_is_not_archived_again_by_a_deletion_later_in_it(
+    harness: Harness, world: World
+) -> None:
+    """One batch records an archive that landed on Nucleus (its link gone) and then an update
+    of Vortask answered by the task's deletion there, which archives every live link of the
+    task. The first record must be in the store by then: read as still active, the Nucleus link
+    was given a second archive (found by a review of the links' Core writes)."""
+    task_id = create_on(world, "squads", "doomed")
+    await harness.settle()
+    ops.edit(world, "squads", task_id, title="doomed, renamed")
+    await harness.poll("squads")  # updates of the four other sides, waiting
+    vortask_id = ops.view(world, "vortask")["doomed"]["id"]
+    with world.client("vortask") as client:  # a person deletes it there
+        assert client.delete(f"/projects/{world.scopes['vortask']}/tasks/{vortask_id}").status_code < 300
+    async with harness.ctx.store.read() as session:
+        (bridge_id,) = (
+            await session.scalars(select(LinkRow.task_id).where(LinkRow.connector == "squads"))
+        ).all()
+    await api_ops.delete_task(harness.ctx, bridge_id)  # an archive of every live side
+    settings = harness.daemon.worker.settings
+    claimed = {
+        (op.connector, op.op): op for op in await claim(harness.ctx, settings, 16) if isinstance(op, _Op)
+    }
+    archive, update = claimed[("squads", OpKind.ARCHIVE)], claimed[("vortask", OpKind.UPDATE)]
+    batch = [(op, await execute(harness.ctx, settings, op, random.Random(0))) for op in (archive, update)]
+    assert batch[1][1].remote_deleted
+    async with harness.ctx.store.transaction() as session:
+        await apply_outcomes(harness.ctx, session, batch)
+    async with harness.ctx.store.read() as session:
+        squads = (
+            await session.execute(
+                select(LinkRow.state, OutboxRow.op, OutboxRow.state)
+                .join(OutboxRow, OutboxRow.link_id == LinkRow.id)
+                .where(LinkRow.connector == "squads", OutboxRow.op == OpKind.ARCHIVE)
+            )
+        ).all()
+    assert [tuple(r) for r in squads] == [(LinkState.GONE, OpKind.ARCHIVE, OpState.DONE)]

@@ -34,6 +34,9 @@ def commenting(ctx: EngineContext, route: Route, member: Member) -> bool:
     return route.comments and ctx.connectors[member.connector].capabilities.comments
 
 
+# Link ids bound in one read: asyncpg takes at most 32,767 parameters a statement, and a
+# planning sweep reads up to 100,000 links.
+IDS_PER_READ = 1000
 # The (remote id, task) of the links that comments are read through: active, with a remote id.
 _READABLE_IN = select(LinkRow.id, LinkRow.remote_id, LinkRow.task_id).where(
     LinkRow.id.in_(bindparam("ids", expanding=True)),
@@ -64,7 +67,23 @@ async def _sync_link(ctx: EngineContext, route: Route, member: Member, remote_id
     if not fresh:
         return 0
     async with ctx.store.transaction() as session:
+        # The link was read before the listing (a sweep reads all of its links at once): if it
+        # no longer holds this id for this task (closed, or the id reused for another task since),
+        # these comments are not this task's.
+        held = await session.execute(
+            _HOLDS, {"connector": member.connector, "id": remote_id, "task": task_id}
+        )
+        if held.first() is None:
+            return 0
         return await _record(ctx, session, route, member, task_id, fresh)
+
+
+_HOLDS = select(LinkRow.id).where(
+    LinkRow.connector == bindparam("connector"),
+    LinkRow.remote_id == bindparam("id"),
+    LinkRow.task_id == bindparam("task"),
+    LinkRow.state == LinkState.ACTIVE,
+)
 
 
 async def _record(
@@ -242,9 +261,10 @@ async def sweep_comments(
         # What each link's comments are read through, in one read: a read session per link
         # was an eighth of the polling daemon's time inside SQLAlchemy (propagation --sql-cpu).
         wanted = list(dict.fromkeys([*extra, *ids]))
-        readable = (
-            {r.id: r for r in (await session.execute(_READABLE_IN, by_ids(wanted))).all()} if wanted else {}
-        )
+        readable: dict[int, Any] = {}
+        for start in range(0, len(wanted), IDS_PER_READ):
+            part = wanted[start : start + IDS_PER_READ]
+            readable.update({r.id: r for r in (await session.execute(_READABLE_IN, by_ids(part))).all()})
     next_after = ids[-1] if len(ids) == budget else 0
     added = 0
     if member.reads_any:

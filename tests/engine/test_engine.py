@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from bridge.engine import health, poller
 from bridge.engine.poller import poll_connector
+from bridge.store.states import LinkState
 from bridge.store.tables import ConflictRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import ListingEnd, ListingStream, RemoteTask, Retryable
 from tests import ops
@@ -272,6 +273,56 @@ async def test_comment_sweep_covers_every_task_in_turn(harness: Harness, world: 
     await harness.drain()
     imp = ops.view(world, "impactly")["sweep 4"]["id"]
     assert sum("late comment" in c for c in ops.comments(world, "impactly", imp)) == 1
+
+
+async def test_a_sweep_reads_its_links_in_parts_and_misses_none(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.engine import comments
+
+    made = [ops.create(world, "agentkanban", f"parts {i}") for i in range(5)]
+    await harness.settle()
+    for i, task_id in enumerate(made):
+        ops.comment(world, "agentkanban", task_id, f"comment on part {i}")
+    monkeypatch.setattr(comments, "IDS_PER_READ", 2)  # PostgreSQL binds at most 32,767 a statement
+    route, member = harness.ctx.member("agentkanban", world.scopes["agentkanban"])  # type: ignore[misc]
+    await poll_connector(harness.ctx, "agentkanban")
+    await comments.sweep_comments(harness.ctx, route, member, budget=1000, extra=[])
+    await harness.drain()
+    shown = ops.view(world, "impactly")
+    for i in range(5):
+        found = ops.comments(world, "impactly", shown[f"parts {i}"]["id"])
+        assert [c for c in found if c.endswith(f"comment on part {i}")] == found and len(found) == 1
+
+
+async def test_comments_of_a_link_closed_during_a_sweep_are_not_recorded(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep reads its links once, then each task's comments: a link closed meanwhile (its id
+    reused for another task there, or unlinked) no longer says whose comments those are."""
+    from bridge.engine.comments import sweep_comments
+
+    task_id = ops.create(world, "agentkanban", "closed meanwhile")
+    await harness.settle()
+    ops.comment(world, "agentkanban", task_id, "not this task's any more")
+    route, member = harness.ctx.member("agentkanban", world.scopes["agentkanban"])  # type: ignore[misc]
+    await poll_connector(harness.ctx, "agentkanban")
+    conn = harness.ctx.connectors["agentkanban"]
+    listed = conn.list_comments
+
+    async def closing_first(scope: str, remote_id: str) -> Any:
+        async with harness.ctx.store.transaction() as session:
+            link = await session.scalar(
+                select(LinkRow).where(LinkRow.connector == "agentkanban", LinkRow.remote_id == remote_id)
+            )
+            assert link is not None
+            link.state = LinkState.UNLINKED
+        return await listed(scope, remote_id)
+
+    monkeypatch.setattr(conn, "list_comments", closing_first)
+    assert await sweep_comments(harness.ctx, route, member, budget=1000, extra=[]) == 0
+    await harness.drain()
+    assert ops.comments(world, "impactly", ops.view(world, "impactly")["closed meanwhile"]["id"]) == []
 
 
 async def test_a_listing_that_lost_most_tasks_deletes_nothing(harness: Harness, world: World) -> None:

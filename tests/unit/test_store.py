@@ -395,6 +395,48 @@ async def test_apply_changes_writes_as_core_what_the_orm_would(
     assert [h[0] for h in found["core"][5]] == sorted(changes)
 
 
+async def test_write_links_writes_each_set_of_changed_columns_and_skips_none(store: Store) -> None:
+    """The committer's link writes (outbox._write_links): one UPDATE per set of changed columns,
+    each with the link's value now, and nothing for a link whose write changed no column."""
+    from bridge.engine.outbox import _write_links
+    from bridge.store.prepared import show_stored
+
+    row = task_row()
+    async with store.transaction() as s:
+        s.add(row)
+        await s.flush()
+        for connector in ("a", "b", "c"):
+            s.add(
+                LinkRow(
+                    task_id=row.id,
+                    route="r",
+                    connector=connector,
+                    scope="s",
+                    remote_id=connector,
+                    base={"title": "T"},
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+    later = NOW + timedelta(minutes=1)
+    async with store.transaction() as s:
+        links = {x.connector: x for x in (await s.scalars(select(LinkRow))).all()}
+        changed: dict[int, tuple[LinkRow, set[str]]] = {}
+        for connector, values in (
+            ("a", {"base": {"title": "A"}, "updated_at": later}),
+            ("b", {"base": {"title": "B"}, "updated_at": later, "inflight": None}),
+            ("c", {"base": {"title": "T"}, "updated_at": NOW}),  # the same values: no column
+        ):
+            link = links[connector]
+            changed[link.id] = (link, set(show_stored(link, values)))
+        assert changed[links["c"].id][1] == set()
+        await _write_links(s, changed)
+        assert changed == {}
+    async with store.read() as s:
+        stored = {x.connector: (x.base, x.updated_at) for x in (await s.scalars(select(LinkRow))).all()}
+    assert stored == {"a": ({"title": "A"}, later), "b": ({"title": "B"}, later), "c": ({"title": "T"}, NOW)}
+
+
 async def test_migration_0005_backfills_the_index_of_an_existing_store(store: Store) -> None:
     from alembic import command
     from sqlalchemy import JSON, DateTime, column, insert, table

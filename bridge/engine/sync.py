@@ -27,7 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import by_ids, can_write_loaded, write_loaded
+from bridge.store.prepared import by_ids, write_loaded
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -494,11 +494,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
     if core.unmoved(values, base):
         return False  # nothing moved on this side: the common case, and how echoes die
     moved = {"base": encode_values({**base, **values}), "remote_updated_at": rt.updated_at, "updated_at": now}
-    if can_write_loaded(link):
-        await write_loaded(session, link, moved)
-    else:
-        for name, value in moved.items():
-            setattr(link, name, value)
+    await write_loaded(session, link, moved)
     return await _merge_report(ctx, session, obs, task, values, base, now)
 
 
@@ -651,15 +647,12 @@ async def apply_changes(
         "field_times": times,
         "version": (task.version or 0) + 1,
     }
-    if not can_write_loaded(task):
-        for name, value in values.items():
-            setattr(task, name, value)
-        session.add_all(HistoryRow(**row) for row in history)
-        return
-    # A stored task with nothing else pending: its row, history and index as Core statements
-    # (the flush of the same cost twice the CPU), the index as the flush would keep it.
     indexed = task.data
-    await write_loaded(session, task, {**values, "priority": search.priority_of(data)})
+    if not await write_loaded(session, task, {**values, "priority": search.priority_of(data)}):
+        session.add_all(HistoryRow(**row) for row in history)  # with the task, at the flush
+        return
+    # Written now (a stored task with nothing else pending): its history and index as Core
+    # statements too, the index as the flush's listeners would keep it.
     if history:
         await session.execute(_ADD_HISTORY, history)
     for statement, params in search.reindex(task.id, indexed, data, updated_at):

@@ -41,13 +41,6 @@ def update_columns(table: Table, columns: tuple[str, ...]) -> Update:
     )
 
 
-def can_write_loaded(row: Any) -> bool:
-    """Whether `row` can take `write_loaded`: stored, and with no change of the ORM's pending (one
-    pending change would be flushed later over what the Core write stored)."""
-    state: InstanceState[Any] = inspect(row)
-    return state.persistent and not state.modified
-
-
 def show_stored(row: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     """Of `values` (column -> new value), those that differ from the loaded row's, set on it as
     its stored values (not dirty: no flush writes them). The caller writes what this returns."""
@@ -57,12 +50,20 @@ def show_stored(row: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     return changed
 
 
-async def write_loaded(session: AsyncSession, row: Any, values: Mapping[str, Any]) -> None:
-    """Write the columns of a loaded row (`can_write_loaded`) that `values` changes, as one Core
-    UPDATE now, and show them on it as stored: an ORM flush of the same change cost twice the
-    CPU (docs/performance.md). Only changed columns are written, as the flush would: on
-    PostgreSQL another transaction's change to any other column stands."""
+async def write_loaded(session: AsyncSession, row: Any, values: Mapping[str, Any]) -> bool:
+    """Write the columns of a loaded row that `values` changes, as one Core UPDATE now, and show
+    them on it as stored: an ORM flush of the same change cost twice the CPU
+    (docs/performance.md). Only changed columns are written, as the flush would: on PostgreSQL
+    another transaction's change to any other column stands. A row not stored yet, or with an
+    ORM change pending (which a later flush would write over the Core write), gets `values` set
+    for the flush instead. True when they were written now."""
+    state: InstanceState[Any] = inspect(row)
+    if not state.persistent or state.modified:
+        for name, value in values.items():
+            setattr(row, name, value)
+        return False
     changed = show_stored(row, values)
     if changed:
         names = tuple(sorted(changed))
         await session.execute(update_columns(type(row).__table__, names), {"row_id": row.id, **changed})
+    return True

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from bridge import metrics
 from bridge.engine.context import EngineContext
-from bridge.engine.sync import apply_changes, create_mirrors, enqueue, new_task, queue_updates
+from bridge.engine.sync import apply_changes, create_mirrors, enqueue, new_task, op_values, queue_updates
 from bridge.model import Values, decode, decode_values, encode, normalize_values
 from bridge.store import on_commit
 from bridge.store.states import ConflictState, LinkState, OpKind, advance
@@ -100,7 +100,7 @@ async def delete_task(ctx: EngineContext, task_id: str, *, actor: str | None = N
             if policy == "unlink" or route is None:
                 link.state = advance(link.state, LinkState.UNLINKED)
             else:
-                enqueue(session, task, link, OpKind(policy), {}, observed_at=now, now=now)
+                enqueue(session, op_values(task, link, OpKind(policy), {}, observed_at=now, now=now))
         task.deleted_at = now
         session.add(
             HistoryRow(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.engine.context import EngineContext
 from bridge.engine.routes import Member, Route
-from bridge.engine.sync import enqueue
+from bridge.engine.sync import enqueue, op_values
 from bridge.model import new_id
 from bridge.store import on_commit
 from bridge.store.prepared import by_ids
@@ -169,7 +169,8 @@ def _fan_out(
             )
         )
         enqueue(
-            session, task, target_link, OpKind.COMMENT, {}, observed_at=now, now=now, comment_id=comment.id
+            session,
+            op_values(task, target_link, OpKind.COMMENT, {}, observed_at=now, now=now, comment_id=comment.id),
         )
 
 

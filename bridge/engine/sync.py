@@ -843,22 +843,10 @@ def op_values(
 _NEW_OPS = insert(OutboxRow.__table__)
 
 
-def enqueue(
-    session: AsyncSession,
-    task: TaskRow,
-    link: LinkRow,
-    op: OpKind,
-    payload: dict[str, Any],
-    *,
-    observed_at: datetime,
-    now: datetime,
-    comment_id: str | None = None,
-    due: datetime | None = None,
-) -> OutboxRow:
-    """A new operation as an ORM row (`op_values`), for a caller whose link may not be flushed yet."""
-    row = OutboxRow(
-        **op_values(task, link, op, payload, observed_at=observed_at, now=now, comment_id=comment_id, due=due)
-    )
+def enqueue(session: AsyncSession, values: dict[str, Any]) -> OutboxRow:
+    """A new operation (its columns from `op_values`) added as an ORM row, for the callers that
+    queue a few beside other ORM work; the hot paths insert many at once with `_NEW_OPS`."""
+    row = OutboxRow(**values)
     session.add(row)
     return row
 
@@ -1313,6 +1301,6 @@ async def apply_remote_deletion(
         target = route.member(other.connector, other.scope)
         if target is None or not target.writes_any:
             continue
-        enqueue(session, task, other, OpKind(route.on_delete), {}, observed_at=now, now=now)
+        enqueue(session, op_values(task, other, OpKind(route.on_delete), {}, observed_at=now, now=now))
     on_commit(session, ctx.outbox_ready.set)
     return True

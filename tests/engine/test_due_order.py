@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from bridge.engine import poller
 from bridge.engine.poller import poll_connector
-from bridge.engine.sync import enqueue
+from bridge.engine.sync import enqueue, op_values
 from bridge.model import as_utc
 from bridge.store.states import OpKind, OpState
 from bridge.store.tables import LinkRow, OutboxRow
@@ -110,7 +110,7 @@ def test_an_operation_falls_due_at_its_change_never_later_than_now(
 ) -> None:
     session = _Session()
     task, link = type("T", (), {"id": "t1", "route": "r"})(), type("L", (), {"id": 7, "connector": "c"})()
-    row = enqueue(session, task, link, OpKind.UPDATE, {}, observed_at=NOW, now=NOW, due=due)  # type: ignore[arg-type]
+    row = enqueue(session, op_values(task, link, OpKind.UPDATE, {}, observed_at=NOW, now=NOW, due=due))  # type: ignore[arg-type]
     assert session.added == [row]
     assert as_utc(row.next_attempt_at) == expected
     assert row.created_at == NOW and row.observed_at == NOW

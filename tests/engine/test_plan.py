@@ -131,8 +131,10 @@ async def test_apply_refuses_a_running_daemon_and_writes_queued_before(world: Wo
         assert await leases.acquire(h.ctx, leases.PLAN_APPLY, ttl=60)
         with pytest.raises(ApplyRefused, match="another plan is being applied to this store"):
             await apply_plan(cfg)
+        refused = Daemon(cfg, options=DaemonOptions(poll=False, serve=False))
         with pytest.raises(RuntimeError, match="a plan is being applied to this store"):
-            await Daemon(cfg, options=DaemonOptions(poll=False, serve=False)).start()
+            await refused.start()
+        await refused.store.close()  # what `run` does after a start that failed
         await leases.release(h.ctx, leases.PLAN_APPLY)
         await poll_connector(h.ctx, "vortask")  # queues the mirrors, not made
         with pytest.raises(ApplyRefused, match="writes are already queued"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, PendingRollbackError
 
 from bridge.store import Store, redact_url
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
@@ -179,6 +179,75 @@ async def test_sqlite_writers_in_one_process_take_turns_and_readers_never_wait(t
             assert row is not None and row.data["n"] == 30 and row.title == "held"
     finally:
         await s.close()
+
+
+async def test_sqlite_writers_share_one_connection_that_every_way_out_leaves_clean(tmp_path: Path) -> None:
+    """On SQLite every write transaction of a process runs on one held connection. A transaction
+    that fails, one cancelled while it waits, one left open on the connection, and one whose
+    connection the driver lost each leave the next writer a clean start."""
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/writer.db")
+
+    async def driver_connection(conn: Any) -> Any:
+        return (await conn.get_raw_connection()).driver_connection
+
+    async def titles() -> list[str]:
+        async with s.read() as session:
+            return sorted((await session.scalars(select(TaskRow.title))).all())
+
+    def named(title: str) -> TaskRow:
+        row = task_row(f"01JTASK{title.upper():0<19}")
+        row.title = title
+        return row
+
+    try:
+        await s.migrate()
+        async with s.transaction() as session:
+            session.add(named("kept"))
+            held = await driver_connection(await session.connection())
+        async with s.statements() as conn:
+            assert await driver_connection(conn) is held
+
+        with pytest.raises(RuntimeError):
+            async with s.transaction() as session:
+                session.add(named("failed"))
+                await session.flush()
+                raise RuntimeError("boom")
+
+        waiting = asyncio.Event()
+
+        async def cancelled() -> None:
+            async with s.transaction() as session:
+                session.add(named("cancelled"))
+                await session.flush()
+                waiting.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(cancelled())
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async with s.statements() as conn:
+            pass
+        await conn.begin()  # a transaction left open on the held connection (none of ours does)
+        await conn.execute(MetaRow.__table__.insert().values(key="left open", value={}))
+        async with s.transaction() as session:
+            assert await session.get(MetaRow, "left open") is None
+            session.add(named("after"))
+            assert await driver_connection(await session.connection()) is held
+
+        with pytest.raises(PendingRollbackError):
+            async with s.transaction() as session:
+                session.add(named("lost"))
+                await (await session.connection()).invalidate()  # the driver lost it
+        async with s.transaction() as session:
+            session.add(named("reconnected"))
+            assert await driver_connection(await session.connection()) is not held
+        assert await titles() == ["after", "kept", "reconnected"]
+    finally:
+        await s.close()
+    assert s._writer is None
 
 
 async def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(store: Store) -> None:

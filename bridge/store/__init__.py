@@ -432,9 +432,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql(
-        "BEGIN" if conn.get_execution_options().get("taskbridge_read") else "BEGIN IMMEDIATE"
-    )
+    statement = "BEGIN" if conn.get_execution_options().get("taskbridge_read") else "BEGIN IMMEDIATE"
+    if isinstance(conn.dialect, _sqlite.InlineDialect):
+        conn.connection.info[_sqlite.BEGIN] = statement  # its do_begin, which follows, runs it
+    else:
+        conn.exec_driver_sql(statement)
 
 
 class StoreTooNew(RuntimeError):

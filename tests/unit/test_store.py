@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import stat
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
-from sqlalchemy.exc import IntegrityError, PendingRollbackError
+from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from bridge.store import Store, redact_url
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
@@ -248,6 +249,34 @@ async def test_sqlite_writers_share_one_connection_that_every_way_out_leaves_cle
     finally:
         await s.close()
     assert s._writer is None
+
+
+async def test_sqlite_a_begin_refused_is_the_stores_error_and_the_next_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write's BEGIN IMMEDIATE (run by the dialect, not as a statement) that another process's
+    write lock refuses raises SQLAlchemy's OperationalError, which the loops' refusal handling
+    reads; the held connection takes the next write."""
+    monkeypatch.setattr("bridge.store.SQLITE_BUSY_TIMEOUT", 0.05)
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/locked.db")
+    other = None
+    try:
+        await s.migrate()
+        other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with s.transaction() as session:
+                session.add(MetaRow(key="refused", value={}))
+        other.execute("ROLLBACK")
+        async with s.transaction() as session:
+            session.add(MetaRow(key="taken", value={}))
+        async with s.read() as session:
+            assert await session.get(MetaRow, "refused") is None
+            assert await session.get(MetaRow, "taken") is not None
+    finally:
+        if other is not None:
+            other.close()
+        await s.close()
 
 
 async def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(store: Store) -> None:

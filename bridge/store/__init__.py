@@ -65,6 +65,10 @@ from bridge.store.tables import MetaRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
+# SQLite: connections kept open. SQLAlchemy's default five for reads, plus the one the writers
+# hold (`Store._writing`): with five in all, reads overflowed a few times a minute under load,
+# each overflow a connection opened and closed on aiosqlite's thread.
+SQLITE_POOL_SIZE = 6
 IDENTITY_KEY = "store"  # the meta row that names this store
 PROBE_KEY = "probe"  # the meta row readiness writes to prove the store takes writes
 # PostgreSQL: a pooled connection idle longer than this is pinged before it is handed out (a
@@ -179,6 +183,7 @@ class Store:
             # Sessions always end their transactions (commit or rollback): no second rollback on
             # the way back to the pool.
             kwargs["pool_reset_on_return"] = None
+            kwargs["pool_size"] = SQLITE_POOL_SIZE
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine = create_async_engine(target, **kwargs)

@@ -251,6 +251,26 @@ async def test_sqlite_writers_share_one_connection_that_every_way_out_leaves_cle
     assert s._writer is None
 
 
+async def test_each_write_transaction_lets_the_loop_run_what_waits(store: Store) -> None:
+    """SQLite's statements run inline, so nothing inside a transaction yields to the loop: a
+    run of transactions (a poll observing its listing) would hold it for all of them, and the
+    platforms' answers waiting meanwhile with it. Each transaction's end yields once."""
+    ran: list[int] = []
+
+    async def waiting() -> None:
+        ran.append(len(seen))
+
+    seen: list[int] = []
+    async with store.transaction() as session:  # the first connects, on the driver's thread
+        session.add(MetaRow(key="warm", value={}))
+    asyncio.get_running_loop().create_task(waiting())
+    for i in range(3):
+        async with store.transaction() as session:
+            session.add(MetaRow(key=f"yield-{i}", value={}))
+        seen.append(i)
+    assert ran == [0]  # as the first transaction ended, not once the run was over
+
+
 async def test_sqlite_a_begin_refused_is_the_stores_error_and_the_next_one_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -342,10 +342,12 @@ class Store:
                 if conn.invalidated:  # the driver lost it: the next writer connects anew
                     self._writer = None
                     await _close_quietly(conn)
-        # SQLite's statements run inline, so a write transaction never yields to the loop: without
-        # this, a run of transactions (a poll observing its listing, chunk after chunk) would hold
-        # the loop for all of them, and the platforms' answers waiting meanwhile with it.
-        await asyncio.sleep(0)
+            # SQLite's statements run inline, so a write transaction never yields to the loop:
+            # without this, a run of transactions (a poll observing its listing, chunk after
+            # chunk) would hold the loop for all of them, and the platforms' answers waiting
+            # meanwhile with it. Yielding before the turn passes on lets every writer made ready
+            # meanwhile queue for it first, in order.
+            await asyncio.sleep(0)
 
     def read(self) -> AsyncSession:
         """A session for reads only (`async with store.read() as session:`)."""

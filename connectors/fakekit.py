@@ -505,7 +505,12 @@ class Fake:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(self.app(), log_level="warning", access_log=False, lifespan="on")
+        # asyncio's own loop, named: uvicorn's "auto" takes uvloop once it is installed (the
+        # daemon's dependency), and the fakes, which stand for the platforms' servers in every
+        # benchmark's floor, should not change speed with the daemon's choices.
+        config = uvicorn.Config(
+            self.app(), log_level="warning", access_log=False, lifespan="on", loop="asyncio"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name=f"fake-{self.platform}", daemon=True

@@ -180,6 +180,15 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything; a start that fails half-way closes what it opened (the store, the
+        connectors' clients) before it raises."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon()
+            raise
+
+    async def _start(self) -> None:
         log.info("taskbridge %s starting; store %s", __version__, redact_url(self.cfg.store.url))
         self._log_warnings(self.cfg)
         metrics.build_info.info({"version": __version__})
@@ -355,11 +364,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
-        try:
-            await self.start()
-        except BaseException:
-            await self._abandon()
-            raise
+        await self.start()
         freeze_startup_objects()
         await self.stopping.wait()
         await self.stop()

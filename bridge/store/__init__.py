@@ -46,7 +46,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, pool, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -69,6 +69,7 @@ SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's wri
 # hold (`Store._writing`): with five in all, reads overflowed a few times a minute under load,
 # each overflow a connection opened and closed on aiosqlite's thread.
 SQLITE_POOL_SIZE = 6
+CLOSE_WAIT = 5.0  # seconds Store.close waits for a write transaction in progress to end
 IDENTITY_KEY = "store"  # the meta row that names this store
 PROBE_KEY = "probe"  # the meta row readiness writes to prove the store takes writes
 # PostgreSQL: a pooled connection idle longer than this is pinged before it is handed out (a
@@ -163,8 +164,11 @@ class Store:
     identity: Identity | None = None  # set by `migrate()`
     lost: str | None = None  # why, once `check()` found the store deleted or replaced
     _file: tuple[int, int] | None = field(default=None, repr=False)  # SQLite: (device, inode)
-    # SQLite only: the connection this process's writers use, each in its turn (`_writing`).
+    # SQLite on a file only: writers share one connection, held for them (`_writing`). An
+    # in-memory store's pool is that one connection already, shared with the readers.
+    _holds_writer: bool = field(default=False, repr=False)
     _writer: AsyncConnection | None = field(default=None, repr=False)
+    _closed: bool = field(default=False, repr=False)  # since close(): a pooled connection per writer
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, echo: bool = False) -> Store:
@@ -183,7 +187,8 @@ class Store:
             # Sessions always end their transactions (commit or rollback): no second rollback on
             # the way back to the pool.
             kwargs["pool_reset_on_return"] = None
-            kwargs["pool_size"] = SQLITE_POOL_SIZE
+            if holds_writer := _pools_connections(target):
+                kwargs["pool_size"] = SQLITE_POOL_SIZE
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine = create_async_engine(target, **kwargs)
@@ -207,6 +212,7 @@ class Store:
             reads=async_sessionmaker(reader, expire_on_commit=False),
             _write_turn=asyncio.Lock(),
             _read_engine=reader,
+            _holds_writer=holds_writer,
         )
 
     @property
@@ -331,23 +337,39 @@ class Store:
                 yield pooled
             return
         async with self._write_turn:
-            conn = self._writer
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._writer = await self.engine.connect()
-            elif conn.in_transaction():
-                await conn.rollback()  # one cut short: a transaction only ever begins here
-            try:
-                yield conn
-            finally:
-                if conn.invalidated:  # the driver lost it: the next writer connects anew
-                    self._writer = None
-                    await _close_quietly(conn)
+            if not self._holds_writer or self._closed:
+                async with self.engine.connect() as pooled:
+                    yield pooled
+            else:
+                conn = await self._held_writer()
+                try:
+                    yield conn
+                finally:
+                    if conn.invalidated:  # the driver lost it: the next writer connects anew
+                        self._writer = None
+                        await _close_quietly(conn)
             # SQLite's statements run inline, so a write transaction never yields to the loop:
             # without this, a run of transactions (a poll observing its listing, chunk after
             # chunk) would hold the loop for all of them, and the platforms' answers waiting
             # meanwhile with it. Yielding before the turn passes on lets every writer made ready
             # meanwhile queue for it first, in order.
             await asyncio.sleep(0)
+
+    async def _held_writer(self) -> AsyncConnection:
+        """The writers' connection, connected if need be, with no transaction open: one left
+        open (cut short, or a COMMIT that failed while SQLite kept the transaction, which
+        SQLAlchemy no longer counts as open) is rolled back here, as a transaction only ever
+        begins in `_writing`."""
+        conn = self._writer
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer = await self.engine.connect()
+            return conn
+        if conn.in_transaction():
+            await conn.rollback()
+        driver = conn.sync_connection.connection.dbapi_connection
+        if isinstance(driver, _sqlite.InlineConnection) and driver.in_transaction:
+            driver.rollback()
+        return conn
 
     def read(self) -> AsyncSession:
         """A session for reads only (`async with store.read() as session:`)."""
@@ -360,10 +382,36 @@ class Store:
         return self._reader().connect()
 
     async def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await _close_quietly(writer)
+        """Close the store's connections. On SQLite a write transaction in progress ends first
+        (for up to CLOSE_WAIT seconds); writers after this take a pooled connection each."""
+        self._closed = True
+        turn = self._write_turn if self._writer is not None else None
+        held = False
+        if turn is not None:
+            try:
+                await asyncio.wait_for(turn.acquire(), CLOSE_WAIT)
+                held = True
+            except TimeoutError:
+                log.warning(
+                    "closing the store under a write transaction still running after %g s", CLOSE_WAIT
+                )
+        try:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await _close_quietly(writer)
+        finally:
+            if held and turn is not None:
+                turn.release()
         await self.engine.dispose()
+
+
+def _pools_connections(target: str | URL) -> bool:
+    """Whether SQLAlchemy keeps a pool of connections for this SQLite URL (a database on disk);
+    an in-memory one gets a single connection that everyone shares."""
+    url = make_url(target)
+    return url.get_driver_name() == _sqlite.DRIVER and issubclass(
+        _sqlite.InlineDialect.get_pool_class(url), pool.QueuePool
+    )
 
 
 async def _close_quietly(conn: AsyncConnection) -> None:

@@ -133,6 +133,13 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
         except Exception as error:
             self._handle_exception(error)
 
+    @property
+    def in_transaction(self) -> bool:
+        """SQLite's own word: a COMMIT that failed may leave a transaction open there which
+        SQLAlchemy no longer counts."""
+        conn = self._connection._connection
+        return conn is not None and conn.in_transaction
+
     def rollback(self) -> None:
         self._end(commit=False)
 

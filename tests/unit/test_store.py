@@ -251,6 +251,80 @@ async def test_sqlite_writers_share_one_connection_that_every_way_out_leaves_cle
     assert s._writer is None
 
 
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+async def test_an_in_memory_sqlite_store_takes_writes(url: str) -> None:
+    """An in-memory database has one connection, which SQLAlchemy shares (no pool to size, no
+    writer's connection to hold apart)."""
+    s = Store.open(url)
+    try:
+        await s.migrate()
+        async with s.transaction() as session:
+            session.add(MetaRow(key="kept", value={"n": 1}))
+        async with s.read() as session:
+            row = await session.get(MetaRow, "kept")
+            assert row is not None and row.value == {"n": 1}
+    finally:
+        await s.close()
+
+
+async def test_closing_waits_for_the_write_in_progress_and_later_writes_still_land(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/closing.db"
+    s = Store.open(url)
+    await s.migrate()
+    inside = asyncio.Event()
+
+    async def writing() -> None:
+        async with s.transaction() as session:
+            session.add(MetaRow(key="in progress", value={}))
+            await session.flush()
+            inside.set()
+            await asyncio.sleep(0.05)  # a request handler still at work when the daemon stops
+
+    task = asyncio.create_task(writing())
+    await inside.wait()
+    await s.close()
+    await task  # committed: close waited for it
+    async with s.transaction() as session:  # a late writer: a pooled connection, given back
+        session.add(MetaRow(key="late", value={}))
+    assert s.engine.sync_engine.pool.checkedout() == 0
+    await s.close()
+    again = Store.open(url)
+    try:
+        async with again.read() as session:
+            assert await session.get(MetaRow, "in progress") is not None
+            assert await session.get(MetaRow, "late") is not None
+    finally:
+        await again.close()
+
+
+async def test_a_commit_that_failed_with_sqlite_still_in_the_transaction_is_rolled_back_first(
+    tmp_path: Path,
+) -> None:
+    """A COMMIT that fails may leave SQLite's transaction open where SQLAlchemy counts none (a
+    constraint checked at COMMIT makes it happen here); the next writer rolls it back rather
+    than failing with "cannot start a transaction within a transaction"."""
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/commit.db")
+    try:
+        await s.migrate()
+        async with s.statements() as conn:
+            await conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+            await conn.execute(
+                text(
+                    "CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+        with pytest.raises(IntegrityError):
+            async with s.statements() as conn:
+                await conn.execute(text("INSERT INTO child VALUES (42)"))
+        async with s.transaction() as session:
+            session.add(MetaRow(key="next", value={}))
+        async with s.read() as session:
+            assert await session.get(MetaRow, "next") is not None
+            assert (await session.execute(text("SELECT count(*) FROM child"))).scalar() == 0
+    finally:
+        await s.close()
+
+
 async def test_each_write_transaction_lets_the_loop_run_what_waits(store: Store) -> None:
     """SQLite's statements run inline, so nothing inside a transaction yields to the loop: a
     run of transactions (a poll observing its listing) would hold it for all of them, and the

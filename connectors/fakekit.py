@@ -505,9 +505,9 @@ class Fake:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         self.port = int(sock.getsockname()[1])
-        # asyncio's own loop, named: uvicorn's "auto" takes uvloop once it is installed (the
-        # daemon's dependency), and the fakes, which stand for the platforms' servers in every
-        # benchmark's floor, should not change speed with the daemon's choices.
+        # asyncio's own loop, named: uvicorn's "auto" takes uvloop whenever it is installed, and
+        # the fakes, which stand for the platforms' servers in every benchmark's floor and in
+        # the tests, should not change speed with what else the environment has.
         config = uvicorn.Config(
             self.app(), log_level="warning", access_log=False, lifespan="on", loop="asyncio"
         )

@@ -328,19 +328,12 @@ class Store:
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        """The connection a write transaction runs on, in its turn. PostgreSQL: one from the
-        pool (writers run side by side). SQLite: one held for every writer of this process, as
-        they take turns anyway: a checkout from the pool and back cost each write transaction
-        about 80 us of CPU, more than a statement."""
-        if self._write_turn is None:
-            async with self.engine.connect() as pooled:
-                yield pooled
-            return
-        async with self._write_turn:
-            if not self._holds_writer or self._closed:
-                async with self.engine.connect() as pooled:
-                    yield pooled
-            else:
+        """The connection a write transaction runs on, in its turn. SQLite on disk: one held for
+        every writer of this process, as they take turns anyway: a checkout from the pool and
+        back cost each write transaction about 80 us of CPU, more than a statement. PostgreSQL
+        (writers run side by side), SQLite in memory, or a store closed: one from the pool."""
+        async with self._turn():
+            if self._holds_writer and not self._closed:
                 conn = await self._held_writer()
                 try:
                     yield conn
@@ -348,12 +341,16 @@ class Store:
                     if conn.invalidated:  # the driver lost it: the next writer connects anew
                         self._writer = None
                         await _close_quietly(conn)
-            # SQLite's statements run inline, so a write transaction never yields to the loop:
-            # without this, a run of transactions (a poll observing its listing, chunk after
-            # chunk) would hold the loop for all of them, and the platforms' answers waiting
-            # meanwhile with it. Yielding before the turn passes on lets every writer made ready
-            # meanwhile queue for it first, in order.
-            await asyncio.sleep(0)
+            else:
+                async with self.engine.connect() as pooled:
+                    yield pooled
+            if self._write_turn is not None:
+                # SQLite's statements run inline, so a write transaction never yields to the
+                # loop: without this, a run of transactions (a poll observing its listing, chunk
+                # after chunk) would hold the loop for all of them, and the platforms' answers
+                # waiting meanwhile with it. Yielding before the turn passes on lets every writer
+                # made ready meanwhile queue for it first, in order.
+                await asyncio.sleep(0)
 
     async def _held_writer(self) -> AsyncConnection:
         """The writers' connection, connected if need be, with no transaction open: one left

@@ -125,9 +125,9 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
     _cursor_cls = InlineCursor
 
     def _end(self, commit: bool) -> None:
-        conn = self._connection._connection
-        if conn is None or not conn.in_transaction:
+        if not self.in_transaction:
             return  # nothing open: nothing to end
+        conn = self._connection._connection
         try:
             conn.commit() if commit else conn.rollback()
         except Exception as error:

@@ -61,6 +61,7 @@ from bridge.engine.sync import (
 )
 from bridge.logs import log_context
 from bridge.store import refusal
+from bridge.store.prepared import any_of
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -210,7 +211,7 @@ _RECORDED = select(_INBOX.c.id).where(
 )
 _CLAIM = (
     update(_INBOX)
-    .where(_INBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .where(any_of(_INBOX.c.id))
     .values(
         state=DeliveryState.CLAIMED, claimed_by=bindparam("replica"), claim_expires_at=bindparam("expires")
     )

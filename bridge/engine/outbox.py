@@ -109,7 +109,7 @@ from bridge.engine.sync import (
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import RefusalLog, StoreLost, on_commit
-from bridge.store.prepared import by_ids, rows_in, show_stored, update_columns
+from bridge.store.prepared import any_of, by_ids, one_of, rows_in, show_stored, update_columns
 from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -271,7 +271,7 @@ _RELEASE_EXPIRED = (
 )
 _MARK_CLAIMED = (
     update(OutboxRow)
-    .where(OutboxRow.id.in_(bindparam("ids", expanding=True)))
+    .where(any_of(OutboxRow.id))
     .values(
         state=OpState.CLAIMED,
         claimed_by=bindparam("replica"),
@@ -283,7 +283,7 @@ _MARK_CLAIMED = (
 
 
 # The claimed operations' rows, as plain rows: nothing of them changes in the claim's transaction.
-_CLAIMED_ROWS = select(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+_CLAIMED_ROWS = select(_OUTBOX).where(any_of(_OUTBOX.c.id))
 
 
 _LINKS = LinkRow.__table__
@@ -304,7 +304,7 @@ def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
                 and_(
                     earlier.link_id == OutboxRow.link_id,
                     earlier.id < OutboxRow.id,
-                    earlier.state.in_((OpState.PENDING, OpState.CLAIMED)),
+                    one_of(earlier.state, (OpState.PENDING, OpState.CLAIMED)),
                 )
             ),
         )
@@ -1221,7 +1221,7 @@ _RECORDED_STATES = select(
     _OUTBOX.c.task_id,
     _OUTBOX.c.link_id,
     _OUTBOX.c.attempts,
-).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+).where(any_of(_OUTBOX.c.id))
 _AS_READ = and_(
     _OUTBOX.c.state == bindparam("was"),
     _OUTBOX.c.claimed_by.is_not_distinct_from(bindparam("holder")),
@@ -1263,7 +1263,7 @@ _later = aliased(OutboxRow)
 _STUCK_LINKS = (
     select(OutboxRow.link_id)
     .where(
-        OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
+        any_of(OutboxRow.task_id),
         OutboxRow.state == OpState.PARKED,
         OutboxRow.op != OpKind.COMMENT,
         ~exists().where(
@@ -1277,8 +1277,8 @@ _STUCK_LINKS = (
 )
 
 _OPEN_OF = select(_OUTBOX.c.task_id, _OUTBOX.c.observed_at, _OUTBOX.c.link_id, _OUTBOX.c.state).where(
-    _OUTBOX.c.task_id.in_(bindparam("ids", expanding=True)),
-    _OUTBOX.c.state.in_((OpState.PENDING, OpState.CLAIMED)),
+    any_of(_OUTBOX.c.task_id),
+    one_of(_OUTBOX.c.state, (OpState.PENDING, OpState.CLAIMED)),
 )
 
 

@@ -27,7 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import by_ids, write_loaded
+from bridge.store.prepared import any_of, by_ids, one_of, write_loaded
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -56,8 +56,8 @@ _LINK_BY_REMOTE = select(LinkRow).where(
 # Remote ids of one connector or several in one read: the pairs asked for are picked out of what
 # it finds (the unique index on connector, remote_id serves both lists).
 _LINKS_BY_REMOTES = select(LinkRow).where(
-    LinkRow.connector.in_(bindparam("connectors", expanding=True)),
-    LinkRow.remote_id.in_(bindparam("ids", expanding=True)),
+    any_of(LinkRow.connector, "connectors"),
+    any_of(LinkRow.remote_id),
 )
 _PREFETCHED = "taskbridge.links_by_remote"  # session.info key: (connector, remote_id) -> LinkRow
 
@@ -197,8 +197,8 @@ _LINKS = LinkRow.__table__
 _LINKED = select(_LINKS.c.remote_id, _LINKS.c.task_id).where(
     _LINKS.c.route == bindparam("route"),
     _LINKS.c.connector == bindparam("connector"),
-    _LINKS.c.remote_id.in_(bindparam("ids", expanding=True)),
-    _LINKS.c.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+    any_of(_LINKS.c.remote_id),
+    one_of(_LINKS.c.state, (LinkState.ACTIVE, LinkState.CREATING)),
 )
 # What `needs_observing` reads of a link: enough to tell an unmoved side without loading it.
 _AGREED_COLUMNS = select(
@@ -209,7 +209,7 @@ _AGREED_COLUMNS = select(
     _LINKS.c.inflight,
     _LINKS.c.overwritten,
 ).where(_LINKS.c.connector == bindparam("connector"))
-_AGREED = _AGREED_COLUMNS.where(_LINKS.c.remote_id.in_(bindparam("ids", expanding=True)))
+_AGREED = _AGREED_COLUMNS.where(any_of(_LINKS.c.remote_id))
 # One task (a webhook's): an expanding list is rendered into the SQL at every execution.
 _AGREED_ONE = _AGREED_COLUMNS.where(_LINKS.c.remote_id == bindparam("id"))
 
@@ -310,7 +310,7 @@ async def load_hierarchy(
                     select(LinkRow).where(
                         LinkRow.task_id.in_(ids),
                         LinkRow.connector.in_(connectors),
-                        LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+                        one_of(LinkRow.state, (LinkState.ACTIVE, LinkState.CREATING)),
                     )
                 )
             ).all():
@@ -679,13 +679,13 @@ async def queue_updates(
 
 
 _LIVE_LINKS_OF = select(LinkRow).where(
-    LinkRow.task_id.in_(bindparam("ids", expanding=True)),
-    LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING)),
+    any_of(LinkRow.task_id),
+    one_of(LinkRow.state, (LinkState.ACTIVE, LinkState.CREATING)),
 )
 _OPEN_UPDATES_OF = select(OutboxRow).where(
-    OutboxRow.task_id.in_(bindparam("ids", expanding=True)),
+    any_of(OutboxRow.task_id),
     OutboxRow.op == OpKind.UPDATE,
-    OutboxRow.state.in_((OpState.PENDING, OpState.CLAIMED)),
+    one_of(OutboxRow.state, (OpState.PENDING, OpState.CLAIMED)),
 )
 
 
@@ -793,7 +793,7 @@ async def held_fields(session: AsyncSession, task_id: str) -> set[str]:
 
 
 _OPEN_CONFLICT_FIELDS = select(ConflictRow.task_id, ConflictRow.field).where(
-    ConflictRow.task_id.in_(bindparam("ids", expanding=True)), ConflictRow.state == ConflictState.OPEN
+    any_of(ConflictRow.task_id), ConflictRow.state == ConflictState.OPEN
 )
 
 
@@ -1277,7 +1277,7 @@ async def apply_remote_deletion(
     others = (
         await session.scalars(
             select(LinkRow).where(
-                LinkRow.task_id == task.id, LinkRow.state.in_((LinkState.ACTIVE, LinkState.CREATING))
+                LinkRow.task_id == task.id, one_of(LinkRow.state, (LinkState.ACTIVE, LinkState.CREATING))
             )
         )
     ).all()

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, bindparam, delete, event, insert, inspect
+from sqlalchemy import Executable, delete, event, insert, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, UOWTransaction
 
+from bridge.store.prepared import any_of
 from bridge.store.tables import TaskAssigneeRow, TaskRow, TaskTagRow
 
 # A tag or assignee longer than this is indexed (and looked up, see `index_key`) by its first
@@ -121,10 +122,8 @@ def _statements(
     return out
 
 
-_CLEAR_TAGS = delete(TaskTagRow).where(TaskTagRow.task_id.in_(bindparam("ids", expanding=True)))
-_CLEAR_ASSIGNEES = delete(TaskAssigneeRow).where(
-    TaskAssigneeRow.task_id.in_(bindparam("ids", expanding=True))
-)
+_CLEAR_TAGS = delete(TaskTagRow).where(any_of(TaskTagRow.task_id))
+_CLEAR_ASSIGNEES = delete(TaskAssigneeRow).where(any_of(TaskAssigneeRow.task_id))
 _ADD_TAGS = insert(TaskTagRow)
 _ADD_ASSIGNEES = insert(TaskAssigneeRow)
 

@@ -6,17 +6,18 @@ under a backfill's 40,000 (the PostgreSQL side: tests/scale/test_replicas.py).""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from bridge.engine.outbox import _OPEN_OF, _STUCK_LINKS, _runnable
-from bridge.engine.sync import _OPEN_UPDATES_OF
+from bridge.engine.outbox import _CLAIMED_ROWS, _OPEN_OF, _STUCK_LINKS, _runnable
+from bridge.engine.sync import _LINKS_BY_REMOTES, _OPEN_UPDATES_OF
 from bridge.store import Store
 
-PARAMS = {"ids": [1, 2, 3], "now": "2026-12-03 00:00:00.000000", "limit": 16}
+PARAMS = {"ids": [1, 2, 3], "now": datetime(2026, 12, 3, tzinfo=UTC), "limit": 16}
 TASK_IDS = {"ids": ["a", "b", "c"]}
 
 
@@ -25,7 +26,11 @@ def plan_of(store_path: Path, statement: Any, params: dict[str, Any]) -> str:
 
     compiled = statement.compile(dialect=sqlite.dialect())
     expanded = compiled.construct_expanded_state({**compiled.params, **params})
-    values = tuple(expanded.parameters[name] for name in expanded.positiontup or ())
+    process = compiled._bind_processors  # what the driver is given: a list of ids as JSON
+    values = tuple(
+        process[name](expanded.parameters[name]) if name in process else expanded.parameters[name]
+        for name in expanded.positiontup or ()
+    )
     with sqlite3.connect(store_path) as conn:
         rows = conn.execute("EXPLAIN QUERY PLAN " + expanded.statement, values).fetchall()
     return "\n".join(row[-1] for row in rows)
@@ -55,6 +60,13 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # what waits behind a finished link, and which changes are unfinished (apply_outcomes)
         ("a task's open operations", _OPEN_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
         ("a task's stuck links", _STUCK_LINKS, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
+        # the lists go in as JSON (`any_of`): json_each's rows must still be looked up, one by one
+        (
+            "links by remote id",
+            _LINKS_BY_REMOTES,
+            {"connectors": ["c", "d"], "ids": ["r1", "r2"]},
+            "sqlite_autoindex_links_1 (connector=? AND remote_id=?)",
+        ),
     ],
 )
 def test_lookups_of_a_few_links_or_tasks_read_their_index(
@@ -62,6 +74,11 @@ def test_lookups_of_a_few_links_or_tasks_read_their_index(
 ) -> None:
     plan = plan_of(store_path, statement, params)
     assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, (name, plan)
+
+
+def test_claimed_operations_are_read_by_primary_key(store_path: Path) -> None:
+    plan = plan_of(store_path, _CLAIMED_ROWS, PARAMS)
+    assert "SEARCH outbox USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
 
 
 def test_the_claim_reads_due_operations_in_order_and_stops_at_its_limit(store_path: Path) -> None:

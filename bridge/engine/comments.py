@@ -22,7 +22,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import enqueue, op_values
 from bridge.model import new_id
 from bridge.store import on_commit
-from bridge.store.prepared import by_ids
+from bridge.store.prepared import any_of, by_ids
 from bridge.store.states import LinkState, OpKind
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, TaskRow, WatermarkRow
 from connectors.base import Connector, GoneFromView, NotFound, RemoteComment
@@ -39,7 +39,7 @@ def commenting(ctx: EngineContext, route: Route, member: Member) -> bool:
 IDS_PER_READ = 1000
 # The (remote id, task) of the links that comments are read through: active, with a remote id.
 _READABLE_IN = select(LinkRow.id, LinkRow.remote_id, LinkRow.task_id).where(
-    LinkRow.id.in_(bindparam("ids", expanding=True)),
+    any_of(LinkRow.id),
     LinkRow.state == LinkState.ACTIVE,
     LinkRow.remote_id.is_not(None),
 )

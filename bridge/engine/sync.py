@@ -210,7 +210,7 @@ _AGREED_COLUMNS = select(
     _LINKS.c.overwritten,
 ).where(_LINKS.c.connector == bindparam("connector"))
 _AGREED = _AGREED_COLUMNS.where(any_of(_LINKS.c.remote_id))
-# One task (a webhook's): an expanding list is rendered into the SQL at every execution.
+# One task (a webhook's): an equality, without json_each's table of one value.
 _AGREED_ONE = _AGREED_COLUMNS.where(_LINKS.c.remote_id == bindparam("id"))
 
 

@@ -5,7 +5,7 @@ CPU than running it on SQLite: a one-row SELECT by key took 149 us built afresh 
 prepared, and the outbox's claim query took 0.7 ms just to build. The outbox, the committer
 and the inbox run these thousands of times a minute under a burst, so they take their
 statements from here (docs/performance.md). A statement here is immutable; parameters go in
-at execution (`session.scalars(stmt, {"ids": [...]})`), lists through `any_of`.
+at execution (`session.scalars(stmt, {"ids": [...]})`), lists of ids through `any_of`.
 
 A list in `in_()` (a parameter's or constants) is an "expanding" parameter: SQLAlchemy rewrites
 the compiled SQL string for it at every execution, a quarter of a small statement's CPU on
@@ -19,7 +19,19 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Boolean, Select, Table, Text, Update, bindparam, inspect, literal, select, update
+from sqlalchemy import (
+    Boolean,
+    Select,
+    String,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    inspect,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -40,7 +52,10 @@ def one_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
 def any_of(column: Any, name: str = "ids") -> ColumnElement[bool]:
     """`column IN (the list given as parameter `name` at execution)`, for string and integer
     columns. On SQLite the list goes in as one JSON parameter that `json_each` reads (the
-    compiled SQL stays as it is); elsewhere it is SQLAlchemy's expanding parameter."""
+    compiled SQL stays as it is), its values taken as text for a text column (JSON numbers
+    would not match text, as `IN` makes them); elsewhere it is SQLAlchemy's expanding
+    parameter. Ids hold no NUL (neither store can: PostgreSQL's text refuses it, and SQLite's
+    JSON ends a string there)."""
     return _AnyOf(column, name)
 
 
@@ -51,6 +66,8 @@ class _JsonList(TypeDecorator[list[Any]]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str:
+        if isinstance(value, str | bytes):  # iterable, but one id, not a list of its characters
+            raise TypeError(f"a list of ids is wanted, not {type(value).__name__}")
         return json.dumps(list(value))
 
 
@@ -67,6 +84,10 @@ class _AnyOf(ColumnElement[bool]):
         self.column = column
         self.name = name
 
+    @property
+    def _from_objects(self) -> list[Any]:
+        return self.column._from_objects  # type: ignore[no-any-return]  # the column's table, in FROM
+
 
 @compiles(_AnyOf)
 def _any_of(element: _AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
@@ -77,7 +98,8 @@ def _any_of(element: _AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
 def _any_of_sqlite(element: _AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.column, **kw)
     values = compiler.process(bindparam(element.name, type_=_JsonList()), **kw)
-    return f"{column} IN (SELECT value FROM json_each({values}))"
+    value = "CAST(value AS TEXT)" if element.column.type._type_affinity is String else "value"
+    return f"{column} IN (SELECT {value} FROM json_each({values}))"
 
 
 @functools.cache

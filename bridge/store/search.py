@@ -122,8 +122,16 @@ def _statements(
     return out
 
 
-_CLEAR_TAGS = delete(TaskTagRow).where(any_of(TaskTagRow.task_id))
-_CLEAR_ASSIGNEES = delete(TaskAssigneeRow).where(any_of(TaskAssigneeRow.task_id))
+# Run through a session: no synchronising of loaded rows, which for a criterion SQLAlchemy cannot
+# evaluate in Python (`any_of`) would add a RETURNING of every row deleted.
+_CLEAR_TAGS = (
+    delete(TaskTagRow).where(any_of(TaskTagRow.task_id)).execution_options(synchronize_session=False)
+)
+_CLEAR_ASSIGNEES = (
+    delete(TaskAssigneeRow)
+    .where(any_of(TaskAssigneeRow.task_id))
+    .execution_options(synchronize_session=False)
+)
 _ADD_TAGS = insert(TaskTagRow)
 _ADD_ASSIGNEES = insert(TaskAssigneeRow)
 

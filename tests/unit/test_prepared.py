@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import StatementError
 
-from bridge.store import Store
+from bridge.store import Store, search
 from bridge.store.prepared import any_of, one_of
 from bridge.store.states import OpState
 from bridge.store.tables import OutboxRow, TaskRow
@@ -95,3 +96,51 @@ def test_the_sql_is_not_rewritten_per_execution_on_sqlite() -> None:
     assert "POSTCOMPILE" not in text, text
     assert "IN (SELECT value FROM json_each(?))" in text, text
     assert "outbox.state IN (?, ?)" in text, text
+
+
+async def test_integers_given_for_a_text_column_match_as_in_does(store: Store) -> None:
+    """JSON numbers read by json_each are numbers; a text column's IN compares them as text."""
+    async with store.transaction() as session:
+        session.add(
+            TaskRow(id="123", route="main", data={}, title="", status="todo", created_at=NOW, updated_at=NOW)
+        )
+    async with store.read() as session:
+        assert list((await session.scalars(_TASKS, {"ids": ["123"]})).all()) == ["123"]
+        if store.dialect == "sqlite":  # asyncpg refuses an int for a text parameter, as it should
+            assert list((await session.scalars(_TASKS, {"ids": [123]})).all()) == ["123"]
+
+
+async def test_the_column_s_table_is_in_from(store: Store) -> None:
+    await _seed(store)
+    async with store.read() as session:
+        assert (
+            await session.scalar(select(func.count()).where(any_of(TaskRow.id)), {"ids": ["t1", "t2"]}) == 2
+        )
+
+
+async def test_one_id_alone_is_refused_not_read_as_its_characters(store: Store) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("elsewhere SQLAlchemy's expanding parameter refuses it itself")
+    async with store.read() as session:
+        with pytest.raises(StatementError, match="a list of ids is wanted"):
+            await session.scalars(_TASKS, {"ids": "t1"})
+
+
+async def test_the_index_s_deletes_return_nothing(store: Store) -> None:
+    """Run through a session, a DELETE whose criterion SQLAlchemy cannot evaluate in Python
+    would read back every row it deletes (RETURNING) to synchronise loaded ones; none are."""
+    await _seed(store)
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with store.transaction() as session:
+            await session.execute(search._CLEAR_TAGS, {"ids": ["t1"]})
+            await session.execute(search._CLEAR_ASSIGNEES, {"ids": ["t1"]})
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+    deletes = [s for s in sent if s.lstrip().upper().startswith("DELETE")]
+    assert len(deletes) == 2 and not any("RETURNING" in s.upper() for s in deletes), deletes

@@ -150,6 +150,7 @@ class Daemon:
             replica=self._replica_id(),
         )
         self.ctx.webhook_secrets = self._configured_secrets(cfg)
+        self.ctx.inbox_claim_ttl = self.options.worker.claim_ttl
         self.worker = Worker(self.ctx, self.options.worker)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.stopping = asyncio.Event()
@@ -204,11 +205,12 @@ class Daemon:
         if adopted:
             log.info("%d tasks that existed on the platforms were linked before the first poll", adopted)
         if self.options.serve:
+            serving_since = self.ctx.now()  # deliveries recorded from here on are this process's
             await self._start_server()  # binds the port first: proof no live twin holds our id
             taken_back = await release_claims(self.ctx, landing_wait=self.options.worker.landing_wait)
             if taken_back:
                 log.warning("took back %d operations claimed by this replica before a crash", taken_back)
-            taken_back = await inbox.release_claims(self.ctx)
+            taken_back = await inbox.release_claims(self.ctx, received_before=serving_since)
             if taken_back:
                 log.warning("took back %d deliveries claimed by this replica before a crash", taken_back)
         if self.cfg.server.public_url:

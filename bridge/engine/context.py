@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bridge.defaults import DEFAULT_CLAIM_TTL
 from bridge.engine.routes import Member, Route
 from bridge.model import utcnow
 from bridge.store import Store
 from connectors.base import Connector
+
+
+@dataclass(frozen=True)
+class HandedDelivery:
+    """A webhook delivery this replica recorded already claimed by itself, handed to its inbox
+    loop in memory (bridge/engine/inbox.py): what the loop would otherwise claim and read back."""
+
+    id: int
+    connector: str
+    body: str
+    headers: dict[str, str]
+    claim_expires_at: datetime
 
 
 @dataclass
@@ -25,6 +39,11 @@ class EngineContext:
     # Set when an operation is queued, so idle workers wake at once instead of at their next tick.
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Deliveries the webhook endpoint recorded claimed by this replica, for the inbox loop; a
+    # delivery's claim lasts `inbox_claim_ttl` seconds, as the loop's own claims do.
+    inbox_handed: collections.deque[HandedDelivery] = field(default_factory=collections.deque)
+    inbox_claim_ttl: float = DEFAULT_CLAIM_TTL
+    inbox_looked_at: float = 0.0  # time.monotonic() of the inbox loop's last claim from the store
     webhook_secrets: dict[str, list[str]] = field(default_factory=dict)  # connector -> secrets
     # connector -> (its last write error or None, when recorded): what this replica last told
     # the store of its write health (bridge/engine/health.py), so unchanged health costs nothing.

@@ -14,6 +14,8 @@ is a 4xx counted in `taskbridge_webhooks_received_total` by result. Nothing else
 the answer but that judging (a read of the links, a second for a marked task whose id no link
 holds, and, when a connector reads a carried task, a lookup of what it caches, such as a board's
 lanes, on a miss), so the platform gets its 2xx fast.
+A recorded delivery is claimed by the replica that received it and handed to its inbox loop in
+memory; one left behind (the process died) is released at the next start, or its claim expires.
 `process_pending()` takes recorded deliveries, parses each with the headers recorded with it
 and, for each task event, GETs the task unless the delivery carries a
 version no older than one seen (deliveries can arrive out of order: a payload that only names a
@@ -29,8 +31,9 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, Select, bindparam, func, insert, select, update
@@ -46,7 +49,7 @@ from bridge.defaults import (
 )
 from bridge.engine import core
 from bridge.engine.comments import sync_comments
-from bridge.engine.context import EngineContext
+from bridge.engine.context import EngineContext, HandedDelivery
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
     Observation,
@@ -76,6 +79,14 @@ from connectors.base import (
 )
 
 log = logging.getLogger("taskbridge.inbox")
+
+# While deliveries are handed to the inbox loop in memory, it still claims from the store at
+# least this often (seconds): what waits there (a retry come due, a claim another replica let
+# expire, a delivery a person retried) is not starved by a steady stream of new ones.
+INBOX_STORE_LOOK = 1.0
+# Deliveries held in memory for the inbox loop at most; past that (the loop is far behind) they
+# are recorded unclaimed, for the loop, or any replica, to claim from the store.
+INBOX_HANDED_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -121,22 +132,34 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             metrics.webhooks_received.labels(connector, judged.result).inc()
             return judged
         kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
+        now = ctx.now()
+        handed = HandedDelivery(
+            0, connector, body.decode("utf-8", "replace"), kept, now + timedelta(seconds=ctx.inbox_claim_ttl)
+        )
+        # Recorded claimed by this replica and handed to its inbox loop: the loop's own claim of
+        # it (a write transaction) is saved. Its claim expires as any other: a process that dies
+        # holding it leaves it to the next start's `release_claims`, or to any replica later.
+        hand = len(ctx.inbox_handed) < INBOX_HANDED_MAX
         record = {
             "connector": connector,
             "delivery_key": key,
-            "body": body.decode("utf-8", "replace"),
+            "body": handed.body,
             "headers": kept or None,
-            "state": DeliveryState.PENDING,
+            "state": DeliveryState.CLAIMED if hand else DeliveryState.PENDING,
+            "claimed_by": ctx.replica if hand else None,
+            "claim_expires_at": handed.claim_expires_at if hand else None,
             "attempts": 0,
-            "received_at": ctx.now(),
+            "received_at": now,
         }
         try:
             async with ctx.store.statements() as db:
-                await db.execute(_RECORD, record)
+                row_id = (await db.execute(_RECORD, record)).scalar_one()
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()
             return _DUPLICATE
         metrics.webhooks_received.labels(connector, "ok").inc()
+        if hand:
+            ctx.inbox_handed.append(dataclasses.replace(handed, id=row_id))
         ctx.inbox_ready.set()
         return Receipt(202, "ok")
 
@@ -205,7 +228,7 @@ _INBOX = InboxRow.__table__
 _DUPLICATE = Receipt(409, "duplicate", "this delivery was received before")
 # Core statements, built once (see bridge/store/prepared.py): a delivery is recorded, claimed and
 # marked without loading it into an ORM session, the webhook path's most frequent writes.
-_RECORD = insert(_INBOX)
+_RECORD = insert(_INBOX).returning(_INBOX.c.id)
 _RECORDED = select(_INBOX.c.id).where(
     _INBOX.c.connector == bindparam("connector"), _INBOX.c.delivery_key == bindparam("key")
 )
@@ -267,17 +290,39 @@ def _claimable(*, skip_locked: bool) -> Select[Any]:
 
 _RELEASE = (
     update(_INBOX)
-    .where(_INBOX.c.state == DeliveryState.CLAIMED, _INBOX.c.claimed_by == bindparam("replica"))
+    .where(
+        _INBOX.c.state == DeliveryState.CLAIMED,
+        _INBOX.c.claimed_by == bindparam("replica"),
+        _INBOX.c.received_at < bindparam("before"),
+    )
     .values(state=DeliveryState.PENDING, claimed_by=None, claim_expires_at=None)
 )
 
 
-async def release_claims(ctx: EngineContext) -> int:
+async def release_claims(ctx: EngineContext, *, received_before: datetime | None = None) -> int:
     """Give back every delivery this replica holds claimed (a stop, or a start after a crash:
-    the replica's id outlives its process), so they wait for no claim to expire."""
+    the replica's id outlives its process), so they wait for no claim to expire. At a start,
+    `received_before` (when this process began taking deliveries) spares those it has already
+    recorded and handed to its own inbox loop. The deliveries still handed are forgotten."""
+    before = received_before if received_before is not None else ctx.now() + timedelta(days=1)
+    if received_before is None:
+        ctx.inbox_handed.clear()
     async with ctx.store.statements() as conn:
-        result = await conn.execute(_RELEASE, {"replica": ctx.replica})
+        result = await conn.execute(_RELEASE, {"replica": ctx.replica, "before": before})
         return int(result.rowcount or 0)
+
+
+def _take_handed(ctx: EngineContext, now: datetime, limit: int) -> list[_Delivery]:
+    """Up to `limit` deliveries handed by the webhook endpoint, oldest first. One whose claim
+    has less than half its time left is dropped: the loop is far behind, and a claim that might
+    expire while it is processed is left to expire and be claimed again from the store."""
+    work: list[_Delivery] = []
+    margin = timedelta(seconds=ctx.inbox_claim_ttl / 2)
+    while ctx.inbox_handed and len(work) < limit:
+        handed = ctx.inbox_handed.popleft()
+        if handed.claim_expires_at - now >= margin:
+            work.append(_Delivery(handed.id, handed.connector, handed.body, 0, handed.headers))
+    return work
 
 
 async def process_pending(
@@ -292,22 +337,29 @@ async def process_pending(
     delivery, and expires, so a crashed replica's deliveries go back to the pool.
 
     The batch costs two write transactions however many deliveries it holds: the claim, and one
-    that observes every task fetched and marks every delivery. The tasks are fetched between the
+    that observes every task fetched and marks every delivery. Deliveries this replica's webhook
+    endpoint recorded are claimed already and handed over in memory (`ctx.inbox_handed`): a
+    batch of only those costs the second alone; the store is looked at too when none were
+    handed, and at least every INBOX_STORE_LOOK seconds. The tasks are fetched between the
     two, `fetches` at a time, each task once however many deliveries name it, and observed each
     after the parent it names when the batch holds that too (`_parents_first`). A delivery whose
     processing fails (a platform error, or anything unforeseen) is retried with a backoff and set
     aside as failed after DEFAULT_INBOX_MAX_ATTEMPTS, and holds back none of the others. Returns
     how many deliveries were handled."""
     now = ctx.now()
-    async with ctx.store.statements() as conn:
-        query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
-        rows = (await conn.execute(query, {"now": now, "limit": limit})).all()
-        for row in rows:
-            advance(row.state, DeliveryState.CLAIMED)
-        if rows:
-            params = {"ids": [r.id for r in rows], "replica": ctx.replica}
-            await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
-        work = [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
+    work = _take_handed(ctx, now, limit)
+    looked = ctx.inbox_looked_at
+    if len(work) < limit and (not work or time.monotonic() - looked >= INBOX_STORE_LOOK):
+        ctx.inbox_looked_at = time.monotonic()
+        async with ctx.store.statements() as conn:
+            query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
+            rows = (await conn.execute(query, {"now": now, "limit": limit - len(work)})).all()
+            for row in rows:
+                advance(row.state, DeliveryState.CLAIMED)
+            if rows:
+                params = {"ids": [r.id for r in rows], "replica": ctx.replica}
+                await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
+            work += [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
     if not work:
         return 0
     for d in work:

@@ -151,6 +151,7 @@ class Daemon:
         )
         self.ctx.webhook_secrets = self._configured_secrets(cfg)
         self.ctx.inbox_claim_ttl = self.options.worker.claim_ttl
+        self.ctx.inbox_handing = False  # until the start has given back a dead process's claims
         self.worker = Worker(self.ctx, self.options.worker)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.stopping = asyncio.Event()
@@ -205,14 +206,14 @@ class Daemon:
         if adopted:
             log.info("%d tasks that existed on the platforms were linked before the first poll", adopted)
         if self.options.serve:
-            serving_since = self.ctx.now()  # deliveries recorded from here on are this process's
             await self._start_server()  # binds the port first: proof no live twin holds our id
             taken_back = await release_claims(self.ctx, landing_wait=self.options.worker.landing_wait)
             if taken_back:
                 log.warning("took back %d operations claimed by this replica before a crash", taken_back)
-            taken_back = await inbox.release_claims(self.ctx, received_before=serving_since)
+            taken_back = await inbox.release_claims(self.ctx)
             if taken_back:
                 log.warning("took back %d deliveries claimed by this replica before a crash", taken_back)
+            self.ctx.inbox_handing = True  # what is claimed by this replica's id from now on is ours
         if self.cfg.server.public_url:
             await self.register_webhooks()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
@@ -385,6 +386,7 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.pause()
         self._closing = True
+        self.ctx.inbox_handing = False  # deliveries still arriving are left for any replica
         self.worker.stop(grace=DEFAULT_STOP_GRACE)
         self.ctx.inbox_ready.set()
         await asyncio.sleep(0)

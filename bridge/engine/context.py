@@ -43,6 +43,10 @@ class EngineContext:
     # delivery's claim lasts `inbox_claim_ttl` seconds, as the loop's own claims do.
     inbox_handed: collections.deque[HandedDelivery] = field(default_factory=collections.deque)
     inbox_claim_ttl: float = DEFAULT_CLAIM_TTL
+    # Whether deliveries are handed over at all: a daemon hands none until its start has given
+    # back what a dead process of its replica id held, nor once its stop has begun (what it
+    # records then is left pending, for any replica to claim at once).
+    inbox_handing: bool = True
     inbox_looked_at: float = 0.0  # time.monotonic() of the inbox loop's last claim from the store
     webhook_secrets: dict[str, list[str]] = field(default_factory=dict)  # connector -> secrets
     # connector -> (its last write error or None, when recorded): what this replica last told

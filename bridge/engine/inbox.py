@@ -139,7 +139,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
         # Recorded claimed by this replica and handed to its inbox loop: the loop's own claim of
         # it (a write transaction) is saved. Its claim expires as any other: a process that dies
         # holding it leaves it to the next start's `release_claims`, or to any replica later.
-        hand = len(ctx.inbox_handed) < INBOX_HANDED_MAX
+        hand = ctx.inbox_handing and len(ctx.inbox_handed) < INBOX_HANDED_MAX
         record = {
             "connector": connector,
             "delivery_key": key,
@@ -290,39 +290,39 @@ def _claimable(*, skip_locked: bool) -> Select[Any]:
 
 _RELEASE = (
     update(_INBOX)
-    .where(
-        _INBOX.c.state == DeliveryState.CLAIMED,
-        _INBOX.c.claimed_by == bindparam("replica"),
-        _INBOX.c.received_at < bindparam("before"),
-    )
+    .where(_INBOX.c.state == DeliveryState.CLAIMED, _INBOX.c.claimed_by == bindparam("replica"))
     .values(state=DeliveryState.PENDING, claimed_by=None, claim_expires_at=None)
 )
 
 
-async def release_claims(ctx: EngineContext, *, received_before: datetime | None = None) -> int:
+async def release_claims(ctx: EngineContext) -> int:
     """Give back every delivery this replica holds claimed (a stop, or a start after a crash:
-    the replica's id outlives its process), so they wait for no claim to expire. At a start,
-    `received_before` (when this process began taking deliveries) spares those it has already
-    recorded and handed to its own inbox loop. The deliveries still handed are forgotten."""
-    before = received_before if received_before is not None else ctx.now() + timedelta(days=1)
-    if received_before is None:
-        ctx.inbox_handed.clear()
+    the replica's id outlives its process), so they wait for no claim to expire; the deliveries
+    handed to this process's loop are forgotten with them. A daemon hands none over until its
+    start has run this (`ctx.inbox_handing`)."""
+    ctx.inbox_handed.clear()
     async with ctx.store.statements() as conn:
-        result = await conn.execute(_RELEASE, {"replica": ctx.replica, "before": before})
+        result = await conn.execute(_RELEASE, {"replica": ctx.replica})
         return int(result.rowcount or 0)
 
 
-def _take_handed(ctx: EngineContext, now: datetime, limit: int) -> list[_Delivery]:
+def _take_handed(ctx: EngineContext, now: datetime, limit: int) -> list[HandedDelivery]:
     """Up to `limit` deliveries handed by the webhook endpoint, oldest first. One whose claim
     has less than half its time left is dropped: the loop is far behind, and a claim that might
     expire while it is processed is left to expire and be claimed again from the store."""
-    work: list[_Delivery] = []
+    taken: list[HandedDelivery] = []
     margin = timedelta(seconds=ctx.inbox_claim_ttl / 2)
-    while ctx.inbox_handed and len(work) < limit:
+    while ctx.inbox_handed and len(taken) < limit:
         handed = ctx.inbox_handed.popleft()
         if handed.claim_expires_at - now >= margin:
-            work.append(_Delivery(handed.id, handed.connector, handed.body, 0, handed.headers))
-    return work
+            taken.append(handed)
+    return taken
+
+
+def _give_back(ctx: EngineContext, taken: list[HandedDelivery]) -> None:
+    """Handed deliveries a batch took but could not finish (the store refused it): first in
+    line again, still claimed, rather than left to wait out their claim."""
+    ctx.inbox_handed.extendleft(reversed(taken))
 
 
 async def process_pending(
@@ -347,19 +347,31 @@ async def process_pending(
     aside as failed after DEFAULT_INBOX_MAX_ATTEMPTS, and holds back none of the others. Returns
     how many deliveries were handled."""
     now = ctx.now()
-    work = _take_handed(ctx, now, limit)
-    looked = ctx.inbox_looked_at
-    if len(work) < limit and (not work or time.monotonic() - looked >= INBOX_STORE_LOOK):
+    # A look at the store is due: half the batch at most is taken from memory first, so a
+    # stream of handed deliveries filling every batch cannot starve what waits there.
+    look = time.monotonic() - ctx.inbox_looked_at >= INBOX_STORE_LOOK
+    taken = _take_handed(ctx, now, limit // 2 if look else limit)
+    rows: list[Any] = []
+    if look or not taken:
         ctx.inbox_looked_at = time.monotonic()
-        async with ctx.store.statements() as conn:
-            query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
-            rows = (await conn.execute(query, {"now": now, "limit": limit - len(work)})).all()
-            for row in rows:
-                advance(row.state, DeliveryState.CLAIMED)
-            if rows:
-                params = {"ids": [r.id for r in rows], "replica": ctx.replica}
-                await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
-            work += [_Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows]
+        try:
+            async with ctx.store.statements() as conn:
+                query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
+                rows = list((await conn.execute(query, {"now": now, "limit": limit - len(taken)})).all())
+                for row in rows:
+                    advance(row.state, DeliveryState.CLAIMED)
+                if rows:
+                    params = {"ids": [r.id for r in rows], "replica": ctx.replica}
+                    await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
+        except BaseException:
+            _give_back(ctx, taken)
+            raise
+    taken += _take_handed(ctx, now, limit - len(taken) - len(rows))  # the room the store left
+    work = [_Delivery(h.id, h.connector, h.body, 0, h.headers) for h in taken]
+    held = {d.id for d in work}  # a delivery in memory is never claimable, but never twice
+    work += [
+        _Delivery(r.id, r.connector, r.body, r.attempts, r.headers or {}) for r in rows if r.id not in held
+    ]
     if not work:
         return 0
     for d in work:
@@ -388,6 +400,7 @@ async def process_pending(
             await _mark(ctx, session, *work)
     except Exception as exc:
         if refusal(exc) is not None:
+            _give_back(ctx, taken)  # tried again from memory once the store takes writes
             raise  # one by one would be refused too: the inbox loop says it once
         log.exception(
             "recording a batch of %d webhook deliveries failed; recording them one by one", len(work)

@@ -6,17 +6,23 @@ without TASKBRIDGE_TEST_PG_URL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
+from bridge import config
+from bridge.daemon import Daemon
 from bridge.engine import inbox
 from bridge.engine.inbox import Receipt, process_pending, receive
 from bridge.store.states import DeliveryState
 from bridge.store.tables import InboxRow
+from connectors.fakekit import free_port
 from tests import ops
 from tests.engine import test_hierarchy
 from tests.engine.conftest import Harness
@@ -54,7 +60,9 @@ async def deliveries(harness: Harness) -> dict[int, tuple[str, str | None]]:
 
 
 async def linked(harness: Harness, world: World, *titles: str) -> None:
-    """Tasks made on Vortask and linked everywhere."""
+    """Tasks made on Vortask and linked everywhere; the harness's daemon (never started) hands
+    deliveries over as a started one does."""
+    harness.ctx.inbox_handing = True
     for title in titles:
         create_on(world, "vortask", title)
     await harness.settle()
@@ -143,29 +151,77 @@ async def test_what_waits_in_the_store_is_taken_while_new_deliveries_keep_coming
         assert all(f"{title}, edited there" in titles(world, p) for p in world.platforms), title
 
 
-async def test_a_start_takes_back_what_a_crashed_process_held_but_not_what_it_was_handed(
+async def test_nothing_is_handed_while_the_daemon_does_not_hand(harness: Harness, world: World) -> None:
+    """A daemon hands nothing over before its start has given back what a dead process of its
+    replica id held (that release would take back what it was handed), nor once its stop has
+    begun (its memory is about to go): what it records then is pending, for any replica."""
+    ctx = harness.ctx
+    await linked(harness, world, "not handed")
+    ctx.inbox_handing = False
+    assert await receive(ctx, "impactly", *edit_delivered(world, "not handed")) == OK
+    assert not ctx.inbox_handed
+    assert set((await deliveries(harness)).values()) == {(DeliveryState.PENDING, None)}
+    assert await process_pending(ctx) == 1  # claimed from the store, as before the handing
+    assert set((await deliveries(harness)).values()) == {(DeliveryState.DONE, None)}
+
+
+async def test_a_daemon_hands_over_only_between_its_start_and_its_stop(world: World, tmp_path: Any) -> None:
+    daemon = Daemon(config.load(world.config(tmp_path, port=free_port(), poll_interval="1h")))
+    assert daemon.ctx.inbox_handing is False
+    await daemon.start()
+    try:
+        assert daemon.ctx.inbox_handing is True
+    finally:
+        await daemon.stop()
+    assert daemon.ctx.inbox_handing is False
+
+
+async def test_full_batches_of_handed_deliveries_leave_room_for_the_store(
     harness: Harness, world: World
 ) -> None:
-    """At a start, the replica's id releases what a dead process of the same id held claimed;
-    deliveries this process recorded since it began serving are its own, handed already."""
+    """With a look at the store due, a batch takes at most half its size from memory: a stream of
+    handed deliveries that fills every batch does not keep what waits in the store waiting."""
     ctx = harness.ctx
-    await linked(harness, world, "before", "after")
-    assert await receive(ctx, "impactly", *edit_delivered(world, "before")) == OK
-    [(dead, _)] = (await deliveries(harness)).items()
-    ctx.inbox_handed.clear()  # the process that recorded it died with what it was handed
-    serving_since = ctx.now() + timedelta(milliseconds=1)
-    ctx.clock = lambda: serving_since + timedelta(seconds=1)
-    assert await receive(ctx, "impactly", *edit_delivered(world, "after")) == OK
-    [live] = [h.id for h in ctx.inbox_handed]
+    await linked(harness, world, "waiting", "a", "b")
+    assert await receive(ctx, "impactly", *edit_delivered(world, "waiting")) == OK
+    await inbox.release_claims(ctx)
+    [(waiting, _)] = (await deliveries(harness)).items()
+    for title in ("a", "b"):
+        assert await receive(ctx, "impactly", *edit_delivered(world, title)) == OK
+    ctx.inbox_looked_at = 0.0
+    assert await process_pending(ctx, limit=1) == 1
+    assert (await deliveries(harness))[waiting] == (DeliveryState.DONE, None)  # the store's, first
+    assert len(ctx.inbox_handed) == 2
+    assert await process_pending(ctx, limit=1) == 1  # a look is not due: from memory
+    assert len(ctx.inbox_handed) == 1
+    ctx.inbox_looked_at = 0.0
+    assert await process_pending(ctx, limit=1) == 1  # due, and the store empty: memory fills it
+    assert not ctx.inbox_handed
+    assert set((await deliveries(harness)).values()) == {(DeliveryState.DONE, None)}
 
-    assert await inbox.release_claims(ctx, received_before=serving_since) == 1
-    assert await deliveries(harness) == {
-        dead: (DeliveryState.PENDING, None),
-        live: (DeliveryState.CLAIMED, ctx.replica),
-    }
-    assert [h.id for h in ctx.inbox_handed] == [live]
-    ctx.inbox_looked_at = 0.0  # as at a start: the store not looked at yet
-    assert await process_pending(ctx) == 2  # the handed one, and the released one from the store
+
+async def test_a_batch_the_store_refused_gives_its_handed_deliveries_back(
+    harness: Harness, world: World, monkeypatch: Any
+) -> None:
+    """Still claimed in the store, they would otherwise wait out their claim."""
+    ctx = harness.ctx
+    await linked(harness, world, "given back")
+    assert await receive(ctx, "impactly", *edit_delivered(world, "given back")) == OK
+    [handed] = list(ctx.inbox_handed)
+    real = ctx.store.statements
+
+    @contextlib.asynccontextmanager
+    async def locked() -> AsyncIterator[Any]:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+        yield
+
+    monkeypatch.setattr(ctx.store, "statements", locked)
+    ctx.inbox_looked_at = 0.0
+    with pytest.raises(OperationalError):
+        await process_pending(ctx)
+    assert list(ctx.inbox_handed) == [handed]
+    monkeypatch.setattr(ctx.store, "statements", real)
+    assert await process_pending(ctx) == 1
     assert set((await deliveries(harness)).values()) == {(DeliveryState.DONE, None)}
 
 
@@ -173,7 +229,8 @@ async def test_a_mark_for_a_claim_another_replica_took_changes_nothing(
     harness: Harness, world: World
 ) -> None:
     """A handed delivery whose claim was taken meanwhile (expired, claimed by another replica)
-    is marked only by its holder: processing it here leaves that replica's record alone."""
+    is still processed here (an observation is idempotent), but marked only by its holder:
+    that replica's record of it stands."""
     ctx = harness.ctx
     assert await receive(ctx, "impactly", *await an_edit_delivered(harness, world, "taken")) == OK
     [row_id] = [h.id for h in ctx.inbox_handed]

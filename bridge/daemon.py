@@ -569,7 +569,7 @@ class Daemon:
 
     async def _guarded_inbox(self) -> int:
         try:
-            handled = await process_pending(self.ctx, claim_ttl=self.options.worker.claim_ttl)
+            handled = await process_pending(self.ctx)  # claims last ctx.inbox_claim_ttl
         except StoreLost:
             await asyncio.sleep(self.options.store_check_interval)
             return 0

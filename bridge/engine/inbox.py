@@ -42,7 +42,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge import metrics
 from bridge.defaults import (
-    DEFAULT_CLAIM_TTL,
     DEFAULT_INBOX_BATCH,
     DEFAULT_INBOX_FETCHES,
     DEFAULT_INBOX_MAX_ATTEMPTS,
@@ -133,9 +132,8 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             return judged
         kept = recordable_headers(headers, getattr(conn, "webhook_headers", ()))
         now = ctx.now()
-        handed = HandedDelivery(
-            0, connector, body.decode("utf-8", "replace"), kept, now + timedelta(seconds=ctx.inbox_claim_ttl)
-        )
+        text = body.decode("utf-8", "replace")
+        expires = now + timedelta(seconds=ctx.inbox_claim_ttl)
         # Recorded claimed by this replica and handed to its inbox loop: the loop's own claim of
         # it (a write transaction) is saved. Its claim expires as any other: a process that dies
         # holding it leaves it to the next start's `release_claims`, or to any replica later.
@@ -143,11 +141,11 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
         record = {
             "connector": connector,
             "delivery_key": key,
-            "body": handed.body,
+            "body": text,
             "headers": kept or None,
             "state": DeliveryState.CLAIMED if hand else DeliveryState.PENDING,
             "claimed_by": ctx.replica if hand else None,
-            "claim_expires_at": handed.claim_expires_at if hand else None,
+            "claim_expires_at": expires if hand else None,
             "attempts": 0,
             "received_at": now,
         }
@@ -159,7 +157,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             return _DUPLICATE
         metrics.webhooks_received.labels(connector, "ok").inc()
         if hand:
-            ctx.inbox_handed.append(dataclasses.replace(handed, id=row_id))
+            ctx.inbox_handed.append(HandedDelivery(row_id, connector, text, kept, expires))
         ctx.inbox_ready.set()
         return Receipt(202, "ok")
 
@@ -329,12 +327,12 @@ async def process_pending(
     ctx: EngineContext,
     *,
     limit: int = DEFAULT_INBOX_BATCH,
-    claim_ttl: float = DEFAULT_CLAIM_TTL,
     fetches: int = DEFAULT_INBOX_FETCHES,
 ) -> int:
     """Claim recorded deliveries, oldest first, and process them as one batch. Any replica may
     run this: a claim (FOR UPDATE SKIP LOCKED on PostgreSQL) keeps two from processing one
-    delivery, and expires, so a crashed replica's deliveries go back to the pool.
+    delivery, and expires (after `ctx.inbox_claim_ttl`, as a handed delivery's claim does), so a
+    crashed replica's deliveries go back to the pool.
 
     The batch costs two write transactions however many deliveries it holds: the claim, and one
     that observes every task fetched and marks every delivery. Deliveries this replica's webhook
@@ -362,7 +360,9 @@ async def process_pending(
                     advance(row.state, DeliveryState.CLAIMED)
                 if rows:
                     params = {"ids": [r.id for r in rows], "replica": ctx.replica}
-                    await conn.execute(_CLAIM, {**params, "expires": now + timedelta(seconds=claim_ttl)})
+                    await conn.execute(
+                        _CLAIM, {**params, "expires": now + timedelta(seconds=ctx.inbox_claim_ttl)}
+                    )
         except BaseException:
             _give_back(ctx, taken)
             raise

@@ -63,7 +63,7 @@ from bridge.engine.sync import (
 )
 from bridge.logs import log_context
 from bridge.store import refusal
-from bridge.store.prepared import any_of
+from bridge.store.prepared import any_of, run
 from bridge.store.states import DeliveryState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
@@ -151,7 +151,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
         }
         try:
             async with ctx.store.statements() as db:
-                row_id = (await db.execute(_RECORD, record)).scalar_one()
+                row_id = (await run(db, _RECORD, record)).scalar_one()
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()
             return _DUPLICATE
@@ -192,7 +192,7 @@ async def _unrecorded(
                     await our_create_coming_back(db, route, member, task)
                 ):
                     return None  # news: recording it finds a duplicate, without a read first
-            if (await db.execute(_RECORDED, {"connector": connector, "key": key})).first() is not None:
+            if (await run(db, _RECORDED, {"connector": connector, "key": key})).first() is not None:
                 return _DUPLICATE
     except Exception:  # the connector or the store could not say: recording will
         return None
@@ -355,13 +355,13 @@ async def process_pending(
         try:
             async with ctx.store.statements() as conn:
                 query = _claimable(skip_locked=ctx.store.dialect == "postgresql")
-                rows = list((await conn.execute(query, {"now": now, "limit": limit - len(taken)})).all())
+                rows = list((await run(conn, query, {"now": now, "limit": limit - len(taken)})).all())
                 for row in rows:
                     advance(row.state, DeliveryState.CLAIMED)
                 if rows:
                     params = {"ids": [r.id for r in rows], "replica": ctx.replica}
-                    await conn.execute(
-                        _CLAIM, {**params, "expires": now + timedelta(seconds=ctx.inbox_claim_ttl)}
+                    await run(
+                        conn, _CLAIM, {**params, "expires": now + timedelta(seconds=ctx.inbox_claim_ttl)}
                     )
         except BaseException:
             _give_back(ctx, taken)
@@ -635,4 +635,4 @@ async def _mark(ctx: EngineContext, session: AsyncSession, *work: _Delivery) -> 
             }
         )
     if params:
-        await session.execute(_MARK, params)
+        await run(session, _MARK, params)

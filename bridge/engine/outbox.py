@@ -109,7 +109,7 @@ from bridge.engine.sync import (
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import RefusalLog, StoreLost, on_commit
-from bridge.store.prepared import any_of, by_ids, one_of, rows_in, show_stored, update_columns
+from bridge.store.prepared import any_of, by_ids, one_of, rows_in, run, show_stored, update_columns
 from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -265,8 +265,8 @@ _OUTBOX = OutboxRow.__table__
 # The claim's statements, built once: an ORM statement costs more to build (and to key for the
 # compiled cache) than to run on SQLite, and the claim is the hottest statement of the daemon.
 _RELEASE_EXPIRED = (
-    update(OutboxRow)
-    .where(OutboxRow.state == OpState.CLAIMED, OutboxRow.claim_expires_at < bindparam("now"))
+    update(_OUTBOX)
+    .where(_OUTBOX.c.state == OpState.CLAIMED, _OUTBOX.c.claim_expires_at < bindparam("now"))
     .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
 )
 _MARK_CLAIMED = (
@@ -333,15 +333,16 @@ async def claim(
     now = ctx.now()
     async with ctx.store.transaction() as session:
         if release_expired:
-            await session.execute(_RELEASE_EXPIRED, {"now": now})
+            await run(session, _RELEASE_EXPIRED, {"now": now})
         query = _runnable(within=within is not None, skip_locked=ctx.store.dialect == "postgresql")
         params: dict[str, Any] = {"now": now, "limit": limit}
         if within is not None:
             params["first"], params["last"] = within
-        ids = list((await session.scalars(query, params)).all())
+        ids = list((await run(session, query, params)).scalars())
         if not ids:
             return []
-        await session.execute(
+        await run(
+            session,
             _MARK_CLAIMED,
             {
                 "ids": ids,
@@ -353,7 +354,7 @@ async def claim(
 
 
 async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> list[_Op | _Orphan]:
-    rows = sorted((await session.execute(_CLAIMED_ROWS, by_ids(ids))).all(), key=lambda r: r.id)
+    rows = sorted((await run(session, _CLAIMED_ROWS, by_ids(ids))).all(), key=lambda r: r.id)
     task_ids = {r.task_id for r in rows}
     link_ids = {r.link_id for r in rows if r.link_id is not None}
     comment_ids = {r.comment_id for r in rows if r.comment_id}
@@ -407,7 +408,7 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
             set_committed_value(op.link, "inflight", inflight)
             marks.append({"row_id": op.link.id, "inflight": inflight})
     if marks:
-        await session.execute(update_columns(_LINKS, ("inflight",)), marks)
+        await run(session, update_columns(_LINKS, ("inflight",)), marks)
     return out
 
 
@@ -1038,7 +1039,7 @@ async def apply_outcomes(
     whose change is now written everywhere (nothing of it left queued): their propagation ended."""
     now = ctx.now()
     ids = [op.id for op, _ in batch]
-    rows = {r.id: r for r in (await session.execute(_RECORDED_STATES, by_ids(ids))).all()}
+    rows = {r.id: r for r in (await run(session, _RECORDED_STATES, by_ids(ids))).all()}
     finishes: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
     ops = [op for op, _ in batch if isinstance(op, _Op)]
@@ -1139,9 +1140,9 @@ async def apply_outcomes(
     # loading them and flushing their changes cost the committer more than its statements.
     await _write_links(session, changed)
     if finishes:
-        await session.execute(_FINISH, finishes)
+        await run(session, _FINISH, finishes)
     if retries:
-        await session.execute(_GIVE_BACK, retries)
+        await run(session, _GIVE_BACK, retries)
     await session.flush()
     if not succeeded:
         await _wake_successors(ctx, session, finished, finished_tasks, unfinished_wanted=False)
@@ -1154,7 +1155,7 @@ async def apply_outcomes(
     # Links whose last finished write of fields parked (in this batch or an earlier one) wait for
     # a person; re-checking them here would park the same change once per write that lands beside it.
     tasks_ids = {task.id for _, task, _ in requeue}
-    parked = set((await session.scalars(_STUCK_LINKS, by_ids(tasks_ids))).all()) if tasks_ids else set()
+    parked = set((await run(session, _STUCK_LINKS, by_ids(tasks_ids))).scalars()) if tasks_ids else set()
     await queue_updates_many(ctx, session, requeue, parked=parked)
     await session.flush()
     # The propagation of a change ends with the last of its writes: none of the same task and
@@ -1189,7 +1190,7 @@ async def _wake_successors(
     wake = bool(finished) and ctx.store.dialect != "sqlite"
     unfinished: set[tuple[str, datetime]] = set()
     if task_ids and (unfinished_wanted or (finished and not wake)):
-        for task_id, observed_at, link_id, state in (await session.execute(_OPEN_OF, by_ids(task_ids))).all():
+        for task_id, observed_at, link_id, state in (await run(session, _OPEN_OF, by_ids(task_ids))).all():
             unfinished.add((task_id, as_utc(observed_at)))
             wake = wake or (state == OpState.PENDING and link_id in finished)
     if wake:
@@ -1384,7 +1385,7 @@ async def _write_links(session: AsyncSession, changed: dict[int, tuple[LinkRow, 
             )
     changed.clear()  # written: a later call writes only what changes after this one
     for names, params in groups.items():
-        await session.execute(update_columns(_LINKS, names), params)
+        await run(session, update_columns(_LINKS, names), params)
 
 
 async def _link_comment(session: AsyncSession, op: _Op, remote_id: str, now: datetime) -> None:

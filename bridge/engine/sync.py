@@ -27,7 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import any_of, by_ids, one_of, write_loaded
+from bridge.store.prepared import any_of, by_ids, one_of, run, write_loaded
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -187,7 +187,7 @@ async def linked_parents(
     wanted = sorted({r for r in remote_ids if r is not None})
     if not wanted:
         return {}
-    rows = await session.execute(_LINKED, {"route": route, "connector": connector, "ids": wanted})
+    rows = await run(session, _LINKED, {"route": route, "connector": connector, "ids": wanted})
     return {str(remote_id): task_id for remote_id, task_id in rows.all()}
 
 
@@ -385,9 +385,9 @@ async def needs_observing(
     conn = ctx.connectors[member.connector]
     ids = sorted({rt.remote_id for rt in tasks})
     found = await (
-        session.execute(_AGREED_ONE, {"connector": member.connector, "id": ids[0]})
+        run(session, _AGREED_ONE, {"connector": member.connector, "id": ids[0]})
         if len(ids) == 1
-        else session.execute(_AGREED, {"connector": member.connector, "ids": ids})
+        else run(session, _AGREED, {"connector": member.connector, "ids": ids})
     )
     links = {link.remote_id: link for link in found.all()}
     parents: dict[str, str] | None = None
@@ -439,7 +439,7 @@ async def our_create_coming_back(
     if marker_id is None:
         return False
     params = {"task": marker_id, "connector": member.connector, "scope": member.scope, "id": rt.remote_id}
-    return (await db.execute(_CREATING, params)).first() is not None
+    return (await run(db, _CREATING, params)).first() is not None
 
 
 async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -> bool:
@@ -654,9 +654,9 @@ async def apply_changes(
     # Written now (a stored task with nothing else pending): its history and index as Core
     # statements too, the index as the flush's listeners would keep it.
     if history:
-        await session.execute(_ADD_HISTORY, history)
+        await run(session, _ADD_HISTORY, history)
     for statement, params in search.reindex(task.id, indexed, data, updated_at):
-        await session.execute(statement, params)
+        await run(session, statement, params)
 
 
 _ADD_HISTORY = insert(HistoryRow.__table__)
@@ -783,7 +783,7 @@ async def queue_updates_many(
         )
     if new_ops:
         # One statement for them all: added as ORM rows, they cost the flush twice as much.
-        await session.execute(_NEW_OPS, new_ops)
+        await run(session, _NEW_OPS, new_ops)
         on_commit(session, ctx.outbox_ready.set)
     return len(new_ops)
 
@@ -802,7 +802,7 @@ async def held_fields_many(session: AsyncSession, task_ids: Sequence[str]) -> di
     out: dict[str, set[str]] = {}
     if not task_ids:
         return out
-    rows = await session.execute(_OPEN_CONFLICT_FIELDS, by_ids(task_ids))
+    rows = await run(session, _OPEN_CONFLICT_FIELDS, by_ids(task_ids))
     for task_id, name in rows.all():
         out.setdefault(task_id, set()).add(name)
     return out
@@ -1130,7 +1130,7 @@ async def create_mirrors(
     session.add_all(links)
     await session.flush()  # the links' ids, for their operations: one flush for all of them
     creates = [op_values(task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now) for link in links]
-    await session.execute(_NEW_OPS, creates)  # one statement, as queue_updates_many's
+    await run(session, _NEW_OPS, creates)  # one statement, as queue_updates_many's
     on_commit(session, ctx.outbox_ready.set)
 
 

@@ -10,6 +10,11 @@ at execution (`session.scalars(stmt, {"ids": [...]})`), lists of ids through `an
 A list in `in_()` (a parameter's or constants) is an "expanding" parameter: SQLAlchemy rewrites
 the compiled SQL string for it at every execution, a quarter of a small statement's CPU on
 SQLite. `one_of` (constants) and `any_of` (a list given at execution) say the same without it.
+
+`run(session, stmt, params)` executes one of these statements as `session.execute` would; on
+SQLite it runs it on the driver directly, past SQLAlchemy's execution machinery (`_sqlite.py`
+says what that saves and which statements qualify), and returns rows with the same reading
+methods (`all`, `first`, `scalars`, `scalar`, `rowcount`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstanceState
 from sqlalchemy.orm.attributes import set_committed_value
@@ -41,6 +46,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.type_api import TypeDecorator
 from sqlalchemy.sql.visitors import InternalTraversal
+
+from bridge.store import _sqlite
 
 
 def one_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
@@ -147,5 +154,60 @@ async def write_loaded(session: AsyncSession, row: Any, values: Mapping[str, Any
     changed = show_stored(row, values)
     if changed:
         names = tuple(sorted(changed))
-        await session.execute(update_columns(type(row).__table__, names), {"row_id": row.id, **changed})
+        await run(session, update_columns(type(row).__table__, names), {"row_id": row.id, **changed})
     return True
+
+
+# (id(statement), the columns an INSERT or UPDATE is given) -> (the statement, its plan)
+_PLANS: dict[tuple[int, tuple[str, ...] | None], tuple[Any, _sqlite.Plan | None]] = {}
+PLANS_KEPT = 1_000  # statements planned at most: the hot paths' own are a few dozen
+
+
+async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: Any = None) -> Any:
+    """`on.execute(statement, parameters)` for a statement built once (a module's constant or
+    a cached builder's), on SQLite run on the driver when the statement
+    allows it (see `_sqlite.plan`); `parameters` a mapping, or a list of them (executemany).
+    Returns the result, or `_sqlite.Rows` with the same reading methods."""
+    connection = _direct_connection(on)
+    if connection is None:
+        return await on.execute(statement, parameters)
+    many = isinstance(parameters, list)
+    # An INSERT or UPDATE compiles to the columns its parameters name (as SQLAlchemy's own
+    # execution does): one plan per set of names.
+    columns = None
+    if statement.is_insert or statement.is_update:
+        first = parameters[0] if many and parameters else parameters
+        columns = tuple(sorted(first)) if first else ()
+    key = (id(statement), columns)
+    entry = _PLANS.get(key)
+    if entry is None or entry[0] is not statement:
+        if len(_PLANS) >= PLANS_KEPT:  # statements built per call: SQLAlchemy's cache keys them
+            return await on.execute(statement, parameters)
+        planned = _sqlite.plan(statement, connection.dialect, columns)
+        entry = _PLANS[key] = (statement, planned)
+    plan = entry[1]
+    if plan is None or (many and (plan.returns or not parameters)) or connection.engine.echo:
+        return await on.execute(statement, parameters)
+    if not connection.in_transaction():
+        return await on.execute(statement, parameters)  # it begins the transaction, as it does
+    bound = [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
+    if any(b is None for b in bound):
+        return await on.execute(statement, parameters)  # SQLAlchemy names what is missing
+    if plan.orm and isinstance(on, AsyncSession) and on.sync_session.autoflush:
+        sync = on.sync_session
+        if not sync._is_clean() and not sync._flushing:
+            await on.flush()  # as the ORM's execute would, before it
+    return _sqlite.execute(connection, plan, bound, many)  # type: ignore[arg-type]
+
+
+def _direct_connection(on: AsyncSession | AsyncConnection) -> Any:
+    """The sync Connection a statement of `on` would run in, when it is SQLite's inline driver."""
+    if isinstance(on, AsyncSession):
+        bind = on.bind
+        if not isinstance(bind, AsyncConnection):
+            return None
+        on = bind
+    connection = on.sync_connection
+    if connection is None or not isinstance(connection.dialect, _sqlite.InlineDialect):
+        return None
+    return connection

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import StatementError
 
@@ -16,6 +16,7 @@ from bridge.store import Store, search
 from bridge.store.prepared import any_of, one_of
 from bridge.store.states import OpState
 from bridge.store.tables import OutboxRow, TaskRow
+from tests.statements import statements_sent
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 # Ids as platforms and the store make them: quotes, backslashes, non-ASCII, JSON look-alikes.
@@ -130,17 +131,9 @@ async def test_the_index_s_deletes_return_nothing(store: Store) -> None:
     """Run through a session, a DELETE whose criterion SQLAlchemy cannot evaluate in Python
     would read back every row it deletes (RETURNING) to synchronise loaded ones; none are."""
     await _seed(store)
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(store) as sent:
         async with store.transaction() as session:
             await session.execute(search._CLEAR_TAGS, {"ids": ["t1"]})
             await session.execute(search._CLEAR_ASSIGNEES, {"ids": ["t1"]})
-    finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
     deletes = [s for s in sent if s.lstrip().upper().startswith("DELETE")]
     assert len(deletes) == 2 and not any("RETURNING" in s.upper() for s in deletes), deletes

@@ -66,9 +66,10 @@ from bridge.store.tables import MetaRow
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
 # SQLite: connections kept open. SQLAlchemy's default five for reads, plus the one the writers
-# hold (`Store._writing`): with five in all, reads overflowed a few times a minute under load,
-# each overflow a connection opened and closed on aiosqlite's thread.
-SQLITE_POOL_SIZE = 6
+# hold (`Store._writing`) and the one the echo checks hold (`Store.reading`): with five in all,
+# reads overflowed a few times a minute under load, each overflow a connection opened and
+# closed on aiosqlite's thread.
+SQLITE_POOL_SIZE = 7
 CLOSE_WAIT = 5.0  # seconds Store.close waits for a write transaction in progress to end
 IDENTITY_KEY = "store"  # the meta row that names this store
 PROBE_KEY = "probe"  # the meta row readiness writes to prove the store takes writes
@@ -168,6 +169,9 @@ class Store:
     # in-memory store's pool is that one connection already, shared with the readers.
     _holds_writer: bool = field(default=False, repr=False)
     _writer: AsyncConnection | None = field(default=None, repr=False)
+    # SQLite on a file only: the connection `reading()` holds, and the turns taken on it.
+    _read_turn: asyncio.Lock | None = field(default=None, repr=False)
+    _held_reader: AsyncConnection | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)  # since close(): a pooled connection per writer
 
     @classmethod
@@ -213,6 +217,7 @@ class Store:
             _write_turn=asyncio.Lock(),
             _read_engine=reader,
             _holds_writer=holds_writer,
+            _read_turn=asyncio.Lock() if holds_writer else None,
         )
 
     @property
@@ -372,11 +377,35 @@ class Store:
         """A session for reads only (`async with store.read() as session:`)."""
         return (self.reads or self.sessions)()
 
-    def reading(self) -> AsyncConnection:
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
         """A connection for Core reads only (`async with store.reading() as conn:`): a read
         session's connection without the session around it, for a hot path that reads a row or
-        two (a webhook's echo check, where the session cost more than its statement)."""
-        return self._reader().connect()
+        two (a webhook's echo check, where the session cost more than its statement). On SQLite
+        on a file, one connection is held for these reads, taken in turns: a pool's checkout and
+        return cost a check about 200 us of CPU, more than its statements, and statements run
+        inline, so a turn lasts microseconds. Each use is a transaction of its own, ended as it
+        returns: the next one reads what was committed since."""
+        if self._read_turn is None or self._closed:
+            async with self._reader().connect() as pooled:
+                yield pooled
+            return
+        if self.lost is not None:
+            raise StoreLost(self.lost)
+        async with self._read_turn:
+            conn = self._held_reader
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._held_reader = await self._reader().connect()
+            elif conn.in_transaction():  # a use cut short before it ended its own
+                await conn.rollback()
+            try:
+                yield conn
+            finally:
+                if conn.invalidated:  # the driver lost it: the next use connects anew
+                    self._held_reader = None
+                    await _close_quietly(conn)
+                elif conn.in_transaction():
+                    await conn.rollback()
 
     async def close(self) -> None:
         """Close the store's connections. On SQLite a write transaction in progress ends first
@@ -396,6 +425,9 @@ class Store:
             writer, self._writer = self._writer, None
             if writer is not None:
                 await _close_quietly(writer)
+            reader, self._held_reader = self._held_reader, None
+            if reader is not None:
+                await _close_quietly(reader)
         finally:
             if held and turn is not None:
                 turn.release()

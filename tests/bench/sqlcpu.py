@@ -8,7 +8,9 @@ time spent inside the greenlet (SQLAlchemy's work: compiling, the ORM's loading 
 the driver's calls made inline) and, apart, the time its awaits took (the driver's coroutines;
 on SQLite the inline runner, which does not yield, so that time is ours too), keyed by the first
 frame of `bridge/` (outside `bridge/store/`) or `connectors/` up the awaiting chain, plus the
-SQLAlchemy method called (`execute`, `flush`, `__aexit__` for a commit, ...).
+SQLAlchemy method called (`execute`, `flush`, `__aexit__` for a commit, ...). A statement that
+`bridge.store.prepared.run` sent to SQLite's driver itself (no greenlet) is counted under the
+method `run`, its CPU in the "inside" column.
 
     python -m tests.bench.sqlcpu OUT.json bridge run --config ...   # the daemon, measured
     python -m tests.bench.sqlcpu --show OUT.json                    # the table
@@ -83,6 +85,23 @@ def install(out: Path) -> None:
     concurrency.greenlet_spawn = greenlet_spawn  # type: ignore[assignment]
     util.greenlet_spawn = greenlet_spawn  # type: ignore[attr-defined]
 
+    from bridge.store import _sqlite
+
+    direct = _sqlite.execute
+
+    def execute(*args: Any) -> Any:
+        # A statement `prepared.run` sent to SQLite's driver itself: no greenlet, so counted
+        # here, under the method `run`.
+        entry = stats.setdefault(_caller(2), [0, 0.0, 0.0])
+        entry[0] += 1
+        start = time.thread_time()
+        try:
+            return direct(*args)
+        finally:
+            entry[1] += time.thread_time() - start
+
+    _sqlite.execute = execute  # type: ignore[assignment]
+
     def dump() -> None:
         # dict() copies in one step under the GIL: the loop may add a caller while this runs.
         out.write_text(json.dumps({"process_cpu_s": time.process_time(), "callers": dict(stats)}))
@@ -102,7 +121,7 @@ def show(data: dict[str, Any], top: int = 30) -> str:
     awaits = sum(v[2] for v in callers.values())
     total = data["process_cpu_s"] or 1e-9  # a process dumped before it ran anything
     lines = [
-        f"process CPU {total:.2f} s; inside SQLAlchemy's greenlets {inside:.2f} s "
+        f"process CPU {total:.2f} s; inside SQLAlchemy's greenlets (and direct runs) {inside:.2f} s "
         f"({100 * inside / total:.0f} %), in their awaits {awaits:.2f} s ({100 * awaits / total:.0f} %)",
         "",
         "    inside     awaits    calls  us/call  caller and method",

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
-from bridge.store import Store, redact_url
+from bridge.store import Store, StoreLost, redact_url
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
 from tests.conftest import terminate_pg_backends
 
@@ -249,6 +249,68 @@ async def test_sqlite_writers_share_one_connection_that_every_way_out_leaves_cle
     finally:
         await s.close()
     assert s._writer is None
+
+
+async def test_sqlite_echo_checks_share_one_connection_each_use_reading_what_was_committed(
+    tmp_path: Path,
+) -> None:
+    """On SQLite `reading()` holds one connection for its uses, each a transaction of its own:
+    the next use reads what was committed since. A use that fails, one cancelled midway and one
+    whose connection the driver lost leave the next a clean start; a lost store is refused."""
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/reader.db")
+    titles = select(TaskRow.title).order_by(TaskRow.title)
+
+    async def write(title: str) -> None:
+        async with s.transaction() as session:
+            row = task_row(f"01JTASK{title.upper():0<19}")
+            row.title = title
+            session.add(row)
+
+    try:
+        await s.migrate()
+        await write("a")
+        async with s.reading() as conn:
+            assert list((await conn.execute(titles)).scalars()) == ["a"]
+            held = (await conn.get_raw_connection()).driver_connection
+        await write("b")  # committed between two uses: the second sees it
+        async with s.reading() as conn:
+            assert list((await conn.execute(titles)).scalars()) == ["a", "b"]
+            assert (await conn.get_raw_connection()).driver_connection is held
+
+        with pytest.raises(RuntimeError):
+            async with s.reading() as conn:
+                await conn.execute(titles)
+                raise RuntimeError("boom")
+        reading = asyncio.Event()
+
+        async def cancelled() -> None:
+            async with s.reading() as conn:
+                await conn.execute(titles)
+                reading.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(cancelled())
+        await reading.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await write("c")
+        async with s.reading() as conn:
+            assert conn.in_transaction() is False  # nothing left open by the uses above
+            assert list((await conn.execute(titles)).scalars()) == ["a", "b", "c"]
+            assert (await conn.get_raw_connection()).driver_connection is held
+            await conn.invalidate()  # the driver lost it
+        async with s.reading() as conn:
+            assert list((await conn.execute(titles)).scalars()) == ["a", "b", "c"]
+            assert (await conn.get_raw_connection()).driver_connection is not held
+
+        s.lost = "replaced"
+        with pytest.raises(StoreLost):
+            async with s.reading():
+                pass
+    finally:
+        await s.close()
+    assert s._held_reader is None
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])

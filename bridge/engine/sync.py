@@ -678,7 +678,9 @@ async def queue_updates(
     )
 
 
-_LIVE_LINKS_OF = select(LinkRow).where(
+# Read as rows, not loaded as objects: the re-check only reads them (through the ORM's columns,
+# so that what the session has pending is flushed first, as a load would).
+_LIVE_LINKS_OF = select(*(getattr(LinkRow, c.key) for c in LinkRow.__table__.columns)).where(
     any_of(LinkRow.task_id),
     one_of(LinkRow.state, (LinkState.ACTIVE, LinkState.CREATING)),
 )
@@ -710,8 +712,8 @@ async def queue_updates_many(
     if not items:
         return 0
     task_ids = list({task.id for _, task, _ in items})
-    links_of: dict[str, list[LinkRow]] = {}
-    for link in (await session.scalars(_LIVE_LINKS_OF, by_ids(task_ids))).all():
+    links_of: dict[str, list[Any]] = {}  # rows of LinkRow's columns
+    for link in (await run(session, _LIVE_LINKS_OF, by_ids(task_ids))).all():
         links_of.setdefault(link.task_id, []).append(link)
     held = await held_fields_many(session, task_ids)
     # A side whose update is being written now re-checks the whole task when it lands (_succeed),
@@ -722,7 +724,7 @@ async def queue_updates_many(
         row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
     }
     done: set[str] = set()
-    stale: list[tuple[TaskRow, LinkRow, datetime, list[str]]] = []
+    stale: list[tuple[TaskRow, Any, datetime, list[str]]] = []
     for route, task, observed_at in items:
         if task.id in done:
             continue

@@ -189,7 +189,9 @@ async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: An
     if plan is None or (many and (plan.returns or not parameters)) or connection.engine.echo:
         return await on.execute(statement, parameters)
     if not connection.in_transaction():
-        return await on.execute(statement, parameters)  # it begins the transaction, as it does
+        # Begun as the statement's execution would have begun it (the connection's "begin"
+        # event chooses the BEGIN), and the statement then runs directly like the rest.
+        await (on.connection() if isinstance(on, AsyncSession) else on.begin())
     bound = [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
     if any(b is None for b in bound):
         return await on.execute(statement, parameters)  # SQLAlchemy names what is missing

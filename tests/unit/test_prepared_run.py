@@ -202,3 +202,17 @@ async def test_statement_listeners_see_direct_statements(store: Store) -> None:
         with statements_sent(store) as seen:
             await run(session, _ROWS, by_ids(ids))
     assert len(seen) == 1 and seen[0].startswith("SELECT outbox.id")
+
+
+async def test_a_first_statement_begins_the_transaction_it_runs_in(store: Store) -> None:
+    ids = await _seed(store)
+    with direct_runs() as sent:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as session:
+                changed = {"op_id": ids[0], "was": OpState.PENDING, "new_state": OpState.DONE, "until": None}
+                assert (await run(session, _SET_STATE, changed)).rowcount == 1
+                raise RuntimeError("rolled back")
+        async with store.reading() as conn:
+            rows = (await run(conn, _ROWS, by_ids(ids))).all()
+        assert len(sent) == (2 if _direct(store) else 0)
+    assert [r.state for r in rows] == [OpState.PENDING] * 3  # the write went with its transaction

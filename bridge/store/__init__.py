@@ -401,7 +401,9 @@ class Store:
             try:
                 yield conn
             finally:
-                if conn.invalidated:  # the driver lost it: the next use connects anew
+                # The driver lost it: the next use connects anew. Or the store closed meanwhile
+                # (while this use connected, say), and nobody else would close it.
+                if conn.invalidated or self._closed:
                     self._held_reader = None
                     await _close_quietly(conn)
                 elif conn.in_transaction():

@@ -158,8 +158,9 @@ async def write_loaded(session: AsyncSession, row: Any, values: Mapping[str, Any
     return True
 
 
-# (id(statement), the columns an INSERT or UPDATE is given) -> (the statement, its plan)
-_PLANS: dict[tuple[int, tuple[str, ...] | None], tuple[Any, _sqlite.Plan | None]] = {}
+# (id(statement), the columns an INSERT or UPDATE is given) -> (the statement, the dialect it
+# was planned for, its plan)
+_PLANS: dict[tuple[int, tuple[str, ...] | None], tuple[Any, Any, _sqlite.Plan | None]] = {}
 PLANS_KEPT = 1_000  # statements planned at most: the hot paths' own are a few dozen
 
 
@@ -178,23 +179,28 @@ async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: An
     if statement.is_insert or statement.is_update:
         first = parameters[0] if many and parameters else parameters
         columns = tuple(sorted(first)) if first else ()
+    dialect = connection.dialect
     key = (id(statement), columns)
     entry = _PLANS.get(key)
-    if entry is None or entry[0] is not statement:
+    if entry is None or entry[0] is not statement or entry[1] is not dialect:
         if len(_PLANS) >= PLANS_KEPT:  # statements built per call: SQLAlchemy's cache keys them
             return await on.execute(statement, parameters)
-        planned = _sqlite.plan(statement, connection.dialect, columns)
-        entry = _PLANS[key] = (statement, planned)
-    plan = entry[1]
-    if plan is None or (many and (plan.returns or not parameters)) or connection.engine.echo:
+        entry = _PLANS[key] = (statement, dialect, _sqlite.plan(statement, dialect, columns))
+    plan = entry[2]
+    # A list given to an ORM write is SQLAlchemy's "bulk by primary key", not an executemany;
+    # a connection that logs its SQL (echo, or the sqlalchemy.engine logger) logs these too.
+    if plan is None or (many and (plan.returns or plan.orm or not parameters)) or connection._echo:
         return await on.execute(statement, parameters)
+    try:
+        bound = [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
+    except Exception:  # a value its type refuses: SQLAlchemy's execution raises its own error
+        bound = [None]
+    if any(b is None for b in bound):
+        return await on.execute(statement, parameters)  # SQLAlchemy names what is missing or wrong
     if not connection.in_transaction():
         # Begun as the statement's execution would have begun it (the connection's "begin"
         # event chooses the BEGIN), and the statement then runs directly like the rest.
         await (on.connection() if isinstance(on, AsyncSession) else on.begin())
-    bound = [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
-    if any(b is None for b in bound):
-        return await on.execute(statement, parameters)  # SQLAlchemy names what is missing
     if plan.orm and isinstance(on, AsyncSession) and on.sync_session.autoflush:
         sync = on.sync_session
         if not sync._is_clean() and not sync._flushing:

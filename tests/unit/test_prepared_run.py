@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, StatementError
 
 from bridge.store import Store, _sqlite
 from bridge.store.prepared import any_of, by_ids, run, update_columns
@@ -216,3 +216,29 @@ async def test_a_first_statement_begins_the_transaction_it_runs_in(store: Store)
             rows = (await run(conn, _ROWS, by_ids(ids))).all()
         assert len(sent) == (2 if _direct(store) else 0)
     assert [r.state for r in rows] == [OpState.PENDING] * 3  # the write went with its transaction
+
+
+async def test_a_value_its_type_refuses_is_sqlalchemy_s_error(store: Store) -> None:
+    ids = await _seed(store)
+    naive = {
+        "op_id": ids[0],
+        "was": OpState.PENDING,
+        "new_state": OpState.DONE,
+        "until": datetime(2026, 1, 1),
+    }
+    async with store.transaction() as session:
+        await session.scalar(select(TaskRow.id))
+        with pytest.raises(StatementError, match="naive datetime"):
+            await run(session, _SET_STATE, naive)
+
+
+async def test_a_list_given_to_an_orm_write_is_sqlalchemy_s_bulk_write(store: Store) -> None:
+    """SQLAlchemy takes a list given to an ORM UPDATE as an update by primary key (which this
+    statement cannot be), not as an executemany: `run` leaves it to SQLAlchemy."""
+    await _seed(store)
+    unsynced = _SYNCED.execution_options(synchronize_session=False)
+    async with store.transaction() as session:
+        await session.scalar(select(TaskRow.id))
+        with direct_runs() as sent, pytest.raises(InvalidRequestError, match="primary key"):
+            await run(session, unsynced, [{"task": "t1"}, {"task": "t2"}])
+        assert sent == []

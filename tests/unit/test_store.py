@@ -308,6 +308,10 @@ async def test_sqlite_echo_checks_share_one_connection_each_use_reading_what_was
         with pytest.raises(StoreLost):
             async with s.reading():
                 pass
+        s.lost = None
+        async with s.reading() as conn:
+            await s.close()  # a use under way when the store closes: its connection closes after it
+        assert conn.closed
     finally:
         await s.close()
     assert s._held_reader is None

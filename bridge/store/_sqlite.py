@@ -245,13 +245,13 @@ def plan(statement: Any, dialect: Any, columns: Sequence[str] | None = None) -> 
         params.append((name, fixed, compiled._bind_processors.get(name)))
     row: type[tuple[Any, ...]] | None = None
     results: list[tuple[int, Callable[[Any], Any]]] = []
-    columns = compiled._result_columns
-    if columns:
-        names = [c[0] for c in columns]
+    returned = compiled._result_columns  # (key, name, objects, type) of each column returned
+    if returned:
+        names = [c[0] for c in returned]
         if len(set(names)) != len(names):
             return None
         row = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
-        for i, column in enumerate(columns):
+        for i, column in enumerate(returned):
             processor = column[3]._cached_result_processor(dialect, None)
             if processor is not None:
                 results.append((i, processor))
@@ -261,7 +261,7 @@ def plan(statement: Any, dialect: Any, columns: Sequence[str] | None = None) -> 
         row=row,
         results=tuple(results),
         orm=orm,
-        returns=bool(columns),
+        returns=bool(returned),
     )
 
 

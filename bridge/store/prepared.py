@@ -166,9 +166,9 @@ PLANS_KEPT = 1_000  # statements planned at most: the hot paths' own are a few d
 
 async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: Any = None) -> Any:
     """`on.execute(statement, parameters)` for a statement built once (a module's constant or
-    a cached builder's), on SQLite run on the driver when the statement
-    allows it (see `_sqlite.plan`); `parameters` a mapping, or a list of them (executemany).
-    Returns the result, or `_sqlite.Rows` with the same reading methods."""
+    a cached builder's), run on SQLite's driver itself when the statement allows it (see
+    `_sqlite.plan`). `parameters`: a mapping, or a list of them (an executemany). Returns
+    SQLAlchemy's result, or `_sqlite.Rows` with the same reading methods."""
     connection = _direct_connection(on)
     if connection is None:
         return await on.execute(statement, parameters)
@@ -192,7 +192,9 @@ async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: An
     if plan is None or (many and (plan.returns or plan.orm or not parameters)) or connection._echo:
         return await on.execute(statement, parameters)
     try:
-        bound = [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
+        bound = (
+            [_sqlite.bind(plan, p) for p in parameters] if many else [_sqlite.bind(plan, parameters or {})]
+        )
     except Exception:  # a value its type refuses: SQLAlchemy's execution raises its own error
         bound = [None]
     if any(b is None for b in bound):

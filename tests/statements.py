@@ -12,11 +12,13 @@ from bridge.store import Store
 
 
 @contextmanager
-def statements_sent(store: Store) -> Iterator[list[str]]:
+def statements_sent(store: Store, about: str | None = None) -> Iterator[list[str]]:
+    """Each statement on one line; with `about`, only those that name it (a table)."""
     sent: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
+        if about is None or about in statement:
+            sent.append(" ".join(statement.split()))
 
     event.listen(store.engine.sync_engine, "before_cursor_execute", record)
     try:

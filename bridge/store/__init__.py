@@ -358,19 +358,8 @@ class Store:
                 await asyncio.sleep(0)
 
     async def _held_writer(self) -> AsyncConnection:
-        """The writers' connection, connected if need be, with no transaction open: one left
-        open (cut short, or a COMMIT that failed while SQLite kept the transaction, which
-        SQLAlchemy no longer counts as open) is rolled back here, as a transaction only ever
-        begins in `_writing`."""
-        conn = self._writer
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._writer = await self.engine.connect()
-            return conn
-        if conn.in_transaction():
-            await conn.rollback()
-        driver = conn.sync_connection.connection.dbapi_connection
-        if isinstance(driver, _sqlite.InlineConnection) and driver.in_transaction:
-            driver.rollback()
+        """The writers' connection, ready for a transaction (`_ready_held`)."""
+        conn = self._writer = await _ready_held(self._writer, self.engine)
         return conn
 
     def read(self) -> AsyncSession:
@@ -393,11 +382,7 @@ class Store:
         if self.lost is not None:
             raise StoreLost(self.lost)
         async with self._read_turn:
-            conn = self._held_reader
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self._held_reader = await self._reader().connect()
-            elif conn.in_transaction():  # a use cut short before it ended its own
-                await conn.rollback()
+            conn = self._held_reader = await _ready_held(self._held_reader, self._reader())
             try:
                 yield conn
             finally:
@@ -443,6 +428,21 @@ def _pools_connections(target: str | URL) -> bool:
     return url.get_driver_name() == _sqlite.DRIVER and issubclass(
         _sqlite.InlineDialect.get_pool_class(url), pool.QueuePool
     )
+
+
+async def _ready_held(conn: AsyncConnection | None, engine: AsyncEngine) -> AsyncConnection:
+    """A connection the store holds (the writers', the echo checks'), connected from `engine` if
+    need be, with no transaction open: one left open (a use cut short, or a COMMIT that failed
+    while SQLite kept the transaction, which SQLAlchemy no longer counts as open) is rolled back
+    here, as each use begins its own."""
+    if conn is None or conn.closed or conn.invalidated:
+        return await engine.connect()
+    if conn.in_transaction():
+        await conn.rollback()
+    driver = conn.sync_connection.connection.dbapi_connection
+    if isinstance(driver, _sqlite.InlineConnection) and driver.in_transaction:
+        driver.rollback()
+    return conn
 
 
 async def _close_quietly(conn: AsyncConnection) -> None:

@@ -287,14 +287,6 @@ class Rows:
     def first(self) -> Any:
         return self._rows[0] if self._rows else None
 
-    def one_or_none(self) -> Any:
-        if len(self._rows) > 1:
-            raise exc.MultipleResultsFound("Multiple rows were found when one or none was required")
-        return self.first()
-
-    def scalar(self) -> Any:
-        return self._rows[0][0] if self._rows else None
-
     def one(self) -> Any:
         if len(self._rows) != 1:
             raise (
@@ -306,10 +298,6 @@ class Rows:
 
     def scalar_one(self) -> Any:
         return self.one()[0]
-
-    def scalar_one_or_none(self) -> Any:
-        row = self.one_or_none()
-        return None if row is None else row[0]
 
     def scalars(self) -> Rows:
         return Rows([r[0] for r in self._rows], self.rowcount)

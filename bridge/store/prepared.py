@@ -13,8 +13,8 @@ SQLite. `one_of` (constants) and `any_of` (a list given at execution) say the sa
 
 `run(session, stmt, params)` executes one of these statements as `session.execute` would; on
 SQLite it runs it on the driver directly, past SQLAlchemy's execution machinery (`_sqlite.py`
-says what that saves and which statements qualify), and returns rows with the same reading
-methods (`all`, `first`, `scalars`, `scalar`, `rowcount`).
+says what that saves and which statements qualify), and returns rows with the reading methods
+the hot paths use (`all`, `first`, `one`, `scalar_one`, `scalars`, `rowcount`, iteration).
 """
 
 from __future__ import annotations

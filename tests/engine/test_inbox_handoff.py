@@ -7,13 +7,13 @@ without TASKBRIDGE_TEST_PG_URL)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from bridge import config
@@ -28,6 +28,7 @@ from tests.engine import test_hierarchy
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, titles
 from tests.engine.test_hierarchy import signed_delivery
+from tests.statements import statements_sent
 from tests.world import World
 
 harness = test_hierarchy.harness
@@ -36,21 +37,9 @@ new_store = test_hierarchy.new_store
 OK = Receipt(202, "ok")
 
 
-@contextmanager
-def inbox_statements(harness: Harness) -> Iterator[list[str]]:
+def inbox_statements(harness: Harness) -> AbstractContextManager[list[str]]:
     """The statements run on the inbox table meanwhile."""
-    seen: list[str] = []
-    engine = harness.ctx.store.engine.sync_engine
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "inbox" in statement:
-            seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    return statements_sent(harness.ctx.store, about="inbox")
 
 
 async def deliveries(harness: Harness) -> dict[int, tuple[str, str | None]]:

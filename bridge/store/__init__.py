@@ -312,14 +312,23 @@ class Store:
         async with self._writing() as conn:
             session = self.sessions(bind=conn)
             try:
-                async with session.begin():
-                    yield session
+                # Begun by its first statement (SQLAlchemy's autobegin), not by `session.begin()`
+                # up front: each of the async session's calls into SQLAlchemy is a greenlet's round
+                # trip, about 20 us of CPU, and a write transaction made five.
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
             finally:
                 # Closed here, not by the session's own context manager, which closes in a task
                 # of its own so that a cancellation cannot cut a connection's return short: this
-                # session holds no connection (`_writing` does), and that task cost each write
-                # transaction about 25 us.
-                await session.close()
+                # session holds no connection (`_writing` does). Ended, it closes without I/O (it
+                # only lets go of its objects), so without a greenlet's round trip.
+                if session.in_transaction():
+                    await session.close()
+                else:
+                    session.sync_session.close()
 
     @asynccontextmanager
     async def statements(self) -> AsyncIterator[AsyncConnection]:
@@ -373,8 +382,11 @@ class Store:
         two (a webhook's echo check, where the session cost more than its statement). On SQLite
         on a file, one connection is held for these reads, taken in turns: a pool's checkout and
         return cost a check about 200 us of CPU, more than its statements, and statements run
-        inline, so a turn lasts microseconds. Each use is a transaction of its own, ended as it
-        returns: the next one reads what was committed since."""
+        inline, so a turn lasts microseconds. There, a prepared SELECT run with `prepared.run`
+        is a read of its own (SQLite's autocommit: what was committed when it started, no
+        transaction begun and rolled back around it, which cost SQLAlchemy more than the read),
+        as every read of PostgreSQL's reader is; anything else begins a transaction, ended as
+        the use returns. Either way the next use reads what was committed since."""
         if self._read_turn is None or self._closed:
             async with self._reader().connect() as pooled:
                 yield pooled
@@ -382,7 +394,10 @@ class Store:
         if self.lost is not None:
             raise StoreLost(self.lost)
         async with self._read_turn:
-            conn = self._held_reader = await _ready_held(self._held_reader, self._reader())
+            conn = await _ready_held(self._held_reader, self._reader())
+            if conn is not self._held_reader:
+                await conn.execution_options(**{_sqlite.UNTRANSACTED: True})
+                self._held_reader = conn
             try:
                 yield conn
             finally:

@@ -44,6 +44,11 @@ from sqlalchemy.util.concurrency import await_
 
 DRIVER = "taskbridge_aiosqlite"  # the name Store.open gives sqlite+aiosqlite URLs
 BEGIN = "taskbridge_begin"  # a pooled connection's info: the BEGIN its next transaction runs
+# A connection's execution option: a prepared SELECT `prepared.run` sends on it runs as a read
+# of its own (SQLite's autocommit), not in a transaction begun and rolled back around it, which
+# cost SQLAlchemy more than the read (`Store.reading()`'s echo checks). Anything else sent on it
+# begins a transaction as usual.
+UNTRANSACTED = "taskbridge_untransacted"
 
 
 def _run(

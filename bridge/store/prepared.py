@@ -199,7 +199,9 @@ async def run(on: AsyncSession | AsyncConnection, statement: Any, parameters: An
         bound = [None]
     if any(b is None for b in bound):
         return await on.execute(statement, parameters)  # SQLAlchemy names what is missing or wrong
-    if not connection.in_transaction():
+    if not connection.in_transaction() and not (
+        plan.returns and statement.is_select and connection._execution_options.get(_sqlite.UNTRANSACTED)
+    ):
         # Begun as the statement's execution would have begun it (the connection's "begin"
         # event chooses the BEGIN), and the statement then runs directly like the rest.
         await (on.connection() if isinstance(on, AsyncSession) else on.begin())

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import bindparam, event, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from bridge.store import Store, StoreLost, redact_url
+from bridge.store.prepared import run
 from bridge.store.tables import HistoryRow, LinkRow, MetaRow, OutboxRow, TaskRow, metadata
 from tests.conftest import terminate_pg_backends
 
@@ -315,6 +316,74 @@ async def test_sqlite_echo_checks_share_one_connection_each_use_reading_what_was
     finally:
         await s.close()
     assert s._held_reader is None
+
+
+async def test_a_write_transaction_that_fails_at_its_commit_or_is_cancelled_leaves_nothing(
+    store: Store,
+) -> None:
+    """A transaction begins with its first statement and commits at its end: a commit that
+    fails (a duplicate key found by the flush it runs) and a body cancelled midway are rolled
+    back, their objects let go, and the next transaction starts clean."""
+    async with store.transaction() as s:
+        s.add(task_row())
+        kept = task_row("01JTASKKEPT000000000000000")
+        s.add(kept)
+    assert inspect(kept).detached  # the session let go of it at the end
+    with pytest.raises(IntegrityError):
+        async with store.transaction() as s:
+            s.add(task_row("01JTASKNEW0000000000000000"))
+            s.add(task_row())  # the flush at the commit finds it stored already
+    inside = asyncio.Event()
+
+    async def cancelled() -> None:
+        async with store.transaction() as s:
+            s.add(task_row("01JTASKCUT0000000000000000"))
+            await s.flush()
+            inside.set()
+            await asyncio.Event().wait()
+
+    cut = asyncio.create_task(cancelled())
+    await inside.wait()
+    cut.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    async with store.transaction() as s:
+        assert sorted(await s.scalars(select(TaskRow.id))) == [task_row().id, kept.id]
+
+
+async def test_sqlite_echo_checks_read_without_a_transaction_around_their_prepared_selects(
+    tmp_path: Path,
+) -> None:
+    """On the held connection a prepared SELECT sent with `run` is a read of its own: no
+    transaction is begun (or rolled back) around it, and nothing stays open on SQLite's side
+    after it (a read left open would hold back the WAL's checkpoints). Anything else sent there
+    begins a transaction that the use's end rolls back: a write is never autocommitted."""
+    s = Store.open(f"sqlite+aiosqlite:///{tmp_path}/reader.db")
+    begun: list[object] = []
+    event.listen(s.engine.sync_engine, "begin", begun.append)
+    titles = select(TaskRow.title).order_by(TaskRow.title)
+    retitle = update(TaskRow.__table__).values(title=bindparam("title"))
+    try:
+        await s.migrate()
+        async with s.transaction() as session:
+            session.add(task_row("01JTASKA0000000000000000000"))
+        begun.clear()
+        async with s.reading() as conn:
+            assert list((await run(conn, titles)).scalars()) == ["T"]
+            assert list((await run(conn, titles)).scalars()) == ["T"]
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert not conn.in_transaction() and not driver.in_transaction
+        assert begun == []
+        async with s.reading() as conn:
+            assert (await run(conn, retitle, {"title": "changed"})).rowcount == 1
+            assert conn.in_transaction()
+        assert len(begun) == 1
+        async with s.reading() as conn:
+            assert list((await run(conn, titles)).scalars()) == ["T"]  # rolled back
+            assert list((await conn.execute(titles)).scalars()) == ["T"]  # SQLAlchemy's own
+        assert len(begun) == 2
+    finally:
+        await s.close()
 
 
 @pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])

@@ -65,7 +65,6 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, bindparam, case, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-from sqlalchemy.orm.attributes import set_committed_value
 
 from bridge import metrics
 from bridge.config import WorkersConfig
@@ -109,7 +108,17 @@ from bridge.engine.sync import (
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
 from bridge.store import RefusalLog, StoreLost, on_commit
-from bridge.store.prepared import any_of, by_ids, one_of, rows_in, run, show_stored, update_columns
+from bridge.store.prepared import (
+    any_of,
+    by_ids,
+    copies,
+    loaded,
+    one_of,
+    rows_in,
+    run,
+    show_stored,
+    update_columns,
+)
 from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
@@ -172,8 +181,10 @@ class _Op:
     observed_at: datetime
     route: Route
     member: Member
-    task: TaskRow
-    link: LinkRow
+    # Copies of the rows (`prepared.copies`) as the claim read them, or as read again after an
+    # edit found there was merged (`_after_remote_edit`): the committer loads what it writes.
+    task: Any
+    link: Any
     comment: CommentRow | None = None
     comment_remote_id: str | None = None  # the comment's mirror there, when already posted
     planned: Values = field(default_factory=dict)  # an update's changes, marked in flight
@@ -358,8 +369,10 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
     task_ids = {r.task_id for r in rows}
     link_ids = {r.link_id for r in rows if r.link_id is not None}
     comment_ids = {r.comment_id for r in rows if r.comment_id}
-    tasks = {t.id: t for t in (await session.scalars(rows_in(TaskRow), by_ids(task_ids))).all()}
-    links = {x.id: x for x in (await session.scalars(rows_in(LinkRow), by_ids(link_ids))).all()}
+    # Copies, not objects of the session: the worker only reads them, and the committer loads
+    # what it writes afresh.
+    tasks = {t.id: t for t in await copies(session, TaskRow, task_ids)}
+    links = {x.id: x for x in await copies(session, LinkRow, link_ids)}
     comments: dict[str, CommentRow] = {}
     posted: dict[tuple[str, str], str] = {}
     if comment_ids:
@@ -402,10 +415,9 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
     for op in out:
         if isinstance(op, _Op) and op.op == OpKind.UPDATE and op.planned:
             inflight = claimed_inflight(ctx.connectors[op.connector], op.link, op.planned)
-            # The in-flight marks of the batch as one statement, not an ORM flush at commit
-            # (which cost the claim as much as its other statements together); the loaded
-            # link shows the mark without being dirty.
-            set_committed_value(op.link, "inflight", inflight)
+            # The in-flight marks of the batch as one statement; the operation's copy of its
+            # link shows its mark.
+            op.link = op.link._replace(inflight=inflight)
             marks.append({"row_id": op.link.id, "inflight": inflight})
     if marks:
         await run(session, update_columns(_LINKS, ("inflight",)), marks)
@@ -833,12 +845,12 @@ async def _after_remote_edit(
     async with ctx.store.transaction() as session:
         await observe(ctx, session, Observation(op.route, op.member, current, "poll"))
     async with ctx.store.read() as session:
-        task = await session.get(TaskRow, op.task.id)
-        link = await session.get(LinkRow, op.link.id)
+        tasks = await copies(session, TaskRow, [op.task.id])
+        links = await copies(session, LinkRow, [op.link.id])
         held = await held_fields(session, op.task.id)
-        if task is None or link is None or link.state != LinkState.ACTIVE:
+        if not tasks or not links or links[0].state != LinkState.ACTIVE:
             return None
-        op.task, op.link = task, link
+        op.task, op.link = tasks[0], links[0]
         planned = op.planned
         op.planned = _plan(conn, op, held)
         if "parent" in op.planned:
@@ -1043,12 +1055,8 @@ async def apply_outcomes(
     finishes: list[dict[str, Any]] = []
     retries: list[dict[str, Any]] = []
     ops = [op for op, _ in batch if isinstance(op, _Op)]
-    links = {
-        x.id: x for x in (await session.scalars(rows_in(LinkRow), by_ids({op.link.id for op in ops}))).all()
-    }
-    tasks = {
-        t.id: t for t in (await session.scalars(rows_in(TaskRow), by_ids({op.task.id for op in ops}))).all()
-    }
+    links = {x.id: x for x in await loaded(session, LinkRow, {op.link.id for op in ops})}
+    tasks = {t.id: t for t in await loaded(session, TaskRow, {op.task.id for op in ops})}
     requeue: list[tuple[Route, TaskRow, datetime]] = []
     succeeded: list[_Op] = []
     landed: dict[tuple[str, int], list[_Op]] = {}  # (route, levels of children to re-check) -> ops

@@ -27,7 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import any_of, by_ids, one_of, run, write_loaded
+from bridge.store.prepared import any_of, by_ids, got, loaded_by, one_of, run, write_loaded
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -71,7 +71,7 @@ async def links_holding(
     if not pairs:
         return {}
     params = {"connectors": sorted({c for c, _ in pairs}), "ids": sorted({r for _, r in pairs})}
-    rows = (await session.scalars(_LINKS_BY_REMOTES, params)).all()
+    rows = await loaded_by(session, _LINKS_BY_REMOTES, params)
     return {
         (link.connector, link.remote_id): link
         for link in rows
@@ -97,7 +97,8 @@ async def link_by_remote(session: AsyncSession, connector: str, remote_id: str) 
         state = inspect(link)
         if not (state.deleted or state.was_deleted or state.detached):
             return link
-    return await session.scalar(_LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
+    found = await loaded_by(session, _LINK_BY_REMOTE, {"connector": connector, "remote_id": remote_id})
+    return found[0] if found else None
 
 
 class _Claimed(Protocol):
@@ -481,7 +482,7 @@ async def observe(ctx: EngineContext, session: AsyncSession, obs: Observation) -
         return await _overwritten_edit(ctx, session, obs, link, lost, now)
     if link.state == LinkState.ACTIVE and core.unmoved(values, _agreed(values, link)):
         return False  # the checks below, made before the task is read: an echo of ours costs one read
-    task = await session.get(TaskRow, link.task_id)
+    task = await got(session, TaskRow, link.task_id)
     if task is None or task.deleted_at is not None:
         return False
     if link.state in (LinkState.UNLINKED, LinkState.GONE):
@@ -510,7 +511,7 @@ async def _overwritten_edit(
     write replaced (`core.overwritten_edits`). It is merged as the edit it was, at its own time,
     against what the side agreed before the write; where it wins, every side gets it written,
     this one too: its base stays what it shows now (our write)."""
-    task = await session.get(TaskRow, link.task_id)
+    task = await got(session, TaskRow, link.task_id)
     reported_at = obs.task.updated_at
     last = link_overwritten(link)
     if task is None or task.deleted_at is not None or reported_at is None or last is None:
@@ -718,7 +719,7 @@ async def queue_updates_many(
     held = await held_fields_many(session, task_ids)
     # A side whose update is being written now re-checks the whole task when it lands (_succeed),
     # so a second update queued behind it would only re-read what the first one writes.
-    open_updates = (await session.scalars(_OPEN_UPDATES_OF, by_ids(task_ids))).all()
+    open_updates = await loaded_by(session, _OPEN_UPDATES_OF, by_ids(task_ids))
     writing = {row.link_id for row in open_updates if row.state == OpState.CLAIMED}
     waiting = {
         row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
@@ -1262,7 +1263,7 @@ async def apply_remote_deletion(
     now = ctx.now()
     link.state = advance(link.state, LinkState.GONE)
     link.updated_at = now
-    task = await session.get(TaskRow, link.task_id)
+    task = await got(session, TaskRow, link.task_id)
     if task is None:
         return False
     session.add(

@@ -27,7 +27,7 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import any_of, by_ids, got, loaded_by, one_of, run, write_loaded
+from bridge.store.prepared import any_of, by_ids, copy_type, got, loaded_by, one_of, run, write_loaded
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -934,7 +934,9 @@ async def _create_canonical(
     task = await new_task(
         session, route, values, source=member.connector, via=obs.via, now=now, updated_at=rt.updated_at
     )
-    session.add(active_link(route, member, task.id, rt, values, now, mirror=False))
+    # A Core insert, as create_mirrors' links: later statements of this transaction (a child
+    # observed next in the batch looking up its parent's link) find it without a flush.
+    await run(session, _NEW_LINK, active_link_values(route, member, task.id, rt, values, now, mirror=False))
     await create_mirrors(ctx, session, route, task, exclude=member, observed_at=now)
     return task
 
@@ -946,22 +948,31 @@ def active_link(
     (which become the link's base): what an observation, a re-adoption and a match all make.
     The last two link many copies at once, read before any had a link: `link_parents` adds their
     parents once all are made."""
-    return LinkRow(
-        task_id=task_id,
-        route=route.name,
-        connector=member.connector,
-        scope=member.scope,
-        remote_id=rt.remote_id,
-        state=LinkState.ACTIVE,
-        base=encode_values(values),
-        remote_updated_at=rt.updated_at,
-        remote_created_at=rt.created_at,
-        content_hash=rt.content_hash,
-        remote_url=rt.url,
-        is_mirror=mirror,
-        created_at=now,
-        updated_at=now,
-    )
+    return LinkRow(**active_link_values(route, member, task_id, rt, values, now, mirror=mirror))
+
+
+def active_link_values(
+    route: Route, member: Member, task_id: str, rt: RemoteTask, values: Values, now: datetime, *, mirror: bool
+) -> dict[str, Any]:
+    """`active_link`'s columns, every one of them (a Core insert of them needs no defaults)."""
+    return {
+        "task_id": task_id,
+        "route": route.name,
+        "connector": member.connector,
+        "scope": member.scope,
+        "remote_id": rt.remote_id,
+        "state": LinkState.ACTIVE,
+        "base": encode_values(values),
+        "remote_updated_at": rt.updated_at,
+        "remote_created_at": rt.created_at,
+        "content_hash": rt.content_hash,
+        "remote_url": rt.url,
+        "is_mirror": mirror,
+        "inflight": None,
+        "overwritten": None,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 class SeenCopy(Protocol):
@@ -1085,9 +1096,8 @@ async def new_task(
     )
     session.add(task)
     await session.flush()
-    session.add(
-        HistoryRow(task_id=task.id, field="*", old=None, new={"v": "created"}, source=source, via=via, at=now)
-    )
+    history = {"task_id": task.id, "field": "*", "old": None, "new": {"v": "created"}}
+    await run(session, _ADD_HISTORY, {**history, "source": source, "via": via, "at": now})
     return task
 
 
@@ -1106,7 +1116,9 @@ async def create_mirrors(
     observation of the new remote task (a webhook racing the create's commit) finds it through
     the marker."""
     now = ctx.now()
-    links: list[LinkRow] = []
+    if inspect(task).pending:
+        await session.flush()  # the task stored before the links that name it
+    creates: list[dict[str, Any]] = []
     for other in route.members:
         if exclude is not None and other.key == exclude.key:
             continue
@@ -1114,27 +1126,42 @@ async def create_mirrors(
             continue
         if not other.writes_any:
             continue
-        links.append(
-            LinkRow(
-                task_id=task.id,
-                route=route.name,
-                connector=other.connector,
-                scope=other.scope,
-                remote_id=None,
-                state=LinkState.CREATING,
-                base={},
-                is_mirror=True,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    if not links:
+        values = {
+            **_NO_REMOTE,
+            "task_id": task.id,
+            "route": route.name,
+            "connector": other.connector,
+            "scope": other.scope,
+            "state": LinkState.CREATING,
+            "base": {},
+            "is_mirror": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # Inserted as Core statements, each returning its id for its operation: added as ORM
+        # rows, their flush cost a new task more than these statements and the operations'.
+        link = _LINK_COPY(id=(await run(session, _NEW_LINK, values)).scalar_one(), **values)
+        creates.append(op_values(task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now))
+    if not creates:
         return
-    session.add_all(links)
-    await session.flush()  # the links' ids, for their operations: one flush for all of them
-    creates = [op_values(task, link, OpKind.CREATE, {}, observed_at=observed_at, now=now) for link in links]
     await run(session, _NEW_OPS, creates)  # one statement, as queue_updates_many's
     on_commit(session, ctx.outbox_ready.set)
+
+
+_NEW_LINK = insert(LinkRow.__table__).returning(LinkRow.__table__.c.id)
+# A mirror's link before its create lands: nothing of the remote task known yet.
+_NO_REMOTE: dict[str, Any] = dict.fromkeys(
+    (
+        "remote_id",
+        "remote_updated_at",
+        "remote_created_at",
+        "content_hash",
+        "remote_url",
+        "inflight",
+        "overwritten",
+    )
+)
+_LINK_COPY = copy_type(LinkRow)
 
 
 async def _open_conflict(

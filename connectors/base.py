@@ -872,6 +872,18 @@ class _Client(httpx.AsyncClient):
     def cookies(self, cookies: Any) -> None:
         self._jar = _Cookies(cookies)
 
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        # A path (every platform call is one): the base URL's text and the path parsed as one URL.
+        # httpx parses the path, then parses again the base URL it copies with the joined path:
+        # 30 us of CPU a request against 14 (tests/unit/test_http_client.py holds them equal).
+        if isinstance(url, str) and url.startswith("/") and not url.startswith("//") and "#" not in url:
+            base = self.base_url
+            if not base.query and not base.fragment:
+                # Its path ends in "/" (httpx's rule), which the text leaves out for the root.
+                text = str(base)
+                return httpx.URL(f"{text}{'' if text.endswith('/') else '/'}{url.lstrip('/')}")
+        return super()._merge_url(url)
+
 
 class HttpClient:
     """httpx.AsyncClient plus what every platform call needs. `auth_headers` are added to each

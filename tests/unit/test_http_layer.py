@@ -6,9 +6,12 @@ import logging
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import mapping
 from connectors import base
@@ -242,3 +245,30 @@ async def test_an_error_text_is_redacted_of_every_configured_secret(fake: EchoFa
         await http.get("/api/status/422")
     assert TOKEN not in str(info.value) and "nope ***" in str(info.value)
     await http.aclose()
+
+
+_JOINING: dict[str, base._Client] = {}  # one client a base URL (a client's SSL context costs ms)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base_url=st.sampled_from(
+        ["http://127.0.0.1:8123", "http://127.0.0.1:8123/api/v2", "https://h.example/a b/ü/"]
+    ),
+    path=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
+    query=st.none() | st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20),
+)
+def test_a_path_joins_the_base_url_as_httpx_joins_it(base_url: str, path: str, query: str | None) -> None:
+    """The client's own join of a path to its base URL (one parse, not two) gives the URL httpx's
+    would, or fails where httpx's fails, for any text after the leading slash, query or not."""
+    client = _JOINING.get(base_url) or _JOINING.setdefault(base_url, base._Client(base_url=base_url))
+    url = "/" + path + ("" if query is None else "?" + query)
+    try:
+        expected: object = httpx.AsyncClient._merge_url(client, url)
+    except httpx.InvalidURL as error:
+        expected = type(error)
+    try:
+        got: object = client._merge_url(url)
+    except httpx.InvalidURL as error:
+        got = type(error)
+    assert got == expected

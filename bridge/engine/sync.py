@@ -27,7 +27,17 @@ from bridge.engine.merge import merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
-from bridge.store.prepared import any_of, by_ids, copy_type, got, loaded_by, one_of, run, write_loaded
+from bridge.store.prepared import (
+    any_of,
+    attach,
+    by_ids,
+    copy_type,
+    got,
+    loaded_by,
+    one_of,
+    run,
+    write_loaded,
+)
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
 from connectors.base import Connector, RemoteTask
@@ -1083,22 +1093,32 @@ async def new_task(
     """A new canonical task (defaults for what `values` leaves out) with its "created" history row.
     `task_id` is given only to take back a task under the id its mirrors' markers name."""
     canonical = {**DEFAULTS, **values}
-    task = TaskRow(
-        id=task_id or new_id(),
-        route=route.name,
-        data=encode_values(canonical),
-        title=canonical["title"],
-        status=str(canonical["status"]),
-        created_at=now,
-        updated_at=updated_at or now,
-        version=1,
-        field_times={"*": (updated_at or now).isoformat()},
-    )
-    session.add(task)
-    await session.flush()
-    history = {"task_id": task.id, "field": "*", "old": None, "new": {"v": "created"}}
+    data = encode_values(canonical)
+    stamp = updated_at or now
+    row = {
+        "id": task_id or new_id(),
+        "route": route.name,
+        "data": data,
+        "title": canonical["title"],
+        "status": str(canonical["status"]),
+        "priority": search.priority_of(data),
+        "created_at": now,
+        "updated_at": stamp,
+        "deleted_at": None,
+        "version": 1,
+        "field_times": {"*": stamp.isoformat()},
+    }
+    # Core statements, indexed as the flush's listeners would index it (`search.reindex`), and
+    # then the session's object: added as an ORM row, its flush cost a poll 435 us a new task.
+    await run(session, _NEW_TASK, row)
+    for statement, params in search.reindex(row["id"], None, data, stamp):
+        await run(session, statement, params)
+    history = {"task_id": row["id"], "field": "*", "old": None, "new": {"v": "created"}}
     await run(session, _ADD_HISTORY, {**history, "source": source, "via": via, "at": now})
-    return task
+    return attach(session, TaskRow, row)
+
+
+_NEW_TASK = insert(TaskRow.__table__)
 
 
 async def create_mirrors(

@@ -171,11 +171,18 @@ async def loaded_by(session: AsyncSession, statement: Select[Any], parameters: A
                 await session.refresh(held, list(expired))
             out.append(held)
             continue
-        obj = entity(**dict(zip(names, row, strict=True)))
-        make_transient_to_detached(obj)  # as if loaded: these values are what is stored
-        sync.add(obj)
-        out.append(obj)
+        out.append(attach(session, entity, dict(zip(names, row, strict=True))))
     return out
+
+
+def attach(session: AsyncSession, entity: Any, values: Mapping[str, Any]) -> Any:
+    """An object of `entity` holding `values` (every column), made the session's own as if it
+    had loaded them: for a row read or written with Core statements, which a later change to
+    the object then updates through the ORM's flush as usual."""
+    obj = entity(**values)
+    make_transient_to_detached(obj)  # the values are what is stored: no history, nothing pending
+    session.sync_session.add(obj)
+    return obj
 
 
 @functools.lru_cache(maxsize=256)  # statements built once (a per-call one would only miss)

@@ -914,14 +914,20 @@ async def _adopt_mirror(
             link.remote_id,
         )
         return True
-    link.remote_id = rt.remote_id
-    link.state = advance(link.state, LinkState.ACTIVE)
-    link.base = encode_values(values)
-    link.remote_updated_at = rt.updated_at
-    link.remote_created_at = rt.created_at
-    link.remote_url = rt.url
-    link.content_hash = rt.content_hash
-    link.updated_at = now
+    adopted = {
+        "remote_id": rt.remote_id,
+        "state": advance(link.state, LinkState.ACTIVE),
+        "base": encode_values(values),
+        "remote_updated_at": rt.updated_at,
+        "remote_created_at": rt.created_at,
+        "remote_url": rt.url,
+        "content_hash": rt.content_hash,
+        "updated_at": now,
+    }
+    # Stored now: a child observed next in the batch looks its parent's link up by remote id
+    # with a Core read, which no flush precedes.
+    if not await write_loaded(session, link, adopted):
+        await session.flush()
     return True
 
 

@@ -316,10 +316,14 @@ class Store:
                 # up front: each of the async session's calls into SQLAlchemy is a greenlet's round
                 # trip, about 20 us of CPU, and a write transaction made five.
                 yield session
-                await session.commit()
             except BaseException:
                 await session.rollback()
                 raise
+            else:
+                # A commit that fails is rolled back by the close below. Not by a rollback here:
+                # one after a COMMIT that went through (an on_commit callback raising) would
+                # only replace the error that says what happened.
+                await session.commit()
             finally:
                 # Closed here, not by the session's own context manager, which closes in a task
                 # of its own so that a cancellation cannot cut a connection's return short: this

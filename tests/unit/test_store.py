@@ -531,6 +531,16 @@ async def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(store:
         (await s.get(TaskRow, task_row().id)).title = "again"  # type: ignore[union-attr]
     assert seen == ["woken"]  # the rolled-back callback was dropped, not carried to the next commit
 
+    def fails() -> None:
+        raise LookupError("the callback's own error")
+
+    with pytest.raises(LookupError, match="own error"):  # not replaced by a refused rollback
+        async with store.transaction() as s:
+            (await s.get(TaskRow, task_row().id)).title = "committed"  # type: ignore[union-attr]
+            on_commit(s, fails)
+    async with store.read() as session:
+        assert (await session.get(TaskRow, task_row().id)).title == "committed"  # type: ignore[union-attr]
+
 
 def test_overlapping_poll_warnings_from_the_scheduler_are_dropped(caplog: pytest.LogCaptureFixture) -> None:
     from bridge import logs

@@ -316,14 +316,14 @@ class Store:
                 # up front: each of the async session's calls into SQLAlchemy is a greenlet's round
                 # trip, about 20 us of CPU, and a write transaction made five.
                 yield session
+                await session.commit()
             except BaseException:
+                # A commit that failed too: SQLAlchemy leaves the connection's transaction
+                # inactive but open until a rollback, and the held writer's next BEGIN would be
+                # refused. (The on_commit callbacks, after a COMMIT that went through, never
+                # raise: see `_run_on_commit`.)
                 await session.rollback()
                 raise
-            else:
-                # A commit that fails is rolled back by the close below. Not by a rollback here:
-                # one after a COMMIT that went through (an on_commit callback raising) would
-                # only replace the error that says what happened.
-                await session.commit()
             finally:
                 # Closed here, not by the session's own context manager, which closes in a task
                 # of its own so that a cancellation cannot cut a connection's return short: this
@@ -519,8 +519,13 @@ def on_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _run_on_commit(session: Session) -> None:
+    # The commit stands whatever a callback does: raised from here, an error would come out of
+    # the commit as if it had failed, and the rollback after it would be refused.
     for callback in session.info.pop("on_commit", []):
-        callback()
+        try:
+            callback()
+        except Exception:
+            log.exception("a callback after a commit failed (the commit stands)")
 
 
 @event.listens_for(Session, "after_rollback")

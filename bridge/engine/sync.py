@@ -970,19 +970,37 @@ def active_link(
 def active_link_values(
     route: Route, member: Member, task_id: str, rt: RemoteTask, values: Values, now: datetime, *, mirror: bool
 ) -> dict[str, Any]:
-    """`active_link`'s columns, every one of them (a Core insert of them needs no defaults)."""
+    """`active_link`'s columns (`link_values`)."""
+    return link_values(
+        route, member, task_id, now, state=LinkState.ACTIVE, base=encode_values(values), mirror=mirror, rt=rt
+    )
+
+
+def link_values(
+    route: Route,
+    member: Member,
+    task_id: str,
+    now: datetime,
+    *,
+    state: LinkState,
+    base: dict[str, Any],
+    mirror: bool,
+    rt: RemoteTask | None = None,
+) -> dict[str, Any]:
+    """Every column of a new link (a Core insert of them needs no defaults); without `rt`, a
+    mirror's link before its create lands: nothing of the remote task known yet."""
     return {
         "task_id": task_id,
         "route": route.name,
         "connector": member.connector,
         "scope": member.scope,
-        "remote_id": rt.remote_id,
-        "state": LinkState.ACTIVE,
-        "base": encode_values(values),
-        "remote_updated_at": rt.updated_at,
-        "remote_created_at": rt.created_at,
-        "content_hash": rt.content_hash,
-        "remote_url": rt.url,
+        "remote_id": rt.remote_id if rt else None,
+        "state": state,
+        "base": base,
+        "remote_updated_at": rt.updated_at if rt else None,
+        "remote_created_at": rt.created_at if rt else None,
+        "content_hash": rt.content_hash if rt else None,
+        "remote_url": rt.url if rt else None,
         "is_mirror": mirror,
         "inflight": None,
         "overwritten": None,
@@ -1119,8 +1137,19 @@ async def new_task(
     await run(session, _NEW_TASK, row)
     for statement, params in search.reindex(row["id"], None, data, stamp):
         await run(session, statement, params)
-    history = {"task_id": row["id"], "field": "*", "old": None, "new": {"v": "created"}}
-    await run(session, _ADD_HISTORY, {**history, "source": source, "via": via, "at": now})
+    await run(
+        session,
+        _ADD_HISTORY,
+        {
+            "task_id": row["id"],
+            "field": "*",
+            "old": None,
+            "new": {"v": "created"},
+            "source": source,
+            "via": via,
+            "at": now,
+        },
+    )
     return attach(session, TaskRow, row)
 
 
@@ -1152,18 +1181,7 @@ async def create_mirrors(
             continue
         if not other.writes_any:
             continue
-        values = {
-            **_NO_REMOTE,
-            "task_id": task.id,
-            "route": route.name,
-            "connector": other.connector,
-            "scope": other.scope,
-            "state": LinkState.CREATING,
-            "base": {},
-            "is_mirror": True,
-            "created_at": now,
-            "updated_at": now,
-        }
+        values = link_values(route, other, task.id, now, state=LinkState.CREATING, base={}, mirror=True)
         # Inserted as Core statements, each returning its id for its operation: added as ORM
         # rows, their flush cost a new task more than these statements and the operations'.
         link = _LINK_COPY(id=(await run(session, _NEW_LINK, values)).scalar_one(), **values)
@@ -1175,18 +1193,6 @@ async def create_mirrors(
 
 
 _NEW_LINK = insert(LinkRow.__table__).returning(LinkRow.__table__.c.id)
-# A mirror's link before its create lands: nothing of the remote task known yet.
-_NO_REMOTE: dict[str, Any] = dict.fromkeys(
-    (
-        "remote_id",
-        "remote_updated_at",
-        "remote_created_at",
-        "content_hash",
-        "remote_url",
-        "inflight",
-        "overwritten",
-    )
-)
 _LINK_COPY = copy_type(LinkRow)
 
 

@@ -154,11 +154,9 @@ async def loaded_by(session: AsyncSession, statement: Select[Any], parameters: A
     was expired read again); any other becomes a new object of the session with the row's values as stored.
     The ORM's loading of one object cost about 250 us of CPU; this about 80."""
     entity, columns = _columns_of(statement)
-    sync = session.sync_session
-    if sync.autoflush and not sync._is_clean() and not sync._flushing:
-        await session.flush()
+    # An entity's SELECT of columns is ORM-enabled: `run` flushes what is pending first.
     rows = (await run(session, columns, parameters)).all()
-    identity = sync.identity_map
+    identity = session.sync_session.identity_map
     mapper = _mapper(entity)
     names = copy_type(entity)._fields  # type: ignore[attr-defined]
     keys = _key_positions(entity)

@@ -5,7 +5,7 @@ is changed everywhere and documented in `config.example.yaml` beside its key."""
 from __future__ import annotations
 
 # workers: (config keys)
-DEFAULT_CONCURRENCY = 8  # outbox operations in flight at once in one process
+DEFAULT_CONCURRENCY = 8  # outbox writes at the platforms at once in one process
 DEFAULT_CLAIM_TTL = 120.0  # seconds a claim holds before another worker may take the work
 DEFAULT_LEASE_TTL = 30.0  # seconds a connector's poll lease holds without a renewal
 DEFAULT_COMMENTS_PER_POLL = 50  # linked tasks whose comments one poll reads, round-robin

@@ -42,9 +42,10 @@ update, records the write about to go out on its link (`inflight`, so that the p
 it before we record it is known for our echo; kept beside earlier writes whose outcome was never
 recorded, which may have landed too). Then each operation talks to its platform with no
 store work in between. What each one ended with (written, retry later, parked) is recorded by a
-group commit: finished operations queue for the committer, which applies every outcome waiting
-in one transaction (a new base, the operation closed, whatever the task still needs queued). A
-crash after a write but before its commit loses only the record of it: the claim expires, and the
+group commit: finished operations queue for the committer (giving their slot to the next write;
+their claims hold until the record commits), which applies every outcome waiting in one
+transaction (a new base, the operation closed, whatever the task still needs queued). A crash
+after a write but before its commit loses only the record of it: the claim expires, and the
 repeat writes what is true by then. A field the lost write may have set otherwise (its claim is
 kept until a write's outcome is recorded) is written again, and the side showing the lost
 write's value is known for our echo, never taken for an edit there.
@@ -144,7 +145,7 @@ WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, fo
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
-    concurrency: int = DEFAULT_CONCURRENCY  # operations in flight at once in this process
+    concurrency: int = DEFAULT_CONCURRENCY  # writes at the platforms at once in this process
     claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds a claim holds before another worker may take it
     batch: int = DEFAULT_CLAIM_BATCH  # operations claimed per query
     idle_wait: float = DEFAULT_IDLE_WAIT  # longest sleep when there is nothing to do
@@ -493,7 +494,12 @@ class Worker:
         self.committer = Committer(ctx, max_unexpected=self.settings.max_unexpected)
         self._stopping = asyncio.Event()
         self._grace = DEFAULT_STOP_GRACE  # seconds a stop gives the writes in flight
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # claimed, until their outcome is recorded
+        # Of those, the ones talking to their platform: `concurrency` bounds these. An outcome
+        # waiting for the committer's transaction holds no slot (it held one through the group
+        # commit's linger and transaction: a third of a backfill's create in flight, 2026-12-06),
+        # but it still holds its claim, so at most as many again wait to be recorded.
+        self._sending = 0
         self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         # The last claim may have left runnable work behind (it took all it asked for, or had no
         # slot free): a finished operation then wakes the loop. Otherwise what wakes it is new
@@ -542,10 +548,11 @@ class Worker:
         while not self._stopping.is_set():
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
-            free = self.settings.concurrency - len(self._inflight)
+            concurrency = self.settings.concurrency
+            free = min(concurrency - self._sending, 2 * concurrency - len(self._inflight))
             # A claim is a write transaction: while work is in flight, claim when half the
             # slots are free rather than one operation per finished one.
-            refill = free >= max(1, self.settings.concurrency // 2) or not self._inflight
+            refill = free >= max(1, concurrency // 2) or not self._inflight
             asked = min(free, self.settings.batch)
             claiming = free > 0 and refill
             ops = await self._claim(asked) if claiming else []
@@ -554,6 +561,7 @@ class Worker:
             claimed_at = time.monotonic()
             for op in ops:
                 await sem.acquire()
+                self._sending += 1
                 self._claimed[op.id] = claimed_at
                 task = asyncio.create_task(self._run_one(op, sem))
                 self._inflight.add(task)
@@ -584,22 +592,28 @@ class Worker:
             self._claim_refusals.succeeded()
         return ops
 
-    async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore | None) -> None:
+    async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore) -> None:
+        """Talk to the platform in a slot of `sem` (taken by the caller), then record the outcome
+        with the slot given back."""
         try:
-            with log_context(**_log_fields(op)):
-                if isinstance(op, _Orphan):
-                    outcome = _parked("its task, link, route or connector no longer exists")
-                else:
-                    outcome = await self._attempt(op)
+            try:
+                with log_context(**_log_fields(op)):
+                    if isinstance(op, _Orphan):
+                        outcome = _parked("its task, link, route or connector no longer exists")
+                    else:
+                        outcome = await self._attempt(op)
+            finally:
+                sem.release()
+                self._sending -= 1
+                if self._more:
+                    self.ctx.outbox_ready.set()  # a slot is free for work the last claim left
             await self.committer.submit(op, outcome)
         finally:
-            if sem is not None:
-                sem.release()
             # Out of the count before the loop can look (its done-callback may run after the
-            # loop resumes), or a loop that finds no slot free waits with none in flight.
+            # loop resumes), or a loop that finds no room waits with none in flight.
             self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
             if self._more:
-                self.ctx.outbox_ready.set()  # a slot is free for work the last claim left
+                self.ctx.outbox_ready.set()  # room for work the last claim left
 
     async def _attempt(self, op: _Op) -> Outcome:
         try:
@@ -640,6 +654,7 @@ class Worker:
             tasks = []
             for op in ops:
                 await sem.acquire()
+                self._sending += 1
                 tasks.append(asyncio.create_task(self._run_one(op, sem)))
             await asyncio.gather(*tasks)
             done += len(ops)

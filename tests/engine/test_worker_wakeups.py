@@ -81,3 +81,55 @@ async def test_a_claim_that_took_all_it_could_is_followed_as_slots_free_up(
     finally:
         worker.stop()
         await running
+
+
+async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
+    harness: Harness, world: World
+) -> None:
+    """`concurrency` bounds the writes at the platforms; a write that landed waits for the
+    committer without its slot, keeping its claim, and at most as many again wait so."""
+    made = [create_on(world, "squads", f"slots {i}") for i in range(6)]
+    await harness.settle()
+    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
+    worker = Worker(harness.ctx, settings)
+    at_platforms = started = most = 0
+    for platform in ("vortask", "impactly", "agentkanban", "runs"):
+        conn = harness.ctx.connectors[platform]
+
+        async def counted(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
+            nonlocal at_platforms, started, most
+            at_platforms += 1
+            started += 1
+            most = max(most, at_platforms)
+            try:
+                return await _real(*args, **kwargs)
+            finally:
+                at_platforms -= 1
+
+        conn.update_task = counted  # type: ignore[method-assign]
+    gate = asyncio.Event()
+    real_apply = worker.committer._apply
+
+    async def held_apply(batch: Any) -> None:
+        await gate.wait()  # a slow store: nothing is recorded until the gate opens
+        await real_apply(batch)
+
+    worker.committer._apply = held_apply  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    try:
+        for i, task_id in enumerate(made):
+            ops.edit(world, "squads", task_id, title=f"slots {i}, edited")
+        await harness.poll("squads")  # 24 writes
+        await _until(lambda: started == 4)  # two slots, and two more once the first two landed
+        await asyncio.sleep(0.5)
+        assert started == 4, "more writes went out than may wait for their record"
+        assert len(worker._inflight) == 4
+        gate.set()
+        expected = {f"slots {i}, edited" for i in range(6)}
+        for platform in ("vortask", "impactly", "agentkanban", "runs"):
+            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+        assert most <= 2, "more writes at the platforms at once than the concurrency"
+    finally:
+        gate.set()
+        worker.stop()
+        await running

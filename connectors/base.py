@@ -873,10 +873,18 @@ class _Client(httpx.AsyncClient):
         self._jar = _Cookies(cookies)
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
-        # A path (every platform call is one): the base URL's text and the path parsed as one URL.
-        # httpx parses the path, then parses again the base URL it copies with the joined path:
-        # 30 us of CPU a request against 14 (tests/unit/test_http_client.py holds them equal).
-        if isinstance(url, str) and url.startswith("/") and not url.startswith("//") and "#" not in url:
+        # A path (every platform call is one, with its leading slash or without: httpx joins both
+        # to the base URL's path): the base URL's text and the path parsed as one URL. httpx
+        # parses the path, then parses again the base URL it copies with the joined path: 30 us
+        # of CPU a request against 14 (tests/unit/test_http_layer.py holds them equal). Not
+        # what could read as a scheme ("a:b") or a host ("//h"): httpx's own join decides those.
+        if (
+            isinstance(url, str)
+            and url
+            and not url.startswith("//")
+            and "#" not in url
+            and ":" not in url.partition("/")[0]
+        ):
             base = self.base_url
             if not base.query and not base.fragment:
                 # Its path ends in "/" (httpx's rule), which the text leaves out for the root.

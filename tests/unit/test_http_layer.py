@@ -257,12 +257,16 @@ _JOINING: dict[str, base._Client] = {}  # one client a base URL (a client's SSL 
     ),
     path=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
     query=st.none() | st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20),
+    lead=st.sampled_from(["/", ""]),
 )
-def test_a_path_joins_the_base_url_as_httpx_joins_it(base_url: str, path: str, query: str | None) -> None:
+def test_a_path_joins_the_base_url_as_httpx_joins_it(
+    base_url: str, path: str, query: str | None, lead: str
+) -> None:
     """The client's own join of a path to its base URL (one parse, not two) gives the URL httpx's
-    would, or fails where httpx's fails, for any text after the leading slash, query or not."""
+    would, or fails where httpx's fails, for any text, with a leading slash or without (the
+    platforms' clients send both), query or not."""
     client = _JOINING.get(base_url) or _JOINING.setdefault(base_url, base._Client(base_url=base_url))
-    url = "/" + path + ("" if query is None else "?" + query)
+    url = lead + path + ("" if query is None else "?" + query)
     try:
         expected: object = httpx.AsyncClient._merge_url(client, url)
     except httpx.InvalidURL as error:

@@ -177,7 +177,10 @@ def attach(session: AsyncSession, entity: Any, values: Mapping[str, Any]) -> Any
     """An object of `entity` holding `values` (every column), made the session's own as if it
     had loaded them: for a row read or written with Core statements, which a later change to
     the object then updates through the ORM's flush as usual."""
-    obj = entity(**values)
+    # Filled as the ORM's loading fills an object (its state's dict, no attribute events), not
+    # through the constructor's instrumented setattr of each column: 12 us against 30.
+    obj = _mapper(entity).class_manager.new_instance()
+    obj.__dict__.update(values)
     make_transient_to_detached(obj)  # the values are what is stored: no history, nothing pending
     session.sync_session.add(obj)
     return obj

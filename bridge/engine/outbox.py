@@ -2,8 +2,8 @@
 
 Delivery promise: every queued operation is applied at least once, and its effect at most once:
 - a claim expires (`claim_ttl`), so work held by a crashed worker or replica returns to the pool;
-  a live worker renews the claims of writes still in flight every third of it, so a slow write
-  is never taken by another worker and sent twice;
+  a live worker renews the claims it holds (writes in flight, and those claimed ahead of a free
+  slot) every third of it, so a slow write is never taken by another worker and sent twice;
 - operations on one link are applied in `id` order, one at a time: only the oldest unfinished
   operation of a link can be claimed (enforced by the claim query, on PostgreSQL with
   `FOR UPDATE SKIP LOCKED` so replicas never claim the same row);
@@ -54,11 +54,12 @@ write's value is known for our echo, never taken for an edit there.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -494,12 +495,17 @@ class Worker:
         self.committer = Committer(ctx, max_unexpected=self.settings.max_unexpected)
         self._stopping = asyncio.Event()
         self._grace = DEFAULT_STOP_GRACE  # seconds a stop gives the writes in flight
-        self._inflight: set[asyncio.Task[None]] = set()  # claimed, until their outcome is recorded
+        self._inflight: set[asyncio.Task[None]] = set()  # started, until their outcome is recorded
         # Of those, the ones talking to their platform: `concurrency` bounds these. An outcome
         # waiting for the committer's transaction holds no slot (it held one through the group
         # commit's linger and transaction: a third of a backfill's create in flight, 2026-12-06),
-        # but it still holds its claim, so at most as many again wait to be recorded.
+        # but it still holds its claim.
         self._sending = 0
+        # Claimed ahead, waiting for a slot: a write that lands starts the next at once, not after
+        # a claim's transaction (claimed only once half the slots were free, slots sat empty in
+        # between). At most `concurrency` wait here, and at most twice that many operations are
+        # claimed and unrecorded in all (`_claimable`).
+        self._ready: collections.deque[_Op | _Orphan] = collections.deque()
         self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         # The last claim may have left runnable work behind (it took all it asked for, or had no
         # slot free): a finished operation then wakes the loop. Otherwise what wakes it is new
@@ -512,12 +518,12 @@ class Worker:
         self._renew_refusals = RefusalLog(log, "renewing outbox claims")
 
     async def run(self) -> None:
-        sem = asyncio.Semaphore(self.settings.concurrency)
         renewer = asyncio.create_task(self._renew_claims(), name="outbox-claims")
         try:
-            await self._loop(sem)
+            await self._loop()
         finally:
             renewer.cancel()
+        await self._give_back_ready()
         await self.drain_inflight()
 
     async def _renew_claims(self) -> None:
@@ -544,34 +550,60 @@ class Worker:
                 if i in self._claimed:
                     self._claimed[i] = now
 
-    async def _loop(self, sem: asyncio.Semaphore) -> None:
+    async def _loop(self) -> None:
+        concurrency = self.settings.concurrency
         while not self._stopping.is_set():
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
-            concurrency = self.settings.concurrency
-            free = min(concurrency - self._sending, 2 * concurrency - len(self._inflight))
+            self._start_ready()
+            wanted = concurrency - len(self._ready)
+            asked = min(wanted, 2 * concurrency - len(self._inflight) - len(self._ready), self.settings.batch)
             # A claim is a write transaction: while work is in flight, claim when half the
-            # slots are free rather than one operation per finished one.
-            refill = free >= max(1, concurrency // 2) or not self._inflight
-            asked = min(free, self.settings.batch)
-            claiming = free > 0 and refill
+            # queue is gone rather than one operation per finished one.
+            claiming = asked > 0 and (wanted >= max(1, concurrency // 2) or not self._inflight)
             ops = await self._claim(asked) if claiming else []
-            # Runnable work may be left: no claim for want of slots, or one that took all it asked.
+            # Runnable work may be left: no claim for want of room, or one that took all it asked.
             self._more = not claiming or len(ops) >= asked
             claimed_at = time.monotonic()
             for op in ops:
-                await sem.acquire()
-                self._sending += 1
                 self._claimed[op.id] = claimed_at
-                task = asyncio.create_task(self._run_one(op, sem))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-                task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
+            self._ready.extend(ops)
+            self._start_ready()
             if not self._more or not claiming:  # nothing left to claim now: what comes next sets the event
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
                 except TimeoutError:
                     pass
+
+    def _start_ready(self) -> None:
+        """Start what was claimed ahead, in the slots free."""
+        while self._ready and self._sending < self.settings.concurrency:
+            op = self._ready.popleft()
+            self._sending += 1
+            task = asyncio.create_task(self._run_one(op, self._sent))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
+
+    def _sent(self) -> None:
+        """A write's platform answered (or it ended without one): its slot is free."""
+        self._sending -= 1
+        if self._more or self._ready:
+            self.ctx.outbox_ready.set()  # for work claimed ahead, or work the last claim left
+
+    async def _give_back_ready(self) -> None:
+        """Claimed ahead and never started (the worker stopped): given back to the pool now
+        rather than held until the claims expire. Nothing of them was sent."""
+        ids = [op.id for op in self._ready]
+        self._ready.clear()
+        for i in ids:
+            self._claimed.pop(i, None)
+        if not ids:
+            return
+        try:
+            await give_back(self.ctx, ids)
+        except Exception as exc:  # the store failing: the claims expire instead
+            log.warning("giving back %d unstarted outbox claims failed (%s); they expire", len(ids), exc)
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         # Expired claims are looked for every RELEASE_EVERY seconds, not at every claim: a claim
@@ -592,9 +624,9 @@ class Worker:
             self._claim_refusals.succeeded()
         return ops
 
-    async def _run_one(self, op: _Op | _Orphan, sem: asyncio.Semaphore) -> None:
-        """Talk to the platform in a slot of `sem` (taken by the caller), then record the outcome
-        with the slot given back."""
+    async def _run_one(self, op: _Op | _Orphan, sent: Callable[[], None]) -> None:
+        """Talk to the platform in a slot taken by the caller, then give the slot back (`sent`)
+        and record the outcome."""
         try:
             try:
                 with log_context(**_log_fields(op)):
@@ -603,10 +635,7 @@ class Worker:
                     else:
                         outcome = await self._attempt(op)
             finally:
-                sem.release()
-                self._sending -= 1
-                if self._more:
-                    self.ctx.outbox_ready.set()  # a slot is free for work the last claim left
+                sent()
             await self.committer.submit(op, outcome)
         finally:
             # Out of the count before the loop can look (its done-callback may run after the
@@ -654,8 +683,7 @@ class Worker:
             tasks = []
             for op in ops:
                 await sem.acquire()
-                self._sending += 1
-                tasks.append(asyncio.create_task(self._run_one(op, sem)))
+                tasks.append(asyncio.create_task(self._run_one(op, sem.release)))
             await asyncio.gather(*tasks)
             done += len(ops)
         return done
@@ -670,6 +698,21 @@ async def renew_claims(ctx: EngineContext, ids: Sequence[int], ttl: float) -> in
                 OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
             )
             .values(claim_expires_at=ctx.now() + timedelta(seconds=ttl))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def give_back(ctx: EngineContext, ids: Sequence[int]) -> int:
+    """Give back this replica's claims on `ids`, operations never started (nothing of them was
+    sent, so they are due again at once); returns how many it still held."""
+    async with ctx.store.transaction() as session:
+        result = await session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
+            )
+            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -10,7 +10,13 @@ import dataclasses
 import time
 from typing import Any
 
+import pytest
+from sqlalchemy import func, select
+
+from bridge.engine import outbox
 from bridge.engine.outbox import Worker
+from bridge.store.states import OpState
+from bridge.store.tables import OutboxRow
 from tests import ops
 from tests.engine.conftest import Harness
 from tests.engine.test_engine import create_on, titles
@@ -133,3 +139,94 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
         gate.set()
         worker.stop()
         await running
+
+
+async def test_a_write_that_lands_starts_the_next_without_waiting_for_a_claim(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker claims ahead of its slots: when a write lands, the next one claimed starts at
+    once, not after a claim's transaction (here made to take a second)."""
+    made = [create_on(world, "squads", f"ahead {i}") for i in range(2)]
+    await harness.settle()
+    slow = True
+    real_claim = outbox.claim
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        if slow:
+            await asyncio.sleep(1.0)
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim", slow_claim)
+    permits = asyncio.Semaphore(0)  # a write lands only when the test lets it
+    starts: list[float] = []
+    for platform in ("vortask", "impactly", "agentkanban", "runs"):
+        conn = harness.ctx.connectors[platform]
+
+        async def gated(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
+            starts.append(time.monotonic())
+            await permits.acquire()
+            return await _real(*args, **kwargs)
+
+        conn.update_task = gated  # type: ignore[method-assign]
+    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
+    worker = Worker(harness.ctx, settings)
+    running = asyncio.create_task(worker.run())
+    try:
+        for i, task_id in enumerate(made):
+            ops.edit(world, "squads", task_id, title=f"ahead {i}, edited")
+        await harness.poll("squads")  # 8 writes, two at a time
+        await _until(lambda: len(starts) == 2)
+        await asyncio.sleep(2.5)  # the claims that follow are made by now
+        assert len(starts) == 2
+        landed_at = time.monotonic()
+        permits.release()  # one write lands
+        await _until(lambda: len(starts) == 3)
+        assert starts[2] - landed_at < 0.5, "the next write waited for a claim"
+        slow = False
+        for _ in range(8):
+            permits.release()
+        expected = {f"ahead {i}, edited" for i in range(2)}
+        for platform in ("vortask", "impactly", "agentkanban", "runs"):
+            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+    finally:
+        slow = False
+        for _ in range(8):
+            permits.release()
+        worker.stop()
+        await running
+
+
+async def test_writes_claimed_ahead_are_given_back_when_the_worker_stops(
+    harness: Harness, world: World
+) -> None:
+    """Claimed ahead and never started: a stopping worker gives them back, so the next worker
+    (or replica) takes them at once rather than after the claims expire."""
+    made = [create_on(world, "squads", f"back {i}") for i in range(3)]
+    await harness.settle()
+    entered = asyncio.Event()
+    hold = asyncio.Event()
+    for platform in ("vortask", "impactly", "agentkanban", "runs"):
+        conn = harness.ctx.connectors[platform]
+
+        async def held(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
+            entered.set()
+            await hold.wait()
+            return await _real(*args, **kwargs)
+
+        conn.update_task = held  # type: ignore[method-assign]
+    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
+    worker = Worker(harness.ctx, settings)
+    running = asyncio.create_task(worker.run())
+    for i, task_id in enumerate(made):
+        ops.edit(world, "squads", task_id, title=f"back {i}, edited")
+    await harness.poll("squads")  # 12 writes
+    await asyncio.wait_for(entered.wait(), 10)
+    await _until(lambda: len(worker._ready) == 2)
+    worker.stop(grace=5)
+    hold.set()
+    await running
+    async with harness.ctx.store.read() as session:
+        claimed = await session.scalar(
+            select(func.count()).select_from(OutboxRow).where(OutboxRow.state == OpState.CLAIMED)
+        )
+    assert claimed == 0

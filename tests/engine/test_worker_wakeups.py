@@ -6,8 +6,11 @@ goes missing shows as a write that never comes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -69,21 +72,46 @@ def _vortask_comments(world: World) -> list[str]:
     return [c for t in ops.view(world, "vortask").values() for c in ops.comments(world, "vortask", t["id"])]
 
 
+MIRRORS = ("vortask", "impactly", "agentkanban", "runs")  # where an edit made on squads is written
+
+
+def _around_updates(harness: Harness, around: Callable[[], AbstractAsyncContextManager[None]]) -> None:
+    """Each mirror's update_task runs inside `around()` from now on."""
+    for platform in MIRRORS:
+        conn = harness.ctx.connectors[platform]
+
+        async def update(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
+            async with around():
+                return await _real(*args, **kwargs)
+
+        conn.update_task = update  # type: ignore[method-assign]
+
+
+async def _edited_everywhere(world: World, titles_wanted: set[str]) -> None:
+    for platform in MIRRORS:
+        await _until(lambda p=platform: titles_wanted <= set(titles(world, p)), within=30)
+
+
+def _worker(harness: Harness, *, concurrency: int) -> Worker:
+    return Worker(
+        harness.ctx,
+        dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=concurrency),
+    )
+
+
 async def test_a_claim_that_took_all_it_could_is_followed_as_slots_free_up(
     harness: Harness, world: World
 ) -> None:
     made = [create_on(world, "squads", f"many {i}") for i in range(6)]
     await harness.settle()
-    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
-    worker = Worker(harness.ctx, settings)
+    worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     try:
         for i, task_id in enumerate(made):
             ops.edit(world, "squads", task_id, title=f"many {i}, edited")
         await harness.poll("squads")  # 24 writes, two at a time
         expected = {f"many {i}, edited" for i in range(6)}
-        for platform in ("vortask", "impactly", "agentkanban", "runs"):
-            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+        await _edited_everywhere(world, expected)
     finally:
         worker.stop()
         await running
@@ -96,23 +124,21 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
     committer without its slot, keeping its claim, and at most as many again wait so."""
     made = [create_on(world, "squads", f"slots {i}") for i in range(6)]
     await harness.settle()
-    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
-    worker = Worker(harness.ctx, settings)
+    worker = _worker(harness, concurrency=2)
     at_platforms = started = most = 0
-    for platform in ("vortask", "impactly", "agentkanban", "runs"):
-        conn = harness.ctx.connectors[platform]
 
-        async def counted(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
-            nonlocal at_platforms, started, most
-            at_platforms += 1
-            started += 1
-            most = max(most, at_platforms)
-            try:
-                return await _real(*args, **kwargs)
-            finally:
-                at_platforms -= 1
+    @contextlib.asynccontextmanager
+    async def counted() -> AsyncIterator[None]:
+        nonlocal at_platforms, started, most
+        at_platforms += 1
+        started += 1
+        most = max(most, at_platforms)
+        try:
+            yield
+        finally:
+            at_platforms -= 1
 
-        conn.update_task = counted  # type: ignore[method-assign]
+    _around_updates(harness, counted)
     gate = asyncio.Event()
     real_apply = worker.committer._apply
 
@@ -132,8 +158,7 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
         assert len(worker._inflight) == 4
         gate.set()
         expected = {f"slots {i}, edited" for i in range(6)}
-        for platform in ("vortask", "impactly", "agentkanban", "runs"):
-            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+        await _edited_everywhere(world, expected)
         assert most <= 2, "more writes at the platforms at once than the concurrency"
     finally:
         gate.set()
@@ -159,17 +184,15 @@ async def test_a_write_that_lands_starts_the_next_without_waiting_for_a_claim(
     monkeypatch.setattr(outbox, "claim", slow_claim)
     permits = asyncio.Semaphore(0)  # a write lands only when the test lets it
     starts: list[float] = []
-    for platform in ("vortask", "impactly", "agentkanban", "runs"):
-        conn = harness.ctx.connectors[platform]
 
-        async def gated(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
-            starts.append(time.monotonic())
-            await permits.acquire()
-            return await _real(*args, **kwargs)
+    @contextlib.asynccontextmanager
+    async def gated() -> AsyncIterator[None]:
+        starts.append(time.monotonic())
+        await permits.acquire()
+        yield
 
-        conn.update_task = gated  # type: ignore[method-assign]
-    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
-    worker = Worker(harness.ctx, settings)
+    _around_updates(harness, gated)
+    worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     try:
         for i, task_id in enumerate(made):
@@ -186,8 +209,7 @@ async def test_a_write_that_lands_starts_the_next_without_waiting_for_a_claim(
         for _ in range(8):
             permits.release()
         expected = {f"ahead {i}, edited" for i in range(2)}
-        for platform in ("vortask", "impactly", "agentkanban", "runs"):
-            await _until(lambda p=platform: expected <= set(titles(world, p)), within=30)
+        await _edited_everywhere(world, expected)
     finally:
         slow = False
         for _ in range(8):
@@ -205,17 +227,15 @@ async def test_writes_claimed_ahead_are_given_back_when_the_worker_stops(
     await harness.settle()
     entered = asyncio.Event()
     hold = asyncio.Event()
-    for platform in ("vortask", "impactly", "agentkanban", "runs"):
-        conn = harness.ctx.connectors[platform]
 
-        async def held(*args: Any, _real: Any = conn.update_task, **kwargs: Any) -> Any:
-            entered.set()
-            await hold.wait()
-            return await _real(*args, **kwargs)
+    @contextlib.asynccontextmanager
+    async def held() -> AsyncIterator[None]:
+        entered.set()
+        await hold.wait()
+        yield
 
-        conn.update_task = held  # type: ignore[method-assign]
-    settings = dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=2)
-    worker = Worker(harness.ctx, settings)
+    _around_updates(harness, held)
+    worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     for i, task_id in enumerate(made):
         ops.edit(world, "squads", task_id, title=f"back {i}, edited")

@@ -141,6 +141,9 @@ log = logging.getLogger("taskbridge.outbox")
 COMMIT_LINGER = 0.005  # seconds the committer waits for more outcomes before a transaction
 COMMIT_BATCH = 32  # outcomes that commit at once, without waiting for more
 RELEASE_EVERY = 5.0  # seconds between a worker's looks for expired claims
+# Operations claimed and not yet recorded, per slot: one waiting for the slot, one at the
+# platform, one waiting for the committer. Fewer, and the claims shrink whenever records lag.
+UNRECORDED_PER_SLOT = 3
 WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
@@ -503,8 +506,8 @@ class Worker:
         self._sending = 0
         # Claimed ahead, waiting for a slot: a write that lands starts the next at once, not after
         # a claim's transaction (claimed only once half the slots were free, slots sat empty in
-        # between). At most `concurrency` wait here, and at most twice that many operations are
-        # claimed and unrecorded in all (`_claimable`).
+        # between). At most `concurrency` wait here, and at most UNRECORDED_PER_SLOT times that
+        # many operations are claimed and unrecorded in all.
         self._ready: collections.deque[_Op | _Orphan] = collections.deque()
         self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         # The last claim may have left runnable work behind (it took all it asked for, or had no
@@ -556,11 +559,11 @@ class Worker:
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
             self._start_ready()
-            wanted = concurrency - len(self._ready)
-            asked = min(wanted, 2 * concurrency - len(self._inflight) - len(self._ready), self.settings.batch)
-            # A claim is a write transaction: while work is in flight, claim when half the
-            # queue is gone rather than one operation per finished one.
-            claiming = asked > 0 and (wanted >= max(1, concurrency // 2) or not self._inflight)
+            room = UNRECORDED_PER_SLOT * concurrency - len(self._inflight) - len(self._ready)
+            asked = min(concurrency - len(self._ready), room, self.settings.batch)
+            # A claim is a write transaction: while work is in flight, claim once half the queue
+            # can be refilled rather than one operation per finished one.
+            claiming = asked >= max(1, concurrency // 2) or (asked > 0 and not self._inflight)
             ops = await self._claim(asked) if claiming else []
             # Runnable work may be left: no claim for want of room, or one that took all it asked.
             self._more = not claiming or len(ops) >= asked

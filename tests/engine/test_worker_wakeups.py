@@ -121,7 +121,8 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
     harness: Harness, world: World
 ) -> None:
     """`concurrency` bounds the writes at the platforms; a write that landed waits for the
-    committer without its slot, keeping its claim, and at most as many again wait so."""
+    committer without its slot, keeping its claim, and at most UNRECORDED_PER_SLOT times the
+    concurrency are claimed and unrecorded."""
     made = [create_on(world, "squads", f"slots {i}") for i in range(6)]
     await harness.settle()
     worker = _worker(harness, concurrency=2)
@@ -152,10 +153,11 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
         for i, task_id in enumerate(made):
             ops.edit(world, "squads", task_id, title=f"slots {i}, edited")
         await harness.poll("squads")  # 24 writes
-        await _until(lambda: started == 4)  # two slots, and two more once the first two landed
+        bound = outbox.UNRECORDED_PER_SLOT * 2
+        await _until(lambda: started == bound)  # two slots, refilled as writes land
         await asyncio.sleep(0.5)
-        assert started == 4, "more writes went out than may wait for their record"
-        assert len(worker._inflight) == 4
+        assert started == bound, "more writes went out than may wait for their record"
+        assert len(worker._inflight) == bound
         gate.set()
         expected = {f"slots {i}, edited" for i in range(6)}
         await _edited_everywhere(world, expected)

@@ -144,6 +144,10 @@ RELEASE_EVERY = 5.0  # seconds between a worker's looks for expired claims
 # Operations claimed and not yet recorded, per slot: one waiting for the slot, one at the
 # platform, one waiting for the committer. Fewer, and the claims shrink whenever records lag.
 UNRECORDED_PER_SLOT = 3
+# Seconds an operation claimed ahead may wait for a slot (a quarter of claim_ttl when that is
+# shorter). Every slot busy that long (a platform hanging): what waits is given back for other
+# replicas and the slots' next claims, and nothing more is claimed ahead until a slot frees.
+READY_WAIT = 5.0
 WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
@@ -509,6 +513,7 @@ class Worker:
         # between). At most `concurrency` wait here, and at most UNRECORDED_PER_SLOT times that
         # many operations are claimed and unrecorded in all.
         self._ready: collections.deque[_Op | _Orphan] = collections.deque()
+        self._ahead = True  # claims may run ahead of the slots (false once what waited was given back)
         self._claimed: dict[int, float] = {}  # operation id -> when its claim was last set (monotonic)
         # The last claim may have left runnable work behind (it took all it asked for, or had no
         # slot free): a finished operation then wakes the loop. Otherwise what wakes it is new
@@ -555,15 +560,21 @@ class Worker:
 
     async def _loop(self) -> None:
         concurrency = self.settings.concurrency
+        # A claim is a write transaction: while work is in flight, claim once half the queue
+        # can be refilled (or a batch, when that is less) rather than one operation per write.
+        worth_claiming = min(max(1, concurrency // 2), self.settings.batch)
+        ready_wait = min(READY_WAIT, self.settings.claim_ttl / 4)
         while not self._stopping.is_set():
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
             self._start_ready()
+            if self._ready and time.monotonic() - self._claimed.get(self._ready[0].id, 0.0) >= ready_wait:
+                self._ahead = False
+                await self._give_back_ready()
             room = UNRECORDED_PER_SLOT * concurrency - len(self._inflight) - len(self._ready)
-            asked = min(concurrency - len(self._ready), room, self.settings.batch)
-            # A claim is a write transaction: while work is in flight, claim once half the queue
-            # can be refilled rather than one operation per finished one.
-            claiming = asked >= max(1, concurrency // 2) or (asked > 0 and not self._inflight)
+            queue = concurrency if self._ahead else concurrency - self._sending
+            asked = min(queue - len(self._ready), room, self.settings.batch)
+            claiming = asked >= worth_claiming or (asked > 0 and not self._inflight)
             ops = await self._claim(asked) if claiming else []
             # Runnable work may be left: no claim for want of room, or one that took all it asked.
             self._more = not claiming or len(ops) >= asked
@@ -571,10 +582,16 @@ class Worker:
             for op in ops:
                 self._claimed[op.id] = claimed_at
             self._ready.extend(ops)
+            if self._stopping.is_set():
+                break  # stopped during the claim: what it took is given back, none of it started
             self._start_ready()
             if not self._more or not claiming:  # nothing left to claim now: what comes next sets the event
+                timeout = self.settings.idle_wait
+                if self._ready:  # every slot busy: look again when the first of these has waited enough
+                    waited = time.monotonic() - self._claimed.get(self._ready[0].id, 0.0)
+                    timeout = min(timeout, max(0.0, ready_wait - waited))
                 try:
-                    await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=self.settings.idle_wait)
+                    await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=timeout)
                 except TimeoutError:
                     pass
 
@@ -591,12 +608,14 @@ class Worker:
     def _sent(self) -> None:
         """A write's platform answered (or it ended without one): its slot is free."""
         self._sending -= 1
+        self._ahead = True  # the slots move again
         if self._more or self._ready:
             self.ctx.outbox_ready.set()  # for work claimed ahead, or work the last claim left
 
     async def _give_back_ready(self) -> None:
-        """Claimed ahead and never started (the worker stopped): given back to the pool now
-        rather than held until the claims expire. Nothing of them was sent."""
+        """Claimed ahead and never started (the worker stopped, or its slots stayed busy past
+        READY_WAIT): given back to the pool now rather than held until the claims expire (or
+        renewed while the slots hang, out of other replicas' reach). Nothing of them was sent."""
         ids = [op.id for op in self._ready]
         self._ready.clear()
         for i in ids:
@@ -607,6 +626,8 @@ class Worker:
             await give_back(self.ctx, ids)
         except Exception as exc:  # the store failing: the claims expire instead
             log.warning("giving back %d unstarted outbox claims failed (%s); they expire", len(ids), exc)
+        else:
+            self._more = True  # they are runnable again
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         # Expired claims are looked for every RELEASE_EVERY seconds, not at every claim: a claim
@@ -707,15 +728,21 @@ async def renew_claims(ctx: EngineContext, ids: Sequence[int], ttl: float) -> in
 
 
 async def give_back(ctx: EngineContext, ids: Sequence[int]) -> int:
-    """Give back this replica's claims on `ids`, operations never started (nothing of them was
-    sent, so they are due again at once); returns how many it still held."""
+    """Give back this replica's claims on `ids`, operations never started: nothing of them was
+    sent, so they are due again at once and their claims' attempts are not spent. Returns how
+    many it still held."""
     async with ctx.store.transaction() as session:
         result = await session.execute(
             update(OutboxRow)
             .where(
                 OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
             )
-            .values(state=OpState.PENDING, claimed_by=None, claim_expires_at=None)
+            .values(
+                state=OpState.PENDING,
+                claimed_by=None,
+                claim_expires_at=None,
+                attempts=case((OutboxRow.attempts > 0, OutboxRow.attempts - 1), else_=0),
+            )
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -92,11 +92,18 @@ async def _edited_everywhere(world: World, titles_wanted: set[str]) -> None:
         await _until(lambda p=platform: titles_wanted <= set(titles(world, p)), within=30)
 
 
-def _worker(harness: Harness, *, concurrency: int) -> Worker:
+def _worker(harness: Harness, *, concurrency: int, **settings: Any) -> Worker:
     return Worker(
         harness.ctx,
-        dataclasses.replace(harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=concurrency),
+        dataclasses.replace(
+            harness.daemon.worker.settings, idle_wait=IDLE_WAIT, concurrency=concurrency, **settings
+        ),
     )
+
+
+def _edited(world: World, prefix: str) -> int:
+    """Writes landed so far of the edits titled `prefix ..., edited`, over the mirrors."""
+    return sum(1 for p in MIRRORS for t in titles(world, p) if t.startswith(prefix) and t.endswith("edited"))
 
 
 async def test_a_claim_that_took_all_it_could_is_followed_as_slots_free_up(
@@ -247,6 +254,128 @@ async def test_writes_claimed_ahead_are_given_back_when_the_worker_stops(
     worker.stop(grace=5)
     hold.set()
     await running
+    async with harness.ctx.store.read() as session:
+        claimed = await session.scalar(
+            select(func.count()).select_from(OutboxRow).where(OutboxRow.state == OpState.CLAIMED)
+        )
+    assert claimed == 0
+
+
+async def test_one_hanging_write_holds_back_nothing_else_at_any_concurrency(
+    harness: Harness, world: World
+) -> None:
+    """A concurrency over twice the claim batch: claims are still made while a write hangs
+    (a claim takes at most a batch, so "half the queue" is capped at one)."""
+    made = [create_on(world, "squads", f"stall {i}") for i in range(6)]
+    await harness.settle()
+    hang = asyncio.Event()
+    first = True
+
+    @contextlib.asynccontextmanager
+    async def around() -> AsyncIterator[None]:
+        nonlocal first
+        if first:
+            first = False
+            await hang.wait()  # one write at a platform that does not answer
+        yield
+
+    _around_updates(harness, around)
+    worker = _worker(harness, concurrency=40)
+    running = asyncio.create_task(worker.run())
+    try:
+        for i, task_id in enumerate(made):
+            ops.edit(world, "squads", task_id, title=f"stall {i}, edited")
+        await harness.poll("squads")  # 24 writes on 24 links
+        await _until(lambda: _edited(world, "stall") == 23, within=15)
+    finally:
+        hang.set()
+        worker.stop()
+        await running
+
+
+async def test_what_waits_for_slots_that_hang_is_given_back_to_other_workers(
+    harness: Harness, world: World
+) -> None:
+    """A worker whose every slot hangs gives back what it claimed ahead (after a quarter of
+    claim_ttl here) rather than renewing it out of another replica's reach; given back unsent,
+    an operation keeps the attempt its claim counted."""
+    made = [create_on(world, "squads", f"hoard {i}") for i in range(2)]
+    await harness.settle()
+    hang = asyncio.Event()
+    calls = 0
+
+    @contextlib.asynccontextmanager
+    async def around() -> AsyncIterator[None]:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:  # the first worker's two slots
+            await hang.wait()
+        yield
+
+    _around_updates(harness, around)
+    stuck = _worker(harness, concurrency=2, claim_ttl=4.0)
+    running = asyncio.create_task(stuck.run())
+    other = _worker(harness, concurrency=8)
+    running_other: asyncio.Task[None] | None = None
+    try:
+        for i, task_id in enumerate(made):
+            ops.edit(world, "squads", task_id, title=f"hoard {i}, edited")
+        await harness.poll("squads")  # 8 writes
+        await _until(lambda: calls >= 2 and len(stuck._ready) == 2)
+        held = [op.id for op in stuck._ready]
+        await _until(lambda: not stuck._ready, within=5)
+        async with harness.ctx.store.read() as session:
+            rows = (
+                await session.execute(
+                    select(OutboxRow.state, OutboxRow.attempts).where(OutboxRow.id.in_(held))
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [(OpState.PENDING, 0)] * 2
+        running_other = asyncio.create_task(other.run())
+        await _until(lambda: _edited(world, "hoard") >= 6, within=10)
+    finally:
+        hang.set()
+        stuck.stop()
+        await running
+        other.stop()
+        if running_other is not None:
+            await running_other
+
+
+async def test_a_stop_during_a_claim_starts_nothing_it_took(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = [create_on(world, "squads", f"late {i}") for i in range(2)]
+    await harness.settle()
+    in_claim = asyncio.Event()
+    real_claim = outbox.claim
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        in_claim.set()
+        await asyncio.sleep(0.5)
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim", slow_claim)
+    stopped = False
+    started_after_stop = 0
+
+    @contextlib.asynccontextmanager
+    async def around() -> AsyncIterator[None]:
+        nonlocal started_after_stop
+        started_after_stop += stopped
+        yield
+
+    _around_updates(harness, around)
+    for i, task_id in enumerate(made):
+        ops.edit(world, "squads", task_id, title=f"late {i}, edited")
+    await harness.poll("squads")
+    worker = _worker(harness, concurrency=2)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(in_claim.wait(), 10)
+    worker.stop(grace=5)
+    stopped = True
+    await running
+    assert started_after_stop == 0
     async with harness.ctx.store.read() as session:
         claimed = await session.scalar(
             select(func.count()).select_from(OutboxRow).where(OutboxRow.state == OpState.CLAIMED)

@@ -101,6 +101,13 @@ def _worker(harness: Harness, *, concurrency: int, **settings: Any) -> Worker:
     )
 
 
+async def _edit_on_squads(harness: Harness, world: World, made: list[str], prefix: str) -> None:
+    """Retitle each of `made` on squads ("{prefix} {i}, edited") and poll it: four writes each."""
+    for i, task_id in enumerate(made):
+        ops.edit(world, "squads", task_id, title=f"{prefix} {i}, edited")
+    await harness.poll("squads")
+
+
 def _edited(world: World, prefix: str) -> int:
     """Writes landed so far of the edits titled `prefix ..., edited`, over the mirrors."""
     return sum(1 for p in MIRRORS for t in titles(world, p) if t.startswith(prefix) and t.endswith("edited"))
@@ -114,9 +121,7 @@ async def test_a_claim_that_took_all_it_could_is_followed_as_slots_free_up(
     worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     try:
-        for i, task_id in enumerate(made):
-            ops.edit(world, "squads", task_id, title=f"many {i}, edited")
-        await harness.poll("squads")  # 24 writes, two at a time
+        await _edit_on_squads(harness, world, made, "many")  # 24 writes, two at a time
         expected = {f"many {i}, edited" for i in range(6)}
         await _edited_everywhere(world, expected)
     finally:
@@ -157,9 +162,7 @@ async def test_a_write_waiting_for_its_record_gives_its_slot_to_the_next(
     worker.committer._apply = held_apply  # type: ignore[method-assign]
     running = asyncio.create_task(worker.run())
     try:
-        for i, task_id in enumerate(made):
-            ops.edit(world, "squads", task_id, title=f"slots {i}, edited")
-        await harness.poll("squads")  # 24 writes
+        await _edit_on_squads(harness, world, made, "slots")  # 24 writes
         bound = outbox.UNRECORDED_PER_SLOT * 2
         await _until(lambda: started == bound)  # two slots, refilled as writes land
         await asyncio.sleep(0.5)
@@ -204,9 +207,7 @@ async def test_a_write_that_lands_starts_the_next_without_waiting_for_a_claim(
     worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     try:
-        for i, task_id in enumerate(made):
-            ops.edit(world, "squads", task_id, title=f"ahead {i}, edited")
-        await harness.poll("squads")  # 8 writes, two at a time
+        await _edit_on_squads(harness, world, made, "ahead")  # 8 writes, two at a time
         await _until(lambda: len(starts) == 2)
         await asyncio.sleep(2.5)  # the claims that follow are made by now
         assert len(starts) == 2
@@ -246,9 +247,7 @@ async def test_writes_claimed_ahead_are_given_back_when_the_worker_stops(
     _around_updates(harness, held)
     worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
-    for i, task_id in enumerate(made):
-        ops.edit(world, "squads", task_id, title=f"back {i}, edited")
-    await harness.poll("squads")  # 12 writes
+    await _edit_on_squads(harness, world, made, "back")  # 12 writes
     await asyncio.wait_for(entered.wait(), 10)
     await _until(lambda: len(worker._ready) == 2)
     worker.stop(grace=5)
@@ -283,9 +282,7 @@ async def test_one_hanging_write_holds_back_nothing_else_at_any_concurrency(
     worker = _worker(harness, concurrency=40)
     running = asyncio.create_task(worker.run())
     try:
-        for i, task_id in enumerate(made):
-            ops.edit(world, "squads", task_id, title=f"stall {i}, edited")
-        await harness.poll("squads")  # 24 writes on 24 links
+        await _edit_on_squads(harness, world, made, "stall")  # 24 writes on 24 links
         await _until(lambda: _edited(world, "stall") == 23, within=15)
     finally:
         hang.set()
@@ -318,9 +315,7 @@ async def test_what_waits_for_slots_that_hang_is_given_back_to_other_workers(
     other = _worker(harness, concurrency=8)
     running_other: asyncio.Task[None] | None = None
     try:
-        for i, task_id in enumerate(made):
-            ops.edit(world, "squads", task_id, title=f"hoard {i}, edited")
-        await harness.poll("squads")  # 8 writes
+        await _edit_on_squads(harness, world, made, "hoard")  # 8 writes
         await _until(lambda: calls >= 2 and len(stuck._ready) == 2)
         held = [op.id for op in stuck._ready]
         await _until(lambda: not stuck._ready, within=5)
@@ -366,9 +361,7 @@ async def test_a_stop_during_a_claim_starts_nothing_it_took(
         yield
 
     _around_updates(harness, around)
-    for i, task_id in enumerate(made):
-        ops.edit(world, "squads", task_id, title=f"late {i}, edited")
-    await harness.poll("squads")
+    await _edit_on_squads(harness, world, made, "late")
     worker = _worker(harness, concurrency=2)
     running = asyncio.create_task(worker.run())
     await asyncio.wait_for(in_claim.wait(), 10)

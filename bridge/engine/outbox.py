@@ -568,7 +568,7 @@ class Worker:
             # Cleared before looking, so a wake-up that comes while we look is not lost.
             self.ctx.outbox_ready.clear()
             self._start_ready()
-            if self._ready and time.monotonic() - self._claimed.get(self._ready[0].id, 0.0) >= ready_wait:
+            if self._ready and self._ready_waited() >= ready_wait:
                 self._ahead = False
                 await self._give_back_ready()
             room = UNRECORDED_PER_SLOT * concurrency - len(self._inflight) - len(self._ready)
@@ -588,12 +588,15 @@ class Worker:
             if not self._more or not claiming:  # nothing left to claim now: what comes next sets the event
                 timeout = self.settings.idle_wait
                 if self._ready:  # every slot busy: look again when the first of these has waited enough
-                    waited = time.monotonic() - self._claimed.get(self._ready[0].id, 0.0)
-                    timeout = min(timeout, max(0.0, ready_wait - waited))
+                    timeout = min(timeout, max(0.0, ready_wait - self._ready_waited()))
                 try:
                     await asyncio.wait_for(self.ctx.outbox_ready.wait(), timeout=timeout)
                 except TimeoutError:
                     pass
+
+    def _ready_waited(self) -> float:
+        """Seconds the first operation claimed ahead has waited for a slot (`_ready` not empty)."""
+        return time.monotonic() - self._claimed.get(self._ready[0].id, 0.0)
 
     def _start_ready(self) -> None:
         """Start what was claimed ahead, in the slots free."""
@@ -626,8 +629,6 @@ class Worker:
             await give_back(self.ctx, ids)
         except Exception as exc:  # the store failing: the claims expire instead
             log.warning("giving back %d unstarted outbox claims failed (%s); they expire", len(ids), exc)
-        else:
-            self._more = True  # they are runnable again
 
     async def _claim(self, limit: int) -> list[_Op | _Orphan]:
         # Expired claims are looked for every RELEASE_EVERY seconds, not at every claim: a claim
@@ -718,13 +719,16 @@ async def renew_claims(ctx: EngineContext, ids: Sequence[int], ttl: float) -> in
     async with ctx.store.transaction() as session:
         result = await session.execute(
             update(OutboxRow)
-            .where(
-                OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
-            )
+            .where(*_held_here(ctx, ids))
             .values(claim_expires_at=ctx.now() + timedelta(seconds=ttl))
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _held_here(ctx: EngineContext, ids: Sequence[int]) -> tuple[Any, ...]:
+    """Which of the operations `ids` this replica still holds claimed."""
+    return (OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica)
 
 
 async def give_back(ctx: EngineContext, ids: Sequence[int]) -> int:
@@ -734,9 +738,7 @@ async def give_back(ctx: EngineContext, ids: Sequence[int]) -> int:
     async with ctx.store.transaction() as session:
         result = await session.execute(
             update(OutboxRow)
-            .where(
-                OutboxRow.id.in_(ids), OutboxRow.state == OpState.CLAIMED, OutboxRow.claimed_by == ctx.replica
-            )
+            .where(*_held_here(ctx, ids))
             .values(
                 state=OpState.PENDING,
                 claimed_by=None,

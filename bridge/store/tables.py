@@ -48,9 +48,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(_NAIVE)
-        value = value.astimezone(UTC)
+        value = _aware_utc(value)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def bind_processor(self, dialect: Dialect) -> Any:
@@ -67,17 +65,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else as_utc(value)
 
 
-_NAIVE = "naive datetime given to the store; use UTC-aware times"
+def _aware_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive one is refused (the store never guesses a zone)."""
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use UTC-aware times")
+    return value.astimezone(UTC)
 
 
 def _sqlite_text(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError(_NAIVE)
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # less the "+00:00"
+    return _aware_utc(value).isoformat(" ", "microseconds")[:26]  # less the "+00:00"
 
 
 # SQLite has no 64-bit autoincrement distinction; PostgreSQL gets BIGINT identities.

@@ -17,6 +17,13 @@ NO_PROXY: what httpx honoured with its own transport) is read once, when the cli
 aiohttp's `trust_env` would look up proxies and `.netrc` again on a thread for every request,
 which cost more CPU than the parser saves. The session keeps no cookies (httpx has its jar), and
 never sends a request twice by itself.
+
+An answer that declares its length, up to `read_whole_up_to` bytes and not encoded, is read
+whole here, in one call, and handed up already read: nearly every platform answer is a task of
+a few hundred bytes, and passing it up chunk by chunk through the layers of async generators
+between aiohttp and `HttpClient` (httpx-aiohttp's stream, httpx's raw, decoded and bounded
+iterators) cost more CPU than reading it. Longer, encoded or undeclared answers stream as they
+arrive, so `HttpClient` still bounds them as it reads.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class _Body(httpx.AsyncByteStream):
 
 
 DEFAULT_LIMITS = httpx.Limits()  # httpx's own: 100 connections, idle ones closed after 5 s
+# The longest answer read whole by the transport (see above); a listing page is longer and streams.
+DEFAULT_READ_WHOLE_UP_TO = 64 * 1024
 
 
 def environment_proxy(url: str) -> httpx.Proxy | None:
@@ -86,8 +95,15 @@ def environment_proxy(url: str) -> httpx.Proxy | None:
 
 
 class Transport(AiohttpTransport):
-    def __init__(self, url: str, *, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        read_whole_up_to: int = DEFAULT_READ_WHOLE_UP_TO,
+    ) -> None:
         super().__init__(limits=limits, proxy=environment_proxy(url))
+        self.read_whole_up_to = read_whole_up_to
 
     def get_client(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -111,5 +127,37 @@ class Transport(AiohttpTransport):
             if mapped is None:
                 raise
             raise mapped from exc
+        whole = await self._whole(response)
+        if whole is not None:
+            return whole
         response.stream = _Body(response.stream)
         return response
+
+    async def _whole(self, response: httpx.Response) -> httpx.Response | None:
+        """`response` read whole, or None to stream it: see the module's docstring."""
+        declared = response.headers.get("content-length")
+        inner = getattr(response.stream, "_aiohttp_response", None)  # httpx-aiohttp's, checked by a test
+        if (
+            inner is None
+            or declared is None
+            or not declared.isdigit()
+            or int(declared) > self.read_whole_up_to
+            or response.headers.get("content-encoding", "identity").lower() != "identity"
+        ):
+            return None
+        try:
+            body = await inner.read()
+        except BaseException as exc:
+            inner.close()  # a connection left half-read (cut short, a deadline, a stop) is not reused
+            mapped = translate(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        # Built as httpx builds an answer given its body: read, with its own headers kept.
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=body,
+            request=response.request,
+            extensions=response.extensions,
+        )

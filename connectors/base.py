@@ -60,7 +60,7 @@ import ijson
 
 from bridge.mapping import PlatformMapping
 from bridge.model import SYNC_FIELDS, Values, encode_values, normalize_values
-from connectors._aiohttp import Transport
+from connectors._aiohttp import DEFAULT_READ_WHOLE_UP_TO, Transport
 
 log = logging.getLogger("taskbridge.connector")
 
@@ -918,7 +918,10 @@ class HttpClient:
             base_url=settings.base_url,
             headers={"User-Agent": "taskbridge", "Accept": "application/json", **headers},
             timeout=settings.timeout,
-            transport=settings.transport or Transport(settings.base_url),
+            transport=settings.transport
+            or Transport(
+                settings.base_url, read_whole_up_to=min(DEFAULT_READ_WHOLE_UP_TO, settings.max_response_bytes)
+            ),
         )
         self.limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
         self.rng = random.Random()
@@ -1049,6 +1052,13 @@ class HttpClient:
         `max_response_bytes` of it. Over that, the rest stays unread (closing the response closes
         the connection), the body is left empty, and the refusal is returned: a 2xx raises it, an
         error status keeps its own error."""
+        content = getattr(response, "_content", None)
+        if (
+            content is not None
+            and len(content) <= self.settings.max_response_bytes
+            and response.headers.get("content-length") == str(len(content))
+        ):
+            return None  # read whole already, by the transport, within the bound
         chunks: list[bytes] = []
         refused = None
         try:

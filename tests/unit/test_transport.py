@@ -5,6 +5,7 @@ because only a connection never made lets a write be sent again."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -240,3 +241,36 @@ async def test_a_cookie_the_platform_sets_is_sent_back_and_other_answers_skip_th
         await listening.wait_closed()
     assert [b"cookie: lb=node-7" in head.lower() for head in heads] == [False, True, True]
     assert jar_reads == ["read"]  # only the answer that set a cookie went through urllib's jar
+
+
+@pytest.mark.parametrize(
+    ("size", "encoding", "read_whole"),
+    [
+        (100, b"", True),  # a task's answer: read whole by the transport, in one call
+        (101, b"", False),  # over `read_whole_up_to`: streamed, for HttpClient to bound as it reads
+        (100, b"Content-Encoding: gzip\r\n", False),  # encoded: httpx decodes it as it streams
+    ],
+)
+async def test_a_short_plain_answer_comes_up_read_and_any_other_streams(
+    serve: Callable[..., Awaitable[Server]], size: int, encoding: bytes, read_whole: bool
+) -> None:
+    """Also holds httpx-aiohttp's `_aiohttp_response` (what the transport reads whole) to its
+    name: renamed, the first case fails instead of every answer silently streaming again."""
+    plain = b'{"title": "' + b"x" * (size - 13) + b'"}'
+    body = gzip.compress(plain) if encoding else plain  # compressed: well under 100 bytes
+
+    async def answer(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (encoding, len(body), body))
+        await writer.drain()
+
+    server = await serve(answer)
+    async with httpx.AsyncClient(transport=Transport("http://127.0.0.1", read_whole_up_to=100)) as client:
+        request = client.build_request("GET", f"http://127.0.0.1:{server.port}/api/tasks/1")
+        response = await client.send(request, stream=True)
+        if read_whole:
+            assert response.content == plain
+        else:
+            with pytest.raises(httpx.ResponseNotRead):
+                _ = response.content
+            assert await response.aread() == plain
+        await response.aclose()

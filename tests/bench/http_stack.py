@@ -4,11 +4,13 @@ Every mirror write is two or three HTTP exchanges of the daemon's (the read befo
 the write, and the echo the platform delivers back as a webhook), so their cost is a floor
 under the CPU per write that no change to the sync core moves. This measures it alone: a
 server process runs uvicorn with a minimal ASGI app (it reads the body and answers a small JSON
-object), a client process makes N PUTs with a JSON body through one httpx.AsyncClient at
-concurrency 8, and each side's CPU comes from its own accounting (the client's
-`time.process_time`, the server's /proc/<pid>/stat), divided by N. Run for the server's HTTP
-parser, h11 and httptools (the daemon's, bridge/daemon.py); with uvloop installed, also on
-uvloop's event loop (it showed no gain here on 2026-12-02, so the daemon does not use it).
+object, its length declared as the platforms' fakes declare theirs), a client process makes N
+PUTs with a JSON body at concurrency 8 (through httpx.AsyncClient over httpx's own transport and
+over httpx-aiohttp's, and through the connectors' HttpClient over the daemon's transport), and
+each side's CPU comes from its own accounting (the client's `time.process_time`, the server's
+/proc/<pid>/stat), divided by N. Run for the server's HTTP parser, h11 and httptools (the
+daemon's, bridge/daemon.py); with uvloop installed, also on uvloop's event loop (it showed no
+gain here on 2026-12-02, so the daemon does not use it).
 
 By name only (`python -m tests.bench http_stack`), not part of `all`.
 """
@@ -38,9 +40,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     while (await receive()).get("more_body"):
         pass
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": ANSWER})
 
 
@@ -58,9 +59,41 @@ def _transport(name: str) -> Any:
     return None  # httpx's own (httpcore, h11)
 
 
+async def _daemon_client(port: int, n: int) -> dict[str, float]:
+    """The same PUTs through the connectors' HttpClient: the daemon's whole client layer."""
+    from bridge.mapping import PlatformMapping
+    from connectors.base import ConnectorSettings, HttpClient, PeopleMap
+
+    settings = ConnectorSettings(
+        name="x",
+        platform="x",
+        base_url=f"http://127.0.0.1:{port}",
+        mapping=PlatformMapping("x"),
+        people=PeopleMap("x"),
+        token="t0ken",
+    )
+    http = HttpClient(settings)
+    try:
+        for _ in range(200):
+            (await http.request("PUT", "/t", json_body=BODY)).json()
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one() -> None:
+            async with sem:
+                (await http.request("PUT", "/t", json_body=BODY)).json()
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+    finally:
+        await http.aclose()
+
+
 async def _client(port: int, n: int, transport: str) -> dict[str, float]:
     import httpx
 
+    if transport == "daemon":
+        return await _daemon_client(port, n)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=_transport(transport)) as c:
         for _ in range(200):  # warm: connections open, code paths imported
             (await c.put("/t", json=BODY)).json()
@@ -132,7 +165,11 @@ def _measure(
     # The server's figure includes the client's 200 warm-up requests: counted in.
     return {
         "server": f"uvicorn {http} on {loop}",
-        "client": f"httpx over {transport} on {client_loop}",
+        "client": (
+            f"the daemon's HttpClient on {client_loop}"
+            if transport == "daemon"
+            else f"httpx over {transport} on {client_loop}"
+        ),
         "requests": n,
         "client_cpu_us_per_request": round(client["cpu_s"] / n * 1e6),
         "server_cpu_us_per_request": round(server_s / (n + 200) * 1e6),
@@ -150,6 +187,7 @@ def bench_http_stack(ctx: Any) -> dict[str, Any]:
     transports = ["httpcore"]
     if importlib.util.find_spec("httpx_aiohttp") is not None:
         transports.append("aiohttp")
+    transports.append("daemon")  # connectors.base.HttpClient over the daemon's transport
     for http in ("h11", "httptools"):
         for server_loop in loops:
             for client_loop in loops:

@@ -12,7 +12,8 @@ each side's CPU comes from its own accounting (the client's `time.process_time`,
 daemon's, bridge/daemon.py); with uvloop installed, also on uvloop's event loop (it showed no
 gain here on 2026-12-02, so the daemon does not use it).
 
-By name only (`python -m tests.bench http_stack`), not part of `all`.
+By name only (`python -m tests.bench http_stack`), not part of `all`; `--quick` (the suite's smoke
+test) measures each server parser against the daemon's client only.
 """
 
 from __future__ import annotations
@@ -184,8 +185,9 @@ def bench_http_stack(ctx: Any) -> dict[str, Any]:
     if importlib.util.find_spec("uvloop") is not None:
         loops.append("uvloop")
     runs = []
-    transports = ["httpcore"]
-    if importlib.util.find_spec("httpx_aiohttp") is not None:
+    # Quick (the suite's smoke test): each server parser against the daemon's client only.
+    transports = [] if ctx.quick else ["httpcore"]
+    if not ctx.quick and importlib.util.find_spec("httpx_aiohttp") is not None:
         transports.append("aiohttp")
     transports.append("daemon")  # connectors.base.HttpClient over the daemon's transport
     for http in ("h11", "httptools"):

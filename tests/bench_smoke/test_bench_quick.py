@@ -68,6 +68,7 @@ def test_the_http_stack_benchmark_runs() -> None:
     (record,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     runs = record["figures"]["runs"]
     assert {r["server"].split()[1] for r in runs} == {"h11", "httptools"}, runs
+    assert all(r["client"].startswith("the daemon's HttpClient") for r in runs), runs
     for r in runs:
         assert r["client_cpu_us_per_request"] > 0 and r["server_cpu_us_per_request"] > 0, r
 

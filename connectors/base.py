@@ -890,8 +890,8 @@ class _Client(httpx.AsyncClient):
                 path, mark, query = url.partition("?")
                 if _PLAIN_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query) and not _dot_segment(path):
                     # Characters httpx's parse leaves as they are, no "." or ".." to drop: the
-                    # base's parse with the path appended is the parse of the joined text (a
-                    # URL's parse was 60 us of the client's 500 a request).
+                    # base's parse with the path appended is the parse of the joined text, at
+                    # 3.5 us against the parse's 19 (the costliest step of building a request).
                     # The base's path ends in "/" (httpx's rule), but for the root's, left empty.
                     joined = httpx.URL.__new__(httpx.URL)
                     joined._uri_reference = ref._replace(

@@ -189,8 +189,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bridge.daemon import Daemon
-    from bridge.engine.recovery import RecoveryFailed
     from bridge.store import StoreLost
 
     cfg = _load_config(args.config, store=True)
@@ -198,6 +196,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if busy:
         _err(f"taskbridge could not start: {busy}")
         return EXIT_FAILED
+    # Imported once the config is known good: the daemon's modules (its HTTP app, the MCP
+    # server and client) take about 2 s of CPU to import, which a mistyped key need not wait.
+    from bridge.daemon import Daemon
+    from bridge.engine.recovery import RecoveryFailed
+
     _setup_logging(cfg)
     try:
         asyncio.run(Daemon(cfg, config_path=args.config).run())

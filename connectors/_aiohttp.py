@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import aiohttp
 import httpx
@@ -61,6 +62,14 @@ def translate(exc: BaseException) -> httpx.TransportError | None:
     return None
 
 
+def _raise_translated(exc: BaseException) -> NoReturn:
+    """Raise the httpx error for `exc` (from it), or `exc` itself when it has none."""
+    mapped = translate(exc)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, inner: httpx.AsyncByteStream) -> None:
         self._inner = inner
@@ -70,10 +79,7 @@ class _Body(httpx.AsyncByteStream):
             async for chunk in self._inner:
                 yield chunk
         except (httpx.TransportError, aiohttp.ClientError) as exc:
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            _raise_translated(exc)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -123,10 +129,7 @@ class Transport(AiohttpTransport):
         try:
             response = await super().handle_async_request(request)
         except (httpx.TransportError, aiohttp.ClientError) as exc:
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            _raise_translated(exc)
         whole = await self._whole(response)
         if whole is not None:
             return whole
@@ -149,10 +152,7 @@ class Transport(AiohttpTransport):
             body = await inner.read()
         except BaseException as exc:
             inner.close()  # a connection left half-read (cut short, a deadline, a stop) is not reused
-            mapped = translate(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            _raise_translated(exc)
         # Built as httpx builds an answer given its body: read, with its own headers kept.
         return httpx.Response(
             response.status_code,

@@ -60,6 +60,21 @@ def _transport(name: str) -> Any:
     return None  # httpx's own (httpcore, h11)
 
 
+async def _timed(put: Any, n: int) -> dict[str, float]:
+    """`n` calls of `put` (one PUT, its answer parsed) at CONCURRENCY, after 200 to warm up."""
+    for _ in range(200):  # warm: connections open, code paths imported
+        await put()
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def one() -> None:
+        async with sem:
+            await put()
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+
+
 async def _daemon_client(port: int, n: int) -> dict[str, float]:
     """The same PUTs through the connectors' HttpClient: the daemon's whole client layer."""
     from bridge.mapping import PlatformMapping
@@ -74,18 +89,12 @@ async def _daemon_client(port: int, n: int) -> dict[str, float]:
         token="t0ken",
     )
     http = HttpClient(settings)
+
+    async def put() -> None:
+        (await http.request("PUT", "/t", json_body=BODY)).json()
+
     try:
-        for _ in range(200):
-            (await http.request("PUT", "/t", json_body=BODY)).json()
-        sem = asyncio.Semaphore(CONCURRENCY)
-
-        async def one() -> None:
-            async with sem:
-                (await http.request("PUT", "/t", json_body=BODY)).json()
-
-        cpu, wall = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+        return await _timed(put, n)
     finally:
         await http.aclose()
 
@@ -96,17 +105,11 @@ async def _client(port: int, n: int, transport: str) -> dict[str, float]:
     if transport == "daemon":
         return await _daemon_client(port, n)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=_transport(transport)) as c:
-        for _ in range(200):  # warm: connections open, code paths imported
+
+        async def put() -> None:
             (await c.put("/t", json=BODY)).json()
-        sem = asyncio.Semaphore(CONCURRENCY)
 
-        async def one() -> None:
-            async with sem:
-                (await c.put("/t", json=BODY)).json()
-
-        cpu, wall = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
-        return {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+        return await _timed(put, n)
 
 
 def _run_client(port: int, n: int, loop: str, transport: str) -> dict[str, float]:

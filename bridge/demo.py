@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,9 @@ def run_demo(
 ) -> int:
     """The demo; with `check`, its guided tour run by itself (for CI): wait for the first sync,
     rename a task on one fake, time it reaching the others, exit 0 only if it did."""
+    # Until the daemon's loop handles it, SIGTERM stops the demo as Ctrl-C does: the finally
+    # blocks below stop the fakes and remove the directory the demo made.
+    signal.signal(signal.SIGTERM, _interrupt)
     busy = config_mod.listen_problem("127.0.0.1", port)  # before the banner tells anyone to open it
     if busy:
         print(f"demo could not start: {busy}; choose another port with --port N", file=sys.stderr)
@@ -167,6 +171,10 @@ def run_demo(
         # is the operator's, kept as it is.
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> int:
@@ -194,10 +202,12 @@ def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> in
         cfg_path = demo_config(fakes, base, port, api_token)
         cfg = config_mod.load(cfg_path)
         setup_logging("warning", "text", secrets=[*cfg.connector_secrets(), api_token])
-        _banner(console, fakes, cfg_path, port, api_token)
         if check:
+            _banner(console, fakes, cfg_path, port, api_token)
             return asyncio.run(_tour(console, cfg, fakes))
-        return asyncio.run(_run(console, cfg, seconds))
+        return asyncio.run(
+            _run(console, cfg, seconds, lambda: _banner(console, fakes, cfg_path, port, api_token))
+        )
     except OSError as exc:
         console.print(f"[red]demo could not start:[/red] {exc}")
         return 1
@@ -207,11 +217,15 @@ def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> in
                 fake.stop()
 
 
-async def _run(console: Console, cfg: config_mod.Config, seconds: float | None) -> int:
+async def _run(
+    console: Console, cfg: config_mod.Config, seconds: float | None, announce: Callable[[], None]
+) -> int:
     daemon = Daemon(cfg)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
+    # The banner says Ctrl-C stops the demo: from here a signal is a stop that ends in 0.
+    announce()
     await daemon.start()
     started = time.monotonic()
     try:

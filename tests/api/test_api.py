@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import ops
+from tests import clirun, ops
 from tests.daemons import daemon_fixture, token_entry, world_fixture
 from tests.daemons import store_url as _store_url  # the name tests/api/test_mcp.py imports
 from tests.e2e.conftest import DaemonProcess, wait_until
@@ -458,22 +458,12 @@ def test_health_readiness_metrics_and_openapi(daemon: DaemonProcess) -> None:
 
 def test_cli_status_and_conflicts_use_the_api(daemon: DaemonProcess) -> None:
     env_args = ["--url", daemon.url, "--token", READ]
-    status = subprocess.run(
-        [sys.executable, "-m", "bridge", "status", *env_args], capture_output=True, text=True
-    )
+    status = clirun.run(["status", *env_args])
     assert status.returncode == 0, status.stdout + status.stderr
     assert "vortask" in status.stdout and "open conflicts" in status.stdout
-    listed = subprocess.run(
-        [sys.executable, "-m", "bridge", "conflicts", "list", "--state", "all", *env_args],
-        capture_output=True,
-        text=True,
-    )
+    listed = clirun.run(["conflicts", "list", "--state", "all", *env_args])
     assert listed.returncode == 0, listed.stderr
-    denied = subprocess.run(
-        [sys.executable, "-m", "bridge", "conflicts", "resolve", "1", "--choose", "bridge", *env_args],
-        capture_output=True,
-        text=True,
-    )
+    denied = clirun.run(["conflicts", "resolve", "1", "--choose", "bridge", *env_args])
     assert denied.returncode == 1 and "HTTP 403" in denied.stderr and "Traceback" not in denied.stderr
 
 

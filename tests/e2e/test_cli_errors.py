@@ -1,6 +1,7 @@
-"""The operator's mistakes (issue 17), each made through the CLI as a real process
-(`python -m bridge ...`): every one gets an exit code (2 configuration or usage, 1 the work
-failed) and a message of a line or two that says what to fix, never a traceback."""
+"""The operator's mistakes (issue 17), each made through the CLI as a real process (`taskbridge
+...`, forked with its modules imported: tests/clirun.py): every one gets an exit code (2
+configuration or usage, 1 the work failed) and a message of a line or two that says what to fix,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from connectors.fakekit import free_port
-from tests import ops
+from tests import clirun, ops
 from tests.world import World
 
 pytestmark = pytest.mark.slow
@@ -57,14 +58,7 @@ def taskbridge(
 ) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
     full.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=full,
-    )
+    result = clirun.run(args, env=full, cwd=cwd, timeout=timeout)
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     return result
 

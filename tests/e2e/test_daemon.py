@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from connectors.fakekit import free_port
-from tests import ops
+from tests import clirun, ops
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import World
 
@@ -244,39 +245,50 @@ def test_sigterm_lets_polls_in_progress_finish(world: World, daemon_factory: Any
 
 
 def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
+    """The demo as a person runs it: its progress lines until every seeded task is on every
+    platform, then Ctrl-C's twin (SIGTERM), which it takes as a stop: exit 0 and a last line."""
     from connectors.fakekit import free_port
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "demo",
-            "--port",
-            str(free_port()),
-            "--seconds",
-            "25",
-            "--dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "60"},  # narrower than any line: none may wrap mid-phrase
+    progress = re.compile(
+        r"\[ *\d+s\] (\d+) tasks; linked on ((?:\w+ \d+, ){4}\w+ \d+); (\d+) writes waiting"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    progress = r"\[ *\d+s\] \d+ tasks; linked on (?:\w+ \d+, ){4}\w+ \d+; \d+ writes waiting"
-    assert re.search(rf"^{progress}$", out, re.MULTILINE), out[-2000:]
+
+    def everywhere(tasks: str, linked: str) -> bool:
+        counts = [int(n) for n in re.findall(r"\w+ (\d+)", linked)]
+        return int(tasks) > 10 and len(counts) == 5 and all(n == int(tasks) for n in counts)
+
+    with (tmp_path / "stderr").open("w+") as stderr:
+        argv = ["demo", "--port", str(free_port()), "--seconds", "120", "--dir", str(tmp_path / "demo")]
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "bridge", *argv],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "COLUMNS": "60"},  # narrower than any line: none may wrap mid-phrase
+        )
+        try:
+            assert demo.stdout is not None
+            out, converged = [], False
+            for line in demo.stdout:  # a progress line every 3 s; the demo ends by itself at 120
+                out.append(line)
+                shown = progress.fullmatch(line.rstrip("\n"))
+                if shown and everywhere(shown.group(1), shown.group(2)):
+                    converged = True
+                    demo.send_signal(signal.SIGTERM)
+                    break
+            rest, _ = demo.communicate(timeout=60)
+        finally:
+            demo.kill()
+        stderr.seek(0)
+        errors = stderr.read()
+    out_text = "".join(out) + rest
+    assert demo.returncode == 0, out_text + errors
+    assert converged, out_text[-2000:]  # before the demo's own end
     final = re.search(
-        r"^demo stopped: (\d+) tasks; linked on (.*?); (\d+) writes waiting$", out, re.MULTILINE
+        r"^demo stopped: (\d+) tasks; linked on (.*?); (\d+) writes waiting$", rest, re.MULTILINE
     )
-    assert final, out[-2000:]
-    tasks = int(final.group(1))
-    linked = [int(n) for n in re.findall(r"\w+ (\d+)", final.group(2))]
-    assert tasks > 10 and len(linked) == 5
-    assert all(n == tasks for n in linked), out[-1500:]  # every seeded task on every platform
-    assert "Traceback" not in result.stderr
+    assert final and everywhere(final.group(1), final.group(2)), out_text[-1500:]
+    assert "Traceback" not in errors
 
 
 def test_demo_removes_the_temporary_directory_it_made(tmp_path: Path) -> None:
@@ -327,17 +339,10 @@ def test_sync_once_does_one_full_pass_and_exits(world: World, tmp_path: Path) ->
     for p in ALL:
         ops.create(world, p, f"once {p}")
     path = world.config(tmp_path, port=free_port())
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge", "sync", "--config", str(path), "--once"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = clirun.run(["sync", "--config", str(path), "--once"], timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sync done:" in result.stderr and "0 errors" in result.stderr
     for p in ALL:
         assert {f"once {q}" for q in ALL} <= set(ops.view(world, p)), p
-    usage = subprocess.run(
-        [sys.executable, "-m", "bridge", "sync", "--config", str(path)], capture_output=True, text=True
-    )
+    usage = clirun.run(["sync", "--config", str(path)])
     assert usage.returncode == 2 and "--once" in usage.stderr

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from connectors.fakekit import free_port
-from tests import ops
+from tests import clirun, ops
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.world import World
 
@@ -83,13 +83,7 @@ def write_config(world: World, tmp: Path, port: int, *, ak_token: str | None = N
 def taskbridge(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as an operator runs it, against the running daemon."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--url", d.url, "--token", ADMIN],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return clirun.run([*args, "--url", d.url, "--token", ADMIN], env=env, timeout=60)
 
 
 def parked(d: DaemonProcess) -> list[dict[str, Any]]:

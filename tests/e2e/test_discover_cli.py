@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from connectors.fakekit import free_port
+from tests import clirun
 from tests.world import PERSON_TOKENS, World
 
 pytestmark = pytest.mark.slow
@@ -24,14 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def taskbridge(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
+    return clirun.run(args, env=env)
 
 
 def rows(stdout: str) -> list[list[str]]:

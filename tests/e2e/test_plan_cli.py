@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import ops
+from tests import clirun, ops
 from tests.e2e.conftest import PLATFORMS
 from tests.engine.test_engine import writes
 from tests.world import World
@@ -29,12 +28,7 @@ def seeded() -> Iterator[World]:
 def test_plan_lists_the_creates_of_a_first_sync_and_writes_nothing(seeded: World, tmp_path: Path) -> None:
     path = seeded.config(tmp_path)
     before = {p: writes(f) for p, f in seeded.fakes.items()}
-    run = subprocess.run(
-        [sys.executable, "-m", "bridge", "plan", "--config", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = clirun.run(["plan", "--config", str(path), "--json"])
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     plan = json.loads(run.stdout)
@@ -47,19 +41,9 @@ def test_plan_lists_the_creates_of_a_first_sync_and_writes_nothing(seeded: World
         by_title.setdefault(w["title"], set()).add(w["connector"])
     assert all(len(targets) == len(PLATFORMS) - 1 for targets in by_title.values()), by_title
 
-    text = subprocess.run(
-        [sys.executable, "-m", "bridge", "plan", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    text = clirun.run(["plan", "--config", str(path)])
     assert text.returncode == 0 and "create on " in text.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "bridge", "plan", "--config", str(path), "--route", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = clirun.run(["plan", "--config", str(path), "--route", "nope"], timeout=60)
     assert bad.returncode == 2 and "no route 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
     # Applied after review, the plan makes exactly the writes it showed (a platform may take more
@@ -67,22 +51,8 @@ def test_plan_lists_the_creates_of_a_first_sync_and_writes_nothing(seeded: World
     # every platform.
     reviewed = tmp_path / "plan.json"
     reviewed.write_text(json.dumps(plan))
-    applied = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "plan",
-            "--config",
-            str(path),
-            "--apply",
-            "--reviewed",
-            str(reviewed),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    applied = clirun.run(
+        ["plan", "--config", str(path), "--apply", "--reviewed", str(reviewed), "--json"], timeout=300
     )
     assert applied.returncode == 0, applied.stdout + applied.stderr
     result = json.loads(applied.stdout)
@@ -110,12 +80,7 @@ def test_link_joins_what_a_running_route_left_apart(tmp_path: Path) -> None:
         path = w.config(tmp_path, route={"initial": "new-only"})
 
         def bridge(*argv: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "bridge", *argv, "--config", str(path)],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            return clirun.run([*argv, "--config", str(path)])
 
         assert bridge("sync", "--once", "--no-progress").returncode == 0
         assert len(ops.view(w, "impactly")) == 3  # new-only: nothing existing was copied

@@ -9,7 +9,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests import ops
+from tests import clirun, ops
 from tests.e2e.conftest import DaemonProcess, wait_until
 from tests.e2e.test_daemon import ALL, everywhere, no_duplicates
 from tests.world import TOKENS, WEBHOOK_SECRET, World
@@ -34,9 +33,7 @@ TITLES = {
 
 def taskbridge(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60, env=env
-    )
+    return clirun.run(args, env=env, timeout=60)
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:

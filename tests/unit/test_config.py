@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from bridge import config
+from tests import clirun
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 EXAMPLE_ENV = {
@@ -243,9 +243,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, env=full_env
-    )
+    return clirun.run(args, env=full_env)
 
 
 def test_cli_check_example_ok() -> None:

@@ -1,0 +1,82 @@
+"""`python -m bridge ARGS` as a real process, without paying for its imports each time.
+
+A command's own work is tens of milliseconds; starting Python and importing the CLI, the store,
+the connectors and the daemon is one to three seconds of CPU, and the suite runs a few hundred
+commands. Each command here is a process of its own, forked (multiprocessing's "forkserver") from
+a server that imported those modules once: its exit code, its stdout and stderr, its environment
+and working directory are its own, as they are for `subprocess.run`, and a crash or a traceback
+shows as it would. What it does not cover is `bridge/__main__.py` itself and a cold import; the
+tests that start a daemon with `python -m bridge run` cover both.
+
+Nothing the CLI's modules read at import depends on the environment (each reads it when called),
+so importing them before the environment is set changes nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What the commands import; a module missing here is imported by each command that needs it.
+PRELOAD = ["bridge.cli", "bridge.config", "bridge.store", "bridge.wiring", "bridge.oneshot", "bridge.daemon"]
+
+_context: multiprocessing.context.ForkServerContext | None = None
+
+
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    global _context
+    if _context is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _context = context
+    return _context
+
+
+def _command(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    """The child: the environment, directory and output files `subprocess.run` would give it."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = [str(ROOT / "bridge" / "__main__.py"), *argv]
+    from bridge.cli import main
+
+    # As `python -m bridge` does; an exception instead prints its traceback to stderr and exits 1.
+    raise SystemExit(main(argv))
+
+
+def run(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`taskbridge ARGV` in a process of its own, as `subprocess.run` with `capture_output=True,
+    text=True` runs `python -m bridge ARGV`: with exactly `env`, or this process's environment."""
+    env = dict(os.environ) if env is None else env
+    args = [sys.executable, "-m", "bridge", *argv]
+    with tempfile.TemporaryDirectory(prefix="taskbridge-cli-") as scratch:
+        out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
+        process = _forkserver().Process(target=_command, args=(list(argv), dict(env), str(cwd), out, err))
+        process.start()
+        process.join(timeout)
+        timed_out = process.is_alive()
+        if timed_out:
+            process.kill()
+            process.join()
+
+        def read(path: str) -> str:
+            return Path(path).read_text() if os.path.exists(path) else ""
+
+        stdout, stderr = read(out), read(err)
+    if timed_out:
+        raise subprocess.TimeoutExpired(args, timeout, output=stdout, stderr=stderr)
+    assert process.exitcode is not None
+    return subprocess.CompletedProcess(args, process.exitcode, stdout, stderr)

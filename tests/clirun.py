@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,13 +40,14 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     return _context
 
 
-def _command(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
-    """The child: the environment, directory and output files `subprocess.run` would give it."""
+def _command(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str, append: bool) -> None:
+    """The child: the environment, directory and output files `subprocess` would give it."""
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     for fd, path in ((1, out), (2, err)):
-        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        opened = os.open(path, flags, 0o600)
         os.dup2(opened, fd)
         os.close(opened)
     sys.argv = [str(ROOT / "bridge" / "__main__.py"), *argv]
@@ -53,6 +55,56 @@ def _command(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str)
 
     # As `python -m bridge` does; an exception instead prints its traceback to stderr and exits 1.
     raise SystemExit(main(argv))
+
+
+class Forked:
+    """A command started by `start`, with the part of `subprocess.Popen`'s surface the tests use."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, args: list[str]) -> None:
+        self._process = process
+        self.args = args
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        return self._process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start(
+    argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path = ROOT
+) -> Forked:
+    """`taskbridge ARGV` started in a process of its own, its stdout and stderr appended to
+    `log`, as `subprocess.Popen` with both streams to one file starts `python -m bridge ARGV`."""
+    env = dict(os.environ) if env is None else env
+    # Daemonic: one a test left running is stopped when the test process exits, not waited for.
+    process = _forkserver().Process(
+        target=_command, args=(list(argv), dict(env), str(cwd), str(log), str(log), True), daemon=True
+    )
+    process.start()
+    return Forked(process, [sys.executable, "-m", "bridge", *argv])
 
 
 def run(
@@ -64,7 +116,9 @@ def run(
     args = [sys.executable, "-m", "bridge", *argv]
     with tempfile.TemporaryDirectory(prefix="taskbridge-cli-") as scratch:
         out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        process = _forkserver().Process(target=_command, args=(list(argv), dict(env), str(cwd), out, err))
+        process = _forkserver().Process(
+            target=_command, args=(list(argv), dict(env), str(cwd), out, err, False), daemon=True
+        )
         process.start()
         process.join(timeout)
         timed_out = process.is_alive()

@@ -249,7 +249,11 @@ class BenchDaemon(DaemonProcess):
     ("folded") format that flame graph tools read, and profile-N.top.txt, the frames that held
     the CPU most (python -m tests.bench.profile_top). With TASKBRIDGE_BENCH_SQLCPU=1
     (`--sql-cpu`), the daemon runs under tests/bench/sqlcpu.py, which writes sqlcpu-N.json (the
-    CPU spent inside SQLAlchemy by our caller) beside the log, and sqlcpu-N.txt when it ends."""
+    CPU spent inside SQLAlchemy by our caller) beside the log, and sqlcpu-N.txt when it ends.
+    Each starts cold (`python -m bridge run`), as a service manager starts one: the figures are
+    the process's own, its imports and start-up included."""
+
+    FORKED = False
 
     def command(self) -> list[str]:
         if not os.environ.get("TASKBRIDGE_BENCH_SQLCPU"):

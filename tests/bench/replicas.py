@@ -21,8 +21,8 @@ import yaml
 
 from connectors.fakekit import free_port
 from tests import ops
+from tests.bench.common import BenchDaemon
 from tests.conftest import drop_pg_database, fresh_pg_database
-from tests.e2e.conftest import DaemonProcess
 from tests.world import World
 
 PLATFORMS = ("impactly", "vortask", "agentkanban", "runs", "squads")
@@ -52,7 +52,7 @@ def _mirrors(world: World) -> int:
 def run_once(n: int, tasks: int, tmp: Path, pg_server: str) -> dict[str, Any]:
     url, dbname = asyncio.run(fresh_pg_database(pg_server))
     world = World(PLATFORMS).start()
-    group: list[DaemonProcess] = []
+    group: list[BenchDaemon] = []
     try:
         ports = [free_port() for _ in range(n)]
         cfg = yaml.safe_load(
@@ -63,7 +63,7 @@ def run_once(n: int, tasks: int, tmp: Path, pg_server: str) -> dict[str, Any]:
             cfg["server"]["listen"] = f"127.0.0.1:{port}"
             path = tmp / f"replicas{n}-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            group.append(DaemonProcess(path, port, tmp / f"replicas{n}-{i}.log"))
+            group.append(BenchDaemon(path, port, tmp / f"replicas{n}-{i}.log"))
         group[0].start()  # migrates first
         for d in group[1:]:
             d.start()

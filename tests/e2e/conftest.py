@@ -1,5 +1,6 @@
-"""End to end: the daemon as a real process (`python -m bridge run`) against the five fakes as
-real servers on loopback. Processes are killed for real (SIGKILL) where a test says so."""
+"""End to end: the daemon as a real process (`taskbridge run`, forked with its modules imported:
+tests/clirun.py) against the five fakes as real servers on loopback. Processes are killed for
+real (SIGKILL) where a test says so."""
 
 from __future__ import annotations
 
@@ -10,44 +11,51 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 
 from connectors.fakekit import free_port
+from tests import clirun
 from tests.world import World
 
 PLATFORMS = ("impactly", "vortask", "agentkanban", "runs", "squads")
 
 
 class DaemonProcess:
-    """One `taskbridge run` process with its log captured to a file."""
+    """One `taskbridge run` process with its log captured to a file. It is forked from
+    tests/clirun.py's server, with the daemon's modules imported (a second or more a start
+    saved); a subclass with `FORKED = False` starts `python -m bridge run` cold, as a service
+    manager does (the benchmarks, whose CPU and memory figures are the process's own)."""
+
+    FORKED: ClassVar[bool] = True
 
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.config = config
         self.port = port
         self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | clirun.Forked | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def arguments(self) -> list[str]:
+        return ["run", "--config", str(self.config)]
+
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bridge", "run", "--config", str(self.config)]
+        return [sys.executable, "-m", "bridge", *self.arguments()]
 
     def start(self, *, wait: bool = True) -> DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
         with self.log.open("ab") as out:
             out.write(f"\n=== start {self.starts} ===\n".encode())
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            if not self.FORKED:
+                self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
+        if self.FORKED:
+            self.proc = clirun.start(self.arguments(), log=self.log, env=env)
         self.starts += 1
         if wait:
             self.wait_ready()

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,45 +25,6 @@ pytestmark = pytest.mark.slow
 
 ADMIN = "tb_e2e_deadletters_admin_0123456789"
 PLATFORMS = ("vortask", "agentkanban")
-
-# The daemon, with the dead-letter routes included in its app if bridge/api/app.py does not
-# include them yet (then this is `taskbridge run` unchanged).
-BOOT = """
-import sys
-from starlette.routing import NoMatchFound
-import bridge.daemon
-from bridge.api import app as app_module, deadletters
-create = app_module.create_app
-
-def create_app(daemon):
-    app = create(daemon)
-    try:
-        app.url_path_for("list_outbox")
-    except NoMatchFound:
-        app.include_router(deadletters.router)
-    return app
-
-bridge.daemon.create_app = create_app
-from bridge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-class Daemon(DaemonProcess):
-    def start(self, *, wait: bool = True) -> Daemon:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-        with self.log.open("ab") as out:
-            out.write(f"\n=== start {self.starts} ===\n".encode())
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", BOOT, "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        self.starts += 1
-        if wait:
-            self.wait_ready()
-        return self
 
 
 @pytest.fixture
@@ -101,7 +61,7 @@ def test_a_write_parked_by_a_401_arrives_once_retried_after_the_token_is_fixed(
     world: World, tmp_path: Path
 ) -> None:
     port = free_port()
-    d = Daemon(write_config(world, tmp_path, port), port, tmp_path / "daemon.log").start()
+    d = DaemonProcess(write_config(world, tmp_path, port), port, tmp_path / "daemon.log").start()
     vt_id = ops.create(world, "vortask", "quarterly report")
     wait_until(lambda: "quarterly report" in ops.view(world, "agentkanban"), what="the mirror on agentkanban")
     assert d.terminate() == 0

@@ -2,9 +2,10 @@
 until SIGTERM/SIGINT, then drains gracefully (claimed work finishes or is released).
 
 Start-up order: migrate the store, build connectors, start the HTTP server (webhooks may arrive
-as soon as they are registered), register webhooks when `server.public_url` is set, start the
-scheduler (a poll job per connector, never overlapping itself; the outbox worker; the inbox
-processor; store gauges), then tell systemd READY=1.
+as soon as they are registered), start the outbox worker, the inbox processor and the scheduler
+(a poll job per connector, never overlapping itself, the first at once; store gauges), register
+webhooks when `server.public_url` is set (the connectors side by side), then tell systemd
+READY=1: ready means syncing with every webhook registration answered, refused or given up.
 """
 
 from __future__ import annotations
@@ -214,8 +215,6 @@ class Daemon:
             if taken_back:
                 log.warning("took back %d deliveries claimed by this replica before a crash", taken_back)
             self.ctx.inbox_handing = True  # what is claimed by this replica's id from now on is ours
-        if self.cfg.server.public_url:
-            await self.register_webhooks()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
         self._schedule_polls()
@@ -246,6 +245,10 @@ class Daemon:
             next_run_time=_now_naive() + timedelta(seconds=DEFAULT_PRUNE_FIRST_DELAY),
         )
         self.scheduler.start()
+        if self.cfg.server.public_url:
+            # The polls (the first catches up on what changed while we were down), the outbox
+            # and the inbox run meanwhile: a platform slow to answer holds up none of them.
+            await self.register_webhooks()
         self.ready = True
         sd_notify("READY=1\nSTATUS=syncing")
         watchdog = os.environ.get("WATCHDOG_USEC")
@@ -606,39 +609,45 @@ class Daemon:
     # -- webhooks ------------------------------------------------------------------------------
 
     async def register_webhooks(self) -> None:
+        """Each connector's webhooks, the connectors side by side: a platform that is slow to
+        answer (timeouts, 429s) delays only its own. One connector's scopes go in order, since
+        a secret the platform issues is kept in the store by a read and a write."""
         base = str(self.cfg.server.public_url).rstrip("/")
-        for name, c in self.cfg.connectors.items():
-            conn = self.ctx.connectors[name]
-            if not (c.webhooks and conn.capabilities.webhooks):
-                continue
-            secret = c.webhook_secret.get_secret_value() if c.webhook_secret else None
-            if not secret and getattr(conn, "webhook_secret_required", False):
-                # Polling is the fallback; nothing is wrong, but the operator may want webhooks.
-                log.warning(
-                    "%s: webhooks off (polling only): the platform signs deliveries only with a "
-                    "secret; set connectors.%s.webhook_secret to receive them, or webhooks: false",
-                    name,
-                    name,
+        async with asyncio.TaskGroup() as group:
+            for name in self.cfg.connectors:
+                group.create_task(self._register_webhooks_of(name, base))
+
+    async def _register_webhooks_of(self, name: str, base: str) -> None:
+        c = self.cfg.connectors[name]
+        conn = self.ctx.connectors[name]
+        if not (c.webhooks and conn.capabilities.webhooks):
+            return
+        secret = c.webhook_secret.get_secret_value() if c.webhook_secret else None
+        if not secret and getattr(conn, "webhook_secret_required", False):
+            # Polling is the fallback; nothing is wrong, but the operator may want webhooks.
+            log.warning(
+                "%s: webhooks off (polling only): the platform signs deliveries only with a "
+                "secret; set connectors.%s.webhook_secret to receive them, or webhooks: false",
+                name,
+                name,
+            )
+            return
+        for scope in self.ctx.scopes_of(name):
+            try:
+                generated = await conn.register_webhook(
+                    scope, f"{base}/webhooks/{name}", secret or None, rotate=name not in self._generated
                 )
+            except ConnectorError as exc:
+                log.error("could not register webhooks of %s/%s: %s (polling continues)", name, scope, exc)
                 continue
-            for scope in self.ctx.scopes_of(name):
-                try:
-                    generated = await conn.register_webhook(
-                        scope, f"{base}/webhooks/{name}", secret or None, rotate=name not in self._generated
+            if generated:
+                if name not in self._generated:
+                    log.info(
+                        "%s: webhooks registered; the secret the platform issued is kept in the store",
+                        name,
                     )
-                except ConnectorError as exc:
-                    log.error(
-                        "could not register webhooks of %s/%s: %s (polling continues)", name, scope, exc
-                    )
-                    continue
-                if generated:
-                    if name not in self._generated:
-                        log.info(
-                            "%s: webhooks registered; the secret the platform issued is kept in the store",
-                            name,
-                        )
-                    await self._store_webhook_secret(name, generated)
-                log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
+                await self._store_webhook_secret(name, generated)
+            log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
 
     async def _store_webhook_secret(self, connector: str, secret: str) -> None:
         async with self.store.transaction() as session:

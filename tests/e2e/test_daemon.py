@@ -154,6 +154,29 @@ def test_dropped_webhooks_still_converge(world: World, daemon_factory: Any) -> N
     no_duplicates(world)
 
 
+def test_a_platform_slow_to_register_webhooks_holds_up_no_other(world: World, daemon_factory: Any) -> None:
+    """Registering webhooks asks each platform; one slow to answer (here every request to
+    AgentKanban waits 1 s) delays its own registration, not the others' polls or registrations.
+    The daemon is ready once every registration is answered."""
+    ops.create(world, "impactly", "made while the daemon was down")
+    world.fakes["agentkanban"].faults.latency = 1.0
+    try:
+        d = daemon_factory(world, public=True, poll_interval="60s").start(wait=False)
+        d.wait_ready(timeout=60)
+    finally:
+        world.fakes["agentkanban"].faults.reset()
+    lines = d.log.read_text().splitlines()
+
+    def first(text: str) -> int:
+        """The line's index; past the end if the log has none."""
+        return next((i for i, line in enumerate(lines) if text in line), len(lines))
+
+    agentkanban_registered = first("webhooks of agentkanban/")
+    assert first("poll impactly: ") < agentkanban_registered, "\n".join(lines[-40:])
+    assert first("webhooks of vortask/") < agentkanban_registered, "\n".join(lines[-40:])
+    assert agentkanban_registered < first("taskbridge ready")
+
+
 def test_no_echo_writes(world: World, daemon_factory: Any) -> None:
     daemon_factory(world, public=True, poll_interval="1s").start()
     task = ops.create(world, "vortask", "counted")

@@ -217,7 +217,8 @@ class Daemon:
             self.ctx.inbox_handing = True  # what is claimed by this replica's id from now on is ours
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
-        self._schedule_polls()
+        if not self.cfg.server.public_url:
+            self._schedule_polls()
         self.scheduler.add_job(
             self._guarded(self.check_store),
             "interval",
@@ -246,9 +247,11 @@ class Daemon:
         )
         self.scheduler.start()
         if self.cfg.server.public_url:
-            # The polls (the first catches up on what changed while we were down), the outbox
-            # and the inbox run meanwhile: a platform slow to answer holds up none of them.
-            await self.register_webhooks()
+            # The outbox and the inbox run meanwhile, and each connector's polls start once its
+            # own registration is answered: the first catches up on what changed while we were
+            # down, including what changed before its webhooks reached us. A platform slow to
+            # answer holds up only its own.
+            await self.register_webhooks(then=self._schedule_polls)
         self.ready = True
         sd_notify("READY=1\nSTATUS=syncing")
         watchdog = os.environ.get("WATCHDOG_USEC")
@@ -256,15 +259,17 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._watchdog(int(watchdog) / 2e6), name="watchdog"))
         log.info("taskbridge ready: %d connectors, %d routes", len(self.ctx.connectors), len(self.ctx.routes))
 
-    def _schedule_polls(self) -> None:
-        """Each connector polls at once (catching up on what changed while we were down), then
-        every interval, the connectors' polls spread over it (`poll_offsets`). A scheduled poll and
-        the start-up one take turns (`_poll_lock`)."""
+    def _schedule_polls(self, *names: str) -> None:
+        """Each connector named (every one when none is) polls at once (catching up on what
+        changed while we were down), then every interval, the connectors' polls spread over it
+        (`poll_offsets`). A scheduled poll and the start-up one take turns (`_poll_lock`)."""
         if not self.options.poll:
             return
         now = _now_naive()
         offsets = poll_offsets({name: c.poll_interval for name, c in self.cfg.connectors.items()})
         for name, c in self.cfg.connectors.items():
+            if names and name not in names:
+                continue
             poll = self._guarded(self.poll_once, name)
             self.scheduler.add_job(
                 poll,
@@ -434,8 +439,12 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.worker.stop()
-        for task in self._tasks:
+        running = [*self._tasks, *self._jobs]
+        for task in running:
             task.cancel()
+        if running:
+            # Their rollbacks end before the store's engine is disposed under them.
+            await asyncio.wait(running, timeout=5)
         if self._server is not None:
             self._server.should_exit = True
         for conn in self.ctx.connectors.values():
@@ -608,16 +617,27 @@ class Daemon:
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    async def register_webhooks(self) -> None:
+    async def register_webhooks(self, *, then: Callable[[str], None] | None = None) -> None:
         """Each connector's webhooks, the connectors side by side: a platform that is slow to
         answer (timeouts, 429s) delays only its own. One connector's scopes go in order, since
-        a secret the platform issues is kept in the store by a read and a write."""
+        a secret the platform issues is kept in the store by a read and a write. `then(name)`
+        runs once a connector's registrations are answered, refused or skipped. What no
+        registration expects (the store failing) is raised as itself once all have ended."""
         base = str(self.cfg.server.public_url).rstrip("/")
-        async with asyncio.TaskGroup() as group:
-            for name in self.cfg.connectors:
-                group.create_task(self._register_webhooks_of(name, base))
+        ended = await asyncio.gather(
+            *(self._register_webhooks_of(name, base, then) for name in self.cfg.connectors),
+            return_exceptions=True,
+        )
+        for outcome in ended:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
-    async def _register_webhooks_of(self, name: str, base: str) -> None:
+    async def _register_webhooks_of(self, name: str, base: str, then: Callable[[str], None] | None) -> None:
+        await self._register_scopes_of(name, base)
+        if then is not None:
+            then(name)
+
+    async def _register_scopes_of(self, name: str, base: str) -> None:
         c = self.cfg.connectors[name]
         conn = self.ctx.connectors[name]
         if not (c.webhooks and conn.capabilities.webhooks):
@@ -650,6 +670,10 @@ class Daemon:
             log.info("webhooks of %s/%s go to %s/webhooks/%s", name, scope, base, name)
 
     async def _store_webhook_secret(self, connector: str, secret: str) -> None:
+        # Accepted at once: the platform signs with it from now, and the store's write may wait
+        # its turn behind the start-up polls' and the outbox's.
+        if secret not in self.ctx.webhook_secrets.setdefault(connector, []):
+            self.ctx.webhook_secrets[connector].append(secret)
         async with self.store.transaction() as session:
             row = await session.get(MetaRow, f"webhook_secrets:{connector}")
             secrets = list(row.value.get("secrets", [])) if row else []
@@ -660,9 +684,6 @@ class Daemon:
             else:
                 row.value = {"secrets": secrets}
         self._generated.add(connector)
-        self.ctx.webhook_secrets.setdefault(connector, [])
-        if secret not in self.ctx.webhook_secrets[connector]:
-            self.ctx.webhook_secrets[connector].append(secret)
 
     async def _load_webhook_secrets(self) -> None:
         async with self.store.read() as session:

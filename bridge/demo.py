@@ -212,6 +212,8 @@ def _demo_in(base: Path, *, port: int, seconds: float | None, check: bool) -> in
         console.print(f"[red]demo could not start:[/red] {exc}")
         return 1
     finally:
+        # The loop's end put SIGTERM back to its default: one now would cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for fake in fakes.values():
             with contextlib.suppress(Exception):
                 fake.stop()

@@ -6,7 +6,7 @@ commands. Each command here is a process of its own, forked (multiprocessing's "
 a server that imported those modules once: its exit code, its stdout and stderr, its environment
 and working directory are its own, as they are for `subprocess.run`, and a crash or a traceback
 shows as it would. What it does not cover is `bridge/__main__.py` itself and a cold import; the
-tests that start a daemon with `python -m bridge run` cover both.
+deploy tests and the demo's tests, which start `python -m bridge` as it is, cover both.
 
 Nothing the CLI's modules read at import depends on the environment (each reads it when called),
 so importing them before the environment is set changes nothing.
@@ -14,6 +14,7 @@ so importing them before the environment is set changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -83,8 +84,11 @@ class Forked:
         return self._process.exitcode
 
     def send_signal(self, sig: int) -> None:
+        # The forkserver reaps the child and tells its exit code through a pipe a moment later:
+        # in between, the process is gone but not yet known to be (Popen ignores that too).
         if self._process.exitcode is None:
-            os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)

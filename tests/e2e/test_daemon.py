@@ -156,25 +156,28 @@ def test_dropped_webhooks_still_converge(world: World, daemon_factory: Any) -> N
 
 def test_a_platform_slow_to_register_webhooks_holds_up_no_other(world: World, daemon_factory: Any) -> None:
     """Registering webhooks asks each platform; one slow to answer (here every request to
-    AgentKanban waits 1 s) delays its own registration, not the others' polls or registrations.
-    The daemon is ready once every registration is answered."""
-    ops.create(world, "impactly", "made while the daemon was down")
-    world.fakes["agentkanban"].faults.latency = 1.0
+    Impactly, the first in the config, waits 1 s) delays its own registration and catch-up
+    poll, not the others'. Each connector polls once its registration is answered (a change
+    made between a poll and the registration would otherwise wait a whole interval), and the
+    daemon is ready once every registration is."""
+    ops.create(world, "vortask", "made while the daemon was down")
+    world.fakes["impactly"].faults.latency = 1.0
     try:
         d = daemon_factory(world, public=True, poll_interval="60s").start(wait=False)
         d.wait_ready(timeout=60)
     finally:
-        world.fakes["agentkanban"].faults.reset()
+        world.fakes["impactly"].faults.reset()
     lines = d.log.read_text().splitlines()
 
     def first(text: str) -> int:
         """The line's index; past the end if the log has none."""
         return next((i for i, line in enumerate(lines) if text in line), len(lines))
 
-    agentkanban_registered = first("webhooks of agentkanban/")
-    assert first("poll impactly: ") < agentkanban_registered, "\n".join(lines[-40:])
-    assert first("webhooks of vortask/") < agentkanban_registered, "\n".join(lines[-40:])
-    assert agentkanban_registered < first("taskbridge ready")
+    impactly_registered = first("webhooks of impactly/")
+    shown = "\n".join(lines[-40:])
+    assert first("webhooks of vortask/") < first("poll vortask: ") < impactly_registered, shown
+    assert first("webhooks of agentkanban/") < impactly_registered, shown
+    assert impactly_registered < first("taskbridge ready"), shown
 
 
 def test_no_echo_writes(world: World, daemon_factory: Any) -> None:
@@ -289,6 +292,9 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
             text=True,
             env={**os.environ, "COLUMNS": "60"},  # narrower than any line: none may wrap mid-phrase
         )
+        # A bound on the test: the demo killed if it wedges (reading its lines has no deadline).
+        deadline = threading.Timer(240, demo.kill)
+        deadline.start()
         try:
             assert demo.stdout is not None
             out, converged = [], False
@@ -301,6 +307,7 @@ def test_demo_starts_and_shows_tasks_flowing(tmp_path: Path) -> None:
                     break
             rest, _ = demo.communicate(timeout=60)
         finally:
+            deadline.cancel()
             demo.kill()
         stderr.seek(0)
         errors = stderr.read()

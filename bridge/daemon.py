@@ -3,9 +3,10 @@ until SIGTERM/SIGINT, then drains gracefully (claimed work finishes or is releas
 
 Start-up order: migrate the store, build connectors, start the HTTP server (webhooks may arrive
 as soon as they are registered), start the outbox worker, the inbox processor and the scheduler
-(a poll job per connector, never overlapping itself, the first at once; store gauges), register
-webhooks when `server.public_url` is set (the connectors side by side), then tell systemd
-READY=1: ready means syncing with every webhook registration answered, refused or given up.
+(store gauges, retention), then each connector's polls (never overlapping themselves, the first
+at once): when `server.public_url` is set, the connectors register their webhooks side by side
+and each one's polls start once its own registration is answered. Then tell systemd READY=1:
+ready means syncing, every webhook registration answered, refused or given up.
 """
 
 from __future__ import annotations

@@ -218,8 +218,6 @@ class Daemon:
             self.ctx.inbox_handing = True  # what is claimed by this replica's id from now on is ours
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
-        if not self.cfg.server.public_url:
-            self._schedule_polls()
         self.scheduler.add_job(
             self._guarded(self.check_store),
             "interval",
@@ -253,6 +251,8 @@ class Daemon:
             # down, including what changed before its webhooks reached us. A platform slow to
             # answer holds up only its own.
             await self.register_webhooks(then=self._schedule_polls)
+        else:
+            self._schedule_polls()
         self.ready = True
         sd_notify("READY=1\nSTATUS=syncing")
         watchdog = os.environ.get("WATCHDOG_USEC")

@@ -97,18 +97,24 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path, out: str, err: str, *, append: bool
+) -> Forked:
+    env = dict(os.environ) if env is None else dict(env)
+    # Daemonic: one a test left running is stopped when the test process exits, not waited for.
+    process = _forkserver().Process(
+        target=_command, args=(list(argv), env, str(cwd), out, err, append), daemon=True
+    )
+    process.start()
+    return Forked(process, [sys.executable, "-m", "bridge", *argv])
+
+
 def start(
     argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path = ROOT
 ) -> Forked:
     """`taskbridge ARGV` started in a process of its own, its stdout and stderr appended to
     `log`, as `subprocess.Popen` with both streams to one file starts `python -m bridge ARGV`."""
-    env = dict(os.environ) if env is None else env
-    # Daemonic: one a test left running is stopped when the test process exits, not waited for.
-    process = _forkserver().Process(
-        target=_command, args=(list(argv), dict(env), str(cwd), str(log), str(log), True), daemon=True
-    )
-    process.start()
-    return Forked(process, [sys.executable, "-m", "bridge", *argv])
+    return _spawn(argv, env, cwd, str(log), str(log), append=True)
 
 
 def run(
@@ -116,25 +122,20 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """`taskbridge ARGV` in a process of its own, as `subprocess.run` with `capture_output=True,
     text=True` runs `python -m bridge ARGV`: with exactly `env`, or this process's environment."""
-    env = dict(os.environ) if env is None else env
-    args = [sys.executable, "-m", "bridge", *argv]
     with tempfile.TemporaryDirectory(prefix="taskbridge-cli-") as scratch:
         out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        process = _forkserver().Process(
-            target=_command, args=(list(argv), dict(env), str(cwd), out, err, False), daemon=True
-        )
-        process.start()
-        process.join(timeout)
-        timed_out = process.is_alive()
-        if timed_out:
+        process = _spawn(argv, env, cwd, out, err, append=False)
+        try:
+            code: int | None = process.wait(timeout)
+        except subprocess.TimeoutExpired:
             process.kill()
-            process.join()
+            process.wait()
+            code = None
 
         def read(path: str) -> str:
             return Path(path).read_text() if os.path.exists(path) else ""
 
         stdout, stderr = read(out), read(err)
-    if timed_out:
-        raise subprocess.TimeoutExpired(args, timeout, output=stdout, stderr=stderr)
-    assert process.exitcode is not None
-    return subprocess.CompletedProcess(args, process.exitcode, stdout, stderr)
+    if code is None:
+        raise subprocess.TimeoutExpired(process.args, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(process.args, code, stdout, stderr)

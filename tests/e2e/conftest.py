@@ -52,10 +52,11 @@ class DaemonProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
         with self.log.open("ab") as out:
             out.write(f"\n=== start {self.starts} ===\n".encode())
-            if not self.FORKED:
+            out.flush()  # before the process appends to the file too
+            if self.FORKED:
+                self.proc = clirun.start(self.arguments(), log=self.log, env=env)
+            else:
                 self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
-        if self.FORKED:
-            self.proc = clirun.start(self.arguments(), log=self.log, env=env)
         self.starts += 1
         if wait:
             self.wait_ready()

@@ -170,6 +170,9 @@ class WebhookSender:
         self.attempts = attempts
         self.backoff = backoff
         self.deliveries: list[Delivery] = []
+        # Queued or being retried, not yet delivered or failed: read from other threads (the
+        # benchmarks wait for it to reach 0, so a run's figures include the receiver's answers).
+        self.pending = 0
         self._queue: asyncio.Queue[Delivery] | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -199,6 +202,7 @@ class WebhookSender:
         if self._queue is None:
             raise RuntimeError("webhook sender is not running (fake not started)")
         self._queue.put_nowait(delivery)
+        self.pending += 1
         return delivery
 
     async def _run(self) -> None:
@@ -218,8 +222,10 @@ class WebhookSender:
             ok = False
         if ok:
             delivery.outcome = "delivered"
+            self.pending -= 1
         elif delivery.attempts >= self.attempts:
             delivery.outcome = "failed"
+            self.pending -= 1
         else:
             delay = self.backoff * 2 ** (delivery.attempts - 1)
             task = asyncio.create_task(self._retry_later(delivery, delay))

@@ -4,7 +4,11 @@ the same creates by a raw httpx program with the daemon's outbox concurrency (8)
 The source tasks are put straight into the Vortask fake's state before the daemon starts (its
 own creation path, as a REST POST would). The daemon runs with webhooks registered (as deployed)
 and a 60 s poll interval; its start-up poll of Vortask is what finds the N tasks. Done means:
-each target holds N tasks (counted in-process) and the daemon's outbox is empty.
+each target holds N tasks (counted in-process), the daemon's outbox is empty, and every webhook
+delivery the fakes sent (the echoes of our creates) has been answered: until 2026-12-06 (session
+28) a run ended without the last, so a daemon that fell behind on its echoes stopped with them
+queued in the fakes, its CPU for them uncounted, and the fakes still retrying them against the
+stopped daemon while the raw program ran (which then took up to twice as long).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import seed
-from tests.bench.common import ALL, counts, install_timed_logs, log, wait_for
+from tests.bench.common import ALL, counts, install_timed_logs, log, wait_for, webhooks_pending
 from tests.bench.propagation import platform_headers, run_raw
 from tests.bench.storefill import Postgres
 
@@ -89,7 +93,10 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         # threads). A daemon near one core's worth is bound by its own CPU (one event loop).
         cpu_ready, fakes_ready = d.cpu_seconds(), time.process_time()
         timeout = 300 if ctx.quick else 3600
-        state = {"log": t_ready, "progress": t_ready, "have": 0, "stalled": False}
+        state: dict[str, Any] = {"log": t_ready, "progress": t_ready, "have": 0, "stalled": False}
+        # When every mirror was there, and how many deliveries (echoes of our creates) were
+        # still unanswered then: the run ends once they are answered too.
+        mirrored: dict[str, Any] = {"at": None, "echoes_pending": None}
 
         def done() -> bool:
             have = {p: seed.count_tasks(world, p) for p in TARGETS}
@@ -103,7 +110,12 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
             if now - state["log"] > 30:
                 state["log"] = now
                 log(f"backfill/{store}: {have} after {now - t_ready:.0f} s")
-            return all(v >= n for v in have.values()) and d.outbox_depth() == 0
+            if not (all(v >= n for v in have.values()) and d.outbox_depth() == 0):
+                return False
+            pending = webhooks_pending(world)
+            if mirrored["at"] is None:
+                mirrored["at"], mirrored["echoes_pending"] = now, pending
+            return pending == 0
 
         ok = bool(wait_for(done, timeout=timeout, interval=1.0 if not ctx.quick else 0.25))
         ok = ok and not state["stalled"]
@@ -143,6 +155,8 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         "outbox_depth_at_end": depth,
         "seconds_start_to_done": round(t_done - t_start, 1),
         "seconds_first_to_last_create": round(last_create - first_create, 1),
+        "echoes_pending_when_mirrored": mirrored["echoes_pending"],
+        "seconds_mirrored_to_echoes_answered": round(t_done - mirrored["at"], 1) if mirrored["at"] else None,
         "tasks_per_s": round(n / (t_done - t_ready), 2) if ok else None,
         "creates_per_s": round(len(creates) / max(0.001, last_create - first_create), 1),
         "daemon_cpu_s": round(daemon_cpu, 1),

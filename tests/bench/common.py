@@ -201,6 +201,12 @@ def title_probe(world: World, platform: str) -> Callable[[LoggedRequest], Any]:
     return probe
 
 
+def webhooks_pending(world: World) -> int:
+    """Webhook deliveries the fakes have queued or are retrying: the daemon's answers to them
+    are part of a run's work (its CPU, its time), so a run ends only once they are 0."""
+    return sum(fake.webhooks.pending for fake in world.fakes.values())
+
+
 def install_timed_logs(world: World, probes: bool = True) -> dict[str, TimedLog]:
     logs = {}
     for platform_name, fake in world.fakes.items():

@@ -42,6 +42,7 @@ from tests.bench.common import (
     log,
     summary,
     wait_for,
+    webhooks_pending,
 )
 from tests.world import World
 
@@ -345,8 +346,11 @@ class Rig:
             edits = self.edit_stream(rate, count, f"{mode[0]}{rate:g}", k)
             sent_over = time.monotonic() - t_begin
             t_sent = time.monotonic()
+            # Drained: every edit written everywhere, and the echoes of those writes answered.
             drained = wait_for(
-                lambda e=edits, s=starts: self.all_matched(e, s), timeout=self.drain_timeout(), interval=0.5
+                lambda e=edits, s=starts: self.all_matched(e, s) and webhooks_pending(self.world) == 0,
+                timeout=self.drain_timeout(),
+                interval=0.5,
             )
             drained_after = time.monotonic() - t_sent
             cpu = d.cpu_seconds() - cpu_before

@@ -97,6 +97,15 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the daemon's own settings (TASKBRIDGE_*: a developer's
+    shell, or CI, may hold some, and they would override what a test's config says), plus
+    `extra`: what a test hands a command that should see only what the test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
+    env.update(extra or {})
+    return env
+
+
 def _spawn(
     argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path, out: str, err: str, *, append: bool
 ) -> Forked:

@@ -4,7 +4,6 @@ real (SIGKILL) where a test says so."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -49,7 +48,7 @@ class DaemonProcess:
         return [sys.executable, "-m", "bridge", *self.arguments()]
 
     def start(self, *, wait: bool = True) -> DaemonProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
+        env = clirun.clean_env()
         with self.log.open("ab") as out:
             out.write(f"\n=== start {self.starts} ===\n".encode())
             out.flush()  # before the process appends to the file too

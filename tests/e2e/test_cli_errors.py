@@ -56,9 +56,7 @@ routes:
 def taskbridge(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    full.update(env or {})
-    result = clirun.run(args, env=full, cwd=cwd, timeout=timeout)
+    result = clirun.run(args, env=clirun.clean_env(env), cwd=cwd, timeout=timeout)
     assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
     return result
 
@@ -324,7 +322,7 @@ def test_demo_refuses_a_directory_that_holds_a_store_or_config(tmp_path: Path, n
 
 
 def test_demo_refuses_the_directory_of_a_live_demo(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
+    env = clirun.clean_env()
     live = subprocess.Popen(
         [sys.executable, "-m", "bridge", "demo", "--dir", str(tmp_path), "--port", str(free_port())],
         stdout=subprocess.PIPE,

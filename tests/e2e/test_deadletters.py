@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ def write_config(world: World, tmp: Path, port: int, *, ak_token: str | None = N
 
 def taskbridge(d: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as an operator runs it, against the running daemon."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
+    env = clirun.clean_env()
     return clirun.run([*args, "--url", d.url, "--token", ADMIN], env=env, timeout=60)
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def taskbridge(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    return clirun.run(args, env=env)
+    return clirun.run(args, env=clirun.clean_env())
 
 
 def rows(stdout: str) -> list[list[str]]:

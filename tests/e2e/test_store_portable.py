@@ -6,7 +6,6 @@ comment twice), and edits made afterwards still reach every platform."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 from datetime import UTC, datetime
@@ -32,8 +31,7 @@ TITLES = {
 
 
 def taskbridge(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    return clirun.run(args, env=env, timeout=60)
+    return clirun.run(args, env=clirun.clean_env(), timeout=60)
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:

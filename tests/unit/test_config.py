@@ -239,11 +239,7 @@ def test_example_config_passes_check() -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBRIDGE_")}
-    full_env.update(env or {})
-    return clirun.run(args, env=full_env)
+    return clirun.run(args, env=clirun.clean_env(env))
 
 
 def test_cli_check_example_ok() -> None:

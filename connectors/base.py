@@ -189,6 +189,9 @@ class Capabilities:
     archive: bool = False
     subtasks: bool = False
     todos: bool = False
+    # The platform dates each field's changes (a task's history): `field_times` says when each
+    # field last changed, where one `updated_at` a task cannot.
+    field_history: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,10 @@ class RemoteTask:
     # The platform's id of the task's parent (None: top level), from a connector whose
     # capabilities include `parent`; the engine translates it to the bridge's task id.
     parent_id: str | None = None
+    # Canonical field -> when it last changed there, where the engine asked (`field_times`): a
+    # task reported with two edits since the bridge last saw it is dated by the later, which
+    # says nothing of when the other was made. Not part of what the task is (equality, hash).
+    field_times: Mapping[str, datetime] | None = field(default=None, compare=False)
 
     @property
     def content_hash(self) -> str:
@@ -490,6 +497,10 @@ class Connector(Protocol):
         """The task, or NotFound (deleted) / GoneFromView (no longer visible)."""
         ...
 
+    async def field_times(self, scope: str, remote_id: str) -> Mapping[str, datetime]:
+        """When each canonical field of the task last changed there (`capabilities.field_history`)."""
+        ...
+
     async def create_task(self, scope: str, values: Values) -> RemoteTask: ...
 
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
@@ -616,6 +627,11 @@ class BaseConnector:
 
     async def event_task(self, event: WebhookEvent) -> RemoteTask | None:
         return event.task  # a platform whose deliveries carry a readable `detail` says more
+
+    async def field_times(self, scope: str, remote_id: str) -> Mapping[str, datetime]:
+        """Canonical field -> when it last changed on the platform, from its record of the task's
+        changes (`capabilities.field_history`); a field it has no record of is left out."""
+        raise Permanent(f"{self.name} does not date a task's fields", connector=self.name)
 
     def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
         """The error to raise for a 429 answer. `throttle` is the HTTP layer's own (message,

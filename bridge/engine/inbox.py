@@ -53,6 +53,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
     Observation,
     apply_remote_deletion,
+    date_contested,
     link_by_remote,
     linked_parents,
     mark_gone_from_view,
@@ -385,6 +386,7 @@ async def process_pending(
                 d.error = f"internal error ({type(exc).__name__}); see the daemon log"
     await _resolve_scopes(ctx, [d for d in work if d.error is None])
     await _fetch_all(ctx, work, fetches)
+    await _date_contested(ctx, work)
     found = _parents_first(ctx, work)
     try:
         async with ctx.store.transaction() as session:
@@ -478,6 +480,33 @@ async def _resolve_scopes(ctx: EngineContext, work: list[_Delivery]) -> None:
             for e in d.events
             if e.scope or (d.connector, e.remote_id) in scopes
         ]
+
+
+async def _date_contested(ctx: EngineContext, work: list[_Delivery]) -> None:
+    """The tasks fetched for the deliveries, dated field by field where they hold a contested
+    field and their platform dates fields (`date_contested`): a GET shows every edit made there
+    since the bridge last saw the task, dated by the latest."""
+    fetched: dict[tuple[str, str], list[RemoteTask]] = {}
+    for d in work:
+        conn = ctx.connectors.get(d.connector)
+        if conn is None or not conn.capabilities.field_history:
+            continue
+        for event, result in d.results:
+            if isinstance(result, RemoteTask):
+                fetched.setdefault((d.connector, event.scope), []).append(result)
+    dated: dict[tuple[str, str], RemoteTask] = {}
+    for (connector, scope), tasks in fetched.items():
+        located = ctx.member(connector, scope)
+        if located is not None:
+            for rt in await date_contested(ctx, *located, tasks):
+                if rt.field_times is not None:
+                    dated[(connector, rt.remote_id)] = rt
+    if dated:
+        for d in work:
+            d.results = [
+                (event, dated.get((d.connector, r.remote_id), r) if isinstance(r, RemoteTask) else r)
+                for event, r in d.results
+            ]
 
 
 async def _fetch_all(ctx: EngineContext, work: list[_Delivery], fetches: int) -> None:

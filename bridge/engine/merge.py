@@ -45,9 +45,12 @@ def merge(
     side_is_preferred: bool,
     side_updated_at: datetime | None,
     canonical_updated_at: Callable[[str], datetime | None],
+    side_field_times: Mapping[str, datetime] | None = None,
 ) -> MergeResult:
     """Decide what an observation of side S changes. `roundtrip(field, value)` is S's;
-    `canonical_updated_at(field)` is when the canonical value of that field last changed."""
+    `canonical_updated_at(field)` is when the canonical value of that field last changed;
+    `side_field_times`, where S dates its fields, when each last changed there (a field it
+    leaves out is dated by `side_updated_at`, the time of S's latest change of any field)."""
     result = MergeResult()
     for name, value in observed.items():
         if name in base and base[name] == value:
@@ -71,7 +74,12 @@ def merge(
             continue
         if policy == "manual":
             result.conflicts.append(Conflict(name, current, value))
-        elif _side_wins(policy, side_is_preferred, side_updated_at, canonical_updated_at(name)):
+        elif _side_wins(
+            policy,
+            side_is_preferred,
+            (side_field_times or {}).get(name, side_updated_at),
+            canonical_updated_at(name),
+        ):
             result.changes[name] = value
         else:
             result.overruled.add(name)
@@ -90,3 +98,26 @@ def _side_wins(
     if side_updated_at is None:
         return False
     return canonical_updated_at is None or side_updated_at >= canonical_updated_at
+
+
+def contested(
+    observed: Mapping[str, Any],
+    base: Mapping[str, Any],
+    canonical: Mapping[str, Any],
+    *,
+    roundtrip: Callable[[str, Any], Any],
+) -> set[str]:
+    """The fields side S and the bridge both changed since they last agreed (sets aside, which
+    merge by additions and removals): those `newest` decides by when each side made its change,
+    and `manual` holds for a person. `merge`'s own judgement, so the two never disagree."""
+    held = merge(
+        observed,
+        base,
+        canonical,
+        roundtrip=roundtrip,
+        policy="manual",
+        side_is_preferred=False,
+        side_updated_at=None,
+        canonical_updated_at=lambda _name: None,
+    )
+    return {c.field for c in held.conflicts}

@@ -95,6 +95,7 @@ from bridge.engine.sync import (
     children_of,
     claim_write,
     claimed_inflight,
+    date_contested,
     encode_overwritten,
     held_fields,
     held_fields_many,
@@ -932,6 +933,7 @@ async def _after_remote_edit(
 ) -> Values | None:
     """Merge a remote edit the read before a write found, then plan the write again. None: the
     link is no longer active (the edit unlinked it), so nothing is written."""
+    (current,) = await date_contested(ctx, op.route, op.member, [current])
     async with ctx.store.transaction() as session:
         await observe(ctx, session, Observation(op.route, op.member, current, "poll"))
     async with ctx.store.read() as session:

@@ -29,6 +29,7 @@ from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
     Observation,
     apply_remote_deletion,
+    date_contested,
     linked_parents,
     mark_gone_from_view,
     needs_observing,
@@ -137,7 +138,7 @@ async def poll_scope(
                         )
                 if hierarchy:
                     moved = _ready(moved, listed, linked, waiting, waiting_ids)
-                held.add(moved)
+                held.add(await date_contested(ctx, route, member, moved))
                 compared += len(chunk)
                 if held.full():
                     await _observe_all(ctx, route, member, held.take(), hierarchy, report)
@@ -152,7 +153,8 @@ async def poll_scope(
     await _observe_all(ctx, route, member, held.take(), hierarchy, report)
     if progress is not None and compared:
         progress(member, 0, advance=compared)
-    await _observe_all(ctx, route, member, core.parents_first(waiting), hierarchy, report)
+    dated = await date_contested(ctx, route, member, waiting)
+    await _observe_all(ctx, route, member, core.parents_first(dated), hierarchy, report)
     suspects: set[str] = set(end.deleted_ids)
     if end.all_ids is not None:
         suspects |= await _missing(ctx, member, end.all_ids, before=fetch_started)

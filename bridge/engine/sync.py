@@ -23,7 +23,7 @@ from bridge import metrics
 from bridge.engine import core
 from bridge.engine.context import EngineContext
 from bridge.engine.core import DEFAULTS
-from bridge.engine.merge import merge
+from bridge.engine.merge import contested, merge
 from bridge.engine.routes import Member, Route
 from bridge.model import Status, Values, as_utc, decode_values, encode, encode_values, new_id
 from bridge.store import on_commit, search
@@ -40,7 +40,7 @@ from bridge.store.prepared import (
 )
 from bridge.store.states import ConflictState, LinkState, OpKind, OpState, advance
 from bridge.store.tables import ConflictRow, HistoryRow, LinkRow, OutboxRow, TaskRow, WatermarkRow
-from connectors.base import Connector, RemoteTask
+from connectors.base import Connector, ConnectorError, RemoteTask
 
 log = logging.getLogger("taskbridge.sync")
 
@@ -424,6 +424,84 @@ async def needs_observing(
     return out
 
 
+# What `contested_by_time` reads of a task's active link on a member: what the two sides agreed,
+# our writes that may show there, and the bridge's values now.
+_TASKS = TaskRow.__table__
+_CONTESTED = (
+    select(_LINKS.c.remote_id, _LINKS.c.base, _LINKS.c.inflight, _LINKS.c.overwritten, _TASKS.c.data)
+    .join(_TASKS, _TASKS.c.id == _LINKS.c.task_id)
+    .where(
+        _LINKS.c.connector == bindparam("connector"),
+        any_of(_LINKS.c.remote_id),
+        _LINKS.c.state == LinkState.ACTIVE,
+    )
+)
+
+
+async def contested_by_time(
+    ctx: EngineContext,
+    db: AsyncSession | AsyncConnection,
+    route: Route,
+    member: Member,
+    tasks: Sequence[RemoteTask],
+) -> list[RemoteTask]:
+    """Of `tasks` (reported changed by `member`), those holding a field that both sides changed
+    since they last agreed, where the route's `newest` decides which change came last. The
+    platform's `updated_at` dates only its latest change of any field, so such a task is dated
+    field by field first where the connector can (`date_contested`)."""
+    conn = ctx.connectors[member.connector]
+    if route.conflict != "newest" or not tasks:
+        return []
+    found = {
+        row.remote_id: row
+        for row in await run(
+            db, _CONTESTED, {"connector": member.connector, "ids": sorted({rt.remote_id for rt in tasks})}
+        )
+    }
+    out = []
+    for rt in tasks:
+        row = found.get(rt.remote_id)
+        if row is None:
+            continue  # new to the bridge, or not active: nothing of it to contest
+        values, _ = core.readable_values(conn, route, member, rt)
+        if contested(
+            values,
+            core.agreed(values, decode_values(row.base), link_claims(row)),
+            decode_values(row.data),
+            roundtrip=lambda name, value: core.side_roundtrip(conn, name, value),
+        ):
+            out.append(rt)
+    return out
+
+
+async def date_contested(
+    ctx: EngineContext, route: Route, member: Member, tasks: Sequence[RemoteTask]
+) -> list[RemoteTask]:
+    """`tasks`, each one holding a contested field (`contested_by_time`) with the times its
+    platform gives each field (`Connector.field_times`), for a connector that dates them; read
+    before the observation's transaction, so no request to a platform holds the store's write
+    turn. A task whose times cannot be read is merged by its `updated_at`, as without them."""
+    conn = ctx.connectors[member.connector]
+    if not conn.capabilities.field_history or not tasks:
+        return list(tasks)
+    async with ctx.store.reading() as db:
+        undated = {rt.remote_id for rt in await contested_by_time(ctx, db, route, member, tasks)}
+    out = []
+    for rt in tasks:
+        if rt.remote_id in undated:
+            try:
+                rt = replace(rt, field_times=await conn.field_times(rt.scope, rt.remote_id))
+            except ConnectorError as exc:
+                log.info(
+                    "%s task %s: its fields' times could not be read (%s); merged by its updated_at",
+                    member.connector,
+                    rt.remote_id,
+                    exc,
+                )
+        out.append(rt)
+    return out
+
+
 # A mirror our create made, reported before that create's outcome is recorded: the marked task's
 # link on the member has no remote id yet, and no link holds the reported one.
 _other = LinkRow.__table__.alias("held")
@@ -564,6 +642,7 @@ async def _merge_report(
         side_is_preferred=route.prefer == member.connector,
         side_updated_at=rt.updated_at,
         canonical_updated_at=lambda name: field_time(task, name),
+        side_field_times=rt.field_times,
     )
     new_parent = result.changes.get("parent")
     if new_parent is not None:
@@ -592,6 +671,7 @@ async def _merge_report(
             via=obs.via,
             now=now,
             remote_time=rt.updated_at,
+            field_times=rt.field_times,
         )
         metrics.changes_detected.labels(member.connector, obs.via).inc()
         if not route.matches(decode_values(task.data)):
@@ -628,6 +708,7 @@ async def apply_changes(
     via: str,
     now: datetime,
     remote_time: datetime | None = None,
+    field_times: Mapping[str, datetime] | None = None,
 ) -> None:
     """Write changes to the canonical task with a history row for each field."""
     new = {**canonical, **changes}
@@ -644,10 +725,11 @@ async def apply_changes(
         for name, value in changes.items()
     ]
     # The remote's own time orders edits for the `newest` policy; never let it go backwards.
+    # A side that dates its fields (`RemoteTask.field_times`) gives each change its own time.
     stamp = remote_time or now
     times = dict(task.field_times or {})
     for name in changes:
-        times[name] = stamp.isoformat()
+        times[name] = (field_times or {}).get(name, stamp).isoformat()
     data = encode_values(new)
     updated_at = max(stamp, task.updated_at) if task.updated_at else stamp
     values = {

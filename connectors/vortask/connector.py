@@ -28,6 +28,10 @@ listing of the project: `all_ids` is set and the watermark is `{}` (the engine c
 hashes, so an idle poll writes nothing). `find_by_marker` lists the project and matches the
 description (there is no search endpoint).
 
+Field times (`capabilities.field_history`): the task's history (GET .../history, newest first,
+one entry a changed field: TitleChanged, DueDateChanged, ...) dates each field's last change,
+which the engine asks for only when a field was changed on both sides since they agreed.
+
 Webhooks (per project; Admin role needed): `register_webhook` lists the project's webhooks and
 keeps one whose callbackUrl is the URL, else POSTs {callbackUrl, secret}. A kept registration
 gets one PUT {isActive: true, secret}: it turns the webhook back on if someone switched it off,
@@ -71,7 +75,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,6 +104,17 @@ from .mcp_client import VortaskMcp
 SIGNATURE_HEADER = "X-Vortask-Signature"
 EVENT_KINDS = {"task.created": "created", "task.updated": "updated", "task.deleted": "deleted"}
 UNTITLED = "Untitled"
+# A history entry's `action` -> the canonical field it changed (the task's other entries, such as
+# its creation, date no one field).
+HISTORY_FIELDS = {
+    "TitleChanged": "title",
+    "DescriptionChanged": "description",
+    "StatusChanged": "status",
+    "PriorityChanged": "priority",
+    "DueDateChanged": "due_date",
+    "TagsChanged": "tags",
+    "AssigneesChanged": "assignees",
+}
 _HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -118,6 +133,7 @@ class VortaskConnector(BaseConnector):
         incremental=False,
         delete=True,
         archive=False,
+        field_history=True,
     )
     # Vortask signs deliveries only when a secret is set: without one configured, the daemon
     # leaves this connector's webhooks off (polling only) and says so once at start.
@@ -155,6 +171,17 @@ class VortaskConnector(BaseConnector):
 
     async def get_task(self, scope: str, remote_id: str) -> RemoteTask:
         return self._remote(scope, await self.client.get_task(_project(scope), _task(remote_id)))
+
+    async def field_times(self, scope: str, remote_id: str) -> Mapping[str, datetime]:
+        """From the task's history (GET .../history: one entry a changed field, newest first,
+        each with its `action` and `createdAt`): the newest change of each field named there."""
+        times: dict[str, datetime] = {}
+        for entry in await self.client.task_history(_project(scope), _task(remote_id)):
+            name = HISTORY_FIELDS.get(str(entry.get("action")))
+            at = parse_timestamp(entry.get("createdAt"))
+            if name is not None and at is not None and (name not in times or at > times[name]):
+                times[name] = at
+        return times
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         async with contextlib.aclosing(self.client.iter_tasks(_project(scope))) as tasks:

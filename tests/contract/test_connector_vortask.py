@@ -193,6 +193,27 @@ async def test_get_task_and_not_found(fake: VortaskFake, conn: VortaskConnector)
         await conn.get_task("default", "1")
 
 
+async def test_field_times_date_each_field_by_its_last_change(
+    fake: VortaskFake, conn: VortaskConnector
+) -> None:
+    """From the task's history (GET .../history, newest first): the newest change of each field
+    it names; a field never changed since the task was made is left out."""
+    task = seed_task(fake)
+    task_id = str(task["id"])
+    await conn.update_task("1", task_id, {"title": "first"})
+    await asyncio.sleep(0.01)
+    await conn.update_task("1", task_id, {"due_date": date(2031, 3, 4)})
+    await asyncio.sleep(0.01)
+    await conn.update_task("1", task_id, {"title": "second"})
+    times = await conn.field_times("1", task_id)
+    assert set(times) == {"title", "due_date"}
+    assert times["due_date"] < times["title"]
+    got = await conn.get_task("1", task_id)
+    assert times["title"] == got.updated_at  # the last change of all
+    with pytest.raises(NotFound):
+        await conn.field_times("1", "999")
+
+
 async def test_due_date_reads_the_date_part_without_a_timezone_shift(
     fake: VortaskFake, conn: VortaskConnector
 ) -> None:

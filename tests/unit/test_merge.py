@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -105,6 +106,34 @@ def test_both_moved_newest_wins() -> None:
         side_updated_at=T0 - timedelta(minutes=5),
     )
     assert older.changes == {} and older.overruled == {"status"}
+
+
+@pytest.mark.parametrize(
+    ("title_changed_at", "title_wins"),
+    [
+        (None, True),  # not dated: the side's latest change (the due date's) dates it, and wins
+        (T0 - timedelta(seconds=5), False),  # made before the bridge's title: the bridge's stays
+        (T0 - timedelta(seconds=1), True),  # at the same moment as the bridge's: the side's, as undated
+        (T0 - timedelta(milliseconds=500), True),  # after the bridge's
+    ],
+)
+def test_a_side_that_dates_its_fields_is_judged_field_by_field(
+    title_changed_at: datetime | None, title_wins: bool
+) -> None:
+    """The drill's case: the side changed its title, then its due date (its `updated_at`, T0, is
+    the due date's); the bridge's title changed in between (T0 - 1 s). Dated by the task, the
+    side's title looks newer than it is; dated by field, it is judged by when it was made."""
+    times = {"due_date": T0} if title_changed_at is None else {"due_date": T0, "title": title_changed_at}
+    r = run(
+        {"title": "side", "due_date": "2030-01-02"},
+        {"title": "base", "due_date": "2030-01-01"},
+        {"title": "bridge", "due_date": "2030-01-01"},
+        side_field_times=times,
+    )
+    assert r.changes == (
+        {"title": "side", "due_date": "2030-01-02"} if title_wins else {"due_date": "2030-01-02"}
+    )
+    assert r.overruled == (set() if title_wins else {"title"})
 
 
 def test_both_moved_prefer() -> None:

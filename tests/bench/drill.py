@@ -40,11 +40,11 @@ DUE_PLATFORMS = ("impactly", "vortask", "squads")  # the platforms that hold a d
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 FULL = {"changes": 2000, "kills": 10, "rate": 12.0, "base": 16}
 # The next change of a task waits this long after the last one (base tasks are edited on every
-# platform; new ones only where they were made). The platforms give one updated_at per task, not
-# one per field: when a platform changed two fields of a task since the bridge last saw it, and
-# another platform changed one of them in between, which of the two edits of that field came last
-# cannot be known (the bridge's `newest` takes the platform's updated_at, the time of its latest
-# change). Spacing a base task's changes by more than the bridge's observation lag under the
+# platform; new ones only where they were made). Four of the platforms give one updated_at per
+# task, not one per field (Vortask's history dates fields, which the bridge reads when it must):
+# when one of them changed two fields of a task since the bridge last saw it, and another platform
+# changed one of them in between, which of the two edits of that field came last cannot be known
+# (the bridge's `newest` takes the platform's updated_at, the time of its latest change). Spacing a base task's changes by more than the bridge's observation lag under the
 # drill's faults keeps that undecidable case out, so the drill counts losses, not coin flips.
 SPACING_S = {"base": 5.0, "new": 0.3}
 # Quick (the CI smoke test, whose whole run must stay under 90 s on 2 cores): smaller than the

@@ -794,8 +794,8 @@ async def queue_updates_many(
 ) -> int:
     """For each (route, task, observed_at): queue an update for every member whose base differs
     from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
-    fields instead of adding a second one; a link with an update being written (claimed) is left
-    to that write's own re-check. Four reads however many tasks (and, when a parent is among the
+    fields instead of adding a second one; behind an update being written (claimed) a new one is
+    queued, which plans from what is true when it is claimed. Four reads however many tasks (and, when a parent is among the
     fields to write, two per level of the hierarchy: `load_hierarchy`): the outbox records a batch
     of finished writes in one transaction, and each may leave its task needing more. `parked`:
     links whose write was just parked; nothing more is queued there, or one change would park
@@ -809,10 +809,13 @@ async def queue_updates_many(
     for link in (await run(session, _LIVE_LINKS_OF, by_ids(task_ids))).all():
         links_of.setdefault(link.task_id, []).append(link)
     held = await held_fields_many(session, task_ids)
-    # A side whose update is being written now re-checks the whole task when it lands (_succeed),
-    # so a second update queued behind it would only re-read what the first one writes.
+    # An update being written (claimed) carries what was planned at its claim; a change observed
+    # since is queued behind it. Its landing re-checks the task as well (_succeed), but on
+    # PostgreSQL that re-check and this transaction can run side by side, neither seeing the
+    # other's work: left to the re-check alone, such a change was written nowhere (a test over
+    # the fakes lost a due date this way, 2026-12-06). The update behind plans nothing, and
+    # sends nothing, where the write before it already carried the change.
     open_updates = await loaded_by(session, _OPEN_UPDATES_OF, by_ids(task_ids))
-    writing = {row.link_id for row in open_updates if row.state == OpState.CLAIMED}
     waiting = {
         row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
     }
@@ -825,7 +828,7 @@ async def queue_updates_many(
         canonical = decode_values(task.data)
         for link in links_of.get(task.id, []):
             member = route.member(link.connector, link.scope)
-            if member is None or link.id in writing or link.id in parked or link.state == LinkState.CREATING:
+            if member is None or link.id in parked or link.state == LinkState.CREATING:
                 continue  # a create in flight writes everything once it lands
             conn = ctx.connectors[member.connector]
             fields = core.stale_fields(

@@ -446,11 +446,11 @@ async def contested_by_time(
     tasks: Sequence[RemoteTask],
 ) -> list[RemoteTask]:
     """Of `tasks` (reported changed by `member`), those holding a field that both sides changed
-    since they last agreed, where the route's `newest` decides which change came last. The
-    platform's `updated_at` dates only its latest change of any field, so such a task is dated
-    field by field first where the connector can (`date_contested`)."""
+    since they last agreed: under `newest`, which change came last decides it. The platform's
+    `updated_at` dates only its latest change of any field, so such a task is dated field by
+    field first where the connector can (`date_contested`)."""
     conn = ctx.connectors[member.connector]
-    if route.conflict != "newest" or not tasks:
+    if not tasks:
         return []
     found = {
         row.remote_id: row
@@ -480,9 +480,10 @@ async def date_contested(
     """`tasks`, each one holding a contested field (`contested_by_time`) with the times its
     platform gives each field (`Connector.field_times`), for a connector that dates them; read
     before the observation's transaction, so no request to a platform holds the store's write
-    turn. A task whose times cannot be read is merged by its `updated_at`, as without them."""
+    turn. A task whose times cannot be read is merged by its `updated_at`, as without them.
+    Only a route under `newest` merges by time: any other is left as it is, without a read."""
     conn = ctx.connectors[member.connector]
-    if not conn.capabilities.field_history or not tasks:
+    if not conn.capabilities.field_history or route.conflict != "newest" or not tasks:
         return list(tasks)
     async with ctx.store.reading() as db:
         undated = {rt.remote_id for rt in await contested_by_time(ctx, db, route, member, tasks)}
@@ -777,10 +778,10 @@ _LIVE_LINKS_OF = select(*(getattr(LinkRow, c.key) for c in LinkRow.__table__.col
     any_of(LinkRow.task_id),
     one_of(LinkRow.state, (LinkState.ACTIVE, LinkState.CREATING)),
 )
-_OPEN_UPDATES_OF = select(OutboxRow).where(
+_WAITING_UPDATES_OF = select(OutboxRow).where(
     any_of(OutboxRow.task_id),
     OutboxRow.op == OpKind.UPDATE,
-    one_of(OutboxRow.state, (OpState.PENDING, OpState.CLAIMED)),
+    OutboxRow.state == OpState.PENDING,
 )
 
 
@@ -795,8 +796,9 @@ async def queue_updates_many(
     """For each (route, task, observed_at): queue an update for every member whose base differs
     from the canonical values. An update already waiting (unclaimed) for a link absorbs the new
     fields instead of adding a second one; behind an update being written (claimed) a new one is
-    queued, which plans from what is true when it is claimed. Four reads however many tasks (and, when a parent is among the
-    fields to write, two per level of the hierarchy: `load_hierarchy`): the outbox records a batch
+    queued, which plans from what is true when it is claimed. Four reads however many tasks
+    (and, when a parent is among the fields to write, two per level of the hierarchy:
+    `load_hierarchy`): the outbox records a batch
     of finished writes in one transaction, and each may leave its task needing more. `parked`:
     links whose write was just parked; nothing more is queued there, or one change would park
     once per write that lands beside it (a person's retry writes what is true by then). `due`:
@@ -815,9 +817,10 @@ async def queue_updates_many(
     # other's work: left to the re-check alone, such a change was written nowhere (a test over
     # the fakes lost a due date this way, 2026-12-06). The update behind plans nothing, and
     # sends nothing, where the write before it already carried the change.
-    open_updates = await loaded_by(session, _OPEN_UPDATES_OF, by_ids(task_ids))
     waiting = {
-        row.link_id: row for row in open_updates if row.state == OpState.PENDING and row.id > ctx.sealed_ops
+        row.link_id: row
+        for row in await loaded_by(session, _WAITING_UPDATES_OF, by_ids(task_ids))
+        if row.id > ctx.sealed_ops
     }
     done: set[str] = set()
     stale: list[tuple[TaskRow, Any, datetime, list[str]]] = []

@@ -33,9 +33,9 @@ async def test_a_side_that_dates_its_fields_is_judged_by_when_each_was_made(
     """The drill's lost title of 2026-12-06: Vortask's title edit, then Impactly's (observed),
     then Vortask's due date, all before the bridge looks at Vortask (by a poll, by the GET of a
     delivery of the due date's edit, or by the outbox's read before it writes Impactly's title
-    there). Vortask's task is dated by the due date, after
-    Impactly's title; its own history dates its title before it. Impactly's title is the
-    newest and wins everywhere; Vortask's due date is taken too."""
+    there). Vortask's task is dated by the due date, after Impactly's title; its own history
+    dates its title before it. Impactly's title is the newest and wins everywhere; Vortask's due
+    date is taken too."""
     vt_id = create_on(world, "vortask", "dated")
     await harness.settle()
     imp_id = ops.view(world, "impactly")["dated"]["id"]

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.dialects import sqlite
 
 from bridge.engine.outbox import _CLAIMED_ROWS, _OPEN_OF, _STUCK_LINKS, _runnable
-from bridge.engine.sync import _LINKS_BY_REMOTES, _OPEN_UPDATES_OF
+from bridge.engine.sync import _LINKS_BY_REMOTES, _WAITING_UPDATES_OF
 from bridge.store import Store
 
 PARAMS = {"ids": [1, 2, 3], "now": datetime(2026, 12, 3, tzinfo=UTC), "limit": 16}
@@ -56,7 +56,12 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("name", "statement", "params", "index"),
     [
-        ("a task's open updates", _OPEN_UPDATES_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
+        (
+            "a task's waiting updates",
+            _WAITING_UPDATES_OF,
+            TASK_IDS,
+            "ix_outbox_task_state (task_id=? AND state=?)",
+        ),
         # what waits behind a finished link, and which changes are unfinished (apply_outcomes)
         ("a task's open operations", _OPEN_OF, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),
         ("a task's stuck links", _STUCK_LINKS, TASK_IDS, "ix_outbox_task_state (task_id=? AND state=?)"),

@@ -55,6 +55,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bridge.defaults import (
+    DEFAULT_BULK_CREATES,
     DEFAULT_CLAIM_TTL,
     DEFAULT_COMMENTS_PER_POLL,
     DEFAULT_CONCURRENCY,
@@ -335,6 +336,7 @@ class WorkersConfig(_Model):
     claim_ttl: Duration = DEFAULT_CLAIM_TTL
     lease_ttl: Duration = DEFAULT_LEASE_TTL
     comments_per_poll: int = Field(DEFAULT_COMMENTS_PER_POLL, ge=0, le=100_000)
+    bulk_creates: int = Field(DEFAULT_BULK_CREATES, ge=1, le=1000)
 
 
 class PersonConfig(_Model):

@@ -9,6 +9,9 @@ DEFAULT_CONCURRENCY = 8  # outbox writes at the platforms at once in one process
 DEFAULT_CLAIM_TTL = 120.0  # seconds a claim holds before another worker may take the work
 DEFAULT_LEASE_TTL = 30.0  # seconds a connector's poll lease holds without a renewal
 DEFAULT_COMMENTS_PER_POLL = 50  # linked tasks whose comments one poll reads, round-robin
+# First attempts of creates on one scope sent as one request where the platform has a bulk
+# create (a backfill's): at most this many, and at most what the platform takes at once.
+DEFAULT_BULK_CREATES = 50
 
 # The outbox worker (not in the config: they shape how it works, not what it may do).
 DEFAULT_CLAIM_BATCH = 16  # operations claimed per query

@@ -192,6 +192,8 @@ class Capabilities:
     # The platform dates each field's changes (a task's history): `field_times` says when each
     # field last changed, where one `updated_at` a task cannot.
     field_history: bool = False
+    # The most tasks one `create_tasks` request creates (1: the platform has no bulk create).
+    bulk_create: int = 1
 
 
 @dataclass(frozen=True)
@@ -503,6 +505,13 @@ class Connector(Protocol):
 
     async def create_task(self, scope: str, values: Values) -> RemoteTask: ...
 
+    async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
+        """Create each of `items` as `create_task` would, up to `capabilities.bulk_create` in
+        one request. That request is all or nothing: when it fails, this raises and none of them
+        was created. An item's follow-up request failing after it (a status the platform cannot
+        set on create) is that item's entry, its task created; the others are unaffected."""
+        ...
+
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:
         """Write only `changes` (canonical values of writable fields, but `parent`: the platform's
         id, see Capabilities.subtasks); returns the task after."""
@@ -632,6 +641,9 @@ class BaseConnector:
         """Canonical field -> when it last changed on the platform, from its record of the task's
         changes (`capabilities.field_history`); a field it has no record of is left out."""
         raise Permanent(f"{self.name} does not date a task's fields", connector=self.name)
+
+    async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
+        raise Permanent(f"{self.name} has no bulk create", connector=self.name)
 
     def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
         """The error to raise for a 429 answer. `throttle` is the HTTP layer's own (message,

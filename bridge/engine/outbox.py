@@ -11,6 +11,11 @@ Delivery promise: every queued operation is applied at least once, and its effec
   a crash writes nothing or the same values again (idempotent);
 - creates, the one non-idempotent write, carry the route's marker, and a repeated create first
   looks for its marker on the platform; a repeated comment first looks for its text among ours;
+- where a platform creates many tasks in one request (`capabilities.bulk_create`), creates of one
+  scope never tried before go out together (`bulk_creates` at most; a claim that takes one takes
+  more). The request is all or nothing: a refusal that names its items (400, 422) sends each
+  alone, so only the refused one parks; any other failure is each one's, as if each had been
+  sent alone, so their retries look for their markers one by one;
 - a child never waits for its parent, and never goes out under a parent that is not there: the
   parent a create or update writes is settled with its claim (`_settle_parents`, from
   `core.parent_hold`). Where the parent has no copy on the target yet (its create pending or in
@@ -72,6 +77,7 @@ from bridge import metrics
 from bridge.config import WorkersConfig
 from bridge.defaults import (
     DEFAULT_BACKOFF,
+    DEFAULT_BULK_CREATES,
     DEFAULT_CLAIM_BATCH,
     DEFAULT_CLAIM_TTL,
     DEFAULT_CONCURRENCY,
@@ -157,6 +163,9 @@ class WorkerSettings:
     concurrency: int = DEFAULT_CONCURRENCY  # writes at the platforms at once in this process
     claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds a claim holds before another worker may take it
     batch: int = DEFAULT_CLAIM_BATCH  # operations claimed per query
+    # First attempts of creates on one scope sent in one request where the platform can (at most
+    # its `bulk_create`); a claim that takes one takes more of them with it. 1: one at a time.
+    bulk_creates: int = DEFAULT_BULK_CREATES
     idle_wait: float = DEFAULT_IDLE_WAIT  # longest sleep when there is nothing to do
     backoff: float = DEFAULT_BACKOFF  # first retry delay; doubles per attempt, capped at max_backoff
     max_backoff: float = DEFAULT_MAX_BACKOFF
@@ -172,7 +181,12 @@ class WorkerSettings:
     @classmethod
     def from_config(cls, workers: WorkersConfig, **overrides: Any) -> WorkerSettings:
         """The settings a config's `workers:` section names; the rest keep their defaults."""
-        return cls(concurrency=workers.concurrency, claim_ttl=workers.claim_ttl, **overrides)
+        return cls(
+            concurrency=workers.concurrency,
+            claim_ttl=workers.claim_ttl,
+            bulk_creates=workers.bulk_creates,
+            **overrides,
+        )
 
 
 class PermanentOutcome(Exception):
@@ -311,13 +325,16 @@ _LINKS = LinkRow.__table__
 
 
 @functools.cache
-def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
-    """The ids of runnable operations: pending, due, and the oldest unfinished one of their link;
-    the longest due first. Ordered as `ix_outbox_claimable` reads them, so the claim stops after
-    `limit` hits rather than sorting every due operation (a backfill queues tens of thousands)."""
+def _runnable(
+    *, within: bool, skip_locked: bool, first_creates: bool = False
+) -> Select[tuple[int, str, str, int]]:
+    """Runnable operations (id, connector, op, attempts): pending, due, and the oldest unfinished
+    one of their link; the longest due first. Ordered as `ix_outbox_claimable` reads them, so the
+    claim stops after `limit` hits rather than sorting every due operation (a backfill queues tens
+    of thousands). `first_creates`: only creates never tried, of one connector (`:connector`)."""
     earlier = aliased(OutboxRow)
     query = (
-        select(OutboxRow.id)
+        select(OutboxRow.id, OutboxRow.connector, OutboxRow.op, OutboxRow.attempts)
         .where(
             OutboxRow.state == OpState.PENDING,
             OutboxRow.next_attempt_at <= bindparam("now"),
@@ -334,6 +351,12 @@ def _runnable(*, within: bool, skip_locked: bool) -> Select[tuple[int]]:
     )
     if within:
         query = query.where(OutboxRow.id.between(bindparam("first"), bindparam("last")))
+    if first_creates:
+        query = query.where(
+            OutboxRow.connector == bindparam("connector"),
+            OutboxRow.op == OpKind.CREATE,
+            OutboxRow.attempts == 0,
+        )
     if skip_locked:
         query = query.with_for_update(skip_locked=True, of=OutboxRow)
     return query
@@ -346,22 +369,36 @@ async def claim(
     *,
     within: tuple[int, int] | None = None,
     release_expired: bool = True,
+    bulk_creates: int = 1,
 ) -> list[_Op | _Orphan]:
     """Claim up to `limit` runnable operations for this replica, with what they need loaded and
     each update's write marked in flight, in one transaction. `within` (first, last) claims only
     operations whose id lies in that range: those a plan queued (`plan --apply`).
-    `release_expired`: first return expired claims (a crashed worker's) to the pool."""
+    `release_expired`: first return expired claims (a crashed worker's) to the pool.
+    `bulk_creates` > 1: where the claim takes the first attempt of a create on a connector with a
+    bulk create, it takes more such creates of that connector, up to that many in all (or the
+    connector's `bulk_create`), for the worker to send together."""
     now = ctx.now()
+    skip_locked = ctx.store.dialect == "postgresql"
     async with ctx.store.transaction() as session:
         if release_expired:
             await run(session, _RELEASE_EXPIRED, {"now": now})
-        query = _runnable(within=within is not None, skip_locked=ctx.store.dialect == "postgresql")
+        query = _runnable(within=within is not None, skip_locked=skip_locked)
         params: dict[str, Any] = {"now": now, "limit": limit}
         if within is not None:
             params["first"], params["last"] = within
-        ids = list((await run(session, query, params)).scalars())
-        if not ids:
+        rows = (await run(session, query, params)).all()
+        if not rows:
             return []
+        ids = [r.id for r in rows]
+        if bulk_creates > 1 and within is None:
+            taken = set(ids)
+            for connector, request in _bulk_requests(ctx, rows, bulk_creates).items():
+                # The same order as the claim's, so this begins with the creates it took (still
+                # pending in this transaction) and goes on with the next ones.
+                more = _runnable(within=False, skip_locked=skip_locked, first_creates=True)
+                found = await run(session, more, {"now": now, "limit": request, "connector": connector})
+                ids.extend(r.id for r in found if r.id not in taken)
         await run(
             session,
             _MARK_CLAIMED,
@@ -372,6 +409,22 @@ async def claim(
             },
         )
         return await _load(ctx, session, ids)
+
+
+def _bulk_requests(ctx: EngineContext, rows: Sequence[Any], most: int) -> dict[str, int]:
+    """Connector -> the creates one of its bulk requests takes (at most `most`), for each
+    connector with a bulk create of which `rows` (claimed) hold a never-tried create, fewer than that."""
+    have: dict[str, int] = {}
+    for r in rows:
+        if r.op == OpKind.CREATE and r.attempts == 0:
+            have[r.connector] = have.get(r.connector, 0) + 1
+    requests: dict[str, int] = {}
+    for name, count in have.items():
+        conn = ctx.connectors.get(name)
+        request = min(most, conn.capabilities.bulk_create) if conn is not None else 1
+        if count < request:
+            requests[name] = request
+    return requests
 
 
 async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -> list[_Op | _Orphan]:
@@ -600,14 +653,44 @@ class Worker:
         return time.monotonic() - self._claimed.get(self._ready[0].id, 0.0)
 
     def _start_ready(self) -> None:
-        """Start what was claimed ahead, in the slots free."""
+        """Start what was claimed ahead, in the slots free: one operation a slot, or the creates
+        that go out as one bulk request."""
         while self._ready and self._sending < self.settings.concurrency:
-            op = self._ready.popleft()
+            ops = self._together(self._ready.popleft())
             self._sending += 1
-            task = asyncio.create_task(self._run_one(op, self._sent))
+            task = asyncio.create_task(self._run(ops, self._sent))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(lambda _, i=op.id: self._claimed.pop(i, None))
+            task.add_done_callback(lambda _, ids=[op.id for op in ops]: self._forget(ids))
+
+    def _forget(self, ids: list[int]) -> None:
+        for i in ids:
+            self._claimed.pop(i, None)
+
+    def _together(self, first: _Op | _Orphan) -> list[_Op | _Orphan]:
+        """`first`, and where it is a create that can go out in bulk, the ready creates that go
+        in the same request (same connector and scope, never tried, up to the request's size)."""
+        if not _bulk_create_of(self.ctx, first):
+            return [first]
+        assert isinstance(first, _Op)
+        request = min(
+            self.settings.bulk_creates, self.ctx.connectors[first.connector].capabilities.bulk_create
+        )
+        ops: list[_Op | _Orphan] = [first]
+        rest: collections.deque[_Op | _Orphan] = collections.deque()
+        for op in self._ready:
+            if (
+                len(ops) < request
+                and isinstance(op, _Op)
+                and op.connector == first.connector
+                and op.member.scope == first.member.scope
+                and _bulk_create_of(self.ctx, op)
+            ):
+                ops.append(op)
+            else:
+                rest.append(op)
+        self._ready = rest
+        return ops
 
     def _sent(self) -> None:
         """A write's platform answered (or it ended without one): its slot is free."""
@@ -636,7 +719,13 @@ class Worker:
         # expires after claim_ttl (minutes), and the look was a third of a busy claim's statements.
         release = time.monotonic() >= self._next_release
         try:
-            ops = await claim(self.ctx, self.settings, limit, release_expired=release)
+            ops = await claim(
+                self.ctx,
+                self.settings,
+                limit,
+                release_expired=release,
+                bulk_creates=self.settings.bulk_creates,
+            )
         except Exception as exc:
             # The store failing must not end the worker: the next round tries again.
             if not self._claim_refusals.failed(exc):
@@ -650,19 +739,24 @@ class Worker:
             self._claim_refusals.succeeded()
         return ops
 
-    async def _run_one(self, op: _Op | _Orphan, sent: Callable[[], None]) -> None:
-        """Talk to the platform in a slot taken by the caller, then give the slot back (`sent`)
-        and record the outcome."""
+    async def _run(self, ops: Sequence[_Op | _Orphan], sent: Callable[[], None]) -> None:
+        """Talk to the platform in a slot taken by the caller (one operation, or creates sent
+        in bulk), then give the slot back (`sent`) and record the outcomes."""
         try:
             try:
-                with log_context(**_log_fields(op)):
-                    if isinstance(op, _Orphan):
-                        outcome = _parked("its task, link, route or connector no longer exists")
-                    else:
-                        outcome = await self._attempt(op)
+                if len(ops) == 1:  # the common case, without a task per gathered coroutine
+                    outcomes = [await self._outcome(ops[0], None)]
+                else:
+                    bulk = _BulkCreate.of(self.ctx, ops)
+                    outcomes = await asyncio.gather(*(self._outcome(op, bulk) for op in ops))
             finally:
                 sent()
-            await self.committer.submit(op, outcome)
+            if len(ops) == 1:
+                await self.committer.submit(ops[0], outcomes[0])
+            else:
+                await asyncio.gather(
+                    *(self.committer.submit(op, o) for op, o in zip(ops, outcomes, strict=True))
+                )
         finally:
             # Out of the count before the loop can look (its done-callback may run after the
             # loop resumes), or a loop that finds no room waits with none in flight.
@@ -670,9 +764,15 @@ class Worker:
             if self._more:
                 self.ctx.outbox_ready.set()  # room for work the last claim left
 
-    async def _attempt(self, op: _Op) -> Outcome:
+    async def _outcome(self, op: _Op | _Orphan, bulk: _BulkCreate | None) -> Outcome:
+        with log_context(**_log_fields(op)):
+            if isinstance(op, _Orphan):
+                return _parked("its task, link, route or connector no longer exists")
+            return await self._attempt(op, bulk)
+
+    async def _attempt(self, op: _Op, bulk: _BulkCreate | None = None) -> Outcome:
         try:
-            return await execute(self.ctx, self.settings, op, self._rng)
+            return await execute(self.ctx, self.settings, op, self._rng, bulk=bulk)
         except Exception as exc:
             log.exception("outbox %s %s on %s failed unexpectedly", op.op, op.task.id, op.connector)
             if op.attempts >= self.settings.max_unexpected:
@@ -709,7 +809,7 @@ class Worker:
             tasks = []
             for op in ops:
                 await sem.acquire()
-                tasks.append(asyncio.create_task(self._run_one(op, sem.release)))
+                tasks.append(asyncio.create_task(self._run([op], sem.release)))
             await asyncio.gather(*tasks)
             done += len(ops)
         return done
@@ -774,12 +874,20 @@ async def release_claims(ctx: EngineContext, *, landing_wait: float = DEFAULT_LA
 # -- one attempt ---------------------------------------------------------------------------------
 
 
-async def execute(ctx: EngineContext, settings: WorkerSettings, op: _Op, rng: random.Random) -> Outcome:
-    """Attempt one claimed operation against its platform; how it ended, for the committer."""
+async def execute(
+    ctx: EngineContext,
+    settings: WorkerSettings,
+    op: _Op,
+    rng: random.Random,
+    *,
+    bulk: _BulkCreate | None = None,
+) -> Outcome:
+    """Attempt one claimed operation against its platform; how it ended, for the committer. A
+    create in `bulk` takes its answer from the bulk request, and fails as that request did."""
     conn = ctx.connectors[op.connector]
     try:
         try:
-            return await _dispatch(ctx, conn, op, read_first=settings.read_before_write)
+            return await _dispatch(ctx, conn, op, read_first=settings.read_before_write, bulk=bulk)
         except NotFound as exc:
             return await _confirm_gone(conn, op, exc)
     except RateLimited as exc:
@@ -841,9 +949,11 @@ async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:
     return _parked(str(exc), remote_deleted=True)
 
 
-async def _dispatch(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> Outcome:
+async def _dispatch(
+    ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool, bulk: _BulkCreate | None = None
+) -> Outcome:
     if op.op == OpKind.CREATE:
-        return await _create(conn, op)
+        return await _create(conn, op, bulk)
     if op.op == OpKind.UPDATE:
         return await _update(ctx, conn, op, read_first=read_first)
     if op.op == OpKind.DELETE:
@@ -855,19 +965,30 @@ async def _dispatch(ctx: EngineContext, conn: Connector, op: _Op, *, read_first:
     raise PermanentOutcome(f"unknown operation {op.op!r}")
 
 
-async def _create(conn: Connector, op: _Op) -> Outcome:
+async def _create(conn: Connector, op: _Op, bulk: _BulkCreate | None = None) -> Outcome:
     if op.link.remote_id is not None:
         # An observation already found the mirror (by its marker): only reconcile.
         return _done({})
-    marker = op.route.marker.line(op.task.id)
-    found: RemoteTask | None = None
     if op.attempts > 1:
         # An earlier attempt may have created it and died before recording the id.
-        found = await conn.find_by_marker(op.member.scope, marker)
+        found = await conn.find_by_marker(op.member.scope, op.route.marker.line(op.task.id))
+        if found is not None:
+            return _done({}, remote=found)
+    if bulk is not None and op.id in bulk.items:
+        values, _ = bulk.items[op.id]
+        created = await bulk.created(op.id)
+    else:
+        values, remote_values = _create_values(conn, op)
+        created = await conn.create_task(op.member.scope, remote_values)
+    # The base keeps descriptions without the marker, as they read back.
+    return _done(values, remote=created)
+
+
+def _create_values(conn: Connector, op: _Op) -> tuple[Values, Values]:
+    """What a create writes (its link's base records it) and what is sent for it: the parent as
+    the platform's id, the description with the route's marker."""
     canonical = decode_values(op.task.data)
     values = core.writable_values(conn, op.route, op.member, canonical, op.route.fields)
-    if found is not None:
-        return _done({}, remote=found)
     if "parent" in values and op.parent_held:
         # The parent has no copy there yet (or may never be written there): top level for now,
         # which the base records; the parent follows when its copy lands (apply_outcomes).
@@ -877,9 +998,80 @@ async def _create(conn: Connector, op: _Op) -> Outcome:
         remote_values["parent"] = None if op.parent_held else op.parent_ref
     if "description" in conn.capabilities.writable:
         remote_values["description"] = op.route.marker.add(str(canonical.get("description", "")), op.task.id)
-    created = await conn.create_task(op.member.scope, remote_values)
-    # The base keeps descriptions without the marker, as they read back.
-    return _done(values, remote=created)
+    return values, remote_values
+
+
+def _bulk_create_of(ctx: EngineContext, op: _Op | _Orphan) -> bool:
+    """A create that may go out in a bulk request: never tried (a retry looks for its marker
+    first), not yet linked, on a connector with a bulk create."""
+    return (
+        isinstance(op, _Op)
+        and op.op == OpKind.CREATE
+        and op.attempts == 1
+        and op.link.remote_id is None
+        and ctx.connectors[op.connector].capabilities.bulk_create > 1
+    )
+
+
+# Refusals of a bulk request that name its items (a value the platform will not take): none was
+# created, so each is created alone, and only the refused one fails. Any other failure (a 403, a
+# timeout, an answer that cannot be read) is every item's, as it would be for each alone.
+_ITEMS_REFUSED = frozenset({400, 422})
+
+
+class _BulkCreate:
+    """Creates on one connector and scope, sent as one request (`Connector.create_tasks`) by the
+    first of them to ask; each takes its own entry of the answer."""
+
+    def __init__(self, conn: Connector, scope: str, items: dict[int, tuple[Values, Values]]) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.items = items  # operation id -> (values written, values sent)
+        self._index = {op_id: n for n, op_id in enumerate(items)}
+        self._turn = asyncio.Lock()  # the first to ask sends the request; the others wait for it
+        self._sent = False
+        self._answer: list[RemoteTask | ConnectorError] | ConnectorError | None = None
+        self._alone = asyncio.Lock()  # refused as a whole: the creates go one at a time, in the slot
+
+    @classmethod
+    def of(cls, ctx: EngineContext, ops: Sequence[_Op | _Orphan]) -> _BulkCreate | None:
+        items: dict[int, tuple[Values, Values]] = {}
+        first = next((op for op in ops if isinstance(op, _Op)), None)
+        if first is None:
+            return None
+        conn = ctx.connectors[first.connector]
+        for op in ops:
+            if isinstance(op, _Op):
+                try:
+                    items[op.id] = _create_values(conn, op)
+                except Exception:  # it fails again alone, where its outcome says why
+                    continue
+        return cls(conn, first.member.scope, items)
+
+    async def created(self, op_id: int) -> RemoteTask:
+        async with self._turn:
+            if self._answer is None:
+                if self._sent:  # sent, and its caller cancelled before the answer: it may have landed
+                    raise Retryable(
+                        f"{self.conn.name}: a bulk create was interrupted", connector=self.conn.name
+                    )
+                self._sent = True
+                try:
+                    self._answer = await self.conn.create_tasks(
+                        self.scope, [sent for _, sent in self.items.values()]
+                    )
+                except ConnectorError as exc:
+                    self._answer = exc
+        answer = self._answer
+        if isinstance(answer, Permanent) and answer.status in _ITEMS_REFUSED:
+            async with self._alone:
+                return await self.conn.create_task(self.scope, self.items[op_id][1])
+        if isinstance(answer, ConnectorError):
+            raise answer
+        entry = answer[self._index[op_id]]
+        if isinstance(entry, ConnectorError):
+            raise entry
+        return entry
 
 
 async def _update(ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool) -> Outcome:

@@ -18,7 +18,9 @@ Round trip (what `roundtrip` promises, and what `create_task`/`update_task` read
   date part is read (no timezone shift, whatever time a date-time written elsewhere carries).
 
 Writes: create is POST (title and priority required; a new task always starts New), then, when
-the canonical status is not one written as New, a PUT of the status. Update is a PUT of only the
+the canonical status is not one written as New, a PUT of the status. `create_tasks` (a backfill's
+creates, `capabilities.bulk_create`) is MCP `bulk_create_tasks`, up to 100 tasks, all validated
+before any is created (a 400 names the item: "Task 3: ..."), then each one's status PUT. Update is a PUT of only the
 changed writable fields (all optional on Vortask); its answer is the whole task. Delete is DELETE
 (Admin only: a Member's token gets 403 -> Permanent with Vortask's message). No archive:
 `archive_task` raises Permanent and `capabilities.archive` is false, so the engine closes instead.
@@ -85,6 +87,7 @@ from connectors.base import (
     BadSignature,
     BaseConnector,
     Capabilities,
+    ConnectorError,
     ConnectorSettings,
     ListingEnd,
     Permanent,
@@ -134,6 +137,7 @@ class VortaskConnector(BaseConnector):
         delete=True,
         archive=False,
         field_history=True,
+        bulk_create=100,  # MCP bulk_create_tasks: 1 to 100 tasks
     )
     # Vortask signs deliveries only when a secret is set: without one configured, the daemon
     # leaves this connector's webhooks off (polling only) and says so once at start.
@@ -235,17 +239,48 @@ class VortaskConnector(BaseConnector):
     # -- writing --------------------------------------------------------------------------------
 
     async def create_task(self, scope: str, values: Values) -> RemoteTask:
-        values = self.writable(normalize_values(values))
         project = _project(scope)
+        body, status = self._create_body(values)
+        return await self._set_status(scope, project, await self.client.create_task(project, body), status)
+
+    async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
+        """MCP `bulk_create_tasks` (up to 100; Vortask validates every item before it creates
+        any), then each task's status as `create_task` sets it."""
+        project = _project(scope)
+        made = [self._create_body(values) for values in items]
+        answer = await self.mcp.call(
+            "bulk_create_tasks", {"projectId": project, "tasks": [b for b, _ in made]}
+        )
+        created = answer.get("created") if isinstance(answer, dict) else None
+        if (
+            not isinstance(created, list)
+            or len(created) != len(made)
+            or not all(isinstance(t, dict) and _is_id(t.get("id")) for t in created)
+        ):
+            raise Permanent(
+                f"MCP bulk_create_tasks: expected {len(made)} created tasks in its answer",
+                connector=self.name,
+            )
+        out: list[RemoteTask | ConnectorError] = []
+        for task, (_, status) in zip(created, made, strict=True):
+            try:
+                out.append(await self._set_status(scope, project, task, status))
+            except ConnectorError as exc:  # this one's status: the task was created
+                out.append(exc)
+        return out
+
+    def _create_body(self, values: Values) -> tuple[Json, str | None]:
+        """A create's body, and the status to PUT after it (a new task always starts New)."""
+        values = self.writable(normalize_values(values))
         body = self._body(values)
         body.setdefault("title", UNTITLED)
         body.setdefault("priority", self.priority_to(Priority.NONE))  # required by Vortask
-        body.pop("status", None)  # ignored on create: a new task starts New
-        task = await self.client.create_task(project, body)
-        if "status" in values:
-            wanted = self.status_to(values["status"])
-            if task.get("status") != wanted:
-                task = await self.client.update_task(project, int(task["id"]), {"status": wanted})
+        body.pop("status", None)  # ignored on create
+        return body, self.status_to(values["status"]) if "status" in values else None
+
+    async def _set_status(self, scope: str, project: int, task: Json, status: str | None) -> RemoteTask:
+        if status is not None and task.get("status") != status:
+            task = await self.client.update_task(project, int(task["id"]), {"status": status})
         return self._remote(scope, task)
 
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:

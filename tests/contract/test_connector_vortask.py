@@ -26,6 +26,7 @@ from connectors.base import (
     PeopleMap,
     Permanent,
     RateLimited,
+    RemoteTask,
     Retryable,
     WebhookEvent,
 )
@@ -267,6 +268,64 @@ async def test_create_task_then_puts_a_status_other_than_new(
     plain = await conn.create_task("1", {"title": "Plain", "status": Status.TODO})
     assert plain.values["status"] is Status.TODO and plain.values["priority"] is Priority.MEDIUM
     assert fake.requests.count("POST", TASKS) == 1 and fake.requests.count("PUT") == 0
+
+
+async def test_create_tasks_is_one_bulk_request_then_each_status(
+    fake: VortaskFake, conn: VortaskConnector
+) -> None:
+    """MCP bulk_create_tasks for all of them; a PUT only for a status other than New's."""
+    items: list[Values] = [
+        {"title": "One", "status": Status.TODO, "priority": Priority.LOW, "tags": frozenset({"a"})},
+        {"title": "Two", "status": Status.DONE, "due_date": date(2026, 5, 6)},
+        {"title": "  ", "description": "blank title"},
+    ]
+    fake.requests.clear()
+    created = await conn.create_tasks("1", items)
+    assert fake.requests.count("POST", TASKS) == 0 and fake.requests.count("PUT") == 1
+    assert all(isinstance(t, RemoteTask) for t in created)
+    one, two, untitled = created  # type: ignore[misc]
+    assert {k: one.values[k] for k in items[0]} == conn.roundtrip(items[0])
+    assert two.values["status"] is Status.DONE and two.values["due_date"] == date(2026, 5, 6)
+    assert untitled.values["title"] == "Untitled" and untitled.values["status"] is Status.TODO
+    with rest(fake) as c:
+        listed = {t["title"]: t for t in c.get("/projects/1/tasks").json()}
+    assert listed["Two"]["status"] == "Closed" and listed["One"]["tags"] == ["a"]
+    assert conn.capabilities.bulk_create == 100
+
+
+async def test_create_tasks_is_all_or_nothing_and_a_status_failure_is_its_items(
+    fake: VortaskFake, conn: VortaskConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_body = conn._create_body
+
+    def create_body(values: Values) -> tuple[dict[str, Any], str | None]:
+        body, status = real_body(values)
+        if body["title"] == "Nope":
+            body["tags"] = [""]  # refused by Vortask
+        return body, status
+
+    monkeypatch.setattr(conn, "_create_body", create_body)
+    with pytest.raises(Permanent, match="Task 2: Tags") as refused:
+        await conn.create_tasks("1", [{"title": "Fine"}, {"title": "Nope"}])
+    assert refused.value.status == 400
+    with rest(fake) as c:
+        assert not [t for t in c.get("/projects/1/tasks").json() if t["title"] in ("Fine", "Nope")]
+
+    # Created, then one task's status refused: that item's entry is the error, the others' tasks.
+    real_update = conn.client.update_task
+
+    async def update_task(project: int, task_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        raise Permanent("no", status=403, connector="vortask")
+
+    monkeypatch.setattr(conn.client, "update_task", update_task)
+    out = await conn.create_tasks("1", [{"title": "A", "status": Status.DONE}, {"title": "B"}])
+    assert isinstance(out[0], Permanent) and isinstance(out[1], RemoteTask)
+    monkeypatch.setattr(conn.client, "update_task", real_update)
+    with rest(fake) as c:
+        assert sorted(t["title"] for t in c.get("/projects/1/tasks").json() if t["title"] in ("A", "B")) == [
+            "A",
+            "B",
+        ]
 
 
 async def test_update_task_sends_only_the_changed_fields(

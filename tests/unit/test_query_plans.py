@@ -91,3 +91,14 @@ def test_the_claim_reads_due_operations_in_order_and_stops_at_its_limit(store_pa
     assert "ix_outbox_claimable (state=? AND next_attempt_at<?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # no sort of every due operation
     assert "ix_outbox_link_state (link_id=? AND state=? AND id<?)" in plan, plan  # the earlier-op probe
+
+
+def test_the_bulk_creates_claim_reads_as_the_claim_does(store_path: Path) -> None:
+    """More never-tried creates of one connector: the claim's order and stop, filtered."""
+    plan = plan_of(
+        store_path,
+        _runnable(within=False, skip_locked=False, first_creates=True),
+        {**PARAMS, "connector": "x"},
+    )
+    assert "ix_outbox_claimable (state=? AND next_attempt_at<?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan

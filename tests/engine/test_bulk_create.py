@@ -1,0 +1,166 @@
+"""A backfill's creates on a platform with a bulk create (Vortask's MCP `bulk_create_tasks`) go
+out many to a request, run by the outbox worker against the fakes over loopback: every task
+once, with its status; a task the platform refuses parks alone; a request whose answer is lost
+is looked for, never sent twice. On SQLite and on PostgreSQL (skipped without
+TASKBRIDGE_TEST_PG_URL), whose claim takes the creates with `FOR UPDATE SKIP LOCKED`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from bridge.config import WorkersConfig
+from bridge.engine.outbox import Worker, WorkerSettings
+from bridge.model import Values
+from bridge.store.states import OpKind, OpState
+from bridge.store.tables import OutboxRow
+from connectors.base import ConnectorError, RemoteTask, Retryable
+from tests import ops
+from tests.engine import test_hierarchy
+from tests.engine.conftest import Harness
+from tests.world import World
+
+# The store's backend is these fixtures' parameter, as in those tests.
+harness = test_hierarchy.harness
+new_store = test_hierarchy.new_store
+
+TASKS = 24
+STATUSES = ("todo", "in_progress", "blocked", "done")
+
+
+def _seed(world: World, prefix: str) -> list[str]:
+    """Tasks on AgentKanban, which the bridge has not seen: its first poll backfills them."""
+    made = []
+    for i in range(TASKS):
+        title = f"{prefix} {i}"
+        ops.create(world, "agentkanban", title, priority="high", status=STATUSES[i % len(STATUSES)])
+        made.append(title)
+    return made
+
+
+class _Counted:
+    """The Vortask connector's creates, counted (the requests themselves go to the fake)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.bulk: list[int] = []  # items per create_tasks call
+        self.alone = 0
+        real_bulk, real_one = conn.create_tasks, conn.create_task
+
+        async def create_tasks(scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
+            self.bulk.append(len(items))
+            return await real_bulk(scope, items)
+
+        async def create_task(scope: str, values: Values) -> RemoteTask:
+            self.alone += 1
+            return await real_one(scope, values)
+
+        conn.create_tasks, conn.create_task = create_tasks, create_task
+
+
+async def _work(harness: Harness, done: Any, within: float = 30.0, **settings: Any) -> None:
+    """Run the outbox worker (its own loop, as the daemon does) until `done()`."""
+    worker = Worker(
+        harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=0.2, **settings)
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        started = time.monotonic()
+        while not await done():
+            assert time.monotonic() - started < within, "the outbox did not finish"
+            await asyncio.sleep(0.05)
+    finally:
+        worker.stop()
+        await running
+
+
+async def _vortask_creates(harness: Harness) -> list[OutboxRow]:
+    async with harness.ctx.store.transaction() as s:
+        query = select(OutboxRow).where(OutboxRow.connector == "vortask", OutboxRow.op == OpKind.CREATE)
+        return list((await s.scalars(query)).all())
+
+
+def _all_finished(harness: Harness) -> Any:
+    async def done() -> bool:
+        rows = await _vortask_creates(harness)
+        return len(rows) == TASKS and all(r.state in (OpState.DONE, OpState.PARKED) for r in rows)
+
+    return done
+
+
+async def test_a_backfill_creates_on_vortask_in_bulk_each_task_once(harness: Harness, world: World) -> None:
+    titles = _seed(world, "bulk")
+    counted = _Counted(harness.ctx.connectors["vortask"])
+    await harness.poll("agentkanban")
+    await _work(harness, _all_finished(harness))
+    # One request, or a few (claims take creates as they come), never one a task.
+    assert sum(counted.bulk) == TASKS and len(counted.bulk) <= 3, counted.bulk
+    assert counted.alone == 0
+    view, source = ops.view(world, "vortask"), ops.view(world, "agentkanban")  # fail on a duplicate title
+    assert sorted(view) == sorted(titles)
+    assert {v["status"] for v in view.values()} == {"todo", "in_progress", "done"}  # not just New's
+    for title in titles:
+        assert view[title]["status"] == source[title]["status"], (title, view[title], source[title])
+    assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
+    # Recorded as linked: Vortask's listing is ours, and the bridge settles writing nothing more.
+    await harness.settle()
+    assert sorted(ops.view(world, "vortask")) == sorted(titles)
+
+
+async def test_workers_bulk_creates_1_sends_each_create_alone(harness: Harness, world: World) -> None:
+    titles = _seed(world, "alone")
+    counted = _Counted(harness.ctx.connectors["vortask"])
+    settings = WorkerSettings.from_config(WorkersConfig(bulk_creates=1))
+    await harness.poll("agentkanban")
+    await _work(harness, _all_finished(harness), bulk_creates=settings.bulk_creates)
+    assert counted.bulk == [] and counted.alone == TASKS
+    assert sorted(ops.view(world, "vortask")) == sorted(titles)
+
+
+async def test_a_task_the_platform_refuses_parks_alone(harness: Harness, world: World) -> None:
+    titles = _seed(world, "refused")
+    conn = harness.ctx.connectors["vortask"]
+    counted = _Counted(conn)
+    real_body = conn._create_body
+
+    def create_body(values: Values) -> Any:
+        body, status = real_body(values)
+        if body["title"] == "refused 5":
+            body["tags"] = [""]  # Vortask refuses a blank tag: 400 for the whole bulk request
+        return body, status
+
+    conn._create_body = create_body
+    await harness.poll("agentkanban")
+    await _work(harness, _all_finished(harness))
+    rows = await _vortask_creates(harness)
+    parked = [r for r in rows if r.state == OpState.PARKED]
+    assert len(parked) == 1 and "Tags must be" in (parked[0].last_error or ""), [r.last_error for r in rows]
+    assert counted.bulk and counted.alone >= 2  # refused whole, then each alone
+    assert sorted(ops.view(world, "vortask")) == sorted(t for t in titles if t != "refused 5")
+
+
+async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(
+    harness: Harness, world: World
+) -> None:
+    titles = _seed(world, "lost")
+    conn = harness.ctx.connectors["vortask"]
+    real_bulk = conn.create_tasks
+    lost: list[int] = []
+
+    async def create_tasks(scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
+        await real_bulk(scope, items)  # landed on Vortask
+        if not lost:
+            lost.append(len(items))
+            raise Retryable("the answer never came", connector="vortask")
+        raise AssertionError("a bulk create was sent again")
+
+    conn.create_tasks = create_tasks
+    await harness.poll("agentkanban")
+    await _work(harness, _all_finished(harness))
+    assert lost and lost[0] >= 2, lost
+    assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
+    assert sorted(ops.view(world, "vortask")) == sorted(titles)  # no task twice

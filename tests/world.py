@@ -96,6 +96,7 @@ class World:
         members: Iterable[str] | None = None,
         extra_connector: dict[str, Any] | None = None,
         server_tokens: list[dict[str, Any]] | None = None,
+        workers: dict[str, Any] | None = None,
     ) -> Path:
         """Write a config routing every fake (or `members`) and return its path."""
         conns: dict[str, Any] = {}
@@ -135,6 +136,8 @@ class World:
             "connectors": conns,
             "routes": [r],
         }
+        if workers:
+            cfg["workers"] = workers
         path = tmp / "taskbridge.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path

@@ -2,7 +2,8 @@
 
 Each benchmark prints ONE JSON object on stdout (figures, parameters, machine facts, start and
 finish times); progress goes to stderr. NAME is one of: propagation, raw_limit, backfill, cost,
-api, memory, drill, all (those seven, the default), or replicas and http_stack (by name only).
+api, memory, drill, all (those seven, the default), or replicas, http_stack and backfill_bulk
+(by name only).
 `--quick` runs small variants (the CI smoke test runs `all --quick`). `--drill-runs N` repeats the drill N times
 (default 3: the issue's bar is three consecutive clean runs). `--rates 20,50` runs propagation
 at just those edit rates. `--keep` keeps the scratch directory (daemon logs, stores, the
@@ -29,7 +30,9 @@ from typing import Any
 from tests.bench.common import Setup, bench_world, emit, log, now_iso
 
 NAMES = ("propagation", "raw_limit", "cost", "backfill", "api", "memory", "drill")
-EXTRA = ("replicas", "http_stack")  # by name only, not in `all`: replicas needs PostgreSQL's binaries
+# By name only, not in `all`: replicas needs PostgreSQL's binaries; backfill_bulk is a before and
+# after of one feature (two backfills).
+EXTRA = ("replicas", "http_stack", "backfill_bulk")
 
 
 class Context:
@@ -105,6 +108,7 @@ def registry() -> dict[str, Callable[[Context], Any]]:
         "raw_limit": propagation.bench_raw_limit,
         "cost": propagation.bench_cost,
         "backfill": backfill.bench_backfill,
+        "backfill_bulk": backfill.bench_backfill_bulk,
         "api": api.bench_api,
         "memory": memory.bench_memory,
         "drill": drill.bench_drill,

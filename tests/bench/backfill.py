@@ -26,6 +26,7 @@ from tests.bench.storefill import Postgres
 SOURCE = "vortask"
 TARGETS = ("impactly", "agentkanban", "runs", "squads")
 CONCURRENCY = 8  # bridge.engine.outbox.WorkerSettings.concurrency
+BULK_SOURCE = "impactly"  # backfill_bulk: Vortask, the platform with a bulk create, is a target
 
 
 def _raw_creates(world: Any, n: int) -> list[dict[str, Any]]:
@@ -67,15 +68,21 @@ def _raw_creates(world: Any, n: int) -> list[dict[str, Any]]:
 STALL_S = 300  # no new mirror for this long: the daemon is stuck, stop waiting
 
 
-def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
-    """Seed a fresh world, start the daemon on `store` (sqlite | postgresql), wait until mirrored."""
+def run_daemon(
+    ctx: Any, n: int, store: str, *, source: str = SOURCE, workers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Seed a fresh world, start the daemon on `store` (sqlite | postgresql), wait until mirrored.
+    `source`: the platform holding the existing tasks; `workers`: the config's workers section."""
+    targets = tuple(p for p in ALL if p != source)
     setup = ctx.fresh(f"backfill-{store}")
     world = setup.world
     logs = install_timed_logs(world, probes=False)
     t = time.monotonic()
-    seed.vortask_tasks(world, n, lambda i: f"backfill {i}", lambda i: f"existing task number {i}")
+    getattr(seed, f"{source}_tasks")(
+        world, n, lambda i: f"backfill {i}", lambda i: f"existing task number {i}"
+    )
     seeded_in = time.monotonic() - t
-    log(f"backfill/{store}: {n} tasks seeded on vortask in {seeded_in:.1f} s")
+    log(f"backfill/{store}: {n} tasks seeded on {source} in {seeded_in:.1f} s")
     for lg in logs.values():
         lg.clear()
     pg: Postgres | None = None
@@ -85,7 +92,7 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         pg.start()
         kw["store_url"] = pg.database()
     try:
-        d = setup.daemon(f"backfill-{store}", public=True, poll_interval="60s", **kw)
+        d = setup.daemon(f"backfill-{store}", public=True, poll_interval="60s", workers=workers, **kw)
         t_start = time.monotonic()
         d.start()
         t_ready = time.monotonic()
@@ -99,7 +106,7 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         mirrored: dict[str, Any] = {"at": None, "echoes_pending": None}
 
         def done() -> bool:
-            have = {p: seed.count_tasks(world, p) for p in TARGETS}
+            have = {p: seed.count_tasks(world, p) for p in targets}
             now = time.monotonic()
             total = sum(have.values())
             if total > state["have"]:
@@ -121,7 +128,7 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         ok = ok and not state["stalled"]
         t_done = time.monotonic()
         daemon_cpu, fakes_cpu = d.cpu_seconds() - cpu_ready, time.process_time() - fakes_ready
-        final = {p: seed.count_tasks(world, p) for p in TARGETS}
+        final = {p: seed.count_tasks(world, p) for p in targets}
         creates = []
         per_fake: dict[str, Any] = {}
         for p in ALL:
@@ -130,7 +137,15 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
                 **counts([e for _, e in entries]),
                 "by_route": _top_routes([e for _, e in entries]),
             }
-            creates += [t for t, e in entries if e.method == "POST" and e.status == 201 and p in TARGETS]
+            # A create: a POST answered 201, or an MCP request to Vortask (its bulk creates; in a
+            # backfill to it, its other MCP calls are a few comment sweeps).
+            creates += [
+                t
+                for t, e in entries
+                if p in targets
+                and e.method == "POST"
+                and (e.status == 201 or (p == "vortask" and e.route == "/mcp"))
+            ]
         first_create, last_create = (min(creates), max(creates)) if creates else (t_ready, t_done)
         depth = d.outbox_depth()
         # How the platforms' echoes of our creates were answered: recorded ("ok"), or known to
@@ -158,9 +173,9 @@ def run_daemon(ctx: Any, n: int, store: str) -> dict[str, Any]:
         "echoes_pending_when_mirrored": mirrored["echoes_pending"],
         "seconds_mirrored_to_echoes_answered": round(t_done - mirrored["at"], 1) if mirrored["at"] else None,
         "tasks_per_s": round(n / (t_done - t_ready), 2) if ok else None,
-        "creates_per_s": round(len(creates) / max(0.001, last_create - first_create), 1),
+        "creates_per_s": round(sum(final.values()) / max(0.001, last_create - first_create), 1),
         "daemon_cpu_s": round(daemon_cpu, 1),
-        "daemon_cpu_ms_per_create": round(1000 * daemon_cpu / max(1, len(creates)), 2),
+        "daemon_cpu_ms_per_create": round(1000 * daemon_cpu / (n * len(targets)), 2),
         "daemon_cores_busy": round(daemon_cpu / max(0.001, t_done - t_ready), 2),
         "fakes_and_bench_cores_busy": round(fakes_cpu / max(0.001, t_done - t_ready), 2),
         "webhooks_received": webhooks,
@@ -226,6 +241,55 @@ def bench_backfill(ctx: Any) -> dict[str, Any]:
         "fakes": "in-process (tests.world.World)",
     }
     return ctx.emit("backfill", started, params, figures)
+
+
+def bench_backfill_bulk(ctx: Any) -> dict[str, Any]:
+    """backfill_bulk: N existing Impactly tasks mirrored to the four others, Vortask among them,
+    whose creates can go many to a request (MCP bulk_create_tasks): the daemon with
+    `workers.bulk_creates: 1` (each create alone, as before) and with the default, alternated
+    on fresh worlds, `TASKBRIDGE_BENCH_BULK_PAIRS` pairs (default 1)."""
+    from bridge.defaults import DEFAULT_BULK_CREATES
+
+    started = ctx.started()
+    n = int(os.environ.get("TASKBRIDGE_BENCH_BACKFILL_TASKS") or (15 if ctx.quick else 10_000))
+    pairs = int(os.environ.get("TASKBRIDGE_BENCH_BULK_PAIRS") or 1)
+    runs: dict[str, list[dict[str, Any]]] = {"alone": [], "bulk": []}
+    for _ in range(pairs):
+        for label, size in (("alone", 1), ("bulk", DEFAULT_BULK_CREATES)):
+            log(f"backfill_bulk: {label} (workers.bulk_creates {size})")
+            fig = run_daemon(ctx, n, "sqlite", source=BULK_SOURCE, workers={"bulk_creates": size})
+            fig.pop("world", None)
+            runs[label].append(fig)
+
+    def mean(label: str, key: str) -> float | None:
+        values = [r[key] for r in runs[label] if r.get(key) is not None]
+        return round(sum(values) / len(values), 2) if values else None
+
+    def vortask_requests(r: dict[str, Any]) -> float:
+        return float(r["requests_per_task"].get("vortask", 0.0))
+
+    figures = {
+        "runs": runs,
+        "tasks_per_s": {label: mean(label, "tasks_per_s") for label in runs},
+        "daemon_cpu_ms_per_create": {label: mean(label, "daemon_cpu_ms_per_create") for label in runs},
+        "vortask_requests_per_task": {
+            label: round(sum(vortask_requests(r) for r in runs[label]) / len(runs[label]), 3)
+            for label in runs
+        },
+    }
+    params = {
+        "tasks": n,
+        "source": BULK_SOURCE,
+        "targets": [p for p in ALL if p != BULK_SOURCE],
+        "pairs": pairs,
+        "bulk_creates": {"alone": 1, "bulk": DEFAULT_BULK_CREATES},
+        "initial": "mirror",
+        "webhooks": True,
+        "poll_interval_s": 60,
+        "store": "SQLite",
+        "order": "alone then bulk, each pair on fresh worlds",
+    }
+    return ctx.emit("backfill_bulk", started, params, figures)
 
 
 def _top_routes(entries: list[Any], k: int = 8) -> dict[str, int]:

@@ -363,6 +363,9 @@ class WebhookEvent:
     # The task as the signed body carries it, when turning it into `task` needs what only an
     # await can give (a lane's name): the connector's `event_task` does it, sparing a GET.
     detail: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    # The task's own time as the signed body gives it, where the body does not carry the whole
+    # task: for a `created` event, when the task was made. The engine knows its own creates by it.
+    stamp: datetime | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

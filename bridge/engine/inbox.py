@@ -63,9 +63,10 @@ from bridge.engine.sync import (
     prefetch_links,
 )
 from bridge.logs import log_context
+from bridge.model import as_utc
 from bridge.store import refusal
 from bridge.store.prepared import any_of, run
-from bridge.store.states import DeliveryState, advance
+from bridge.store.states import DeliveryState, LinkState, advance
 from bridge.store.tables import InboxRow, LinkRow
 from connectors.base import (
     BadSignature,
@@ -178,16 +179,23 @@ async def _unrecorded(
         return None
     conn = ctx.connectors[connector]
     carried: list[tuple[Route, Member, RemoteTask]] = []
+    made: list[WebhookEvent] = []  # creations reported by a stamp alone, not the task
     try:
         for event in events:
             located = ctx.member(connector, event.scope) if event.scope else None
             if event.kind not in _CARRYING or located is None:
                 return None
             task = await conn.event_task(event)
-            if task is None:
+            if task is not None:
+                carried.append((*located, task))
+            elif event.kind == "created" and event.stamp is not None:
+                made.append(event)
+            else:
                 return None
-            carried.append((*located, task))
         async with ctx.store.reading() as db:
+            for event in made:
+                if not await _made_by_us(db, connector, event):
+                    return None
             for route, member, task in carried:
                 if await needs_observing(ctx, db, route, member, [task]) and not (
                     await our_create_coming_back(db, route, member, task)
@@ -201,6 +209,28 @@ async def _unrecorded(
 
 
 _CARRYING = frozenset({"created", "updated"})  # event kinds that may carry the task they report
+_LINKS = LinkRow.__table__
+
+# The link our create of a task there recorded: made by us, with the creation time its answer gave.
+_MADE = select(_LINKS.c.remote_created_at).where(
+    _LINKS.c.connector == bindparam("connector"),
+    _LINKS.c.remote_id == bindparam("remote_id"),
+    _LINKS.c.is_mirror.is_(True),
+    _LINKS.c.state == LinkState.ACTIVE,
+)
+
+
+async def _made_by_us(db: Any, connector: str, event: WebhookEvent) -> bool:
+    """Whether a delivery reporting a task's creation, without the task, reports a create of
+    ours whose outcome is recorded: the link made by it holds the id, with the creation time our
+    create's answer gave, which the delivery's signed stamp repeats. A creation says nothing more
+    than what was created, which our create's answer said; any edit since has its own delivery.
+    An id the platform gave anew to another task was made at another time: that one is read."""
+    assert event.stamp is not None
+    for (created_at,) in (await run(db, _MADE, {"connector": connector, "remote_id": event.remote_id})).all():
+        if created_at is not None and as_utc(created_at) == as_utc(event.stamp):
+            return True
+    return False
 
 
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:

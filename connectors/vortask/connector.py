@@ -369,8 +369,13 @@ class VortaskConnector(BaseConnector):
         if kind is None:
             return []  # an event we don't act on (none other is documented)
         # No delivery id on Vortask: the engine deduplicates by body hash. The payload lacks
-        # description and dueDate, so the engine GETs the task (task=None).
-        return [WebhookEvent(scope=str(int(project)), remote_id=str(int(task["id"])), kind=kind)]
+        # description and dueDate, so the engine GETs the task (task=None), but for a creation
+        # it made itself, which its stamp (the task's updatedAt: made then) tells it.
+        try:
+            stamp = parse_timestamp(task.get("updatedAt")) if isinstance(task.get("updatedAt"), str) else None
+        except ValueError:
+            stamp = None  # not a time: the engine reads the task
+        return [WebhookEvent(scope=str(int(project)), remote_id=str(int(task["id"])), kind=kind, stamp=stamp)]
 
     # -- round trip -----------------------------------------------------------------------------
 

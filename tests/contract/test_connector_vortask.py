@@ -9,7 +9,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
@@ -794,3 +794,17 @@ async def test_timeout_is_retryable(fake: VortaskFake, make: Callable[..., Vorta
     with pytest.raises(Retryable, match="timed out"):
         await conn.get_task("1", "1")
     assert time.monotonic() - started < 3
+
+
+def test_a_delivery_carries_its_signed_stamp(conn: VortaskConnector) -> None:
+    """The task's updatedAt (for a creation, when it was made): the engine knows its own creates
+    by it. A stamp that is not a time is left out (the task is read), never a refusal."""
+
+    def parsed(updated: Any) -> WebhookEvent:
+        body = json.dumps({"event": "task.created", "projectId": 1, "task": {"id": 7, "updatedAt": updated}})
+        [event] = conn.parse_webhook({}, body.encode())
+        return event
+
+    assert parsed("2026-12-06T18:00:00.250Z").stamp == datetime(2026, 12, 6, 18, 0, 0, 250000, tzinfo=UTC)
+    assert parsed("yesterday").stamp is None
+    assert parsed(None).stamp is None and parsed(5).stamp is None

@@ -16,11 +16,13 @@ import hmac
 import json
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from bridge.engine.inbox import Receipt, process_pending, receive
+from bridge.model import parse_timestamp
 from bridge.store.tables import InboxRow
 from tests import ops
 from tests.engine import test_hierarchy
@@ -272,3 +274,62 @@ async def test_an_edit_seen_while_our_write_was_in_flight_is_not_merged_again(
     assert await receive(harness.ctx, "impactly", *redelivered(deliveries[0])) == UNCHANGED
     await harness.settle()
     assert_everywhere(world, "seen, edited there")
+
+
+def vortask_delivery(world: World, task_id: str, event: str, stamp: str) -> tuple[dict[str, str], bytes]:
+    """Vortask's delivery of `event` for one of its tasks, as its fake builds and signs one (the
+    task's fields but its description and due date; `updatedAt` given)."""
+    task = next(t for t in ops.raw_tasks(world, "vortask") if str(t["id"]) == task_id)
+    body = json.dumps(
+        {
+            "event": event,
+            "projectId": int(world.scopes["vortask"]),
+            "task": {
+                "id": int(task_id),
+                "title": task["title"],
+                "status": task["status"],
+                "priority": task["priority"],
+                "assignees": [],
+                "tags": task["tags"],
+                "updatedAt": stamp,
+            },
+        }
+    ).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    return {"x-vortask-signature": signature}, body
+
+
+async def test_our_create_reported_by_its_stamp_alone_is_ours_and_no_other(
+    harness: Harness, world: World
+) -> None:
+    """Vortask's deliveries leave out the description and due date, so the bridge reads the task
+    they report; but a creation of ours, whose outcome is recorded, is known by its signed stamp
+    (the creation time our create's answer gave), with no read and no record. The same id made
+    at another time (an id given anew), an edit, and a task a person made are read as before."""
+    ops.create(world, "impactly", "made by the bridge")
+    await harness.settle()
+    ours = ops.view(world, "vortask")["made by the bridge"]["id"]
+    made_at = next(t for t in ops.raw_tasks(world, "vortask") if str(t["id"]) == ours)["createdAt"]
+    vortask = world.fakes["vortask"]
+    creation = vortask_delivery(world, ours, "task.created", made_at)
+    vortask.requests.clear()
+    assert await receive(harness.ctx, "vortask", *creation) == UNCHANGED
+    assert await recorded(harness) == 0
+    assert vortask.requests.entries == []  # not read
+
+    later = (parse_timestamp(made_at) + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")  # type: ignore[operator]
+    reused = await receive(harness.ctx, "vortask", *vortask_delivery(world, ours, "task.created", later))
+    assert reused == Receipt(202, "ok")
+    edited = await receive(harness.ctx, "vortask", *vortask_delivery(world, ours, "task.updated", made_at))
+    assert edited == Receipt(202, "ok")
+    theirs = create_on(world, "vortask", "made by a person")
+    their_time = next(t for t in ops.raw_tasks(world, "vortask") if str(t["id"]) == theirs)["createdAt"]
+    person = await receive(
+        harness.ctx, "vortask", *vortask_delivery(world, theirs, "task.created", their_time)
+    )
+    assert person == Receipt(202, "ok")
+    assert await recorded(harness) == 3
+    assert await process_pending(harness.ctx) == 3
+    await harness.settle()
+    assert_everywhere(world, "made by a person")
+    assert len([t for t in ops.raw_tasks(world, "vortask") if t["title"] == "made by the bridge"]) == 1

@@ -69,12 +69,19 @@ STALL_S = 300  # no new mirror for this long: the daemon is stuck, stop waiting
 
 
 def run_daemon(
-    ctx: Any, n: int, store: str, *, source: str = SOURCE, workers: dict[str, Any] | None = None
+    ctx: Any,
+    n: int,
+    store: str,
+    *,
+    source: str = SOURCE,
+    workers: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Seed a fresh world, start the daemon on `store` (sqlite | postgresql), wait until mirrored.
-    `source`: the platform holding the existing tasks; `workers`: the config's workers section."""
+    `source`: the platform holding the existing tasks; `workers`: the config's workers section;
+    `name`: the run's directory (its store among it), one of its own for each run."""
     targets = tuple(p for p in ALL if p != source)
-    setup = ctx.fresh(f"backfill-{store}")
+    setup = ctx.fresh(name or f"backfill-{store}")
     world = setup.world
     logs = install_timed_logs(world, probes=False)
     t = time.monotonic()
@@ -254,10 +261,13 @@ def bench_backfill_bulk(ctx: Any) -> dict[str, Any]:
     n = int(os.environ.get("TASKBRIDGE_BENCH_BACKFILL_TASKS") or (15 if ctx.quick else 10_000))
     pairs = int(os.environ.get("TASKBRIDGE_BENCH_BULK_PAIRS") or 1)
     runs: dict[str, list[dict[str, Any]]] = {"alone": [], "bulk": []}
-    for _ in range(pairs):
+    for pair in range(pairs):
         for label, size in (("alone", 1), ("bulk", DEFAULT_BULK_CREATES)):
             log(f"backfill_bulk: {label} (workers.bulk_creates {size})")
-            fig = run_daemon(ctx, n, "sqlite", source=BULK_SOURCE, workers={"bulk_creates": size})
+            # Each run on a store of its own: the worlds' ids repeat, and a daemon started on the
+            # last run's store would find 10,000 links a platform whose tasks are not there.
+            name = f"backfill-bulk-{label}-{pair}"
+            fig = run_daemon(ctx, n, "sqlite", source=BULK_SOURCE, workers={"bulk_creates": size}, name=name)
             fig.pop("world", None)
             runs[label].append(fig)
 

@@ -76,10 +76,12 @@ def run_daemon(
     source: str = SOURCE,
     workers: dict[str, Any] | None = None,
     name: str | None = None,
+    latency: float = 0.0,
 ) -> dict[str, Any]:
     """Seed a fresh world, start the daemon on `store` (sqlite | postgresql), wait until mirrored.
     `source`: the platform holding the existing tasks; `workers`: the config's workers section;
-    `name`: the run's directory (its store among it), one of its own for each run."""
+    `name`: the run's directory (its store among it), one of its own for each run; `latency`:
+    seconds every fake waits before it handles a request (a platform across a network)."""
     targets = tuple(p for p in ALL if p != source)
     setup = ctx.fresh(name or f"backfill-{store}")
     world = setup.world
@@ -90,6 +92,8 @@ def run_daemon(
     )
     seeded_in = time.monotonic() - t
     log(f"backfill/{store}: {n} tasks seeded on {source} in {seeded_in:.1f} s")
+    for fake in world.fakes.values():
+        fake.faults.latency = latency
     for lg in logs.values():
         lg.clear()
     pg: Postgres | None = None
@@ -254,12 +258,15 @@ def bench_backfill_bulk(ctx: Any) -> dict[str, Any]:
     """backfill_bulk: N existing Impactly tasks mirrored to the four others, Vortask among them,
     whose creates can go many to a request (MCP bulk_create_tasks): the daemon with
     `workers.bulk_creates: 1` (each create alone, as before) and with the default, alternated
-    on fresh worlds, `TASKBRIDGE_BENCH_BULK_PAIRS` pairs (default 1)."""
+    on fresh worlds, `TASKBRIDGE_BENCH_BULK_PAIRS` pairs (default 1). `TASKBRIDGE_BENCH_LATENCY_MS`
+    (default 0) makes every fake wait that long before it handles a request: on loopback the
+    daemon's CPU bounds a backfill, across a network the requests' round trips do."""
     from bridge.defaults import DEFAULT_BULK_CREATES
 
     started = ctx.started()
     n = int(os.environ.get("TASKBRIDGE_BENCH_BACKFILL_TASKS") or (15 if ctx.quick else 10_000))
     pairs = int(os.environ.get("TASKBRIDGE_BENCH_BULK_PAIRS") or 1)
+    latency_ms = float(os.environ.get("TASKBRIDGE_BENCH_LATENCY_MS") or 0)
     runs: dict[str, list[dict[str, Any]]] = {"alone": [], "bulk": []}
     for pair in range(pairs):
         for label, size in (("alone", 1), ("bulk", DEFAULT_BULK_CREATES)):
@@ -267,7 +274,15 @@ def bench_backfill_bulk(ctx: Any) -> dict[str, Any]:
             # Each run on a store of its own: the worlds' ids repeat, and a daemon started on the
             # last run's store would find 10,000 links a platform whose tasks are not there.
             name = f"backfill-bulk-{label}-{pair}"
-            fig = run_daemon(ctx, n, "sqlite", source=BULK_SOURCE, workers={"bulk_creates": size}, name=name)
+            fig = run_daemon(
+                ctx,
+                n,
+                "sqlite",
+                source=BULK_SOURCE,
+                workers={"bulk_creates": size},
+                name=name,
+                latency=latency_ms / 1000,
+            )
             fig.pop("world", None)
             runs[label].append(fig)
 
@@ -292,6 +307,7 @@ def bench_backfill_bulk(ctx: Any) -> dict[str, Any]:
         "source": BULK_SOURCE,
         "targets": [p for p in ALL if p != BULK_SOURCE],
         "pairs": pairs,
+        "latency_ms_per_request": latency_ms,
         "bulk_creates": {"alone": 1, "bulk": DEFAULT_BULK_CREATES},
         "initial": "mirror",
         "webhooks": True,

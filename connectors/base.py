@@ -114,6 +114,11 @@ class NotFound(Permanent):
     """The resource does not exist (404)."""
 
 
+class BulkRefused(Permanent):
+    """`create_tasks`'s request was refused as a whole, so none of its tasks was created: each
+    may be created alone (the refusal may be one item's value, or the bulk path's own)."""
+
+
 class GoneFromView(Permanent):
     """The task exists or may exist, but this credential can no longer see it."""
 
@@ -511,8 +516,11 @@ class Connector(Protocol):
     async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
         """Create each of `items` as `create_task` would, up to `capabilities.bulk_create` in
         one request. That request is all or nothing: when it fails, this raises and none of them
-        was created. An item's follow-up request failing after it (a status the platform cannot
-        set on create) is that item's entry, its task created; the others are unaffected."""
+        was created (BulkRefused where the platform refused it, so each may go alone). The
+        answer has one entry an item, in their order, each paired with its item by what the
+        created task shows (never by place alone). An item's follow-up request failing after it
+        (a status the platform cannot set on create) is that item's entry, its task created; the
+        others are unaffected."""
         ...
 
     async def update_task(self, scope: str, remote_id: str, changes: Values) -> RemoteTask:

@@ -13,9 +13,9 @@ Delivery promise: every queued operation is applied at least once, and its effec
   looks for its marker on the platform; a repeated comment first looks for its text among ours;
 - where a platform creates many tasks in one request (`capabilities.bulk_create`), creates of one
   scope never tried before go out together (`bulk_creates` at most; a claim that takes one takes
-  more). The request is all or nothing: a refusal that names its items (400, 422) sends each
-  alone, so only the refused one parks; any other failure is each one's, as if each had been
-  sent alone, so their retries look for their markers one by one;
+  more). The request is all or nothing: refused (`BulkRefused`: nothing created), each is sent
+  alone, so only a refused value parks its task; any other failure is each one's, as if each
+  had been sent alone, so their retries look for their markers one by one;
 - a child never waits for its parent, and never goes out under a parent that is not there: the
   parent a create or update writes is settled with its claim (`_settle_parents`, from
   `core.parent_hold`). Where the parent has no copy on the target yet (its create pending or in
@@ -132,6 +132,7 @@ from bridge.store.states import LOOKS_FIRST, LinkState, OpKind, OpState, advance
 from bridge.store.tables import CommentLinkRow, CommentRow, LinkRow, OutboxRow, TaskRow
 from connectors.base import (
     AuthFailed,
+    BulkRefused,
     Connector,
     ConnectorError,
     GoneFromView,
@@ -420,8 +421,7 @@ def _bulk_requests(ctx: EngineContext, rows: Sequence[Any], most: int) -> dict[s
             have[r.connector] = have.get(r.connector, 0) + 1
     requests: dict[str, int] = {}
     for name, count in have.items():
-        conn = ctx.connectors.get(name)
-        request = min(most, conn.capabilities.bulk_create) if conn is not None else 1
+        request = min(most, _bulk_size(ctx, name))
         if count < request:
             requests[name] = request
     return requests
@@ -673,9 +673,7 @@ class Worker:
         if not _bulk_create_of(self.ctx, first):
             return [first]
         assert isinstance(first, _Op)
-        request = min(
-            self.settings.bulk_creates, self.ctx.connectors[first.connector].capabilities.bulk_create
-        )
+        request = min(self.settings.bulk_creates, _bulk_size(self.ctx, first.connector))
         ops: list[_Op | _Orphan] = [first]
         rest: collections.deque[_Op | _Orphan] = collections.deque()
         for op in self._ready:
@@ -1009,14 +1007,14 @@ def _bulk_create_of(ctx: EngineContext, op: _Op | _Orphan) -> bool:
         and op.op == OpKind.CREATE
         and op.attempts == 1
         and op.link.remote_id is None
-        and ctx.connectors[op.connector].capabilities.bulk_create > 1
+        and _bulk_size(ctx, op.connector) > 1
     )
 
 
-# Refusals of a bulk request that name its items (a value the platform will not take): none was
-# created, so each is created alone, and only the refused one fails. Any other failure (a 403, a
-# timeout, an answer that cannot be read) is every item's, as it would be for each alone.
-_ITEMS_REFUSED = frozenset({400, 422})
+def _bulk_size(ctx: EngineContext, connector: str) -> int:
+    """The most creates one request of the connector takes (1 for one a reload removed)."""
+    conn = ctx.connectors.get(connector)
+    return conn.capabilities.bulk_create if conn is not None else 1
 
 
 class _BulkCreate:
@@ -1039,7 +1037,9 @@ class _BulkCreate:
         first = next((op for op in ops if isinstance(op, _Op)), None)
         if first is None:
             return None
-        conn = ctx.connectors[first.connector]
+        conn = ctx.connectors.get(first.connector)
+        if conn is None:  # removed by a reload: each fails alone, as any operation of it
+            return None
         for op in ops:
             if isinstance(op, _Op):
                 try:
@@ -1063,7 +1063,9 @@ class _BulkCreate:
                 except ConnectorError as exc:
                     self._answer = exc
         answer = self._answer
-        if isinstance(answer, Permanent) and answer.status in _ITEMS_REFUSED:
+        if isinstance(answer, BulkRefused):
+            # Nothing was created: each alone, so a value the platform refuses parks only its
+            # task (a refusal of the bulk path itself costs one request a create, as before).
             async with self._alone:
                 return await self.conn.create_task(self.scope, self.items[op_id][1])
         if isinstance(answer, ConnectorError):

@@ -20,7 +20,8 @@ Round trip (what `roundtrip` promises, and what `create_task`/`update_task` read
 Writes: create is POST (title and priority required; a new task always starts New), then, when
 the canonical status is not one written as New, a PUT of the status. `create_tasks` (a backfill's
 creates, `capabilities.bulk_create`) is MCP `bulk_create_tasks`, up to 100 tasks, all validated
-before any is created (a 400 names the item: "Task 3: ..."), then each one's status PUT. Update is a PUT of only the
+before any is created (a 400 names the item: "Task 3: ..."; any refusal of the call is
+BulkRefused, nothing created), then each one's status PUT. Update is a PUT of only the
 changed writable fields (all optional on Vortask); its answer is the whole task. Delete is DELETE
 (Admin only: a Member's token gets 403 -> Permanent with Vortask's message). No archive:
 `archive_task` raises Permanent and `capabilities.archive` is false, so the engine closes instead.
@@ -86,6 +87,7 @@ from bridge.model import Priority, Status, Values, normalize_values, parse_date,
 from connectors.base import (
     BadSignature,
     BaseConnector,
+    BulkRefused,
     Capabilities,
     ConnectorError,
     ConnectorSettings,
@@ -95,6 +97,7 @@ from connectors.base import (
     RemoteComment,
     RemoteTask,
     RequestObserver,
+    Retryable,
     ScopeInfo,
     WebhookEvent,
     fields,
@@ -102,7 +105,7 @@ from connectors.base import (
 )
 
 from .client import Json, VortaskClient
-from .mcp_client import VortaskMcp
+from .mcp_client import ToolRefused, VortaskMcp
 
 SIGNATURE_HEADER = "X-Vortask-Signature"
 EVENT_KINDS = {"task.created": "created", "task.updated": "updated", "task.deleted": "deleted"}
@@ -245,12 +248,18 @@ class VortaskConnector(BaseConnector):
 
     async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
         """MCP `bulk_create_tasks` (up to 100; Vortask validates every item before it creates
-        any), then each task's status as `create_task` sets it."""
+        any), then each task's status as `create_task` sets it. Each item takes the created task
+        showing its title and description (the engine's carry its marker), not merely the one in
+        its place: an answer in another order must not swap two tasks' ids. An item no created
+        task shows is Retryable (it may exist: the retry looks for its marker)."""
         project = _project(scope)
         made = [self._create_body(values) for values in items]
-        answer = await self.mcp.call(
-            "bulk_create_tasks", {"projectId": project, "tasks": [b for b, _ in made]}
-        )
+        try:
+            answer = await self.mcp.call(
+                "bulk_create_tasks", {"projectId": project, "tasks": [b for b, _ in made]}
+            )
+        except ToolRefused as exc:  # nothing created: each may go alone
+            raise BulkRefused(exc.message, status=exc.status, connector=self.name) from exc
         created = answer.get("created") if isinstance(answer, dict) else None
         if (
             not isinstance(created, list)
@@ -261,10 +270,22 @@ class VortaskConnector(BaseConnector):
                 f"MCP bulk_create_tasks: expected {len(made)} created tasks in its answer",
                 connector=self.name,
             )
+        shown: dict[tuple[Any, str], list[Json]] = {}
+        for task in created:
+            shown.setdefault((task.get("title"), task.get("description") or ""), []).append(task)
         out: list[RemoteTask | ConnectorError] = []
-        for task, (_, status) in zip(created, made, strict=True):
+        for body, status in made:
+            same = shown.get((body["title"], body.get("description") or ""))
+            if not same:
+                out.append(
+                    Retryable(
+                        "MCP bulk_create_tasks: no created task in its answer shows this one",
+                        connector=self.name,
+                    )
+                )
+                continue
             try:
-                out.append(await self._set_status(scope, project, task, status))
+                out.append(await self._set_status(scope, project, same.pop(0), status))
             except ConnectorError as exc:  # this one's status: the task was created
                 out.append(exc)
         return out

@@ -63,7 +63,7 @@ import httpx2
 from mcp import ClientSession, MCPError
 from mcp import types as mcp_types
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, REQUEST_TIMEOUT
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from connectors.base import (
@@ -118,6 +118,12 @@ class _HttpSeen:
 _seen: contextvars.ContextVar[_HttpSeen | None] = contextvars.ContextVar(
     "vortask_mcp_http_seen", default=None
 )
+
+
+class ToolRefused(Permanent):
+    """The server refused the call and the tool did nothing: an error result that is not a 401,
+    404, 429 or 5xx, a JSON-RPC error other than an internal one, or a 4xx of the endpoint.
+    (An answer that cannot be read is a plain Permanent: the tool may have run.)"""
 
 
 class _SessionLost(Exception):
@@ -335,7 +341,7 @@ class VortaskMcp:
         message = self.redact(_error_text(data) if isinstance(data, dict) else (text or "tool error"))
         where = f"MCP {tool}: {message}"
         if not isinstance(status, int):
-            raise Permanent(where, connector=name)
+            raise ToolRefused(where, connector=name)
         if status == 401:
             raise AuthFailed(where, status=status, connector=name)
         if status == 404:
@@ -344,7 +350,7 @@ class VortaskMcp:
             raise RateLimited(where, retry_after=1.0, status=status, connector=name)
         if status >= 500:
             raise Retryable(where, status=status, connector=name)
-        raise Permanent(where, status=status, connector=name)
+        raise ToolRefused(where, status=status, connector=name)
 
     def _mcp_error(self, what: str, exc: MCPError, seen: _HttpSeen) -> ConnectorError | _SessionLost:
         """A JSON-RPC error, or the transport's stand-in for an HTTP failure, as a connector error."""
@@ -375,7 +381,9 @@ class VortaskMcp:
             return _SessionLost(text, Retryable(where, connector=name), reached=True)
         if code == REQUEST_TIMEOUT:
             return Retryable(where, connector=name)
-        return Permanent(where, status=status, connector=name)
+        if code == INTERNAL_ERROR:
+            return Permanent(where, status=status, connector=name)  # it may have failed half-way
+        return ToolRefused(where, status=status, connector=name)
 
     # -- the session ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from bridge.model import Priority, Status, Values
 from connectors.base import (
     AuthFailed,
     BadSignature,
+    BulkRefused,
     Connector,
     ConnectorSettings,
     NotFound,
@@ -305,7 +306,7 @@ async def test_create_tasks_is_all_or_nothing_and_a_status_failure_is_its_items(
         return body, status
 
     monkeypatch.setattr(conn, "_create_body", create_body)
-    with pytest.raises(Permanent, match="Task 2: Tags") as refused:
+    with pytest.raises(BulkRefused, match="Task 2: Tags") as refused:
         await conn.create_tasks("1", [{"title": "Fine"}, {"title": "Nope"}])
     assert refused.value.status == 400
     with rest(fake) as c:
@@ -326,6 +327,33 @@ async def test_create_tasks_is_all_or_nothing_and_a_status_failure_is_its_items(
             "A",
             "B",
         ]
+
+
+async def test_create_tasks_pairs_items_by_what_was_created_and_a_refused_call_is_bulk_refused(
+    fake: VortaskFake, conn: VortaskConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_call = conn.mcp.call
+
+    async def reversed_answer(tool: str, arguments: Any) -> Any:
+        answer = await real_call(tool, arguments)
+        return {"created": list(reversed(answer["created"]))}
+
+    monkeypatch.setattr(conn.mcp, "call", reversed_answer)
+    out = await conn.create_tasks("1", [{"title": "First", "status": Status.DONE}, {"title": "Second"}])
+    first, second = out
+    assert isinstance(first, RemoteTask) and isinstance(second, RemoteTask)
+    assert first.values["title"] == "First" and first.values["status"] is Status.DONE
+    assert second.values["title"] == "Second" and second.values["status"] is Status.TODO
+
+    # A server without the tool (a JSON-RPC error): refused as a whole, nothing created.
+    async def unknown_tool(tool: str, arguments: Any) -> Any:
+        return await real_call("no_bulk_here", arguments)
+
+    monkeypatch.setattr(conn.mcp, "call", unknown_tool)
+    with pytest.raises(BulkRefused):
+        await conn.create_tasks("1", [{"title": "Never"}])
+    with rest(fake) as c:
+        assert not [t for t in c.get("/projects/1/tasks").json() if t["title"] == "Never"]
 
 
 async def test_update_task_sends_only_the_changed_fields(

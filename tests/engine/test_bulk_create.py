@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bridge.config import WorkersConfig
+from bridge.engine import outbox
 from bridge.engine.outbox import Worker, WorkerSettings
 from bridge.model import Values
 from bridge.store.states import OpKind, OpState
@@ -143,6 +144,27 @@ async def test_a_task_the_platform_refuses_parks_alone(harness: Harness, world: 
     assert sorted(ops.view(world, "vortask")) == sorted(t for t in titles if t != "refused 5")
 
 
+async def test_a_platform_refusing_its_bulk_path_gets_each_create_alone(
+    harness: Harness, world: World
+) -> None:
+    """A server without the tool, or one refusing the call for itself (a JSON-RPC error):
+    nothing was created, so each create goes alone, and none parks."""
+    titles = _seed(world, "no bulk")
+    conn = harness.ctx.connectors["vortask"]
+    counted = _Counted(conn)
+    real_call = conn.mcp.call
+
+    async def call(tool: str, arguments: Any) -> Any:
+        return await real_call("no_bulk_here" if tool == "bulk_create_tasks" else tool, arguments)
+
+    conn.mcp.call = call
+    await harness.poll("agentkanban")
+    await _work(harness, _all_finished(harness))
+    assert counted.bulk and counted.alone == TASKS
+    assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
+    assert sorted(ops.view(world, "vortask")) == sorted(titles)
+
+
 async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(
     harness: Harness, world: World
 ) -> None:
@@ -164,3 +186,26 @@ async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(
     assert lost and lost[0] >= 2, lost
     assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
     assert sorted(ops.view(world, "vortask")) == sorted(titles)  # no task twice
+
+
+async def test_creates_of_a_connector_a_reload_removed_are_not_grouped(
+    harness: Harness, world: World
+) -> None:
+    """Claimed before a reload took the connector away: the worker must not fail on them (its
+    loop has no guard there); each goes alone, where the missing connector is its outcome."""
+    _seed(world, "removed")
+    await harness.poll("agentkanban")
+    settings = harness.daemon.worker.settings
+    claimed = await outbox.claim(harness.ctx, settings, 16, bulk_creates=settings.bulk_creates)
+    creates = [op for op in claimed if isinstance(op, outbox._Op) and op.connector == "vortask"]
+    assert len(creates) == TASKS  # the claim took every one of them
+    worker = Worker(harness.ctx, settings)
+    worker._ready.extend(creates[1:])  # claimed ahead, waiting for a slot
+    assert len(worker._together(creates[0])) == TASKS and not worker._ready
+    worker._ready.extend(creates[1:])
+    vortask = harness.ctx.connectors.pop("vortask")
+    try:
+        assert worker._together(creates[0]) == [creates[0]] and len(worker._ready) == TASKS - 1
+        assert outbox._BulkCreate.of(harness.ctx, creates) is None
+    finally:
+        harness.ctx.connectors["vortask"] = vortask

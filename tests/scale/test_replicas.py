@@ -145,6 +145,57 @@ def test_three_replicas_share_a_burst_without_duplicate_or_loss(
             r.kill()
 
 
+def test_three_replicas_share_a_backfill_to_vortask_in_bulk_without_duplicate(
+    world: World, tmp_path: Path, pg_url: str
+) -> None:
+    """Work that exists before the replicas start (a backfill: a trickle of new tasks is
+    claimed as it comes, one create at a time): its creates on Vortask go out in bulk, each
+    replica's claim taking more of them (FOR UPDATE SKIP LOCKED); no create is taken by two
+    replicas, none is lost."""
+    n = 120
+    for i in range(n):
+        ops.create(world, "impactly", f"bulk {i}")
+    for p in ALL:
+        world.fakes[p].faults.update({"latency": 0.1})  # the work outlasts one replica's turn
+        world.fakes[p].requests.clear()
+    group = replicas(world, tmp_path, pg_url, 3)
+    try:
+        group[0].start()
+        for r in group[1:]:
+            r.start()
+        wanted = {f"bulk {i}" for i in range(n)}
+        wait_until(
+            lambda: all(wanted <= set(ops.view(world, p)) for p in ALL),
+            timeout=180,
+            interval=1,
+            what="every task everywhere",
+        )
+        time.sleep(3)
+        for p in ALL:
+            assert len(ops.view(world, p)) == n, p  # view() also fails on a duplicate title
+        vortask = world.fakes["vortask"]
+        assert creates(world, "vortask") < n // 4, vortask.requests.by_route()  # most went in bulk
+        done_by = query(
+            pg_url,
+            lambda s: s.execute(
+                select(OutboxRow.done_by, func.count())
+                .where(OutboxRow.state == "done", OutboxRow.connector == "vortask", OutboxRow.op == "create")
+                .group_by(OutboxRow.done_by)
+            ),
+        )
+        assert sum(dict(done_by.all()).values()) == n  # each recorded once (a run here: 50, 50, 20)
+        parked = query(
+            pg_url,
+            lambda s: s.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "parked")
+            ),
+        )
+        assert parked == 0
+    finally:
+        for r in group:
+            r.kill()
+
+
 def test_killing_the_lease_holder_hands_polling_over(world: World, tmp_path: Path, pg_url: str) -> None:
     group = replicas(world, tmp_path, pg_url, 3)
     try:

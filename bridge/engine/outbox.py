@@ -156,6 +156,11 @@ UNRECORDED_PER_SLOT = 3
 # shorter). Every slot busy that long (a platform hanging): what waits is given back for other
 # replicas and the slots' next claims, and nothing more is claimed ahead until a slot frees.
 READY_WAIT = 5.0
+# Seconds a connector's creates go one at a time after it refused a bulk request whose creates
+# then all landed alone: the refusal was the bulk path's own (a server without the tool, a
+# proxy's size limit), not an item's, and every group would pay it again, its creates then
+# sent one after another in one slot.
+BULK_OFF_AFTER_REFUSAL = 600.0
 WRITTEN_KEPT = 10_000  # changes whose writes so far the committer remembers, for their log line
 
 
@@ -371,6 +376,7 @@ async def claim(
     within: tuple[int, int] | None = None,
     release_expired: bool = True,
     bulk_creates: int = 1,
+    bulk_off: frozenset[str] = frozenset(),
 ) -> list[_Op | _Orphan]:
     """Claim up to `limit` runnable operations for this replica, with what they need loaded and
     each update's write marked in flight, in one transaction. `within` (first, last) claims only
@@ -378,7 +384,8 @@ async def claim(
     `release_expired`: first return expired claims (a crashed worker's) to the pool.
     `bulk_creates` > 1: where the claim takes the first attempt of a create on a connector with a
     bulk create, it takes more such creates of that connector, up to that many in all (or the
-    connector's `bulk_create`), for the worker to send together."""
+    connector's `bulk_create`), for the worker to send together; not for the connectors in
+    `bulk_off`."""
     now = ctx.now()
     skip_locked = ctx.store.dialect == "postgresql"
     async with ctx.store.transaction() as session:
@@ -394,7 +401,7 @@ async def claim(
         ids = [r.id for r in rows]
         if bulk_creates > 1 and within is None:
             taken = set(ids)
-            for connector, request in _bulk_requests(ctx, rows, bulk_creates).items():
+            for connector, request in _bulk_requests(ctx, rows, bulk_creates, bulk_off).items():
                 # The same order as the claim's, so this begins with the creates it took (still
                 # pending in this transaction) and goes on with the next ones.
                 more = _runnable(within=False, skip_locked=skip_locked, first_creates=True)
@@ -412,12 +419,14 @@ async def claim(
         return await _load(ctx, session, ids)
 
 
-def _bulk_requests(ctx: EngineContext, rows: Sequence[Any], most: int) -> dict[str, int]:
+def _bulk_requests(
+    ctx: EngineContext, rows: Sequence[Any], most: int, off: frozenset[str] = frozenset()
+) -> dict[str, int]:
     """Connector -> the creates one of its bulk requests takes (at most `most`), for each
     connector with a bulk create of which `rows` (claimed) hold a never-tried create, fewer than that."""
     have: dict[str, int] = {}
     for r in rows:
-        if r.op == OpKind.CREATE and r.attempts == 0:
+        if r.op == OpKind.CREATE and r.attempts == 0 and r.connector not in off:
             have[r.connector] = have.get(r.connector, 0) + 1
     requests: dict[str, int] = {}
     for name, count in have.items():
@@ -576,6 +585,7 @@ class Worker:
         self._more = False
         self._next_release = 0.0  # monotonic time of the next look for expired claims
         self._rng = random.Random()
+        self._bulk_off: dict[str, float] = {}  # connector -> monotonic time its bulk creates resume
         self._claim_refusals = RefusalLog(log, "claiming outbox operations")
         self._renew_refusals = RefusalLog(log, "renewing outbox claims")
 
@@ -663,6 +673,19 @@ class Worker:
             task.add_done_callback(self._inflight.discard)
             task.add_done_callback(lambda _, ids=[op.id for op in ops]: self._forget(ids))
 
+    def _bulk_refused(self, connector: str) -> None:
+        log.warning(
+            "%s refused a bulk create whose tasks were then each created alone: its creates go one at a "
+            "time for %d s",
+            connector,
+            BULK_OFF_AFTER_REFUSAL,
+        )
+        self._bulk_off[connector] = time.monotonic() + BULK_OFF_AFTER_REFUSAL
+
+    def _bulk_paused(self) -> frozenset[str]:
+        now = time.monotonic()
+        return frozenset(name for name, until in self._bulk_off.items() if until > now)
+
     def _forget(self, ids: list[int]) -> None:
         for i in ids:
             self._claimed.pop(i, None)
@@ -670,7 +693,7 @@ class Worker:
     def _together(self, first: _Op | _Orphan) -> list[_Op | _Orphan]:
         """`first`, and where it is a create that can go out in bulk, the ready creates that go
         in the same request (same connector and scope, never tried, up to the request's size)."""
-        if not _bulk_create_of(self.ctx, first):
+        if not _bulk_create_of(self.ctx, first) or first.connector in self._bulk_paused():
             return [first]
         assert isinstance(first, _Op)
         request = min(self.settings.bulk_creates, _bulk_size(self.ctx, first.connector))
@@ -723,6 +746,7 @@ class Worker:
                 limit,
                 release_expired=release,
                 bulk_creates=self.settings.bulk_creates,
+                bulk_off=self._bulk_paused(),
             )
         except Exception as exc:
             # The store failing must not end the worker: the next round tries again.
@@ -747,6 +771,8 @@ class Worker:
                 else:
                     bulk = _BulkCreate.of(self.ctx, ops)
                     outcomes = await asyncio.gather(*(self._outcome(op, bulk) for op in ops))
+                    if bulk is not None and bulk.refused and all(o.state == OpState.DONE for o in outcomes):
+                        self._bulk_refused(bulk.conn.name)
             finally:
                 sent()
             if len(ops) == 1:
@@ -1030,6 +1056,11 @@ class _BulkCreate:
         self._sent = False
         self._answer: list[RemoteTask | ConnectorError] | ConnectorError | None = None
         self._alone = asyncio.Lock()  # refused as a whole: the creates go one at a time, in the slot
+
+    @property
+    def refused(self) -> bool:
+        """The request was refused as a whole (its creates then went alone)."""
+        return isinstance(self._answer, BulkRefused)
 
     @classmethod
     def of(cls, ctx: EngineContext, ops: Sequence[_Op | _Orphan]) -> _BulkCreate | None:

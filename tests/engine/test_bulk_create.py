@@ -63,20 +63,30 @@ class _Counted:
         conn.create_tasks, conn.create_task = create_tasks, create_task
 
 
-async def _work(harness: Harness, done: Any, within: float = 30.0, **settings: Any) -> None:
-    """Run the outbox worker (its own loop, as the daemon does) until `done()`."""
+async def _work(
+    harness: Harness, done: Any, within: float = 30.0, *, worker: Worker | None = None, **settings: Any
+) -> None:
+    """Run the outbox worker (its own loop, as the daemon does) until `done()`. A worker given
+    is left running; a new one is stopped."""
+    if worker is not None:
+        await _until(done, within)
+        return
     worker = Worker(
         harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=0.2, **settings)
     )
     running = asyncio.create_task(worker.run())
     try:
-        started = time.monotonic()
-        while not await done():
-            assert time.monotonic() - started < within, "the outbox did not finish"
-            await asyncio.sleep(0.05)
+        await _until(done, within)
     finally:
         worker.stop()
         await running
+
+
+async def _until(done: Any, within: float) -> None:
+    started = time.monotonic()
+    while not await done():
+        assert time.monotonic() - started < within, "the outbox did not finish"
+        await asyncio.sleep(0.05)
 
 
 async def _vortask_creates(harness: Harness) -> list[OutboxRow]:
@@ -148,7 +158,10 @@ async def test_a_platform_refusing_its_bulk_path_gets_each_create_alone(
     harness: Harness, world: World
 ) -> None:
     """A server without the tool, or one refusing the call for itself (a JSON-RPC error):
-    nothing was created, so each create goes alone, and none parks."""
+    nothing was created, so each create goes alone, and none parks. Every one of them landing
+    alone says the refusal was the bulk path's, not an item's: the worker stops asking (for
+    BULK_OFF_AFTER_REFUSAL), so the next backlog's creates go one a slot, not one after another
+    in one slot behind a refused request."""
     titles = _seed(world, "no bulk")
     conn = harness.ctx.connectors["vortask"]
     counted = _Counted(conn)
@@ -158,11 +171,55 @@ async def test_a_platform_refusing_its_bulk_path_gets_each_create_alone(
         return await real_call("no_bulk_here" if tool == "bulk_create_tasks" else tool, arguments)
 
     conn.mcp.call = call
+    worker = Worker(harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=0.2))
+    await harness.poll("agentkanban")  # the backlog first: one group
+    running = asyncio.create_task(worker.run())
+    try:
+        await _work(harness, _all_finished(harness), worker=worker)
+        assert counted.bulk == [TASKS] and counted.alone == TASKS
+        assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
+        assert sorted(ops.view(world, "vortask")) == sorted(titles)
+
+        more = [f"no bulk again {i}" for i in range(TASKS)]
+        for title in more:
+            ops.create(world, "agentkanban", title, priority="high")
+
+        async def all_done() -> bool:
+            rows = await _vortask_creates(harness)
+            return len(rows) == 2 * TASKS and all(r.state == OpState.DONE for r in rows)
+
+        await harness.poll("agentkanban")  # claimed as queued, the worker running: groups or not
+        await _work(harness, all_done, worker=worker)
+    finally:
+        worker.stop()
+        await running
+    assert counted.bulk == [TASKS] and counted.alone == 2 * TASKS  # no bulk request asked again
+    assert sorted(ops.view(world, "vortask")) == sorted(titles + more)
+
+
+async def test_a_refusal_naming_an_item_keeps_the_bulk_path(harness: Harness, world: World) -> None:
+    """One task refused alone too: the refusal was that item's, and bulk creates go on."""
+    worker = Worker(harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=0.2))
+    conn = harness.ctx.connectors["vortask"]
+    counted = _Counted(conn)
+    real_body = conn._create_body
+
+    def create_body(values: Values) -> Any:
+        body, status = real_body(values)
+        if body["title"] == "item 3":
+            body["tags"] = [""]  # Vortask refuses a blank tag
+        return body, status
+
+    conn._create_body = create_body
+    _seed(world, "item")
     await harness.poll("agentkanban")
-    await _work(harness, _all_finished(harness))
-    assert counted.bulk and counted.alone == TASKS
-    assert all(r.state == OpState.DONE for r in await _vortask_creates(harness))
-    assert sorted(ops.view(world, "vortask")) == sorted(titles)
+    running = asyncio.create_task(worker.run())
+    try:
+        await _work(harness, _all_finished(harness), worker=worker)
+    finally:
+        worker.stop()
+        await running
+    assert counted.bulk == [TASKS] and worker._bulk_paused() == frozenset()
 
 
 async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(

@@ -63,6 +63,20 @@ class _Counted:
         conn.create_tasks, conn.create_task = create_tasks, create_task
 
 
+def _refused_by_vortask(conn: Any, title: str) -> None:
+    """The task titled `title` goes out with a blank tag, which Vortask refuses (400): for the
+    whole of a bulk request that carries it, and for it alone."""
+    real_body = conn._create_body
+
+    def create_body(values: Values) -> Any:
+        body, status = real_body(values)
+        if body["title"] == title:
+            body["tags"] = [""]
+        return body, status
+
+    conn._create_body = create_body
+
+
 async def _work(
     harness: Harness, done: Any, within: float = 30.0, *, worker: Worker | None = None, **settings: Any
 ) -> None:
@@ -136,15 +150,7 @@ async def test_a_task_the_platform_refuses_parks_alone(harness: Harness, world: 
     titles = _seed(world, "refused")
     conn = harness.ctx.connectors["vortask"]
     counted = _Counted(conn)
-    real_body = conn._create_body
-
-    def create_body(values: Values) -> Any:
-        body, status = real_body(values)
-        if body["title"] == "refused 5":
-            body["tags"] = [""]  # Vortask refuses a blank tag: 400 for the whole bulk request
-        return body, status
-
-    conn._create_body = create_body
+    _refused_by_vortask(conn, "refused 5")
     await harness.poll("agentkanban")
     await _work(harness, _all_finished(harness))
     rows = await _vortask_creates(harness)
@@ -202,15 +208,7 @@ async def test_a_refusal_naming_an_item_keeps_the_bulk_path(harness: Harness, wo
     worker = Worker(harness.ctx, dataclasses.replace(harness.daemon.worker.settings, idle_wait=0.2))
     conn = harness.ctx.connectors["vortask"]
     counted = _Counted(conn)
-    real_body = conn._create_body
-
-    def create_body(values: Values) -> Any:
-        body, status = real_body(values)
-        if body["title"] == "item 3":
-            body["tags"] = [""]  # Vortask refuses a blank tag
-        return body, status
-
-    conn._create_body = create_body
+    _refused_by_vortask(conn, "item 3")
     _seed(world, "item")
     await harness.poll("agentkanban")
     running = asyncio.create_task(worker.run())

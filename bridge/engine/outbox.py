@@ -1096,7 +1096,7 @@ class _BulkCreate:
         answer = self._answer
         if isinstance(answer, BulkRefused):
             # Nothing was created: each alone, so a value the platform refuses parks only its
-            # task (a refusal of the bulk path itself costs one request a create, as before).
+            # task (where all then land, the refusal was the bulk path's: `Worker._bulk_refused`).
             async with self._alone:
                 return await self.conn.create_task(self.scope, self.items[op_id][1])
         if isinstance(answer, ConnectorError):

@@ -92,6 +92,32 @@ def creates(world: World, platform: str) -> int:
     return fake.requests.count("POST", route, status=201)
 
 
+def everywhere_once(world: World, wanted: set[str], *, timeout: float) -> None:
+    """Every task titled in `wanted` on every platform, then, after more polls by whoever owns
+    each connector, still each once and nothing else."""
+    wait_until(
+        lambda: all(wanted <= set(ops.view(world, p)) for p in ALL),
+        timeout=timeout,
+        interval=1,
+        what="every task everywhere",
+    )
+    time.sleep(3)
+    for p in ALL:
+        assert len(ops.view(world, p)) == len(wanted), p  # view() also fails on a duplicate title
+
+
+def parked(pg_url: str) -> int:
+    """Operations parked in the replicas' store."""
+    return int(
+        query(
+            pg_url,
+            lambda s: s.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "parked")
+            ),
+        )
+    )
+
+
 def test_three_replicas_share_a_burst_without_duplicate_or_loss(
     world: World, tmp_path: Path, pg_url: str
 ) -> None:
@@ -110,16 +136,7 @@ def test_three_replicas_share_a_burst_without_duplicate_or_loss(
         n = 30
         for i in range(n):
             ops.create(world, "vortask", f"shared {i}")
-        wanted = {f"shared {i}" for i in range(n)}
-        wait_until(
-            lambda: all(wanted <= set(ops.view(world, p)) for p in ALL),
-            timeout=120,
-            interval=1,
-            what="every task everywhere",
-        )
-        time.sleep(3)  # more polls by whoever owns each connector: still nothing twice
-        for p in ALL:
-            assert len(ops.view(world, p)) == n, p  # view() also fails on a duplicate title
+        everywhere_once(world, {f"shared {i}" for i in range(n)}, timeout=120)
         for p in ("impactly", "agentkanban", "runs", "squads"):
             assert creates(world, p) == n, (p, world.fakes[p].requests.by_route())  # zero duplicate writes
         done_by = query(
@@ -133,13 +150,7 @@ def test_three_replicas_share_a_burst_without_duplicate_or_loss(
         spread = dict(done_by.all())
         assert sum(spread.values()) >= 4 * n
         assert len(spread) >= 2, f"claims did not spread across replicas: {spread}"
-        parked = query(
-            pg_url,
-            lambda s: s.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "parked")
-            ),
-        )
-        assert parked == 0
+        assert parked(pg_url) == 0
     finally:
         for r in group:
             r.kill()
@@ -160,19 +171,9 @@ def test_three_replicas_share_a_backfill_to_vortask_in_bulk_without_duplicate(
         world.fakes[p].requests.clear()
     group = replicas(world, tmp_path, pg_url, 3)
     try:
-        group[0].start()
-        for r in group[1:]:
+        for r in group:
             r.start()
-        wanted = {f"bulk {i}" for i in range(n)}
-        wait_until(
-            lambda: all(wanted <= set(ops.view(world, p)) for p in ALL),
-            timeout=180,
-            interval=1,
-            what="every task everywhere",
-        )
-        time.sleep(3)
-        for p in ALL:
-            assert len(ops.view(world, p)) == n, p  # view() also fails on a duplicate title
+        everywhere_once(world, {f"bulk {i}" for i in range(n)}, timeout=180)
         vortask = world.fakes["vortask"]
         assert creates(world, "vortask") < n // 4, vortask.requests.by_route()  # most went in bulk
         done_by = query(
@@ -184,13 +185,7 @@ def test_three_replicas_share_a_backfill_to_vortask_in_bulk_without_duplicate(
             ),
         )
         assert sum(dict(done_by.all()).values()) == n  # each recorded once (a run here: 50, 50, 20)
-        parked = query(
-            pg_url,
-            lambda s: s.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "parked")
-            ),
-        )
-        assert parked == 0
+        assert parked(pg_url) == 0
     finally:
         for r in group:
             r.kill()

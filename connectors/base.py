@@ -49,7 +49,16 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -536,6 +545,11 @@ class Connector(Protocol):
         """A task of the scope whose description contains `marker` (a retried create's check)."""
         ...
 
+    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+        """The same check for many markers at once: marker -> the task whose description contains
+        it, for those found. A platform that can only list the scope for it lists it once."""
+        ...
+
     async def list_comments(self, scope: str, remote_id: str) -> list[RemoteComment]: ...
 
     async def add_comment(self, scope: str, remote_id: str, body: str, author: str) -> RemoteComment: ...
@@ -656,6 +670,17 @@ class BaseConnector:
     async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
         raise Permanent(f"{self.name} has no bulk create", connector=self.name)
 
+    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+        # One check a marker: right where the platform searches (a search a marker is cheaper
+        # than a listing). A platform that lists the scope overrides this with one pass
+        # (MarkerSearch), and its find_by_marker asks this for one.
+        found: dict[str, RemoteTask] = {}
+        for marker in markers:
+            task = await self.find_by_marker(scope, marker)  # type: ignore[attr-defined]
+            if task is not None:
+                found[marker] = task
+        return found
+
     def rate_limited(self, response: httpx.Response, throttle: RateLimited) -> RateLimited:
         """The error to raise for a 429 answer. `throttle` is the HTTP layer's own (message,
         status, Retry-After already read): a throttle, waited out inline (up to `max_wait`, or
@@ -719,6 +744,25 @@ class BaseConnector:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class MarkerSearch:
+    """Markers looked for in one pass over a scope's tasks: each description is matched against
+    the markers not found yet, so a listing read for many retried creates stops once all are."""
+
+    def __init__(self, markers: Iterable[str]) -> None:
+        self.wanted = {m for m in markers if m.strip()}  # a blank marker would match any task
+
+    def hits(self, description: str | None) -> list[str]:
+        """The markers `description` holds (each found only once)."""
+        text = description or ""
+        found = [m for m in self.wanted if m in text]
+        self.wanted.difference_update(found)
+        return found
+
+    @property
+    def done(self) -> bool:
+        return not self.wanted
 
 
 def fields(*names: str) -> frozenset[str]:

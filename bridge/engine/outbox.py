@@ -15,7 +15,8 @@ Delivery promise: every queued operation is applied at least once, and its effec
   scope never tried before go out together (`bulk_creates` at most; a claim that takes one takes
   more). The request is all or nothing: refused (`BulkRefused`: nothing created), each is sent
   alone, so only a refused value parks its task; any other failure is each one's, as if each
-  had been sent alone, so their retries look for their markers one by one;
+  had been sent alone, so each retry looks for its marker (the looks of retries that ask at
+  once go out as one request, begun after all of them asked: bridge/engine/lookups.py);
 - a child never waits for its parent, and never goes out under a parent that is not there: the
   parent a create or update writes is settled with its claim (`_settle_parents`, from
   `core.parent_hold`). Where the parent has no copy on the target yet (its create pending or in
@@ -92,6 +93,7 @@ from bridge.defaults import (
 from bridge.engine import core, health
 from bridge.engine.comments import mirror_comment
 from bridge.engine.context import EngineContext
+from bridge.engine.lookups import MarkerLookups
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
     MAX_DEPTH,
@@ -586,6 +588,7 @@ class Worker:
         self._next_release = 0.0  # monotonic time of the next look for expired claims
         self._rng = random.Random()
         self._bulk_off: dict[str, float] = {}  # connector -> monotonic time its bulk creates resume
+        self._lookups = MarkerLookups()  # retried creates' looks for their markers, shared
         self._claim_refusals = RefusalLog(log, "claiming outbox operations")
         self._renew_refusals = RefusalLog(log, "renewing outbox claims")
 
@@ -796,7 +799,7 @@ class Worker:
 
     async def _attempt(self, op: _Op, bulk: _BulkCreate | None = None) -> Outcome:
         try:
-            return await execute(self.ctx, self.settings, op, self._rng, bulk=bulk)
+            return await execute(self.ctx, self.settings, op, self._rng, bulk=bulk, lookups=self._lookups)
         except Exception as exc:
             log.exception("outbox %s %s on %s failed unexpectedly", op.op, op.task.id, op.connector)
             if op.attempts >= self.settings.max_unexpected:
@@ -905,13 +908,18 @@ async def execute(
     rng: random.Random,
     *,
     bulk: _BulkCreate | None = None,
+    lookups: MarkerLookups | None = None,
 ) -> Outcome:
     """Attempt one claimed operation against its platform; how it ended, for the committer. A
-    create in `bulk` takes its answer from the bulk request, and fails as that request did."""
+    create in `bulk` takes its answer from the bulk request, and fails as that request did. A
+    retried create looks for its marker through `lookups` (the worker's, shared by the retries
+    it runs at once), or on its own."""
     conn = ctx.connectors[op.connector]
     try:
         try:
-            return await _dispatch(ctx, conn, op, read_first=settings.read_before_write, bulk=bulk)
+            return await _dispatch(
+                ctx, conn, op, read_first=settings.read_before_write, bulk=bulk, lookups=lookups
+            )
         except NotFound as exc:
             return await _confirm_gone(conn, op, exc)
     except RateLimited as exc:
@@ -974,10 +982,16 @@ async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:
 
 
 async def _dispatch(
-    ctx: EngineContext, conn: Connector, op: _Op, *, read_first: bool, bulk: _BulkCreate | None = None
+    ctx: EngineContext,
+    conn: Connector,
+    op: _Op,
+    *,
+    read_first: bool,
+    bulk: _BulkCreate | None = None,
+    lookups: MarkerLookups | None = None,
 ) -> Outcome:
     if op.op == OpKind.CREATE:
-        return await _create(conn, op, bulk)
+        return await _create(conn, op, bulk, lookups or MarkerLookups())
     if op.op == OpKind.UPDATE:
         return await _update(ctx, conn, op, read_first=read_first)
     if op.op == OpKind.DELETE:
@@ -989,13 +1003,13 @@ async def _dispatch(
     raise PermanentOutcome(f"unknown operation {op.op!r}")
 
 
-async def _create(conn: Connector, op: _Op, bulk: _BulkCreate | None = None) -> Outcome:
+async def _create(conn: Connector, op: _Op, bulk: _BulkCreate | None, lookups: MarkerLookups) -> Outcome:
     if op.link.remote_id is not None:
         # An observation already found the mirror (by its marker): only reconcile.
         return _done({})
     if op.attempts > 1:
         # An earlier attempt may have created it and died before recording the id.
-        found = await conn.find_by_marker(op.member.scope, op.route.marker.line(op.task.id))
+        found = await lookups.find(conn, op.member.scope, op.route.marker.line(op.task.id))
         if found is not None:
             return _done({}, remote=found)
     if bulk is not None and op.id in bulk.items:

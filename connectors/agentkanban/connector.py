@@ -133,7 +133,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -150,6 +150,7 @@ from connectors.base import (
     ConnectorError,
     ConnectorSettings,
     ListingEnd,
+    MarkerSearch,
     NotFound,
     Permanent,
     PersonInfo,
@@ -647,25 +648,35 @@ class AgentKanbanConnector(BaseConnector):
         return await self.update_task(scope, remote_id, {"archived": True})
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
+        return (await self.find_by_markers(scope, [marker])).get(marker)
+
+    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
         """No search endpoint: the board is listed and the descriptions read, newest task first,
-        from the cache where it is current and otherwise a batch of GETs at a time."""
+        from the cache where it is current and otherwise a batch of GETs at a time, until every
+        marker is found."""
+        search, found = MarkerSearch(markers), {}
+        if search.done:
+            return found
+
+        async def look(items: list[Json], details: Mapping[str, Json]) -> None:
+            for item in items:
+                task = details.get(str(item["id"]))
+                if task is not None:
+                    for marker in search.hits(task.get("description")):
+                        found[marker] = await self._remote(scope, task)
+
         items = await self.client.list_tasks(scope, include_archived=True)
         items.sort(key=lambda t: str(t.get("createdAt") or ""), reverse=True)
         cached = await self._details(scope, [i for i in items if self._known_description(scope, i)[0]])
-        for item in items:
-            task = cached.get(str(item["id"]))
-            if task is not None and marker in (task.get("description") or ""):
-                return await self._remote(scope, task)
+        await look(items, cached)
         rest = [i for i in items if str(i["id"]) not in cached]
         step = self.DETAIL_CONCURRENCY
         for start in range(0, len(rest), step):
+            if search.done:
+                break
             batch = rest[start : start + step]
-            details = await self._details(scope, batch)
-            for item in batch:
-                task = details.get(str(item["id"]))
-                if task is not None and marker in (task.get("description") or ""):
-                    return await self._remote(scope, task)
-        return None
+            await look(batch, await self._details(scope, batch))
+        return found
 
     # -- comments -------------------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,6 +107,7 @@ from connectors.base import (
     ConnectorSettings,
     GoneFromView,
     ListingEnd,
+    MarkerSearch,
     NotFound,
     Permanent,
     PersonInfo,
@@ -368,18 +369,26 @@ class ImpactlyConnector(BaseConnector):
         )
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
-        def hit(task: Json) -> bool:
-            return _same_id(task.get("project_id"), scope) and marker in (task.get("description") or "")
+        return (await self.find_by_markers(scope, [marker])).get(marker)
 
-        query = marker.strip()
-        if query and len(query) <= 500:
-            for task in await self.client.search(query):
-                if hit(task):
-                    return self._remote(task, scope)
-        for task in await self.client.list_project_tasks(scope):
-            if hit(task):
-                return self._remote(task, scope)
-        return None
+    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+        """Each marker searched for (at most 50 hits, workspace-wide); those the search missed,
+        in one listing of the project."""
+        search, found = MarkerSearch(markers), {}
+
+        def look(tasks: list[Json]) -> None:
+            for task in tasks:
+                if _same_id(task.get("project_id"), scope):
+                    for marker in search.hits(task.get("description")):
+                        found[marker] = self._remote(task, scope)
+
+        for marker in sorted(search.wanted):
+            query = marker.strip()
+            if marker in search.wanted and len(query) <= 500:  # (a search may find another's too)
+                look(await self.client.search(query))
+        if not search.done:
+            look(await self.client.list_project_tasks(scope))
+        return found
 
     # -- comments -----------------------------------------------------------------------------
 

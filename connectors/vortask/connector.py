@@ -77,7 +77,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,6 +92,7 @@ from connectors.base import (
     ConnectorError,
     ConnectorSettings,
     ListingEnd,
+    MarkerSearch,
     Permanent,
     PersonInfo,
     RemoteComment,
@@ -191,11 +192,19 @@ class VortaskConnector(BaseConnector):
         return times
 
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
+        return (await self.find_by_markers(scope, [marker])).get(marker)
+
+    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+        search, found = MarkerSearch(markers), {}
+        if search.done:
+            return found
         async with contextlib.aclosing(self.client.iter_tasks(_project(scope))) as tasks:
             async for task in tasks:
-                if marker in (task.get("description") or ""):
-                    return self._remote(scope, task)
-        return None
+                for marker in search.hits(task.get("description")):
+                    found[marker] = self._remote(scope, task)
+                if search.done:
+                    break
+        return found
 
     async def check(self, scope: str) -> str:
         profile = await self._profile()

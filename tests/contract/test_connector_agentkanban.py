@@ -460,6 +460,26 @@ async def test_find_by_marker(
         await cold.aclose()
 
 
+async def test_find_by_markers_reads_the_board_once(
+    fake: AgentKanbanFake, conn: AgentKanbanConnector, rec: Recorder, board: str
+) -> None:
+    made = {}
+    for i in range(3):
+        made[f"[tb:01M{i}]"] = await conn.create_task(
+            board, {"title": f"m {i}", "description": f"[tb:01M{i}]"}
+        )
+    cold_rec = Recorder()
+    cold = AgentKanbanConnector(make_settings(fake, transport=cold_rec))  # no descriptions held
+    try:
+        found = await cold.find_by_markers(board, [*made, "[tb:none]"])
+        assert {m: t.remote_id for m, t in found.items()} == {m: t.remote_id for m, t in made.items()}
+        listings = [p for m, p, _ in cold_rec.sent if m == "GET" and p == f"{API}/boards/{board}/tasks"]
+        assert len(listings) == 1
+        assert detail_gets(cold_rec, board) == len(made)  # each task's details read once
+    finally:
+        await cold.aclose()
+
+
 # -- comments and todos ------------------------------------------------------------------------------------
 
 

@@ -534,6 +534,20 @@ async def test_find_by_marker(conn: ImpactlyConnector, fake: ImpactlyFake, scope
     assert fake.requests.count("GET", PROJECT_TASKS_ROUTE) == 1  # the fallback listing
 
 
+async def test_find_by_markers_searches_each_and_lists_once_for_the_rest(
+    conn: ImpactlyConnector, fake: ImpactlyFake, scope: str
+) -> None:
+    markers = [f"<!-- taskbridge:01M{i} -->" for i in range(2)]
+    mine = {m: await conn.create_task(scope, {"title": m, "description": f"Body\n\n{m}"}) for m in markers}
+    fake.requests.clear()
+    found = await conn.find_by_markers(
+        scope, [*markers, "<!-- taskbridge:01NOPE -->", "<!-- taskbridge:01NADA -->"]
+    )
+    assert {m: t.remote_id for m, t in found.items()} == {m: t.remote_id for m, t in mine.items()}
+    assert fake.requests.count("POST", "/api/v1/search") == 4
+    assert fake.requests.count("GET", PROJECT_TASKS_ROUTE) == 1  # one fallback listing for both misses
+
+
 # -- comments -----------------------------------------------------------------------------------
 
 

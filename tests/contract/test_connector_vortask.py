@@ -477,6 +477,18 @@ async def test_find_by_marker(fake: VortaskFake, conn: VortaskConnector) -> None
     assert await conn.find_by_marker("1", "[taskbridge:01XYZ]") is None
 
 
+async def test_find_by_markers_lists_the_project_once(fake: VortaskFake, conn: VortaskConnector) -> None:
+    made = {
+        marker: await conn.create_task("1", {"title": marker, "description": f"text\n\n{marker}"})
+        for marker in ("[taskbridge:01A]", "[taskbridge:01B]")
+    }
+    seed_task(fake, title="Other", description="nothing here")
+    fake.requests.clear()
+    found = await conn.find_by_markers("1", ["[taskbridge:01A]", "[taskbridge:01B]", "[taskbridge:01C]"])
+    assert {m: t.remote_id for m, t in found.items()} == {m: t.remote_id for m, t in made.items()}
+    assert fake.requests.count("GET", "/api/projects/{project_id}/tasks") == 1
+
+
 async def test_check(conn: VortaskConnector) -> None:
     assert isinstance(conn, Connector)
     summary = await conn.check("1")

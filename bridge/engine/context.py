@@ -29,6 +29,9 @@ class HandedDelivery:
     claim_expires_at: datetime
 
 
+ANSWERED_CREATES_KEPT = 10_000  # far above the creates a worker holds between answer and record
+
+
 @dataclass
 class EngineContext:
     store: Store
@@ -56,12 +59,26 @@ class EngineContext:
     # (connector, remote id) of tasks matching left unlinked as ambiguous (two of one title on a
     # member): never taken for new tasks, which would copy them again (bridge/engine/matching.py).
     held_apart: set[tuple[str, str]] = field(default_factory=set)
+    # (connector, remote id) -> creation time, of creates this process sent whose answer came and
+    # whose outcome is not recorded yet (the worker forgets each once its record is done): a
+    # delivery reporting that creation by its stamp alone is ours (inbox._unrecorded), where the
+    # store cannot say so before the record.
+    answered_creates: dict[tuple[str, str], datetime] = field(default_factory=dict)
     # Outbox operations up to this id take no more fields (`plan --apply` makes exactly the writes
     # it showed): an update queued later goes behind them as an operation of its own.
     sealed_ops: int = 0
 
     def __post_init__(self) -> None:
         self._index()
+
+    def create_answered(self, connector: str, remote_id: str, created_at: datetime) -> None:
+        """A create's answer came: its creation is ours until the worker forgets it."""
+        answered = self.answered_creates
+        answered[(connector, remote_id)] = created_at
+        if len(answered) > ANSWERED_CREATES_KEPT:
+            # Only a worker stopped between an answer and its record leaves one behind; the
+            # oldest goes first, and a delivery of it is read, as one after a restart is.
+            del answered[next(iter(answered))]
 
     def _index(self) -> None:
         self._members: dict[tuple[str, str], tuple[Route, Member]] = {}

@@ -194,7 +194,7 @@ async def _unrecorded(
                 return None
         async with ctx.store.reading() as db:
             for event in made:
-                if not await _made_by_us(db, connector, event):
+                if not _answered_to_us(ctx, connector, event) and not await _made_by_us(db, connector, event):
                     return None
             for route, member, task in carried:
                 if await needs_observing(ctx, db, route, member, [task]) and not (
@@ -231,6 +231,17 @@ async def _made_by_us(db: Any, connector: str, event: WebhookEvent) -> bool:
         if created_at is not None and as_utc(created_at) == as_utc(event.stamp):
             return True
     return False
+
+
+def _answered_to_us(ctx: EngineContext, connector: str, event: WebhookEvent) -> bool:
+    """`_made_by_us` for a create of this process whose answer came and whose outcome is not
+    recorded yet: a platform's delivery of a creation often arrives before the record commits
+    (it is sent as the create is answered). Nothing is lost by answering it so: the record to
+    come links the task with what our create wrote, which is all a creation reports, and where
+    the record fails the create's retry finds the task by its marker."""
+    assert event.stamp is not None
+    created_at = ctx.answered_creates.get((connector, event.remote_id))
+    return created_at is not None and as_utc(created_at) == as_utc(event.stamp)
 
 
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:

@@ -767,6 +767,7 @@ class Worker:
     async def _run(self, ops: Sequence[_Op | _Orphan], sent: Callable[[], None]) -> None:
         """Talk to the platform in a slot taken by the caller (one operation, or creates sent
         in bulk), then give the slot back (`sent`) and record the outcomes."""
+        outcomes: list[Outcome] = []
         try:
             try:
                 if len(ops) == 1:  # the common case, without a task per gathered coroutine
@@ -785,6 +786,9 @@ class Worker:
                     *(self.committer.submit(op, o) for op, o in zip(ops, outcomes, strict=True))
                 )
         finally:
+            for op, outcome in zip(ops, outcomes, strict=False):
+                if outcome.remote is not None:  # recorded (or not to be): the store says from now
+                    self.ctx.answered_creates.pop((op.connector, outcome.remote.remote_id), None)
             # Out of the count before the loop can look (its done-callback may run after the
             # loop resumes), or a loop that finds no room waits with none in flight.
             self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
@@ -917,9 +921,13 @@ async def execute(
     conn = ctx.connectors[op.connector]
     try:
         try:
-            return await _dispatch(
+            outcome = await _dispatch(
                 ctx, conn, op, read_first=settings.read_before_write, bulk=bulk, lookups=lookups
             )
+            if op.op == OpKind.CREATE and outcome.remote is not None and outcome.remote.created_at:
+                # Known to the inbox as ours from now until its record is done (Worker._run).
+                ctx.create_answered(op.connector, outcome.remote.remote_id, outcome.remote.created_at)
+            return outcome
         except NotFound as exc:
             return await _confirm_gone(conn, op, exc)
     except RateLimited as exc:

@@ -333,3 +333,38 @@ async def test_our_create_reported_by_its_stamp_alone_is_ours_and_no_other(
     await harness.settle()
     assert_everywhere(world, "made by a person")
     assert len([t for t in ops.raw_tasks(world, "vortask") if t["title"] == "made by the bridge"]) == 1
+
+
+async def test_our_create_reported_by_its_stamp_before_its_record_is_ours(
+    harness: Harness, world: World
+) -> None:
+    """Vortask's delivery of a creation of ours often arrives after the create is answered and
+    before its outcome is recorded, when the store cannot yet say it is ours: the worker keeps
+    the answer until its record is done, so that delivery is answered `unchanged`, unread and
+    unrecorded, and the record links the task once. Forgotten after the record (the store says
+    from then); a delivery with another stamp is read."""
+    committer = harness.daemon.worker.committer
+    real_submit = committer.submit
+    answers: list[Receipt] = []
+    held: list[bool] = []
+
+    async def delivered_before_the_record(op: Any, outcome: Any) -> None:
+        if op.connector == "vortask" and op.op == "create" and not answers:
+            made = outcome.remote
+            stamp = made.created_at.isoformat().replace("+00:00", "Z")
+            delivery = vortask_delivery(world, made.remote_id, "task.created", stamp)
+            vortask = world.fakes["vortask"]
+            vortask.requests.clear()
+            answers.append(await receive(harness.ctx, "vortask", *delivery))
+            assert vortask.requests.entries == []  # not read
+            held.append(("vortask", made.remote_id) in harness.ctx.answered_creates)
+        await real_submit(op, outcome)
+
+    committer.submit = delivered_before_the_record  # type: ignore[method-assign]
+    ops.create(world, "impactly", "answered, not recorded")
+    await harness.settle()
+    assert answers == [UNCHANGED] and held == [True]
+    assert await recorded(harness) == 0
+    assert harness.ctx.answered_creates == {}  # forgotten once recorded
+    assert len([t for t in ops.raw_tasks(world, "vortask") if t["title"] == "answered, not recorded"]) == 1
+    assert_everywhere(world, "answered, not recorded")

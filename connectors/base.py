@@ -378,7 +378,8 @@ class WebhookEvent:
     # await can give (a lane's name): the connector's `event_task` does it, sparing a GET.
     detail: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
     # The task's own time as the signed body gives it, where the body does not carry the whole
-    # task: for a `created` event, when the task was made. The engine knows its own creates by it.
+    # task: for a `created` event when the task was made, for an `updated` one its time after the
+    # edit. The engine knows its own writes coming back by it.
     stamp: datetime | None = field(default=None, hash=False, compare=False)
 
 

@@ -29,7 +29,17 @@ class HandedDelivery:
     claim_expires_at: datetime
 
 
-ANSWERED_CREATES_KEPT = 10_000  # far above the creates a worker holds between answer and record
+ANSWERED_WRITES_KEPT = 10_000  # far above the writes a worker holds between answer and record
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a platform's deliveries of one write of ours carry as their stamp: the creation time
+    (a create: its `created` event) and the task's time after the write (its `updated` event;
+    a create that sets more in a second request has one)."""
+
+    created_at: datetime | None
+    updated_at: datetime | None
 
 
 @dataclass
@@ -59,11 +69,11 @@ class EngineContext:
     # (connector, remote id) of tasks matching left unlinked as ambiguous (two of one title on a
     # member): never taken for new tasks, which would copy them again (bridge/engine/matching.py).
     held_apart: set[tuple[str, str]] = field(default_factory=set)
-    # (connector, remote id) -> creation time, of creates this process sent whose answer came and
-    # whose outcome is not recorded yet (the worker forgets each once its record is done): a
-    # delivery reporting that creation by its stamp alone is ours (inbox._unrecorded), where the
-    # store cannot say so before the record.
-    answered_creates: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # (connector, remote id) -> the times a delivery of our write would carry, of writes this
+    # process sent whose answer came and whose outcome is not recorded yet (the worker forgets
+    # each once its record is done): a delivery reporting that write by its stamp alone is ours
+    # (inbox._unrecorded), where the store cannot say so before the record.
+    answered_writes: dict[tuple[str, str], Answered] = field(default_factory=dict)
     # Outbox operations up to this id take no more fields (`plan --apply` makes exactly the writes
     # it showed): an update queued later goes behind them as an operation of its own.
     sealed_ops: int = 0
@@ -71,14 +81,14 @@ class EngineContext:
     def __post_init__(self) -> None:
         self._index()
 
-    def create_answered(self, connector: str, remote_id: str, created_at: datetime) -> None:
-        """A create's answer came: its creation is ours until the worker forgets it."""
-        answered = self.answered_creates
-        answered[(connector, remote_id)] = created_at
-        if len(answered) > ANSWERED_CREATES_KEPT:
+    def write_answered(self, connector: str, remote_id: str, answered: Answered) -> None:
+        """A write's answer came: a delivery reporting it is ours until the worker forgets it."""
+        writes = self.answered_writes
+        writes[(connector, remote_id)] = answered
+        if len(writes) > ANSWERED_WRITES_KEPT:
             # Only a worker stopped between an answer and its record leaves one behind; the
             # oldest goes first, and a delivery of it is read, as one after a restart is.
-            del answered[next(iter(answered))]
+            del writes[next(iter(writes))]
 
     def _index(self) -> None:
         self._members: dict[tuple[str, str], tuple[Route, Member]] = {}

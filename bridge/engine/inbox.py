@@ -179,7 +179,7 @@ async def _unrecorded(
         return None
     conn = ctx.connectors[connector]
     carried: list[tuple[Route, Member, RemoteTask]] = []
-    made: list[WebhookEvent] = []  # creations reported by a stamp alone, not the task
+    stamped: list[WebhookEvent] = []  # creations and edits reported by a stamp alone, not the task
     try:
         for event in events:
             located = ctx.member(connector, event.scope) if event.scope else None
@@ -188,13 +188,13 @@ async def _unrecorded(
             task = await conn.event_task(event)
             if task is not None:
                 carried.append((*located, task))
-            elif event.kind == "created" and event.stamp is not None:
-                made.append(event)
+            elif event.stamp is not None:
+                stamped.append(event)
             else:
                 return None
         async with ctx.store.reading() as db:
-            for event in made:
-                if not _answered_to_us(ctx, connector, event) and not await _made_by_us(db, connector, event):
+            for event in stamped:
+                if not _answered_to_us(ctx, connector, event) and not await _known(db, connector, event):
                     return None
             for route, member, task in carried:
                 if await needs_observing(ctx, db, route, member, [task]) and not (
@@ -211,37 +211,47 @@ async def _unrecorded(
 _CARRYING = frozenset({"created", "updated"})  # event kinds that may carry the task they report
 _LINKS = LinkRow.__table__
 
-# The link our create of a task there recorded: made by us, with the creation time its answer gave.
-_MADE = select(_LINKS.c.remote_created_at).where(
+# The active links of a remote task: the times the store knows of it there.
+_KNOWN = select(_LINKS.c.remote_created_at, _LINKS.c.remote_updated_at, _LINKS.c.is_mirror).where(
     _LINKS.c.connector == bindparam("connector"),
     _LINKS.c.remote_id == bindparam("remote_id"),
-    _LINKS.c.is_mirror.is_(True),
     _LINKS.c.state == LinkState.ACTIVE,
 )
 
 
-async def _made_by_us(db: Any, connector: str, event: WebhookEvent) -> bool:
-    """Whether a delivery reporting a task's creation, without the task, reports a create of
-    ours whose outcome is recorded: the link made by it holds the id, with the creation time our
-    create's answer gave, which the delivery's signed stamp repeats. A creation says nothing more
-    than what was created, which our create's answer said; any edit since has its own delivery.
-    An id the platform gave anew to another task was made at another time: that one is read."""
+async def _known(db: Any, connector: str, event: WebhookEvent) -> bool:
+    """Whether a delivery that reports a task by its stamp alone reports what the store knows
+    already. A creation: the link our create made holds the id, with the creation time our
+    create's answer gave (a creation says nothing more than what was created, which that answer
+    said; any edit since has its own delivery; an id the platform gave anew to another task was
+    made at another time, and is read). An edit: the link's time of the task there is the
+    stamp, the version our last write's answer (or the last observation) showed: most are our
+    own writes coming back. An edit made there within the same millisecond as our write would
+    carry the same stamp; the next poll, which compares values, finds it."""
     assert event.stamp is not None
-    for (created_at,) in (await run(db, _MADE, {"connector": connector, "remote_id": event.remote_id})).all():
-        if created_at is not None and as_utc(created_at) == as_utc(event.stamp):
+    stamp = as_utc(event.stamp)
+    rows = (await run(db, _KNOWN, {"connector": connector, "remote_id": event.remote_id})).all()
+    for created_at, updated_at, is_mirror in rows:
+        if event.kind == "created":
+            if is_mirror and created_at is not None and as_utc(created_at) == stamp:
+                return True
+        elif updated_at is not None and as_utc(updated_at) == stamp:
             return True
     return False
 
 
 def _answered_to_us(ctx: EngineContext, connector: str, event: WebhookEvent) -> bool:
-    """`_made_by_us` for a create of this process whose answer came and whose outcome is not
-    recorded yet: a platform's delivery of a creation often arrives before the record commits
-    (it is sent as the create is answered). Nothing is lost by answering it so: the record to
-    come links the task with what our create wrote, which is all a creation reports, and where
-    the record fails the create's retry finds the task by its marker."""
+    """`_known` for a write of this process whose answer came and whose outcome is not recorded
+    yet: a platform's delivery of our write often arrives before the record commits (it is sent
+    as the write is answered). Nothing is lost by answering it so: the record to come keeps
+    what our write wrote, which is all its delivery reports, and where the record fails the
+    write is retried (a create first finds its task by its marker)."""
     assert event.stamp is not None
-    created_at = ctx.answered_creates.get((connector, event.remote_id))
-    return created_at is not None and as_utc(created_at) == as_utc(event.stamp)
+    answered = ctx.answered_writes.get((connector, event.remote_id))
+    if answered is None:
+        return False
+    known = answered.created_at if event.kind == "created" else answered.updated_at
+    return known is not None and as_utc(known) == as_utc(event.stamp)
 
 
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:

@@ -92,7 +92,7 @@ from bridge.defaults import (
 )
 from bridge.engine import core, health
 from bridge.engine.comments import mirror_comment
-from bridge.engine.context import EngineContext
+from bridge.engine.context import Answered, EngineContext
 from bridge.engine.lookups import MarkerLookups
 from bridge.engine.routes import Member, Route
 from bridge.engine.sync import (
@@ -787,8 +787,11 @@ class Worker:
                 )
         finally:
             for op, outcome in zip(ops, outcomes, strict=False):
-                if outcome.remote is not None:  # recorded (or not to be): the store says from now
-                    self.ctx.answered_creates.pop((op.connector, outcome.remote.remote_id), None)
+                answered = _answered(op, outcome) if isinstance(op, _Op) else None
+                if answered is not None:  # recorded (or not to be): the store says from now
+                    connector, remote_id, stamps = answered
+                    if self.ctx.answered_writes.get((connector, remote_id)) == stamps:
+                        del self.ctx.answered_writes[(connector, remote_id)]
             # Out of the count before the loop can look (its done-callback may run after the
             # loop resumes), or a loop that finds no room waits with none in flight.
             self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
@@ -924,9 +927,9 @@ async def execute(
             outcome = await _dispatch(
                 ctx, conn, op, read_first=settings.read_before_write, bulk=bulk, lookups=lookups
             )
-            if op.op == OpKind.CREATE and outcome.remote is not None and outcome.remote.created_at:
-                # Known to the inbox as ours from now until its record is done (Worker._run).
-                ctx.create_answered(op.connector, outcome.remote.remote_id, outcome.remote.created_at)
+            answered = _answered(op, outcome)
+            if answered is not None:  # ours to the inbox from now until its record is done (Worker._run)
+                ctx.write_answered(*answered)
             return outcome
         except NotFound as exc:
             return await _confirm_gone(conn, op, exc)
@@ -958,6 +961,19 @@ async def execute(
         return _parked(str(exc))
     except ConnectorError as exc:
         return _parked(str(exc))
+
+
+def _answered(op: _Op, outcome: Outcome) -> tuple[str, str, Answered] | None:
+    """The stamps a platform's deliveries of this landed create or update carry, where its
+    answer gave them: (connector, remote id, stamps)."""
+    if outcome.state != OpState.DONE:
+        return None
+    if op.op == OpKind.CREATE and outcome.remote is not None:
+        remote = outcome.remote
+        return op.connector, remote.remote_id, Answered(remote.created_at, remote.updated_at)
+    if op.op == OpKind.UPDATE and outcome.written and outcome.remote_time is not None and op.link.remote_id:
+        return op.connector, op.link.remote_id, Answered(None, outcome.remote_time)
+    return None
 
 
 async def _confirm_gone(conn: Connector, op: _Op, exc: NotFound) -> Outcome:

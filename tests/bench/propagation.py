@@ -547,6 +547,25 @@ class Rig:
         lat, _, _ = self.latencies(edits, starts)
         res["edit"]["one_at_a_time_latency_ms"] = summary(lat)
 
+        # 1b. title edits a person makes on Impactly (in-process, webhooked as the app's are),
+        # each waited for on Vortask: what a mirrored edit costs a target whose deliveries lack
+        # the task (Vortask's read before the write, the write, and the delivery of that write).
+        impactly: Any = self.world.fakes["impactly"]
+        starts = self.starts()
+        mark = self.outbox_mark()
+        for _ in range(n_edits):
+            k = self.take_k(1)
+            i = k % self.pool
+            title = f"prop {i} cost-elsewhere e{k}"
+            impactly.call(lambda i=i, t=title: impactly.update_task(self.ids["impactly"][i], title=t))
+            self.final_titles[i] = title
+            wait_for(lambda i=i, t=title: self.vortask_title(i) == t, timeout=60, interval=0.02)
+        wait_for(lambda: webhooks_pending(self.world) == 0, timeout=60, interval=0.05)
+        self.settle(d, quiet=self.quiet_s())
+        self.quiet_all(self.quiet_s())
+        res["edit_elsewhere"] = self.window_cost(starts, n_edits, own={})
+        res["edit_elsewhere"]["store"] = self.ops_since(mark, n_edits)
+
         # 2. creates on Vortask (REST), each waited for on the four others.
         starts = self.starts()
         mark = self.outbox_mark()
@@ -624,6 +643,12 @@ class Rig:
         res["daemon_log_errors"] = d.errors_in_log()[:10]
         self.results["cost"] = res
         return res
+
+    def vortask_title(self, i: int) -> str:
+        """The title of pool task `i` as the Vortask fake holds it (in-process: no request)."""
+        fake: Any = self.world.fakes[SOURCE]
+        task = fake.projects[int(self.world.scopes[SOURCE])].tasks[int(self.ids[SOURCE][i])]
+        return str(task["title"] if isinstance(task, dict) else task.title)
 
     def store_path(self) -> str:
         return self.store_url.split("///", 1)[1]
@@ -829,6 +854,17 @@ MINIMUM = {
         },
         "impactly": {"read": 0, "write": 1, "why": "one PATCH of the changed field"},
         "agentkanban": {"read": 0, "write": 1, "why": "one PATCH (a title edit needs no lane move)"},
+        "runs": {"read": 0, "write": 1, "why": "one PATCH"},
+        "squads": {"read": 0, "write": 1, "why": "one PUT of the changed field"},
+    },
+    "edit_elsewhere": {
+        "impactly": {"read": 0, "write": 0, "why": "the task.updated webhook carries the task"},
+        "vortask": {
+            "read": 0,
+            "write": 1,
+            "why": "one PUT (its delivery, which lacks the task, read by nothing)",
+        },
+        "agentkanban": {"read": 0, "write": 1, "why": "one PATCH"},
         "runs": {"read": 0, "write": 1, "why": "one PATCH"},
         "squads": {"read": 0, "write": 1, "why": "one PUT of the changed field"},
     },

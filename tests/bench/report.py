@@ -121,7 +121,7 @@ def cost(rec: dict[str, Any]) -> str:
     f = rec["figures"]
     measured, minimum = f["measured"], f["minimum"]
     rows = []
-    for kind in ("edit", "create", "comment"):
+    for kind in ("edit", "edit_elsewhere", "create", "comment"):
         for platform, m in measured.get(kind, {}).items():
             if platform == "store" or not isinstance(m, dict) or "per_change" not in m:
                 continue

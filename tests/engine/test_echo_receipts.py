@@ -305,7 +305,7 @@ async def test_our_create_reported_by_its_stamp_alone_is_ours_and_no_other(
     """Vortask's deliveries leave out the description and due date, so the bridge reads the task
     they report; but a creation of ours, whose outcome is recorded, is known by its signed stamp
     (the creation time our create's answer gave), with no read and no record. The same id made
-    at another time (an id given anew), an edit, and a task a person made are read as before."""
+    at another time (an id given anew), an edit since, and a task a person made are read as before."""
     ops.create(world, "impactly", "made by the bridge")
     await harness.settle()
     ours = ops.view(world, "vortask")["made by the bridge"]["id"]
@@ -320,7 +320,7 @@ async def test_our_create_reported_by_its_stamp_alone_is_ours_and_no_other(
     later = (parse_timestamp(made_at) + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")  # type: ignore[operator]
     reused = await receive(harness.ctx, "vortask", *vortask_delivery(world, ours, "task.created", later))
     assert reused == Receipt(202, "ok")
-    edited = await receive(harness.ctx, "vortask", *vortask_delivery(world, ours, "task.updated", made_at))
+    edited = await receive(harness.ctx, "vortask", *vortask_delivery(world, ours, "task.updated", later))
     assert edited == Receipt(202, "ok")
     theirs = create_on(world, "vortask", "made by a person")
     their_time = next(t for t in ops.raw_tasks(world, "vortask") if str(t["id"]) == theirs)["createdAt"]
@@ -357,7 +357,7 @@ async def test_our_create_reported_by_its_stamp_before_its_record_is_ours(
             vortask.requests.clear()
             answers.append(await receive(harness.ctx, "vortask", *delivery))
             assert vortask.requests.entries == []  # not read
-            held.append(("vortask", made.remote_id) in harness.ctx.answered_creates)
+            held.append(("vortask", made.remote_id) in harness.ctx.answered_writes)
         await real_submit(op, outcome)
 
     committer.submit = delivered_before_the_record  # type: ignore[method-assign]
@@ -365,6 +365,53 @@ async def test_our_create_reported_by_its_stamp_before_its_record_is_ours(
     await harness.settle()
     assert answers == [UNCHANGED] and held == [True]
     assert await recorded(harness) == 0
-    assert harness.ctx.answered_creates == {}  # forgotten once recorded
+    assert harness.ctx.answered_writes == {}  # forgotten once recorded
     assert len([t for t in ops.raw_tasks(world, "vortask") if t["title"] == "answered, not recorded"]) == 1
     assert_everywhere(world, "answered, not recorded")
+
+
+def _stamp(at: Any) -> str:
+    return str(at.isoformat()).replace("+00:00", "Z")
+
+
+async def test_our_update_reported_by_its_stamp_is_ours_before_and_after_its_record(
+    harness: Harness, world: World
+) -> None:
+    """Vortask's delivery of our write to a task there carries the time our write's answer gave:
+    before the record (the worker holds the answer) and after it (the link holds that time) it
+    is answered `unchanged`, unread and unrecorded. A person's edit there since, stamped later,
+    is read and mirrored."""
+    ops.create(world, "impactly", "written to vortask")
+    await harness.settle()
+    target = ops.view(world, "vortask")["written to vortask"]["id"]
+    vortask = world.fakes["vortask"]
+    committer = harness.daemon.worker.committer
+    real_submit = committer.submit
+    echoes: list[tuple[dict[str, str], bytes]] = []
+    answers: list[Receipt] = []
+
+    async def delivered_before_the_record(op: Any, outcome: Any) -> None:
+        if op.connector == "vortask" and op.op == "update" and not echoes:
+            echoes.append(vortask_delivery(world, target, "task.updated", _stamp(outcome.remote_time)))
+            vortask.requests.clear()
+            answers.append(await receive(harness.ctx, "vortask", *echoes[0]))
+            assert vortask.requests.entries == []  # not read
+        await real_submit(op, outcome)
+
+    committer.submit = delivered_before_the_record  # type: ignore[method-assign]
+    imp = ops.view(world, "impactly")["written to vortask"]["id"]
+    ops.edit(world, "impactly", imp, title="written to vortask, edited")
+    await harness.settle()
+    assert answers == [UNCHANGED]
+    assert harness.ctx.answered_writes == {}  # forgotten once recorded
+    vortask.requests.clear()
+    assert await receive(harness.ctx, "vortask", *echoes[0]) == UNCHANGED  # the store says so now
+    assert vortask.requests.entries == [] and await recorded(harness) == 0
+
+    ops.edit(world, "vortask", target, title="edited on vortask")
+    task = next(t for t in ops.raw_tasks(world, "vortask") if str(t["id"]) == target)
+    edit = vortask_delivery(world, target, "task.updated", task["updatedAt"])
+    assert await receive(harness.ctx, "vortask", *edit) == Receipt(202, "ok")
+    assert await process_pending(harness.ctx) == 1
+    await harness.settle()
+    assert_everywhere(world, "edited on vortask")

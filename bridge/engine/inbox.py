@@ -61,6 +61,7 @@ from bridge.engine.sync import (
     observe,
     our_create_coming_back,
     prefetch_links,
+    undated_contested,
 )
 from bridge.logs import log_context
 from bridge.model import as_utc
@@ -448,8 +449,13 @@ async def process_pending(
                     seen.setdefault(d.connector, set()).add(result.remote_id)
             for connector, remote_ids in seen.items():
                 await prefetch_links(session, connector, remote_ids)
+            late = await _dated_too_early(ctx, session, found)
+            for d in work:
+                if d.id in late:
+                    d.error, d.results = DATED_TOO_EARLY, []
             for d, event, result in found:
-                await _observe(ctx, session, d, event, result, parents)
+                if d.id not in late:
+                    await _observe(ctx, session, d, event, result, parents)
             await _mark(ctx, session, *work)
     except Exception as exc:
         if refusal(exc) is not None:
@@ -478,6 +484,26 @@ async def process_pending(
                 async with ctx.store.transaction() as session:
                     await _mark(ctx, session, d)
     return len(work)
+
+
+DATED_TOO_EARLY = "a field another side changed since its times were judged: read and dated again"
+
+
+async def _dated_too_early(ctx: EngineContext, session: AsyncSession, found: list[Found]) -> set[int]:
+    """Deliveries on their first try whose task holds a field contested now but undated
+    (`undated_contested`: judged before this transaction, when another side's observation since
+    may have changed the bridge's value). They are tried again shortly, read and dated; a second
+    try observes as it finds, so a delivery never fails for this."""
+    wanted: dict[tuple[str, str], list[tuple[int, RemoteTask]]] = {}
+    for d, event, result in found:
+        if not d.attempts and isinstance(result, RemoteTask) and ctx.member(d.connector, event.scope):
+            wanted.setdefault((d.connector, event.scope), []).append((d.id, result))
+    late: set[int] = set()
+    for (connector, scope), items in wanted.items():
+        route, member = ctx.member(connector, scope)  # type: ignore[misc]
+        undated = await undated_contested(ctx, session, route, member, [rt for _, rt in items])
+        late.update(d_id for d_id, rt in items if rt.remote_id in undated)
+    return late
 
 
 def _log_fields(d: _Delivery) -> dict[str, str]:

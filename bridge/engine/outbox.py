@@ -115,6 +115,7 @@ from bridge.engine.sync import (
     observe,
     queue_updates_many,
     release_reused,
+    undated_contested,
 )
 from bridge.logs import log_context
 from bridge.model import Status, Values, as_utc, decode_values, encode_values
@@ -1196,9 +1197,13 @@ async def _after_remote_edit(
 ) -> Values | None:
     """Merge a remote edit the read before a write found, then plan the write again. None: the
     link is no longer active (the edit unlinked it), so nothing is written."""
-    (current,) = await date_contested(ctx, op.route, op.member, [current])
-    async with ctx.store.transaction() as session:
-        await observe(ctx, session, Observation(op.route, op.member, current, "poll"))
+    for last_try in (False, True):
+        (current,) = await date_contested(ctx, op.route, op.member, [current])
+        async with ctx.store.transaction() as session:
+            if not last_try and await undated_contested(ctx, session, op.route, op.member, [current]):
+                continue  # contested since it was judged: dated again first (poller._observe_all)
+            await observe(ctx, session, Observation(op.route, op.member, current, "poll"))
+        break
     async with ctx.store.read() as session:
         tasks = await copies(session, TaskRow, [op.task.id])
         links = await copies(session, LinkRow, [op.link.id])

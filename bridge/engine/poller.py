@@ -35,6 +35,7 @@ from bridge.engine.sync import (
     needs_observing,
     observe,
     prefetch_links,
+    undated_contested,
 )
 from bridge.logs import log_context
 from bridge.store import StoreLost, refusal
@@ -229,19 +230,32 @@ async def _observe_all(
     report: PollReport,
 ) -> None:
     """Observe `tasks` in short write transactions: the outbox's writers queue on the same lock,
-    and a first poll of 10,000 new tasks in 100-task transactions kept them waiting for minutes."""
+    and a first poll of 10,000 new tasks in 100-task transactions kept them waiting for minutes.
+
+    Which tasks hold a contested field, to be dated field by field (`date_contested`), was read
+    when the listing arrived, perhaps some time ago, so the transaction looks again
+    (`undated_contested`), and from the first task contested now but undated the batch
+    waits (in order: a parent before its children): dated after the transaction, it is observed
+    in the next (once; after that as it is)."""
     for i in range(0, len(tasks), WRITE_BATCH):
-        batch = tasks[i : i + WRITE_BATCH]
-        async with ctx.store.transaction() as session:
-            parents = (
-                await linked_parents(session, route.name, member.connector, (rt.parent_id for rt in batch))
-                if hierarchy
-                else None
-            )
-            await prefetch_links(session, member.connector, (rt.remote_id for rt in batch))
-            for rt in batch:
-                if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
-                    report.changed += 1
+        batch = list(tasks[i : i + WRITE_BATCH])
+        for last_try in (False, True):
+            async with ctx.store.transaction() as session:
+                undated = set() if last_try else await undated_contested(ctx, session, route, member, batch)
+                waits = next((n for n, rt in enumerate(batch) if rt.remote_id in undated), len(batch))
+                now, batch = batch[:waits], batch[waits:]
+                parents = (
+                    await linked_parents(session, route.name, member.connector, (rt.parent_id for rt in now))
+                    if hierarchy
+                    else None
+                )
+                await prefetch_links(session, member.connector, (rt.remote_id for rt in now))
+                for rt in now:
+                    if await observe(ctx, session, Observation(route, member, rt, "poll", parents)):
+                        report.changed += 1
+            if not batch:
+                break
+            batch = await date_contested(ctx, route, member, batch)
 
 
 async def _store_watermark(

@@ -503,6 +503,25 @@ async def date_contested(
     return out
 
 
+async def undated_contested(
+    ctx: EngineContext,
+    db: AsyncSession | AsyncConnection,
+    route: Route,
+    member: Member,
+    tasks: Sequence[RemoteTask],
+) -> set[str]:
+    """Remote ids of `tasks` that hold a contested field now and have no field times, where the
+    connector could give them. `date_contested` judged them before the observation's
+    transaction; another side's observation since may have changed the bridge's value of a
+    field (the drill lost a title so, 2026-12-06: Vortask's older title dated by its later due
+    date, over the PostHog title observed in between), so the transaction asks this again."""
+    conn = ctx.connectors[member.connector]
+    if not conn.capabilities.field_history or route.conflict != "newest":
+        return set()
+    bare = [rt for rt in tasks if rt.field_times is None]
+    return {rt.remote_id for rt in await contested_by_time(ctx, db, route, member, bare)}
+
+
 # A mirror our create made, reported before that create's outcome is recorded: the marked task's
 # link on the member has no remote id yet, and no link holds the reported one.
 _other = LinkRow.__table__.alias("held")

@@ -11,9 +11,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from bridge.engine import inbox, outbox, poller
 from bridge.engine.inbox import process_pending, receive
 from tests import ops
 from tests.engine import test_hierarchy
@@ -65,3 +68,117 @@ async def test_a_side_that_dates_its_fields_is_judged_by_when_each_was_made(
         assert "dated on impactly" in titles(world, platform), platform
     for platform in ("impactly", "vortask", "squads"):
         assert ops.view(world, platform)["dated on impactly"]["due_date"] == "2031-03-04", platform
+
+
+async def test_a_side_observed_between_a_polls_dating_and_its_observation_is_dated_again(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drill's lost title of session 30: a poll of Vortask judged which tasks to date when
+    its listing arrived, before another side's title (PostHog's, polled) was observed; by its
+    observation the title was contested, undated, and Vortask's older title won by its later
+    due date. The observation's transaction looks again, and the task is dated first."""
+    vt_id = create_on(world, "vortask", "raced")
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")["raced"]["id"]
+    ops.edit(world, "vortask", vt_id, title="raced on vortask")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "impactly", imp_id, title="raced on impactly")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    real = poller.date_contested
+    raced: list[bool] = []
+
+    async def date_then_impactly_observed(ctx: Any, route: Any, member: Any, tasks: Any) -> Any:
+        dated = await real(ctx, route, member, tasks)
+        if member.connector == "vortask" and tasks and not raced:
+            raced.append(True)
+            assert all(rt.field_times is None for rt in dated)  # nothing contested yet
+            await harness.poll("impactly")  # the bridge's title: Impactly's, newer than Vortask's
+        return dated
+
+    monkeypatch.setattr(poller, "date_contested", date_then_impactly_observed)
+    await harness.poll("vortask")
+    assert raced
+    await harness.settle()
+    for platform in world.platforms:
+        assert "raced on impactly" in titles(world, platform), platform
+    for platform in ("impactly", "vortask", "squads"):
+        assert ops.view(world, platform)["raced on impactly"]["due_date"] == "2031-03-04", platform
+
+
+async def test_a_side_observed_between_a_deliverys_dating_and_its_observation_is_dated_on_retry(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race by webhook: the delivery's task was read and judged before Impactly's title
+    was observed; its transaction finds the title contested and undated, so the delivery is
+    tried again shortly, when its task is dated, rather than observed by its later due date."""
+    vt_id = create_on(world, "vortask", "raced by webhook")
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")["raced by webhook"]["id"]
+    ops.edit(world, "vortask", vt_id, title="raced by webhook on vortask")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "impactly", imp_id, title="raced by webhook on impactly")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    real = inbox._date_contested
+    raced: list[bool] = []
+
+    async def date_then_impactly_observed(ctx: Any, work: Any) -> None:
+        await real(ctx, work)
+        if not raced:
+            raced.append(True)
+            await harness.poll("impactly")
+
+    monkeypatch.setattr(inbox, "_date_contested", date_then_impactly_observed)
+    body = json.dumps(
+        {"event": "task.updated", "projectId": int(world.scopes["vortask"]), "task": {"id": int(vt_id)}}
+    ).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert (await receive(harness.ctx, "vortask", {"x-vortask-signature": signature}, body)).status == 202
+    assert await process_pending(harness.ctx) == 1
+    assert raced
+    clock = harness.ctx.clock
+    monkeypatch.setattr(harness.ctx, "clock", lambda: clock() + timedelta(seconds=5))  # its retry is due
+    await process_pending(harness.ctx)
+    await harness.settle()
+    for platform in world.platforms:
+        assert "raced by webhook on impactly" in titles(world, platform), platform
+    for platform in ("impactly", "vortask", "squads"):
+        assert ops.view(world, platform)["raced by webhook on impactly"]["due_date"] == "2031-03-04", platform
+
+
+async def test_a_side_observed_between_a_reads_dating_and_its_merge_is_dated_again(
+    harness: Harness, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race in the outbox: its read before writing Impactly's priority to Vortask finds
+    Vortask's title and due date moved, judged before Impactly's title is observed; the merge's
+    transaction finds the title contested and undated, and dates it first."""
+    vt_id = create_on(world, "vortask", "raced by a read")
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")["raced by a read"]["id"]
+    ops.edit(world, "vortask", vt_id, title="raced by a read on vortask")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "impactly", imp_id, priority="low")
+    await harness.poll("impactly")  # the priority, to be written to Vortask
+    ops.edit(world, "impactly", imp_id, title="raced by a read on impactly")
+    await asyncio.sleep(0.05)
+    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    real = outbox.date_contested
+    raced: list[bool] = []
+
+    async def date_then_impactly_observed(ctx: Any, route: Any, member: Any, tasks: Any) -> Any:
+        dated = await real(ctx, route, member, tasks)
+        if member.connector == "vortask" and not raced:
+            raced.append(True)
+            assert all(rt.field_times is None for rt in dated)  # nothing contested yet
+            await harness.poll("impactly")
+        return dated
+
+    monkeypatch.setattr(outbox, "date_contested", date_then_impactly_observed)
+    await harness.drain()
+    assert raced
+    await harness.settle()
+    for platform in world.platforms:
+        assert "raced by a read on impactly" in titles(world, platform), platform
+    for platform in ("impactly", "vortask", "squads"):
+        assert ops.view(world, platform)["raced by a read on impactly"]["due_date"] == "2031-03-04", platform

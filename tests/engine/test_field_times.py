@@ -29,6 +29,43 @@ harness = test_hierarchy.harness
 new_store = test_hierarchy.new_store
 
 
+DUE = "2031-03-04"
+
+
+async def _edited_on_both(
+    harness: Harness,
+    world: World,
+    name: str,
+    *,
+    before_impactly: Any = None,
+    after_impactly: Any = None,
+) -> str:
+    """A task made on Vortask, mirrored; then Vortask's title edit, Impactly's (newer), and
+    Vortask's due date, the awaitables given run between them. Returns the Vortask id."""
+    vt_id = create_on(world, "vortask", name)
+    await harness.settle()
+    imp_id = ops.view(world, "impactly")[name]["id"]
+    ops.edit(world, "vortask", vt_id, title=f"{name} on vortask")
+    await asyncio.sleep(0.05)
+    if before_impactly is not None:
+        await before_impactly(imp_id)
+    ops.edit(world, "impactly", imp_id, title=f"{name} on impactly")
+    if after_impactly is not None:
+        await after_impactly()
+    await asyncio.sleep(0.05)
+    ops.edit(world, "vortask", vt_id, due_date=DUE)
+    return vt_id
+
+
+async def _impactly_won(harness: Harness, world: World, name: str) -> None:
+    """Impactly's title, the newest, everywhere; Vortask's due date taken too."""
+    await harness.settle()
+    for platform in world.platforms:
+        assert f"{name} on impactly" in titles(world, platform), platform
+    for platform in ("impactly", "vortask", "squads"):
+        assert ops.view(world, platform)[f"{name} on impactly"]["due_date"] == DUE, platform
+
+
 @pytest.mark.parametrize("seen_by", ["poll", "webhook", "the read before a write"])
 async def test_a_side_that_dates_its_fields_is_judged_by_when_each_was_made(
     harness: Harness, world: World, seen_by: str
@@ -39,15 +76,11 @@ async def test_a_side_that_dates_its_fields_is_judged_by_when_each_was_made(
     there). Vortask's task is dated by the due date, after Impactly's title; its own history
     dates its title before it. Impactly's title is the newest and wins everywhere; Vortask's due
     date is taken too."""
-    vt_id = create_on(world, "vortask", "dated")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["dated"]["id"]
-    ops.edit(world, "vortask", vt_id, title="dated on vortask")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "impactly", imp_id, title="dated on impactly")
-    await harness.poll("impactly")  # the bridge's title: Impactly's; its write to Vortask waits
-    await asyncio.sleep(0.05)
-    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+
+    async def impactly_observed() -> None:
+        await harness.poll("impactly")  # the bridge's title: Impactly's; its write to Vortask waits
+
+    vt_id = await _edited_on_both(harness, world, "dated", after_impactly=impactly_observed)
     if seen_by == "poll":
         await harness.poll("vortask")
     elif seen_by == "webhook":
@@ -63,11 +96,7 @@ async def test_a_side_that_dates_its_fields_is_judged_by_when_each_was_made(
         fake.requests.clear()
         await harness.drain()  # Impactly's title to Vortask: its read finds the task moved there
         assert any(r.method == "GET" and r.path.endswith(f"/tasks/{vt_id}") for r in fake.requests.entries)
-    await harness.settle()
-    for platform in world.platforms:
-        assert "dated on impactly" in titles(world, platform), platform
-    for platform in ("impactly", "vortask", "squads"):
-        assert ops.view(world, platform)["dated on impactly"]["due_date"] == "2031-03-04", platform
+    await _impactly_won(harness, world, "dated")
 
 
 async def test_a_side_observed_between_a_polls_dating_and_its_observation_is_dated_again(
@@ -77,14 +106,7 @@ async def test_a_side_observed_between_a_polls_dating_and_its_observation_is_dat
     its listing arrived, before another side's title (PostHog's, polled) was observed; by its
     observation the title was contested, undated, and Vortask's older title won by its later
     due date. The observation's transaction looks again, and the task is dated first."""
-    vt_id = create_on(world, "vortask", "raced")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["raced"]["id"]
-    ops.edit(world, "vortask", vt_id, title="raced on vortask")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "impactly", imp_id, title="raced on impactly")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    await _edited_on_both(harness, world, "raced")
     real = poller.date_contested
     raced: list[bool] = []
 
@@ -99,11 +121,7 @@ async def test_a_side_observed_between_a_polls_dating_and_its_observation_is_dat
     monkeypatch.setattr(poller, "date_contested", date_then_impactly_observed)
     await harness.poll("vortask")
     assert raced
-    await harness.settle()
-    for platform in world.platforms:
-        assert "raced on impactly" in titles(world, platform), platform
-    for platform in ("impactly", "vortask", "squads"):
-        assert ops.view(world, platform)["raced on impactly"]["due_date"] == "2031-03-04", platform
+    await _impactly_won(harness, world, "raced")
 
 
 async def test_a_side_observed_between_a_deliverys_dating_and_its_observation_is_dated_on_retry(
@@ -112,14 +130,7 @@ async def test_a_side_observed_between_a_deliverys_dating_and_its_observation_is
     """The same race by webhook: the delivery's task was read and judged before Impactly's title
     was observed; its transaction finds the title contested and undated, so the delivery is
     tried again shortly, when its task is dated, rather than observed by its later due date."""
-    vt_id = create_on(world, "vortask", "raced by webhook")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["raced by webhook"]["id"]
-    ops.edit(world, "vortask", vt_id, title="raced by webhook on vortask")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "impactly", imp_id, title="raced by webhook on impactly")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+    vt_id = await _edited_on_both(harness, world, "raced by webhook")
     real = inbox._date_contested
     raced: list[bool] = []
 
@@ -140,11 +151,7 @@ async def test_a_side_observed_between_a_deliverys_dating_and_its_observation_is
     clock = harness.ctx.clock
     monkeypatch.setattr(harness.ctx, "clock", lambda: clock() + timedelta(seconds=5))  # its retry is due
     await process_pending(harness.ctx)
-    await harness.settle()
-    for platform in world.platforms:
-        assert "raced by webhook on impactly" in titles(world, platform), platform
-    for platform in ("impactly", "vortask", "squads"):
-        assert ops.view(world, platform)["raced by webhook on impactly"]["due_date"] == "2031-03-04", platform
+    await _impactly_won(harness, world, "raced by webhook")
 
 
 async def test_a_side_observed_between_a_reads_dating_and_its_merge_is_dated_again(
@@ -153,16 +160,12 @@ async def test_a_side_observed_between_a_reads_dating_and_its_merge_is_dated_aga
     """The same race in the outbox: its read before writing Impactly's priority to Vortask finds
     Vortask's title and due date moved, judged before Impactly's title is observed; the merge's
     transaction finds the title contested and undated, and dates it first."""
-    vt_id = create_on(world, "vortask", "raced by a read")
-    await harness.settle()
-    imp_id = ops.view(world, "impactly")["raced by a read"]["id"]
-    ops.edit(world, "vortask", vt_id, title="raced by a read on vortask")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "impactly", imp_id, priority="low")
-    await harness.poll("impactly")  # the priority, to be written to Vortask
-    ops.edit(world, "impactly", imp_id, title="raced by a read on impactly")
-    await asyncio.sleep(0.05)
-    ops.edit(world, "vortask", vt_id, due_date="2031-03-04")
+
+    async def priority_observed(imp_id: str) -> None:
+        ops.edit(world, "impactly", imp_id, priority="low")
+        await harness.poll("impactly")  # the priority, to be written to Vortask
+
+    await _edited_on_both(harness, world, "raced by a read", before_impactly=priority_observed)
     real = outbox.date_contested
     raced: list[bool] = []
 
@@ -177,8 +180,4 @@ async def test_a_side_observed_between_a_reads_dating_and_its_merge_is_dated_aga
     monkeypatch.setattr(outbox, "date_contested", date_then_impactly_observed)
     await harness.drain()
     assert raced
-    await harness.settle()
-    for platform in world.platforms:
-        assert "raced by a read on impactly" in titles(world, platform), platform
-    for platform in ("impactly", "vortask", "squads"):
-        assert ops.view(world, platform)["raced by a read on impactly"]["due_date"] == "2031-03-04", platform
+    await _impactly_won(harness, world, "raced by a read")

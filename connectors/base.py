@@ -226,7 +226,8 @@ class RemoteTask:
     parent_id: str | None = None
     # Canonical field -> when it last changed there, where the engine asked (`field_times`): a
     # task reported with two edits since the bridge last saw it is dated by the later, which
-    # says nothing of when the other was made. Not part of what the task is (equality, hash).
+    # says nothing of when the other was made. Empty: asked, and its `updated_at` dates all it
+    # moved (one field, or a task new to the bridge). Not part of what the task is (equality, hash).
     field_times: Mapping[str, datetime] | None = field(default=None, compare=False)
 
     @property

@@ -449,9 +449,21 @@ async def contested_by_time(
     since they last agreed: under `newest`, which change came last decides it. The platform's
     `updated_at` dates only its latest change of any field, so such a task is dated field by
     field first where the connector can (`date_contested`)."""
+    return (await _judged(ctx, db, route, member, tasks))[0]
+
+
+async def _judged(
+    ctx: EngineContext,
+    db: AsyncSession | AsyncConnection,
+    route: Route,
+    member: Member,
+    tasks: Sequence[RemoteTask],
+) -> tuple[list[RemoteTask], set[str]]:
+    """(`contested_by_time`, the remote ids of the tasks whose `updated_at` dates all they
+    moved: new to the bridge, or one field moved since the sides agreed), in one read."""
     conn = ctx.connectors[member.connector]
     if not tasks:
-        return []
+        return [], set()
     found = {
         row.remote_id: row
         for row in await run(
@@ -459,19 +471,27 @@ async def contested_by_time(
         )
     }
     out = []
+    plain = set()
     for rt in tasks:
         row = found.get(rt.remote_id)
         if row is None:
+            plain.add(rt.remote_id)
             continue  # new to the bridge, or not active: nothing of it to contest
         values, _ = core.readable_values(conn, route, member, rt)
+        agreed = core.agreed(values, decode_values(row.base), link_claims(row))
         if contested(
             values,
-            core.agreed(values, decode_values(row.base), link_claims(row)),
+            agreed,
             decode_values(row.data),
             roundtrip=lambda name, value: core.side_roundtrip(conn, name, value),
         ):
             out.append(rt)
-    return out
+        elif sum(1 for name, value in values.items() if agreed.get(name, _ABSENT) != value) <= 1:
+            plain.add(rt.remote_id)
+    return out, plain
+
+
+_ABSENT = object()
 
 
 async def date_contested(
@@ -486,10 +506,15 @@ async def date_contested(
     if not conn.capabilities.field_history or route.conflict != "newest" or not tasks:
         return list(tasks)
     async with ctx.store.reading() as db:
-        undated = {rt.remote_id for rt in await contested_by_time(ctx, db, route, member, tasks)}
+        contested_now, plain = await _judged(ctx, db, route, member, tasks)
+    undated = {rt.remote_id for rt in contested_now}
     out = []
     for rt in tasks:
-        if rt.remote_id in undated:
+        if rt.remote_id in plain and rt.field_times is None:
+            # Its `updated_at` dates all it moved, however the bridge's values change before its
+            # observation: no field times to read, now or then (`undated_contested`).
+            rt = replace(rt, field_times={})
+        elif rt.remote_id in undated:
             try:
                 rt = replace(rt, field_times=await conn.field_times(rt.scope, rt.remote_id))
             except ConnectorError as exc:
@@ -514,7 +539,8 @@ async def undated_contested(
     connector could give them. `date_contested` judged them before the observation's
     transaction; another side's observation since may have changed the bridge's value of a
     field (the drill lost a title so, 2026-12-06: Vortask's older title dated by its later due
-    date, over the PostHog title observed in between), so the transaction asks this again."""
+    date, over the PostHog title observed in between), so the transaction asks this again.
+    A task `date_contested` found dated by its `updated_at` (field_times empty) is not asked."""
     conn = ctx.connectors[member.connector]
     if not conn.capabilities.field_history or route.conflict != "newest":
         return set()

@@ -90,6 +90,11 @@ class EngineContext:
             # oldest goes first, and a delivery of it is read, as one after a restart is.
             del writes[next(iter(writes))]
 
+    def write_recorded(self, connector: str, remote_id: str, answered: Answered) -> None:
+        """That write's record is done (or will not be): the store says from now."""
+        if self.answered_writes.get((connector, remote_id)) == answered:
+            del self.answered_writes[(connector, remote_id)]
+
     def _index(self) -> None:
         self._members: dict[tuple[str, str], tuple[Route, Member]] = {}
         self._routes: dict[str, Route] = {}

@@ -184,9 +184,14 @@ def with_claim(claims: Sequence[Values], claim: Values) -> list[Values]:
     return kept[-CLAIMS_KEPT:]
 
 
+def moved(values: Values, agreed_values: Values) -> list[str]:
+    """The fields the side reports with another value than it last agreed with us."""
+    return [f for f, v in values.items() if f not in agreed_values or agreed_values[f] != v]
+
+
 def unmoved(values: Values, agreed_values: Values) -> bool:
     """The side shows, for every field it reports, what it last agreed with us."""
-    return all(f in agreed_values and agreed_values[f] == v for f, v in values.items())
+    return not moved(values, agreed_values)
 
 
 def stale_fields(

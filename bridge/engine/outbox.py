@@ -789,10 +789,8 @@ class Worker:
         finally:
             for op, outcome in zip(ops, outcomes, strict=False):
                 answered = _answered(op, outcome) if isinstance(op, _Op) else None
-                if answered is not None:  # recorded (or not to be): the store says from now
-                    connector, remote_id, stamps = answered
-                    if self.ctx.answered_writes.get((connector, remote_id)) == stamps:
-                        del self.ctx.answered_writes[(connector, remote_id)]
+                if answered is not None:
+                    self.ctx.write_recorded(*answered)
             # Out of the count before the loop can look (its done-callback may run after the
             # loop resumes), or a loop that finds no room waits with none in flight.
             self._inflight.discard(asyncio.current_task())  # type: ignore[arg-type]
@@ -926,7 +924,12 @@ async def execute(
     try:
         try:
             outcome = await _dispatch(
-                ctx, conn, op, read_first=settings.read_before_write, bulk=bulk, lookups=lookups
+                ctx,
+                conn,
+                op,
+                read_first=settings.read_before_write,
+                bulk=bulk,
+                lookups=lookups or MarkerLookups(),
             )
             answered = _answered(op, outcome)
             if answered is not None:  # ours to the inbox from now until its record is done (Worker._run)
@@ -1012,11 +1015,11 @@ async def _dispatch(
     op: _Op,
     *,
     read_first: bool,
-    bulk: _BulkCreate | None = None,
-    lookups: MarkerLookups | None = None,
+    bulk: _BulkCreate | None,
+    lookups: MarkerLookups,
 ) -> Outcome:
     if op.op == OpKind.CREATE:
-        return await _create(conn, op, bulk, lookups or MarkerLookups())
+        return await _create(conn, op, bulk, lookups)
     if op.op == OpKind.UPDATE:
         return await _update(ctx, conn, op, read_first=read_first)
     if op.op == OpKind.DELETE:

@@ -486,12 +486,9 @@ async def _judged(
             roundtrip=lambda name, value: core.side_roundtrip(conn, name, value),
         ):
             out.append(rt)
-        elif sum(1 for name, value in values.items() if agreed.get(name, _ABSENT) != value) <= 1:
+        elif len(core.moved(values, agreed)) <= 1:
             plain.add(rt.remote_id)
     return out, plain
-
-
-_ABSENT = object()
 
 
 async def date_contested(

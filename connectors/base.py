@@ -61,14 +61,14 @@ from collections.abc import (
 )
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import ijson
 
 from bridge.mapping import PlatformMapping
-from bridge.model import SYNC_FIELDS, Values, encode_values, normalize_values
+from bridge.model import SYNC_FIELDS, Values, as_utc, encode_values, normalize_values, parse_timestamp
 from connectors._aiohttp import DEFAULT_READ_WHOLE_UP_TO, Transport
 
 log = logging.getLogger("taskbridge.connector")
@@ -547,9 +547,13 @@ class Connector(Protocol):
         """A task of the scope whose description contains `marker` (a retried create's check)."""
         ...
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         """The same check for many markers at once: marker -> the task whose description contains
-        it, for those found. A platform that can only list the scope for it lists it once."""
+        it, for those found. A platform that can only list the scope for it lists it once.
+        `created_after` (our clock): no task sought was created before it, so a task the platform
+        dates earlier (by more than CREATION_MARGIN, `created_before`) need not be read."""
         ...
 
     async def list_comments(self, scope: str, remote_id: str) -> list[RemoteComment]: ...
@@ -672,14 +676,17 @@ class BaseConnector:
     async def create_tasks(self, scope: str, items: Sequence[Values]) -> list[RemoteTask | ConnectorError]:
         raise Permanent(f"{self.name} has no bulk create", connector=self.name)
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         # One check a marker: right where the platform searches (a search a marker is cheaper
-        # than a listing). A platform that lists the scope overrides this with one pass
-        # (MarkerSearch), and its find_by_marker asks this for one.
+        # than a listing, and answers few tasks, so `created_after` saves nothing). A platform
+        # that lists the scope overrides this with one pass (MarkerSearch), and its
+        # find_by_marker asks this for one.
         found: dict[str, RemoteTask] = {}
         for marker in markers:
             task = await self.find_by_marker(scope, marker)  # type: ignore[attr-defined]
-            if task is not None:
+            if task is not None and not created_before(task.created_at, created_after):
                 found[marker] = task
         return found
 
@@ -746,6 +753,27 @@ class BaseConnector:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# How far behind ours a platform's clock may be for its creation times to be weighed against
+# ours (`created_before`). Generous on purpose: passing by the task an earlier attempt made
+# would create it twice. A clock minutes off breaks signed deliveries first (AgentKanban's
+# refuse a timestamp 300 s away), so an operator hears of it before this margin matters.
+CREATION_MARGIN = timedelta(minutes=10)
+
+
+def created_before(created: str | datetime | None, bound: datetime | None) -> bool:
+    """Whether a task the platform says was created at `created` (a datetime or as the platform
+    writes it) surely predates `bound` (our clock's time, before which nothing sought was
+    created), CREATION_MARGIN allowed for the two clocks. Unknown or unreadable: it may not be
+    passed by."""
+    if bound is None or created is None:
+        return False
+    try:
+        when = parse_timestamp(created)
+    except ValueError:
+        return False
+    return when is not None and when < as_utc(bound) - CREATION_MARGIN
 
 
 class MarkerSearch:

@@ -8,6 +8,10 @@ thousands of tasks. Here the looks of one connector and scope that ask while non
 of theirs is running go out as one `find_by_markers`; those that ask while one runs wait for it
 and go out together next.
 
+A look says when its operation was queued (`created_after`): nothing its attempts made is older,
+so the platform passes by the tasks it dates earlier (AgentKanban, without a search, reads
+each task's details otherwise). A batch asks from the earliest of its looks' times.
+
 Why a look never joins one already running: its answer must come from a listing begun after it
 asked. The outbox claims a retried create only once `landing_wait` has passed since its last
 attempt, so a listing begun after the claim shows whatever that attempt made; a listing begun
@@ -17,7 +21,9 @@ before may have passed the task by before it was asked for.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
+from bridge.model import as_utc
 from connectors.base import Connector, RemoteTask
 
 
@@ -26,8 +32,17 @@ class _Batch:
 
     def __init__(self) -> None:
         self.markers: set[str] = set()
+        self.created_after: datetime | None = None  # the earliest of its looks'
+        self.bounded = True  # False once a look without a time joined
         self.found: dict[str, RemoteTask] | None = None
         self.error: Exception | None = None
+
+    def widen(self, created_after: datetime | None) -> None:
+        """Take in a look's time: the batch asks from the earliest, or unbounded if any is."""
+        if created_after is None:
+            self.bounded, self.created_after = False, None
+        elif self.bounded and (self.created_after is None or as_utc(created_after) < self.created_after):
+            self.created_after = as_utc(created_after)
 
 
 class MarkerLookups:
@@ -37,12 +52,17 @@ class MarkerLookups:
         self._next: dict[tuple[str, str], _Batch] = {}  # (connector, scope) -> batch not yet sent
         self._turns: dict[tuple[str, str], asyncio.Lock] = {}  # one request at a time a scope
 
-    async def find(self, conn: Connector, scope: str, marker: str) -> RemoteTask | None:
+    async def find(
+        self, conn: Connector, scope: str, marker: str, *, created_after: datetime | None = None
+    ) -> RemoteTask | None:
         """The task of `scope` on `conn` whose description holds `marker`, or None, from a look
-        begun after this call. Raises what the platform's answer raised (ConnectorError)."""
+        begun after this call; tasks the platform dates before `created_after` (our clock,
+        less the platform's margin) are not candidates. Raises what the platform's answer
+        raised (ConnectorError)."""
         key = (conn.name, scope)
         batch = self._next.setdefault(key, _Batch())
         batch.markers.add(marker)
+        batch.widen(created_after)
         # Retries claimed together start in one turn of the loop: each joins before the first
         # of them sends.
         await asyncio.sleep(0)
@@ -53,7 +73,9 @@ class MarkerLookups:
                 if self._next.get(key) is batch:
                     del self._next[key]
                 try:
-                    batch.found = await conn.find_by_markers(scope, sorted(batch.markers))
+                    batch.found = await conn.find_by_markers(
+                        scope, sorted(batch.markers), created_after=batch.created_after
+                    )
                 except Exception as exc:  # each look of the batch fails as its own would have
                     batch.error = exc
         if batch.error is not None:

@@ -212,6 +212,7 @@ class _Op:
     payload: dict[str, Any]
     connector: str
     observed_at: datetime
+    queued_at: datetime  # its row's creation: no attempt of it came earlier
     route: Route
     member: Member
     # Copies of the rows (`prepared.copies`) as the claim read them, or as read again after an
@@ -475,6 +476,7 @@ async def _load(ctx: EngineContext, session: AsyncSession, ids: Sequence[int]) -
             payload=dict(row.payload),
             connector=row.connector,
             observed_at=row.observed_at,
+            queued_at=row.created_at,
             route=route,
             member=member,
             task=task,
@@ -1037,7 +1039,9 @@ async def _create(conn: Connector, op: _Op, bulk: _BulkCreate | None, lookups: M
         return _done({})
     if op.attempts > 1:
         # An earlier attempt may have created it and died before recording the id.
-        found = await lookups.find(conn, op.member.scope, op.route.marker.line(op.task.id))
+        found = await lookups.find(
+            conn, op.member.scope, op.route.marker.line(op.task.id), created_after=op.queued_at
+        )
         if found is not None:
             return _done({}, remote=found)
     if bulk is not None and op.id in bulk.items:

@@ -160,6 +160,7 @@ from connectors.base import (
     ScopeInfo,
     WebhookEvent,
     chunked,
+    created_before,
     fields,
     verify_hmac,
     verify_timestamp,
@@ -650,10 +651,13 @@ class AgentKanbanConnector(BaseConnector):
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         return (await self.find_by_markers(scope, [marker])).get(marker)
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         """No search endpoint: the board is listed and the descriptions read, newest task first,
         from the cache where it is current and otherwise a batch of GETs at a time, until every
-        marker is found."""
+        marker is found. Tasks the listing dates before `created_after` are not read: after a
+        restart (nothing cached) a marker not there cost a GET for every task of the board."""
         search, found = MarkerSearch(markers), {}
         if search.done:
             return found
@@ -665,7 +669,11 @@ class AgentKanbanConnector(BaseConnector):
                     for marker in search.hits(task.get("description")):
                         found[marker] = await self._remote(scope, task)
 
-        items = await self.client.list_tasks(scope, include_archived=True)
+        items = [
+            item
+            for item in await self.client.list_tasks(scope, include_archived=True)
+            if not created_before(item.get("createdAt"), created_after)
+        ]
         items.sort(key=lambda t: str(t.get("createdAt") or ""), reverse=True)
         cached = await self._details(scope, [i for i in items if self._known_description(scope, i)[0]])
         await look(items, cached)

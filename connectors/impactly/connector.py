@@ -116,6 +116,7 @@ from connectors.base import (
     RequestObserver,
     ScopeInfo,
     WebhookEvent,
+    created_before,
     fields,
     verify_hmac,
     verify_timestamp,
@@ -371,14 +372,18 @@ class ImpactlyConnector(BaseConnector):
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         return (await self.find_by_markers(scope, [marker])).get(marker)
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         """Each marker searched for (at most 50 hits, workspace-wide); those the search missed,
         in one listing of the project."""
         search, found = MarkerSearch(markers), {}
 
         def look(tasks: list[Json]) -> None:
             for task in tasks:
-                if _same_id(task.get("project_id"), scope):
+                if _same_id(task.get("project_id"), scope) and not created_before(
+                    task.get("created_at"), created_after
+                ):
                     for marker in search.hits(task.get("description")):
                         found[marker] = self._remote(task, scope)
 

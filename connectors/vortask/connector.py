@@ -101,6 +101,7 @@ from connectors.base import (
     Retryable,
     ScopeInfo,
     WebhookEvent,
+    created_before,
     fields,
     verify_hmac,
 )
@@ -194,12 +195,16 @@ class VortaskConnector(BaseConnector):
     async def find_by_marker(self, scope: str, marker: str) -> RemoteTask | None:
         return (await self.find_by_markers(scope, [marker])).get(marker)
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         search, found = MarkerSearch(markers), {}
         if search.done:
             return found
         async with contextlib.aclosing(self.client.iter_tasks(_project(scope))) as tasks:
             async for task in tasks:
+                if created_before(task.get("createdAt"), created_after):
+                    continue
                 for marker in search.hits(task.get("description")):
                     found[marker] = self._remote(scope, task)
                 if search.done:

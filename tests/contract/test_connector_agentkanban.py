@@ -21,10 +21,11 @@ import pytest
 import pytest_asyncio
 
 from bridge import mapping
-from bridge.model import Priority, Status, normalize_values, parse_timestamp
+from bridge.model import Priority, Status, normalize_values, parse_timestamp, utcnow
 from connectors.agentkanban.connector import AgentKanbanConnector
 from connectors.agentkanban.fake import AgentKanbanFake, sign
 from connectors.base import (
+    CREATION_MARGIN,
     AuthFailed,
     BadSignature,
     Connector,
@@ -476,6 +477,40 @@ async def test_find_by_markers_reads_the_board_once(
         listings = [p for m, p, _ in cold_rec.sent if m == "GET" and p == f"{API}/boards/{board}/tasks"]
         assert len(listings) == 1
         assert detail_gets(cold_rec, board) == len(made)  # each task's details read once
+    finally:
+        await cold.aclose()
+
+
+async def test_find_by_markers_reads_no_task_dated_before_the_look(
+    fake: AgentKanbanFake, conn: AgentKanbanConnector, board: str
+) -> None:
+    """A retried create's look after a restart (nothing cached) reads details only of the tasks
+    the listing dates after its operation was queued (less the clocks' margin): a marker that
+    is not there cost a GET for every task of the board."""
+    old = [await conn.create_task(board, {"title": f"old {i}", "description": f"old {i}"}) for i in range(12)]
+    near = await conn.create_task(board, {"title": "near", "description": "[tb:01NEAR]"})
+    recent = await conn.create_task(board, {"title": "recent", "description": "[tb:01RECENT]"})
+    queued = utcnow()
+    tasks = fake.boards[board].tasks
+    for task in old:  # made long before: an hour before the operation was queued
+        tasks[task.remote_id].created_at = queued - timedelta(hours=1)
+    # Dated before the queueing by less than the margin: a platform clock a little behind ours.
+    tasks[near.remote_id].created_at = queued - CREATION_MARGIN + timedelta(minutes=1)
+    cold_rec = Recorder()
+    cold = AgentKanbanConnector(make_settings(fake, transport=cold_rec))
+    try:
+        found = await cold.find_by_markers(
+            board, ["[tb:01NEAR]", "[tb:01RECENT]", "[tb:none]"], created_after=queued
+        )
+        assert {m: t.remote_id for m, t in found.items()} == {
+            "[tb:01NEAR]": near.remote_id,
+            "[tb:01RECENT]": recent.remote_id,
+        }
+        assert detail_gets(cold_rec, board) == 2  # the two recent tasks; none of the twelve old ones
+        cold_rec.clear()
+        # Without a time, every task may be the one: each is read.
+        assert await cold.find_by_markers(board, ["[tb:none]"]) == {}
+        assert detail_gets(cold_rec, board) == 12
     finally:
         await cold.aclose()
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from bridge.config import WorkersConfig
 from bridge.engine import outbox
 from bridge.engine.outbox import Worker, WorkerSettings
-from bridge.model import Values
+from bridge.model import Values, as_utc
 from bridge.store.states import OpKind, OpState
 from bridge.store.tables import OutboxRow
 from connectors.base import ConnectorError, RemoteTask, Retryable
@@ -237,6 +238,16 @@ async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(
         raise AssertionError("a bulk create was sent again")
 
     conn.create_tasks = create_tasks
+    real_find = conn.find_by_markers
+    looked_from: list[datetime | None] = []
+
+    async def find_by_markers(
+        scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
+        looked_from.append(created_after)
+        return await real_find(scope, markers, created_after=created_after)
+
+    conn.find_by_markers = find_by_markers
     await harness.poll("agentkanban")
     listings = world.fakes["vortask"].requests
     listed_before = listings.count("GET", LISTING)
@@ -247,6 +258,9 @@ async def test_a_bulk_request_whose_answer_is_lost_is_looked_for_not_sent_again(
     # The retries looked for their markers together (bridge/engine/lookups.py): a listing for
     # those that asked at once (5 here), not one each (25 before).
     assert listings.count("GET", LISTING) - listed_before <= TASKS // 4, listings.by_route()
+    # Each look passes by the tasks dated before its creates were queued (the earliest of them).
+    queued = {as_utc(r.created_at) for r in await _vortask_creates(harness)}
+    assert looked_from and all(t is not None and as_utc(t) in queued for t in looked_from), looked_from
 
 
 async def test_creates_of_a_connector_a_reload_removed_are_not_grouped(

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bridge.engine.lookups import MarkerLookups
-from connectors.base import RemoteTask, Retryable
+from connectors.base import CREATION_MARGIN, RemoteTask, Retryable, created_before
 
 
 class _Platform:
@@ -25,9 +26,13 @@ class _Platform:
         self.release = asyncio.Event()
         self.release.set()
         self.fail: Exception | None = None
+        self.times: list[datetime | None] = []  # each request's created_after
 
-    async def find_by_markers(self, scope: str, markers: Collection[str]) -> dict[str, RemoteTask]:
+    async def find_by_markers(
+        self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
+    ) -> dict[str, RemoteTask]:
         self.requests.append((scope, list(markers)))
+        self.times.append(created_after)
         await self.release.wait()
         if self.fail is not None:
             raise self.fail
@@ -108,3 +113,40 @@ async def test_a_cancelled_sender_leaves_its_batch_to_the_next_of_it() -> None:
     platform.release.set()
     assert _found(await other) == "8"  # looked for again, not left waiting
     assert platform.requests == [("p", ["[m1]", "[m2]"]), ("p", ["[m1]", "[m2]"])]
+
+
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+async def test_a_batch_asks_from_its_earliest_look() -> None:
+    platform = _Platform({"7": "[m1]"})
+    lookups = MarkerLookups()
+    times = [T0 + timedelta(seconds=30), T0, T0 + timedelta(seconds=5)]
+    await asyncio.gather(
+        *(lookups.find(platform, "p", f"[m{i}]", created_after=t) for i, t in enumerate(times))  # type: ignore[arg-type]
+    )
+    assert platform.times == [T0]
+    # A look that gives no time makes its batch unbounded, whichever order they join in.
+    await asyncio.gather(
+        lookups.find(platform, "p", "[m1]", created_after=T0),  # type: ignore[arg-type]
+        lookups.find(platform, "p", "[m2]"),  # type: ignore[arg-type]
+        lookups.find(platform, "p", "[m3]", created_after=T0),  # type: ignore[arg-type]
+    )
+    assert platform.times == [T0, None]
+
+
+@pytest.mark.parametrize(
+    ("created", "bound", "before"),
+    [
+        (T0 - CREATION_MARGIN - timedelta(seconds=1), T0, True),  # surely older, clocks allowed for
+        (T0 - CREATION_MARGIN, T0, False),  # inside the margin: it may be ours
+        (T0 + timedelta(seconds=1), T0, False),
+        ((T0 - timedelta(hours=2)).isoformat().replace("+00:00", "Z"), T0, True),  # as a platform writes it
+        ((T0 - timedelta(hours=2)).replace(tzinfo=None), T0, True),  # naive is UTC
+        (None, T0, False),  # undated: may not be passed by
+        ("yesterday-ish", T0, False),  # unreadable: nor this
+        (T0 - timedelta(days=9), None, False),  # no bound
+    ],
+)
+def test_created_before(created: object, bound: datetime | None, before: bool) -> None:
+    assert created_before(created, bound) is before  # type: ignore[arg-type]

@@ -255,6 +255,26 @@ def _answered_to_us(ctx: EngineContext, connector: str, event: WebhookEvent) -> 
     return known is not None and as_utc(known) == as_utc(event.stamp)
 
 
+async def _known_by_now(ctx: EngineContext, connector: str, event: WebhookEvent) -> bool:
+    """Whether a recorded delivery reporting a task by its stamp alone reports a write of ours
+    known since it was recorded: its answer came (`_answered_to_us`), or, for a creation, its
+    record was made (`_known`). A bulk create's deliveries are sent as the platform creates,
+    before the request is answered, so the intake could not tell them ours. Edits are not
+    looked up in the store here: nearly every one recorded is a person's, and the look would
+    cost a statement each on the busiest path."""
+    if event.stamp is None or event.kind not in _CARRYING:
+        return False
+    if _answered_to_us(ctx, connector, event):
+        return True
+    if event.kind != "created":
+        return False
+    try:
+        async with ctx.store.reading() as db:
+            return await _known(db, connector, event)
+    except Exception:  # the store could not say: the task is read, as the intake would have had it
+        return False
+
+
 def _delivery_key(events: list[WebhookEvent], body: bytes) -> str:
     """What a delivery is deduplicated on: its signed event id (connectors take `delivery_id` only
     from what the signature covers), else the hash of the raw body. Raises UnicodeEncodeError for
@@ -612,6 +632,8 @@ async def _fetch_all(ctx: EngineContext, work: list[_Delivery], fetches: int) ->
                     if carried is not None:  # the delivery carries the task: no GET
                         d.results.append((event, carried))
                         continue
+                    if await _known_by_now(ctx, d.connector, event):
+                        continue  # ours, answered or recorded since the delivery was: nothing to read
                     key = (d.connector, event.scope, event.remote_id)
                     if key not in found:
                         found[key] = asyncio.ensure_future(get(d.connector, event))

@@ -415,3 +415,65 @@ async def test_our_update_reported_by_its_stamp_is_ours_before_and_after_its_rec
     assert await process_pending(harness.ctx) == 1
     await harness.settle()
     assert_everywhere(world, "edited on vortask")
+
+
+async def test_a_stamp_of_ours_recorded_before_the_answer_is_not_read_once_known(
+    harness: Harness, world: World
+) -> None:
+    """A platform sends a creation's delivery as it creates (a bulk request's, before its answer
+    comes), when the intake cannot tell it ours, so it is recorded. Processed once the answer
+    came (before the record: the worker holds it) or once the record was made (the link holds
+    the creation time), it is known by its stamp and the task is not read. The same for an
+    update answered by then."""
+    vortask = world.fakes["vortask"]
+    conn = harness.ctx.connectors["vortask"]
+    real_create, real_update = conn.create_task, conn.update_task
+    recorded_early: list[Receipt] = []
+
+    async def create_reported_before_its_answer(scope: str, values: Any) -> Any:
+        made = await real_create(scope, values)
+        delivery = vortask_delivery(world, made.remote_id, "task.created", _stamp(made.created_at))
+        recorded_early.append(await receive(harness.ctx, "vortask", *delivery))
+        return made
+
+    conn.create_task = create_reported_before_its_answer  # type: ignore[method-assign]
+    ops.create(world, "impactly", "reported before its answer")
+    await harness.poll("impactly")
+    await harness.daemon.worker.run_until_idle()  # created and recorded; the delivery waits
+    assert recorded_early == [Receipt(202, "ok")] and await recorded(harness) == 1
+    target = ops.view(world, "vortask")["reported before its answer"]["id"]
+    task_path = f"/api/projects/{world.scopes['vortask']}/tasks/{target}"
+    vortask.requests.clear()
+    assert await process_pending(harness.ctx) == 1
+    assert [e for e in vortask.requests.entries if e.path == task_path] == []  # not read
+
+    # An update's delivery recorded before its answer, processed between the answer and the
+    # record: known by the answer the worker holds.
+    updates: list[Any] = []
+
+    async def update_reported_before_its_answer(scope: str, remote_id: str, changes: Any) -> Any:
+        after = await real_update(scope, remote_id, changes)
+        delivery = vortask_delivery(world, remote_id, "task.updated", _stamp(after.updated_at))
+        assert await receive(harness.ctx, "vortask", *delivery) == Receipt(202, "ok")
+        updates.append(remote_id)
+        return after
+
+    committer = harness.daemon.worker.committer
+    real_submit = committer.submit
+    processed: list[int] = []
+
+    async def processed_before_the_record(op: Any, outcome: Any) -> None:
+        if op.connector == "vortask" and op.op == "update" and updates and not processed:
+            vortask.requests.clear()
+            processed.append(await process_pending(harness.ctx))
+            assert [e for e in vortask.requests.entries if e.path == task_path] == []  # not read
+        await real_submit(op, outcome)
+
+    conn.update_task = update_reported_before_its_answer  # type: ignore[method-assign]
+    committer.submit = processed_before_the_record  # type: ignore[method-assign]
+    imp = ops.view(world, "impactly")["reported before its answer"]["id"]
+    ops.edit(world, "impactly", imp, title="reported before its answer, edited")
+    await harness.settle()
+    assert updates == [target] and processed == [1]
+    assert_everywhere(world, "reported before its answer, edited")
+    assert len([t for t in ops.raw_tasks(world, "vortask") if "reported before" in t["title"]]) == 1

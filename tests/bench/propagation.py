@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests import ops
 from tests.bench import seed
 from tests.bench.common import (
@@ -211,21 +209,19 @@ class Rig:
         scope = self.world.scopes[SOURCE]
         edits: list[Edit] = []
         lock = threading.Lock()
-        local = threading.local()
-
-        def client() -> httpx.Client:
-            if not hasattr(local, "c"):
-                local.c = self.world.client(SOURCE)
-            return local.c
+        # One client for the pool's threads (httpx's pool is thread-safe), made before the first
+        # edit is due: a client each, made by each thread at its first edit, spent the phase's
+        # first half second building TLS contexts while the edits waited.
+        editor = self.world.client(SOURCE)
 
         def send(e: Edit) -> None:
-            r = client().put(f"/projects/{scope}/tasks/{self.ids[SOURCE][e.task]}", json={"title": e.title})
+            r = editor.put(f"/projects/{scope}/tasks/{self.ids[SOURCE][e.task]}", json={"title": e.title})
             e.t_ack = time.monotonic()
             if r.status_code != 200:
                 raise RuntimeError(f"edit refused: {r.status_code} {r.text}")
 
         start = time.monotonic() + 0.1
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with editor, ThreadPoolExecutor(max_workers=8) as pool:
             futures = []
             for j in range(count):
                 k = start_k + j

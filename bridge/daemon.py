@@ -702,6 +702,8 @@ class Daemon:
     async def _start_server(self) -> None:
         import uvicorn
 
+        from bridge.httpserver import GatheringHttpToolsProtocol
+
         app = create_app(self)
         config = uvicorn.Config(
             app,
@@ -709,7 +711,9 @@ class Daemon:
             port=self.cfg.server.port,
             log_level="warning",
             log_config=None,  # its records go through bridge.logs (JSON when configured), not its own handler
-            http="httptools",  # its parser in C: a webhook costs half the CPU it does with h11 (pyproject.toml)
+            # httptools' parser in C (a webhook costs half the CPU it does with h11), a response's
+            # writes sent as one (bridge/httpserver.py).
+            http=GatheringHttpToolsProtocol,
             access_log=False,
             lifespan="on",  # the app's lifespan runs /mcp's session manager (bridge/api/mcp.py)
         )

@@ -52,8 +52,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.httpserver import GatheringHttpToolsProtocol
-
 CONTROL_PREFIX = "/_fake"
 
 
@@ -516,15 +514,8 @@ class Fake:
         # asyncio's own loop, named: uvicorn's "auto" takes uvloop whenever it is installed, and
         # the fakes, which stand for the platforms' servers in every benchmark's floor and in
         # the tests, should not change speed with what else the environment has.
-        # A response's headers and body leave in one segment, as a real platform's server (or the
-        # proxy before it) sends a small answer; uvicorn alone writes them apart.
         config = uvicorn.Config(
-            self.app(),
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            loop="asyncio",
-            http=GatheringHttpToolsProtocol,
+            self.app(), log_level="warning", access_log=False, lifespan="on", loop="asyncio"
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -680,13 +680,14 @@ class BaseConnector:
         self, scope: str, markers: Collection[str], *, created_after: datetime | None = None
     ) -> dict[str, RemoteTask]:
         # One check a marker: right where the platform searches (a search a marker is cheaper
-        # than a listing, and answers few tasks, so `created_after` saves nothing). A platform
+        # than a listing). `created_after` saves no read here, and find_by_marker answers one
+        # task: passing an older one by could miss a newer one it did not show. A platform
         # that lists the scope overrides this with one pass (MarkerSearch), and its
         # find_by_marker asks this for one.
         found: dict[str, RemoteTask] = {}
         for marker in markers:
             task = await self.find_by_marker(scope, marker)  # type: ignore[attr-defined]
-            if task is not None and not created_before(task.created_at, created_after):
+            if task is not None:
                 found[marker] = task
         return found
 

@@ -20,9 +20,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,39 +202,32 @@ class Rig:
     # -- edits and matching ------------------------------------------------------------------
 
     def edit_stream(self, rate: float, count: int, label: str, start_k: int) -> list[Edit]:
-        """`count` title edits on Vortask at `rate` per second (open loop, from a thread pool so a
-        slow answer doesn't delay the schedule)."""
+        """`count` title edits on Vortask at `rate` per second, open loop, from a process of their
+        own (raw_client's `edits`): sent from this one, they took the interpreter lock the five
+        fakes share, and the fakes answered the daemon slower for it."""
         scope = self.world.scopes[SOURCE]
         edits: list[Edit] = []
-        lock = threading.Lock()
-        # One client for the pool's threads (httpx's pool is thread-safe), made before the first
-        # edit is due: a client each, made by each thread at its first edit, spent the phase's
-        # first half second building TLS contexts while the edits waited.
-        editor = self.world.client(SOURCE)
-
-        def send(e: Edit) -> None:
-            r = editor.put(f"/projects/{scope}/tasks/{self.ids[SOURCE][e.task]}", json={"title": e.title})
-            e.t_ack = time.monotonic()
-            if r.status_code != 200:
-                raise RuntimeError(f"edit refused: {r.status_code} {r.text}")
-
-        start = time.monotonic() + 0.1
-        with editor, ThreadPoolExecutor(max_workers=8) as pool:
-            futures = []
-            for j in range(count):
-                k = start_k + j
-                due = start + j / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                i = k % self.pool
-                e = Edit(k, i, f"prop {i} {label} e{k}", time.monotonic())
-                with lock:
-                    edits.append(e)
-                self.final_titles[i] = e.title
-                futures.append(pool.submit(send, e))
-            for f in futures:
-                f.result()
+        items: list[dict[str, Any]] = []
+        for j in range(count):
+            k = start_k + j
+            i = k % self.pool
+            edits.append(Edit(k, i, f"prop {i} {label} e{k}", 0.0))
+            self.final_titles[i] = edits[-1].title
+            items.append(
+                {"url": f"/projects/{scope}/tasks/{self.ids[SOURCE][i]}", "body": {"title": edits[-1].title}}
+            )
+        spec = {
+            "mode": "edits",
+            "rate": rate,
+            "items": items,
+            "base_url": self.world.base_url(SOURCE),
+            "headers": self.world.auth_headers(SOURCE),
+        }
+        result = run_raw(spec, timeout=60 + count / rate * 3)
+        if result["error_count"]:
+            raise RuntimeError(f"{result['error_count']} edits refused: {result['errors'][:3]}")
+        for r in result["results"]:
+            edits[r["j"]].t_send, edits[r["j"]].t_ack = r["t_send"], r["t_ack"]
         return edits
 
     def stamp_edits(self, edits: list[Edit], from_index: int) -> None:

@@ -10,6 +10,12 @@ own stamps of the writes can be matched to it) and its client-side duration.
 
 mode "create": `items` creates (method, url, body, platform), run with `concurrency` workers from
 one queue, like the daemon's outbox (WorkerSettings.concurrency = 8). Reports the wall time.
+
+mode "edits": the propagation benchmark's load, people's edits on the source platform: `items`
+(url, body) PUT at `rate` per second (open loop) through one client at `base_url`; each one's
+dispatch and answer on CLOCK_MONOTONIC. From a process of its own, as people's edits come from
+outside the platform: sent from the benchmark process, they took the interpreter lock the five
+fakes share.
 """
 
 from __future__ import annotations
@@ -159,9 +165,45 @@ async def loads(spec: dict[str, Any]) -> dict[str, Any]:
     return {"runs": [await load({**spec, **run}) for run in spec["runs"]]}
 
 
+async def edits(spec: dict[str, Any]) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    sent: list[dict[str, Any]] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=spec["base_url"],
+        headers=spec["headers"],
+        timeout=30,
+        limits=limits,
+        transport=Transport("http://127.0.0.1", limits=limits),
+    ) as client:
+        rate, items = float(spec["rate"]), spec["items"]
+
+        async def one(j: int, item: dict[str, Any]) -> None:
+            t_send = time.monotonic()
+            try:
+                r = await client.put(item["url"], json=item["body"])
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
+            sent.append({"j": j, "t_send": t_send, "t_ack": time.monotonic()})
+
+        start = time.monotonic() + 0.1
+        tasks = []
+        for j, item in enumerate(items):
+            delay = start + j / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(j, item)))
+        await asyncio.gather(*tasks)
+    return {"results": sent, "errors": errors[:20], "error_count": len(errors)}
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.read())
-    run = {"propagate": propagate, "create": create, "load": load, "loads": loads}[spec["mode"]]
+    run = {"propagate": propagate, "create": create, "load": load, "loads": loads, "edits": edits}[
+        spec["mode"]
+    ]
     print(json.dumps(asyncio.run(run(spec))), flush=True)
 
 

@@ -24,6 +24,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -44,6 +45,26 @@ def _clients(spec: dict[str, Any]) -> dict[str, httpx.AsyncClient]:
         name: httpx.AsyncClient(headers=headers, timeout=30, limits=limits, transport=transport())
         for name, headers in spec["headers"].items()
     }
+
+
+async def _open_loop(
+    items: list[dict[str, Any]],
+    rate: float,
+    one: Callable[[int, dict[str, Any]], Awaitable[None]],
+    *,
+    lead: float,
+) -> float:
+    """`one(k, item)` for each item, the k-th started `lead + k / rate` seconds from now
+    whatever the earlier ones' answers (open loop), then all awaited. Returns the start."""
+    start = time.monotonic() + lead
+    tasks = []
+    for k, item in enumerate(items):
+        delay = start + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(k, item)))
+    await asyncio.gather(*tasks)
+    return start
 
 
 async def propagate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +90,7 @@ async def propagate(spec: dict[str, Any]) -> dict[str, Any]:
             return
         results.append({"k": k, "t0": t0, "seconds": time.monotonic() - t0})
 
-    start = time.monotonic() + 0.2
-    tasks = []
-    for k, item in enumerate(items):
-        delay = start + k / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(k, item)))
-    await asyncio.gather(*tasks)
+    start = await _open_loop(items, rate, one, lead=0.2)
     for c in clients.values():
         await c.aclose()
     # Its CPU for the whole run (start-up excluded): the floor the daemon's CPU per write is set against.
@@ -188,14 +202,7 @@ async def edits(spec: dict[str, Any]) -> dict[str, Any]:
                 errors.append(repr(exc))
             sent.append({"j": j, "t_send": t_send, "t_ack": time.monotonic()})
 
-        start = time.monotonic() + 0.1
-        tasks = []
-        for j, item in enumerate(items):
-            delay = start + j / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(j, item)))
-        await asyncio.gather(*tasks)
+        await _open_loop(items, rate, one, lead=0.1)
     return {"results": sent, "errors": errors[:20], "error_count": len(errors)}
 
 

@@ -552,8 +552,9 @@ class Connector(Protocol):
     ) -> dict[str, RemoteTask]:
         """The same check for many markers at once: marker -> the task whose description contains
         it, for those found. A platform that can only list the scope for it lists it once.
-        `created_after` (our clock): no task sought was created before it, so a task the platform
-        dates earlier (by more than CREATION_MARGIN, `created_before`) need not be read."""
+        `created_after` (our clock): no task sought was created before it, so a connector may
+        leave unread a task the platform dates earlier by more than CREATION_MARGIN
+        (`created_before`), where its platform's clock is checked against ours."""
         ...
 
     async def list_comments(self, scope: str, remote_id: str) -> list[RemoteComment]: ...
@@ -758,8 +759,9 @@ class BaseConnector:
 
 # How far behind ours a platform's clock may be for its creation times to be weighed against
 # ours (`created_before`). Generous on purpose: passing by the task an earlier attempt made
-# would create it twice. A clock minutes off breaks signed deliveries first (AgentKanban's
-# refuse a timestamp 300 s away), so an operator hears of it before this margin matters.
+# would create it twice. Only a connector whose platform's clock is checked against ours may
+# use it, so that a clock this far off is heard of first (AgentKanban: its signatures carry a
+# time refused 300 s away), and only where it saves reads.
 CREATION_MARGIN = timedelta(minutes=10)
 
 

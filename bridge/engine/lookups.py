@@ -9,8 +9,9 @@ of theirs is running go out as one `find_by_markers`; those that ask while one r
 and go out together next.
 
 A look says when its operation was queued (`created_after`): nothing its attempts made is older,
-so the platform passes by the tasks it dates earlier (AgentKanban, without a search, reads
-each task's details otherwise). A batch asks from the earliest of its looks' times.
+so a connector may pass by the tasks its platform dates earlier by more than its clocks'
+margin (AgentKanban, without a search, reads each task's details otherwise). A batch asks
+from the earliest of its looks' times.
 
 Why a look never joins one already running: its answer must come from a listing begun after it
 asked. The outbox claims a retried create only once `landing_wait` has passed since its last

@@ -656,8 +656,10 @@ class AgentKanbanConnector(BaseConnector):
     ) -> dict[str, RemoteTask]:
         """No search endpoint: the board is listed and the descriptions read, newest task first,
         from the cache where it is current and otherwise a batch of GETs at a time, until every
-        marker is found. Tasks the listing dates before `created_after` are not read: after a
-        restart (nothing cached) a marker not there cost a GET for every task of the board."""
+        marker is found. Tasks the listing dates before `created_after` by more than
+        CREATION_MARGIN are not read: after a restart (nothing cached) a marker not there cost a
+        GET for every task of the board. The margin is safe here because AgentKanban's clock is
+        checked against ours: its signatures carry a time, refused 300 s away."""
         search, found = MarkerSearch(markers), {}
         if search.done:
             return found

@@ -12,9 +12,10 @@ mode "create": `items` creates (method, url, body, platform), run with `concurre
 one queue, like the daemon's outbox (WorkerSettings.concurrency = 8). Reports the wall time.
 
 mode "edits": the propagation benchmark's load, people's edits on the source platform: `items`
-(url, body) PUT at `rate` per second (open loop) through one client at `base_url`; each one's
-dispatch and answer on CLOCK_MONOTONIC. From a process of its own, as people's edits come from
-outside the platform: sent from the benchmark process, they took the interpreter lock the five
+(url, body) PUT at `rate` per second (open loop, none waiting for another's answer) through one
+client at `base_url`; each one's dispatch and answer on CLOCK_MONOTONIC. From a process of its
+own, as people's edits come from outside the platform: sent from the benchmark process (by a
+pool of eight threads, so at most eight at once), they took the interpreter lock the five
 fakes share.
 """
 
@@ -180,22 +181,15 @@ async def loads(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def edits(spec: dict[str, Any]) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     sent: list[dict[str, Any]] = []
     errors: list[str] = []
-    async with httpx.AsyncClient(
-        base_url=spec["base_url"],
-        headers=spec["headers"],
-        timeout=30,
-        limits=limits,
-        transport=Transport("http://127.0.0.1", limits=limits),
-    ) as client:
-        rate, items = float(spec["rate"]), spec["items"]
+    async with _clients({"headers": {"source": spec["headers"]}})["source"] as client:
+        rate, items, base = float(spec["rate"]), spec["items"], spec["base_url"]
 
         async def one(j: int, item: dict[str, Any]) -> None:
             t_send = time.monotonic()
             try:
-                r = await client.put(item["url"], json=item["body"])
+                r = await client.put(base + item["url"], json=item["body"])
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:200]}")
             except httpx.HTTPError as exc:

@@ -153,6 +153,11 @@ class Delivery:
     attempts: int = 0
     status: int | None = None  # last HTTP status from the receiver
     outcome: str = "pending"  # pending | delivered | failed | dropped
+    # time.monotonic() stamps for the benchmarks: queued by the handler, its first attempt sent,
+    # its last attempt answered (or failed); they tell the sender's queue from the receiver.
+    queued_at: float = 0.0
+    sent_at: float | None = None
+    answered_at: float | None = None
 
 
 class WebhookSender:
@@ -160,12 +165,25 @@ class WebhookSender:
 
     A delivery that fails (connection error or non-2xx) is retried up to `attempts` times
     with exponential backoff starting at `backoff` seconds; then it is marked failed.
+
+    `concurrency` deliveries are out at once, started in order of sending (1, the default: each
+    waits for the one before it to be answered, so the tests see them in order). No platform's
+    page says how many it sends at once; one at a time would cap a platform at one delivery per
+    receiver's answer (50 edits a second need every answer within 20 ms, less than a real
+    network's round trip), so the benchmarks set a few, as platforms' delivery workers do.
     """
 
     def __init__(
-        self, faults: Faults, rng: random.Random, *, attempts: int = 4, backoff: float = 0.25
+        self,
+        faults: Faults,
+        rng: random.Random,
+        *,
+        attempts: int = 4,
+        backoff: float = 0.25,
+        concurrency: int = 1,
     ) -> None:
         self.faults = faults
+        self.concurrency = concurrency
         self.rng = rng
         self.attempts = attempts
         self.backoff = backoff
@@ -177,14 +195,17 @@ class WebhookSender:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._retries: set[asyncio.Task[None]] = set()
+        self._out: set[asyncio.Task[None]] = set()  # first attempts out beside others (concurrency > 1)
+        self._room: asyncio.Event | None = None
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._room = asyncio.Event()
         self._client = httpx.AsyncClient(timeout=10.0)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        for t in [self._task, *self._retries]:
+        for t in [self._task, *self._retries, *self._out]:
             if t is not None:
                 t.cancel()
         if self._client is not None:
@@ -193,7 +214,11 @@ class WebhookSender:
     def send(self, url: str, event: str, body: bytes, headers: dict[str, str]) -> Delivery:
         """Queue one delivery. Call from a request handler (the fake's loop)."""
         delivery = Delivery(
-            url=url, event=event, body=body, headers={"Content-Type": "application/json", **headers}
+            url=url,
+            event=event,
+            body=body,
+            headers={"Content-Type": "application/json", **headers},
+            queued_at=time.monotonic(),
         )
         self.deliveries.append(delivery)
         if self.rng.random() < self.faults.drop_webhook_rate:
@@ -206,20 +231,36 @@ class WebhookSender:
         return delivery
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._room is not None
         while True:
             delivery = await self._queue.get()
-            await self._attempt(delivery)
+            if self.concurrency <= 1 and not self._out:
+                await self._attempt(delivery)
+                continue
+            while len(self._out) >= max(1, self.concurrency):
+                self._room.clear()
+                await self._room.wait()
+            task = asyncio.create_task(self._attempt(delivery))
+            self._out.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        assert self._room is not None
+        self._out.discard(task)
+        self._room.set()
 
     async def _attempt(self, delivery: Delivery) -> None:
         assert self._client is not None
         delivery.attempts += 1
+        if delivery.sent_at is None:
+            delivery.sent_at = time.monotonic()
         try:
             resp = await self._client.post(delivery.url, content=delivery.body, headers=delivery.headers)
             delivery.status = resp.status_code
             ok = 200 <= resp.status_code < 300
         except httpx.HTTPError:
             ok = False
+        delivery.answered_at = time.monotonic()
         if ok:
             delivery.outcome = "delivered"
             self.pending -= 1

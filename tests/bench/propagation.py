@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -60,6 +61,16 @@ WEBHOOK_MODE_POLL_S = 60
 # interval than this saturates the daemon with 200 tasks (a 1 s interval with 400 tasks left the
 # backlog growing for minutes even at 5 edits/s).
 POLLING_MODE_POLL_S = 5.0
+# Deliveries a platform's sender has out at once (`WebhookSender.concurrency`). One at a time
+# (as every earlier figure was measured), Vortask's 50 deliveries a second must each be answered
+# within 20 ms or they queue at the fake; `deliveries` in each webhook phase's figures says how
+# long they queued there and how long the daemon took to answer. TASKBRIDGE_BENCH_DELIVERIES_AT_ONCE
+# sets more (docs/performance.md, session 32: what 4 at once changed).
+DEFAULT_DELIVERIES_AT_ONCE = 1
+
+
+def deliveries_at_once() -> int:
+    return int(os.environ.get("TASKBRIDGE_BENCH_DELIVERIES_AT_ONCE") or DEFAULT_DELIVERIES_AT_ONCE)
 
 
 @dataclass
@@ -106,6 +117,8 @@ class Rig:
         from connectors.fakekit import free_port
 
         self.logs = install_timed_logs(self.world)
+        for fake in self.world.fakes.values():
+            fake.webhooks.concurrency = deliveries_at_once()
         self.port = free_port()
         (self.setup.tmp / "prop").mkdir(parents=True, exist_ok=True)
         self.store_url = f"sqlite+aiosqlite:///{self.setup.tmp}/prop/bridge.db"
@@ -364,10 +377,31 @@ class Rig:
                 if mirror_writes
                 else None,
             }
+            if poll_interval is None:
+                entry["deliveries"] = self.delivery_times(t_begin)
             if poll_interval is not None:
                 entry["latency_minus_poll_interval_ms"] = summary([x - poll_interval for x in lat])
             out[f"{rate:g}/s"] = entry
             self.settle(d, quiet=0.5)
+        return out
+
+    def delivery_times(self, since: float) -> dict[str, Any]:
+        """Each fake's webhook deliveries queued since `since` (time.monotonic()): how long they
+        waited in its sender's queue (a fake sends one at a time, in order) and how long the
+        daemon took to answer them (the last attempt's), in ms. A platform's queue that grows is
+        the receiver answering slower than the platform sends, not the daemon's own lag."""
+        out: dict[str, Any] = {}
+        for p, fake in self.world.fakes.items():
+            ds = [x for x in list(fake.webhooks.deliveries) if x.queued_at >= since and x.sent_at is not None]
+            if not ds:
+                continue
+            out[p] = {
+                "count": len(ds),
+                "queued_ms": summary([(x.sent_at - x.queued_at) for x in ds if x.sent_at is not None]),
+                "answer_ms": summary(
+                    [(x.answered_at - x.sent_at) for x in ds if x.answered_at and x.sent_at]
+                ),
+            }
         return out
 
     def webhook_phase(self) -> dict[str, Any]:
@@ -775,6 +809,7 @@ def params(rig: Rig) -> dict[str, Any]:
         "webhook_mode_poll_interval_s": "1h (polls only at start-up)" if rig.quick else WEBHOOK_MODE_POLL_S,
         "polling_mode_poll_interval_s": POLLING_MODE_POLL_S,
         "fakes": "in-process (tests.world.World), five uvicorn threads",
+        "deliveries_at_once": deliveries_at_once(),
         "daemon": "python -m bridge run (a separate process), SQLite store",
         "method": "fake-side stamps of the edit and of each mirror write (TimedLog); latency = last "
         "mirror write - edit",

@@ -335,17 +335,19 @@ class Store:
                     session.sync_session.close()
 
     @asynccontextmanager
-    async def statements(self) -> AsyncIterator[AsyncConnection]:
+    async def statements(self, *, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
         """A connection in one write transaction, for Core statements only: the hot paths that
         write a few rows they need not load (a webhook's record, its claim) skip the ORM's unit
-        of work, which cost more CPU than the statements themselves."""
+        of work, which cost more CPU than the statements themselves. `then_yield=False` for a
+        writer that answers someone as soon as it has written and writes no more (see
+        `_writing`)."""
         if self.lost is not None:
             raise StoreLost(self.lost)
-        async with self._writing() as conn, conn.begin():
+        async with self._writing(then_yield) as conn, conn.begin():
             yield conn
 
     @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+    async def _writing(self, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
         """The connection a write transaction runs on, in its turn. SQLite on disk: one held for
         every writer of this process, as they take turns anyway: a checkout from the pool and
         back cost each write transaction about 80 us of CPU, more than a statement. PostgreSQL
@@ -362,12 +364,15 @@ class Store:
             else:
                 async with self.engine.connect() as pooled:
                     yield pooled
-            if self._write_turn is not None:
+            if self._write_turn is not None and then_yield:
                 # SQLite's statements run inline, so a write transaction never yields to the
                 # loop: without this, a run of transactions (a poll observing its listing, chunk
                 # after chunk) would hold the loop for all of them, and the platforms' answers
                 # waiting meanwhile with it. Yielding before the turn passes on lets every writer
-                # made ready meanwhile queue for it first, in order.
+                # made ready meanwhile queue for it first, in order. A webhook's record is one
+                # transaction and then its answer: the yield would put the platform's answer
+                # behind everything else ready on the loop (a loop turn, several ms under load,
+                # and a platform that sends one delivery at a time waits for each answer).
                 await asyncio.sleep(0)
 
     async def _held_writer(self) -> AsyncConnection:

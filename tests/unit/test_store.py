@@ -492,6 +492,28 @@ async def test_each_write_transaction_lets_the_loop_run_what_waits(store: Store)
     assert ran == [0]  # as the first transaction ended, not once the run was over
 
 
+async def test_a_writer_that_answers_next_is_not_put_behind_the_loop(store: Store) -> None:
+    """A webhook's record (`statements(then_yield=False)`) is one transaction and then its
+    answer: nothing else the loop has ready runs in between, as it does after any other write.
+    SQLite's only: PostgreSQL's statements are I/O, and yield as they go."""
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite's statements run inline; PostgreSQL's yield on their own")
+    ran: list[str] = []
+
+    async def waiting() -> None:
+        ran.append("other")
+
+    async with store.statements() as conn:  # the first connects, on the driver's thread
+        await conn.execute(text("SELECT 1"))
+    for then_yield in (False, True):
+        asyncio.get_running_loop().create_task(waiting())
+        async with store.statements(then_yield=then_yield) as conn:
+            await conn.execute(text("SELECT 1"))
+        ran.append(f"answered (then_yield={then_yield})")
+        await asyncio.sleep(0)
+    assert ran == ["answered (then_yield=False)", "other", "other", "answered (then_yield=True)"]
+
+
 async def test_sqlite_a_begin_refused_is_the_stores_error_and_the_next_one_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,6 +38,7 @@ from bridge.defaults import (
     DEFAULT_INBOX_BATCH,
     DEFAULT_JOB_GRACE,
     DEFAULT_LEASE_TTL,
+    DEFAULT_LOOP_LAG_EVERY,
     DEFAULT_PRUNE_FIRST_DELAY,
     DEFAULT_PRUNE_INTERVAL,
     DEFAULT_PRUNE_LEASE_TTL,
@@ -83,6 +84,18 @@ def freeze_startup_objects() -> None:
     what is made afterwards is collected as before. Collected first, so no garbage is frozen."""
     gc.collect()
     gc.freeze()
+
+
+async def measure_loop_lag(every: float = DEFAULT_LOOP_LAG_EVERY) -> None:
+    """Observe, every `every` seconds, how late the loop woke this task
+    (`taskbridge_event_loop_lag_seconds`). Everything the daemon does runs on one thread: a
+    webhook's answer and a platform's reply wait for the loop as long as it is late, and a
+    daemon near the end of its core shows it here before its backlog grows."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        metrics.event_loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def give_back_memory() -> bool:
@@ -218,6 +231,7 @@ class Daemon:
             self.ctx.inbox_handing = True  # what is claimed by this replica's id from now on is ours
         self._tasks.append(asyncio.create_task(self.worker.run(), name="outbox"))
         self._tasks.append(asyncio.create_task(self._inbox_loop(), name="inbox"))
+        self._tasks.append(asyncio.create_task(measure_loop_lag(), name="loop-lag"))
         self.scheduler.add_job(
             self._guarded(self.check_store),
             "interval",

@@ -10,7 +10,11 @@ the edit's time. Resolution: time.monotonic() (ns), blurred by GIL scheduling in
 process (switch interval 1 ms), so about a millisecond. Each edit goes to a different task of a
 pool, cycling, so a task is edited again only after `pool / rate` seconds: a write is matched to
 the latest edit of its task before it. The daemon's own histogram (taskbridge_propagation_seconds,
-from its observation of the change, not the edit) is reported beside it, by bucket bound.
+from its observation of the change, not the edit) is reported beside it, by bucket bound. Each
+webhook phase also reports `deliveries`, per platform that sends them: how long the fakes'
+deliveries waited in the sender's queue (a fake has `DEFAULT_DELIVERIES_AT_ONCE` out at once) and
+how long the daemon took to answer them, so a run says whether its latency was the daemon's or
+the queue's in front of it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ POLLING_MODE_POLL_S = 5.0
 # long they queued there and how long the daemon took to answer. TASKBRIDGE_BENCH_DELIVERIES_AT_ONCE
 # sets more (docs/performance.md, session 32: what 4 at once changed).
 DEFAULT_DELIVERIES_AT_ONCE = 1
+
+
+LOOP_LAG = "taskbridge_event_loop_lag_seconds"
 
 
 def deliveries_at_once() -> int:
@@ -339,6 +346,7 @@ class Rig:
             count = int(rate * self.seconds_per_rate())
             k = self.take_k(count)
             before_hist = _hist_snapshot(d)
+            before_lag = _hist_snapshot(d, LOOP_LAG)
             cpu_before = d.cpu_seconds()
             starts = self.starts()
             log(f"{mode}: {count} edits at {rate:g}/s")
@@ -369,6 +377,9 @@ class Rig:
                 "latency_ms": summary(lat),
                 "per_target_p50_ms": {p: summary(v)["p50"] for p, v in per.items()},
                 "daemon_histogram": _hist_diff(before_hist, _hist_snapshot(d)),
+                # How late the daemon's loop woke its timer over the phase (by bucket bound):
+                # what every answer and reply waited for its one thread.
+                "daemon_loop_lag": _hist_diff(before_lag, _hist_snapshot(d, LOOP_LAG)),
                 # The daemon's own user+system CPU (from /proc) over the phase, per write to a
                 # mirror (all the daemon's work for the phase, reads and webhooks included).
                 "daemon_cpu_s": round(cpu, 2),
@@ -739,12 +750,12 @@ def _by_route(entries: list[Any], n: int) -> dict[str, float]:
     return {k: round(v / n, 2) for k, v in sorted(c.items())}
 
 
-def _hist_snapshot(d: BenchDaemon) -> dict[float, float]:
+def _hist_snapshot(d: BenchDaemon, metric: str = "taskbridge_propagation_seconds") -> dict[float, float]:
     import math
 
     agg: dict[float, float] = {}
     for (name, labels), value in d.metrics().items():
-        if name == "taskbridge_propagation_seconds_bucket":
+        if name == metric + "_bucket":
             le = dict(labels)["le"]
             key = math.inf if le == "+Inf" else float(le)
             agg[key] = agg.get(key, 0.0) + value

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from bridge.defaults import DEFAULT_LOOP_LAG_EVERY
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -121,9 +123,9 @@ store_lost = Gauge(
 )
 event_loop_lag = Histogram(
     "taskbridge_event_loop_lag_seconds",
-    "How late the event loop woke a timer (one every 0.1 s): how long every webhook answer and "
-    "every platform's reply waits for the daemon's one thread. Near 0 at rest; tens of ms "
-    "steadily means the process is near the end of its core.",
+    f"How late the event loop woke a timer (one every {DEFAULT_LOOP_LAG_EVERY:g} s): how long every "
+    "webhook answer and every platform's reply waits for the daemon's one thread. Near 0 at rest; "
+    "tens of ms steadily means the process is near the end of its core.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
     registry=REGISTRY,
 )

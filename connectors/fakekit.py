@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import socket
 import threading
@@ -53,6 +54,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTROL_PREFIX = "/_fake"
+
+log = logging.getLogger("taskbridge.fake")
 
 
 @dataclass
@@ -154,9 +157,11 @@ class Delivery:
     status: int | None = None  # last HTTP status from the receiver
     outcome: str = "pending"  # pending | delivered | failed | dropped
     # time.monotonic() stamps for the benchmarks: queued by the handler, its first attempt sent,
-    # its last attempt answered (or failed); they tell the sender's queue from the receiver.
+    # its last attempt sent and answered (or failed); they tell the sender's queue from the
+    # receiver.
     queued_at: float = 0.0
     sent_at: float | None = None
+    attempt_at: float | None = None  # the last attempt's start
     answered_at: float | None = None
 
 
@@ -166,8 +171,9 @@ class WebhookSender:
     A delivery that fails (connection error or non-2xx) is retried up to `attempts` times
     with exponential backoff starting at `backoff` seconds; then it is marked failed.
 
-    `concurrency` deliveries are out at once, started in order of sending (1, the default: each
-    waits for the one before it to be answered, so the tests see them in order). No platform's
+    `concurrency` first attempts are out at once, started in order of sending (1, the default:
+    each waits for the one before it to be answered, so the tests see them in order; retries go
+    out beside them when due). No platform's
     page says how many it sends at once; one at a time would cap a platform at one delivery per
     receiver's answer (50 edits a second need every answer within 20 ms, less than a real
     network's round trip), so the benchmarks set a few, as platforms' delivery workers do.
@@ -205,9 +211,11 @@ class WebhookSender:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        for t in [self._task, *self._retries, *self._out]:
-            if t is not None:
-                t.cancel()
+        tasks = [t for t in [self._task, *self._retries, *self._out] if t is not None]
+        for t in tasks:
+            t.cancel()
+        # Ended before the client closes under them.
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
@@ -252,13 +260,19 @@ class WebhookSender:
     async def _attempt(self, delivery: Delivery) -> None:
         assert self._client is not None
         delivery.attempts += 1
+        delivery.attempt_at = time.monotonic()
         if delivery.sent_at is None:
-            delivery.sent_at = time.monotonic()
+            delivery.sent_at = delivery.attempt_at
         try:
             resp = await self._client.post(delivery.url, content=delivery.body, headers=delivery.headers)
             delivery.status = resp.status_code
             ok = 200 <= resp.status_code < 300
         except httpx.HTTPError:
+            ok = False
+        except Exception as exc:  # a failed attempt all the same: the sender goes on
+            # Anything else (a URL the client refuses) would end the sender's loop, or a
+            # concurrent attempt's task, with `pending` never coming down to 0.
+            log.warning("webhook delivery to %s failed: %s: %s", delivery.url, type(exc).__name__, exc)
             ok = False
         delivery.answered_at = time.monotonic()
         if ok:

@@ -343,11 +343,11 @@ class Store:
         `_writing`)."""
         if self.lost is not None:
             raise StoreLost(self.lost)
-        async with self._writing(then_yield) as conn, conn.begin():
+        async with self._writing(then_yield=then_yield) as conn, conn.begin():
             yield conn
 
     @asynccontextmanager
-    async def _writing(self, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _writing(self, *, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
         """The connection a write transaction runs on, in its turn. SQLite on disk: one held for
         every writer of this process, as they take turns anyway: a checkout from the pool and
         back cost each write transaction about 80 us of CPU, more than a statement. PostgreSQL

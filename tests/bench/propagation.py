@@ -398,19 +398,28 @@ class Rig:
 
     def delivery_times(self, since: float) -> dict[str, Any]:
         """Each fake's webhook deliveries queued since `since` (time.monotonic()): how long they
-        waited in its sender's queue (a fake sends one at a time, in order) and how long the
-        daemon took to answer them (the last attempt's), in ms. A platform's queue that grows is
-        the receiver answering slower than the platform sends, not the daemon's own lag."""
+        waited in its sender's queue for their first attempt (a fake has `deliveries_at_once()`
+        out at once) and how long the receiver took to answer each one's last attempt, in ms;
+        `unsent`, those still queued when asked. A platform's queue that grows is the receiver
+        answering slower than the platform sends, not the daemon's own lag. The answer time is
+        as the fake sees it: the daemon's, and the loop turns of both sides."""
         out: dict[str, Any] = {}
         for p, fake in self.world.fakes.items():
-            ds = [x for x in list(fake.webhooks.deliveries) if x.queued_at >= since and x.sent_at is not None]
-            if not ds:
+            queued = [
+                x for x in list(fake.webhooks.deliveries) if x.queued_at >= since and x.outcome != "dropped"
+            ]
+            if not queued:
                 continue
             out[p] = {
-                "count": len(ds),
-                "queued_ms": summary([(x.sent_at - x.queued_at) for x in ds if x.sent_at is not None]),
+                "count": len(queued),
+                "unsent": sum(1 for x in queued if x.sent_at is None),
+                "queued_ms": summary([x.sent_at - x.queued_at for x in queued if x.sent_at is not None]),
                 "answer_ms": summary(
-                    [(x.answered_at - x.sent_at) for x in ds if x.answered_at and x.sent_at]
+                    [
+                        x.answered_at - x.attempt_at
+                        for x in queued
+                        if x.answered_at is not None and x.attempt_at is not None
+                    ]
                 ),
             }
         return out

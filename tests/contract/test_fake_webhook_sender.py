@@ -41,7 +41,7 @@ async def _run(concurrency: int, count: int) -> tuple[Receiver, WebhookSender]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     sender = WebhookSender(Faults(), random.Random(1), concurrency=concurrency)
     await sender.start()
     try:
@@ -88,3 +88,31 @@ async def test_each_delivery_is_stamped_queued_sent_and_answered() -> None:
     # The third waited for a place while the receiver held the first two.
     third = sender.deliveries[2]
     assert third.sent_at is not None and third.sent_at - third.queued_at >= 0.04
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_an_attempt_the_client_refuses_fails_and_the_sender_goes_on(concurrency: int) -> None:
+    """A URL the client cannot even send to (not an HTTP error) is a failed attempt like any other:
+    retried, then failed, `pending` back to 0, and the deliveries after it still go out."""
+    receiver = Receiver()
+    receiver.release.set()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    sender = WebhookSender(Faults(), random.Random(1), attempts=2, backoff=0.01, concurrency=concurrency)
+    await sender.start()
+    try:
+        bad = sender.send("http://[::1/hook", "task.updated", b"bad", {})
+        good = sender.send(f"http://127.0.0.1:{runner.addresses[0][1]}/hook", "task.updated", b"good", {})
+        for _ in range(500):
+            if sender.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (bad.outcome, bad.attempts) == ("failed", 2)
+        assert good.outcome == "delivered" and receiver.order == [b"good"]
+    finally:
+        await sender.stop()
+        await runner.cleanup()

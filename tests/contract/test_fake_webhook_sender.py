@@ -33,20 +33,24 @@ class Receiver:
         return web.Response(status=202)
 
 
-async def _run(concurrency: int, count: int) -> tuple[Receiver, WebhookSender]:
-    receiver = Receiver()
+async def _serve(receiver: Receiver) -> tuple[web.AppRunner, str]:
+    """The receiver on a loopback port of its own: (its runner, its URL)."""
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+
+
+async def _run(concurrency: int, count: int) -> tuple[Receiver, WebhookSender]:
+    receiver = Receiver()
+    runner, url = await _serve(receiver)
     sender = WebhookSender(Faults(), random.Random(1), concurrency=concurrency)
     await sender.start()
     try:
         for i in range(count):
-            sender.send(f"http://127.0.0.1:{port}/hook", "task.updated", str(i).encode(), {})
+            sender.send(url, "task.updated", str(i).encode(), {})
         for _ in range(200):  # until the sender has out all it may
             if receiver.held >= min(concurrency, count):
                 break
@@ -96,17 +100,12 @@ async def test_an_attempt_the_client_refuses_fails_and_the_sender_goes_on(concur
     retried, then failed, `pending` back to 0, and the deliveries after it still go out."""
     receiver = Receiver()
     receiver.release.set()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, url = await _serve(receiver)
     sender = WebhookSender(Faults(), random.Random(1), attempts=2, backoff=0.01, concurrency=concurrency)
     await sender.start()
     try:
         bad = sender.send("http://[::1/hook", "task.updated", b"bad", {})
-        good = sender.send(f"http://127.0.0.1:{runner.addresses[0][1]}/hook", "task.updated", b"good", {})
+        good = sender.send(url, "task.updated", b"good", {})
         for _ in range(500):
             if sender.pending == 0:
                 break

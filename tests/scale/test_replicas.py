@@ -130,9 +130,13 @@ def test_three_replicas_share_a_burst_without_duplicate_or_loss(
             fake.requests.clear()
         # Each write takes a while, as on a real platform: the burst then outlasts the other
         # replicas' idle wait (1 s), so whether they share it does not depend on how fast this
-        # machine happens to be (on loopback a single replica could finish it alone).
+        # machine happens to be (on loopback a single replica could finish it alone). 300 ms:
+        # at 100 ms, the first replica's eight slots took 80 writes a second, and on a loaded
+        # run (CI, once) its deliveries queued the creates no faster than it wrote them, so the
+        # others woke to nothing pending; at 27 a second it falls behind any burst of 7 tasks a
+        # second or more, and the others find the rest.
         for p in ("impactly", "agentkanban", "runs", "squads"):
-            world.fakes[p].faults.update({"latency": 0.1})
+            world.fakes[p].faults.update({"latency": 0.3})
         n = 30
         for i in range(n):
             ops.create(world, "vortask", f"shared {i}")

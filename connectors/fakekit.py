@@ -201,7 +201,7 @@ class WebhookSender:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._retries: set[asyncio.Task[None]] = set()
-        self._out: set[asyncio.Task[None]] = set()  # first attempts out beside others (concurrency > 1)
+        self._out: set[asyncio.Task[None]] = set()  # first attempts out, `concurrency` at most
         self._room: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -242,9 +242,6 @@ class WebhookSender:
         assert self._queue is not None and self._room is not None
         while True:
             delivery = await self._queue.get()
-            if self.concurrency <= 1 and not self._out:
-                await self._attempt(delivery)
-                continue
             while len(self._out) >= max(1, self.concurrency):
                 self._room.clear()
                 await self._room.wait()

@@ -109,7 +109,7 @@ def run_daemon(
         t_ready = time.monotonic()
         # Whose CPU the run takes: the daemon's process, and this one's (the fakes serve in its
         # threads). A daemon near one core's worth is bound by its own CPU (one event loop).
-        cpu_ready, fakes_ready = d.cpu_seconds(), time.process_time()
+        cpu_ready, fakes_ready = d.cpu_times(), time.process_time()
         timeout = 300 if ctx.quick else 3600
         state: dict[str, Any] = {"log": t_ready, "progress": t_ready, "have": 0, "stalled": False}
         # When every mirror was there, and how many deliveries (echoes of our creates) were
@@ -138,7 +138,8 @@ def run_daemon(
         ok = bool(wait_for(done, timeout=timeout, interval=1.0 if not ctx.quick else 0.25))
         ok = ok and not state["stalled"]
         t_done = time.monotonic()
-        daemon_cpu, fakes_cpu = d.cpu_seconds() - cpu_ready, time.process_time() - fakes_ready
+        user, system = (after - before for after, before in zip(d.cpu_times(), cpu_ready, strict=True))
+        daemon_cpu, fakes_cpu = user + system, time.process_time() - fakes_ready
         final = {p: seed.count_tasks(world, p) for p in targets}
         creates = []
         per_fake: dict[str, Any] = {}
@@ -187,6 +188,7 @@ def run_daemon(
         "creates_per_s": round(sum(final.values()) / max(0.001, last_create - first_create), 1),
         "daemon_cpu_s": round(daemon_cpu, 1),
         "daemon_cpu_ms_per_create": round(1000 * daemon_cpu / (n * len(targets)), 2),
+        "daemon_cpu_kernel_share": round(system / daemon_cpu, 3) if daemon_cpu else None,
         "daemon_cores_busy": round(daemon_cpu / max(0.001, t_done - t_ready), 2),
         "fakes_and_bench_cores_busy": round(fakes_cpu / max(0.001, t_done - t_ready), 2),
         "webhooks_received": webhooks,

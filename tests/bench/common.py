@@ -321,13 +321,19 @@ class BenchDaemon(DaemonProcess):
 
     def cpu_seconds(self) -> float:
         """The daemon process's user + system CPU time so far (/proc/PID/stat, clock ticks)."""
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> tuple[float, float]:
+        """The daemon process's (user, system) CPU time so far: the system part is the kernel's
+        work on its behalf (sockets, files, page faults), the rest its own code and libraries'."""
         assert self.proc is not None
         try:
             fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return 0.0
+            return 0.0, 0.0
         # After the command name: state is field 3, utime 14 and stime 15 (proc(5)), 1-based.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def status_kb(self) -> dict[str, int]:
         assert self.proc is not None

@@ -347,7 +347,7 @@ class Rig:
             k = self.take_k(count)
             before_hist = _hist_snapshot(d)
             before_lag = _hist_snapshot(d, LOOP_LAG)
-            cpu_before = d.cpu_seconds()
+            cpu_before = d.cpu_times()
             starts = self.starts()
             log(f"{mode}: {count} edits at {rate:g}/s")
             t_begin = time.monotonic()
@@ -361,7 +361,8 @@ class Rig:
                 interval=0.5,
             )
             drained_after = time.monotonic() - t_sent
-            cpu = d.cpu_seconds() - cpu_before
+            user, system = (after - before for after, before in zip(d.cpu_times(), cpu_before, strict=True))
+            cpu = user + system
             mirror_writes = sum(
                 sum(len(ws) for ws in self.mirror_writes(p, starts[p]).values()) for p in TARGETS
             )
@@ -383,6 +384,10 @@ class Rig:
                 # The daemon's own user+system CPU (from /proc) over the phase, per write to a
                 # mirror (all the daemon's work for the phase, reads and webhooks included).
                 "daemon_cpu_s": round(cpu, 2),
+                # The kernel's part of it (system time): what sockets and files cost, as against
+                # the interpreter's work. A sampling profiler counts a thread the kernel has
+                # switched away from inside a send as busy there; this says what the kernel took.
+                "daemon_cpu_kernel_share": round(system / cpu, 3) if cpu else None,
                 "mirror_writes": mirror_writes,
                 "daemon_cpu_ms_per_mirror_write": round(1000 * cpu / mirror_writes, 2)
                 if mirror_writes

@@ -153,7 +153,7 @@ async def receive(ctx: EngineContext, connector: str, headers: dict[str, str], b
             "received_at": now,
         }
         try:
-            async with ctx.store.statements(then_yield=False) as db:
+            async with ctx.store.statements(answers=True) as db:
                 row_id = (await run(db, _RECORD, record)).scalar_one()
         except IntegrityError:
             metrics.webhooks_received.labels(connector, "duplicate").inc()

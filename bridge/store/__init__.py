@@ -61,6 +61,7 @@ from bridge.defaults import DEFAULT_POOL_SIZE
 from bridge.model import new_id, utcnow
 from bridge.store import _sqlite
 from bridge.store import search as search  # registers the flush events that keep the task index true
+from bridge.store._turns import UrgentTurn, WriteTurns
 from bridge.store.tables import MetaRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -159,7 +160,7 @@ class Store:
     url: str
     reads: async_sessionmaker[AsyncSession] | None = None
     # SQLite only: writers in this process take turns here (see the module docstring).
-    _write_turn: asyncio.Lock | None = field(default=None, repr=False)
+    _write_turn: WriteTurns | None = field(default=None, repr=False)
     # SQLite only: the engine whose transactions begin DEFERRED (reads; see `_reader`).
     _read_engine: AsyncEngine | None = field(default=None, repr=False)
     identity: Identity | None = None  # set by `migrate()`
@@ -214,7 +215,7 @@ class Store:
             sessions,
             url,
             reads=async_sessionmaker(reader, expire_on_commit=False),
-            _write_turn=asyncio.Lock(),
+            _write_turn=WriteTurns(),
             _read_engine=reader,
             _holds_writer=holds_writer,
             _read_turn=asyncio.Lock() if holds_writer else None,
@@ -301,8 +302,10 @@ class Store:
         # so a writer waiting for it would wait with the loop stopped).
         return self._read_engine or self.engine
 
-    def _turn(self) -> asyncio.Lock | contextlib.nullcontext[None]:
-        return self._write_turn if self._write_turn is not None else contextlib.nullcontext()
+    def _turn(self, *, answers: bool = False) -> WriteTurns | UrgentTurn | contextlib.nullcontext[None]:
+        if self._write_turn is None:
+            return contextlib.nullcontext()
+        return self._write_turn.urgent() if answers else self._write_turn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -335,24 +338,26 @@ class Store:
                     session.sync_session.close()
 
     @asynccontextmanager
-    async def statements(self, *, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def statements(self, *, answers: bool = False) -> AsyncIterator[AsyncConnection]:
         """A connection in one write transaction, for Core statements only: the hot paths that
         write a few rows they need not load (a webhook's record, its claim) skip the ORM's unit
-        of work, which cost more CPU than the statements themselves. `then_yield=False` for a
+        of work, which cost more CPU than the statements themselves. `answers=True` for a
         writer that answers someone as soon as it has written and writes no more (see
         `_writing`)."""
         if self.lost is not None:
             raise StoreLost(self.lost)
-        async with self._writing(then_yield=then_yield) as conn, conn.begin():
+        async with self._writing(answers=answers) as conn, conn.begin():
             yield conn
 
     @asynccontextmanager
-    async def _writing(self, *, then_yield: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def _writing(self, *, answers: bool = False) -> AsyncIterator[AsyncConnection]:
         """The connection a write transaction runs on, in its turn. SQLite on disk: one held for
         every writer of this process, as they take turns anyway: a checkout from the pool and
         back cost each write transaction about 80 us of CPU, more than a statement. PostgreSQL
-        (writers run side by side), SQLite in memory, or a store closed: one from the pool."""
-        async with self._turn():
+        (writers run side by side), SQLite in memory, or a store closed: one from the pool.
+        A writer that `answers` someone waiting (a webhook's record) takes its turn ahead of the
+        writers queued (`_turns.py`) and does not yield after it."""
+        async with self._turn(answers=answers):
             if self._holds_writer and not self._closed:
                 conn = await self._held_writer()
                 try:
@@ -364,7 +369,7 @@ class Store:
             else:
                 async with self.engine.connect() as pooled:
                     yield pooled
-            if self._write_turn is not None and then_yield:
+            if self._write_turn is not None and not answers:
                 # SQLite's statements run inline, so a write transaction never yields to the
                 # loop: without this, a run of transactions (a poll observing its listing, chunk
                 # after chunk) would hold the loop for all of them, and the platforms' answers

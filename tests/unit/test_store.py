@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, event, func, inspect, select, text, update
+from sqlalchemy import bindparam, event, func, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, PendingRollbackError
 
 from bridge.store import Store, StoreLost, redact_url
@@ -493,7 +493,7 @@ async def test_each_write_transaction_lets_the_loop_run_what_waits(store: Store)
 
 
 async def test_a_writer_that_answers_next_is_not_put_behind_the_loop(store: Store) -> None:
-    """A webhook's record (`statements(then_yield=False)`) is one transaction and then its
+    """A webhook's record (`statements(answers=True)`) is one transaction and then its
     answer: nothing else the loop has ready runs in between, as it does after any other write.
     SQLite's only: PostgreSQL's statements are I/O, and yield as they go."""
     if store.dialect != "sqlite":
@@ -505,13 +505,46 @@ async def test_a_writer_that_answers_next_is_not_put_behind_the_loop(store: Stor
 
     async with store.statements() as conn:  # the first connects, on the driver's thread
         await conn.execute(text("SELECT 1"))
-    for then_yield in (False, True):
+    for answers in (True, False):
         asyncio.get_running_loop().create_task(waiting())
-        async with store.statements(then_yield=then_yield) as conn:
+        async with store.statements(answers=answers) as conn:
             await conn.execute(text("SELECT 1"))
-        ran.append(f"answered (then_yield={then_yield})")
+        ran.append(f"written (answers={answers})")
         await asyncio.sleep(0)
-    assert ran == ["answered (then_yield=False)", "other", "other", "answered (then_yield=True)"]
+    assert ran == ["written (answers=True)", "other", "other", "written (answers=False)"]
+
+
+async def test_a_writer_that_answers_waits_for_the_turn_in_progress_not_the_queue(store: Store) -> None:
+    """On SQLite a webhook's record (`statements(answers=True)`) writes next once the
+    transaction in progress ends, ahead of the writers already queued for their turns: the
+    platform waiting on the answer waits for one transaction, not for all of them."""
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL's writers do not take turns")
+    order: list[str] = []
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with store.transaction() as session:
+            session.add(MetaRow(key="holder", value={}))
+            await session.flush()
+            order.append("holder")
+            holding.set()
+            await release.wait()
+
+    async def writer(name: str, *, answers: bool = False) -> None:
+        async with store.statements(answers=answers) as conn:
+            await conn.execute(insert(MetaRow), {"key": name, "value": {}})
+        order.append(name)
+
+    held = asyncio.create_task(holder())
+    await holding.wait()
+    queued = [asyncio.create_task(writer(name)) for name in ("claim", "group commit")]
+    await asyncio.sleep(0.01)
+    record = asyncio.create_task(writer("record", answers=True))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(held, *queued, record)
+    assert order == ["holder", "record", "claim", "group commit"]
 
 
 async def test_sqlite_a_begin_refused_is_the_stores_error_and_the_next_one_runs(

@@ -7,8 +7,8 @@ live beside the tables in this package; nothing here knows a platform.
 Two ways in: `store.transaction()` for anything that writes, `store.read()` for reads. On SQLite
 they differ in how they begin: a write transaction begins IMMEDIATE (it holds the database's one
 write lock from the start, so a read-then-write cannot fail half-way) and, inside one process,
-queues on an asyncio lock first, so writers take turns in order instead of sleeping in SQLite's
-busy handler (which backs off up to 100 ms a try and dominated the daemon's time under load);
+queues for its turn first (`_turns.py`: in order, a webhook's record ahead), instead of sleeping
+in SQLite's busy handler (which backs off up to 100 ms a try and dominated the daemon's time under load);
 taking turns, they share one connection held for them, not one from the pool each. A
 read begins DEFERRED and, in WAL mode, never waits for a writer. On PostgreSQL writes are plain
 transactions and reads run in autocommit (no BEGIN and ROLLBACK round trips; under READ

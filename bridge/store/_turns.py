@@ -9,7 +9,8 @@ them, and the platform's backlog grew with each. Behind the current holder alone
 
 The turn is handed over directly: `release` gives it to the next waiter (whose `acquire` then
 returns holding it) rather than freeing it for whoever asks next, so no writer arriving later
-slips in front of one already queued. A waiter cancelled after it was handed the turn passes it on.
+slips in front of one already chosen (an urgent one goes ahead of those still queued, by design).
+A waiter cancelled after it was handed the turn passes it on.
 """
 
 from __future__ import annotations
@@ -57,17 +58,18 @@ class WriteTurns:
             raise RuntimeError("a write turn released that was not held")
         while True:
             if self._urgent and (self._ahead < MAX_AHEAD or not self._others):
-                waiter = self._urgent.popleft()
-                self._ahead = self._ahead + 1 if self._others else 0
+                waiter, urgent = self._urgent.popleft(), True
             elif self._others:
-                waiter = self._others.popleft()
-                self._ahead = 0
+                waiter, urgent = self._others.popleft(), False
             else:
-                self._held = False
+                self._held, self._ahead = False, 0
                 return
-            if not waiter.done():  # one cancelled meanwhile is passed over
-                waiter.set_result(None)
-                return
+            if waiter.done():  # one cancelled meanwhile is passed over, and counts for nothing
+                continue
+            # Counted only for a waiter that gets the turn: urgent ones in a row while others wait.
+            self._ahead = (self._ahead + 1 if self._others else 0) if urgent else 0
+            waiter.set_result(None)
+            return
 
     def urgent(self) -> UrgentTurn:
         """`async with turns.urgent():` a turn ahead of the queue."""

@@ -51,15 +51,48 @@ async def test_the_order_writers_get_their_turns(
     assert not turns.locked()
 
 
-async def test_a_free_turn_is_taken_at_once_and_a_writer_arriving_later_queues_behind() -> None:
+async def test_a_writer_arriving_as_the_turn_is_handed_over_queues_behind() -> None:
     turns, order = WriteTurns(), []
     await turns.acquire()
     first = await _queue(turns, order, "first")
     turns.release()  # handed to `first`, which has not run yet
     assert turns.locked()
-    late = await _queue(turns, order, "late", urgent=True)  # must not slip in front
-    await asyncio.gather(first, late)
-    assert order == ["first", "late"]
+    # In the same loop step, before `first` resumes: an urgent arrival must not take the turn.
+    late = asyncio.get_running_loop().create_task(turns.acquire(urgent=True))
+    await asyncio.sleep(0)
+    assert not late.done() and order == ["first"]
+    await first
+    await late  # handed the turn by `first`'s release
+    order.append("late")
+    turns.release()
+    assert order == ["first", "late"] and not turns.locked()
+
+
+async def test_a_cancelled_waiter_passed_over_does_not_reset_the_count_ahead() -> None:
+    """Urgent writers in a row are counted by those that got the turn: a queued writer cancelled
+    and passed over by a release (before its own clean-up ran) does not reset the count, or the
+    live writer behind it would wait up to twice MAX_AHEAD urgent turns."""
+    turns, order = WriteTurns(), []
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def writer(name: str, urgent: bool) -> None:
+        await turns.acquire(urgent=urgent)
+        order.append(name)
+        if name == f"r{MAX_AHEAD - 1}":
+            tasks["gone"].cancel()  # in the same step as the release below
+        turns.release()
+
+    await turns.acquire()
+    for name, urgent in [("gone", False), ("kept", False)] + [(f"r{i}", True) for i in range(2 * MAX_AHEAD)]:
+        tasks[name] = asyncio.get_running_loop().create_task(writer(name, urgent))
+        await asyncio.sleep(0)
+    turns.release()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    assert tasks["gone"].cancelled()
+    assert order == [f"r{i}" for i in range(MAX_AHEAD)] + ["kept"] + [
+        f"r{i}" for i in range(MAX_AHEAD, 2 * MAX_AHEAD)
+    ]
+    assert not turns.locked()
 
 
 async def test_a_waiter_cancelled_while_queued_is_passed_over() -> None:

@@ -10,7 +10,9 @@ at just those edit rates. `--keep` keeps the scratch directory (daemon logs, sto
 drill's journal of changes); `--profile` also keeps a py-spy profile of each daemon process
 there, with a summary of its hottest frames (pip install '.[bench]'; see
 tests/bench/profile_top.py); `--sql-cpu` keeps, for each daemon process, the CPU it spent inside
-SQLAlchemy by the function of ours that asked (tests/bench/sqlcpu.py), which py-spy cannot say.
+SQLAlchemy by the function of ours that asked (tests/bench/sqlcpu.py), which py-spy cannot say;
+`--loop-steps` how long each daemon's event loop steps took and which ran long
+(tests/bench/loopsteps.py), what delays every answer behind them.
 """
 
 from __future__ import annotations
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="CPU inside SQLAlchemy by our caller, per daemon process (tests/bench/sqlcpu.py; implies --keep)",
     )
+    parser.add_argument(
+        "--loop-steps",
+        action="store_true",
+        help="how long each daemon's event loop steps took, the long ones named (tests/bench/loopsteps.py; implies --keep)",
+    )
     parser.add_argument("--drill-runs", type=int, default=None, help="drill repetitions (default 3, quick 1)")
     parser.add_argument(
         "--rates",
@@ -152,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         args.keep = True
     if args.sql_cpu:
         os.environ["TASKBRIDGE_BENCH_SQLCPU"] = "1"  # read by BenchDaemon.command
+        args.keep = True
+    if args.loop_steps:
+        os.environ["TASKBRIDGE_BENCH_LOOPSTEPS"] = "1"  # read by BenchDaemon.command
         args.keep = True
     everything = "all" in args.name
     if args.quick and everything and args.group is None:

@@ -255,17 +255,24 @@ class BenchDaemon(DaemonProcess):
     ("folded") format that flame graph tools read, and profile-N.top.txt, the frames that held
     the CPU most (python -m tests.bench.profile_top). With TASKBRIDGE_BENCH_SQLCPU=1
     (`--sql-cpu`), the daemon runs under tests/bench/sqlcpu.py, which writes sqlcpu-N.json (the
-    CPU spent inside SQLAlchemy by our caller) beside the log, and sqlcpu-N.txt when it ends.
+    CPU spent inside SQLAlchemy by our caller) beside the log, and sqlcpu-N.txt when it ends;
+    with TASKBRIDGE_BENCH_LOOPSTEPS=1 (`--loop-steps`) under tests/bench/loopsteps.py, which
+    writes loopsteps-N.json and .txt (how long its event loop's steps took, the long ones named).
     Each starts cold (`python -m bridge run`), as a service manager starts one: the figures are
     the process's own, its imports and start-up included."""
 
     FORKED = False
 
     def command(self) -> list[str]:
-        if not os.environ.get("TASKBRIDGE_BENCH_SQLCPU"):
-            return super().command()
-        self._sqlcpu = self.log.with_name(f"sqlcpu-{self.starts}.json")
-        return [sys.executable, "-m", "tests.bench.sqlcpu", str(self._sqlcpu), *super().command()[2:]]
+        command = super().command()  # [python, "-m", "bridge", ...]
+        # Each wrapper runs the module named after its output as __main__: they stack.
+        if os.environ.get("TASKBRIDGE_BENCH_SQLCPU"):
+            self._sqlcpu = self.log.with_name(f"sqlcpu-{self.starts}.json")
+            command = [*command[:2], "tests.bench.sqlcpu", str(self._sqlcpu), *command[2:]]
+        if os.environ.get("TASKBRIDGE_BENCH_LOOPSTEPS"):
+            self._loopsteps = self.log.with_name(f"loopsteps-{self.starts}.json")
+            command = [*command[:2], "tests.bench.loopsteps", str(self._loopsteps), *command[2:]]
+        return command
 
     def start(self, *, wait: bool = True) -> BenchDaemon:
         super().start(wait=False)
@@ -308,6 +315,11 @@ class BenchDaemon(DaemonProcess):
             from tests.bench.sqlcpu import show
 
             sqlcpu.with_suffix(".txt").write_text(show(json.loads(sqlcpu.read_text())))
+        loopsteps = getattr(self, "_loopsteps", None)
+        if loopsteps is not None and loopsteps.exists():
+            from tests.bench import loopsteps as steps
+
+            loopsteps.with_suffix(".txt").write_text(steps.show(json.loads(loopsteps.read_text())))
         spy, out = getattr(self, "_spy", None), getattr(self, "_profile", None)
         if spy is None or out is None:
             return

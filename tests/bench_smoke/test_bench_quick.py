@@ -73,11 +73,12 @@ def test_the_http_stack_benchmark_runs() -> None:
         assert r["client_cpu_us_per_request"] > 0 and r["server_cpu_us_per_request"] > 0, r
 
 
-def test_sql_cpu_attributes_sqlalchemys_time_to_our_callers(tmp_path: Path) -> None:
+def test_sql_cpu_and_loop_steps_measure_each_daemon(tmp_path: Path) -> None:
     """`--sql-cpu`: each daemon ran under tests/bench/sqlcpu.py and left its figures, keyed by the
-    bridge function that asked SQLAlchemy for the work."""
+    bridge function that asked SQLAlchemy for the work. `--loop-steps`, stacked on it (one run
+    for both): each left a histogram of its event loop's steps, the long ones named."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "propagation", "--quick", "--sql-cpu"],
+        [sys.executable, "-m", "tests.bench", "propagation", "--quick", "--sql-cpu", "--loop-steps"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -93,5 +94,12 @@ def test_sql_cpu_attributes_sqlalchemys_time_to_our_callers(tmp_path: Path) -> N
         assert any(c.startswith("bridge/engine/inbox.py:receive ") for c in callers), sorted(callers)
         tables = [p.read_text() for p in scratch.rglob("sqlcpu-*.txt")]
         assert tables and all("inside SQLAlchemy's greenlets" in t for t in tables)
+        steps = [json.loads(p.read_text()) for p in scratch.rglob("loopsteps-*.json")]
+        assert len(steps) == len(figures), sorted(str(p) for p in scratch.rglob("*"))
+        # A daemon's start-up imports and migrates on the loop: every run has steps, and long ones.
+        assert all(sum(s["steps"]) > 1000 and s["long"] for s in steps), steps
+        assert all(name.startswith(("task ", "callback ")) for s in steps for name in s["long"]), steps
+        tables = [p.read_text() for p in scratch.rglob("loopsteps-*.txt")]
+        assert tables and all("loop steps; by length" in t for t in tables)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -21,17 +21,15 @@ few microseconds, against the 20 to 60 us a step of the daemon's takes.
 from __future__ import annotations
 
 import asyncio.events
-import atexit
 import contextlib
 import json
-import runpy
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-DUMP_EVERY = 5.0  # seconds between writes of the figures, so a killed daemon leaves them too
+from tests.bench import wrapper
+
 LONG_MS = 4.0  # a step at least this long is named
 BOUNDS_MS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)  # the histogram's upper bounds
 
@@ -102,13 +100,7 @@ def install(out: Path) -> None:
             )
         )
 
-    def every() -> None:
-        while True:
-            time.sleep(DUMP_EVERY)
-            dump()
-
-    atexit.register(dump)
-    threading.Thread(target=every, name="loopsteps", daemon=True).start()
+    wrapper.keep_dumping(dump, "loopsteps")
 
 
 def show(data: dict[str, Any], top: int = 25) -> str:
@@ -130,16 +122,7 @@ def show(data: dict[str, Any], top: int = 25) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--show":
-        sys.stdout.write(show(json.loads(Path(argv[1]).read_text())))
-        return 0
-    if len(argv) < 2:
-        sys.stderr.write(__doc__ or "")
-        return 2
-    install(Path(argv[0]))
-    sys.argv = argv[1:]
-    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    return 0
+    return wrapper.main(argv, install=install, show=show, usage=__doc__ or "")
 
 
 if __name__ == "__main__":

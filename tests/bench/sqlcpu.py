@@ -22,17 +22,14 @@ five seconds and at exit. The measurement itself costs a few microseconds a call
 
 from __future__ import annotations
 
-import atexit
 import json
-import runpy
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DUMP_EVERY = 5.0  # seconds between writes of the figures, so a killed daemon leaves them too
+from tests.bench import wrapper
 
 _ROOT = str(Path(__file__).resolve().parents[2]) + "/"
 _OURS = ("bridge/", "connectors/")
@@ -106,13 +103,7 @@ def install(out: Path) -> None:
         # dict() copies in one step under the GIL: the loop may add a caller while this runs.
         out.write_text(json.dumps({"process_cpu_s": time.process_time(), "callers": dict(stats)}))
 
-    def every() -> None:
-        while True:
-            time.sleep(DUMP_EVERY)
-            dump()
-
-    atexit.register(dump)
-    threading.Thread(target=every, name="sqlcpu", daemon=True).start()
+    wrapper.keep_dumping(dump, "sqlcpu")
 
 
 def show(data: dict[str, Any], top: int = 30) -> str:
@@ -134,16 +125,7 @@ def show(data: dict[str, Any], top: int = 30) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--show":
-        sys.stdout.write(show(json.loads(Path(argv[1]).read_text())))
-        return 0
-    if len(argv) < 2:
-        sys.stderr.write(__doc__ or "")
-        return 2
-    install(Path(argv[0]))  # before the daemon's modules import greenlet_spawn by name
-    sys.argv = argv[1:]
-    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    return 0
+    return wrapper.main(argv, install=install, show=show, usage=__doc__ or "")
 
 
 if __name__ == "__main__":

@@ -231,6 +231,9 @@ def bench_backfill(ctx: Any) -> dict[str, Any]:
         "errors": raw["error_count"],
         "tasks_per_s": round(n / raw["seconds"], 2),
         "creates_per_s": round(raw["done"] / raw["seconds"], 1),
+        # The floor under the daemon's CPU a create: the same requests, nothing else done.
+        "cpu_ms_per_create": round(1000 * raw["cpu_s"] / raw["done"], 2) if raw["done"] else None,
+        "cores_busy": round(raw["cpu_s"] / raw["seconds"], 2) if raw["seconds"] else None,
     }
     figures = {
         "daemon": runs,

@@ -138,7 +138,7 @@ def run_daemon(
         ok = bool(wait_for(done, timeout=timeout, interval=1.0 if not ctx.quick else 0.25))
         ok = ok and not state["stalled"]
         t_done = time.monotonic()
-        user, system = (after - before for after, before in zip(d.cpu_times(), cpu_ready, strict=True))
+        user, system = d.cpu_since(cpu_ready)
         daemon_cpu, fakes_cpu = user + system, time.process_time() - fakes_ready
         final = {p: seed.count_tasks(world, p) for p in targets}
         creates = []

@@ -347,6 +347,11 @@ class BenchDaemon(DaemonProcess):
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
 
+    def cpu_since(self, before: tuple[float, float]) -> tuple[float, float]:
+        """(user, system) CPU seconds since `before`, an earlier `cpu_times()`."""
+        (user, system), (user0, system0) = self.cpu_times(), before
+        return user - user0, system - system0
+
     def status_kb(self) -> dict[str, int]:
         assert self.proc is not None
         out = {}

@@ -21,6 +21,7 @@ few microseconds, against the 20 to 60 us a step of the daemon's takes.
 from __future__ import annotations
 
 import asyncio.events
+import bisect
 import contextlib
 import json
 import sys
@@ -80,10 +81,7 @@ def install(out: Path) -> None:
             run(handle)
         finally:
             ms = (clock() - start) * 1000
-            i = 0
-            while i < len(BOUNDS_MS) and ms > BOUNDS_MS[i]:
-                i += 1
-            counts[i] += 1
+            counts[bisect.bisect_left(BOUNDS_MS, ms)] += 1  # the first bound it is within
             if ms >= LONG_MS:
                 entry = long.setdefault(_name(handle._callback, resumed_at), [0, 0.0, 0.0])
                 entry[0] += 1

@@ -361,7 +361,7 @@ class Rig:
                 interval=0.5,
             )
             drained_after = time.monotonic() - t_sent
-            user, system = (after - before for after, before in zip(d.cpu_times(), cpu_before, strict=True))
+            user, system = d.cpu_since(cpu_before)
             cpu = user + system
             mirror_writes = sum(
                 sum(len(ws) for ws in self.mirror_writes(p, starts[p]).values()) for p in TARGETS
@@ -395,7 +395,7 @@ class Rig:
             }
             if poll_interval is None:
                 entry["deliveries"] = self.delivery_times(t_begin)
-            if poll_interval is not None:
+            else:
                 entry["latency_minus_poll_interval_ms"] = summary([x - poll_interval for x in lat])
             out[f"{rate:g}/s"] = entry
             self.settle(d, quiet=0.5)
